@@ -1,0 +1,255 @@
+"""The one exception hierarchy of xacthuc, shared by the server and the Python client.
+
+Every expected failure is an `XacthucError` subclass that knows its gRPC status code and
+its stable reason (the `ErrorReason` names of `errors.proto` without their prefix). The
+server maps them to the wire in exactly one place (`xacthuc.grpc_errors`); the client maps
+the wire back to the same classes with `error_for_reason`. This module imports nothing
+but the standard library and `grpc`, so the client can use it without server dependencies.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+ERROR_DOMAIN = "xacthuc.vn"
+
+
+class XacthucError(Exception):
+    """An expected failure with a gRPC status and a stable machine-readable reason."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    reason: ClassVar[str] = "UNSPECIFIED"
+    default_message: ClassVar[str] = "request failed"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.metadata = dict(metadata or {})
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.metadata.setdefault("retry_after_seconds", str(max(0, round(retry_after))))
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason}: {self.message!r})"
+
+
+# Status-level bases: catch these to handle a whole family.
+class InvalidArgument(XacthucError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(XacthucError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(XacthucError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(XacthucError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(XacthucError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(XacthucError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(XacthucError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Internal(XacthucError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unimplemented(XacthucError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+# One class per reason, named after it.
+class CredentialMissing(Unauthenticated):
+    reason = "CREDENTIAL_MISSING"
+    default_message = "missing 'authorization: Bearer <api key>' metadata"
+
+
+class CredentialInvalid(Unauthenticated):
+    reason = "CREDENTIAL_INVALID"
+    default_message = "the API key is not valid"
+
+
+class RoleNotAllowed(PermissionDenied):
+    reason = "ROLE_NOT_ALLOWED"
+    default_message = "this API key's role may not call this method"
+
+
+class FieldInvalid(InvalidArgument):
+    reason = "FIELD_INVALID"
+    default_message = "a request field is invalid"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", metadata={"field": field})
+
+
+class PhoneMalformed(InvalidArgument):
+    reason = "PHONE_MALFORMED"
+    default_message = "phone_number is not a phone number"
+
+
+class PhoneNotVietnamese(InvalidArgument):
+    reason = "PHONE_NOT_VIETNAMESE"
+    default_message = "phone_number is not a Vietnamese number (+84)"
+
+
+class PhoneNotVietnameseMobile(InvalidArgument):
+    reason = "PHONE_NOT_VIETNAMESE_MOBILE"
+    default_message = "phone_number is a Vietnamese number but not a mobile number"
+
+
+class PhoneRetiredFormat(InvalidArgument):
+    reason = "PHONE_RETIRED_FORMAT"
+    default_message = "phone_number is an 11-digit mobile number retired in 2018; use the 10-digit one"
+
+
+class OtpMalformed(InvalidArgument):
+    reason = "OTP_MALFORMED"
+    default_message = "code must be exactly 6 digits"
+
+
+class IdempotencyKeyReused(InvalidArgument):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+    default_message = "idempotency_key was already used with different request fields"
+
+
+class ChallengeNotFound(NotFound):
+    reason = "CHALLENGE_NOT_FOUND"
+    default_message = "no such challenge"
+
+
+class AttestationNotFound(NotFound):
+    reason = "ATTESTATION_NOT_FOUND"
+    default_message = "the account has no attestation"
+
+
+class OtpIncorrect(InvalidArgument):
+    reason = "OTP_INCORRECT"
+    default_message = "the code is not correct"
+
+
+class OtpExpired(FailedPrecondition):
+    reason = "OTP_EXPIRED"
+    default_message = "the code has expired; start a new verification"
+
+
+class OtpAttemptsExceeded(FailedPrecondition):
+    reason = "OTP_ATTEMPTS_EXCEEDED"
+    default_message = "too many wrong codes for this challenge; start a new verification"
+
+
+class ChallengeAlreadyUsed(FailedPrecondition):
+    reason = "CHALLENGE_ALREADY_USED"
+    default_message = "the challenge was already confirmed"
+
+
+class ChallengeAccountMismatch(FailedPrecondition):
+    reason = "CHALLENGE_ACCOUNT_MISMATCH"
+    default_message = "the challenge was started for another account"
+
+
+class ResendTooSoon(ResourceExhausted):
+    reason = "RESEND_TOO_SOON"
+    default_message = "a code was sent to this number moments ago; wait before resending"
+
+
+class SendLimitExceeded(ResourceExhausted):
+    reason = "SEND_LIMIT_EXCEEDED"
+    default_message = "the send budget is spent"
+
+
+class PhoneLocked(ResourceExhausted):
+    reason = "PHONE_LOCKED"
+    default_message = "too many failed checks for this number; try again later"
+
+
+class PhoneAccountLimit(ResourceExhausted):
+    reason = "PHONE_ACCOUNT_LIMIT"
+    default_message = "this number already verifies the maximum number of accounts"
+
+
+class SmsDeliveryFailed(Unavailable):
+    reason = "SMS_DELIVERY_FAILED"
+    default_message = "the SMS gateway did not accept the message; retry later"
+
+
+class StoreUnavailable(Unavailable):
+    reason = "STORE_UNAVAILABLE"
+    default_message = "the store is unavailable; retry later"
+
+
+class RegistryUnavailable(Unavailable):
+    reason = "REGISTRY_UNAVAILABLE"
+    default_message = "the identity registry is unavailable; retry later"
+
+
+class InternalError(Internal):
+    reason = "INTERNAL"
+    default_message = "internal error"
+
+
+class NotImplementedYet(Unimplemented):
+    reason = "NOT_IMPLEMENTED"
+    default_message = "this method is not served by this version of xacthuc"
+
+
+def _reason_classes() -> dict[str, type[XacthucError]]:
+    found: dict[str, type[XacthucError]] = {}
+    pending: list[type[XacthucError]] = [XacthucError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.reason != XacthucError.reason:
+            found[cls.reason] = cls
+    return found
+
+
+REASONS: dict[str, type[XacthucError]] = _reason_classes()
+_BY_STATUS: dict[grpc.StatusCode, type[XacthucError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unauthenticated,
+                PermissionDenied, Unavailable, Internal, Unimplemented)
+}
+
+
+def error_for_reason(
+    code: grpc.StatusCode,
+    reason: str | None,
+    message: str,
+    metadata: dict[str, str] | None = None,
+) -> XacthucError:
+    """Rebuild the typed exception from what came over the wire (used by the client)."""
+    cls = REASONS.get(reason or "")
+    retry = None
+    if metadata and "retry_after_seconds" in metadata:
+        try:
+            retry = float(metadata["retry_after_seconds"])
+        except ValueError:
+            retry = None
+    if cls is not None and cls.code == code:
+        err = XacthucError.__new__(cls)
+        XacthucError.__init__(err, message, metadata=metadata, retry_after=retry)
+        return err
+    base = _BY_STATUS.get(code, XacthucError)
+    err = base(message, metadata=metadata, retry_after=retry)
+    err.code = code  # type: ignore[misc]  # an unknown status keeps its real code
+    return err
