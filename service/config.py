@@ -1,0 +1,178 @@
+"""One typed, validated settings object, built once at start-up from XACTHUC_* variables.
+
+Nothing reads the environment at import time. `Settings.load()` turns every bad value into
+one readable line (`XACTHUC_OTP_TTL_SECONDS: must be between 60 and 600`), so the operator
+sees all problems at once instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    DEV = "dev"
+    PRODUCTION = "production"
+
+
+class SmsBackend(StrEnum):
+    CONSOLE = "console"
+    HTTP = "http"
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; `problems` holds one line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _secrets(value: object) -> object:
+    if isinstance(value, str):
+        return [s.strip() for s in value.split(",") if s.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. See the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(env_prefix="XACTHUC_", extra="ignore", frozen=True)
+
+    mode: Mode = Mode.DEV
+    listen: str = "127.0.0.1:50051"
+    log_level: str = "INFO"
+    metrics_listen: str = ""  # host:port for Prometheus /metrics; empty = off
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
+
+    store_url: str = "memory://"
+    store_namespace: str = Field("xacthuc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+    # API keys of the platforms (JSON file of hashed keys; see `xacthuc keys create`).
+    api_keys_file: Path | None = None
+
+    # Keys for keyed hashes. Comma-separated; the first signs new values, all are accepted
+    # when checking (rotation). Dev mode generates random ones when empty.
+    otp_hmac_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    pseudonym_key: SecretStr | None = None
+
+    # Attestation tokens.
+    signing_key_file: Path | None = None  # PEM, PKCS#8 Ed25519 private key
+    issuer: str = "https://xacthuc.invalid"
+    token_ttl_seconds: int = Field(86_400, ge=60, le=90 * 86_400)
+
+    # SMS.
+    sms_backend: SmsBackend = SmsBackend.CONSOLE
+    sms_http_url: str = ""
+    sms_http_auth_header: SecretStr | None = None
+    sms_http_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    sms_http_retries: int = Field(2, ge=0, le=5)
+    sms_template: str = "Ma xac thuc cua ban la {code}. Hieu luc {minutes} phut. Khong chia se ma nay."
+
+    # P1: codes.
+    otp_ttl_seconds: int = Field(300, ge=60, le=600)  # NIST 800-63B / ASVS cap: 10 min
+    otp_max_attempts: int = Field(5, ge=1, le=10)
+    # P2: per-number failures across challenges.
+    phone_max_failures: int = Field(10, ge=3, le=100)
+    phone_lock_base_seconds: int = Field(900, ge=60, le=86_400)
+    phone_lock_max_seconds: int = Field(86_400, ge=60, le=30 * 86_400)
+    # P3: sends.
+    resend_cooldown_seconds: int = Field(60, ge=0, le=3600)
+    sends_per_phone_15m: int = Field(5, ge=1, le=1000)
+    sends_per_phone_day: int = Field(10, ge=1, le=10_000)
+    sends_per_platform_hour: int = Field(10_000, ge=1, le=100_000_000)
+    sends_per_client_ip_hour: int = Field(20, ge=1, le=1_000_000)
+    # P8.
+    max_accounts_per_phone: int = Field(10, ge=1, le=1000)
+
+    _split_keys = field_validator("otp_hmac_keys", mode="before")(_secrets)
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v == "":
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT")
+        return v
+
+    @field_validator("store_url")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if not v.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("must start with memory://, redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("otp_hmac_keys")
+    @classmethod
+    def _key_length(cls, v: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 32 for k in v):
+            raise ValueError("each key must be at least 32 characters")
+        return v
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _pseudonym_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return v
+
+    @field_validator("sms_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{code}" not in v:
+            raise ValueError("must contain {code}")
+        try:
+            v.format(code="000000", minutes=5)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"only {{code}} and {{minutes}} may be used ({e})") from e
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.sms_backend is SmsBackend.HTTP and not self.sms_http_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("XACTHUC_SMS_HTTP_URL must be an http(s) URL when XACTHUC_SMS_BACKEND=http")
+        if self.sends_per_phone_15m > self.sends_per_phone_day:
+            raise ValueError("XACTHUC_SENDS_PER_PHONE_15M must not exceed XACTHUC_SENDS_PER_PHONE_DAY")
+        if self.mode is Mode.PRODUCTION:
+            self._refuse_dev_parts()
+        return self
+
+    def _refuse_dev_parts(self) -> None:
+        dev_parts = []
+        if self.sms_backend is SmsBackend.CONSOLE:
+            dev_parts.append("XACTHUC_SMS_BACKEND=console prints codes; use http")
+        if self.signing_key_file is None:
+            dev_parts.append("XACTHUC_SIGNING_KEY_FILE is unset (a generated key would not survive a restart)")
+        if self.store_url.startswith("memory://"):
+            dev_parts.append("XACTHUC_STORE_URL=memory:// keeps nothing across restarts; use redis://")
+        if not self.otp_hmac_keys:
+            dev_parts.append("XACTHUC_OTP_HMAC_KEYS is unset")
+        if self.pseudonym_key is None:
+            dev_parts.append("XACTHUC_PSEUDONYM_KEY is unset")
+        if self.api_keys_file is None:
+            dev_parts.append("XACTHUC_API_KEYS_FILE is unset")
+        if dev_parts:
+            raise ValueError("production mode refuses dev-only parts: " + "; ".join(dev_parts))
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Build from the environment (and overrides), or raise ConfigError listing every problem."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as e:
+            problems = []
+            for err in e.errors():
+                loc = "_".join(str(p) for p in err["loc"]).upper()
+                name = f"XACTHUC_{loc}: " if loc else ""
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{name}{msg}")
+            raise ConfigError(problems) from None

@@ -1,0 +1,59 @@
+"""Keyed hashes: pseudonyms for personal data (P9) and the one-time-code MAC (P1).
+
+A pseudonym is HMAC-SHA256 under the pseudonym key, domain-separated by kind and cut to
+128 bits: stable, so counters and links can be keyed on it, and useless without the key.
+OTP codes are kept only as HMAC-SHA256(key, challenge id || code) so a leaked store gives
+neither codes nor a table to look them up in; every configured key is tried on check so
+keys rotate without dropping live challenges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Sequence
+
+
+def _hmac(key: bytes, *parts: str) -> bytes:
+    return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).digest()
+
+
+class Pseudonymizer:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("pseudonym key must be at least 32 bytes")
+        self._key = key
+
+    def _make(self, kind: str, value: str) -> str:
+        return f"{kind}_{_hmac(self._key, kind, value)[:16].hex()}"
+
+    def phone(self, e164: str) -> str:
+        return self._make("ph", e164)
+
+    def personal_id(self, number: str) -> str:
+        return self._make("id", number)
+
+    def client_ip(self, ip: str) -> str:
+        """Pseudonym of the send-budget bucket of an address: the address for IPv4, its /64 for IPv6."""
+        addr = ipaddress.ip_address(ip)
+        if addr.version == 6 and addr.ipv4_mapped is None:
+            bucket = str(ipaddress.ip_network(f"{addr}/64", strict=False))
+        else:
+            bucket = str(addr.ipv4_mapped or addr)
+        return self._make("ip", bucket)
+
+
+class OtpMac:
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        if not keys or any(len(k) < 32 for k in keys):
+            raise ValueError("at least one OTP HMAC key of at least 32 bytes is required")
+        self._keys = tuple(keys)
+
+    def mac(self, challenge_id: str, code: str) -> str:
+        """The MAC to store, under the current (first) key."""
+        return _hmac(self._keys[0], challenge_id, code).hex()
+
+    def candidates(self, challenge_id: str, code: str) -> list[str]:
+        """The MACs of a submitted code under every key; the store compares each in constant time."""
+        return [_hmac(k, challenge_id, code).hex() for k in self._keys]
