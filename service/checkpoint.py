@@ -75,11 +75,7 @@ def _b64encode(raw: bytes) -> str:
 
 def _is_valid_name(name: str) -> bool:
     """A key name is non-empty with no Unicode spaces, no '+' and no control characters."""
-    return (
-        bool(name)
-        and "+" not in name
-        and not any(ch.isspace() or ord(ch) < 0x20 for ch in name)
-    )
+    return bool(name) and "+" not in name and not any(ch.isspace() or ord(ch) < 0x20 for ch in name)
 
 
 def _check_text(text: str, what: str) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xacthuc.merkle import (
     EMPTY_ROOT,
     CompactRange,
@@ -272,7 +271,9 @@ def test_random_proofs_verify_and_reject_tampering(data: st.DataObject, n: int) 
     if proof:
         j = data.draw(st.integers(min_value=0, max_value=len(proof) - 1))
         with pytest.raises(ProofError):
-            verify_inclusion(hashes[i], i, n, [*proof[:j], _flip(proof[j], bit), *proof[j + 1 :]], root)
+            verify_inclusion(
+                hashes[i], i, n, [*proof[:j], _flip(proof[j], bit), *proof[j + 1 :]], root
+            )
     if cproof:
         j = data.draw(st.integers(min_value=0, max_value=len(cproof) - 1))
         bad = [*cproof[:j], _flip(cproof[j], bit), *cproof[j + 1 :]]
