@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_listen: str = ""  # host:port for Prometheus /metrics; empty = off
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
+    # TLS for the gRPC port (PEM files); both or neither. A client CA turns on mutual TLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
 
     store_url: str = "memory://"
     store_namespace: str = Field("xacthuc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
@@ -140,6 +144,10 @@ class Settings(BaseSettings):
             ("http://", "https://")
         ):
             raise ValueError("XACTHUC_SMS_HTTP_URL must be an http(s) URL when XACTHUC_SMS_BACKEND=http")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("XACTHUC_TLS_CERT_FILE and XACTHUC_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("XACTHUC_TLS_CLIENT_CA_FILE needs XACTHUC_TLS_CERT_FILE")
         if self.sends_per_phone_15m > self.sends_per_phone_day:
             raise ValueError("XACTHUC_SENDS_PER_PHONE_15M must not exceed XACTHUC_SENDS_PER_PHONE_DAY")
         if self.mode is Mode.PRODUCTION:

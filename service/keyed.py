@@ -37,10 +37,12 @@ class Pseudonymizer:
     def client_ip(self, ip: str) -> str:
         """Pseudonym of the send-budget bucket of an address: the address for IPv4, its /64 for IPv6."""
         addr = ipaddress.ip_address(ip)
-        if addr.version == 6 and addr.ipv4_mapped is None:
-            bucket = str(ipaddress.ip_network(f"{addr}/64", strict=False))
-        else:
-            bucket = str(addr.ipv4_mapped or addr)
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            else:
+                return self._make("ip", str(ipaddress.ip_network(f"{addr}/64", strict=False)))
+        bucket = str(addr)
         return self._make("ip", bucket)
 
 

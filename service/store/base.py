@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from xacthuc.clock import rfc3339
@@ -100,7 +100,6 @@ class AttestationRecord:
     status: str = "active"
     guardian_managed: bool = False
     commercial_livestream: bool = False
-    replayed: bool = field(default=False, compare=False)
 
 
 class Store(Protocol):
@@ -123,8 +122,9 @@ class Store(Protocol):
         ...
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
-        """Count the attempt, compare in constant time, consume atomically, record the
-        attestation and audit it all. Raises ChallengeNotFound, ChallengeAccountMismatch,
+        """Count the attempt, compare in constant time, consume atomically (single use: a
+        consumed challenge refuses even the right code), record the attestation and audit it
+        all. Raises ChallengeNotFound, ChallengeAccountMismatch,
         ChallengeAlreadyUsed, OtpExpired, OtpAttemptsExceeded, PhoneLocked, PhoneAccountLimit
         or OtpIncorrect."""
         ...

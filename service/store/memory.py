@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from xacthuc.errors import (
     ChallengeAccountMismatch,
@@ -49,7 +49,6 @@ class _Challenge:
     resend_not_before: float
     attempts: int = 0
     state: str = "sending"  # sending -> pending -> consumed
-    result: AttestationRecord | None = None
 
 
 @dataclass
@@ -186,13 +185,7 @@ class MemoryStore:
             return self._fail(p, check, ChallengeNotFound())
         if ch.account_id != check.account_id:
             return self._fail(p, check, ChallengeAccountMismatch(), ch)
-        matched = self._matches(ch.mac, check.candidates)
-        if ch.state == "consumed":
-            if matched and ch.result is not None and now < ch.expires_at:
-                self._audit(p, check.platform, now, account=ch.account_id, event="check_ok",
-                            outcome="replayed", challenge=check.challenge_id, phone=ch.phone,
-                            token_id=ch.result.token_id)
-                return replace(ch.result, replayed=True)
+        if ch.state == "consumed":  # single use: a second correct code is refused too
             return self._fail(p, check, ChallengeAlreadyUsed(), ch)
         if now >= ch.expires_at:
             return self._fail(p, check, OtpExpired(), ch)
@@ -202,7 +195,7 @@ class MemoryStore:
         if phone.locked_until > now:
             return self._fail(p, check, PhoneLocked(retry_after=phone.locked_until - now), ch)
         ch.attempts += 1  # counted before comparing
-        if not matched:
+        if not self._matches(ch.mac, check.candidates):
             return self._wrong_code(p, check, ch, phone, limits)
         accounts = p.phone_accounts[ch.phone]
         if check.account_id not in accounts and len(accounts) >= limits.max_accounts_per_phone:
@@ -246,7 +239,6 @@ class MemoryStore:
             issued_at=a.issued_at, expires_at=a.expires_at,
         )
         ch.state = "consumed"
-        ch.result = record
         phone.fails = 0
         phone.lock_level = 0
         previous = p.attestations.get(check.account_id)

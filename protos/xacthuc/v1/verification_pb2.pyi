@@ -789,7 +789,9 @@ class GetAttestationResponse(_message.Message):
     ATTESTATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def attestation(self) -> Global___Attestation:
-        """The attestation, with a freshly signed token."""
+        """The current attestation. ATTESTATION_NOT_FOUND when the account was never
+        verified or its attestation has expired.
+        """
 
     def __init__(
         self,

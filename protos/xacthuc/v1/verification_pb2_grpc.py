@@ -117,8 +117,9 @@ class VerificationServiceServicer:
 
     def ConfirmPhoneVerification(self, request, context):
         """Checks the code of a challenge; on success the account is authenticated by
-        phone and a signed attestation is returned. Repeating a successful confirm
-        with the same code returns the same attestation.
+        phone and a signed attestation is returned. Codes are single use: a second
+        confirm, even with the right code, is CHALLENGE_ALREADY_USED. A platform that
+        lost the response gets the attestation with GetAttestation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,7 +174,8 @@ class VerificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAttestation(self, request, context):
-        """Returns the account's current attestation with a freshly signed token.
+        """Returns the account's current attestation (its token, signed again with the
+        active key; the claims are those recorded when it was issued).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,8 +46,9 @@ class VerificationServiceStub:
     """
     ConfirmPhoneVerification: _grpc.UnaryUnaryMultiCallable[_verification_pb2.ConfirmPhoneVerificationRequest, _verification_pb2.ConfirmPhoneVerificationResponse]
     """Checks the code of a challenge; on success the account is authenticated by
-    phone and a signed attestation is returned. Repeating a successful confirm
-    with the same code returns the same attestation.
+    phone and a signed attestation is returned. Codes are single use: a second
+    confirm, even with the right code, is CHALLENGE_ALREADY_USED. A platform that
+    lost the response gets the attestation with GetAttestation.
     """
     VerifyPersonalId: _grpc.UnaryUnaryMultiCallable[_verification_pb2.VerifyPersonalIdRequest, _verification_pb2.VerifyPersonalIdResponse]
     """Authenticates by the 12-digit personal identification number through the
@@ -74,7 +75,9 @@ class VerificationServiceStub:
     UNIMPLEMENTED.
     """
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]
-    """Returns the account's current attestation with a freshly signed token."""
+    """Returns the account's current attestation (its token, signed again with the
+    active key; the claims are those recorded when it was issued).
+    """
     RevokeAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.RevokeAttestationRequest, _verification_pb2.RevokeAttestationResponse]
     """Revokes an account's attestation (account deleted, fraud). Not served yet:
     UNIMPLEMENTED.
@@ -100,8 +103,9 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     """
     ConfirmPhoneVerification: _aio.UnaryUnaryMultiCallable[_verification_pb2.ConfirmPhoneVerificationRequest, _verification_pb2.ConfirmPhoneVerificationResponse]  # type: ignore[assignment]
     """Checks the code of a challenge; on success the account is authenticated by
-    phone and a signed attestation is returned. Repeating a successful confirm
-    with the same code returns the same attestation.
+    phone and a signed attestation is returned. Codes are single use: a second
+    confirm, even with the right code, is CHALLENGE_ALREADY_USED. A platform that
+    lost the response gets the attestation with GetAttestation.
     """
     VerifyPersonalId: _aio.UnaryUnaryMultiCallable[_verification_pb2.VerifyPersonalIdRequest, _verification_pb2.VerifyPersonalIdResponse]  # type: ignore[assignment]
     """Authenticates by the 12-digit personal identification number through the
@@ -128,7 +132,9 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     UNIMPLEMENTED.
     """
     GetAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]  # type: ignore[assignment]
-    """Returns the account's current attestation with a freshly signed token."""
+    """Returns the account's current attestation (its token, signed again with the
+    active key; the claims are those recorded when it was issued).
+    """
     RevokeAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.RevokeAttestationRequest, _verification_pb2.RevokeAttestationResponse]  # type: ignore[assignment]
     """Revokes an account's attestation (account deleted, fraud). Not served yet:
     UNIMPLEMENTED.
@@ -163,8 +169,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.ConfirmPhoneVerificationResponse, _abc.Awaitable[_verification_pb2.ConfirmPhoneVerificationResponse]]:
         """Checks the code of a challenge; on success the account is authenticated by
-        phone and a signed attestation is returned. Repeating a successful confirm
-        with the same code returns the same attestation.
+        phone and a signed attestation is returned. Codes are single use: a second
+        confirm, even with the right code, is CHALLENGE_ALREADY_USED. A platform that
+        lost the response gets the attestation with GetAttestation.
         """
 
     @_abc_1.abstractmethod
@@ -233,7 +240,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.GetAttestationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.GetAttestationResponse, _abc.Awaitable[_verification_pb2.GetAttestationResponse]]:
-        """Returns the account's current attestation with a freshly signed token."""
+        """Returns the account's current attestation (its token, signed again with the
+        active key; the claims are those recorded when it was issued).
+        """
 
     @_abc_1.abstractmethod
     def RevokeAttestation(

@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t xacthuc .   Run: docker run -p 50051:50051 -e XACTHUC_LISTEN=0.0.0.0:50051 xacthuc
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md LICENSE ./
+COPY protos ./protos
+COPY service ./service
+COPY verifiers ./verifiers
+COPY clients ./clients
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin xacthuc
+COPY --from=build /wheels /wheels
+RUN python -m pip install --no-cache-dir --no-index --find-links /wheels xacthuc && rm -rf /wheels
+USER 10001
+ENV XACTHUC_LISTEN=0.0.0.0:50051 PYTHONUNBUFFERED=1
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["xacthuc", "health", "--target", "127.0.0.1:50051"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["xacthuc"]
+CMD ["serve"]

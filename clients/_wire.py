@@ -1,0 +1,152 @@
+"""Shared by the sync and async clients: request building, response parsing, error decoding."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
+
+from xacthuc.errors import XacthucError, error_for_reason
+from xacthuc.v1 import audit_pb2, verification_pb2
+
+T = TypeVar("T")
+
+_METHOD_NAMES = {
+    verification_pb2.VERIFICATION_METHOD_PHONE_OTP: "phone_otp",
+    verification_pb2.VERIFICATION_METHOD_PERSONAL_ID: "personal_id",
+}
+
+
+def _dt(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    challenge_id: str
+    expires_at: datetime
+    resend_not_before: datetime
+    masked_phone_number: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    token: str
+    token_id: str
+    account_id: str
+    method: str  # "phone_otp" or "personal_id"
+    verified_at: datetime
+    expires_at: datetime
+    guardian_managed: bool
+    commercial_livestream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    index: int
+    record: dict[str, Any]
+    raw: str  # exactly as stored and hashed
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    records: list[AuditRecord]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc(Generic[T]):
+    """One RPC: its service, name, how to read its response, and whether a retry is safe."""
+
+    service: str  # "verification" or "audit"
+    name: str
+    parse: Callable[[Any], T]
+    idempotent: bool = False
+
+
+def challenge(r: verification_pb2.StartPhoneVerificationResponse) -> Challenge:
+    return Challenge(r.challenge_id, _dt(r.expires_at), _dt(r.resend_not_before),
+                     r.masked_phone_number, r.replayed)
+
+
+def attestation(a: verification_pb2.Attestation) -> Attestation:
+    return Attestation(
+        token=a.token, token_id=a.token_id, account_id=a.account_id,
+        method=_METHOD_NAMES.get(a.method, "unspecified"),
+        verified_at=_dt(a.verified_at), expires_at=_dt(a.expires_at),
+        guardian_managed=a.guardian_managed, commercial_livestream=a.commercial_livestream,
+    )
+
+
+def audit_page(r: audit_pb2.QueryAuditRecordsResponse) -> AuditPage:
+    return AuditPage([AuditRecord(x.index, json.loads(x.record_json), x.record_json) for x in r.records],
+                     r.next_page_token)
+
+
+START = Rpc("verification", "StartPhoneVerification", challenge)
+CONFIRM = Rpc("verification", "ConfirmPhoneVerification",
+              lambda r: attestation(r.attestation))
+GET_ATTESTATION = Rpc("verification", "GetAttestation", lambda r: attestation(r.attestation),
+                      idempotent=True)
+GET_JWKS = Rpc("verification", "GetJwks", lambda r: r.jwks_json, idempotent=True)
+QUERY_AUDIT = Rpc("audit", "QueryAuditRecords", audit_page, idempotent=True)
+
+
+def start_request(account_id: str, phone_number: str, client_ip: str,
+                  idempotency_key: str) -> verification_pb2.StartPhoneVerificationRequest:
+    return verification_pb2.StartPhoneVerificationRequest(
+        account_id=account_id, phone_number=phone_number, client_ip=client_ip,
+        idempotency_key=idempotency_key)
+
+
+def confirm_request(challenge_id: str, account_id: str,
+                    code: str) -> verification_pb2.ConfirmPhoneVerificationRequest:
+    return verification_pb2.ConfirmPhoneVerificationRequest(
+        challenge_id=challenge_id, account_id=account_id, code=code)
+
+
+def audit_request(account_id: str, event: str, from_time: datetime | None, to_time: datetime | None,
+                  page_size: int, page_token: str) -> audit_pb2.QueryAuditRecordsRequest:
+    req = audit_pb2.QueryAuditRecordsRequest(account_id=account_id, event=event,
+                                              page_size=page_size, page_token=page_token)
+    if from_time is not None:
+        req.from_time.FromDatetime(from_time)
+    if to_time is not None:
+        req.to_time.FromDatetime(to_time)
+    return req
+
+
+def decode_error(err: grpc.RpcError) -> XacthucError:
+    """The typed exception for a failed call, rebuilt from its status details."""
+    code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
+    message: str = err.details() or ""  # type: ignore[attr-defined]
+    reason, metadata = None, None
+    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    reason, metadata = info.reason, dict(info.metadata)
+    error = error_for_reason(code, reason, message, metadata)
+    error.__cause__ = None
+    return error
+
+
+def call_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),)
+
+
+def attestation_request(account_id: str) -> verification_pb2.GetAttestationRequest:
+    return verification_pb2.GetAttestationRequest(account_id=account_id)
+
+
+def jwks_request() -> verification_pb2.GetJwksRequest:
+    return verification_pb2.GetJwksRequest()

@@ -1,0 +1,101 @@
+"""The asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from xacthuc.client import _wire as w
+from xacthuc.client._wire import Attestation, AuditPage, Challenge
+from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """Talks to xacthuc over grpc.aio. Create with `await AsyncClient.connect(...)` or `async with`."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, api_key: str, timeout: float, retries: int) -> None:
+        self._channel = channel
+        self._metadata = w.call_metadata(api_key)
+        self._timeout = timeout
+        self._retries = retries
+        self._stubs: dict[str, Any] = {
+            "verification": verification_pb2_grpc.VerificationServiceStub(channel),
+            "audit": audit_pb2_grpc.AuditServiceStub(channel),
+        }
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        api_key: str,
+        tls: bool | grpc.ChannelCredentials = False,
+        timeout: float = 5.0,
+        retries: int = 2,
+    ) -> AsyncClient:
+        """Open a channel. `tls=True` uses the system roots; pass ChannelCredentials for a custom CA
+        or client certificate. `timeout` is the deadline of every call unless a call gives its own;
+        `retries` applies only to UNAVAILABLE on calls that are safe to repeat."""
+        if tls is True:
+            channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+        elif isinstance(tls, grpc.ChannelCredentials):
+            channel = grpc.aio.secure_channel(target, tls)
+        else:
+            channel = grpc.aio.insecure_channel(target)
+        return cls(channel, api_key=api_key, timeout=timeout, retries=retries)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, rpc: w.Rpc[T], request: Any, timeout: float | None) -> T:
+        method = getattr(self._stubs[rpc.service], rpc.name)
+        attempts = 1 + (self._retries if rpc.idempotent else 0)
+        for attempt in range(attempts):
+            try:
+                response = await method(request, metadata=self._metadata,
+                                        timeout=timeout if timeout is not None else self._timeout)
+                return rpc.parse(response)
+            except grpc.RpcError as e:
+                if e.code() is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:  # type: ignore[attr-defined]
+                    await asyncio.sleep(random.uniform(0, 0.1 * 2**attempt))
+                    continue
+                raise w.decode_error(e) from None
+        raise AssertionError("unreachable")
+
+    async def start_phone_verification(self, *, account_id: str, phone_number: str, client_ip: str,
+                                       idempotency_key: str = "", timeout: float | None = None) -> Challenge:
+        """Send a code by SMS. Pass an idempotency key so a retry never sends a second SMS."""
+        request = w.start_request(account_id, phone_number, client_ip, idempotency_key)
+        return await self._call(w.START, request, timeout)
+
+    async def confirm_phone_verification(self, *, challenge_id: str, account_id: str, code: str,
+                                         timeout: float | None = None) -> Attestation:
+        """Check the code; returns the signed attestation."""
+        return await self._call(w.CONFIRM, w.confirm_request(challenge_id, account_id, code), timeout)
+
+    async def get_attestation(self, *, account_id: str, timeout: float | None = None) -> Attestation:
+        return await self._call(w.GET_ATTESTATION, w.attestation_request(account_id), timeout)
+
+    async def get_jwks(self, *, timeout: float | None = None) -> str:
+        """The JWKS (JSON text) that verifies attestation tokens offline."""
+        return await self._call(w.GET_JWKS, w.jwks_request(), timeout)
+
+    async def query_audit_records(self, *, account_id: str = "", event: str = "",
+                                  from_time: datetime | None = None, to_time: datetime | None = None,
+                                  page_size: int = 100, page_token: str = "",
+                                  timeout: float | None = None) -> AuditPage:
+        """One page of the platform's audit log (auditor keys only)."""
+        request = w.audit_request(account_id, event, from_time, to_time, page_size, page_token)
+        return await self._call(w.QUERY_AUDIT, request, timeout)

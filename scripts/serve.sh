@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run xacthuc with embedded defaults (dev mode, in-memory store, console SMS): no Redis needed.
+# Prints a demo API key for the `demo` platform at start. Usage: scripts/serve.sh [--listen HOST:PORT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+exec .venv/bin/xacthuc serve "$@"

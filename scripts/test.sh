@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: venv + pinned installs, Redis, lint, pytest.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+
+# Redis: use the one at XACTHUC_TEST_REDIS_URL (default 127.0.0.1:6379), or start one.
+export XACTHUC_TEST_REDIS_URL=${XACTHUC_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
+redis_up() { .venv/bin/python -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()" "$1" 2>/dev/null; }
+if ! redis_up "$XACTHUC_TEST_REDIS_URL"; then
+  if command -v redis-server >/dev/null; then
+    dir=$(mktemp -d)
+    port=${XACTHUC_TEST_REDIS_PORT:-6390}
+    echo "test.sh: no Redis at $XACTHUC_TEST_REDIS_URL; starting redis-server on 127.0.0.1:$port"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+      --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid"
+    trap 'kill "$(cat "$dir/redis.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+    export XACTHUC_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
+    for _ in $(seq 50); do redis_up "$XACTHUC_TEST_REDIS_URL" && break; sleep 0.1; done
+  fi
+  redis_up "$XACTHUC_TEST_REDIS_URL" || {
+    echo "test.sh: FAILED: Redis is required (none at $XACTHUC_TEST_REDIS_URL and redis-server is not installed: apt-get install redis-server)" >&2
+    exit 1
+  }
+fi
+
+echo "test.sh: ruff"
+.venv/bin/ruff check .
+if command -v npx >/dev/null; then
+  echo "test.sh: buf lint"
+  (cd protos && npx --yes @bufbuild/buf@1.75.0 lint)
+else
+  echo "test.sh: FAILED: npx (Node.js) is needed for 'buf lint' of the protos" >&2
+  exit 1
+fi
+
+echo "test.sh: pytest"
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,123 @@
+"""Composition root: builds every component from Settings. The only place that knows them all."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from xacthuc.auth import ApiKeys, Role, new_key
+from xacthuc.clock import Clock, SystemClock
+from xacthuc.config import Mode, Settings, SmsBackend
+from xacthuc.keyed import OtpMac, Pseudonymizer
+from xacthuc.sms import SmsSender
+from xacthuc.sms.console import ConsoleSmsSender
+from xacthuc.sms.http import HttpSmsSender
+from xacthuc.store.base import Limits, Store
+from xacthuc.store.memory import MemoryStore
+from xacthuc.tokens import SigningKey, TokenSigner
+from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
+
+log = logging.getLogger("xacthuc")
+
+DEMO_PLATFORM = "demo"
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    sms: SmsSender
+    clock: Clock
+    api_keys: ApiKeys
+    signer: TokenSigner
+    phone: PhoneOtpVerifier
+    # Keys made up at start in dev mode, to print once: role -> key.
+    demo_keys: dict[Role, str] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        await self.sms.aclose()
+        await self.store.aclose()
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        otp_max_attempts=settings.otp_max_attempts,
+        phone_max_failures=settings.phone_max_failures,
+        phone_lock_base_seconds=settings.phone_lock_base_seconds,
+        phone_lock_max_seconds=settings.phone_lock_max_seconds,
+        resend_cooldown_seconds=settings.resend_cooldown_seconds,
+        sends_per_phone_15m=settings.sends_per_phone_15m,
+        sends_per_phone_day=settings.sends_per_phone_day,
+        sends_per_platform_hour=settings.sends_per_platform_hour,
+        sends_per_client_ip_hour=settings.sends_per_client_ip_hour,
+        max_accounts_per_phone=settings.max_accounts_per_phone,
+    )
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.store_url.startswith("memory://"):
+        return MemoryStore()
+    from xacthuc.store.redis import RedisStore  # only production needs redis-py loaded
+
+    return RedisStore(settings.store_url, namespace=settings.store_namespace)
+
+
+def make_sms(settings: Settings) -> SmsSender:
+    if settings.sms_backend is SmsBackend.HTTP:
+        auth = settings.sms_http_auth_header
+        return HttpSmsSender(
+            url=settings.sms_http_url,
+            auth_header=auth.get_secret_value() if auth else None,
+            timeout=settings.sms_http_timeout_seconds,
+            retries=settings.sms_http_retries,
+        )
+    return ConsoleSmsSender()
+
+
+def build_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    sms: SmsSender | None = None,
+    clock: Clock | None = None,
+    api_keys: ApiKeys | None = None,
+) -> App:
+    """Build the service. Tests pass their own store, SMS sender, clock or keys."""
+    dev = settings.mode is Mode.DEV
+    clock = clock or SystemClock()
+    store = store or make_store(settings)
+    sms = sms or make_sms(settings)
+    otp_keys = [k.get_secret_value().encode() for k in settings.otp_hmac_keys] or [secrets.token_bytes(32)]
+    pseudonym_key = (
+        settings.pseudonym_key.get_secret_value().encode() if settings.pseudonym_key else secrets.token_bytes(32)
+    )
+    if dev and (not settings.otp_hmac_keys or settings.pseudonym_key is None):
+        log.warning("dev mode: random OTP/pseudonym keys for this run (set XACTHUC_OTP_HMAC_KEYS, "
+                    "XACTHUC_PSEUDONYM_KEY to keep pseudonyms stable across restarts)")
+    if settings.signing_key_file:
+        key = SigningKey.from_pem_file(settings.signing_key_file)
+    else:
+        log.warning("dev mode: generated a signing key for this run (set XACTHUC_SIGNING_KEY_FILE)")
+        key = SigningKey.generate()
+    demo_keys: dict[Role, str] = {}
+    if api_keys is None:
+        api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else ApiKeys()
+        if dev and settings.api_keys_file is None:
+            for role in Role:
+                raw, entry = new_key(DEMO_PLATFORM, role)
+                api_keys.add(entry)
+                demo_keys[role] = raw
+    signer = TokenSigner(key, issuer=settings.issuer)
+    phone = PhoneOtpVerifier(
+        store=store,
+        sms=sms,
+        clock=clock,
+        pseudonyms=Pseudonymizer(pseudonym_key),
+        otp_mac=OtpMac(otp_keys),
+        limits=limits_from(settings),
+        otp_ttl_seconds=settings.otp_ttl_seconds,
+        token_ttl_seconds=settings.token_ttl_seconds,
+        sms_template=settings.sms_template,
+    )
+    return App(settings, store, sms, clock, api_keys, signer, phone, demo_keys)

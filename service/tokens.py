@@ -1,0 +1,107 @@
+"""Attestation tokens: JWTs signed with Ed25519 (RFC 7519, RFC 8037), keys published as a JWKS.
+
+PyJWT does the JOSE work (encoding, EdDSA signing, JWK export); this module decides the
+claims. `alg` is `EdDSA` because most verifiers in the field know only that name (RFC 9864
+renames it `Ed25519`); `kid` is the key's RFC 7638 thumbprint, so it needs no bookkeeping.
+A token never carries a phone number, ID number, name or date of birth.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from xacthuc.store.base import AttestationRecord
+
+TOKEN_TYPE = "xacthuc-attestation+jwt"
+ALGORITHM = "EdDSA"
+LEGAL_BASIS = "Decree 147/2024/ND-CP"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def public_jwk(key: Ed25519PublicKey) -> dict[str, str]:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {"crv": "Ed25519", "kty": "OKP", "x": _b64(raw)}
+    # RFC 7638: SHA-256 over the required members in lexicographic order, no white space.
+    thumbprint = hashlib.sha256(json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode())
+    return {**jwk, "kid": _b64(thumbprint.digest()), "alg": ALGORITHM, "use": "sig"}
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private_key: Ed25519PrivateKey
+
+    @property
+    def kid(self) -> str:
+        return public_jwk(self.private_key.public_key())["kid"]
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem_file(cls, path: Path) -> SigningKey:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 private key")
+        return cls(key)
+
+    def to_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+class TokenSigner:
+    """Signs attestations with the active key; publishes it (and any retiring keys)."""
+
+    def __init__(self, key: SigningKey, *, issuer: str, also_published: tuple[Ed25519PublicKey, ...] = ()):
+        self._key = key
+        self._kid = key.kid
+        self._issuer = issuer
+        keys = [key.private_key.public_key(), *also_published]
+        self._jwks_json = json.dumps({"keys": [public_jwk(k) for k in keys]}, separators=(",", ":"))
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+    def claims(self, platform: str, record: AttestationRecord) -> dict[str, Any]:
+        return {
+            "iss": self._issuer,
+            "aud": platform,
+            "sub": record.account_id,
+            "iat": int(record.issued_at),
+            "exp": int(record.expires_at),
+            "jti": record.token_id,
+            "auth_time": int(record.verified_at),
+            "method": record.method,
+            "legal_basis": LEGAL_BASIS,
+            "guardian_managed": record.guardian_managed,
+            "commercial_livestream": record.commercial_livestream,
+        }
+
+    def sign(self, platform: str, record: AttestationRecord) -> str:
+        # Ed25519 is deterministic: the same record always yields the same token (replays).
+        return jwt.encode(
+            self.claims(platform, record),
+            self._key.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self._kid, "typ": TOKEN_TYPE},
+        )
+
+    def jwks_json(self) -> str:
+        return self._jwks_json
