@@ -119,7 +119,9 @@ class PhoneNotVietnameseMobile(InvalidArgument):
 
 class PhoneRetiredFormat(InvalidArgument):
     reason = "PHONE_RETIRED_FORMAT"
-    default_message = "phone_number is an 11-digit mobile number retired in 2018; use the 10-digit one"
+    default_message = (
+        "phone_number is an 11-digit mobile number retired in 2018; use the 10-digit one"
+    )
 
 
 class OtpMalformed(InvalidArgument):
@@ -212,6 +214,47 @@ class NotImplementedYet(Unimplemented):
     default_message = "this method is not served by this version of xacthuc"
 
 
+# Personal identification number (DOMAIN C, P5). Messages never echo the number or the date.
+class PersonalIdMalformed(InvalidArgument):
+    reason = "PERSONAL_ID_MALFORMED"
+    default_message = "personal_id_number must be exactly twelve ASCII digits"
+
+
+class PersonalIdPlaceCodeUnknown(InvalidArgument):
+    reason = "PERSONAL_ID_PLACE_CODE_UNKNOWN"
+    default_message = (
+        "personal_id_number does not start with a known province code or a country code"
+    )
+
+
+class PersonalIdBirthYearInFuture(InvalidArgument):
+    reason = "PERSONAL_ID_BIRTH_YEAR_IN_FUTURE"
+    default_message = "personal_id_number encodes a birth year in the future"
+
+
+class PersonalIdBirthYearMismatch(InvalidArgument):
+    reason = "PERSONAL_ID_BIRTH_YEAR_MISMATCH"
+    default_message = "the birth year in personal_id_number differs from date_of_birth"
+
+
+class PersonalIdSexMismatch(InvalidArgument):
+    reason = "PERSONAL_ID_SEX_MISMATCH"
+    default_message = "the sex encoded in personal_id_number differs from the declared sex"
+
+
+class DateOfBirthInvalid(InvalidArgument):
+    reason = "DATE_OF_BIRTH_INVALID"
+    default_message = "date_of_birth must be a real date, not in the future"
+
+
+class PersonalIdNotMatched(InvalidArgument):
+    reason = "PERSONAL_ID_NOT_MATCHED"
+    default_message = (
+        "the identity registry has no citizen with this personal_id_number, full_name "
+        "and date_of_birth"
+    )
+
+
 def _reason_classes() -> dict[str, type[XacthucError]]:
     found: dict[str, type[XacthucError]] = {}
     pending: list[type[XacthucError]] = [XacthucError]
@@ -226,8 +269,17 @@ def _reason_classes() -> dict[str, type[XacthucError]]:
 REASONS: dict[str, type[XacthucError]] = _reason_classes()
 _BY_STATUS: dict[grpc.StatusCode, type[XacthucError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unauthenticated,
-                PermissionDenied, Unavailable, Internal, Unimplemented)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        Unavailable,
+        Internal,
+        Unimplemented,
+    )
 }
 
 

@@ -112,6 +112,35 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNIMPLEMENTED: the RPC is part of the contract but not served by this
     version yet.
     """
+    ERROR_REASON_PERSONAL_ID_MALFORMED: _ErrorReason.ValueType  # 70
+    """INVALID_ARGUMENT: the personal identification number is not exactly 12
+    ASCII digits after trimming whitespace (DOMAIN C).
+    """
+    ERROR_REASON_PERSONAL_ID_PLACE_CODE_UNKNOWN: _ErrorReason.ValueType  # 71
+    """INVALID_ARGUMENT: digits 1-3 are neither one of the 63 province codes nor a
+    country code 101-295 for a birth registered abroad (DOMAIN C).
+    """
+    ERROR_REASON_PERSONAL_ID_BIRTH_YEAR_IN_FUTURE: _ErrorReason.ValueType  # 72
+    """INVALID_ARGUMENT: digits 4-6 encode a birth year after the current year
+    (DOMAIN C).
+    """
+    ERROR_REASON_PERSONAL_ID_BIRTH_YEAR_MISMATCH: _ErrorReason.ValueType  # 73
+    """INVALID_ARGUMENT: the birth year encoded in digits 4-6 differs from the
+    year of `date_of_birth` (DOMAIN C).
+    """
+    ERROR_REASON_PERSONAL_ID_SEX_MISMATCH: _ErrorReason.ValueType  # 74
+    """INVALID_ARGUMENT: the sex encoded in digit 4 differs from the declared
+    `sex` (checked only when a sex is declared) (DOMAIN C).
+    """
+    ERROR_REASON_DATE_OF_BIRTH_INVALID: _ErrorReason.ValueType  # 75
+    """INVALID_ARGUMENT: `date_of_birth` is missing, not a real date, or in the
+    future (Asia/Ho_Chi_Minh).
+    """
+    ERROR_REASON_PERSONAL_ID_NOT_MATCHED: _ErrorReason.ValueType  # 80
+    """INVALID_ARGUMENT: the identity registry has no citizen with this number,
+    full name and date of birth (P5). An unknown number and a mismatching
+    name or date give this same reason, so the answer reveals neither.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every machine-readable reason xacthuc puts on the wire.
@@ -214,5 +243,34 @@ the server log under the request id.
 ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 61
 """UNIMPLEMENTED: the RPC is part of the contract but not served by this
 version yet.
+"""
+ERROR_REASON_PERSONAL_ID_MALFORMED: ErrorReason.ValueType  # 70
+"""INVALID_ARGUMENT: the personal identification number is not exactly 12
+ASCII digits after trimming whitespace (DOMAIN C).
+"""
+ERROR_REASON_PERSONAL_ID_PLACE_CODE_UNKNOWN: ErrorReason.ValueType  # 71
+"""INVALID_ARGUMENT: digits 1-3 are neither one of the 63 province codes nor a
+country code 101-295 for a birth registered abroad (DOMAIN C).
+"""
+ERROR_REASON_PERSONAL_ID_BIRTH_YEAR_IN_FUTURE: ErrorReason.ValueType  # 72
+"""INVALID_ARGUMENT: digits 4-6 encode a birth year after the current year
+(DOMAIN C).
+"""
+ERROR_REASON_PERSONAL_ID_BIRTH_YEAR_MISMATCH: ErrorReason.ValueType  # 73
+"""INVALID_ARGUMENT: the birth year encoded in digits 4-6 differs from the
+year of `date_of_birth` (DOMAIN C).
+"""
+ERROR_REASON_PERSONAL_ID_SEX_MISMATCH: ErrorReason.ValueType  # 74
+"""INVALID_ARGUMENT: the sex encoded in digit 4 differs from the declared
+`sex` (checked only when a sex is declared) (DOMAIN C).
+"""
+ERROR_REASON_DATE_OF_BIRTH_INVALID: ErrorReason.ValueType  # 75
+"""INVALID_ARGUMENT: `date_of_birth` is missing, not a real date, or in the
+future (Asia/Ho_Chi_Minh).
+"""
+ERROR_REASON_PERSONAL_ID_NOT_MATCHED: ErrorReason.ValueType  # 80
+"""INVALID_ARGUMENT: the identity registry has no citizen with this number,
+full name and date of birth (P5). An unknown number and a mismatching
+name or date give this same reason, so the answer reveals neither.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

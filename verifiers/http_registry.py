@@ -1,0 +1,290 @@
+"""Production registry adapter: a licensed e-ID authentication provider over mutual TLS (P5).
+
+Wire contract, one request per attempt:
+
+    POST <base_url>/v1/match
+    Content-Type: application/json
+    X-Request-Id: <random hex, identical on every retry of one match>
+
+    {"personal_id": "<12 digits>", "full_name": "<NFC, single spaces>",
+     "date_of_birth": "YYYY-MM-DD"}
+
+The provider answers `200` with `{"result": "match"}` or `{"result": "no_match"}` (an
+unknown number is `no_match` too). Anything else is "unavailable":
+
+* connect errors, dropped connections, timeouts (each attempt is bounded by `timeout`
+  seconds as a whole) and 5xx are retried, at most `retries` times, with full-jitter
+  back-off (the wait before retry n is uniform in [0, min(2 s, backoff * 2**(n-1))]);
+  a match is read-only, so a repeat is harmless;
+* TLS failures (the provider's certificate does not verify, our client certificate is
+  refused), other statuses (redirects are not followed) and a 200 whose body is not one of
+  the two answers are not retried;
+
+and once the attempts are spent `match` raises `RegistryUnavailableError`.
+
+TLS: an `ssl.SSLContext` built here, TLS 1.2 minimum, verifying the provider against
+`ca_file` (or the system trust store when None), presenting `client_cert` = (certificate
+chain PEM, private key PEM) when given.
+
+Circuit breaker: every `match` that ends in `RegistryUnavailableError` is one failure; a
+`MATCH` or `NO_MATCH` resets the count. After `failure_threshold` consecutive failures the
+circuit opens: for `reset_timeout` seconds (read from the injected `clock`) every `match`
+fails at once without touching the network. Then the circuit is half-open: exactly one
+caller makes a single trial attempt (no retries) while the others still fail fast; success
+closes the circuit, failure opens it for another `reset_timeout`.
+
+Neither errors nor log lines carry the number, the name, the date of birth or the URL; logs
+name the request id, the attempt and the HTTP status or error class only (P9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import random
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from xacthuc.verifiers.registry import (
+    RegistryAnswer,
+    RegistryQuery,
+    RegistryUnavailableError,
+    clean_name,
+)
+
+__all__ = ["CircuitState", "HttpRegistry", "build_ssl_context"]
+
+logger = logging.getLogger(__name__)
+
+MATCH_PATH = "/v1/match"
+MAX_BACKOFF_SECONDS = 2.0
+MAX_RESPONSE_BYTES = 64 * 1024
+
+# Failures worth another attempt: the request may never have arrived, or its answer was lost.
+_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    TimeoutError,  # the whole-attempt deadline below
+)
+_ANSWERS = {"match": RegistryAnswer.MATCH, "no_match": RegistryAnswer.NO_MATCH}
+
+
+class CircuitState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """One failed attempt; `label` is safe to log (a status or an error class name)."""
+
+    label: str
+    retryable: bool
+
+
+def build_ssl_context(
+    *, client_cert: tuple[Path, Path] | None, ca_file: Path | None
+) -> ssl.SSLContext:
+    """A client-side context: verifies the server (against `ca_file` if given), mutual TLS."""
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file is not None else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_cert is not None:
+        cert_file, key_file = client_cert
+        context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
+    return context
+
+
+class HttpRegistry:
+    """`IdentityRegistry` over HTTPS with retries and a circuit breaker (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        client_cert: tuple[Path, Path] | None = None,
+        ca_file: Path | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+        backoff: float = 0.2,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme != "https" or not url.host:
+            raise ValueError("registry base_url must be an https:// URL")
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError("timeout must be a positive number of seconds")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if not (backoff >= 0 and math.isfinite(backoff)):
+            raise ValueError("backoff must be a non-negative number of seconds")
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        if not (reset_timeout >= 0 and math.isfinite(reset_timeout)):
+            raise ValueError("reset_timeout must be a non-negative number of seconds")
+        self._url = base_url.rstrip("/") + MATCH_PATH
+        self._timeout = timeout
+        self._attempts = 1 + retries
+        self._backoff = backoff
+        self._failure_threshold = failure_threshold
+        self._reset_timeout = reset_timeout
+        self._clock = clock
+        self._sleep = sleep
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_in_flight = False
+        self._client = httpx.AsyncClient(
+            verify=build_ssl_context(client_cert=client_cert, ca_file=ca_file),
+            timeout=timeout,
+            follow_redirects=False,
+        )
+
+    @property
+    def circuit_state(self) -> CircuitState:
+        if self._opened_at is None:
+            return CircuitState.CLOSED
+        if self._clock() - self._opened_at < self._reset_timeout:
+            return CircuitState.OPEN
+        return CircuitState.HALF_OPEN
+
+    async def match(self, query: RegistryQuery) -> RegistryAnswer:
+        request_id = secrets.token_hex(8)
+        state = self.circuit_state
+        if state is CircuitState.OPEN or (
+            state is CircuitState.HALF_OPEN and self._trial_in_flight
+        ):
+            logger.info("identity registry circuit open, failing fast: request_id=%s", request_id)
+            raise RegistryUnavailableError("identity registry circuit is open; retry later")
+        trial = state is CircuitState.HALF_OPEN
+        if trial:
+            self._trial_in_flight = True
+        try:
+            answer = await self._attempt_all(query, request_id, attempts=1 if trial else None)
+        except RegistryUnavailableError:
+            self._record_failure(request_id)
+            raise
+        finally:
+            if trial:
+                self._trial_in_flight = False
+        self._failures = 0
+        self._opened_at = None
+        return answer
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _attempt_all(
+        self, query: RegistryQuery, request_id: str, *, attempts: int | None
+    ) -> RegistryAnswer:
+        body = {
+            "personal_id": query.number,
+            "full_name": clean_name(query.full_name),
+            "date_of_birth": query.date_of_birth.isoformat(),
+        }
+        headers = {"X-Request-Id": request_id}
+        total = attempts if attempts is not None else self._attempts
+        for attempt in range(1, total + 1):
+            outcome = await self._attempt(body, headers)
+            if isinstance(outcome, RegistryAnswer):
+                return outcome
+            if not outcome.retryable or attempt == total:
+                self._log_failure(request_id, attempt, total, outcome.label, final=True)
+                # Raised outside any `except`: no httpx exception (which holds the request and
+                # its body) is chained as __cause__ or __context__.
+                raise RegistryUnavailableError(
+                    f"identity registry failed after {attempt} attempt(s); last: {outcome.label}"
+                )
+            self._log_failure(request_id, attempt, total, outcome.label, final=False)
+            await self._sleep(self._jitter(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, body: dict[str, str], headers: dict[str, str]
+    ) -> RegistryAnswer | _Failure:
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.post(
+                    self._url, json=body, headers=headers, timeout=self._timeout
+                )
+        except _RETRYABLE_ERRORS as exc:
+            return _Failure(type(exc).__name__, retryable=not _is_tls_failure(exc))
+        except httpx.HTTPError as exc:
+            return _Failure(type(exc).__name__, retryable=False)
+        status = response.status_code
+        if status >= 500:
+            return _Failure(f"HTTP {status}", retryable=True)
+        if status != 200:
+            return _Failure(f"HTTP {status}", retryable=False)
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            return _Failure("oversized answer", retryable=False)
+        try:
+            payload = response.json()
+        except ValueError:
+            return _Failure("answer is not JSON", retryable=False)
+        result = payload.get("result") if isinstance(payload, dict) else None
+        answer = _ANSWERS.get(result) if isinstance(result, str) else None
+        if answer is None:
+            return _Failure("answer has no valid result", retryable=False)
+        return answer
+
+    def _record_failure(self, request_id: str) -> None:
+        was_open = self._opened_at is not None
+        self._failures += 1
+        if was_open or self._failures >= self._failure_threshold:
+            self._opened_at = self._clock()
+            logger.error(
+                "identity registry circuit opened for %.1f s after %d consecutive failure(s): "
+                "request_id=%s",
+                self._reset_timeout,
+                self._failures,
+                request_id,
+            )
+
+    def _jitter(self, attempt: int) -> float:
+        ceiling = min(MAX_BACKOFF_SECONDS, self._backoff * 2 ** (attempt - 1))
+        return random.uniform(0.0, ceiling)
+
+    def _log_failure(
+        self, request_id: str, attempt: int, total: int, failure: str, *, final: bool
+    ) -> None:
+        logger.warning(
+            "identity registry attempt %d/%d %s: request_id=%s status=%s",
+            attempt,
+            total,
+            "failed, giving up" if final else "failed, will retry",
+            request_id,
+            failure,
+        )
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    """True when a TLS refusal (a certificate rejected by either side) is behind `exc`.
+
+    Retrying cannot fix it. Timeouts never count: asyncio's TLS layer leaves internal
+    `SSLWantReadError`s in the context chain of a cancelled read. Only a verification failure
+    or a plain `ssl.SSLError` (how OpenSSL reports alerts such as "certificate required")
+    counts; EOF, syscall and want-read/write errors are connection trouble and are retried.
+    """
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError) or type(current) is ssl.SSLError:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
