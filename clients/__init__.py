@@ -1,9 +1,9 @@
 """The xacthuc Python SDK: async and blocking clients, typed errors, offline token verification.
 
-    from xacthuc.client import AsyncClient
-    async with await AsyncClient.connect("localhost:50051", api_key=KEY) as xt:
-        challenge = await xt.start_phone_verification(account_id="u1", phone_number="0912345678",
-                                                     client_ip="203.0.113.7", idempotency_key="req-1")
+from xacthuc.client import AsyncClient
+async with await AsyncClient.connect("localhost:50051", api_key=KEY) as xt:
+    challenge = await xt.start_phone_verification(account_id="u1", phone_number="0912345678",
+                                                 client_ip="203.0.113.7", idempotency_key="req-1")
 """
 
 from xacthuc import errors

@@ -11,7 +11,6 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
-
 from xacthuc.errors import XacthucError, error_for_reason
 from xacthuc.v1 import audit_pb2, verification_pb2
 
@@ -72,50 +71,74 @@ class Rpc(Generic[T]):
 
 
 def challenge(r: verification_pb2.StartPhoneVerificationResponse) -> Challenge:
-    return Challenge(r.challenge_id, _dt(r.expires_at), _dt(r.resend_not_before),
-                     r.masked_phone_number, r.replayed)
+    return Challenge(
+        r.challenge_id,
+        _dt(r.expires_at),
+        _dt(r.resend_not_before),
+        r.masked_phone_number,
+        r.replayed,
+    )
 
 
 def attestation(a: verification_pb2.Attestation) -> Attestation:
     return Attestation(
-        token=a.token, token_id=a.token_id, account_id=a.account_id,
+        token=a.token,
+        token_id=a.token_id,
+        account_id=a.account_id,
         method=_METHOD_NAMES.get(a.method, "unspecified"),
-        verified_at=_dt(a.verified_at), expires_at=_dt(a.expires_at),
-        guardian_managed=a.guardian_managed, commercial_livestream=a.commercial_livestream,
+        verified_at=_dt(a.verified_at),
+        expires_at=_dt(a.expires_at),
+        guardian_managed=a.guardian_managed,
+        commercial_livestream=a.commercial_livestream,
     )
 
 
 def audit_page(r: audit_pb2.QueryAuditRecordsResponse) -> AuditPage:
-    return AuditPage([AuditRecord(x.index, json.loads(x.record_json), x.record_json) for x in r.records],
-                     r.next_page_token)
+    return AuditPage(
+        [AuditRecord(x.index, json.loads(x.record_json), x.record_json) for x in r.records],
+        r.next_page_token,
+    )
 
 
 START = Rpc("verification", "StartPhoneVerification", challenge)
-CONFIRM = Rpc("verification", "ConfirmPhoneVerification",
-              lambda r: attestation(r.attestation))
-GET_ATTESTATION = Rpc("verification", "GetAttestation", lambda r: attestation(r.attestation),
-                      idempotent=True)
+CONFIRM = Rpc("verification", "ConfirmPhoneVerification", lambda r: attestation(r.attestation))
+GET_ATTESTATION = Rpc(
+    "verification", "GetAttestation", lambda r: attestation(r.attestation), idempotent=True
+)
 GET_JWKS = Rpc("verification", "GetJwks", lambda r: r.jwks_json, idempotent=True)
 QUERY_AUDIT = Rpc("audit", "QueryAuditRecords", audit_page, idempotent=True)
 
 
-def start_request(account_id: str, phone_number: str, client_ip: str,
-                  idempotency_key: str) -> verification_pb2.StartPhoneVerificationRequest:
+def start_request(
+    account_id: str, phone_number: str, client_ip: str, idempotency_key: str
+) -> verification_pb2.StartPhoneVerificationRequest:
     return verification_pb2.StartPhoneVerificationRequest(
-        account_id=account_id, phone_number=phone_number, client_ip=client_ip,
-        idempotency_key=idempotency_key)
+        account_id=account_id,
+        phone_number=phone_number,
+        client_ip=client_ip,
+        idempotency_key=idempotency_key,
+    )
 
 
-def confirm_request(challenge_id: str, account_id: str,
-                    code: str) -> verification_pb2.ConfirmPhoneVerificationRequest:
+def confirm_request(
+    challenge_id: str, account_id: str, code: str
+) -> verification_pb2.ConfirmPhoneVerificationRequest:
     return verification_pb2.ConfirmPhoneVerificationRequest(
-        challenge_id=challenge_id, account_id=account_id, code=code)
+        challenge_id=challenge_id, account_id=account_id, code=code
+    )
 
 
-def audit_request(account_id: str, event: str, from_time: datetime | None, to_time: datetime | None,
-                  page_size: int, page_token: str) -> audit_pb2.QueryAuditRecordsRequest:
-    req = audit_pb2.QueryAuditRecordsRequest(account_id=account_id, event=event,
-                                              page_size=page_size, page_token=page_token)
+def audit_request(
+    account_id: str,
+    event: str,
+    from_time: datetime | None,
+    to_time: datetime | None,
+    page_size: int,
+    page_token: str,
+) -> audit_pb2.QueryAuditRecordsRequest:
+    req = audit_pb2.QueryAuditRecordsRequest(
+        account_id=account_id, event=event, page_size=page_size, page_token=page_token
+    )
     if from_time is not None:
         req.from_time.FromDatetime(from_time)
     if to_time is not None:

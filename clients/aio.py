@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-
 from xacthuc.client import _wire as w
 from xacthuc.client._wire import Attestation, AuditPage, Challenge
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
@@ -19,7 +18,9 @@ T = TypeVar("T")
 class AsyncClient:
     """Talks to xacthuc over grpc.aio. Create with `await AsyncClient.connect(...)` or `async with`."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, api_key: str, timeout: float, retries: int) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, *, api_key: str, timeout: float, retries: int
+    ) -> None:
         self._channel = channel
         self._metadata = w.call_metadata(api_key)
         self._timeout = timeout
@@ -64,8 +65,11 @@ class AsyncClient:
         attempts = 1 + (self._retries if rpc.idempotent else 0)
         for attempt in range(attempts):
             try:
-                response = await method(request, metadata=self._metadata,
-                                        timeout=timeout if timeout is not None else self._timeout)
+                response = await method(
+                    request,
+                    metadata=self._metadata,
+                    timeout=timeout if timeout is not None else self._timeout,
+                )
                 return rpc.parse(response)
             except grpc.RpcError as e:
                 if e.code() is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:  # type: ignore[attr-defined]
@@ -74,28 +78,47 @@ class AsyncClient:
                 raise w.decode_error(e) from None
         raise AssertionError("unreachable")
 
-    async def start_phone_verification(self, *, account_id: str, phone_number: str, client_ip: str,
-                                       idempotency_key: str = "", timeout: float | None = None) -> Challenge:
+    async def start_phone_verification(
+        self,
+        *,
+        account_id: str,
+        phone_number: str,
+        client_ip: str,
+        idempotency_key: str = "",
+        timeout: float | None = None,
+    ) -> Challenge:
         """Send a code by SMS. Pass an idempotency key so a retry never sends a second SMS."""
         request = w.start_request(account_id, phone_number, client_ip, idempotency_key)
         return await self._call(w.START, request, timeout)
 
-    async def confirm_phone_verification(self, *, challenge_id: str, account_id: str, code: str,
-                                         timeout: float | None = None) -> Attestation:
+    async def confirm_phone_verification(
+        self, *, challenge_id: str, account_id: str, code: str, timeout: float | None = None
+    ) -> Attestation:
         """Check the code; returns the signed attestation."""
-        return await self._call(w.CONFIRM, w.confirm_request(challenge_id, account_id, code), timeout)
+        return await self._call(
+            w.CONFIRM, w.confirm_request(challenge_id, account_id, code), timeout
+        )
 
-    async def get_attestation(self, *, account_id: str, timeout: float | None = None) -> Attestation:
+    async def get_attestation(
+        self, *, account_id: str, timeout: float | None = None
+    ) -> Attestation:
         return await self._call(w.GET_ATTESTATION, w.attestation_request(account_id), timeout)
 
     async def get_jwks(self, *, timeout: float | None = None) -> str:
         """The JWKS (JSON text) that verifies attestation tokens offline."""
         return await self._call(w.GET_JWKS, w.jwks_request(), timeout)
 
-    async def query_audit_records(self, *, account_id: str = "", event: str = "",
-                                  from_time: datetime | None = None, to_time: datetime | None = None,
-                                  page_size: int = 100, page_token: str = "",
-                                  timeout: float | None = None) -> AuditPage:
+    async def query_audit_records(
+        self,
+        *,
+        account_id: str = "",
+        event: str = "",
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AuditPage:
         """One page of the platform's audit log (auditor keys only)."""
         request = w.audit_request(account_id, event, from_time, to_time, page_size, page_token)
         return await self._call(w.QUERY_AUDIT, request, timeout)

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-
 from xacthuc.client import _wire as w
 from xacthuc.client._wire import Attestation, AuditPage, Challenge
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
@@ -19,7 +18,9 @@ T = TypeVar("T")
 class Client:
     """Talks to xacthuc over a blocking gRPC channel. Use `Client.connect(...)`, ideally in `with`."""
 
-    def __init__(self, channel: grpc.Channel, *, api_key: str, timeout: float, retries: int) -> None:
+    def __init__(
+        self, channel: grpc.Channel, *, api_key: str, timeout: float, retries: int
+    ) -> None:
         self._channel = channel
         self._metadata = w.call_metadata(api_key)
         self._timeout = timeout
@@ -30,8 +31,15 @@ class Client:
         }
 
     @classmethod
-    def connect(cls, target: str, *, api_key: str, tls: bool | grpc.ChannelCredentials = False,
-                timeout: float = 5.0, retries: int = 2) -> Client:
+    def connect(
+        cls,
+        target: str,
+        *,
+        api_key: str,
+        tls: bool | grpc.ChannelCredentials = False,
+        timeout: float = 5.0,
+        retries: int = 2,
+    ) -> Client:
         """See AsyncClient.connect."""
         if tls is True:
             channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
@@ -55,8 +63,11 @@ class Client:
         attempts = 1 + (self._retries if rpc.idempotent else 0)
         for attempt in range(attempts):
             try:
-                response = method(request, metadata=self._metadata,
-                                  timeout=timeout if timeout is not None else self._timeout)
+                response = method(
+                    request,
+                    metadata=self._metadata,
+                    timeout=timeout if timeout is not None else self._timeout,
+                )
                 return rpc.parse(response)
             except grpc.RpcError as e:
                 if e.code() is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:  # type: ignore[attr-defined]
@@ -65,13 +76,21 @@ class Client:
                 raise w.decode_error(e) from None
         raise AssertionError("unreachable")
 
-    def start_phone_verification(self, *, account_id: str, phone_number: str, client_ip: str,
-                                 idempotency_key: str = "", timeout: float | None = None) -> Challenge:
+    def start_phone_verification(
+        self,
+        *,
+        account_id: str,
+        phone_number: str,
+        client_ip: str,
+        idempotency_key: str = "",
+        timeout: float | None = None,
+    ) -> Challenge:
         request = w.start_request(account_id, phone_number, client_ip, idempotency_key)
         return self._call(w.START, request, timeout)
 
-    def confirm_phone_verification(self, *, challenge_id: str, account_id: str, code: str,
-                                   timeout: float | None = None) -> Attestation:
+    def confirm_phone_verification(
+        self, *, challenge_id: str, account_id: str, code: str, timeout: float | None = None
+    ) -> Attestation:
         return self._call(w.CONFIRM, w.confirm_request(challenge_id, account_id, code), timeout)
 
     def get_attestation(self, *, account_id: str, timeout: float | None = None) -> Attestation:
@@ -80,9 +99,16 @@ class Client:
     def get_jwks(self, *, timeout: float | None = None) -> str:
         return self._call(w.GET_JWKS, w.jwks_request(), timeout)
 
-    def query_audit_records(self, *, account_id: str = "", event: str = "",
-                            from_time: datetime | None = None, to_time: datetime | None = None,
-                            page_size: int = 100, page_token: str = "",
-                            timeout: float | None = None) -> AuditPage:
+    def query_audit_records(
+        self,
+        *,
+        account_id: str = "",
+        event: str = "",
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AuditPage:
         request = w.audit_request(account_id, event, from_time, to_time, page_size, page_token)
         return self._call(w.QUERY_AUDIT, request, timeout)

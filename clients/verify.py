@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 
-TOKEN_TYPE = "xacthuc-attestation+jwt"
+TOKEN_TYPE = "xacthuc-attestation+jwt"  # noqa: S105  (a JOSE `typ`, not a secret)
 _REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti", "method"]
 
 
@@ -44,7 +44,9 @@ class VerifiedAttestation:
 class AttestationVerifier:
     """Verifies tokens for one platform (`audience`) from one issuer against a JWKS."""
 
-    def __init__(self, jwks: str | dict[str, Any], *, issuer: str, audience: str, leeway: float = 30) -> None:
+    def __init__(
+        self, jwks: str | dict[str, Any], *, issuer: str, audience: str, leeway: float = 30
+    ) -> None:
         data = json.loads(jwks) if isinstance(jwks, str) else jwks
         self._keys: dict[str, Any] = {}
         for jwk in data.get("keys", []):
@@ -72,10 +74,18 @@ class AttestationVerifier:
             raise TokenInvalid("UNKNOWN_KEY", "kid is not in the JWKS")
         try:
             claims = jwt.decode(
-                token, key, algorithms=["EdDSA"], audience=self._audience, issuer=self._issuer,
+                token,
+                key,
+                algorithms=["EdDSA"],
+                audience=self._audience,
+                issuer=self._issuer,
                 # Time is checked below against `now`, so tests and replays can pin the clock.
-                options={"require": _REQUIRED, "verify_exp": False, "verify_iat": False,
-                         "verify_nbf": False},
+                options={
+                    "require": _REQUIRED,
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
         except jwt.InvalidSignatureError:
             raise TokenInvalid("BAD_SIGNATURE", "signature does not verify") from None
@@ -91,7 +101,9 @@ class AttestationVerifier:
         if not isinstance(claims["iat"], int | float) or claims["iat"] - self._leeway > now:
             raise TokenInvalid("NOT_YET_VALID", "token was issued in the future")
         return VerifiedAttestation(
-            account_id=claims["sub"], platform=claims["aud"], method=claims["method"],
+            account_id=claims["sub"],
+            platform=claims["aud"],
+            method=claims["method"],
             token_id=claims["jti"],
             issued_at=datetime.fromtimestamp(claims["iat"], UTC),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),

@@ -88,13 +88,19 @@ def build_app(
     clock = clock or SystemClock()
     store = store or make_store(settings)
     sms = sms or make_sms(settings)
-    otp_keys = [k.get_secret_value().encode() for k in settings.otp_hmac_keys] or [secrets.token_bytes(32)]
+    otp_keys = [k.get_secret_value().encode() for k in settings.otp_hmac_keys] or [
+        secrets.token_bytes(32)
+    ]
     pseudonym_key = (
-        settings.pseudonym_key.get_secret_value().encode() if settings.pseudonym_key else secrets.token_bytes(32)
+        settings.pseudonym_key.get_secret_value().encode()
+        if settings.pseudonym_key
+        else secrets.token_bytes(32)
     )
     if dev and (not settings.otp_hmac_keys or settings.pseudonym_key is None):
-        log.warning("dev mode: random OTP/pseudonym keys for this run (set XACTHUC_OTP_HMAC_KEYS, "
-                    "XACTHUC_PSEUDONYM_KEY to keep pseudonyms stable across restarts)")
+        log.warning(
+            "dev mode: random OTP/pseudonym keys for this run (set XACTHUC_OTP_HMAC_KEYS, "
+            "XACTHUC_PSEUDONYM_KEY to keep pseudonyms stable across restarts)"
+        )
     if settings.signing_key_file:
         key = SigningKey.from_pem_file(settings.signing_key_file)
     else:

@@ -52,7 +52,9 @@ def _digest(secret: str) -> str:
 def new_key(platform: str, role: Role) -> tuple[str, KeyEntry]:
     """A fresh API key and the entry to store for it. The key itself is never stored."""
     if not PLATFORM_ID.fullmatch(platform):
-        raise ValueError("platform id must be 1-63 of a-z 0-9 _ - (starting with a letter or digit)")
+        raise ValueError(
+            "platform id must be 1-63 of a-z 0-9 _ - (starting with a letter or digit)"
+        )
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -83,16 +85,25 @@ class ApiKeys:
     @classmethod
     def load(cls, path: Path) -> ApiKeys:
         data = json.loads(path.read_text())
-        return cls([
-            KeyEntry(e["id"], e["platform"], Role(e["role"]), e["sha256"], e.get("created", ""))
-            for e in data["keys"]
-        ])
+        return cls(
+            [
+                KeyEntry(e["id"], e["platform"], Role(e["role"]), e["sha256"], e.get("created", ""))
+                for e in data["keys"]
+            ]
+        )
 
     @staticmethod
     def append_to_file(path: Path, entry: KeyEntry) -> None:
         data = json.loads(path.read_text()) if path.exists() else {"keys": []}
-        data["keys"].append({"id": entry.key_id, "platform": entry.platform, "role": entry.role.value,
-                             "sha256": entry.sha256, "created": entry.created})
+        data["keys"].append(
+            {
+                "id": entry.key_id,
+                "platform": entry.platform,
+                "role": entry.role.value,
+                "sha256": entry.sha256,
+                "created": entry.created,
+            }
+        )
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(path)

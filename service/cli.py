@@ -19,8 +19,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"xacthuc: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     from xacthuc.app import DEMO_PLATFORM, build_app
     from xacthuc.server import serve
 
@@ -52,8 +53,10 @@ def _keys_create(args: argparse.Namespace) -> int:
         print(f"xacthuc: {e}", file=sys.stderr)
         return 2
     ApiKeys.append_to_file(args.file, entry)
-    print(f"created {entry.role.value} key {entry.key_id} for platform {entry.platform} in {args.file}",
-          file=sys.stderr)
+    print(
+        f"created {entry.role.value} key {entry.key_id} for platform {entry.platform} in {args.file}",
+        file=sys.stderr,
+    )
     print(key)  # shown once: only its hash is stored
     return 0
 
@@ -79,7 +82,8 @@ def _health(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.target) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
         except grpc.RpcError as e:
             print(f"xacthuc: health check failed: {e.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1
@@ -89,7 +93,9 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xacthuc", description="Decree 147 account verification service")
+    p = argparse.ArgumentParser(
+        prog="xacthuc", description="Decree 147 account verification service"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server (configured by XACTHUC_* variables)")
     serve.add_argument("--listen", help="HOST:PORT (overrides XACTHUC_LISTEN)")
@@ -104,7 +110,9 @@ def parser() -> argparse.ArgumentParser:
     create = ksub.add_parser("create", help="create a platform API key; prints it once")
     create.add_argument("--platform", required=True, help="platform id (a-z 0-9 _ -)")
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.PLATFORM.value)
-    create.add_argument("--file", type=Path, required=True, help="keys file (XACTHUC_API_KEYS_FILE)")
+    create.add_argument(
+        "--file", type=Path, required=True, help="keys file (XACTHUC_API_KEYS_FILE)"
+    )
     create.set_defaults(func=_keys_create)
     sk = ksub.add_parser("signing-key", help="generate an Ed25519 signing key (PEM)")
     sk.add_argument("--out", type=Path, required=True)

@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     sms_http_auth_header: SecretStr | None = None
     sms_http_timeout_seconds: float = Field(5.0, gt=0, le=60)
     sms_http_retries: int = Field(2, ge=0, le=5)
-    sms_template: str = "Ma xac thuc cua ban la {code}. Hieu luc {minutes} phut. Khong chia se ma nay."
+    sms_template: str = (
+        "Ma xac thuc cua ban la {code}. Hieu luc {minutes} phut. Khong chia se ma nay."
+    )
 
     # P1: codes.
     otp_ttl_seconds: int = Field(300, ge=60, le=600)  # NIST 800-63B / ASVS cap: 10 min
@@ -143,13 +145,17 @@ class Settings(BaseSettings):
         if self.sms_backend is SmsBackend.HTTP and not self.sms_http_url.startswith(
             ("http://", "https://")
         ):
-            raise ValueError("XACTHUC_SMS_HTTP_URL must be an http(s) URL when XACTHUC_SMS_BACKEND=http")
+            raise ValueError(
+                "XACTHUC_SMS_HTTP_URL must be an http(s) URL when XACTHUC_SMS_BACKEND=http"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("XACTHUC_TLS_CERT_FILE and XACTHUC_TLS_KEY_FILE go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("XACTHUC_TLS_CLIENT_CA_FILE needs XACTHUC_TLS_CERT_FILE")
         if self.sends_per_phone_15m > self.sends_per_phone_day:
-            raise ValueError("XACTHUC_SENDS_PER_PHONE_15M must not exceed XACTHUC_SENDS_PER_PHONE_DAY")
+            raise ValueError(
+                "XACTHUC_SENDS_PER_PHONE_15M must not exceed XACTHUC_SENDS_PER_PHONE_DAY"
+            )
         if self.mode is Mode.PRODUCTION:
             self._refuse_dev_parts()
         return self
@@ -159,9 +165,13 @@ class Settings(BaseSettings):
         if self.sms_backend is SmsBackend.CONSOLE:
             dev_parts.append("XACTHUC_SMS_BACKEND=console prints codes; use http")
         if self.signing_key_file is None:
-            dev_parts.append("XACTHUC_SIGNING_KEY_FILE is unset (a generated key would not survive a restart)")
+            dev_parts.append(
+                "XACTHUC_SIGNING_KEY_FILE is unset (a generated key would not survive a restart)"
+            )
         if self.store_url.startswith("memory://"):
-            dev_parts.append("XACTHUC_STORE_URL=memory:// keeps nothing across restarts; use redis://")
+            dev_parts.append(
+                "XACTHUC_STORE_URL=memory:// keeps nothing across restarts; use redis://"
+            )
         if not self.otp_hmac_keys:
             dev_parts.append("XACTHUC_OTP_HMAC_KEYS is unset")
         if self.pseudonym_key is None:

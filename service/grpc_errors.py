@@ -16,18 +16,21 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-
 from xacthuc.errors import ERROR_DOMAIN, InternalError, XacthucError
 
 log = logging.getLogger("xacthuc.rpc")
 
 
 def to_status(error: XacthucError) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
     details = [info]
     if error.retry_after is not None:
         seconds = max(0, math.ceil(error.retry_after))
-        details.append(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+        details.append(
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
+        )
     packed = []
     for d in details:
         a = any_pb2.Any()
@@ -43,4 +46,4 @@ def internal(method: str, exc: BaseException) -> grpc.Status:
     return to_status(InternalError(f"internal error (request id {request_id})"))
 
 
-assert code_pb2.INTERNAL == grpc.StatusCode.INTERNAL.value[0]  # the two enums agree
+assert grpc.StatusCode.INTERNAL.value[0] == code_pb2.INTERNAL  # the two enums agree

@@ -15,7 +15,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-
 from xacthuc.app import App
 from xacthuc.servicer import AuditServicer, VerificationServicer
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc, verification_pb2, verification_pb2_grpc
@@ -32,7 +31,9 @@ MAX_MESSAGE_BYTES = 1 << 20
 class Server:
     """A running xacthuc server; `port` is the bound port (useful with port 0)."""
 
-    def __init__(self, app: App, server: grpc.aio.Server, health: HealthServicer, port: int) -> None:
+    def __init__(
+        self, app: App, server: grpc.aio.Server, health: HealthServicer, port: int
+    ) -> None:
         self.app = app
         self.port = port
         self._server = server
@@ -40,7 +41,9 @@ class Server:
 
     async def stop(self, grace: float | None = None) -> None:
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.app.settings.shutdown_grace_seconds if grace is None else grace)
+        await self._server.stop(
+            self.app.settings.shutdown_grace_seconds if grace is None else grace
+        )
         await self.app.aclose()
 
     async def wait(self) -> None:
@@ -56,8 +59,13 @@ async def start_server(app: App, listen: str | None = None) -> Server:
         ]
     )
     verification_pb2_grpc.add_VerificationServiceServicer_to_server(
-        VerificationServicer(api_keys=app.api_keys, phone=app.phone, store=app.store,
-                             signer=app.signer, clock=app.clock.now),
+        VerificationServicer(
+            api_keys=app.api_keys,
+            phone=app.phone,
+            store=app.store,
+            signer=app.signer,
+            clock=app.clock.now,
+        ),
         server,
     )
     audit_pb2_grpc.add_AuditServiceServicer_to_server(
@@ -66,8 +74,11 @@ async def start_server(app: App, listen: str | None = None) -> Server:
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = _bind(server, app, listen or app.settings.listen)
@@ -96,15 +107,21 @@ def _bind(server: grpc.aio.Server, app: App, address: str) -> int:
 async def serve(app: App) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     running = await start_server(app)
-    log.info("xacthuc listening on %s (mode %s, store %s)", app.settings.listen,
-             app.settings.mode.value, app.settings.store_url.split("://")[0])
+    log.info(
+        "xacthuc listening on %s (mode %s, store %s)",
+        app.settings.listen,
+        app.settings.mode.value,
+        app.settings.store_url.split("://")[0],
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: refusing new calls, %.0fs for calls in flight",
-             app.settings.shutdown_grace_seconds)
+    log.info(
+        "shutting down: refusing new calls, %.0fs for calls in flight",
+        app.settings.shutdown_grace_seconds,
+    )
     await running.stop()
     log.info("stopped")

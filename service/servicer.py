@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Histogram
-
 from xacthuc.auth import ApiKeys, Caller, Role
 from xacthuc.errors import (
     AttestationNotFound,
@@ -35,8 +34,10 @@ from xacthuc.verifiers.phone_otp import PhoneOtpVerifier, check_account_id
 RPC_TOTAL = Counter("xacthuc_rpc_total", "RPCs by method and outcome reason", ["method", "reason"])
 RPC_SECONDS = Histogram("xacthuc_rpc_seconds", "RPC latency", ["method"])
 
-_METHODS = {"phone_otp": verification_pb2.VERIFICATION_METHOD_PHONE_OTP,
-            "personal_id": verification_pb2.VERIFICATION_METHOD_PERSONAL_ID}
+_METHODS = {
+    "phone_otp": verification_pb2.VERIFICATION_METHOD_PHONE_OTP,
+    "personal_id": verification_pb2.VERIFICATION_METHOD_PERSONAL_ID,
+}
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -90,15 +91,24 @@ def _rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
-    def __init__(self, *, api_keys: ApiKeys, phone: PhoneOtpVerifier, store: Store,
-                 signer: TokenSigner, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        api_keys: ApiKeys,
+        phone: PhoneOtpVerifier,
+        store: Store,
+        signer: TokenSigner,
+        clock: Callable[[], float],
+    ) -> None:
         self.api_keys = api_keys
         self._phone = phone
         self._store = store
         self._signer = signer
         self._now = clock
 
-    def _attestation(self, platform: str, record: AttestationRecord) -> verification_pb2.Attestation:
+    def _attestation(
+        self, platform: str, record: AttestationRecord
+    ) -> verification_pb2.Attestation:
         return verification_pb2.Attestation(
             token=self._signer.sign(platform, record),
             token_id=record.token_id,
@@ -111,7 +121,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         )
 
     @_rpc(Role.PLATFORM)
-    async def StartPhoneVerification(self, caller: Caller, request: verification_pb2.StartPhoneVerificationRequest) -> verification_pb2.StartPhoneVerificationResponse:  # noqa: E501
+    async def StartPhoneVerification(
+        self, caller: Caller, request: verification_pb2.StartPhoneVerificationRequest
+    ) -> verification_pb2.StartPhoneVerificationResponse:
         started = await self._phone.start(
             platform=caller.platform,
             account_id=request.account_id,
@@ -128,7 +140,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         )
 
     @_rpc(Role.PLATFORM)
-    async def ConfirmPhoneVerification(self, caller: Caller, request: verification_pb2.ConfirmPhoneVerificationRequest) -> verification_pb2.ConfirmPhoneVerificationResponse:  # noqa: E501
+    async def ConfirmPhoneVerification(
+        self, caller: Caller, request: verification_pb2.ConfirmPhoneVerificationRequest
+    ) -> verification_pb2.ConfirmPhoneVerificationResponse:
         record = await self._phone.confirm(
             platform=caller.platform,
             challenge_id=request.challenge_id,
@@ -140,15 +154,21 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         )
 
     @_rpc(Role.PLATFORM)
-    async def GetAttestation(self, caller: Caller, request: verification_pb2.GetAttestationRequest) -> verification_pb2.GetAttestationResponse:  # noqa: E501
+    async def GetAttestation(
+        self, caller: Caller, request: verification_pb2.GetAttestationRequest
+    ) -> verification_pb2.GetAttestationResponse:
         check_account_id(request.account_id)
         record = await self._store.get_attestation(caller.platform, request.account_id)
         if record is None or record.status != "active" or record.expires_at <= self._now():
             raise AttestationNotFound()
-        return verification_pb2.GetAttestationResponse(attestation=self._attestation(caller.platform, record))
+        return verification_pb2.GetAttestationResponse(
+            attestation=self._attestation(caller.platform, record)
+        )
 
     @_rpc(Role.PLATFORM)
-    async def GetJwks(self, caller: Caller, request: verification_pb2.GetJwksRequest) -> verification_pb2.GetJwksResponse:  # noqa: E501
+    async def GetJwks(
+        self, caller: Caller, request: verification_pb2.GetJwksRequest
+    ) -> verification_pb2.GetJwksResponse:
         return verification_pb2.GetJwksResponse(jwks_json=self._signer.jwks_json())
 
     @_rpc(Role.PLATFORM)
@@ -167,7 +187,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self._store = store
 
     @_rpc(Role.AUDITOR)
-    async def QueryAuditRecords(self, caller: Caller, request: audit_pb2.QueryAuditRecordsRequest) -> audit_pb2.QueryAuditRecordsResponse:  # noqa: E501
+    async def QueryAuditRecords(
+        self, caller: Caller, request: audit_pb2.QueryAuditRecordsRequest
+    ) -> audit_pb2.QueryAuditRecordsResponse:
         page_size = request.page_size or 100
         if not 1 <= page_size <= 1000:
             raise FieldInvalid("page_size", "must be 1-1000")
@@ -185,12 +207,21 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 ts = Timestamp()
                 ts.FromJsonString(rec["time"])
                 t = ts.ToNanoseconds() / 1e9
-                if ((not request.account_id or rec["account"] == request.account_id)
-                        and (not request.event or rec["event"] == request.event)
-                        and (since is None or t >= since) and (until is None or t < until)):
-                    found.append(audit_pb2.AuditRecord(index=index + offset, record_json=raw,
-                                                       event=rec["event"], account_id=rec["account"],
-                                                       time=ts))
+                if (
+                    (not request.account_id or rec["account"] == request.account_id)
+                    and (not request.event or rec["event"] == request.event)
+                    and (since is None or t >= since)
+                    and (until is None or t < until)
+                ):
+                    found.append(
+                        audit_pb2.AuditRecord(
+                            index=index + offset,
+                            record_json=raw,
+                            event=rec["event"],
+                            account_id=rec["account"],
+                            time=ts,
+                        )
+                    )
                     if len(found) == page_size:
                         index += offset + 1
                         break
@@ -209,8 +240,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     GetCheckpoint = GetInclusionProof = GetConsistencyProof = GetReport = _not_yet
 
-    async def ExportAuditRecords(self, request: audit_pb2.ExportAuditRecordsRequest,
-                                 context: grpc.aio.ServicerContext) -> None:
+    async def ExportAuditRecords(
+        self, request: audit_pb2.ExportAuditRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> None:
         await self._not_yet(request, context)
 
 

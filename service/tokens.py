@@ -18,10 +18,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from xacthuc.store.base import AttestationRecord
 
-TOKEN_TYPE = "xacthuc-attestation+jwt"
+TOKEN_TYPE = "xacthuc-attestation+jwt"  # noqa: S105  (a JOSE `typ`, not a secret)
 ALGORITHM = "EdDSA"
 LEGAL_BASIS = "Decree 147/2024/ND-CP"
 
@@ -68,7 +67,9 @@ class SigningKey:
 class TokenSigner:
     """Signs attestations with the active key; publishes it (and any retiring keys)."""
 
-    def __init__(self, key: SigningKey, *, issuer: str, also_published: tuple[Ed25519PublicKey, ...] = ()):
+    def __init__(
+        self, key: SigningKey, *, issuer: str, also_published: tuple[Ed25519PublicKey, ...] = ()
+    ):
         self._key = key
         self._kid = key.kid
         self._issuer = issuer

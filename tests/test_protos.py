@@ -13,7 +13,8 @@ GENERATED = ROOT / "protos" / "xacthuc" / "v1"
 
 def _load_generator():
     spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -25,7 +26,9 @@ def test_generated_code_is_not_stale(tmp_path: Path, monkeypatch) -> None:
     written = _load_generator().generate(tmp_path)
     fresh = {p.name: p.read_bytes() for p in written}
     committed = {p.name: p.read_bytes() for p in GENERATED.glob("*_pb2*.py*")}
-    assert sorted(committed) == sorted(fresh), "generated file set differs: run scripts/gen_protos.py"
+    assert sorted(committed) == sorted(fresh), (
+        "generated file set differs: run scripts/gen_protos.py"
+    )
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert [] == stale, f"stale generated code: run `python scripts/gen_protos.py` ({stale})"
 
@@ -35,7 +38,8 @@ def test_every_error_reason_is_in_the_proto_enum_and_back() -> None:
     from xacthuc.errors import REASONS
     from xacthuc.v1 import errors_pb2
 
-    in_proto = {n.removeprefix("ERROR_REASON_") for n in errors_pb2.ErrorReason.keys()} - {"UNSPECIFIED"}
+    names = errors_pb2.ErrorReason.keys()
+    in_proto = {n.removeprefix("ERROR_REASON_") for n in names} - {"UNSPECIFIED"}
     assert sorted(in_proto) == sorted(REASONS)
 
 
@@ -47,7 +51,8 @@ def test_each_reason_comment_states_the_status_the_server_sends() -> None:
     stated = dict(
         (reason, status)
         for status, reason in re.findall(
-            r"//\s*([A-Z_]+):[^\n]*\n(?:\s*//[^\n]*\n)*\s*ERROR_REASON_([A-Z_]+) =", text)
+            r"//\s*([A-Z_]+):[^\n]*\n(?:\s*//[^\n]*\n)*\s*ERROR_REASON_([A-Z_]+) =", text
+        )
     )
     assert sorted(REASONS) == sorted(stated), "every reason's comment must start with its status"
     assert {r: c.code.name for r, c in REASONS.items()} == stated

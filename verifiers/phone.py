@@ -11,7 +11,6 @@ import re
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
-
 from xacthuc.errors import (
     PhoneMalformed,
     PhoneNotVietnamese,

@@ -80,7 +80,13 @@ class PhoneOtpVerifier:
         self._template = sms_template
 
     async def start(
-        self, *, platform: str, account_id: str, phone_number: str, client_ip: str, idempotency_key: str
+        self,
+        *,
+        platform: str,
+        account_id: str,
+        phone_number: str,
+        client_ip: str,
+        idempotency_key: str,
     ) -> StartedChallenge:
         check_account_id(account_id)
         e164 = normalize_vn_mobile(phone_number)

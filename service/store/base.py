@@ -40,7 +40,9 @@ class Limits:
 
     def lock_seconds(self, level: int) -> int:
         """Growing back-off (P2): base, 2x base, 4x base ... capped."""
-        return int(min(self.phone_lock_base_seconds * 2 ** max(0, level - 1), self.phone_lock_max_seconds))
+        return int(
+            min(self.phone_lock_base_seconds * 2 ** max(0, level - 1), self.phone_lock_max_seconds)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,9 @@ class Store(Protocol):
 
     async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None: ...
 
-    async def audit_records(self, platform: str, start: int = 0, stop: int | None = None) -> list[str]:
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
         """Stored audit records [start, stop) of a platform's log, exactly as stored."""
         ...
 

@@ -66,9 +66,13 @@ class _Platform:
     idempotency: dict[str, str] = field(default_factory=dict)
     phones: dict[str, _Phone] = field(default_factory=lambda: defaultdict(_Phone))
     platform_sends: list[tuple[float, str]] = field(default_factory=list)
-    client_sends: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
+    client_sends: dict[str, list[tuple[float, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     phone_accounts: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    attestations: dict[str, tuple[AttestationRecord, str]] = field(default_factory=dict)  # -> (record, phone)
+    attestations: dict[str, tuple[AttestationRecord, str]] = field(
+        default_factory=dict
+    )  # -> (record, phone)
     audit: list[str] = field(default_factory=list)
 
 
@@ -92,7 +96,10 @@ class MemoryStore:
                 if existing.fingerprint != new.fingerprint:
                     self._refuse_start(p, new, IdempotencyKeyReused())
                 return ChallengeView(
-                    p.idempotency[new.idempotency_key], existing.expires_at, existing.resend_not_before, True
+                    p.idempotency[new.idempotency_key],
+                    existing.expires_at,
+                    existing.resend_not_before,
+                    True,
                 )
         try:
             self._check_send_allowed(p, new, limits)
@@ -101,9 +108,15 @@ class MemoryStore:
         phone = p.phones[new.phone]
         resend_not_before = now + limits.resend_cooldown_seconds
         p.challenges[new.challenge_id] = _Challenge(
-            account_id=new.account_id, phone=new.phone, client=new.client, mac=new.code_mac,
-            idempotency_key=new.idempotency_key, fingerprint=new.fingerprint, created=now,
-            expires_at=new.expires_at, resend_not_before=resend_not_before,
+            account_id=new.account_id,
+            phone=new.phone,
+            client=new.client,
+            mac=new.code_mac,
+            idempotency_key=new.idempotency_key,
+            fingerprint=new.fingerprint,
+            created=now,
+            expires_at=new.expires_at,
+            resend_not_before=resend_not_before,
         )
         if new.idempotency_key:
             p.idempotency[new.idempotency_key] = new.challenge_id
@@ -112,9 +125,18 @@ class MemoryStore:
         phone.sends = [*_recent(phone.sends, now, _WINDOWS["phone_day"]), entry]
         p.platform_sends = [*_recent(p.platform_sends, now, _WINDOWS["platform_hour"]), entry]
         p.client_sends[new.client] = [*_recent(p.client_sends[new.client], now, 3600), entry]
-        self._audit(p, new.platform, now, account=new.account_id, event="verification_started",
-                    outcome="ok", challenge=new.challenge_id, phone=new.phone, client=new.client,
-                    method="phone_otp")
+        self._audit(
+            p,
+            new.platform,
+            now,
+            account=new.account_id,
+            event="verification_started",
+            outcome="ok",
+            challenge=new.challenge_id,
+            phone=new.phone,
+            client=new.client,
+            method="phone_otp",
+        )
         return ChallengeView(new.challenge_id, new.expires_at, resend_not_before, False)
 
     def _check_send_allowed(self, p: _Platform, new: NewChallenge, limits: Limits) -> None:
@@ -139,14 +161,24 @@ class MemoryStore:
             if len(recent) >= limit:
                 oldest = recent[-limit][0]
                 raise SendLimitExceeded(
-                    f"send limit reached ({scope})", metadata={"scope": scope},
+                    f"send limit reached ({scope})",
+                    metadata={"scope": scope},
                     retry_after=oldest + window - now,
                 )
 
     def _refuse_start(self, p: _Platform, new: NewChallenge, error: XacthucError) -> None:
-        self._audit(p, new.platform, new.now, account=new.account_id, event="verification_started",
-                    outcome="refused", reason=error.reason, phone=new.phone, client=new.client,
-                    method="phone_otp")
+        self._audit(
+            p,
+            new.platform,
+            new.now,
+            account=new.account_id,
+            event="verification_started",
+            outcome="refused",
+            reason=error.reason,
+            phone=new.phone,
+            client=new.client,
+            method="phone_otp",
+        )
         raise error
 
     async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
@@ -155,8 +187,16 @@ class MemoryStore:
         if ch is None or ch.state != "sending":
             return
         ch.state = "pending"
-        self._audit(p, platform, now, account=ch.account_id, event="code_sent", outcome="ok",
-                    challenge=challenge_id, phone=ch.phone)
+        self._audit(
+            p,
+            platform,
+            now,
+            account=ch.account_id,
+            event="code_sent",
+            outcome="ok",
+            challenge=challenge_id,
+            phone=ch.phone,
+        )
 
     async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
         p = self._platforms[platform]
@@ -171,9 +211,17 @@ class MemoryStore:
         phone.last_send = max((t for t, _ in phone.sends), default=float("-inf"))
         p.platform_sends = [e for e in p.platform_sends if e[1] != challenge_id]
         p.client_sends[ch.client] = [e for e in p.client_sends[ch.client] if e[1] != challenge_id]
-        self._audit(p, platform, now, account=ch.account_id, event="code_send_failed",
-                    outcome="failed", reason="SMS_DELIVERY_FAILED", challenge=challenge_id,
-                    phone=ch.phone)
+        self._audit(
+            p,
+            platform,
+            now,
+            account=ch.account_id,
+            event="code_send_failed",
+            outcome="failed",
+            reason="SMS_DELIVERY_FAILED",
+            challenge=challenge_id,
+            phone=ch.phone,
+        )
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
         p = self._platforms[check.platform]
@@ -209,8 +257,9 @@ class MemoryStore:
             ok |= hmac.compare_digest(stored.encode(), c.encode())
         return ok
 
-    def _wrong_code(self, p: _Platform, check: CodeCheck, ch: _Challenge, phone: _Phone,
-                    limits: Limits) -> AttestationRecord:
+    def _wrong_code(
+        self, p: _Platform, check: CodeCheck, ch: _Challenge, phone: _Phone, limits: Limits
+    ) -> AttestationRecord:
         now = check.now
         phone.fails += 1
         remaining = limits.otp_max_attempts - ch.attempts
@@ -219,24 +268,57 @@ class MemoryStore:
             phone.fails = 0
             seconds = limits.lock_seconds(phone.lock_level)
             phone.locked_until = now + seconds
-            self._audit(p, check.platform, now, account=ch.account_id, event="check_failed",
-                        outcome="failed", reason="OTP_INCORRECT", challenge=check.challenge_id,
-                        phone=ch.phone, attempts_remaining=remaining)
-            self._audit(p, check.platform, now, account=ch.account_id, event="phone_locked",
-                        outcome="locked", reason="PHONE_LOCKED", phone=ch.phone,
-                        lock_seconds=seconds, lock_level=phone.lock_level)
+            self._audit(
+                p,
+                check.platform,
+                now,
+                account=ch.account_id,
+                event="check_failed",
+                outcome="failed",
+                reason="OTP_INCORRECT",
+                challenge=check.challenge_id,
+                phone=ch.phone,
+                attempts_remaining=remaining,
+            )
+            self._audit(
+                p,
+                check.platform,
+                now,
+                account=ch.account_id,
+                event="phone_locked",
+                outcome="locked",
+                reason="PHONE_LOCKED",
+                phone=ch.phone,
+                lock_seconds=seconds,
+                lock_level=phone.lock_level,
+            )
             raise PhoneLocked(retry_after=seconds)
-        self._audit(p, check.platform, now, account=ch.account_id, event="check_failed",
-                    outcome="failed", reason="OTP_INCORRECT", challenge=check.challenge_id,
-                    phone=ch.phone, attempts_remaining=remaining)
+        self._audit(
+            p,
+            check.platform,
+            now,
+            account=ch.account_id,
+            event="check_failed",
+            outcome="failed",
+            reason="OTP_INCORRECT",
+            challenge=check.challenge_id,
+            phone=ch.phone,
+            attempts_remaining=remaining,
+        )
         raise OtpIncorrect(metadata={"attempts_remaining": str(remaining)})
 
-    def _succeed(self, p: _Platform, check: CodeCheck, ch: _Challenge, phone: _Phone) -> AttestationRecord:
+    def _succeed(
+        self, p: _Platform, check: CodeCheck, ch: _Challenge, phone: _Phone
+    ) -> AttestationRecord:
         now = check.now
         a = check.attestation
         record = AttestationRecord(
-            account_id=check.account_id, method=a.method, token_id=a.token_id, verified_at=now,
-            issued_at=a.issued_at, expires_at=a.expires_at,
+            account_id=check.account_id,
+            method=a.method,
+            token_id=a.token_id,
+            verified_at=now,
+            issued_at=a.issued_at,
+            expires_at=a.expires_at,
         )
         ch.state = "consumed"
         phone.fails = 0
@@ -246,25 +328,52 @@ class MemoryStore:
             p.phone_accounts[previous[1]].discard(check.account_id)
         p.phone_accounts[ch.phone].add(check.account_id)
         p.attestations[check.account_id] = (record, ch.phone)
-        self._audit(p, check.platform, now, account=ch.account_id, event="check_ok", outcome="ok",
-                    challenge=check.challenge_id, phone=ch.phone)
-        self._audit(p, check.platform, now, account=ch.account_id, event="attestation_issued",
-                    outcome="ok", token_id=a.token_id, method=a.method,
-                    expires=int(a.expires_at))
+        self._audit(
+            p,
+            check.platform,
+            now,
+            account=ch.account_id,
+            event="check_ok",
+            outcome="ok",
+            challenge=check.challenge_id,
+            phone=ch.phone,
+        )
+        self._audit(
+            p,
+            check.platform,
+            now,
+            account=ch.account_id,
+            event="attestation_issued",
+            outcome="ok",
+            token_id=a.token_id,
+            method=a.method,
+            expires=int(a.expires_at),
+        )
         return record
 
-    def _fail(self, p: _Platform, check: CodeCheck, error: XacthucError,
-              ch: _Challenge | None = None) -> AttestationRecord:
-        self._audit(p, check.platform, check.now, account=check.account_id, event="check_failed",
-                    outcome="refused", reason=error.reason, challenge=check.challenge_id,
-                    phone=ch.phone if ch else "")
+    def _fail(
+        self, p: _Platform, check: CodeCheck, error: XacthucError, ch: _Challenge | None = None
+    ) -> AttestationRecord:
+        self._audit(
+            p,
+            check.platform,
+            check.now,
+            account=check.account_id,
+            event="check_failed",
+            outcome="refused",
+            reason=error.reason,
+            challenge=check.challenge_id,
+            phone=ch.phone if ch else "",
+        )
         raise error
 
     async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None:
         found = self._platforms[platform].attestations.get(account_id)
         return found[0] if found else None
 
-    async def audit_records(self, platform: str, start: int = 0, stop: int | None = None) -> list[str]:
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
         return self._platforms[platform].audit[start:stop]
 
     async def ping(self) -> None:

@@ -1,0 +1,178 @@
+"""`xacthuc serve` as a real process: configuration errors, production guard, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from aiohttp import web
+from xacthuc import errors
+from xacthuc.auth import ApiKeys, Role, new_key
+from xacthuc.client import AsyncClient
+
+XACTHUC = [sys.executable, "-m", "xacthuc.cli"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XACTHUC_")}
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_bad_values_are_reported_one_line_each() -> None:
+    """Every invalid XACTHUC_* value is named with its problem, and the process exits 2."""
+    run = subprocess.run(
+        [*XACTHUC, "serve"],
+        env=_env(
+            XACTHUC_OTP_TTL_SECONDS="3600", XACTHUC_LISTEN="nowhere", XACTHUC_STORE_URL="mysql://x"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 2 == run.returncode
+    assert "XACTHUC_OTP_TTL_SECONDS: Input should be less than or equal to 600" in run.stderr
+    assert "XACTHUC_LISTEN: must be HOST:PORT" in run.stderr
+    assert "XACTHUC_STORE_URL: must start with memory://" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_production_mode_refuses_dev_only_parts() -> None:
+    """Production refuses console SMS, a generated signing key and the in-process store."""
+    run = subprocess.run(
+        [*XACTHUC, "serve"],
+        env=_env(XACTHUC_MODE="production"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 2 == run.returncode
+    for part in (
+        "XACTHUC_SMS_BACKEND=console",
+        "XACTHUC_SIGNING_KEY_FILE is unset",
+        "XACTHUC_STORE_URL=memory://",
+    ):
+        assert part in run.stderr
+
+
+def test_keys_create_stores_only_a_hash(tmp_path: Path) -> None:
+    """`xacthuc keys create` prints the key once; the file holds its hash, never the key."""
+    keys = tmp_path / "keys.json"
+    run = subprocess.run(
+        [
+            *XACTHUC,
+            "keys",
+            "create",
+            "--platform",
+            "zalo-like",
+            "--role",
+            "auditor",
+            "--file",
+            str(keys),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 0 == run.returncode
+    key = run.stdout.strip()
+    assert re.fullmatch(r"xk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", key)
+    stored = keys.read_text()
+    assert key.split("_", 2)[2] not in stored
+    assert '"role": "auditor"' in stored
+
+
+async def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(tmp_path: Path) -> None:
+    """On SIGTERM a start waiting on a slow SMS gateway completes; the process then exits 0."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def gateway(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    gw = web.Application()
+    gw.router.add_post("/sms", gateway)
+    runner = web.AppRunner(gw)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    gw_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    keys = tmp_path / "keys.json"
+    api_key, entry = new_key("p1", Role.PLATFORM)
+    ApiKeys.append_to_file(keys, entry)
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *XACTHUC,
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        env=_env(
+            XACTHUC_SMS_BACKEND="http",
+            XACTHUC_SMS_HTTP_URL=f"http://127.0.0.1:{gw_port}/sms",
+            XACTHUC_API_KEYS_FILE=str(keys),
+            XACTHUC_SHUTDOWN_GRACE_SECONDS="20",
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        client = await AsyncClient.connect(f"127.0.0.1:{port}", api_key=api_key, timeout=30)
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await client.get_jwks(timeout=1)
+                    break
+                except errors.XacthucError:
+                    await asyncio.sleep(0.1)
+        in_flight = asyncio.create_task(
+            client.start_phone_verification(
+                account_id="a1", phone_number="0912345678", client_ip="203.0.113.9"
+            )
+        )
+        await asyncio.wait_for(arrived.wait(), 10)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        async with await AsyncClient.connect(
+            f"127.0.0.1:{port}", api_key=api_key, timeout=2, retries=0
+        ) as late:
+            with pytest.raises(errors.Unavailable):
+                await late.get_jwks()
+        release.set()
+        challenge = await asyncio.wait_for(in_flight, 10)
+        assert challenge.challenge_id.startswith("ch_")
+        assert 0 == await asyncio.wait_for(proc.wait(), 30)
+        await client.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await runner.cleanup()
+
+
+def test_health_command_reports_not_serving_without_a_server() -> None:
+    """`xacthuc health` exits non-zero when nothing answers."""
+    run = subprocess.run(
+        [*XACTHUC, "health", "--target", f"127.0.0.1:{_free_port()}", "--timeout", "0.5"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 1 == run.returncode
+    assert grpc.StatusCode.UNAVAILABLE.name in run.stderr
