@@ -159,7 +159,9 @@ class MemoryStore:
             window = _WINDOWS[scope]
             recent = _recent(entries, now, window)
             if len(recent) >= limit:
-                oldest = recent[-limit][0]
+                # The budget frees up when the limit-th latest send leaves the window. Sorted by
+                # time: the wall clock can step back, so append order is not time order.
+                oldest = sorted(t for t, _ in recent)[-limit]
                 raise SendLimitExceeded(
                     f"send limit reached ({scope})",
                     metadata={"scope": scope},

@@ -1,0 +1,113 @@
+-- check_code: count the attempt, compare in constant time, consume, attest; P1, P2, P8.
+--
+-- KEYS[1] ch:<id>   KEYS[2] acct:<account>   KEYS[3] audit
+-- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at} or a refusal.
+-- Single use: a consumed challenge refuses even the right code (CHALLENGE_ALREADY_USED).
+--
+-- The phone's keys (ph:<phone>, phacct:<phone>, and phacct:<previous phone> of an account
+-- that moves) are named by stored state the caller cannot know, so they are built here from
+-- PREFIX; they carry the same {platform} hash tag as KEYS, so they live in the same slot.
+
+local ch_key, acct_key, audit_key = KEYS[1], KEYS[2], KEYS[3]
+local L = P.limits
+local a = P.attestation
+
+local c = {}
+local raw = redis.call("HGETALL", ch_key)
+for i = 1, #raw, 2 do
+  c[raw[i]] = raw[i + 1]
+end
+
+local function refuse(reason, phone_j, retry_after)
+  audit(audit_key, {
+    account = P.account_j, event = q("check_failed"), outcome = q("refused"),
+    reason = q(reason), challenge = P.challenge_j, phone = phone_j or '""',
+  })
+  return refusal(reason, retry_after)
+end
+
+local expires_at = tonumber(c.expires_at)
+if not expires_at or NOW >= expires_at + L.challenge_retention_seconds then
+  return refuse("CHALLENGE_NOT_FOUND")
+end
+if c.account ~= P.account then
+  return refuse("CHALLENGE_ACCOUNT_MISMATCH", c.phone_j)
+end
+if c.state == "consumed" then
+  return refuse("CHALLENGE_ALREADY_USED", c.phone_j)
+end
+if NOW >= expires_at then
+  return refuse("OTP_EXPIRED", c.phone_j)
+end
+local attempts = tonumber(c.attempts)
+if attempts >= L.otp_max_attempts then
+  return refuse("OTP_ATTEMPTS_EXCEEDED", c.phone_j)
+end
+local ph_key = PREFIX .. "ph:" .. c.phone
+local ph = redis.call("HMGET", ph_key, "fails", "lock_level", "locked_until")
+local fails, level, locked_until = tonumber(ph[1]) or 0, tonumber(ph[2]) or 0, tonumber(ph[3]) or 0
+if locked_until > NOW then
+  return refuse("PHONE_LOCKED", c.phone_j, fmt(locked_until - NOW))
+end
+
+attempts = attempts + 1 -- counted before comparing
+redis.call("HSET", ch_key, "attempts", int(attempts))
+
+if not mac_matches(c.mac, P.candidates) then
+  fails = fails + 1
+  local remaining = int(L.otp_max_attempts - attempts)
+  local failed = {
+    account = P.account_j, event = q("check_failed"), outcome = q("failed"),
+    reason = q("OTP_INCORRECT"), challenge = P.challenge_j, phone = c.phone_j,
+    attempts_remaining = remaining,
+  }
+  if fails >= L.phone_max_failures then
+    level = level + 1
+    local seconds = math.floor(math.min(
+      L.phone_lock_base_seconds * 2 ^ math.max(0, level - 1), L.phone_lock_max_seconds))
+    locked_until = NOW + seconds
+    redis.call("HSET", ph_key, "fails", "0", "lock_level", int(level),
+      "locked_until", fmt(locked_until))
+    keep_phone(ph_key, locked_until)
+    audit(audit_key, failed)
+    audit(audit_key, {
+      account = P.account_j, event = q("phone_locked"), outcome = q("locked"),
+      reason = q("PHONE_LOCKED"), phone = c.phone_j, lock_seconds = int(seconds),
+      lock_level = int(level),
+    })
+    return refusal("PHONE_LOCKED", fmt(seconds))
+  end
+  redis.call("HSET", ph_key, "fails", int(fails))
+  keep_phone(ph_key, locked_until)
+  audit(audit_key, failed)
+  return refusal("OTP_INCORRECT", "", remaining)
+end
+
+local accounts_key = PREFIX .. "phacct:" .. c.phone
+if redis.call("SISMEMBER", accounts_key, P.account) == 0
+    and redis.call("SCARD", accounts_key) >= L.max_accounts_per_phone then
+  return refuse("PHONE_ACCOUNT_LIMIT", c.phone_j)
+end
+
+redis.call("HSET", ch_key, "state", "consumed")
+redis.call("HSET", ph_key, "fails", "0", "lock_level", "0") -- success resets P2
+keep_phone(ph_key, locked_until)
+local previous = redis.call("HGET", acct_key, "phone")
+if previous and previous ~= c.phone then
+  redis.call("SREM", PREFIX .. "phacct:" .. previous, P.account)
+end
+redis.call("SADD", accounts_key, P.account)
+redis.call("DEL", acct_key)
+redis.call("HSET", acct_key,
+  "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
+  "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
+  "guardian_managed", "0", "commercial_livestream", "0", "phone", c.phone)
+audit(audit_key, {
+  account = P.account_j, event = q("check_ok"), outcome = q("ok"), challenge = P.challenge_j,
+  phone = c.phone_j,
+})
+audit(audit_key, {
+  account = P.account_j, event = q("attestation_issued"), outcome = q("ok"),
+  token_id = a.token_id_j, method = a.method_j, expires = a.expires,
+})
+return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at }

@@ -1,0 +1,98 @@
+-- Prelude of every store script (redis.py puts it in front of each operation's body).
+--
+-- ARGV[1] is one JSON object of named parameters. Times travel as decimal strings written by
+-- Python's repr() and are read with tonumber(), so Lua computes with the very same doubles as
+-- the in-memory store; times written back are formatted with %.17g, which round-trips exactly.
+-- `now` always comes from the caller's injected clock, never from the Redis TIME command.
+--
+-- Strings that end up in audit records arrive already JSON-encoded by Python (fields ending in
+-- `_j`), so the records here are byte for byte what `audit_record()` writes in Python:
+-- Redis' cjson escapes differently (it writes "\/" and raw UTF-8), so it is not used to encode.
+
+local P = cjson.decode(ARGV[1])
+local NOW = tonumber(P.now)
+local PREFIX = P.prefix -- "<namespace>:{<platform>}:", the hash tag shared by every key
+local DAY = 86400
+
+local function fmt(x)
+  return string.format("%.17g", x)
+end
+
+local function int(x)
+  return string.format("%d", x)
+end
+
+-- A JSON string literal for the fixed ASCII names used below (events, reasons, outcomes).
+local function q(s)
+  return '"' .. s .. '"'
+end
+
+-- Milliseconds from now until `deadline` (seconds), at least 1 so PEXPIRE never deletes.
+local function ms_until(deadline)
+  local ms = math.ceil((deadline - NOW) * 1000)
+  if ms < 1 then
+    ms = 1
+  end
+  return ms
+end
+
+-- Phone state is kept while the number is locked and for a day after its last activity.
+local function keep_phone(key, locked_until)
+  redis.call("PEXPIRE", key, ms_until(math.max(locked_until, NOW) + DAY))
+end
+
+-- Every field an audit record may carry, in Python's sorted-key order.
+local AUDIT_FIELDS = {
+  "account", "attempts_remaining", "challenge", "client", "event", "expires", "lock_level",
+  "lock_seconds", "method", "outcome", "phone", "platform", "reason", "seq", "time",
+  "token_id", "v",
+}
+-- Fields audit_record() always writes; the others (extras) are left out when they are "".
+local AUDIT_BASE = {
+  account = true, event = true, outcome = true, platform = true, reason = true, seq = true,
+  time = true, v = true,
+}
+local AUDIT_KNOWN = {}
+for _, name in ipairs(AUDIT_FIELDS) do
+  AUDIT_KNOWN[name] = true
+end
+
+-- Append one record to the platform's audit list; `fields` maps names to JSON texts.
+local function audit(key, fields)
+  local f = { v = P.audit_version, platform = P.platform_j, time = P.time_j, reason = '""' }
+  for name, value in pairs(fields) do
+    if not AUDIT_KNOWN[name] then
+      error("unknown audit field " .. name)
+    end
+    f[name] = value
+  end
+  f.seq = int(redis.call("LLEN", key))
+  local parts = {}
+  for _, name in ipairs(AUDIT_FIELDS) do
+    local value = f[name]
+    if value ~= nil and (AUDIT_BASE[name] or value ~= '""') then
+      parts[#parts + 1] = '"' .. name .. '":' .. value
+    end
+  end
+  redis.call("RPUSH", key, "{" .. table.concat(parts, ",") .. "}")
+end
+
+-- A refusal as Python raises it: {"err", reason, retry_after seconds or "", extra or ""}.
+local function refusal(reason, retry_after, extra)
+  return { "err", reason, retry_after or "", extra or "" }
+end
+
+-- Constant-time MAC comparison: every byte of every candidate is XORed with the stored MAC,
+-- with no early exit, so the time depends only on the lengths, never on where bytes differ.
+local function mac_matches(stored, candidates)
+  local n = #stored
+  local found = 0
+  for _, candidate in ipairs(candidates) do
+    local diff = (#candidate == n) and 0 or 1
+    for i = 1, n do
+      diff = bit.bor(diff, bit.bxor(string.byte(stored, i), string.byte(candidate, i) or 0))
+    end
+    found = bit.bor(found, (diff == 0) and 1 or 0)
+  end
+  return found == 1
+end

@@ -1,0 +1,292 @@
+"""The Redis store: each operation is one Lua script, one round trip, one atomic step.
+
+The scripts in `xacthuc/lua/` mirror `memory.py` line for line; this module only names the
+keys, encodes the parameters and turns the scripts' replies into results or exceptions.
+
+Key layout, all under one hash tag per platform so a platform lives in one cluster slot:
+
+    <ns>:{<platform>}:ch:<challenge id>     hash: the challenge (and its result once consumed)
+    <ns>:{<platform>}:idem:<key>            string: idempotency key -> challenge id
+    <ns>:{<platform>}:ph:<phone>            hash: fails, lock_level, locked_until, last_send
+    <ns>:{<platform>}:sends:ph:<phone>      zset: challenge id scored by send time (P3)
+    <ns>:{<platform>}:sends:ip:<client>     zset: the same per client-IP bucket
+    <ns>:{<platform>}:sends:platform        zset: the same for the whole platform
+    <ns>:{<platform>}:phacct:<phone>        set: accounts attested with the number (P8)
+    <ns>:{<platform>}:acct:<account>        hash: the account's current attestation
+    <ns>:{<platform>}:audit                 list: the platform's audit records
+
+Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
+does, send windows after their window, phone state a day after its last activity or lock.
+Expiry only reclaims memory: every rule is decided from the caller's `now`, as in memory.
+The namespace and platform must not contain `{` or `}`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from xacthuc.clock import rfc3339
+from xacthuc.errors import (
+    ChallengeAccountMismatch,
+    ChallengeAlreadyUsed,
+    ChallengeNotFound,
+    IdempotencyKeyReused,
+    OtpAttemptsExceeded,
+    OtpExpired,
+    OtpIncorrect,
+    PhoneAccountLimit,
+    PhoneLocked,
+    ResendTooSoon,
+    SendLimitExceeded,
+    StoreUnavailable,
+    XacthucError,
+)
+from xacthuc.store.base import (
+    AUDIT_FORMAT_VERSION,
+    AttestationRecord,
+    ChallengeView,
+    CodeCheck,
+    Limits,
+    NewChallenge,
+)
+
+_SCRIPTS = ("start_challenge", "confirm_sent", "abort_challenge", "check_code")
+
+# Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
+_REFUSALS: dict[str, type[XacthucError]] = {
+    cls.reason: cls
+    for cls in (
+        ChallengeAccountMismatch,
+        ChallengeAlreadyUsed,
+        ChallengeNotFound,
+        IdempotencyKeyReused,
+        OtpAttemptsExceeded,
+        OtpExpired,
+        OtpIncorrect,
+        PhoneAccountLimit,
+        PhoneLocked,
+        ResendTooSoon,
+        SendLimitExceeded,
+    )
+}
+
+
+@cache
+def _lua(name: str) -> str:
+    """The prelude shared by all scripts, then the operation's own body."""
+    folder = resources.files("xacthuc") / "lua"
+    return "\n".join((folder / f).read_text("utf-8") for f in ("common.lua", f"{name}.lua"))
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _j(value: str) -> str:
+    """A string as JSON text, exactly as `audit_record()` writes it (ASCII, escaped)."""
+    return json.dumps(value)
+
+
+def _time(value: float) -> str:
+    """A time for Lua: repr() is the shortest text that reads back as the same double."""
+    return repr(float(value))
+
+
+def _refusal(reason: str, retry_after: str, extra: str) -> XacthucError:
+    """The exception MemoryStore raises for the same refusal."""
+    retry = float(retry_after) if retry_after else None
+    if reason == SendLimitExceeded.reason:
+        return SendLimitExceeded(
+            f"send limit reached ({extra})", metadata={"scope": extra}, retry_after=retry
+        )
+    if reason == OtpIncorrect.reason:
+        return OtpIncorrect(metadata={"attempts_remaining": extra})
+    return _REFUSALS[reason](retry_after=retry)
+
+
+# Faults after which a retry later can succeed: no connection, a slow server, a replica
+# that took over read-only after a failover, a server still loading its data.
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, BusyLoadingError)
+
+
+class RedisStore:
+    """The `Store` contract on Redis 7 (or a cluster: one platform, one slot).
+
+    A given `client` is used as is and left open by `aclose`; without one, the store opens
+    its own from `url`. redis-py does not retry a command by default, and that matters: a
+    script whose reply was lost may have run, so it must not run twice; the caller gets
+    StoreUnavailable and retries with its idempotency key.
+    """
+
+    def __init__(
+        self, url: str, *, namespace: str = "xacthuc", client: aioredis.Redis | None = None
+    ) -> None:
+        self._owns_client = client is None
+        self._redis: aioredis.Redis = (
+            client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
+        )
+        self._namespace = namespace
+        self._scripts = {name: self._redis.register_script(_lua(name)) for name in _SCRIPTS}
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "xacthuc") -> RedisStore:
+        return cls(url, namespace=namespace)
+
+    def _prefix(self, platform: str) -> str:
+        return f"{self._namespace}:{{{platform}}}:"
+
+    def _common(self, platform: str, now: float) -> dict[str, Any]:
+        return {
+            "prefix": self._prefix(platform),
+            "now": _time(now),
+            "time_j": _j(rfc3339(now)),
+            "platform_j": _j(platform),
+            "audit_version": str(AUDIT_FORMAT_VERSION),
+        }
+
+    async def _run(self, name: str, keys: Sequence[str], params: dict[str, Any]) -> list[str]:
+        """One EVALSHA; a refusal becomes its exception, a lost connection StoreUnavailable."""
+        args = [json.dumps(params, ensure_ascii=False, separators=(",", ":"))]
+        try:
+            reply = await self._scripts[name](keys=list(keys), args=args)
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable() from e
+        reply = [_text(part) for part in reply]
+        if reply[0] == "err":
+            raise _refusal(reply[1], reply[2], reply[3])
+        return reply
+
+    async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
+        pre = self._prefix(new.platform)
+        keys = [
+            f"{pre}ch:{new.challenge_id}",
+            f"{pre}ph:{new.phone}",
+            f"{pre}sends:ph:{new.phone}",
+            f"{pre}sends:platform",
+            f"{pre}sends:ip:{new.client}",
+            f"{pre}phacct:{new.phone}",
+            f"{pre}audit",
+        ]
+        if new.idempotency_key:
+            keys.append(f"{pre}idem:{new.idempotency_key}")
+        params = self._common(new.platform, new.now) | {
+            "limits": asdict(limits),
+            "challenge_id": new.challenge_id,
+            "challenge_j": _j(new.challenge_id),
+            "account": new.account_id,
+            "account_j": _j(new.account_id),
+            "phone": new.phone,
+            "phone_j": _j(new.phone),
+            "client": new.client,
+            "client_j": _j(new.client),
+            "code_mac": new.code_mac,
+            "idempotency_key": new.idempotency_key,
+            "fingerprint": new.fingerprint,
+            "expires_at": _time(new.expires_at),
+        }
+        status, challenge_id, expires_at, resend_not_before = await self._run(
+            "start_challenge", keys, params
+        )
+        return ChallengeView(
+            challenge_id, float(expires_at), float(resend_not_before), status == "replay"
+        )
+
+    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
+        pre = self._prefix(platform)
+        params = self._common(platform, now) | {"challenge_j": _j(challenge_id)}
+        await self._run("confirm_sent", [f"{pre}ch:{challenge_id}", f"{pre}audit"], params)
+
+    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
+        pre = self._prefix(platform)
+        keys = [f"{pre}ch:{challenge_id}", f"{pre}sends:platform", f"{pre}audit"]
+        params = self._common(platform, now) | {
+            "challenge_id": challenge_id,
+            "challenge_j": _j(challenge_id),
+        }
+        await self._run("abort_challenge", keys, params)
+
+    async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
+        pre = self._prefix(check.platform)
+        a = check.attestation
+        keys = [f"{pre}ch:{check.challenge_id}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
+        params = self._common(check.platform, check.now) | {
+            "limits": asdict(limits),
+            "challenge_j": _j(check.challenge_id),
+            "account": check.account_id,
+            "account_j": _j(check.account_id),
+            "candidates": list(check.candidates),
+            "attestation": {
+                "token_id": a.token_id,
+                "token_id_j": _j(a.token_id),
+                "method": a.method,
+                "method_j": _j(a.method),
+                "issued_at": _time(a.issued_at),
+                "expires_at": _time(a.expires_at),
+                "expires": str(int(a.expires_at)),
+            },
+        }
+        _, method, token_id, verified_at, issued_at, expires_at = await self._run(
+            "check_code", keys, params
+        )
+        return AttestationRecord(
+            account_id=check.account_id,
+            method=method,
+            token_id=token_id,
+            verified_at=float(verified_at),
+            issued_at=float(issued_at),
+            expires_at=float(expires_at),
+        )
+
+    async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None:
+        try:
+            raw = await self._redis.hgetall(f"{self._prefix(platform)}acct:{account_id}")
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable() from e
+        if not raw:
+            return None
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        return AttestationRecord(
+            account_id=h["account_id"],
+            method=h["method"],
+            token_id=h["token_id"],
+            verified_at=float(h["verified_at"]),
+            issued_at=float(h["issued_at"]),
+            expires_at=float(h["expires_at"]),
+            status=h["status"],
+            guardian_managed=h["guardian_managed"] == "1",
+            commercial_livestream=h["commercial_livestream"] == "1",
+        )
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        key = f"{self._prefix(platform)}audit"
+        try:
+            if start >= 0 and (stop is None or stop >= 0):
+                if stop is not None and stop <= start:
+                    return []
+                raw = await self._redis.lrange(key, start, -1 if stop is None else stop - 1)
+            else:  # negative bounds need the length; Python's slice rules apply
+                raw = (await self._redis.lrange(key, 0, -1))[start:stop]
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable() from e
+        return [_text(r) for r in raw]
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable() from e
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._redis.aclose()
