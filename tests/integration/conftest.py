@@ -1,0 +1,93 @@
+"""A real xacthuc gRPC server on a loopback port, over real Redis, driven through the shipped client."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from xacthuc.app import App, build_app
+from xacthuc.auth import ApiKeys, Role, new_key
+from xacthuc.client import AsyncClient
+from xacthuc.clock import FixedClock
+from xacthuc.config import Settings
+from xacthuc.server import Server, start_server
+from xacthuc.sms import SmsDeliveryError, SmsMessage
+from xacthuc.store.redis import RedisStore
+
+START = 1_800_000_000.0  # 2027-01-15, a fixed instant: tests move the clock themselves
+
+
+class CapturingSms:
+    """An SMS channel that keeps what it is given, and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.messages: list[SmsMessage] = []
+        self.fail = False
+
+    async def send(self, message: SmsMessage) -> None:
+        if self.fail:
+            raise SmsDeliveryError("gateway down (test)")
+        self.messages.append(message)
+
+    async def aclose(self) -> None:
+        return None
+
+    def code_for(self, challenge_id: str) -> str:
+        for m in reversed(self.messages):
+            if m.message_id == challenge_id:
+                found = re.search(r"\b(\d{6})\b", m.text)
+                assert found is not None
+                return found.group(1)
+        raise AssertionError(f"no SMS for {challenge_id}")
+
+
+@dataclass
+class Harness:
+    app: App
+    server: Server
+    sms: CapturingSms
+    clock: FixedClock
+    keys: dict[tuple[str, Role], str] = field(default_factory=dict)
+    clients: list[AsyncClient] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    async def client(self, platform: str = "alpha", role: Role = Role.PLATFORM) -> AsyncClient:
+        c = await AsyncClient.connect(self.target, api_key=self.keys[(platform, role)], timeout=10)
+        self.clients.append(c)
+        return c
+
+
+def make_settings(**overrides: object) -> Settings:
+    return Settings.load(otp_hmac_keys="k" * 32, pseudonym_key="p" * 32, **overrides)
+
+
+@pytest.fixture
+async def harness(redis_url: str, redis_namespace: str) -> AsyncIterator[Harness]:
+    keys = ApiKeys()
+    raw: dict[tuple[str, Role], str] = {}
+    for platform in ("alpha", "beta"):
+        for role in Role:
+            key, entry = new_key(platform, role)
+            keys.add(entry)
+            raw[(platform, role)] = key
+    clock = FixedClock(START)
+    sms = CapturingSms()
+    app = build_app(
+        make_settings(),
+        store=RedisStore(redis_url, namespace=redis_namespace),
+        sms=sms,
+        clock=clock,
+        api_keys=keys,
+    )
+    server = await start_server(app, "127.0.0.1:0")
+    h = Harness(app, server, sms, clock, raw)
+    yield h
+    for c in h.clients:
+        await c.close()
+    await server.stop(grace=0)
