@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
+
 from xacthuc.errors import XacthucError, error_for_reason
 from xacthuc.v1 import audit_pb2, verification_pb2
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
+
 from xacthuc.client import _wire as w
 from xacthuc.client._wire import Attestation, AuditPage, Challenge
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Histogram
+
 from xacthuc.auth import ApiKeys, Caller, Role
 from xacthuc.errors import (
     AttestationNotFound,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
+
 from xacthuc.store.base import Store
 from xacthuc.store.memory import MemoryStore
 from xacthuc.store.redis import RedisStore

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from xacthuc import errors
 from xacthuc.auth import ApiKeys, Role, new_key
 

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from xacthuc.verifiers.http_registry import CircuitState, HttpRegistry
 from xacthuc.verifiers.registry import RegistryAnswer, RegistryQuery, RegistryUnavailableError
 

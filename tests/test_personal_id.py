@@ -7,6 +7,7 @@ import datetime
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+
 from xacthuc.errors import (
     DateOfBirthInvalid,
     InvalidArgument,

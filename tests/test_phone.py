@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from xacthuc import errors
 from xacthuc.verifiers.phone import mask, normalize_vn_mobile
 

@@ -8,6 +8,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+
 from xacthuc.verifiers.personal_id import COUNTRY_CODES, Sex, parse_personal_id
 from xacthuc.verifiers.registry import (
     IdentityRegistry,

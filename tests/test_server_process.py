@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from aiohttp import web
+
 from xacthuc import errors
 from xacthuc.auth import ApiKeys, Role, new_key
 from xacthuc.client import AsyncClient

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+
 from xacthuc.sms.base import SmsDeliveryError, SmsMessage
 from xacthuc.sms.http import HttpSmsSender
 

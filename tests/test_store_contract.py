@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 
 import pytest
 import redis.asyncio as aioredis
+
 from xacthuc.errors import (
     ChallengeAccountMismatch,
     ChallengeAlreadyUsed,

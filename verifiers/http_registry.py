@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
 from xacthuc.verifiers.registry import (
     RegistryAnswer,
     RegistryQuery,

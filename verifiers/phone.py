@@ -11,6 +11,7 @@ import re
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
+
 from xacthuc.errors import (
     PhoneMalformed,
     PhoneNotVietnamese,

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
+
 from xacthuc.sms.base import SmsDeliveryError, SmsMessage
 
 __all__ = ["HttpSmsSender"]

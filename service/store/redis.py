@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import BusyLoadingError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from xacthuc.clock import rfc3339
 from xacthuc.errors import (
     ChallengeAccountMismatch,

@@ -9,6 +9,7 @@ import logging
 
 import grpc
 import pytest
+
 from xacthuc import errors
 from xacthuc.auth import Role
 from xacthuc.client import AttestationVerifier, Client, TokenInvalid
