@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="")
     health.add_argument("--timeout", type=float, default=2.0)
     health.set_defaults(func=_health)
+    from xacthuc import cli_audit
+
+    cli_audit.register(sub)
     keys = sub.add_parser("keys", help="manage API keys and signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="create a platform API key; prints it once")

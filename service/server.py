@@ -17,7 +17,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from xacthuc.app import App
-from xacthuc.servicer import AuditServicer, VerificationServicer
+from xacthuc.audit_servicer import AuditServicer
+from xacthuc.servicer import VerificationServicer
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc, verification_pb2, verification_pb2_grpc
 
 log = logging.getLogger("xacthuc")

@@ -775,6 +775,33 @@ async def test_audit_times_keep_milliseconds(store: Store) -> None:
     assert [started(0, now)] == await store.audit_records(PLATFORM)
 
 
+async def test_append_audit_numbers_records_in_order_with_the_shared_format(store: Store) -> None:
+    """append_audit adds a record after the others, numbered by position, in the canonical form."""
+    await store.start_challenge(new(), LIMITS)
+    index = await store.append_audit(
+        PLATFORM,
+        NOW + 2,
+        account="",
+        event="auditor_query",
+        outcome="ok",
+        key_id="k1",
+        detail='quote " and / é',
+    )
+
+    expected = audit_record(
+        seq=1,
+        now=NOW + 2,
+        platform=PLATFORM,
+        account="",
+        event="auditor_query",
+        outcome="ok",
+        key_id="k1",
+        detail='quote " and / é',
+    )
+    assert 1 == index
+    assert expected == (await store.audit_records(PLATFORM))[1]
+
+
 @pytest.mark.parametrize(
     ("start", "stop"), [(0, None), (1, 3), (2, 2), (3, 1), (-2, None), (0, -1), (-3, -1), (9, None)]
 )

@@ -131,6 +131,21 @@ class Store(Protocol):
         or OtpIncorrect."""
         ...
 
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int:
+        """Append one audit record that goes with no state change (for example an auditor's
+        own call); returns its index. Same record format as every other operation."""
+        ...
+
     async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None: ...
 
     async def audit_records(
@@ -142,6 +157,16 @@ class Store(Protocol):
     async def ping(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+def split_audit_record(record: str) -> tuple[str, str]:
+    """The record text before and after its `"seq":N` member, for stores that number records
+    atomically where they append them (the keys are sorted, so the split is stable)."""
+    head, sep, rest = record.partition(',"seq":')
+    if not sep:
+        raise ValueError("record has no seq")
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    return head + ',"seq":', rest[digits:]
 
 
 def audit_record(

@@ -369,6 +369,23 @@ class MemoryStore:
         )
         raise error
 
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int:
+        p = self._platforms[platform]
+        self._audit(
+            p, platform, now, account=account, event=event, outcome=outcome, reason=reason, **extra
+        )
+        return len(p.audit) - 1
+
     async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None:
         found = self._platforms[platform].attestations.get(account_id)
         return found[0] if found else None

@@ -58,9 +58,11 @@ from xacthuc.store.base import (
     CodeCheck,
     Limits,
     NewChallenge,
+    audit_record,
+    split_audit_record,
 )
 
-_SCRIPTS = ("start_challenge", "confirm_sent", "abort_challenge", "check_code")
+_SCRIPTS = ("start_challenge", "confirm_sent", "abort_challenge", "check_code", "append_audit")
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
 _REFUSALS: dict[str, type[XacthucError]] = {
@@ -246,6 +248,33 @@ class RedisStore:
             issued_at=float(issued_at),
             expires_at=float(expires_at),
         )
+
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int:
+        # Python renders the record; the script only inserts the sequence number it assigns.
+        record = audit_record(
+            seq=0,
+            now=now,
+            platform=platform,
+            account=account,
+            event=event,
+            outcome=outcome,
+            reason=reason,
+            **extra,
+        )
+        head, tail = split_audit_record(record)
+        params = self._common(platform, now) | {"head": head, "tail": tail}
+        _, index = await self._run("append_audit", [f"{self._prefix(platform)}audit"], params)
+        return int(index)
 
     async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None:
         try:
