@@ -255,6 +255,39 @@ class PersonalIdNotMatched(InvalidArgument):
     )
 
 
+class IdAttemptsExceeded(ResourceExhausted):
+    reason = "ID_ATTEMPTS_EXCEEDED"
+    default_message = "too many personal-ID attempts; try again later"
+
+
+class PersonalIdAccountLimit(ResourceExhausted):
+    reason = "PERSONAL_ID_ACCOUNT_LIMIT"
+    default_message = "this personal identification number already verifies the maximum number of accounts"
+
+
+class PhoneRouteRequired(FailedPrecondition):
+    reason = "PHONE_ROUTE_REQUIRED"
+    default_message = (
+        "the personal-ID route needs the user's declaration of having no Vietnamese mobile "
+        "number; use phone verification"
+    )
+
+
+class GuardianRequired(FailedPrecondition):
+    reason = "GUARDIAN_REQUIRED"
+    default_message = "the account holder is under 16: a parent or guardian must register the account"
+
+
+class AccountNotAuthenticated(FailedPrecondition):
+    reason = "ACCOUNT_NOT_AUTHENTICATED"
+    default_message = "the account must be authenticated first"
+
+
+class GuardianManagedNoCommercialLivestream(FailedPrecondition):
+    reason = "GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM"
+    default_message = "a guardian-managed account may not livestream commercially"
+
+
 def _reason_classes() -> dict[str, type[XacthucError]]:
     found: dict[str, type[XacthucError]] = {}
     pending: list[type[XacthucError]] = [XacthucError]

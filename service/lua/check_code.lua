@@ -92,16 +92,11 @@ end
 redis.call("HSET", ch_key, "state", "consumed")
 redis.call("HSET", ph_key, "fails", "0", "lock_level", "0") -- success resets P2
 keep_phone(ph_key, locked_until)
-local previous = redis.call("HGET", acct_key, "phone")
-if previous and previous ~= c.phone then
-  redis.call("SREM", PREFIX .. "phacct:" .. previous, P.account)
-end
-redis.call("SADD", accounts_key, P.account)
-redis.call("DEL", acct_key)
-redis.call("HSET", acct_key,
+attest(acct_key, P.account, c.phone, {
   "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
   "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
-  "guardian_managed", "0", "commercial_livestream", "0", "phone", c.phone)
+  "guardian_managed", "0", "commercial_livestream", "0", "phone", c.phone,
+})
 audit(audit_key, {
   account = P.account_j, event = q("check_ok"), outcome = q("ok"), challenge = P.challenge_j,
   phone = c.phone_j,

@@ -43,9 +43,9 @@ end
 
 -- Every field an audit record may carry, in Python's sorted-key order.
 local AUDIT_FIELDS = {
-  "account", "attempts_remaining", "challenge", "client", "event", "expires", "lock_level",
-  "lock_seconds", "method", "outcome", "phone", "platform", "reason", "seq", "time",
-  "token_id", "v",
+  "account", "attempt", "attempts_remaining", "challenge", "client", "commercial_livestream",
+  "event", "expires", "lock_level", "lock_seconds", "method", "outcome", "personal_id", "phone",
+  "platform", "purpose", "reason", "scope", "seq", "time", "token_id", "v",
 }
 -- Fields audit_record() always writes; the others (extras) are left out when they are "".
 local AUDIT_BASE = {
@@ -95,4 +95,25 @@ local function mac_matches(stored, candidates)
     found = bit.bor(found, (diff == 0) and 1 or 0)
   end
   return found == 1
+end
+
+-- The set of accounts a subject (phone or personal-ID pseudonym) verifies (P8).
+local function subject_accounts_key(subject)
+  if string.sub(subject, 1, 3) == "id_" then
+    return PREFIX .. "idacct:" .. subject
+  end
+  return PREFIX .. "phacct:" .. subject
+end
+
+-- Make the account's attestation hash `fields`, moving its P8 slot to `subject`.
+local function attest(acct_key, account, subject, fields)
+  local prev = redis.call("HMGET", acct_key, "phone", "personal_id")
+  for _, old in ipairs(prev) do
+    if old and old ~= "" and old ~= subject then
+      redis.call("SREM", subject_accounts_key(old), account)
+    end
+  end
+  redis.call("SADD", subject_accounts_key(subject), account)
+  redis.call("DEL", acct_key)
+  redis.call("HSET", acct_key, unpack(fields))
 end

@@ -35,6 +35,14 @@ class Limits:
     sends_per_platform_hour: int = 10_000
     sends_per_client_ip_hour: int = 20
     max_accounts_per_phone: int = 10
+    # Personal-ID attempts (issue 3 "no oracle"): sliding-hour windows per account and per
+    # number, and consecutive non-matches before a lock with the same doubling back-off.
+    id_attempts_per_account_hour: int = 10
+    id_attempts_per_number_hour: int = 10
+    id_max_failures: int = 5
+    id_lock_base_seconds: int = 900
+    id_lock_max_seconds: int = 86_400
+    max_accounts_per_personal_id: int = 10
     # How long a challenge is remembered after it expires (replays, clear NOT_FOUND vs EXPIRED).
     challenge_retention_seconds: int = 3600
 
@@ -42,6 +50,12 @@ class Limits:
         """Growing back-off (P2): base, 2x base, 4x base ... capped."""
         return int(
             min(self.phone_lock_base_seconds * 2 ** max(0, level - 1), self.phone_lock_max_seconds)
+        )
+
+    def id_lock_seconds(self, level: int) -> int:
+        """The same growing back-off for personal-ID non-matches."""
+        return int(
+            min(self.id_lock_base_seconds * 2 ** max(0, level - 1), self.id_lock_max_seconds)
         )
 
 
@@ -104,6 +118,19 @@ class AttestationRecord:
     commercial_livestream: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class IdAttempt:
+    """One personal-ID verification attempt, already validated and pseudonymised."""
+
+    platform: str
+    attempt_id: str
+    account_id: str
+    subject: str  # pseudonym of the personal identification number
+    client: str  # pseudonym of the client-IP bucket
+    purpose: str  # "no_vietnamese_mobile" or "commercial_livestream"
+    now: float
+
+
 class Store(Protocol):
     async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
         """Check P2/P3/P8 and the idempotency key; create the challenge; audit the start.
@@ -129,6 +156,25 @@ class Store(Protocol):
         all. Raises ChallengeNotFound, ChallengeAccountMismatch,
         ChallengeAlreadyUsed, OtpExpired, OtpAttemptsExceeded, PhoneLocked, PhoneAccountLimit
         or OtpIncorrect."""
+        ...
+
+    async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
+        """Before asking the registry: refuse a locked or over-budget account or number
+        (IdAttemptsExceeded), a commercial-livestream upgrade of an account without an active
+        attestation (AccountNotAuthenticated) or of a guardian-managed one; otherwise count
+        the attempt in both windows and audit `id_check_started` (with the purpose: the R3
+        declaration is recorded there)."""
+        ...
+
+    async def finish_id_check(
+        self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
+    ) -> AttestationRecord:
+        """Record the registry's answer ("match", "no_match" or "unavailable"). A match
+        checks P8 for the number, resets both failure counts, writes the personal-ID
+        attestation (commercial livestream allowed) and audits it; a non-match counts a
+        failure for the account and the number (locking both after `id_max_failures`) and
+        raises PersonalIdNotMatched or IdAttemptsExceeded; unavailable raises
+        RegistryUnavailable. Everything is audited."""
         ...
 
     async def append_audit(

@@ -11,15 +11,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from xacthuc.errors import (
+    AccountNotAuthenticated,
     ChallengeAccountMismatch,
     ChallengeAlreadyUsed,
     ChallengeNotFound,
+    GuardianManagedNoCommercialLivestream,
+    IdAttemptsExceeded,
     IdempotencyKeyReused,
     OtpAttemptsExceeded,
     OtpExpired,
     OtpIncorrect,
+    PersonalIdAccountLimit,
+    PersonalIdNotMatched,
     PhoneAccountLimit,
     PhoneLocked,
+    RegistryUnavailable,
     ResendTooSoon,
     SendLimitExceeded,
     XacthucError,
@@ -28,8 +34,10 @@ from xacthuc.store.base import (
     AttestationRecord,
     ChallengeView,
     CodeCheck,
+    IdAttempt,
     Limits,
     NewChallenge,
+    PendingAttestation,
     audit_record,
 )
 
@@ -61,6 +69,16 @@ class _Phone:
 
 
 @dataclass
+class _Guard:
+    """Consecutive failures and lock of one account or personal-ID number (ID attempts)."""
+
+    fails: int = 0
+    lock_level: int = 0
+    locked_until: float = 0.0
+    attempts: list[tuple[float, str]] = field(default_factory=list)  # (time, attempt id)
+
+
+@dataclass
 class _Platform:
     challenges: dict[str, _Challenge] = field(default_factory=dict)
     idempotency: dict[str, str] = field(default_factory=dict)
@@ -69,7 +87,9 @@ class _Platform:
     client_sends: dict[str, list[tuple[float, str]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    phone_accounts: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    subject_accounts: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # P8
+    account_guards: dict[str, _Guard] = field(default_factory=lambda: defaultdict(_Guard))
+    number_guards: dict[str, _Guard] = field(default_factory=lambda: defaultdict(_Guard))
     attestations: dict[str, tuple[AttestationRecord, str]] = field(
         default_factory=dict
     )  # -> (record, phone)
@@ -144,7 +164,7 @@ class MemoryStore:
         phone = p.phones[new.phone]
         if phone.locked_until > now:
             raise PhoneLocked(retry_after=phone.locked_until - now)
-        accounts = p.phone_accounts[new.phone]
+        accounts = p.subject_accounts[new.phone]
         if new.account_id not in accounts and len(accounts) >= limits.max_accounts_per_phone:
             raise PhoneAccountLimit()
         if phone.last_send + limits.resend_cooldown_seconds > now:
@@ -247,7 +267,7 @@ class MemoryStore:
         ch.attempts += 1  # counted before comparing
         if not self._matches(ch.mac, check.candidates):
             return self._wrong_code(p, check, ch, phone, limits)
-        accounts = p.phone_accounts[ch.phone]
+        accounts = p.subject_accounts[ch.phone]
         if check.account_id not in accounts and len(accounts) >= limits.max_accounts_per_phone:
             return self._fail(p, check, PhoneAccountLimit(), ch)
         return self._succeed(p, check, ch, phone)
@@ -325,11 +345,7 @@ class MemoryStore:
         ch.state = "consumed"
         phone.fails = 0
         phone.lock_level = 0
-        previous = p.attestations.get(check.account_id)
-        if previous is not None and previous[1] != ch.phone:
-            p.phone_accounts[previous[1]].discard(check.account_id)
-        p.phone_accounts[ch.phone].add(check.account_id)
-        p.attestations[check.account_id] = (record, ch.phone)
+        self._attest(p, record, ch.phone)
         self._audit(
             p,
             check.platform,
@@ -368,6 +384,143 @@ class MemoryStore:
             phone=ch.phone if ch else "",
         )
         raise error
+
+    async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
+        p = self._platforms[attempt.platform]
+        now = attempt.now
+        guards = (
+            ("account", p.account_guards[attempt.account_id], limits.id_attempts_per_account_hour),
+            ("personal_id", p.number_guards[attempt.subject], limits.id_attempts_per_number_hour),
+        )
+        try:
+            for scope, guard, _ in guards:
+                if guard.locked_until > now:
+                    raise IdAttemptsExceeded(
+                        metadata={"scope": scope}, retry_after=guard.locked_until - now
+                    )
+            for scope, guard, limit in guards:
+                recent = sorted(_recent(guard.attempts, now, 3600))
+                if len(recent) >= limit:
+                    raise IdAttemptsExceeded(
+                        metadata={"scope": scope}, retry_after=recent[-limit][0] + 3600 - now
+                    )
+            if attempt.purpose == "commercial_livestream":
+                current = p.attestations.get(attempt.account_id)
+                record = current[0] if current else None
+                if record is None or record.status != "active" or record.expires_at <= now:
+                    raise AccountNotAuthenticated()
+                if record.guardian_managed:
+                    raise GuardianManagedNoCommercialLivestream()
+        except XacthucError as e:
+            self._id_audit(p, attempt, "id_check_started", "refused", e.reason)
+            raise
+        for _, guard, _ in guards:
+            guard.attempts = [*_recent(guard.attempts, now, 3600), (now, attempt.attempt_id)]
+        self._id_audit(p, attempt, "id_check_started", "ok", "")
+
+    def _id_audit(
+        self,
+        p: _Platform,
+        attempt: IdAttempt,
+        event: str,
+        outcome: str,
+        reason: str,
+        **extra: str | int,
+    ) -> None:
+        self._audit(
+            p,
+            attempt.platform,
+            attempt.now,
+            account=attempt.account_id,
+            event=event,
+            outcome=outcome,
+            reason=reason,
+            attempt=attempt.attempt_id,
+            personal_id=attempt.subject,
+            client=attempt.client,
+            purpose=attempt.purpose,
+            **extra,
+        )
+
+    async def finish_id_check(
+        self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
+    ) -> AttestationRecord:
+        p = self._platforms[attempt.platform]
+        now = attempt.now
+        guards = (
+            ("account", p.account_guards[attempt.account_id]),
+            ("personal_id", p.number_guards[attempt.subject]),
+        )
+        if answer == "unavailable":
+            self._id_audit(p, attempt, "id_check", "failed", RegistryUnavailable.reason)
+            raise RegistryUnavailable()
+        if answer != "match":
+            locked: list[tuple[str, int]] = []
+            for scope, guard in guards:
+                guard.fails += 1
+                if guard.fails >= limits.id_max_failures:
+                    guard.fails = 0
+                    guard.lock_level += 1
+                    seconds = limits.id_lock_seconds(guard.lock_level)
+                    guard.locked_until = now + seconds
+                    locked.append((scope, seconds))
+            self._id_audit(p, attempt, "id_check", "failed", PersonalIdNotMatched.reason)
+            for scope, seconds in locked:
+                self._id_audit(
+                    p,
+                    attempt,
+                    "id_locked",
+                    "locked",
+                    IdAttemptsExceeded.reason,
+                    scope=scope,
+                    lock_seconds=seconds,
+                )
+            if locked:
+                scope, seconds = locked[0]
+                raise IdAttemptsExceeded(metadata={"scope": scope}, retry_after=seconds)
+            raise PersonalIdNotMatched()
+        accounts = p.subject_accounts[attempt.subject]
+        if (
+            attempt.account_id not in accounts
+            and len(accounts) >= limits.max_accounts_per_personal_id
+        ):
+            self._id_audit(p, attempt, "id_check", "refused", PersonalIdAccountLimit.reason)
+            raise PersonalIdAccountLimit()
+        for _, guard in guards:
+            guard.fails = 0
+            guard.lock_level = 0
+        record = AttestationRecord(
+            account_id=attempt.account_id,
+            method=pending.method,
+            token_id=pending.token_id,
+            verified_at=now,
+            issued_at=pending.issued_at,
+            expires_at=pending.expires_at,
+            commercial_livestream=True,
+        )
+        self._attest(p, record, attempt.subject)
+        self._id_audit(p, attempt, "id_check", "ok", "")
+        self._audit(
+            p,
+            attempt.platform,
+            now,
+            account=attempt.account_id,
+            event="attestation_issued",
+            outcome="ok",
+            token_id=pending.token_id,
+            method=pending.method,
+            expires=int(pending.expires_at),
+            commercial_livestream=1,
+        )
+        return record
+
+    def _attest(self, p: _Platform, record: AttestationRecord, subject: str) -> None:
+        """Make `record` the account's attestation, moving its P8 slot to `subject`."""
+        previous = p.attestations.get(record.account_id)
+        if previous is not None and previous[1] != subject:
+            p.subject_accounts[previous[1]].discard(record.account_id)
+        p.subject_accounts[subject].add(record.account_id)
+        p.attestations[record.account_id] = (record, subject)
 
     async def append_audit(
         self,

@@ -37,15 +37,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from xacthuc.clock import rfc3339
 from xacthuc.errors import (
+    AccountNotAuthenticated,
     ChallengeAccountMismatch,
     ChallengeAlreadyUsed,
     ChallengeNotFound,
+    GuardianManagedNoCommercialLivestream,
+    IdAttemptsExceeded,
     IdempotencyKeyReused,
     OtpAttemptsExceeded,
     OtpExpired,
     OtpIncorrect,
+    PersonalIdAccountLimit,
+    PersonalIdNotMatched,
     PhoneAccountLimit,
     PhoneLocked,
+    RegistryUnavailable,
     ResendTooSoon,
     SendLimitExceeded,
     StoreUnavailable,
@@ -56,18 +62,33 @@ from xacthuc.store.base import (
     AttestationRecord,
     ChallengeView,
     CodeCheck,
+    IdAttempt,
     Limits,
     NewChallenge,
+    PendingAttestation,
     audit_record,
     split_audit_record,
 )
 
-_SCRIPTS = ("start_challenge", "confirm_sent", "abort_challenge", "check_code", "append_audit")
+_SCRIPTS = (
+    "start_challenge",
+    "confirm_sent",
+    "abort_challenge",
+    "check_code",
+    "append_audit",
+    "begin_id_check",
+    "finish_id_check",
+)
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
 _REFUSALS: dict[str, type[XacthucError]] = {
     cls.reason: cls
     for cls in (
+        AccountNotAuthenticated,
+        GuardianManagedNoCommercialLivestream,
+        PersonalIdAccountLimit,
+        PersonalIdNotMatched,
+        RegistryUnavailable,
         ChallengeAccountMismatch,
         ChallengeAlreadyUsed,
         ChallengeNotFound,
@@ -113,6 +134,8 @@ def _refusal(reason: str, retry_after: str, extra: str) -> XacthucError:
         )
     if reason == OtpIncorrect.reason:
         return OtpIncorrect(metadata={"attempts_remaining": extra})
+    if reason == IdAttemptsExceeded.reason:
+        return IdAttemptsExceeded(metadata={"scope": extra}, retry_after=retry)
     return _REFUSALS[reason](retry_after=retry)
 
 
@@ -217,9 +240,20 @@ class RedisStore:
         }
         await self._run("abort_challenge", keys, params)
 
+    @staticmethod
+    def _pending(a: PendingAttestation) -> dict[str, str]:
+        return {
+            "token_id": a.token_id,
+            "token_id_j": _j(a.token_id),
+            "method": a.method,
+            "method_j": _j(a.method),
+            "issued_at": _time(a.issued_at),
+            "expires_at": _time(a.expires_at),
+            "expires": str(int(a.expires_at)),
+        }
+
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
         pre = self._prefix(check.platform)
-        a = check.attestation
         keys = [f"{pre}ch:{check.challenge_id}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
         params = self._common(check.platform, check.now) | {
             "limits": asdict(limits),
@@ -227,15 +261,7 @@ class RedisStore:
             "account": check.account_id,
             "account_j": _j(check.account_id),
             "candidates": list(check.candidates),
-            "attestation": {
-                "token_id": a.token_id,
-                "token_id_j": _j(a.token_id),
-                "method": a.method,
-                "method_j": _j(a.method),
-                "issued_at": _time(a.issued_at),
-                "expires_at": _time(a.expires_at),
-                "expires": str(int(a.expires_at)),
-            },
+            "attestation": self._pending(check.attestation),
         }
         _, method, token_id, verified_at, issued_at, expires_at = await self._run(
             "check_code", keys, params
@@ -247,6 +273,60 @@ class RedisStore:
             verified_at=float(verified_at),
             issued_at=float(issued_at),
             expires_at=float(expires_at),
+        )
+
+    def _id_params(self, attempt: IdAttempt, limits: Limits) -> dict[str, Any]:
+        return self._common(attempt.platform, attempt.now) | {
+            "limits": asdict(limits),
+            "account": attempt.account_id,
+            "account_j": _j(attempt.account_id),
+            "attempt_id": attempt.attempt_id,
+            "attempt_j": _j(attempt.attempt_id),
+            "subject": attempt.subject,
+            "subject_j": _j(attempt.subject),
+            "client_j": _j(attempt.client),
+            "purpose": attempt.purpose,
+            "purpose_j": _j(attempt.purpose),
+        }
+
+    async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
+        pre = self._prefix(attempt.platform)
+        keys = [
+            f"{pre}idg:acct:{attempt.account_id}",
+            f"{pre}idatt:acct:{attempt.account_id}",
+            f"{pre}idg:id:{attempt.subject}",
+            f"{pre}idatt:id:{attempt.subject}",
+            f"{pre}acct:{attempt.account_id}",
+            f"{pre}audit",
+        ]
+        await self._run("begin_id_check", keys, self._id_params(attempt, limits))
+
+    async def finish_id_check(
+        self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
+    ) -> AttestationRecord:
+        pre = self._prefix(attempt.platform)
+        keys = [
+            f"{pre}idg:acct:{attempt.account_id}",
+            f"{pre}idg:id:{attempt.subject}",
+            f"{pre}idacct:{attempt.subject}",
+            f"{pre}acct:{attempt.account_id}",
+            f"{pre}audit",
+        ]
+        params = self._id_params(attempt, limits) | {
+            "answer": answer,
+            "attestation": self._pending(pending),
+        }
+        _, method, token_id, verified_at, issued_at, expires_at = await self._run(
+            "finish_id_check", keys, params
+        )
+        return AttestationRecord(
+            account_id=attempt.account_id,
+            method=method,
+            token_id=token_id,
+            verified_at=float(verified_at),
+            issued_at=float(issued_at),
+            expires_at=float(expires_at),
+            commercial_livestream=True,
         )
 
     async def append_audit(

@@ -141,6 +141,32 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     full name and date of birth (P5). An unknown number and a mismatching
     name or date give this same reason, so the answer reveals neither.
     """
+    ERROR_REASON_ID_ATTEMPTS_EXCEEDED: _ErrorReason.ValueType  # 81
+    """RESOURCE_EXHAUSTED: too many personal-ID attempts for this account or this
+    number (metadata `scope`: `account` or `personal_id`), or too many
+    consecutive non-matches; locked with a growing back-off. Carries retry-after.
+    """
+    ERROR_REASON_PERSONAL_ID_ACCOUNT_LIMIT: _ErrorReason.ValueType  # 82
+    """RESOURCE_EXHAUSTED: the personal identification number already verifies the
+    maximum number of accounts on this platform (P8, 10 by default).
+    """
+    ERROR_REASON_PHONE_ROUTE_REQUIRED: _ErrorReason.ValueType  # 83
+    """FAILED_PRECONDITION: the personal-ID route for ordinary authentication needs
+    the user's declaration of having no Vietnamese mobile number (R3); use phone
+    verification instead.
+    """
+    ERROR_REASON_GUARDIAN_REQUIRED: _ErrorReason.ValueType  # 84
+    """FAILED_PRECONDITION: the account holder is under 16 (R1, P6): the account must
+    be registered through a parent or guardian.
+    """
+    ERROR_REASON_ACCOUNT_NOT_AUTHENTICATED: _ErrorReason.ValueType  # 85
+    """FAILED_PRECONDITION: the commercial-livestream upgrade needs an account that is
+    already authenticated (by phone, R4).
+    """
+    ERROR_REASON_GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM: _ErrorReason.ValueType  # 86
+    """FAILED_PRECONDITION: a child's (guardian-managed) account may not livestream
+    commercially (P7).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every machine-readable reason xacthuc puts on the wire.
@@ -272,5 +298,31 @@ ERROR_REASON_PERSONAL_ID_NOT_MATCHED: ErrorReason.ValueType  # 80
 """INVALID_ARGUMENT: the identity registry has no citizen with this number,
 full name and date of birth (P5). An unknown number and a mismatching
 name or date give this same reason, so the answer reveals neither.
+"""
+ERROR_REASON_ID_ATTEMPTS_EXCEEDED: ErrorReason.ValueType  # 81
+"""RESOURCE_EXHAUSTED: too many personal-ID attempts for this account or this
+number (metadata `scope`: `account` or `personal_id`), or too many
+consecutive non-matches; locked with a growing back-off. Carries retry-after.
+"""
+ERROR_REASON_PERSONAL_ID_ACCOUNT_LIMIT: ErrorReason.ValueType  # 82
+"""RESOURCE_EXHAUSTED: the personal identification number already verifies the
+maximum number of accounts on this platform (P8, 10 by default).
+"""
+ERROR_REASON_PHONE_ROUTE_REQUIRED: ErrorReason.ValueType  # 83
+"""FAILED_PRECONDITION: the personal-ID route for ordinary authentication needs
+the user's declaration of having no Vietnamese mobile number (R3); use phone
+verification instead.
+"""
+ERROR_REASON_GUARDIAN_REQUIRED: ErrorReason.ValueType  # 84
+"""FAILED_PRECONDITION: the account holder is under 16 (R1, P6): the account must
+be registered through a parent or guardian.
+"""
+ERROR_REASON_ACCOUNT_NOT_AUTHENTICATED: ErrorReason.ValueType  # 85
+"""FAILED_PRECONDITION: the commercial-livestream upgrade needs an account that is
+already authenticated (by phone, R4).
+"""
+ERROR_REASON_GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM: ErrorReason.ValueType  # 86
+"""FAILED_PRECONDITION: a child's (guardian-managed) account may not livestream
+commercially (P7).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

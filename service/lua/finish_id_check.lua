@@ -1,0 +1,77 @@
+-- finish_id_check: record the registry's answer for an attempt begun by begin_id_check.
+--
+-- KEYS[1] idg:acct:<account>  KEYS[2] idg:id:<number>  KEYS[3] idacct:<number>
+-- KEYS[4] acct:<account>      KEYS[5] audit
+-- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at} or a refusal.
+
+local L = P.limits
+local a = P.attestation
+local audit_key = KEYS[5]
+
+local function record(event, outcome, reason, extra)
+  local f = {
+    account = P.account_j, event = q(event), outcome = q(outcome), reason = q(reason),
+    attempt = P.attempt_j, personal_id = P.subject_j, client = P.client_j, purpose = P.purpose_j,
+  }
+  for k, v in pairs(extra or {}) do
+    f[k] = v
+  end
+  audit(audit_key, f)
+end
+
+if P.answer == "unavailable" then
+  record("id_check", "failed", "REGISTRY_UNAVAILABLE")
+  return refusal("REGISTRY_UNAVAILABLE")
+end
+
+local guards = { { "account", KEYS[1] }, { "personal_id", KEYS[2] } }
+
+if P.answer ~= "match" then
+  local locked = {}
+  for _, g in ipairs(guards) do
+    local h = redis.call("HMGET", g[2], "fails", "lock_level", "locked_until")
+    local fails, level = (tonumber(h[1]) or 0) + 1, tonumber(h[2]) or 0
+    local locked_until = tonumber(h[3]) or 0
+    if fails >= L.id_max_failures then
+      level = level + 1
+      local seconds = math.floor(math.min(
+        L.id_lock_base_seconds * 2 ^ math.max(0, level - 1), L.id_lock_max_seconds))
+      locked_until = NOW + seconds
+      fails = 0
+      locked[#locked + 1] = { g[1], seconds }
+    end
+    redis.call("HSET", g[2], "fails", int(fails), "lock_level", int(level),
+      "locked_until", fmt(locked_until))
+    redis.call("PEXPIRE", g[2], ms_until(math.max(locked_until, NOW) + DAY))
+  end
+  record("id_check", "failed", "PERSONAL_ID_NOT_MATCHED")
+  for _, l in ipairs(locked) do
+    record("id_locked", "locked", "ID_ATTEMPTS_EXCEEDED",
+      { scope = q(l[1]), lock_seconds = int(l[2]) })
+  end
+  if #locked > 0 then
+    return refusal("ID_ATTEMPTS_EXCEEDED", fmt(locked[1][2]), locked[1][1])
+  end
+  return refusal("PERSONAL_ID_NOT_MATCHED")
+end
+
+if redis.call("SISMEMBER", KEYS[3], P.account) == 0
+    and redis.call("SCARD", KEYS[3]) >= L.max_accounts_per_personal_id then
+  record("id_check", "refused", "PERSONAL_ID_ACCOUNT_LIMIT")
+  return refusal("PERSONAL_ID_ACCOUNT_LIMIT")
+end
+for _, g in ipairs(guards) do
+  redis.call("HSET", g[2], "fails", "0", "lock_level", "0")
+end
+attest(KEYS[4], P.account, P.subject, {
+  "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
+  "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
+  "guardian_managed", "0", "commercial_livestream", "1", "personal_id", P.subject,
+})
+record("id_check", "ok", "")
+audit(audit_key, {
+  account = P.account_j, event = q("attestation_issued"), outcome = q("ok"),
+  token_id = a.token_id_j, method = a.method_j, expires = a.expires,
+  commercial_livestream = "1",
+})
+return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at }
