@@ -7,7 +7,7 @@ async with await AsyncClient.connect("localhost:50051", api_key=KEY) as xt:
 """
 
 from xacthuc import errors
-from xacthuc.client._wire import Attestation, AuditPage, AuditRecord, Challenge
+from xacthuc.client._wire import Attestation, AuditPage, AuditRecord, Challenge, Eligibility
 from xacthuc.client.aio import AsyncClient
 from xacthuc.client.sync import Client
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid, VerifiedAttestation
@@ -20,6 +20,7 @@ __all__ = [
     "AuditRecord",
     "Challenge",
     "Client",
+    "Eligibility",
     "TokenInvalid",
     "VerifiedAttestation",
     "errors",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -46,6 +46,12 @@ class Attestation:
     expires_at: datetime
     guardian_managed: bool
     commercial_livestream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    eligible: bool
+    reason: str  # empty when eligible
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,13 @@ GET_ATTESTATION = Rpc(
     "verification", "GetAttestation", lambda r: attestation(r.attestation), idempotent=True
 )
 GET_JWKS = Rpc("verification", "GetJwks", lambda r: r.jwks_json, idempotent=True)
+VERIFY_PERSONAL_ID = Rpc("verification", "VerifyPersonalId", lambda r: attestation(r.attestation))
+LIVESTREAM_ELIGIBILITY = Rpc(
+    "verification",
+    "GetCommercialLivestreamEligibility",
+    lambda r: Eligibility(r.eligible, r.reason),
+    idempotent=True,
+)
 QUERY_AUDIT = Rpc("audit", "QueryAuditRecords", audit_page, idempotent=True)
 
 
@@ -174,3 +187,41 @@ def attestation_request(account_id: str) -> verification_pb2.GetAttestationReque
 
 def jwks_request() -> verification_pb2.GetJwksRequest:
     return verification_pb2.GetJwksRequest()
+
+
+_SEXES = {"male": verification_pb2.SEX_MALE, "female": verification_pb2.SEX_FEMALE}
+_PURPOSES = {
+    "no_vietnamese_mobile": verification_pb2.PERSONAL_ID_PURPOSE_NO_VIETNAMESE_MOBILE,
+    "commercial_livestream": verification_pb2.PERSONAL_ID_PURPOSE_COMMERCIAL_LIVESTREAM,
+}
+
+
+def personal_id_request(
+    account_id: str,
+    personal_id_number: str,
+    full_name: str,
+    date_of_birth: date,
+    purpose: str,
+    declared_no_vietnamese_mobile: bool,
+    client_ip: str,
+    sex: str | None,
+) -> verification_pb2.VerifyPersonalIdRequest:
+    """`purpose` is "no_vietnamese_mobile" or "commercial_livestream"; `sex` "male"/"female"."""
+    return verification_pb2.VerifyPersonalIdRequest(
+        account_id=account_id,
+        personal_id_number=personal_id_number,
+        full_name=full_name,
+        date_of_birth=verification_pb2.Date(
+            year=date_of_birth.year, month=date_of_birth.month, day=date_of_birth.day
+        ),
+        sex=_SEXES.get(sex or "", verification_pb2.SEX_UNSPECIFIED),
+        purpose=_PURPOSES.get(purpose, verification_pb2.PERSONAL_ID_PURPOSE_UNSPECIFIED),
+        declared_no_vietnamese_mobile=declared_no_vietnamese_mobile,
+        client_ip=client_ip,
+    )
+
+
+def eligibility_request(
+    account_id: str,
+) -> verification_pb2.GetCommercialLivestreamEligibilityRequest:
+    return verification_pb2.GetCommercialLivestreamEligibilityRequest(account_id=account_id)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 import grpc
 
 from xacthuc.client import _wire as w
-from xacthuc.client._wire import Attestation, AuditPage, Challenge
+from xacthuc.client._wire import Attestation, AuditPage, Challenge, Eligibility
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
 
 T = TypeVar("T")
@@ -93,6 +93,39 @@ class Client:
         self, *, challenge_id: str, account_id: str, code: str, timeout: float | None = None
     ) -> Attestation:
         return self._call(w.CONFIRM, w.confirm_request(challenge_id, account_id, code), timeout)
+
+    def verify_personal_id(
+        self,
+        *,
+        account_id: str,
+        personal_id_number: str,
+        full_name: str,
+        date_of_birth: date,
+        purpose: str,
+        client_ip: str,
+        declared_no_vietnamese_mobile: bool = False,
+        sex: str | None = None,
+        timeout: float | None = None,
+    ) -> Attestation:
+        """Authenticate by personal ID through the e-ID registry. `purpose` is
+        "no_vietnamese_mobile" (needs the user's declaration) or "commercial_livestream"."""
+        request = w.personal_id_request(
+            account_id,
+            personal_id_number,
+            full_name,
+            date_of_birth,
+            purpose,
+            declared_no_vietnamese_mobile,
+            client_ip,
+            sex,
+        )
+        return self._call(w.VERIFY_PERSONAL_ID, request, timeout)
+
+    def get_commercial_livestream_eligibility(
+        self, *, account_id: str, timeout: float | None = None
+    ) -> Eligibility:
+        """Whether the account may livestream commercially now, and why not (R4, P7)."""
+        return self._call(w.LIVESTREAM_ELIGIBILITY, w.eligibility_request(account_id), timeout)
 
     def get_attestation(self, *, account_id: str, timeout: float | None = None) -> Attestation:
         return self._call(w.GET_ATTESTATION, w.attestation_request(account_id), timeout)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from xacthuc.auth import ApiKeys, Role, new_key
 from xacthuc.clock import Clock, SystemClock
-from xacthuc.config import Mode, Settings, SmsBackend
+from xacthuc.config import Mode, RegistryBackend, Settings, SmsBackend
 from xacthuc.keyed import OtpMac, Pseudonymizer
 from xacthuc.sms import SmsSender
 from xacthuc.sms.console import ConsoleSmsSender
@@ -16,7 +16,11 @@ from xacthuc.sms.http import HttpSmsSender
 from xacthuc.store.base import Limits, Store
 from xacthuc.store.memory import MemoryStore
 from xacthuc.tokens import SigningKey, TokenSigner
+from xacthuc.verifiers.http_registry import HttpRegistry
+from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier
 from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
+from xacthuc.verifiers.registry import IdentityRegistry
+from xacthuc.verifiers.sandbox_registry import SandboxRegistry
 
 log = logging.getLogger("xacthuc")
 
@@ -32,11 +36,14 @@ class App:
     api_keys: ApiKeys
     signer: TokenSigner
     phone: PhoneOtpVerifier
+    registry: IdentityRegistry
+    personal_id: PersonalIdVerifier
     # Keys made up at start in dev mode, to print once: role -> key.
     demo_keys: dict[Role, str] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         await self.sms.aclose()
+        await self.registry.aclose()
         await self.store.aclose()
 
 
@@ -52,6 +59,12 @@ def limits_from(settings: Settings) -> Limits:
         sends_per_platform_hour=settings.sends_per_platform_hour,
         sends_per_client_ip_hour=settings.sends_per_client_ip_hour,
         max_accounts_per_phone=settings.max_accounts_per_phone,
+        id_attempts_per_account_hour=settings.id_attempts_per_account_hour,
+        id_attempts_per_number_hour=settings.id_attempts_per_number_hour,
+        id_max_failures=settings.id_max_failures,
+        id_lock_base_seconds=settings.id_lock_base_seconds,
+        id_lock_max_seconds=settings.id_lock_max_seconds,
+        max_accounts_per_personal_id=settings.max_accounts_per_personal_id,
     )
 
 
@@ -75,6 +88,27 @@ def make_sms(settings: Settings) -> SmsSender:
     return ConsoleSmsSender()
 
 
+def make_registry(settings: Settings) -> IdentityRegistry:
+    if settings.registry_backend is RegistryBackend.HTTP:
+        cert = (
+            (settings.registry_client_cert_file, settings.registry_client_key_file)
+            if settings.registry_client_cert_file and settings.registry_client_key_file
+            else None
+        )
+        return HttpRegistry(
+            base_url=settings.registry_url,
+            client_cert=cert,
+            ca_file=settings.registry_ca_file,
+            timeout=settings.registry_timeout_seconds,
+            retries=settings.registry_retries,
+            failure_threshold=settings.registry_breaker_failures,
+            reset_timeout=settings.registry_breaker_reset_seconds,
+        )
+    if settings.registry_sandbox_file:
+        return SandboxRegistry.from_file(settings.registry_sandbox_file)
+    return SandboxRegistry.from_file()
+
+
 def build_app(
     settings: Settings,
     *,
@@ -82,6 +116,7 @@ def build_app(
     sms: SmsSender | None = None,
     clock: Clock | None = None,
     api_keys: ApiKeys | None = None,
+    registry: IdentityRegistry | None = None,
 ) -> App:
     """Build the service. Tests pass their own store, SMS sender, clock or keys."""
     dev = settings.mode is Mode.DEV
@@ -115,15 +150,31 @@ def build_app(
                 api_keys.add(entry)
                 demo_keys[role] = raw
     signer = TokenSigner(key, issuer=settings.issuer)
+    pseudonyms = Pseudonymizer(pseudonym_key)
+    limits = limits_from(settings)
     phone = PhoneOtpVerifier(
         store=store,
         sms=sms,
         clock=clock,
-        pseudonyms=Pseudonymizer(pseudonym_key),
+        pseudonyms=pseudonyms,
         otp_mac=OtpMac(otp_keys),
-        limits=limits_from(settings),
+        limits=limits,
         otp_ttl_seconds=settings.otp_ttl_seconds,
         token_ttl_seconds=settings.token_ttl_seconds,
         sms_template=settings.sms_template,
     )
-    return App(settings, store, sms, clock, api_keys, signer, phone, demo_keys)
+    registry = registry or make_registry(settings)
+    personal_id = PersonalIdVerifier(
+        store=store,
+        registry=registry,
+        clock=clock,
+        pseudonyms=pseudonyms,
+        limits=limits,
+        token_ttl_seconds=settings.token_ttl_seconds,
+        registry_deadline_seconds=settings.registry_timeout_seconds
+        * (settings.registry_retries + 1)
+        + 1,
+    )
+    return App(
+        settings, store, sms, clock, api_keys, signer, phone, registry, personal_id, demo_keys
+    )

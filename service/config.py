@@ -25,6 +25,11 @@ class SmsBackend(StrEnum):
     HTTP = "http"
 
 
+class RegistryBackend(StrEnum):
+    SANDBOX = "sandbox"
+    HTTP = "http"
+
+
 class ConfigError(Exception):
     """Configuration is invalid; `problems` holds one line per bad value."""
 
@@ -96,6 +101,24 @@ class Settings(BaseSettings):
     # P8.
     max_accounts_per_phone: int = Field(10, ge=1, le=1000)
 
+    # Personal ID (R3, R4; P5): the identity registry and the attempt limits (no oracle).
+    registry_backend: RegistryBackend = RegistryBackend.SANDBOX
+    registry_sandbox_file: Path | None = None  # JSON Lines of synthetic citizens; default shipped
+    registry_url: str = ""
+    registry_client_cert_file: Path | None = None
+    registry_client_key_file: Path | None = None
+    registry_ca_file: Path | None = None
+    registry_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    registry_retries: int = Field(2, ge=0, le=5)
+    registry_breaker_failures: int = Field(5, ge=1, le=100)
+    registry_breaker_reset_seconds: float = Field(30.0, gt=0, le=3600)
+    id_attempts_per_account_hour: int = Field(10, ge=1, le=1000)
+    id_attempts_per_number_hour: int = Field(10, ge=1, le=1000)
+    id_max_failures: int = Field(5, ge=1, le=100)
+    id_lock_base_seconds: int = Field(900, ge=60, le=86_400)
+    id_lock_max_seconds: int = Field(86_400, ge=60, le=30 * 86_400)
+    max_accounts_per_personal_id: int = Field(10, ge=1, le=1000)
+
     _split_keys = field_validator("otp_hmac_keys", mode="before")(_secrets)
 
     @field_validator("listen", "metrics_listen")
@@ -152,6 +175,15 @@ class Settings(BaseSettings):
             raise ValueError("XACTHUC_TLS_CERT_FILE and XACTHUC_TLS_KEY_FILE go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("XACTHUC_TLS_CLIENT_CA_FILE needs XACTHUC_TLS_CERT_FILE")
+        if self.registry_backend is RegistryBackend.HTTP:
+            if not self.registry_url.startswith("https://"):
+                raise ValueError(
+                    "XACTHUC_REGISTRY_URL must be an https URL when XACTHUC_REGISTRY_BACKEND=http"
+                )
+            if (self.registry_client_cert_file is None) != (self.registry_client_key_file is None):
+                raise ValueError(
+                    "XACTHUC_REGISTRY_CLIENT_CERT_FILE and XACTHUC_REGISTRY_CLIENT_KEY_FILE go together"
+                )
         if self.sends_per_phone_15m > self.sends_per_phone_day:
             raise ValueError(
                 "XACTHUC_SENDS_PER_PHONE_15M must not exceed XACTHUC_SENDS_PER_PHONE_DAY"
@@ -178,6 +210,10 @@ class Settings(BaseSettings):
             dev_parts.append("XACTHUC_PSEUDONYM_KEY is unset")
         if self.api_keys_file is None:
             dev_parts.append("XACTHUC_API_KEYS_FILE is unset")
+        if self.registry_backend is RegistryBackend.SANDBOX:
+            dev_parts.append(
+                "XACTHUC_REGISTRY_BACKEND=sandbox matches synthetic people only; use http"
+            )
         if dev_parts:
             raise ValueError("production mode refuses dev-only parts: " + "; ".join(dev_parts))
 

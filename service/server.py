@@ -64,6 +64,7 @@ async def start_server(app: App, listen: str | None = None) -> Server:
         VerificationServicer(
             api_keys=app.api_keys,
             phone=app.phone,
+            personal_id=app.personal_id,
             store=app.store,
             signer=app.signer,
             clock=app.clock.now,

@@ -67,8 +67,8 @@ def make_settings(**overrides: object) -> Settings:
     return Settings.load(otp_hmac_keys="k" * 32, pseudonym_key="p" * 32, **overrides)
 
 
-@pytest.fixture
-async def harness(redis_url: str, redis_namespace: str) -> AsyncIterator[Harness]:
+def make_keys() -> tuple[ApiKeys, dict[tuple[str, Role], str]]:
+    """Keys of both roles for platforms alpha and beta."""
     keys = ApiKeys()
     raw: dict[tuple[str, Role], str] = {}
     for platform in ("alpha", "beta"):
@@ -76,6 +76,12 @@ async def harness(redis_url: str, redis_namespace: str) -> AsyncIterator[Harness
             key, entry = new_key(platform, role)
             keys.add(entry)
             raw[(platform, role)] = key
+    return keys, raw
+
+
+@pytest.fixture
+async def harness(redis_url: str, redis_namespace: str) -> AsyncIterator[Harness]:
+    keys, raw = make_keys()
     clock = FixedClock(START)
     sms = CapturingSms()
     app = build_app(
