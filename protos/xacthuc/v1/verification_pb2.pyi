@@ -401,7 +401,9 @@ class VerifyPersonalIdRequest(_message.Message):
     account_id: _builtins.str
     """The platform's account id."""
     personal_id_number: _builtins.str
-    """The 12-digit personal identification number. Never stored in plain form."""
+    """The 12-digit personal identification number. Never stored, logged or
+    audited in plain form: only its keyed-HMAC pseudonym is kept.
+    """
     full_name: _builtins.str
     """Full name as registered, in Vietnamese with diacritics."""
     sex: Global___Sex.ValueType
@@ -413,7 +415,9 @@ class VerifyPersonalIdRequest(_message.Message):
     having no Vietnamese mobile number (R3). Recorded in the audit log.
     """
     client_ip: _builtins.str
-    """The end user's IP address, for attempt limits."""
+    """The end user's IP address (IPv4 or IPv6), recorded as a pseudonym with the
+    attempt.
+    """
     @_builtins.property
     def date_of_birth(self) -> Global___Date:
         """Date of birth as registered."""
@@ -687,7 +691,10 @@ class GetCommercialLivestreamEligibilityResponse(_message.Message):
     eligible: _builtins.bool
     """True when allowed."""
     reason: _builtins.str
-    """When not eligible, the reason (an ErrorReason name without prefix)."""
+    """When not eligible, why: `NOT_AUTHENTICATED`, `ATTESTATION_REVOKED`,
+    `ATTESTATION_EXPIRED`, `AGED_OUT`, `PERSONAL_ID_REQUIRED` or
+    `GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM`. Empty when eligible.
+    """
     def __init__(
         self,
         *,

@@ -127,7 +127,13 @@ class VerificationServiceServicer:
 
     def VerifyPersonalId(self, request, context):
         """Authenticates by the 12-digit personal identification number through the
-        e-ID registry (R3, R4). Not served yet: UNIMPLEMENTED.
+        e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+        no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
+        the number's structure against the declared date of birth and sex, the
+        attempt limits of the account and of the number, then the registry match.
+        An unknown number and a non-matching name or date give the same
+        PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
+        allows commercial livestreaming.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,8 +164,9 @@ class VerificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCommercialLivestreamEligibility(self, request, context):
-        """Tells whether an account may livestream for commercial purposes (R4, P7).
-        Not served yet: UNIMPLEMENTED.
+        """Tells whether an account may livestream for commercial purposes (R4, P7):
+        only an active personal-ID attestation of an account that is not
+        guardian-managed is eligible.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,13 @@ class VerificationServiceStub:
     """
     VerifyPersonalId: _grpc.UnaryUnaryMultiCallable[_verification_pb2.VerifyPersonalIdRequest, _verification_pb2.VerifyPersonalIdResponse]
     """Authenticates by the 12-digit personal identification number through the
-    e-ID registry (R3, R4). Not served yet: UNIMPLEMENTED.
+    e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+    no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
+    the number's structure against the declared date of birth and sex, the
+    attempt limits of the account and of the number, then the registry match.
+    An unknown number and a non-matching name or date give the same
+    PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
+    allows commercial livestreaming.
     """
     LinkGuardian: _grpc.UnaryUnaryMultiCallable[_verification_pb2.LinkGuardianRequest, _verification_pb2.LinkGuardianResponse]
     """Registers a child under 16 through a verified parent or guardian (R1, P6).
@@ -67,8 +73,9 @@ class VerificationServiceStub:
     Not served yet: UNIMPLEMENTED.
     """
     GetCommercialLivestreamEligibility: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetCommercialLivestreamEligibilityRequest, _verification_pb2.GetCommercialLivestreamEligibilityResponse]
-    """Tells whether an account may livestream for commercial purposes (R4, P7).
-    Not served yet: UNIMPLEMENTED.
+    """Tells whether an account may livestream for commercial purposes (R4, P7):
+    only an active personal-ID attestation of an account that is not
+    guardian-managed is eligible.
     """
     Authorize: _grpc.UnaryUnaryMultiCallable[_verification_pb2.AuthorizeRequest, _verification_pb2.AuthorizeResponse]
     """Decides whether an account may perform an action (R5, R6). Not served yet:
@@ -109,7 +116,13 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     """
     VerifyPersonalId: _aio.UnaryUnaryMultiCallable[_verification_pb2.VerifyPersonalIdRequest, _verification_pb2.VerifyPersonalIdResponse]  # type: ignore[assignment]
     """Authenticates by the 12-digit personal identification number through the
-    e-ID registry (R3, R4). Not served yet: UNIMPLEMENTED.
+    e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+    no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
+    the number's structure against the declared date of birth and sex, the
+    attempt limits of the account and of the number, then the registry match.
+    An unknown number and a non-matching name or date give the same
+    PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
+    allows commercial livestreaming.
     """
     LinkGuardian: _aio.UnaryUnaryMultiCallable[_verification_pb2.LinkGuardianRequest, _verification_pb2.LinkGuardianResponse]  # type: ignore[assignment]
     """Registers a child under 16 through a verified parent or guardian (R1, P6).
@@ -124,8 +137,9 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     Not served yet: UNIMPLEMENTED.
     """
     GetCommercialLivestreamEligibility: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetCommercialLivestreamEligibilityRequest, _verification_pb2.GetCommercialLivestreamEligibilityResponse]  # type: ignore[assignment]
-    """Tells whether an account may livestream for commercial purposes (R4, P7).
-    Not served yet: UNIMPLEMENTED.
+    """Tells whether an account may livestream for commercial purposes (R4, P7):
+    only an active personal-ID attestation of an account that is not
+    guardian-managed is eligible.
     """
     Authorize: _aio.UnaryUnaryMultiCallable[_verification_pb2.AuthorizeRequest, _verification_pb2.AuthorizeResponse]  # type: ignore[assignment]
     """Decides whether an account may perform an action (R5, R6). Not served yet:
@@ -181,7 +195,13 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.VerifyPersonalIdResponse, _abc.Awaitable[_verification_pb2.VerifyPersonalIdResponse]]:
         """Authenticates by the 12-digit personal identification number through the
-        e-ID registry (R3, R4). Not served yet: UNIMPLEMENTED.
+        e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+        no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
+        the number's structure against the declared date of birth and sex, the
+        attempt limits of the account and of the number, then the registry match.
+        An unknown number and a non-matching name or date give the same
+        PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
+        allows commercial livestreaming.
         """
 
     @_abc_1.abstractmethod
@@ -220,8 +240,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.GetCommercialLivestreamEligibilityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.GetCommercialLivestreamEligibilityResponse, _abc.Awaitable[_verification_pb2.GetCommercialLivestreamEligibilityResponse]]:
-        """Tells whether an account may livestream for commercial purposes (R4, P7).
-        Not served yet: UNIMPLEMENTED.
+        """Tells whether an account may livestream for commercial purposes (R4, P7):
+        only an active personal-ID attestation of an account that is not
+        guardian-managed is eligible.
         """
 
     @_abc_1.abstractmethod
