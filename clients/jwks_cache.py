@@ -52,6 +52,11 @@ class StatusListUnavailable(Exception):
     """No valid copy of the status list could be had: the status is unknown."""
 
 
+class KeysUnavailable(Exception):
+    """The JWKS has never been fetched successfully, and the last attempt was too recent to
+    try again (`min_refetch_interval`)."""
+
+
 def _parse(jwks: Jwks) -> dict[str, Any]:
     data = json.loads(jwks) if isinstance(jwks, str) else jwks
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
@@ -98,11 +103,13 @@ class _JwksState:
         self.generation += 1
 
     def _needs_load(self) -> bool:
+        now = self._clock()
         if self._verifier is None:
+            if not self._may_fetch(now):
+                raise KeysUnavailable("no JWKS yet, and the last fetch failed moments ago")
             return True
         if self._max_age is None:
             return False
-        now = self._clock()
         return now - self._loaded_at >= self._max_age and self._may_fetch(now)
 
     def _may_fetch(self, now: float) -> bool:
@@ -158,6 +165,18 @@ class JwksCache(_JwksState):
         )
         self._fetch = fetch
         self._lock = threading.Lock()
+        self._owned: httpx.Client | None = None
+
+    def close(self) -> None:
+        """Close the HTTP client `from_url` made (a client passed in stays open)."""
+        if self._owned is not None:
+            self._owned.close()
+
+    def __enter__(self) -> JwksCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def from_url(
@@ -178,7 +197,9 @@ class JwksCache(_JwksState):
             response.raise_for_status()
             return response.text
 
-        return cls(fetch, issuer=issuer, audience=audience, **options)
+        cache = cls(fetch, issuer=issuer, audience=audience, **options)
+        cache._owned = None if http is not None else client
+        return cache
 
     def refresh(self) -> None:
         """Fetch the JWKS now (not rate limited)."""
@@ -243,6 +264,18 @@ class AsyncJwksCache(_JwksState):
         )
         self._fetch = fetch
         self._lock = asyncio.Lock()
+        self._owned: httpx.AsyncClient | None = None
+
+    async def aclose(self) -> None:
+        """Close the HTTP client `from_url` made (a client passed in stays open)."""
+        if self._owned is not None:
+            await self._owned.aclose()
+
+    async def __aenter__(self) -> AsyncJwksCache:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     @classmethod
     def from_url(
@@ -263,7 +296,9 @@ class AsyncJwksCache(_JwksState):
             response.raise_for_status()
             return response.text
 
-        return cls(fetch, issuer=issuer, audience=audience, **options)
+        cache = cls(fetch, issuer=issuer, audience=audience, **options)
+        cache._owned = None if http is not None else client
+        return cache
 
     async def refresh(self) -> None:
         """Fetch the JWKS now (not rate limited)."""
@@ -398,7 +433,19 @@ class StatusListCache(_StatusLists):
         )
         self._jwks = jwks
         self._http = http or httpx.Client(timeout=timeout, follow_redirects=True)
+        self._owns_http = http is None
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the HTTP client this cache made (a client passed in stays open)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> StatusListCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def get(self, uri: str) -> StatusListToken:
         """The verified status list token at `uri`, from the cache while its ttl lasts."""
@@ -469,7 +516,19 @@ class AsyncStatusListCache(_StatusLists):
         )
         self._jwks = jwks
         self._http = http or httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+        self._owns_http = http is None
         self._locks: dict[str, asyncio.Lock] = {}
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this cache made (a client passed in stays open)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncStatusListCache:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def get(self, uri: str) -> StatusListToken:
         """The verified status list token at `uri`, from the cache while its ttl lasts."""

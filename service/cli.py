@@ -120,6 +120,9 @@ def parser() -> argparse.ArgumentParser:
     sk = ksub.add_parser("signing-key", help="generate an Ed25519 signing key (PEM)")
     sk.add_argument("--out", type=Path, required=True)
     sk.set_defaults(func=_signing_key)
+    from xacthuc import cli_keys
+
+    cli_keys.register(ksub)
     return p
 
 

@@ -145,9 +145,7 @@ TABLE: tuple[Row, ...] = (
     Row(
         "not personal_id, or no commercial_livestream",
         _COMMERCIAL,
-        lambda s, now: (
-            _present(s).method != PERSONAL_ID or not _present(s).commercial_livestream
-        ),
+        lambda s, now: _present(s).method != PERSONAL_ID or not _present(s).commercial_livestream,
         Decision(False, "PERSONAL_ID_REQUIRED", "R4"),
     ),
     Row(

@@ -1,0 +1,110 @@
+"""Offline authorization: the server's decision, computed from a verified token.
+
+`authorize_offline` feeds what a verified attestation says (method, guardian-managed,
+commercial livestream, expiry) plus its revocation status into `xacthuc.decisions.decide`,
+the very function behind the Authorize RPC, so both give the same allow/deny, reason and
+rule for the same facts.
+
+    cache = JwksCache.from_url("https://xacthuc.example/.well-known/jwks.json",
+                               issuer="xacthuc", audience="my-platform")
+    lists = StatusListCache(cache)
+    verified = verify_for_decision(cache, token)
+    decision = authorize_offline(verified, "post", now=time.time(),
+                                 revoked=lists.is_token_revoked(verified))
+    if not decision.allowed: refuse(decision.reason, decision.rule)
+
+An expired token still proves who the account was, and the decision needs that to say
+ATTESTATION_EXPIRED or AGED_OUT rather than NOT_AUTHENTICATED: `verify_for_decision`
+accepts an expired token whose signature, issuer, audience and type are valid.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Protocol
+
+import jwt
+
+from xacthuc.client.verify import TokenInvalid, VerifiedAttestation
+from xacthuc.decisions import Action, AttestationState, Decision, decide
+
+# Set by the issuer when a guardian-managed token's `exp` is the child's 16th birthday (P6),
+# so an offline verifier can tell "aged out" from "expired".
+EXP_REASON_CLAIM = "exp_reason"
+EXP_REASON_AGE_16 = "age_16"
+
+
+class _Verifies(Protocol):
+    def verify(self, token: str, *, now: float | None = None) -> VerifiedAttestation: ...
+
+
+def attestation_state(
+    verified: VerifiedAttestation | None, *, revoked: bool
+) -> AttestationState | None:
+    """The facts the decision table reads, taken from a verified token."""
+    if verified is None:
+        return None
+    expires_at = verified.expires_at.timestamp()
+    ages_out = verified.guardian_managed and (
+        verified.claims.get(EXP_REASON_CLAIM) == EXP_REASON_AGE_16
+    )
+    return AttestationState(
+        method=verified.method,
+        expires_at=expires_at,
+        guardian_managed=verified.guardian_managed,
+        commercial_livestream=verified.commercial_livestream,
+        revoked=revoked,
+        aged_out_at=expires_at if ages_out else None,
+    )
+
+
+def authorize_offline(
+    verified: VerifiedAttestation | None,
+    action: str | Action,
+    *,
+    now: float | datetime,
+    revoked: bool,
+) -> Decision:
+    """Allow or deny `action` for the account `verified` attests (None: no attestation)."""
+    at = now.timestamp() if isinstance(now, datetime) else float(now)
+    return decide(attestation_state(verified, revoked=revoked), action, at)
+
+
+def verify_for_decision(
+    verifier: _Verifies, token: str, *, now: float | None = None
+) -> VerifiedAttestation:
+    """Verify `token` (an AttestationVerifier or a JwksCache), keeping it when it has only
+    expired: everything but the time is checked, so the decision can say EXPIRED or AGED_OUT.
+    Any other failure raises TokenInvalid."""
+    now = time.time() if now is None else now
+    try:
+        return verifier.verify(token, now=now)
+    except TokenInvalid as e:
+        if e.reason != "EXPIRED":
+            raise
+    # Verify again as of the token's own issue time: signature, kid, typ, iss and aud are
+    # checked exactly as before; only the clock differs. `expires_at` stays the real one.
+    try:
+        iat = jwt.decode(token, options={"verify_signature": False})["iat"]
+    except (jwt.PyJWTError, KeyError):
+        raise TokenInvalid("MALFORMED", "no iat") from None
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        raise TokenInvalid("MALFORMED", "iat must be a number")
+    return verifier.verify(token, now=float(iat))
+
+
+def authorize_token(
+    verifier: _Verifies,
+    token: str | None,
+    action: str | Action,
+    *,
+    now: float | None = None,
+    revoked: bool = False,
+) -> Decision:
+    """`authorize_offline` for a raw token (None or "": the account has no attestation).
+    A token that does not verify raises TokenInvalid: a forged token is an incident to log,
+    not a user who merely has not verified."""
+    now = time.time() if now is None else now
+    verified = verify_for_decision(verifier, token, now=now) if token else None
+    return authorize_offline(verified, action, now=now, revoked=revoked)
