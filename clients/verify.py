@@ -1,6 +1,7 @@
 """Offline verification of attestation tokens against a JWKS, with no call to xacthuc.
 
-Only `EdDSA` over Ed25519 keys is accepted: the algorithm is fixed by the verifier, never
+PyJWT reads the JWKS; the check itself is a short, strict path (see `verify`). Only
+`EdDSA` over Ed25519 keys is accepted: the algorithm is fixed by the verifier, never
 taken from the token, so `alg: none` and algorithm-confusion tokens fail. The token's `typ`
 must be `xacthuc-attestation+jwt`, its `kid` must name a published key, and `iss`, `aud`,
 `exp`, `iat`, `sub`, `jti` and `method` are required.
@@ -8,16 +9,22 @@ must be `xacthuc-attestation+jwt`, its `kid` must name a published key, and `iss
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 TOKEN_TYPE = "xacthuc-attestation+jwt"  # noqa: S105  (a JOSE `typ`, not a secret)
-_REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti", "method"]
+_REQUIRED = ("iss", "aud", "sub", "iat", "exp", "jti", "method")
+_HEADER_CACHE = 64
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class TokenInvalid(ValueError):
@@ -48,10 +55,12 @@ class AttestationVerifier:
         self, jwks: str | dict[str, Any], *, issuer: str, audience: str, leeway: float = 30
     ) -> None:
         data = json.loads(jwks) if isinstance(jwks, str) else jwks
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, Ed25519PublicKey] = {}
         for jwk in data.get("keys", []):
             if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and "kid" in jwk:
                 self._keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="EdDSA").key
+        # Protected header (its base64url text) -> the key it names; headers repeat per key.
+        self._headers: dict[str, Ed25519PublicKey] = {}
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -61,53 +70,76 @@ class AttestationVerifier:
         return frozenset(self._keys)
 
     def verify(self, token: str, *, now: float | None = None) -> VerifiedAttestation:
+        # A lean path, measured: PyJWT's generic decode ran at about half the raw Ed25519
+        # verify rate; here one split, a cached header, one signature check, one json.loads.
+        parts = token.split(".") if isinstance(token, str) else []
+        if len(parts) != 3:
+            raise TokenInvalid("MALFORMED", "not a compact JWS")
+        head, payload, signature = parts
+        key = self._headers.get(head) or self._header_key(head)
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise TokenInvalid("MALFORMED", "not a compact JWS") from None
-        if header.get("alg") != "EdDSA":
-            raise TokenInvalid("ALGORITHM_NOT_ALLOWED", "only EdDSA is accepted")
-        if header.get("typ") != TOKEN_TYPE:
-            raise TokenInvalid("WRONG_TYPE", f"typ must be {TOKEN_TYPE}")
-        key = self._keys.get(header.get("kid", ""))
-        if key is None:
-            raise TokenInvalid("UNKNOWN_KEY", "kid is not in the JWKS")
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=["EdDSA"],
-                audience=self._audience,
-                issuer=self._issuer,
-                # Time is checked below against `now`, so tests and replays can pin the clock.
-                options={
-                    "require": _REQUIRED,
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                },
-            )
-        except jwt.InvalidSignatureError:
+            key.verify(_b64decode(signature), f"{head}.{payload}".encode("ascii"))
+        except (InvalidSignature, ValueError, UnicodeEncodeError):
             raise TokenInvalid("BAD_SIGNATURE", "signature does not verify") from None
-        except jwt.InvalidAudienceError:
-            raise TokenInvalid("WRONG_AUDIENCE", "token is for another platform") from None
-        except jwt.InvalidIssuerError:
-            raise TokenInvalid("WRONG_ISSUER", "token is from another issuer") from None
-        except jwt.PyJWTError as e:
-            raise TokenInvalid("INVALID", type(e).__name__) from None
+        try:
+            claims = json.loads(_b64decode(payload))
+        except ValueError:
+            raise TokenInvalid("MALFORMED", "payload is not JSON") from None
+        if not isinstance(claims, dict) or any(c not in claims for c in _REQUIRED):
+            raise TokenInvalid("INVALID", f"claims {', '.join(_REQUIRED)} are required")
+        if claims["iss"] != self._issuer:
+            raise TokenInvalid("WRONG_ISSUER", "token is from another issuer")
+        aud = claims["aud"]
+        if aud != self._audience and not (isinstance(aud, list) and self._audience in aud):
+            raise TokenInvalid("WRONG_AUDIENCE", "token is for another platform")
+        exp, iat = claims["exp"], claims["iat"]
+        if not _is_time(exp) or not _is_time(iat):
+            raise TokenInvalid("INVALID", "exp and iat must be numbers")
         now = time.time() if now is None else now
-        if not isinstance(claims["exp"], int | float) or claims["exp"] + self._leeway <= now:
+        if exp + self._leeway <= now:
             raise TokenInvalid("EXPIRED", "token has expired")
-        if not isinstance(claims["iat"], int | float) or claims["iat"] - self._leeway > now:
+        if iat - self._leeway > now:
             raise TokenInvalid("NOT_YET_VALID", "token was issued in the future")
         return VerifiedAttestation(
             account_id=claims["sub"],
-            platform=claims["aud"],
+            platform=self._audience,
             method=claims["method"],
             token_id=claims["jti"],
-            issued_at=datetime.fromtimestamp(claims["iat"], UTC),
-            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            issued_at=datetime.fromtimestamp(iat, UTC),
+            expires_at=datetime.fromtimestamp(exp, UTC),
             guardian_managed=bool(claims.get("guardian_managed", False)),
             commercial_livestream=bool(claims.get("commercial_livestream", False)),
             claims=claims,
         )
+
+    def _header_key(self, head: str) -> Ed25519PublicKey:
+        """Check a protected header once and remember which key it names."""
+        try:
+            header = json.loads(_b64decode(head))
+        except ValueError:
+            raise TokenInvalid("MALFORMED", "header is not JSON") from None
+        if not isinstance(header, dict):
+            raise TokenInvalid("MALFORMED", "header is not a JSON object")
+        if header.get("alg") != "EdDSA":
+            raise TokenInvalid("ALGORITHM_NOT_ALLOWED", "only EdDSA is accepted")
+        if header.get("typ") != TOKEN_TYPE:
+            raise TokenInvalid("WRONG_TYPE", f"typ must be {TOKEN_TYPE}")
+        if "crit" in header:
+            raise TokenInvalid("INVALID", "no critical header extension is understood")
+        key = self._keys.get(header.get("kid", ""))
+        if key is None:
+            raise TokenInvalid("UNKNOWN_KEY", "kid is not in the JWKS")
+        if len(self._headers) < _HEADER_CACHE:
+            self._headers[head] = key
+        return key
+
+
+def _b64decode(text: str) -> bytes:
+    """base64url without padding, strictly (RFC 7515 section 2)."""
+    if not _B64URL.fullmatch(text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
