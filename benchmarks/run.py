@@ -1,0 +1,600 @@
+"""Throughput and latency of xacthuc's hot RPCs, next to a bare gRPC echo server on the same machine.
+
+    .venv/bin/python benchmarks/run.py [--duration 10] [--concurrency 32] [--store redis|memory]
+                                       [--redis-url redis://127.0.0.1:6379/0] [--warmup 2] [--raw-stub]
+
+Method
+------
+Processes. The xacthuc server and a bare grpc.aio echo server (`servers.py`) each run in
+their own OS process; this process is the load driver. Phases run one after another, never
+together, so the server being measured shares the machine only with the driver and Redis.
+Nothing is pinned to a CPU: on a small machine the server, the driver and Redis share the
+cores, and the `cpu%` column shows who used how much (and how much went to unrelated
+processes, which make a run's numbers low).
+
+The xacthuc server is built exactly as in production (`build_app` + `start_server`): dev
+mode, but fixed OTP and pseudonym HMAC keys, one platform API key made with `new_key`
+(the driver keeps the key, the server gets only its hashed entry), real Redis under a fresh
+random namespace whose keys are deleted at the end, and send limits raised through Settings
+overrides so that the benchmark measures the service, not the rate limits. Every start uses
+a new phone number, account, idempotency key and client IP (from 198.18.0.0/15, the range
+set aside for benchmarks), so no per-number limit, cooldown or account cap is ever reached.
+
+SMS. The server uses the production sender, `HttpSmsSender`, pointed at a small aiohttp
+gateway on loopback inside this driver process, which keeps `message_id` (the challenge id)
+-> code. This was chosen over a test sender writing codes to Redis because it keeps the
+server's code path the production one (the HTTP hop to the gateway is part of what a start
+costs, as it is in production) and it adds no Redis command of its own, so the Redis count
+per start is the service's alone. Its cost: the gateway's CPU is charged to the driver in
+the start phase.
+
+Load. For each RPC, N workers (`--concurrency`, default 32) run a closed loop: call, wait,
+record the latency, call again; first a warm-up (discarded), then `--duration` seconds.
+Workers share N/8 channels (8 workers per channel; each channel has its own TCP connection
+thanks to `grpc.use_local_subchannel_pool`), the same arrangement for echo and xacthuc. The
+xacthuc RPCs go through the shipped `xacthuc.client.AsyncClient`, one per channel, as
+platforms call them; `--raw-stub` adds a confirm phase through the generated stub, to show
+what the client library itself costs.
+
+Echo is timed first and again last; the better of the two is the yardstick, so that a burst
+of unrelated load during one of them does not flatter every ratio.
+
+Confirm is measured alone: every confirm consumes a challenge made beforehand by a start
+(first those of the start phase, then more made, untimed, before the timed confirm phase,
+as many as the confirm warm-up rate says are needed). Should they still run out, the phase
+ends early and the report says so.
+
+Redis. Around each timed phase the driver reads `INFO commandstats` and reports the script
+calls (EVALSHA, EVAL, ...) per RPC: the round trips, as the store makes one script call per
+operation. Those counters are server-wide, so any other client of the same Redis inflates
+them (the report warns when one is connected). After the timed phases, an untimed check
+runs a thousand of each RPC under MONITOR and counts, exactly, the commands sent by the
+xacthuc server's own connections, and those its scripts ran (see `redis_probe.py`); the
+server's background work on its audit log (the checkpointer) is shown apart.
+
+Output: the table (rps, p50/p99 latency, rps as a fraction of echo's, Redis round trips,
+CPU), then, as the last line, one JSON object. Exit status 1 if any timed call failed or
+something could not start (the reason is printed), 130 on Ctrl-C; the child processes are
+stopped in every case (and exit by themselves should this process be killed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from loadgen import CpuMeter, Exhausted, Op, PhaseResult, closed_loop
+from redis.exceptions import RedisError
+from redis_probe import (
+    SCRIPT_CALLS,
+    SERVER_CLIENT_NAME,
+    RedisProbe,
+    RedisUnreachable,
+    RoundTrips,
+    with_client_name,
+)
+from sms_gateway import SmsGateway
+
+from xacthuc.auth import Role, new_key
+from xacthuc.client import AsyncClient
+from xacthuc.v1 import verification_pb2, verification_pb2_grpc
+
+SERVERS = Path(__file__).resolve().parent / "servers.py"
+ECHO_METHOD = "/bench.Echo/Echo"
+ECHO_PAYLOAD = bytes(range(100))
+PLATFORM = "bench"
+WORKERS_PER_CHANNEL = 8
+CALL_TIMEOUT = 5.0
+MONITOR_CALLS = 1000  # RPCs per kind in the MONITOR round-trip check
+ECHO, START, CONFIRM, JWKS = "Echo", "StartPhoneVerification", "ConfirmPhoneVerification", "GetJwks"
+ECHO_AGAIN = "Echo (again, at the end)"
+RAW_CONFIRM = "ConfirmPhoneVerification (raw stub)"
+GOAL_CONFIRM_RATIO = 0.60
+OTHER_LOAD_WARN = 15  # % of one core used by unrelated processes before the report warns
+
+# Settings overrides of the xacthuc server (besides store, namespace and SMS gateway).
+SERVER_SETTINGS: dict[str, Any] = {
+    "mode": "dev",
+    "log_level": "WARNING",
+    # Fixed keys (dev mode would make random ones); not secrets, this is a benchmark.
+    "otp_hmac_keys": "benchmark-otp-hmac-key-0123456789abcdef",
+    "pseudonym_key": "benchmark-pseudonym-key-0123456789abcdef",
+    "otp_ttl_seconds": 600,  # challenges must outlive their preparation and the confirm phase
+    "sends_per_platform_hour": 100_000_000,
+    "sends_per_client_ip_hour": 1_000_000,
+}
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+class Child:
+    """A server process from servers.py: started, waited for (`READY <port>`), stopped."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        # The child's stderr, kept for as long as we live, shown when the child fails.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self, ready_within: float = 30.0) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(SERVERS), *self.argv,
+            stdin=asyncio.subprocess.PIPE,  # closes when we die, however: the child then exits
+            stdout=asyncio.subprocess.PIPE, stderr=self._log,
+            start_new_session=True,  # Ctrl-C reaches only the driver, which stops us in order
+        )
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), ready_within)
+        except TimeoutError:
+            raise BenchError(f"{self.name} did not start within {ready_within:.0f} s\n"
+                             f"{self.log_tail()}") from None
+        if not line.startswith(b"READY "):
+            code = await self.proc.wait()
+            raise BenchError(f"{self.name} failed to start (exit status {code}):\n{self.log_tail()}")
+        self.port = int(line.split()[1])
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.returncode is not None:
+            raise BenchError(f"{self.name} exited (status {self.proc.returncode}):\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace")
+        return ("..." + text[-chars:]) if len(text) > chars else text
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass
+class Row:
+    """One timed phase."""
+
+    name: str
+    result: PhaseResult
+    cpu: dict[str, float | None]
+    script_calls_per_call: float | None = None  # INFO commandstats; None without Redis
+    foreign_redis_clients: int = 0
+    round_trips: RoundTrips | None = None  # the MONITOR check
+    note: str = ""
+
+
+class Benchmark:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.n = args.concurrency
+        self.channel_count = math.ceil(self.n / WORKERS_PER_CHANNEL)
+        self.probe: RedisProbe | None = None
+        self.gateway = SmsGateway()
+        self.namespace = "bench_" + secrets.token_hex(6)
+        self.api_key, self.key_entry = new_key(PLATFORM, Role.PLATFORM)
+        self.echo = Child("echo server", ["echo"])
+        self.server = Child("xacthuc server", [])  # argv set once the gateway URL is known
+        self.channels: list[grpc.aio.Channel] = []
+        self.echo_calls: list[Any] = []
+        self.clients: list[AsyncClient] = []
+        self.raw_stubs: list[verification_pb2_grpc.VerificationServiceStub] = []
+        self.challenges: deque[tuple[str, str, str]] = deque()  # (challenge id, account, code)
+        self._serial = itertools.count()
+        self.rows: dict[str, Row] = {}
+        self.check_failures: list[str] = []
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    async def setup(self, stack: contextlib.AsyncExitStack) -> None:
+        """Start everything, registering each clean-up as it comes (they run in reverse)."""
+        if self.args.store == "redis":
+            self.probe = RedisProbe(self.args.redis_url)
+            stack.push_async_callback(self.probe.close)
+            try:
+                await self.probe.check()
+            except RedisUnreachable as e:
+                raise BenchError(f"Redis is not reachable at {self.args.redis_url} ({e}).\n"
+                                 "Start Redis, pass --redis-url, or use --store memory.") from None
+            stack.push_async_callback(self._delete_namespace)  # runs after the server stopped
+        sms_url = await self.gateway.start()
+        stack.push_async_callback(self.gateway.close)
+
+        self.server.argv = ["xacthuc", json.dumps(self._server_config(sms_url))]
+        stack.push_async_callback(self.echo.stop)
+        stack.push_async_callback(self.server.stop)
+        await asyncio.gather(self.echo.start(), self.server.start())
+
+        for _ in range(self.channel_count):
+            echo_channel = self._channel(self.echo.port)
+            stack.push_async_callback(echo_channel.close)
+            self.echo_calls.append(echo_channel.unary_unary(ECHO_METHOD))
+            channel = self._channel(self.server.port)
+            client = AsyncClient(channel, api_key=self.api_key, timeout=CALL_TIMEOUT, retries=2)
+            stack.push_async_callback(client.close)
+            self.clients.append(client)
+            self.raw_stubs.append(verification_pb2_grpc.VerificationServiceStub(channel))
+            self.channels += [echo_channel, channel]
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in self.channels)), 30)
+
+    def _server_config(self, sms_url: str) -> dict[str, Any]:
+        store_url = ("memory://" if self.args.store == "memory"
+                     else with_client_name(self.args.redis_url, SERVER_CLIENT_NAME))
+        settings = SERVER_SETTINGS | {
+            "store_url": store_url,
+            "store_namespace": self.namespace,
+            "sms_backend": "http",
+            "sms_http_url": sms_url,
+        }
+        entry = dataclasses.asdict(self.key_entry) | {"role": self.key_entry.role.value}
+        return {"settings": settings, "api_key_entry": entry}
+
+    @staticmethod
+    def _channel(port: int) -> grpc.aio.Channel:
+        # A local subchannel pool gives every channel its own HTTP/2 connection; by default
+        # channels with equal arguments share one.
+        return grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                         options=[("grpc.use_local_subchannel_pool", 1)])
+
+    async def _delete_namespace(self) -> None:
+        assert self.probe is not None
+        try:
+            deleted = await self.probe.delete_namespace(self.namespace)
+            log(f"cleaned up: deleted {deleted} Redis keys {self.namespace}:*")
+        except (RedisError, OSError) as e:
+            log(f"warning: could not delete the Redis keys {self.namespace}:* ({e})")
+
+    # -- the calls, one per worker turn -----------------------------------------------------
+
+    def _client(self, worker: int) -> AsyncClient:
+        return self.clients[worker // WORKERS_PER_CHANNEL]
+
+    async def op_echo(self, worker: int) -> None:
+        await self.echo_calls[worker // WORKERS_PER_CHANNEL](ECHO_PAYLOAD, timeout=CALL_TIMEOUT)
+
+    async def op_jwks(self, worker: int) -> None:
+        await self._client(worker).get_jwks()
+
+    async def op_start(self, worker: int) -> None:
+        n = next(self._serial)  # 091nnnnnnn: ten million numbers, hours of starts
+        account = f"acct-{n}"
+        challenge = await self._client(worker).start_phone_verification(
+            account_id=account,
+            phone_number=f"091{n:07d}",
+            client_ip=f"198.18.{(n >> 8) & 0xFF}.{n & 0xFF}",
+            idempotency_key=f"bench-{n}",
+        )
+        code = self.gateway.take(challenge.challenge_id)  # the SMS went out before the answer
+        self.challenges.append((challenge.challenge_id, account, code))
+
+    def _next_challenge(self) -> tuple[str, str, str]:
+        try:
+            return self.challenges.popleft()
+        except IndexError:
+            raise Exhausted() from None
+
+    async def op_confirm(self, worker: int) -> None:
+        challenge_id, account, code = self._next_challenge()
+        await self._client(worker).confirm_phone_verification(
+            challenge_id=challenge_id, account_id=account, code=code)
+
+    async def op_confirm_raw(self, worker: int) -> None:
+        challenge_id, account, code = self._next_challenge()
+        request = verification_pb2.ConfirmPhoneVerificationRequest(
+            challenge_id=challenge_id, account_id=account, code=code)
+        await self.raw_stubs[worker // WORKERS_PER_CHANNEL].ConfirmPhoneVerification(
+            request, metadata=(("authorization", f"Bearer {self.api_key}"),), timeout=CALL_TIMEOUT)
+
+    # -- phases -----------------------------------------------------------------------------
+
+    async def warm_up(self, name: str, op: Op) -> PhaseResult:
+        result = await closed_loop(name, op, concurrency=self.n, duration=self.args.warmup)
+        if result.error_count:
+            log(f"  warm-up of {name}: {result.error_count} failed calls {dict(result.errors)}")
+        return result
+
+    async def timed(self, name: str, op: Op, server: Child) -> Row:
+        """One timed phase, with CPU and Redis counters read around it."""
+        self.echo.check_alive()
+        self.server.check_alive()
+        meter = CpuMeter({"server": server.pid, "driver": os.getpid(),
+                          "redis": self.probe.pid if self.probe else None})
+        before = await self.probe.command_calls() if self.probe else None
+        foreign = await self.probe.foreign_clients() if self.probe else 0
+        meter.start()
+        result = await closed_loop(name, op, concurrency=self.n, duration=self.args.duration)
+        row = Row(name, result, meter.stop(), foreign_redis_clients=foreign)
+        if self.probe and before is not None:
+            used = await self.probe.command_calls() - before
+            scripts = sum(count for cmd, count in used.items() if cmd in SCRIPT_CALLS)
+            row.script_calls_per_call = scripts / max(1, result.calls)
+            row.foreign_redis_clients = max(foreign, await self.probe.foreign_clients())
+        server.check_alive()
+        self.rows[name] = row
+        log(f"  {name}: {result.calls} calls, {result.rps:,.0f} rps, "
+            f"p50 {result.percentile_ms(50):.2f} ms, p99 {result.percentile_ms(99):.2f} ms"
+            + (f", {result.error_count} errors {dict(result.errors)}" if result.error_count else ""))
+        return row
+
+    async def prepare(self, count: int) -> None:
+        """Make `count` more challenges (untimed) for the confirm phases."""
+        if count <= 0:
+            return
+        began = time.perf_counter()
+        result = await closed_loop("prepare", self.op_start, concurrency=self.n, calls=count)
+        if result.error_count:
+            raise BenchError(f"preparing challenges: {result.error_count} starts failed "
+                             f"{dict(result.errors)}")
+        log(f"  prepared {count} challenges in {time.perf_counter() - began:.1f} s (untimed)")
+
+    async def confirm_phase(self, name: str, op: Op) -> None:
+        await self.prepare(20 * self.n - len(self.challenges))
+        warm = await self.warm_up(name, op)
+        rate = len(warm.latencies) / warm.elapsed if warm.elapsed else 0.0
+        need = math.ceil(rate * self.args.duration * 1.3) + self.n
+        log(f"  {name} warm-up ran at ~{rate:,.0f} rps; {len(self.challenges)} challenges left, "
+            f"want {need}")
+        await self.prepare(need - len(self.challenges))
+        row = await self.timed(name, op, self.server)
+        if row.result.exhausted:
+            row.note = "ran out of prepared challenges: the phase ended early"
+
+    async def round_trip_check(self) -> None:
+        """Untimed: exact Redis commands per RPC from the server's own connections (MONITOR)."""
+        assert self.probe is not None
+        log(f"Redis round-trip check under MONITOR ({MONITOR_CALLS} calls each, untimed)")
+        self.challenges.clear()  # confirm the challenges made under MONITOR, nothing older
+        for name, op in ((START, self.op_start), (CONFIRM, self.op_confirm), (JWKS, self.op_jwks)):
+            outcome: list[PhaseResult] = []
+
+            async def work(op: Op = op, outcome: list[PhaseResult] = outcome) -> int:
+                outcome.append(await closed_loop("check", op, concurrency=self.n, calls=MONITOR_CALLS))
+                return outcome[0].calls
+
+            trips = await self.probe.monitor(work)
+            if outcome[0].errors or not outcome[0].calls:
+                self.check_failures.append(f"{name} in the round-trip check: failed calls "
+                                           f"{dict(outcome[0].errors)}")
+                log(f"  {self.check_failures[-1]}")
+                continue
+            self.rows[name].round_trips = trips
+            log(f"  {name}: {trips.describe()}")
+
+    async def run(self) -> None:
+        log(f"echo server on :{self.echo.port}, xacthuc server on :{self.server.port}; "
+            f"{self.n} workers over {self.channel_count} channels")
+        for name, op, server in ((ECHO, self.op_echo, self.echo), (JWKS, self.op_jwks, self.server),
+                                 (START, self.op_start, self.server)):
+            log(f"phase: {name}")
+            await self.warm_up(name, op)
+            await self.timed(name, op, server)
+        log(f"phase: {CONFIRM} ({len(self.challenges)} challenges made by the start phase)")
+        await self.confirm_phase(CONFIRM, self.op_confirm)
+        if self.args.raw_stub:
+            log(f"phase: {RAW_CONFIRM}")
+            await self.confirm_phase(RAW_CONFIRM, self.op_confirm_raw)
+        log(f"phase: {ECHO_AGAIN}")
+        await self.warm_up(ECHO, self.op_echo)
+        await self.timed(ECHO_AGAIN, self.op_echo, self.echo)
+        if self.probe is not None:
+            await self.round_trip_check()
+
+    def yardstick(self) -> Row:
+        """The better of the two echo runs: the ceiling, least disturbed by anything else."""
+        return max((self.rows[ECHO], self.rows[ECHO_AGAIN]), key=lambda row: row.result.rps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, digits)
+
+
+def machine_summary(probe: RedisProbe | None) -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = ", " + line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    return (f"{os.cpu_count()} CPUs ({usable} usable{model}), {platform.system()} "
+            f"{platform.machine()}, {load} at the end; {platform.python_implementation()} "
+            f"{platform.python_version()}, grpcio {grpc.__version__}"
+            + (f", Redis {probe.version}" if probe else ""))
+
+
+def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
+    """The human-readable report and the JSON summary."""
+    args = bench.args
+    echo = bench.yardstick().result
+    lines = [
+        "xacthuc benchmark",
+        f"machine:  {machine_summary(bench.probe)}",
+        f"load:     closed loop, {bench.n} calls in flight over {bench.channel_count} channels "
+        f"({WORKERS_PER_CHANNEL} per channel), {args.warmup:g} s warm-up + {args.duration:g} s "
+        f"timed per RPC, one RPC at a time; echo payload {len(ECHO_PAYLOAD)} B",
+        f"store:    {args.store}" + (f" at {args.redis_url}, namespace {bench.namespace} (deleted)"
+                                     if args.store == "redis" else ""),
+        "server:   dev mode, fixed HMAC keys, " + ", ".join(
+            f"{k}={v}" for k, v in SERVER_SETTINGS.items()
+            if k.startswith(("sends", "otp_ttl"))) + "; HttpSmsSender to a loopback gateway "
+        "in the driver; a new phone, account, idempotency key and client IP per start",
+        "",
+    ]
+    header = (f"{'rpc':<36}{'calls':>7}{'err':>5}{'rps':>8}{'p50_ms':>8}{'p99_ms':>8}{'vs_echo':>8}"
+              f"{'redis_rt':>9}{'evalsha':>8}  cpu% srv/drv/redis/other")
+    lines += [header, "-" * len(header)]
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None or math.isnan(value) else format(value, spec)
+
+    for row in bench.rows.values():
+        r = row.result
+        lines.append(
+            f"{row.name:<36}{r.calls:>7}{r.error_count:>5}{r.rps:>8.0f}"
+            f"{r.percentile_ms(50):>8.2f}{r.percentile_ms(99):>8.2f}"
+            f"{'' if row.name.startswith(ECHO) else fmt(r.rps / echo.rps, '.3f'):>8}"
+            f"{fmt(row.round_trips.per_call() if row.round_trips else None, '.2f'):>9}"
+            f"{'' if row.name.startswith(ECHO) else fmt(row.script_calls_per_call, '.2f'):>8}  "
+            + "/".join(fmt(row.cpu[k], ".0f") for k in ("server", "driver", "redis", "other")))
+    lines += [
+        "",
+        f"vs_echo:  rps / echo rps, echo being the better of its two runs ({bench.yardstick().name}).",
+        "redis_rt: Redis commands per call sent by the xacthuc server's own connections, counted "
+        "exactly under MONITOR (untimed check; the background checkpointer's commands not counted).",
+        "evalsha:  script calls (EVALSHA/EVAL) per call during the timed phase, from INFO "
+        "commandstats (server-wide: other clients count too).",
+        "cpu%:     share of one core used in the timed phase (100 = one core busy) by the server "
+        "measured, the driver, redis-server and everything else.",
+    ]
+    for row in bench.rows.values():
+        if row.round_trips is not None:
+            lines.append(f"redis {row.name}: {row.round_trips.describe()}")
+    warnings = []
+    busy = [row.name for row in bench.rows.values() if (row.cpu.get("other") or 0) > OTHER_LOAD_WARN]
+    if busy:
+        warnings.append(f"other processes used over {OTHER_LOAD_WARN}% of a core during "
+                        f"{', '.join(busy)}: those rows are low by an unknown amount")
+    foreign = max(row.foreign_redis_clients for row in bench.rows.values())
+    if foreign:
+        warnings.append(f"{foreign} other Redis client(s) connected during the timed phases: "
+                        "the evalsha column may include their commands")
+    warnings += [f"{row.name}: {row.note}" for row in bench.rows.values() if row.note]
+    warnings += [f"{row.name}: failed calls {dict(row.result.errors)}"
+                 for row in bench.rows.values() if row.result.errors]
+    warnings += bench.check_failures
+    lines += [f"warning: {w}" for w in warnings]
+
+    confirm = bench.rows[CONFIRM]
+    ratio = confirm.result.rps / echo.rps if echo.rps else 0.0
+    goal = (f"goals: confirm rps >= {GOAL_CONFIRM_RATIO:.0%} of echo: "
+            f"{'PASS' if ratio >= GOAL_CONFIRM_RATIO else 'FAIL'} ({ratio:.1%})")
+    if confirm.round_trips is not None:
+        rt = confirm.round_trips.per_call()
+        goal += (f"; one Redis round trip per confirm: {'PASS' if round(rt, 2) <= 1.0 else 'FAIL'} "
+                 f"({rt:.2f})")
+    lines.append(goal)
+
+    summary: dict[str, Any] = {
+        "echo": {"rps": _round(echo.rps, 1), "p50_ms": _round(echo.percentile_ms(50), 3),
+                 "p99_ms": _round(echo.percentile_ms(99), 3)},
+        "rpcs": {},
+    }
+    for name in (START, CONFIRM, JWKS):
+        row = bench.rows[name]
+        r = row.result
+        summary["rpcs"][name] = {
+            "rps": _round(r.rps, 1),
+            "p50_ms": _round(r.percentile_ms(50), 3),
+            "p99_ms": _round(r.percentile_ms(99), 3),
+            "ratio_vs_echo": _round(r.rps / echo.rps, 3) if echo.rps else None,
+            # Exact, from the MONITOR check; the timed phase's commandstats figure next to it.
+            "redis_commands_per_call": _round(row.round_trips.per_call(), 2) if row.round_trips else None,
+            "redis_script_calls_per_call_timed": _round(row.script_calls_per_call, 2),
+        }
+    return "\n".join(lines), summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="timed seconds per RPC (10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per RPC (2)")
+    p.add_argument("--concurrency", type=int, default=32, help="calls in flight (32)")
+    p.add_argument("--store", choices=("redis", "memory"), default="redis")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--raw-stub", action="store_true",
+                   help="also time confirm through the generated stub, without AsyncClient")
+    args = p.parse_args(argv)
+    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
+        p.error("--duration must be > 0, --warmup >= 0 and --concurrency >= 1")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    # SIGTERM takes the same way out as Ctrl-C: cancel, clean up, exit.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    bench = Benchmark(args)
+    async with contextlib.AsyncExitStack() as stack:
+        await bench.setup(stack)
+        await bench.run()
+        log("stopping the servers")
+    text, summary = render(bench)
+    print(text)
+    print(json.dumps(summary), flush=True)
+    failed = [name for name, row in bench.rows.items() if row.result.errors or not row.result.latencies]
+    if failed or bench.check_failures:
+        log(f"benchmark failed: calls failed in {', '.join(failed) or 'the round-trip check'}\n"
+            f"xacthuc server log (end):\n{bench.server.log_tail()}")
+        return 1
+    return 0
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        return asyncio.run(run(args))
+    except BenchError as e:
+        log(f"benchmark failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted; the servers were stopped")
+        return 130
+    except asyncio.CancelledError:
+        log("terminated; the servers were stopped")
+        return 143
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The two servers the benchmark measures, each run as its own OS process by `run.py`.
+
+    python benchmarks/servers.py echo
+    python benchmarks/servers.py xacthuc CONFIG_JSON
+
+`echo` is a bare grpc.aio server with one generic unary method, `/bench.Echo/Echo`, that
+returns the request bytes unchanged: no protobuf, no auth, no store. It is the ceiling a
+Python grpc.aio service can reach on this machine, the yardstick for the xacthuc numbers.
+
+`xacthuc` builds the real service exactly as production does (`build_app` + `start_server`)
+from the Settings overrides, API key entry and SMS gateway URL given in CONFIG_JSON.
+
+Each prints `READY <port>` on stdout once it serves, and stops on SIGTERM or SIGINT or when
+its stdin reaches end-of-file, which happens when the parent dies however it dies, so a
+killed benchmark never leaves servers behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+import grpc
+
+from xacthuc.server import MAX_MESSAGE_BYTES
+
+ECHO_METHOD = "/bench.Echo/Echo"
+
+# The options `xacthuc.server.start_server` gives its server, so both servers are alike.
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _stop_event() -> asyncio.Event:
+    """Set on SIGTERM/SIGINT or when the parent closes our stdin."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def watch_stdin() -> None:
+        # The raw descriptor, not sys.stdin: a thread blocked inside the buffered reader would
+        # make interpreter shutdown abort when the server exits on an error.
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):  # b"" at EOF: the parent is gone or wants us to stop
+                pass
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+    return stop
+
+
+def _ready(port: int) -> None:
+    print(f"READY {port}", flush=True)
+
+
+async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return request
+
+
+async def serve_echo() -> None:
+    stop = _stop_event()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    _ready(port)
+    await stop.wait()
+    await server.stop(0)
+
+
+async def serve_xacthuc(config: dict) -> None:
+    from xacthuc.app import build_app
+    from xacthuc.auth import ApiKeys, KeyEntry, Role
+    from xacthuc.config import Settings
+    from xacthuc.server import start_server
+
+    stop = _stop_event()
+    settings = Settings.load(**config["settings"])
+    entry = KeyEntry(**{**config["api_key_entry"], "role": Role(config["api_key_entry"]["role"])})
+    app = build_app(settings, api_keys=ApiKeys([entry]))
+    server = await start_server(app, "127.0.0.1:0")
+    _ready(server.port)
+    await stop.wait()
+    await server.stop(grace=1.0)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if argv[:1] == ["echo"]:
+        asyncio.run(serve_echo())
+    elif argv[:1] == ["xacthuc"] and len(argv) == 2:
+        asyncio.run(serve_xacthuc(json.loads(argv[1])))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
