@@ -7,12 +7,22 @@ async with await AsyncClient.connect("localhost:50051", api_key=KEY) as xt:
 """
 
 from xacthuc import errors
-from xacthuc.client._wire import Attestation, AuditPage, AuditRecord, Challenge, Eligibility
+from xacthuc.client._wire import (
+    AgingOutPage,
+    Attestation,
+    AuditPage,
+    AuditRecord,
+    Challenge,
+    Eligibility,
+    GuardianLink,
+    LogCheckpoint,
+)
 from xacthuc.client.aio import AsyncClient
 from xacthuc.client.sync import Client
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid, VerifiedAttestation
 
 __all__ = [
+    "AgingOutPage",
     "AsyncClient",
     "Attestation",
     "AttestationVerifier",
@@ -21,6 +31,8 @@ __all__ = [
     "Challenge",
     "Client",
     "Eligibility",
+    "GuardianLink",
+    "LogCheckpoint",
     "TokenInvalid",
     "VerifiedAttestation",
     "errors",

@@ -46,6 +46,8 @@ class Attestation:
     expires_at: datetime
     guardian_managed: bool
     commercial_livestream: bool
+    age_band: str = ""  # "adult", "16_17", "under_16" or "" (unknown)
+    guardian_ref: str = ""  # guardian-managed accounts: the pseudonymous guardian reference
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,16 @@ class AuditRecord:
 class AuditPage:
     records: list[AuditRecord]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogCheckpoint:
+    """A signed checkpoint of the platform's audit log (C2SP signed note)."""
+
+    signed_note: str
+    tree_size: int
+    root_hash: bytes
+    verifier_key: str  # as the server states it: compare with the operator's published one
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +109,8 @@ def attestation(a: verification_pb2.Attestation) -> Attestation:
         expires_at=_dt(a.expires_at),
         guardian_managed=a.guardian_managed,
         commercial_livestream=a.commercial_livestream,
+        age_band=a.age_band,
+        guardian_ref=a.guardian_ref,
     )
 
 
@@ -121,6 +135,17 @@ LIVESTREAM_ELIGIBILITY = Rpc(
     idempotent=True,
 )
 QUERY_AUDIT = Rpc("audit", "QueryAuditRecords", audit_page, idempotent=True)
+GET_CHECKPOINT = Rpc(
+    "audit",
+    "GetCheckpoint",
+    lambda r: LogCheckpoint(r.signed_note, r.tree_size, r.root_hash, r.verifier_key),
+    idempotent=True,
+)
+GET_INCLUSION_PROOF = Rpc("audit", "GetInclusionProof", lambda r: list(r.hashes), idempotent=True)
+GET_CONSISTENCY_PROOF = Rpc(
+    "audit", "GetConsistencyProof", lambda r: list(r.hashes), idempotent=True
+)
+GET_REPORT = Rpc("audit", "GetReport", lambda r: dict(r.counts), idempotent=True)
 
 
 def start_request(
@@ -225,3 +250,109 @@ def eligibility_request(
     account_id: str,
 ) -> verification_pb2.GetCommercialLivestreamEligibilityRequest:
     return verification_pb2.GetCommercialLivestreamEligibilityRequest(account_id=account_id)
+
+
+def export_request(from_index: int, to_index: int) -> audit_pb2.ExportAuditRecordsRequest:
+    return audit_pb2.ExportAuditRecordsRequest(from_index=from_index, to_index=to_index)
+
+
+def checkpoint_request() -> audit_pb2.GetCheckpointRequest:
+    return audit_pb2.GetCheckpointRequest()
+
+
+def inclusion_request(index: int, tree_size: int) -> audit_pb2.GetInclusionProofRequest:
+    return audit_pb2.GetInclusionProofRequest(index=index, tree_size=tree_size)
+
+
+def consistency_request(from_size: int, to_size: int) -> audit_pb2.GetConsistencyProofRequest:
+    return audit_pb2.GetConsistencyProofRequest(from_size=from_size, to_size=to_size)
+
+
+def report_request(
+    from_time: datetime | None, to_time: datetime | None
+) -> audit_pb2.GetReportRequest:
+    req = audit_pb2.GetReportRequest()
+    if from_time is not None:
+        req.from_time.FromDatetime(from_time)
+    if to_time is not None:
+        req.to_time.FromDatetime(to_time)
+    return req
+
+
+# --- children and guardians (issue 4) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianLink:
+    """A child's account linked to a verified guardian (R1, P6)."""
+
+    link_id: str
+    attestation: Attestation  # the child's guardian-managed attestation
+    ages_out_at: datetime  # the 16th birthday: the link ends, the user verifies on their own
+    renewed: bool  # the same guardian linked the same child again
+
+
+@dataclass(frozen=True, slots=True)
+class AgingOutPage:
+    account_ids: list[str]
+    next_page_token: str  # "" on the last page
+
+
+_RELATIONSHIPS = {
+    "parent": verification_pb2.GUARDIAN_RELATIONSHIP_PARENT,
+    "legal_guardian": verification_pb2.GUARDIAN_RELATIONSHIP_LEGAL_GUARDIAN,
+}
+
+
+def _pb_date(d: date) -> verification_pb2.Date:
+    return verification_pb2.Date(year=d.year, month=d.month, day=d.day)
+
+
+def guardian_link(r: verification_pb2.LinkGuardianResponse) -> GuardianLink:
+    return GuardianLink(r.link_id, attestation(r.attestation), _dt(r.ages_out_at), r.renewed)
+
+
+LINK_GUARDIAN = Rpc("verification", "LinkGuardian", guardian_link)
+WITHDRAW_GUARDIAN_LINK = Rpc("verification", "WithdrawGuardianLink", lambda r: _dt(r.ended_at))
+LIST_AGING_OUT = Rpc(
+    "verification",
+    "ListAccountsAgingOut",
+    lambda r: AgingOutPage(list(r.account_ids), r.next_page_token),
+    idempotent=True,
+)
+
+
+def link_guardian_request(
+    child_account_id: str,
+    child_date_of_birth: date,
+    guardian_account_id: str,
+    guardian_date_of_birth: date,
+    relationship: str,
+    guardian_consent: bool,
+    child_consent: bool,
+) -> verification_pb2.LinkGuardianRequest:
+    """`relationship` is "parent" or "legal_guardian"."""
+    return verification_pb2.LinkGuardianRequest(
+        child_account_id=child_account_id,
+        child_date_of_birth=_pb_date(child_date_of_birth),
+        guardian_account_id=guardian_account_id,
+        guardian_date_of_birth=_pb_date(guardian_date_of_birth),
+        relationship=_RELATIONSHIPS.get(
+            relationship, verification_pb2.GUARDIAN_RELATIONSHIP_UNSPECIFIED
+        ),
+        guardian_consent=guardian_consent,
+        child_consent=child_consent,
+    )
+
+
+def withdraw_guardian_link_request(link_id: str) -> verification_pb2.WithdrawGuardianLinkRequest:
+    return verification_pb2.WithdrawGuardianLinkRequest(link_id=link_id)
+
+
+def aging_out_request(
+    from_time: datetime, to_time: datetime, page_size: int, page_token: str
+) -> verification_pb2.ListAccountsAgingOutRequest:
+    req = verification_pb2.ListAccountsAgingOutRequest(page_size=page_size, page_token=page_token)
+    req.from_time.FromDatetime(from_time)
+    req.to_time.FromDatetime(to_time)
+    return req

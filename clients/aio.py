@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Any, TypeVar
 
 import grpc
 
 from xacthuc.client import _wire as w
-from xacthuc.client._wire import Attestation, AuditPage, Challenge, Eligibility
+from xacthuc.client._wire import (
+    AgingOutPage,
+    Attestation,
+    AuditPage,
+    Challenge,
+    Eligibility,
+    GuardianLink,
+    LogCheckpoint,
+)
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
 
 T = TypeVar("T")
@@ -144,6 +153,56 @@ class AsyncClient:
         """The JWKS (JSON text) that verifies attestation tokens offline."""
         return await self._call(w.GET_JWKS, w.jwks_request(), timeout)
 
+    async def link_guardian(
+        self,
+        *,
+        child_account_id: str,
+        child_date_of_birth: date,
+        guardian_account_id: str,
+        guardian_date_of_birth: date,
+        relationship: str,
+        guardian_consent: bool,
+        child_consent: bool = False,
+        timeout: float | None = None,
+    ) -> GuardianLink:
+        """Register a child under 16 through a guardian whose own account on this platform is
+        already verified (phone or personal ID). `relationship` is "parent" or
+        "legal_guardian"; the child's consent is required from 7 years old (Law 91/2025).
+        Not retried: it records consents (the same guardian may simply call again: that
+        renews the link)."""
+        request = w.link_guardian_request(
+            child_account_id,
+            child_date_of_birth,
+            guardian_account_id,
+            guardian_date_of_birth,
+            relationship,
+            guardian_consent,
+            child_consent,
+        )
+        return await self._call(w.LINK_GUARDIAN, request, timeout)
+
+    async def withdraw_guardian_link(
+        self, *, link_id: str, timeout: float | None = None
+    ) -> datetime:
+        """End a guardian link; the child's attestation is revoked at once. Returns when."""
+        return await self._call(
+            w.WITHDRAW_GUARDIAN_LINK, w.withdraw_guardian_link_request(link_id), timeout
+        )
+
+    async def list_accounts_aging_out(
+        self,
+        *,
+        from_time: datetime,
+        to_time: datetime,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AgingOutPage:
+        """One page of the guardian-managed accounts whose 16th birthday is in
+        [from_time, to_time); pass `next_page_token` back for the next page."""
+        request = w.aging_out_request(from_time, to_time, page_size, page_token)
+        return await self._call(w.LIST_AGING_OUT, request, timeout)
+
     async def query_audit_records(
         self,
         *,
@@ -158,3 +217,52 @@ class AsyncClient:
         """One page of the platform's audit log (auditor keys only)."""
         request = w.audit_request(account_id, event, from_time, to_time, page_size, page_token)
         return await self._call(w.QUERY_AUDIT, request, timeout)
+
+    async def get_checkpoint(self, *, timeout: float | None = None) -> LogCheckpoint:
+        """The latest signed checkpoint of the platform's audit log (auditor keys only)."""
+        return await self._call(w.GET_CHECKPOINT, w.checkpoint_request(), timeout)
+
+    async def get_inclusion_proof(
+        self, *, index: int, tree_size: int, timeout: float | None = None
+    ) -> list[bytes]:
+        """The RFC 6962 audit path of record `index` in the tree of `tree_size` records."""
+        return await self._call(
+            w.GET_INCLUSION_PROOF, w.inclusion_request(index, tree_size), timeout
+        )
+
+    async def get_consistency_proof(
+        self, *, from_size: int, to_size: int, timeout: float | None = None
+    ) -> list[bytes]:
+        """The RFC 6962 consistency proof between two tree sizes of the audit log."""
+        return await self._call(
+            w.GET_CONSISTENCY_PROOF, w.consistency_request(from_size, to_size), timeout
+        )
+
+    async def get_report(
+        self,
+        *,
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, int]:
+        """Counts over [from_time, to_time) computed from the audit log."""
+        return await self._call(w.GET_REPORT, w.report_request(from_time, to_time), timeout)
+
+    async def export_audit_records(
+        self, *, from_index: int = 0, to_index: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """The audit log as JSON Lines chunks (whole lines each), records [from_index,
+        to_index), the whole log when to_index is 0. Not retried: restart from the last
+        index received. `timeout` bounds the whole stream."""
+        call = self._stubs["audit"].ExportAuditRecords(
+            w.export_request(from_index, to_index),
+            metadata=self._metadata,
+            timeout=timeout if timeout is not None else self._timeout,
+        )
+        try:
+            async for response in call:
+                yield response.jsonl
+        except grpc.RpcError as e:
+            raise w.decode_error(e) from None
+        finally:
+            call.cancel()  # the caller stopped early: end the stream on the server too

@@ -6,16 +6,20 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
+from xacthuc.auditlog import AuditLog
 from xacthuc.auth import ApiKeys, Role, new_key
 from xacthuc.clock import Clock, SystemClock
 from xacthuc.config import Mode, RegistryBackend, Settings, SmsBackend
+from xacthuc.guardian import AgeOutSweeper
 from xacthuc.keyed import OtpMac, Pseudonymizer
 from xacthuc.sms import SmsSender
 from xacthuc.sms.console import ConsoleSmsSender
 from xacthuc.sms.http import HttpSmsSender
 from xacthuc.store.base import Limits, Store
+from xacthuc.store.checkpoints import checkpoint_store_for
 from xacthuc.store.memory import MemoryStore
 from xacthuc.tokens import SigningKey, TokenSigner
+from xacthuc.verifiers.guardian_flow import GuardianLinker
 from xacthuc.verifiers.http_registry import HttpRegistry
 from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier
 from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
@@ -40,8 +44,15 @@ class App:
     personal_id: PersonalIdVerifier
     # Keys made up at start in dev mode, to print once: role -> key.
     demo_keys: dict[Role, str] = field(default_factory=dict)
+    # The verifiable audit log: Merkle trees, signed checkpoints (issue 6).
+    audit_log: AuditLog | None = None
+    # Children under 16 (issue 4): guardian links, and the sweep that ends them at 16.
+    guardian: GuardianLinker | None = None
+    age_out: AgeOutSweeper | None = None
 
     async def aclose(self) -> None:
+        if self.age_out is not None:
+            await self.age_out.stop()
         await self.sms.aclose()
         await self.registry.aclose()
         await self.store.aclose()
@@ -65,6 +76,7 @@ def limits_from(settings: Settings) -> Limits:
         id_lock_base_seconds=settings.id_lock_base_seconds,
         id_lock_max_seconds=settings.id_lock_max_seconds,
         max_accounts_per_personal_id=settings.max_accounts_per_personal_id,
+        max_children_per_guardian=settings.max_children_per_guardian,
     )
 
 
@@ -107,6 +119,26 @@ def make_registry(settings: Settings) -> IdentityRegistry:
     if settings.registry_sandbox_file:
         return SandboxRegistry.from_file(settings.registry_sandbox_file)
     return SandboxRegistry.from_file()
+
+
+def make_audit_log(settings: Settings, store: Store, clock: Clock, api_keys: ApiKeys) -> AuditLog:
+    if settings.log_signing_key_file:
+        key = SigningKey.from_pem_file(settings.log_signing_key_file)
+    else:
+        log.warning(
+            "dev mode: generated a log signing key for this run (set XACTHUC_LOG_SIGNING_KEY_FILE)"
+        )
+        key = SigningKey.generate()
+    return AuditLog(
+        store,
+        checkpoint_store_for(store),
+        key.private_key,
+        clock,
+        origin=settings.log_origin,
+        every_records=settings.checkpoint_every_records,
+        every_seconds=settings.checkpoint_every_seconds,
+        platforms=api_keys.platforms,
+    )
 
 
 def build_app(
@@ -175,6 +207,14 @@ def build_app(
         * (settings.registry_retries + 1)
         + 1,
     )
-    return App(
+    app = App(
         settings, store, sms, clock, api_keys, signer, phone, registry, personal_id, demo_keys
     )
+    app.audit_log = make_audit_log(settings, store, clock, api_keys)
+    app.guardian = GuardianLinker(
+        store=store, clock=clock, limits=limits, token_ttl_seconds=settings.token_ttl_seconds
+    )
+    app.age_out = AgeOutSweeper(
+        store, clock, api_keys.platforms, interval_seconds=settings.age_out_sweep_seconds
+    )
+    return app

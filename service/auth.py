@@ -68,6 +68,10 @@ class ApiKeys:
     def add(self, entry: KeyEntry) -> None:
         self._entries[entry.key_id] = entry
 
+    def platforms(self) -> set[str]:
+        """The platforms that have at least one key."""
+        return {e.platform for e in self._entries.values()}
+
     def authenticate(self, authorization: str | None) -> Caller:
         if not authorization:
             raise CredentialMissing()

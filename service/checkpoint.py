@@ -164,7 +164,7 @@ def format_vkey(name: str, public_key: Ed25519PublicKey) -> str:
 
 def parse_vkey(vkey: str) -> tuple[str, Ed25519PublicKey]:
     """Parse a verifier key string into (name, public key), checking its key id."""
-    parts = vkey.split("+")
+    parts = vkey.split("+", 2)  # the base64 key may itself contain "+"
     if len(parts) != 3:
         raise NoteError("verifier key must be name+keyid+key")
     name, hex_id, key_text = parts

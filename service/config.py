@@ -119,6 +119,17 @@ class Settings(BaseSettings):
     id_lock_max_seconds: int = Field(86_400, ge=60, le=30 * 86_400)
     max_accounts_per_personal_id: int = Field(10, ge=1, le=1000)
 
+    # Children under 16 (R1, P6): children with an active link per guardian, and how often
+    # links of children who turned 16 are ended.
+    max_children_per_guardian: int = Field(5, ge=1, le=100)
+    age_out_sweep_seconds: float = Field(300.0, ge=1, le=86_400)
+
+    # Audit log (P10): signed checkpoints of each platform's Merkle tree (see auditlog.py).
+    log_origin: str = "xacthuc.invalid/log"  # checkpoint origin and key name: <origin>/<platform>
+    log_signing_key_file: Path | None = None  # PEM, PKCS#8 Ed25519 private key
+    checkpoint_every_records: int = Field(1000, ge=1, le=10_000_000)
+    checkpoint_every_seconds: int = Field(60, ge=1, le=86_400)
+
     _split_keys = field_validator("otp_hmac_keys", mode="before")(_secrets)
 
     @field_validator("listen", "metrics_listen")
@@ -129,6 +140,13 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT")
+        return v
+
+    @field_validator("log_origin")
+    @classmethod
+    def _origin(cls, v: str) -> str:
+        if not v or len(v) > 200 or "+" in v or any(ch.isspace() or ord(ch) < 0x20 for ch in v):
+            raise ValueError("must be 1-200 characters without spaces or '+' (a key name)")
         return v
 
     @field_validator("store_url")
@@ -210,6 +228,11 @@ class Settings(BaseSettings):
             dev_parts.append("XACTHUC_PSEUDONYM_KEY is unset")
         if self.api_keys_file is None:
             dev_parts.append("XACTHUC_API_KEYS_FILE is unset")
+        if self.log_signing_key_file is None:
+            dev_parts.append(
+                "XACTHUC_LOG_SIGNING_KEY_FILE is unset (checkpoints signed by a generated key "
+                "cannot be verified after a restart)"
+            )
         if self.registry_backend is RegistryBackend.SANDBOX:
             dev_parts.append(
                 "XACTHUC_REGISTRY_BACKEND=sandbox matches synthetic people only; use http"

@@ -262,7 +262,9 @@ class IdAttemptsExceeded(ResourceExhausted):
 
 class PersonalIdAccountLimit(ResourceExhausted):
     reason = "PERSONAL_ID_ACCOUNT_LIMIT"
-    default_message = "this personal identification number already verifies the maximum number of accounts"
+    default_message = (
+        "this personal identification number already verifies the maximum number of accounts"
+    )
 
 
 class PhoneRouteRequired(FailedPrecondition):
@@ -275,7 +277,9 @@ class PhoneRouteRequired(FailedPrecondition):
 
 class GuardianRequired(FailedPrecondition):
     reason = "GUARDIAN_REQUIRED"
-    default_message = "the account holder is under 16: a parent or guardian must register the account"
+    default_message = (
+        "the account holder is under 16: a parent or guardian must register the account"
+    )
 
 
 class AccountNotAuthenticated(FailedPrecondition):
@@ -286,6 +290,55 @@ class AccountNotAuthenticated(FailedPrecondition):
 class GuardianManagedNoCommercialLivestream(FailedPrecondition):
     reason = "GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM"
     default_message = "a guardian-managed account may not livestream commercially"
+
+
+# Children and guardians (R1, P6; Law 91/2025 consent). Messages never echo a date of birth.
+class ChildNotUnder16(FailedPrecondition):
+    reason = "CHILD_NOT_UNDER_16"
+    default_message = "the child is 16 or over: the account must be verified in the user's own name"
+
+
+class GuardianUnder18(FailedPrecondition):
+    reason = "GUARDIAN_UNDER_18"
+    default_message = "a guardian must be 18 or over"
+
+
+class GuardianConsentRequired(FailedPrecondition):
+    reason = "GUARDIAN_CONSENT_REQUIRED"
+    default_message = "the guardian's consent is required"
+
+
+class ChildConsentRequired(FailedPrecondition):
+    reason = "CHILD_CONSENT_REQUIRED"
+    default_message = "a child of 7 or over must consent too"
+
+
+class GuardianNotVerified(FailedPrecondition):
+    reason = "GUARDIAN_NOT_VERIFIED"
+    default_message = (
+        "the guardian's account needs an active attestation of its own (phone or personal ID), "
+        "not a guardian-managed one"
+    )
+
+
+class GuardianChildLimit(ResourceExhausted):
+    reason = "GUARDIAN_CHILD_LIMIT"
+    default_message = "the guardian already supervises the maximum number of children"
+
+
+class ChildAlreadyLinked(FailedPrecondition):
+    reason = "CHILD_ALREADY_LINKED"
+    default_message = "the child is linked to another guardian; that link must be withdrawn first"
+
+
+class LinkNotFound(NotFound):
+    reason = "LINK_NOT_FOUND"
+    default_message = "no such guardian link"
+
+
+class LinkAlreadyEnded(FailedPrecondition):
+    reason = "LINK_ALREADY_ENDED"
+    default_message = "the guardian link has already ended"
 
 
 def _reason_classes() -> dict[str, type[XacthucError]]:

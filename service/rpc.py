@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -78,3 +78,42 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
 async def not_implemented(self: Any, caller: Caller, request: object) -> None:
     """The body of RPCs that are in the contract but not served yet."""
     raise NotImplementedYet()
+
+
+def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Callable[..., Any]]:
+    """`rpc` for server-streaming methods: wraps an async generator
+    `(self, caller, request) -> AsyncIterator[response]` the same way (authentication, role,
+    one error mapping, metrics); an error after some responses ends the stream with it."""
+
+    def wrap(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., Any]:
+        method = fn.__name__
+        seconds = RPC_SECONDS.labels(method)
+
+        @functools.wraps(fn)
+        async def handler(
+            self: Any, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Resp]:
+            started = time.perf_counter()
+            try:
+                caller = self.api_keys.authenticate(_authorization(context))
+                if caller.role is not role:
+                    raise RoleNotAllowed()
+                async for response in fn(self, caller, request):
+                    yield response
+            except XacthucError as e:
+                status, reason = to_status(e), e.reason
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                status, reason = internal(method, e), "INTERNAL"
+            else:
+                RPC_TOTAL.labels(method, "OK").inc()
+                seconds.observe(time.perf_counter() - started)
+                return
+            RPC_TOTAL.labels(method, reason).inc()
+            seconds.observe(time.perf_counter() - started)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        return handler
+
+    return wrap

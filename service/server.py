@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from xacthuc.app import App
+from xacthuc.app import App, make_audit_log
 from xacthuc.audit_servicer import AuditServicer
 from xacthuc.servicer import VerificationServicer
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc, verification_pb2, verification_pb2_grpc
@@ -46,6 +46,8 @@ class Server:
         await self._server.stop(
             self.app.settings.shutdown_grace_seconds if grace is None else grace
         )
+        if self.app.audit_log is not None:
+            await self.app.audit_log.stop()
         await self.app.aclose()
 
     async def wait(self) -> None:
@@ -68,11 +70,21 @@ async def start_server(app: App, listen: str | None = None) -> Server:
             store=app.store,
             signer=app.signer,
             clock=app.clock.now,
+            guardian=app.guardian,
         ),
         server,
     )
+    if app.audit_log is None:
+        app.audit_log = make_audit_log(app.settings, app.store, app.clock, app.api_keys)
+    audit_log = app.audit_log
     audit_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(api_keys=app.api_keys, store=app.store), server
+        AuditServicer(
+            api_keys=app.api_keys,
+            store=app.store,
+            audit_log=audit_log,
+            clock=app.clock.now,
+        ),
+        server,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -89,6 +101,9 @@ async def start_server(app: App, listen: str | None = None) -> Server:
         raise OSError(f"cannot listen on {listen or app.settings.listen}")
     await app.store.ping()
     await server.start()
+    audit_log.start()  # the background checkpointer
+    if app.age_out is not None:  # ends guardian links of children who turned 16 (P6)
+        app.age_out.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Server(app, server, health, port)

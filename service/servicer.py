@@ -9,13 +9,16 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from xacthuc.auth import ApiKeys, Caller, Role
 from xacthuc.decisions import Action, AttestationState, decide
-from xacthuc.errors import AttestationNotFound
+from xacthuc.errors import AttestationNotFound, NotImplementedYet
 from xacthuc.rpc import not_implemented, rpc, timestamp
 from xacthuc.store.base import AttestationRecord, Store
 from xacthuc.tokens import TokenSigner
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
+from xacthuc.verifiers.guardian_flow import GuardianLinker, Relationship
 from xacthuc.verifiers.personal_id import Sex
 from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier, Purpose
 from xacthuc.verifiers.phone_otp import PhoneOtpVerifier, check_account_id
@@ -24,6 +27,10 @@ _SEXES = {verification_pb2.SEX_MALE: Sex.MALE, verification_pb2.SEX_FEMALE: Sex.
 _PURPOSES = {
     verification_pb2.PERSONAL_ID_PURPOSE_NO_VIETNAMESE_MOBILE: Purpose.NO_VIETNAMESE_MOBILE,
     verification_pb2.PERSONAL_ID_PURPOSE_COMMERCIAL_LIVESTREAM: Purpose.COMMERCIAL_LIVESTREAM,
+}
+_RELATIONSHIPS = {
+    verification_pb2.GUARDIAN_RELATIONSHIP_PARENT: Relationship.PARENT,
+    verification_pb2.GUARDIAN_RELATIONSHIP_LEGAL_GUARDIAN: Relationship.LEGAL_GUARDIAN,
 }
 _METHODS = {
     "phone_otp": verification_pb2.VERIFICATION_METHOD_PHONE_OTP,
@@ -41,10 +48,12 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         store: Store,
         signer: TokenSigner,
         clock: Callable[[], float],
+        guardian: GuardianLinker | None = None,
     ) -> None:
         self.api_keys = api_keys
         self._phone = phone
         self._personal_id = personal_id
+        self._guardian_linker = guardian
         self._store = store
         self._signer = signer
         self._now = clock
@@ -61,7 +70,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
             expires_at=timestamp(record.expires_at),
             guardian_managed=record.guardian_managed,
             commercial_livestream=record.commercial_livestream,
+            age_band=record.age_band,
+            guardian_ref=record.guardian_ref if record.guardian_managed else "",
         )
+
+    @property
+    def _guardian(self) -> GuardianLinker:
+        if self._guardian_linker is None:
+            raise NotImplementedYet()
+        return self._guardian_linker
 
     @rpc(Role.PLATFORM)
     async def StartPhoneVerification(
@@ -146,9 +163,56 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
             eligible=decision.allowed, reason="" if decision.allowed else decision.reason
         )
 
+    @rpc(Role.PLATFORM)
+    async def LinkGuardian(
+        self, caller: Caller, request: verification_pb2.LinkGuardianRequest
+    ) -> verification_pb2.LinkGuardianResponse:
+        result = await self._guardian.link(
+            platform=caller.platform,
+            child_account_id=request.child_account_id,
+            child_date_of_birth=_date(request.child_date_of_birth)
+            if request.HasField("child_date_of_birth")
+            else None,
+            guardian_account_id=request.guardian_account_id,
+            guardian_date_of_birth=_date(request.guardian_date_of_birth)
+            if request.HasField("guardian_date_of_birth")
+            else None,
+            relationship=_RELATIONSHIPS.get(request.relationship),
+            guardian_consent=request.guardian_consent,
+            child_consent=request.child_consent,
+        )
+        record = result.attestation
+        return verification_pb2.LinkGuardianResponse(
+            attestation=self._attestation(caller.platform, record),
+            link_id=result.link_id,
+            ages_out_at=timestamp(record.aged_out_at or record.expires_at),
+            renewed=result.renewed,
+        )
+
+    @rpc(Role.PLATFORM)
+    async def WithdrawGuardianLink(
+        self, caller: Caller, request: verification_pb2.WithdrawGuardianLinkRequest
+    ) -> verification_pb2.WithdrawGuardianLinkResponse:
+        ended_at = await self._guardian.withdraw(platform=caller.platform, link_id=request.link_id)
+        return verification_pb2.WithdrawGuardianLinkResponse(ended_at=timestamp(ended_at))
+
+    @rpc(Role.PLATFORM)
+    async def ListAccountsAgingOut(
+        self, caller: Caller, request: verification_pb2.ListAccountsAgingOutRequest
+    ) -> verification_pb2.ListAccountsAgingOutResponse:
+        page = await self._guardian.aging_out(
+            platform=caller.platform,
+            from_time=_seconds(request.from_time) if request.HasField("from_time") else None,
+            to_time=_seconds(request.to_time) if request.HasField("to_time") else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return verification_pb2.ListAccountsAgingOutResponse(
+            account_ids=page.account_ids, next_page_token=page.next_page_token
+        )
+
     _not_yet = rpc(Role.PLATFORM)(not_implemented)
 
-    LinkGuardian = WithdrawGuardianLink = ListAccountsAgingOut = _not_yet
     Authorize = RevokeAttestation = _not_yet
 
 
@@ -162,7 +226,12 @@ def state_of(record: AttestationRecord | None) -> AttestationState | None:
         guardian_managed=record.guardian_managed,
         commercial_livestream=record.commercial_livestream,
         revoked=record.status == "revoked",
+        aged_out_at=record.aged_out_at if record.guardian_managed else None,
     )
+
+
+def _seconds(ts: Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
 
 
 def _date(d: verification_pb2.Date) -> datetime.date | None:

@@ -3,7 +3,9 @@
 PyJWT does the JOSE work (encoding, EdDSA signing, JWK export); this module decides the
 claims. `alg` is `EdDSA` because most verifiers in the field know only that name (RFC 9864
 renames it `Ed25519`); `kid` is the key's RFC 7638 thumbprint, so it needs no bookkeeping.
-A token never carries a phone number, ID number, name or date of birth.
+A token never carries a phone number, ID number, name or date of birth: a child's token says
+`guardian_managed`, an `age_band` and a platform-scoped `guardian_ref`, and `exp_reason`
+`age_16` when it expires at the 16th birthday (so an offline verifier can say AGED_OUT).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,11 @@ from xacthuc.store.base import AttestationRecord
 TOKEN_TYPE = "xacthuc-attestation+jwt"  # noqa: S105  (a JOSE `typ`, not a secret)
 ALGORITHM = "EdDSA"
 LEGAL_BASIS = "Decree 147/2024/ND-CP"
+EXP_REASON_AGE_16 = "age_16"  # the `exp_reason` of a child's token that ends at 16 (P6)
+
+# The `status_list` member of a token's `status` claim (IETF Token Status List, section 6.2)
+# for (platform, status index): {"idx": ..., "uri": ...}; None leaves the claim out.
+StatusListRef = Callable[[str, int], dict[str, Any] | None]
 
 
 def _b64(data: bytes) -> str:
@@ -69,11 +77,17 @@ class TokenSigner:
     """Signs attestations with the active key; publishes it (and any retiring keys)."""
 
     def __init__(
-        self, key: SigningKey, *, issuer: str, also_published: tuple[Ed25519PublicKey, ...] = ()
+        self,
+        key: SigningKey,
+        *,
+        issuer: str,
+        also_published: tuple[Ed25519PublicKey, ...] = (),
+        status_list: StatusListRef | None = None,
     ):
         self._key = key
         self._kid = key.kid
         self._issuer = issuer
+        self._status_list = status_list
         keys = [key.private_key.public_key(), *also_published]
         self._jwks_json = json.dumps({"keys": [public_jwk(k) for k in keys]}, separators=(",", ":"))
 
@@ -82,7 +96,7 @@ class TokenSigner:
         return self._issuer
 
     def claims(self, platform: str, record: AttestationRecord) -> dict[str, Any]:
-        return {
+        claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": platform,
             "sub": record.account_id,
@@ -95,6 +109,17 @@ class TokenSigner:
             "guardian_managed": record.guardian_managed,
             "commercial_livestream": record.commercial_livestream,
         }
+        if record.age_band:
+            claims["age_band"] = record.age_band
+        if record.guardian_managed:
+            claims["guardian_ref"] = record.guardian_ref
+            if record.aged_out_at is not None and record.expires_at >= record.aged_out_at:
+                claims["exp_reason"] = EXP_REASON_AGE_16
+        if self._status_list is not None and record.status_idx >= 0:
+            ref = self._status_list(platform, record.status_idx)
+            if ref is not None:
+                claims["status"] = {"status_list": ref}
+        return claims
 
     def sign(self, platform: str, record: AttestationRecord) -> str:
         # Ed25519 is deterministic: the same record always yields the same token (replays).

@@ -51,7 +51,7 @@ def test_each_reason_comment_states_the_status_the_server_sends() -> None:
     stated = dict(
         (reason, status)
         for status, reason in re.findall(
-            r"//\s*([A-Z_]+):[^\n]*\n(?:\s*//[^\n]*\n)*\s*ERROR_REASON_([A-Z_]+) =", text
+            r"//\s*([A-Z_]+):[^\n]*\n(?:\s*//[^\n]*\n)*\s*ERROR_REASON_([A-Z0-9_]+) =", text
         )
     )
     assert sorted(REASONS) == sorted(stated), "every reason's comment must start with its status"

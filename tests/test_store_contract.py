@@ -129,7 +129,10 @@ def check(
     )
 
 
-def attestation(account: str = "acc-1", *, now: float, token_id: str = TOKEN) -> AttestationRecord:
+def attestation(
+    account: str = "acc-1", *, now: float, token_id: str = TOKEN, status_idx: int = 0
+) -> AttestationRecord:
+    """The record of a phone attestation; `status_idx` counts the platform's tokens from 0."""
     return AttestationRecord(
         account_id=account,
         method="phone_otp",
@@ -137,6 +140,7 @@ def attestation(account: str = "acc-1", *, now: float, token_id: str = TOKEN) ->
         verified_at=now,
         issued_at=now,
         expires_at=now + YEAR,
+        status_idx=status_idx,
     )
 
 
@@ -695,7 +699,7 @@ async def test_an_account_moving_to_another_number_frees_its_slot(store: Store) 
     view = await store.start_challenge(new("ch-3", now=NOW + 60, account="acc-2"), limits)
 
     assert "ch-3" == view.challenge_id
-    moved = attestation(now=NOW + 3, token_id="tok-2")
+    moved = attestation(now=NOW + 3, token_id="tok-2", status_idx=1)
     assert moved == await store.get_attestation(PLATFORM, "acc-1")
 
 
@@ -887,6 +891,7 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
             f"phacct:{PHONE}",
             "acct:acc-1",
             "audit",
+            "sl:next",
         )
     } == set(ttl)
     assert retention_ms - 60_000 < ttl[f"{pre}ch:ch-1"] <= retention_ms
@@ -895,7 +900,8 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
     assert 0 < ttl[f"{pre}sends:ph:{PHONE}"] <= 86_400_000
     assert 0 < ttl[f"{pre}sends:platform"] <= 3_600_000
     assert 0 < ttl[f"{pre}sends:ip:{CLIENT}"] <= 3_600_000
-    assert [-1, -1, -1] == [ttl[f"{pre}{k}"] for k in (f"phacct:{PHONE}", "acct:acc-1", "audit")]
+    durable = (f"phacct:{PHONE}", "acct:acc-1", "audit", "sl:next")
+    assert [-1, -1, -1, -1] == [ttl[f"{pre}{k}"] for k in durable]
 
 
 async def test_unreachable_redis_is_store_unavailable() -> None:

@@ -36,3 +36,23 @@ def birthday(birth: datetime.date, years: int) -> datetime.date:
 def start_of_day(day: datetime.date) -> float:
     """The instant local midnight begins `day` in Vietnam."""
     return datetime.datetime.combine(day, datetime.time(), VIETNAM).timestamp()
+
+
+CHILD_CONSENT_FROM = 7  # Law 91/2025: a child of 7 or over consents too
+
+
+def age_band(birth: datetime.date, day: datetime.date) -> str:
+    """The age band a token may carry instead of a date of birth: "adult" (18+), "16_17" or
+    "under_16"."""
+    age = age_on(birth, day)
+    if age >= ADULT_AT:
+        return "adult"
+    if age >= CHILD_UNDER:
+        return "16_17"
+    return "under_16"
+
+
+def turns_at(birth: datetime.date, years: int) -> float:
+    """The instant someone born on `birth` completes `years` years: local midnight in Vietnam
+    at the start of that birthday (29 Feb -> 1 Mar in common years)."""
+    return start_of_day(birthday(birth, years))

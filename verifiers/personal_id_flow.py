@@ -10,7 +10,8 @@ The order of checks is the policy:
 4. the store counts the attempt against the account and the number (hourly budgets, locks
    after consecutive non-matches) before the registry is asked: no oracle;
 5. the registry answers match / no match / unavailable, and the store records the answer
-   atomically with the attestation and the audit records.
+   atomically with the attestation (with the holder's age band, "adult" or "16_17") and the
+   audit records.
 
 A refusal before step 4 is audited too (`id_check_started`, outcome `refused`). Nothing here
 keeps or logs the number, the name or the date of birth: only the number's pseudonym.
@@ -34,7 +35,7 @@ from xacthuc.errors import (
 )
 from xacthuc.keyed import Pseudonymizer
 from xacthuc.store.base import AttestationRecord, IdAttempt, Limits, PendingAttestation, Store
-from xacthuc.verifiers.age import CHILD_UNDER, age_on, local_date
+from xacthuc.verifiers.age import CHILD_UNDER, age_band, age_on, local_date
 from xacthuc.verifiers.personal_id import Sex, parse_personal_id
 from xacthuc.verifiers.phone_otp import check_account_id, check_client_ip
 from xacthuc.verifiers.registry import (
@@ -106,12 +107,20 @@ class PersonalIdVerifier:
             now=now,
         )
         try:
-            parsed = self._precheck(number, date_of_birth, sex, purpose,
-                                    declared_no_vietnamese_mobile, local_date(now))
+            parsed = self._precheck(
+                number, date_of_birth, sex, purpose, declared_no_vietnamese_mobile, local_date(now)
+            )
         except XacthucError as e:
             await self._store.append_audit(
-                platform, now, account=account_id, event="id_check_started", outcome="refused",
-                reason=e.reason, attempt=attempt.attempt_id, personal_id=subject, client=client,
+                platform,
+                now,
+                account=account_id,
+                event="id_check_started",
+                outcome="refused",
+                reason=e.reason,
+                attempt=attempt.attempt_id,
+                personal_id=subject,
+                client=client,
                 purpose=purpose.value,
             )
             raise
@@ -121,8 +130,15 @@ class PersonalIdVerifier:
         # The registry's answer and its record must land together even if the caller leaves.
         return await asyncio.shield(self._ask_and_record(attempt, query))
 
-    def _precheck(self, number: str, date_of_birth: datetime.date | None, sex: Sex | None,
-                  purpose: Purpose, declared: bool, today: datetime.date) -> str:
+    def _precheck(
+        self,
+        number: str,
+        date_of_birth: datetime.date | None,
+        sex: Sex | None,
+        purpose: Purpose,
+        declared: bool,
+        today: datetime.date,
+    ) -> str:
         if purpose is Purpose.NO_VIETNAMESE_MOBILE and not declared:
             raise PhoneRouteRequired()
         if date_of_birth is None or date_of_birth > today:
@@ -145,6 +161,9 @@ class PersonalIdVerifier:
             issued_at=now,
             expires_at=now + self._token_ttl,
             method=METHOD,
+            # The registry matched this date of birth: the token may say the band (P6), never
+            # the date. "16_17" keeps such a holder from acting as a guardian (GUARDIAN_UNDER_18).
+            age_band=age_band(query.date_of_birth, local_date(now)),
         )
         assert answer in {RegistryAnswer.MATCH.value, RegistryAnswer.NO_MATCH.value, "unavailable"}
         return await self._store.finish_id_check(attempt, answer, pending, self._limits)

@@ -49,6 +49,8 @@ if P.purpose == "commercial_livestream" then
   if a[3] == "1" then
     return refuse("GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM")
   end
+elseif linked_child(P.account) then -- R1: a linked child verifies through the guardian
+  return refuse("GUARDIAN_REQUIRED")
 end
 
 for _, s in ipairs(scopes) do

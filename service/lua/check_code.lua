@@ -1,8 +1,9 @@
 -- check_code: count the attempt, compare in constant time, consume, attest; P1, P2, P8.
 --
 -- KEYS[1] ch:<id>   KEYS[2] acct:<account>   KEYS[3] audit
--- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at} or a refusal.
+-- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at, status_idx} or a refusal.
 -- Single use: a consumed challenge refuses even the right code (CHALLENGE_ALREADY_USED).
+-- An account with an active guardian link (a child under 16) is refused (GUARDIAN_REQUIRED).
 --
 -- The phone's keys (ph:<phone>, phacct:<phone>, and phacct:<previous phone> of an account
 -- that moves) are named by stored state the caller cannot know, so they are built here from
@@ -49,6 +50,9 @@ local fails, level, locked_until = tonumber(ph[1]) or 0, tonumber(ph[2]) or 0, t
 if locked_until > NOW then
   return refuse("PHONE_LOCKED", c.phone_j, fmt(locked_until - NOW))
 end
+if linked_child(P.account) then -- R1: a linked child verifies through the guardian
+  return refuse("GUARDIAN_REQUIRED", c.phone_j)
+end
 
 attempts = attempts + 1 -- counted before comparing
 redis.call("HSET", ch_key, "attempts", int(attempts))
@@ -92,10 +96,12 @@ end
 redis.call("HSET", ch_key, "state", "consumed")
 redis.call("HSET", ph_key, "fails", "0", "lock_level", "0") -- success resets P2
 keep_phone(ph_key, locked_until)
+local idx = int(next_status_idx())
 attest(acct_key, P.account, c.phone, {
   "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
   "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
   "guardian_managed", "0", "commercial_livestream", "0", "phone", c.phone,
+  "age_band", a.age_band, "status_idx", idx, "token_id_j", a.token_id_j,
 })
 audit(audit_key, {
   account = P.account_j, event = q("check_ok"), outcome = q("ok"), challenge = P.challenge_j,
@@ -105,4 +111,4 @@ audit(audit_key, {
   account = P.account_j, event = q("attestation_issued"), outcome = q("ok"),
   token_id = a.token_id_j, method = a.method_j, expires = a.expires,
 })
-return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at }
+return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at, idx }

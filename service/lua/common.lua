@@ -43,9 +43,11 @@ end
 
 -- Every field an audit record may carry, in Python's sorted-key order.
 local AUDIT_FIELDS = {
-  "account", "attempt", "attempts_remaining", "challenge", "client", "commercial_livestream",
-  "event", "expires", "lock_level", "lock_seconds", "method", "outcome", "personal_id", "phone",
-  "platform", "purpose", "reason", "scope", "seq", "time", "token_id", "v",
+  "account", "age_band", "attempt", "attempts_remaining", "challenge", "client",
+  "commercial_livestream", "event", "expires", "guardian", "guardian_account",
+  "guardian_managed", "link", "lock_level", "lock_seconds", "method", "outcome", "party",
+  "personal_id", "phone", "platform", "purpose", "reason", "relationship", "scope", "seq",
+  "status_idx", "time", "token_id", "v",
 }
 -- Fields audit_record() always writes; the others (extras) are left out when they are "".
 local AUDIT_BASE = {
@@ -105,7 +107,8 @@ local function subject_accounts_key(subject)
   return PREFIX .. "phacct:" .. subject
 end
 
--- Make the account's attestation hash `fields`, moving its P8 slot to `subject`.
+-- Make the account's attestation hash `fields`, moving its P8 slot to `subject` (none when
+-- `subject` is "": a guardian-managed child takes no slot of the guardian's).
 local function attest(acct_key, account, subject, fields)
   local prev = redis.call("HMGET", acct_key, "phone", "personal_id")
   for _, old in ipairs(prev) do
@@ -113,7 +116,68 @@ local function attest(acct_key, account, subject, fields)
       redis.call("SREM", subject_accounts_key(old), account)
     end
   end
-  redis.call("SADD", subject_accounts_key(subject), account)
+  if subject ~= "" then
+    redis.call("SADD", subject_accounts_key(subject), account)
+  end
   redis.call("DEL", acct_key)
   redis.call("HSET", acct_key, unpack(fields))
+end
+
+-- A hash as a table (empty when the key does not exist).
+local function hash_of(key)
+  local t = {}
+  local raw = redis.call("HGETALL", key)
+  for i = 1, #raw, 2 do
+    t[raw[i]] = raw[i + 1]
+  end
+  return t
+end
+
+-- An attestation hash as a table (empty when the account has none).
+local attestation_of = hash_of
+
+-- The status list (issue 5): a per-platform counter hands every new token its index.
+local function next_status_idx()
+  return redis.call("INCR", PREFIX .. "sl:next") - 1
+end
+
+-- Revoke the attestation in `acct_key` (its current fields `a`, from attestation_of): status
+-- "revoked", bit `status_idx` set in the platform's bitmap (SETBIT: index 0 is the most
+-- significant bit of byte 0), audited `attestation_revoked` with `reason_j`.
+local function revoke(acct_key, audit_key, account_j, a, reason_j)
+  redis.call("HSET", acct_key, "status", "revoked")
+  local idx = tonumber(a.status_idx) or -1
+  if idx >= 0 then
+    redis.call("SETBIT", PREFIX .. "sl:bits", idx, 1)
+  end
+  audit(audit_key, {
+    account = account_j, event = q("attestation_revoked"), outcome = q("ok"), reason = reason_j,
+    -- token_id_j is stored with every attestation written since the status list exists;
+    -- older token ids were URL-safe ASCII, which q() quotes exactly as JSON does.
+    token_id = a.token_id_j or q(a.token_id), status_idx = (idx >= 0) and int(idx) or '""',
+  })
+end
+
+-- The attestation `a` (a table from attestation_of) is active and not expired.
+local function active(a)
+  return a.status == "active" and (tonumber(a.expires_at) or 0) > NOW
+end
+
+-- The account has an active guardian link and the child has not turned 16 (R1).
+local function linked_child(account)
+  local aged_out_at = tonumber(redis.call("ZSCORE", PREFIX .. "agingout", account))
+  return aged_out_at ~= nil and aged_out_at > NOW
+end
+
+-- End the active guardian link `l` (its hash as a table): mark it, drop it from the child
+-- pointer, the guardian's children and the aging-out index, audit `guardian_link_ended`.
+local function end_link(l, reason, reason_j, audit_key)
+  redis.call("HSET", PREFIX .. "link:" .. l.link_id, "ended", P.now, "end_reason", reason)
+  redis.call("DEL", PREFIX .. "childlink:" .. l.child)
+  redis.call("SREM", PREFIX .. "gkids:" .. l.guardian, l.child)
+  redis.call("ZREM", PREFIX .. "agingout", l.child)
+  audit(audit_key, {
+    account = l.child_j, event = q("guardian_link_ended"), outcome = q("ok"), reason = reason_j,
+    link = l.link_j, guardian = l.guardian_j,
+  })
 end

@@ -2,7 +2,8 @@
 --
 -- KEYS[1] idg:acct:<account>  KEYS[2] idg:id:<number>  KEYS[3] idacct:<number>
 -- KEYS[4] acct:<account>      KEYS[5] audit
--- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at} or a refusal.
+-- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at, status_idx} or a refusal.
+-- The attestation carries the holder's age band (P6) and a new status-list index (issue 5).
 
 local L = P.limits
 local a = P.attestation
@@ -63,15 +64,17 @@ end
 for _, g in ipairs(guards) do
   redis.call("HSET", g[2], "fails", "0", "lock_level", "0")
 end
+local idx = int(next_status_idx())
 attest(KEYS[4], P.account, P.subject, {
   "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
   "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
   "guardian_managed", "0", "commercial_livestream", "1", "personal_id", P.subject,
+  "age_band", a.age_band, "status_idx", idx, "token_id_j", a.token_id_j,
 })
 record("id_check", "ok", "")
 audit(audit_key, {
   account = P.account_j, event = q("attestation_issued"), outcome = q("ok"),
   token_id = a.token_id_j, method = a.method_j, expires = a.expires,
-  commercial_livestream = "1",
+  commercial_livestream = "1", age_band = a.age_band_j,
 })
-return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at }
+return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at, idx }

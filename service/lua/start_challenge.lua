@@ -1,4 +1,5 @@
--- start_challenge: idempotency, P2 lock, P8 accounts, P3 cooldown and budgets, then create.
+-- start_challenge: idempotency, R1 (no linked child), P2 lock, P8 accounts, P3 cooldown and
+-- budgets, then create.
 --
 -- KEYS[1] ch:<id>            KEYS[2] ph:<phone>           KEYS[3] sends:ph:<phone>
 -- KEYS[4] sends:platform     KEYS[5] sends:ip:<client>    KEYS[6] phacct:<phone>
@@ -34,6 +35,9 @@ if idem_key then
   end
 end
 
+if linked_child(P.account) then -- R1: a linked child verifies through the guardian
+  return refuse("GUARDIAN_REQUIRED")
+end
 local phone = redis.call("HMGET", ph_key, "locked_until", "last_send")
 local locked_until = tonumber(phone[1]) or 0
 if locked_until > NOW then

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import hmac
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xacthuc.errors import (
     AccountNotAuthenticated,
+    AttestationNotFound,
     ChallengeAccountMismatch,
     ChallengeAlreadyUsed,
     ChallengeNotFound,
+    ChildAlreadyLinked,
+    ChildNotUnder16,
+    GuardianChildLimit,
     GuardianManagedNoCommercialLivestream,
+    GuardianNotVerified,
+    GuardianRequired,
+    GuardianUnder18,
     IdAttemptsExceeded,
     IdempotencyKeyReused,
+    LinkAlreadyEnded,
+    LinkNotFound,
     OtpAttemptsExceeded,
     OtpExpired,
     OtpIncorrect,
@@ -31,14 +40,18 @@ from xacthuc.errors import (
     XacthucError,
 )
 from xacthuc.store.base import (
+    AgingOut,
     AttestationRecord,
     ChallengeView,
     CodeCheck,
+    GuardianLink,
     IdAttempt,
     Limits,
+    LinkResult,
     NewChallenge,
     PendingAttestation,
     audit_record,
+    check_revocation_reason,
 )
 
 _WINDOWS = {"phone_15m": 900, "phone_day": 86_400, "platform_hour": 3600, "client_ip_hour": 3600}
@@ -79,6 +92,24 @@ class _Guard:
 
 
 @dataclass
+class _Link:
+    """A guardian link (P6); kept after it ends, with `ended` and `end_reason` set."""
+
+    link_id: str
+    child: str
+    guardian_account: str
+    guardian: str  # the guardian's pseudonym (ph_/id_)
+    relationship: str
+    method: str
+    child_consent: bool
+    created: float
+    renewed: float
+    aged_out_at: float
+    ended: float | None = None
+    end_reason: str = ""
+
+
+@dataclass
 class _Platform:
     challenges: dict[str, _Challenge] = field(default_factory=dict)
     idempotency: dict[str, str] = field(default_factory=dict)
@@ -94,6 +125,28 @@ class _Platform:
         default_factory=dict
     )  # -> (record, phone)
     audit: list[str] = field(default_factory=list)
+    # Guardian links (P6): every link, the active one of each child, the children of each
+    # guardian pseudonym with an active link, and the aging-out index (child -> 16th birthday).
+    links: dict[str, _Link] = field(default_factory=dict)
+    child_links: dict[str, str] = field(default_factory=dict)
+    guardian_children: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    aging: dict[str, float] = field(default_factory=dict)
+    # The status list (issue 5): the next index, and the bitmap in Redis SETBIT bit order.
+    status_next: int = 0
+    status_bits: bytearray = field(default_factory=bytearray)
+
+
+_OVER_16 = frozenset({"adult", "16_17"})  # age bands the registry proved
+
+
+def _active(record: AttestationRecord, now: float) -> bool:
+    return record.status == "active" and record.expires_at > now
+
+
+def _linked_child(p: _Platform, account_id: str, now: float) -> bool:
+    """The account has an active guardian link and the child has not turned 16 (R1)."""
+    aged_out_at = p.aging.get(account_id)
+    return aged_out_at is not None and aged_out_at > now
 
 
 def _recent(entries: list[tuple[float, str]], now: float, window: float) -> list[tuple[float, str]]:
@@ -161,6 +214,8 @@ class MemoryStore:
 
     def _check_send_allowed(self, p: _Platform, new: NewChallenge, limits: Limits) -> None:
         now = new.now
+        if _linked_child(p, new.account_id, now):
+            raise GuardianRequired()
         phone = p.phones[new.phone]
         if phone.locked_until > now:
             raise PhoneLocked(retry_after=phone.locked_until - now)
@@ -264,6 +319,8 @@ class MemoryStore:
         phone = p.phones[ch.phone]
         if phone.locked_until > now:
             return self._fail(p, check, PhoneLocked(retry_after=phone.locked_until - now), ch)
+        if _linked_child(p, check.account_id, now):  # R1: a linked child verifies via the guardian
+            return self._fail(p, check, GuardianRequired(), ch)
         ch.attempts += 1  # counted before comparing
         if not self._matches(ch.mac, check.candidates):
             return self._wrong_code(p, check, ch, phone, limits)
@@ -341,6 +398,8 @@ class MemoryStore:
             verified_at=now,
             issued_at=a.issued_at,
             expires_at=a.expires_at,
+            age_band=a.age_band,
+            status_idx=self._next_status_idx(p),
         )
         ch.state = "consumed"
         phone.fails = 0
@@ -411,6 +470,8 @@ class MemoryStore:
                     raise AccountNotAuthenticated()
                 if record.guardian_managed:
                     raise GuardianManagedNoCommercialLivestream()
+            elif _linked_child(p, attempt.account_id, now):
+                raise GuardianRequired()
         except XacthucError as e:
             self._id_audit(p, attempt, "id_check_started", "refused", e.reason)
             raise
@@ -497,6 +558,8 @@ class MemoryStore:
             issued_at=pending.issued_at,
             expires_at=pending.expires_at,
             commercial_livestream=True,
+            age_band=pending.age_band,
+            status_idx=self._next_status_idx(p),
         )
         self._attest(p, record, attempt.subject)
         self._id_audit(p, attempt, "id_check", "ok", "")
@@ -511,16 +574,278 @@ class MemoryStore:
             method=pending.method,
             expires=int(pending.expires_at),
             commercial_livestream=1,
+            age_band=pending.age_band,
         )
         return record
 
     def _attest(self, p: _Platform, record: AttestationRecord, subject: str) -> None:
-        """Make `record` the account's attestation, moving its P8 slot to `subject`."""
+        """Make `record` the account's attestation, moving its P8 slot to `subject` (none
+        when `subject` is "": a guardian-managed child takes no slot of the guardian's)."""
         previous = p.attestations.get(record.account_id)
         if previous is not None and previous[1] != subject:
             p.subject_accounts[previous[1]].discard(record.account_id)
-        p.subject_accounts[subject].add(record.account_id)
+        if subject:
+            p.subject_accounts[subject].add(record.account_id)
         p.attestations[record.account_id] = (record, subject)
+
+    @staticmethod
+    def _next_status_idx(p: _Platform) -> int:
+        idx = p.status_next
+        p.status_next += 1
+        return idx
+
+    @staticmethod
+    def _set_status_bit(p: _Platform, idx: int) -> None:
+        """Redis SETBIT order: index 0 is the most significant bit of byte 0."""
+        if idx < 0:
+            return
+        byte = idx // 8
+        if len(p.status_bits) <= byte:
+            p.status_bits.extend(bytes(byte + 1 - len(p.status_bits)))
+        p.status_bits[byte] |= 0x80 >> (idx % 8)
+
+    def _revoke(
+        self, p: _Platform, platform: str, now: float, record: AttestationRecord, reason: str
+    ) -> AttestationRecord:
+        """Set the status of `record` (the account's current one) to revoked, its bit, audit."""
+        revoked = replace(record, status="revoked")
+        p.attestations[record.account_id] = (revoked, p.attestations[record.account_id][1])
+        self._set_status_bit(p, record.status_idx)
+        self._audit(
+            p,
+            platform,
+            now,
+            account=record.account_id,
+            event="attestation_revoked",
+            outcome="ok",
+            reason=reason,
+            token_id=record.token_id,
+            status_idx=record.status_idx if record.status_idx >= 0 else "",
+        )
+        return revoked
+
+    async def attestation_subject(
+        self, platform: str, account_id: str
+    ) -> tuple[AttestationRecord, str] | None:
+        return self._platforms[platform].attestations.get(account_id)
+
+    async def link_guardian(self, link: GuardianLink, limits: Limits) -> LinkResult:
+        p = self._platforms[link.platform]
+        now = link.now
+        child = link.child_account_id
+        guardian = p.attestations.get(link.guardian_account_id)
+        current = p.child_links.get(child)
+        renewing = current is not None and p.links[current].guardian == link.guardian_subject
+        g, subject = guardian if guardian else (None, "")
+        try:
+            if (
+                g is None
+                or not _active(g, now)
+                or g.guardian_managed
+                or g.token_id != link.guardian_token_id
+                or subject != link.guardian_subject
+            ):
+                raise GuardianNotVerified()
+            if g.age_band == "16_17":
+                raise GuardianUnder18()
+            mine = p.attestations.get(child)
+            if mine is not None and _active(mine[0], now) and mine[0].age_band in _OVER_16:
+                raise ChildNotUnder16()
+            if current is not None and not renewing:
+                raise ChildAlreadyLinked()
+            children = p.guardian_children[link.guardian_subject]
+            if not renewing and len(children) >= limits.max_children_per_guardian:
+                raise GuardianChildLimit()
+        except XacthucError as e:
+            self._link_audit(p, link, "guardian_link_created", "refused", e.reason)
+            raise
+        a = link.attestation
+        if renewing:
+            assert current is not None
+            row = p.links[current]
+            row.relationship, row.method = link.relationship, a.method
+            row.child_consent, row.renewed, row.aged_out_at = (
+                link.child_consent,
+                now,
+                link.aged_out_at,
+            )
+            link_id = current
+        else:
+            link_id = link.link_id
+            p.links[link_id] = _Link(
+                link_id=link_id,
+                child=child,
+                guardian_account=link.guardian_account_id,
+                guardian=link.guardian_subject,
+                relationship=link.relationship,
+                method=a.method,
+                child_consent=link.child_consent,
+                created=now,
+                renewed=now,
+                aged_out_at=link.aged_out_at,
+            )
+            p.child_links[child] = link_id
+            p.guardian_children[link.guardian_subject].add(child)
+        p.aging[child] = link.aged_out_at
+        event = "guardian_link_renewed" if renewing else "guardian_link_created"
+        self._link_audit(p, link, event, "ok", "", link=link_id, method=a.method)
+        for party, given in (("guardian", True), ("child", link.child_consent)):
+            if given:
+                self._audit(
+                    p,
+                    link.platform,
+                    now,
+                    account=child,
+                    event="consent_recorded",
+                    outcome="ok",
+                    link=link_id,
+                    party=party,
+                )
+        previous = p.attestations.get(child)
+        if previous is not None and _active(previous[0], now):
+            self._revoke(p, link.platform, now, previous[0], "superseded")
+        record = AttestationRecord(
+            account_id=child,
+            method=a.method,
+            token_id=a.token_id,
+            verified_at=now,
+            issued_at=a.issued_at,
+            expires_at=a.expires_at,
+            guardian_managed=True,
+            age_band="under_16",
+            guardian_ref=link.guardian_ref,
+            aged_out_at=link.aged_out_at,
+            link_id=link_id,
+            status_idx=self._next_status_idx(p),
+        )
+        self._attest(p, record, "")
+        self._audit(
+            p,
+            link.platform,
+            now,
+            account=child,
+            event="attestation_issued",
+            outcome="ok",
+            token_id=a.token_id,
+            method=a.method,
+            expires=int(a.expires_at),
+            guardian_managed=1,
+            age_band="under_16",
+        )
+        return LinkResult(link_id, record, renewing)
+
+    def _link_audit(
+        self,
+        p: _Platform,
+        g: GuardianLink,
+        event: str,
+        outcome: str,
+        reason: str,
+        **extra: str | int,
+    ) -> None:
+        self._audit(
+            p,
+            g.platform,
+            g.now,
+            account=g.child_account_id,
+            event=event,
+            outcome=outcome,
+            reason=reason,
+            guardian=g.guardian_subject,
+            guardian_account=g.guardian_account_id,
+            relationship=g.relationship,
+            **extra,
+        )
+
+    def _end_link(self, p: _Platform, platform: str, row: _Link, now: float, reason: str) -> None:
+        row.ended, row.end_reason = now, reason
+        del p.child_links[row.child]
+        p.guardian_children[row.guardian].discard(row.child)
+        del p.aging[row.child]
+        self._audit(
+            p,
+            platform,
+            now,
+            account=row.child,
+            event="guardian_link_ended",
+            outcome="ok",
+            reason=reason,
+            link=row.link_id,
+            guardian=row.guardian,
+        )
+
+    async def end_guardian_link(
+        self, platform: str, link_id: str, now: float, reason: str = "withdrawn"
+    ) -> AttestationRecord | None:
+        p = self._platforms[platform]
+        row = p.links.get(link_id)
+        if row is None or row.ended is not None:
+            error = LinkNotFound() if row is None else LinkAlreadyEnded()
+            self._audit(
+                p,
+                platform,
+                now,
+                account=row.child if row else "",
+                event="guardian_link_ended",
+                outcome="refused",
+                reason=error.reason,
+                link=link_id,
+            )
+            raise error
+        self._end_link(p, platform, row, now, reason)
+        found = p.attestations.get(row.child)
+        if found is None or found[0].link_id != link_id or found[0].status != "active":
+            return None
+        return self._revoke(p, platform, now, found[0], f"guardian_link_{reason}")
+
+    async def sweep_aged_out(self, platform: str, now: float, limit: int) -> int:
+        p = self._platforms[platform]
+        due = sorted((t, child) for child, t in p.aging.items() if t <= now)[: max(0, limit)]
+        for _, child in due:
+            row = p.links[p.child_links[child]]
+            self._end_link(p, platform, row, now, "aged_out")
+            found = p.attestations.get(child)
+            if (
+                found is not None
+                and found[0].link_id == row.link_id
+                and found[0].status == "active"
+            ):
+                p.attestations[child] = (replace(found[0], status="aged_out"), found[1])
+        return len(due)
+
+    async def list_aging_out(
+        self,
+        platform: str,
+        from_time: float,
+        to_time: float,
+        limit: int,
+        after: AgingOut | None = None,
+    ) -> list[AgingOut]:
+        p = self._platforms[platform]
+        # Ordered as Redis orders a sorted set: by score, then by the member's bytes (UTF-8
+        # preserves code-point order, so Python's string order is the same).
+        entries = sorted(
+            (t, child)
+            for child, t in p.aging.items()
+            if from_time <= t < to_time
+            and (after is None or (t, child) > (after.aged_out_at, after.account_id))
+        )
+        return [AgingOut(child, t) for t, child in entries[: max(0, limit)]]
+
+    async def revoke_attestation(
+        self, platform: str, account_id: str, now: float, reason: str
+    ) -> AttestationRecord:
+        check_revocation_reason(reason)
+        p = self._platforms[platform]
+        found = p.attestations.get(account_id)
+        if found is None:
+            raise AttestationNotFound()
+        if found[0].status == "revoked":
+            return found[0]
+        return self._revoke(p, platform, now, found[0], reason)
+
+    async def status_bits(self, platform: str) -> bytes:
+        return bytes(self._platforms[platform].status_bits)
 
     async def append_audit(
         self,

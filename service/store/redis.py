@@ -14,8 +14,16 @@ Key layout, all under one hash tag per platform so a platform lives in one clust
     <ns>:{<platform>}:phacct:<phone>        set: accounts attested with the number (P8)
     <ns>:{<platform>}:acct:<account>        hash: the account's current attestation
     <ns>:{<platform>}:audit                 list: the platform's audit records
+    <ns>:{<platform>}:link:<link id>        hash: a guardian link (P6), kept once ended
+    <ns>:{<platform>}:childlink:<account>   string: the child's active link id
+    <ns>:{<platform>}:gkids:<pseudonym>     set: children with an active link, per guardian
+    <ns>:{<platform>}:agingout              zset: children with an active link, scored by
+                                            their 16th birthday
+    <ns>:{<platform>}:sl:next               string: the next status-list index (INCR)
+    <ns>:{<platform>}:sl:bits               string: the status bitmap (SETBIT; 1 = revoked)
 
-Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
+Guardian links, the status list and attestations do not expire (P10 retention is the
+operator's). Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
 does, send windows after their window, phone state a day after its last activity or lock.
 Expiry only reclaims memory: every rule is decided from the caller's `now`, as in memory.
 The namespace and platform must not contain `{` or `}`.
@@ -31,6 +39,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
 from redis.exceptions import BusyLoadingError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,12 +47,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from xacthuc.clock import rfc3339
 from xacthuc.errors import (
     AccountNotAuthenticated,
+    AttestationNotFound,
     ChallengeAccountMismatch,
     ChallengeAlreadyUsed,
     ChallengeNotFound,
+    ChildAlreadyLinked,
+    ChildNotUnder16,
+    GuardianChildLimit,
     GuardianManagedNoCommercialLivestream,
+    GuardianNotVerified,
+    GuardianRequired,
+    GuardianUnder18,
     IdAttemptsExceeded,
     IdempotencyKeyReused,
+    LinkAlreadyEnded,
+    LinkNotFound,
     OtpAttemptsExceeded,
     OtpExpired,
     OtpIncorrect,
@@ -59,14 +77,18 @@ from xacthuc.errors import (
 )
 from xacthuc.store.base import (
     AUDIT_FORMAT_VERSION,
+    AgingOut,
     AttestationRecord,
     ChallengeView,
     CodeCheck,
+    GuardianLink,
     IdAttempt,
     Limits,
+    LinkResult,
     NewChallenge,
     PendingAttestation,
     audit_record,
+    check_revocation_reason,
     split_audit_record,
 )
 
@@ -78,6 +100,11 @@ _SCRIPTS = (
     "append_audit",
     "begin_id_check",
     "finish_id_check",
+    "link_guardian",
+    "end_guardian_link",
+    "sweep_aged_out",
+    "list_aging_out",
+    "revoke_attestation",
 )
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
@@ -85,6 +112,15 @@ _REFUSALS: dict[str, type[XacthucError]] = {
     cls.reason: cls
     for cls in (
         AccountNotAuthenticated,
+        AttestationNotFound,
+        ChildAlreadyLinked,
+        ChildNotUnder16,
+        GuardianChildLimit,
+        GuardianNotVerified,
+        GuardianRequired,
+        GuardianUnder18,
+        LinkAlreadyEnded,
+        LinkNotFound,
         GuardianManagedNoCommercialLivestream,
         PersonalIdAccountLimit,
         PersonalIdNotMatched,
@@ -123,6 +159,32 @@ def _j(value: str) -> str:
 def _time(value: float) -> str:
     """A time for Lua: repr() is the shortest text that reads back as the same double."""
     return repr(float(value))
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A flat HGETALL-style reply as a dict."""
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _record(h: dict[str, str]) -> AttestationRecord:
+    """An attestation hash as the record (hashes written before issue 4 lack the new fields)."""
+    aged_out_at = h.get("aged_out_at", "")
+    return AttestationRecord(
+        account_id=h["account_id"],
+        method=h["method"],
+        token_id=h["token_id"],
+        verified_at=float(h["verified_at"]),
+        issued_at=float(h["issued_at"]),
+        expires_at=float(h["expires_at"]),
+        status=h["status"],
+        guardian_managed=h["guardian_managed"] == "1",
+        commercial_livestream=h["commercial_livestream"] == "1",
+        age_band=h.get("age_band", ""),
+        guardian_ref=h.get("guardian_ref", ""),
+        aged_out_at=float(aged_out_at) if aged_out_at else None,
+        link_id=h.get("link_id", ""),
+        status_idx=int(h.get("status_idx") or -1),
+    )
 
 
 def _refusal(reason: str, retry_after: str, extra: str) -> XacthucError:
@@ -250,6 +312,8 @@ class RedisStore:
             "issued_at": _time(a.issued_at),
             "expires_at": _time(a.expires_at),
             "expires": str(int(a.expires_at)),
+            "age_band": a.age_band,
+            "age_band_j": _j(a.age_band),
         }
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
@@ -263,7 +327,7 @@ class RedisStore:
             "candidates": list(check.candidates),
             "attestation": self._pending(check.attestation),
         }
-        _, method, token_id, verified_at, issued_at, expires_at = await self._run(
+        _, method, token_id, verified_at, issued_at, expires_at, idx = await self._run(
             "check_code", keys, params
         )
         return AttestationRecord(
@@ -273,6 +337,8 @@ class RedisStore:
             verified_at=float(verified_at),
             issued_at=float(issued_at),
             expires_at=float(expires_at),
+            age_band=check.attestation.age_band,
+            status_idx=int(idx),
         )
 
     def _id_params(self, attempt: IdAttempt, limits: Limits) -> dict[str, Any]:
@@ -316,7 +382,7 @@ class RedisStore:
             "answer": answer,
             "attestation": self._pending(pending),
         }
-        _, method, token_id, verified_at, issued_at, expires_at = await self._run(
+        _, method, token_id, verified_at, issued_at, expires_at, idx = await self._run(
             "finish_id_check", keys, params
         )
         return AttestationRecord(
@@ -327,7 +393,124 @@ class RedisStore:
             issued_at=float(issued_at),
             expires_at=float(expires_at),
             commercial_livestream=True,
+            age_band=pending.age_band,
+            status_idx=int(idx),
         )
+
+    async def attestation_subject(
+        self, platform: str, account_id: str
+    ) -> tuple[AttestationRecord, str] | None:
+        h = await self._hash(f"{self._prefix(platform)}acct:{account_id}")
+        if not h:
+            return None
+        return _record(h), h.get("phone") or h.get("personal_id") or ""
+
+    async def link_guardian(self, link: GuardianLink, limits: Limits) -> LinkResult:
+        pre = self._prefix(link.platform)
+        keys = [
+            f"{pre}acct:{link.guardian_account_id}",
+            f"{pre}acct:{link.child_account_id}",
+            f"{pre}childlink:{link.child_account_id}",
+            f"{pre}gkids:{link.guardian_subject}",
+            f"{pre}agingout",
+            f"{pre}audit",
+            f"{pre}link:{link.link_id}",
+        ]
+        params = self._common(link.platform, link.now) | {
+            "limits": asdict(limits),
+            "link_id": link.link_id,
+            "link_j": _j(link.link_id),
+            "account": link.child_account_id,
+            "account_j": _j(link.child_account_id),
+            "guardian_account": link.guardian_account_id,
+            "guardian_account_j": _j(link.guardian_account_id),
+            "guardian_subject": link.guardian_subject,
+            "guardian_j": _j(link.guardian_subject),
+            "guardian_token_id": link.guardian_token_id,
+            "guardian_ref": link.guardian_ref,
+            "relationship": link.relationship,
+            "relationship_j": _j(link.relationship),
+            "child_consent": "1" if link.child_consent else "0",
+            "aged_out_at": _time(link.aged_out_at),
+            "attestation": self._pending(link.attestation),
+        }
+        reply = await self._run("link_guardian", keys, params)
+        return LinkResult(reply[1], _record(_pairs(reply[3:])), reply[2] == "1")
+
+    async def end_guardian_link(
+        self, platform: str, link_id: str, now: float, reason: str = "withdrawn"
+    ) -> AttestationRecord | None:
+        pre = self._prefix(platform)
+        params = self._common(platform, now) | {
+            "link_j": _j(link_id),
+            "reason": reason,
+            "reason_j": _j(reason),
+            "revoke_reason_j": _j(f"guardian_link_{reason}"),
+        }
+        reply = await self._run(
+            "end_guardian_link", [f"{pre}link:{link_id}", f"{pre}audit"], params
+        )
+        return _record(_pairs(reply[1:])) if len(reply) > 1 else None
+
+    async def sweep_aged_out(self, platform: str, now: float, limit: int) -> int:
+        pre = self._prefix(platform)
+        params = self._common(platform, now) | {"limit": max(0, int(limit))}
+        if params["limit"] == 0:
+            return 0
+        _, count = await self._run("sweep_aged_out", [f"{pre}agingout", f"{pre}audit"], params)
+        return int(count)
+
+    async def list_aging_out(
+        self,
+        platform: str,
+        from_time: float,
+        to_time: float,
+        limit: int,
+        after: AgingOut | None = None,
+    ) -> list[AgingOut]:
+        if limit <= 0 or to_time <= from_time:
+            return []
+        low = from_time if after is None else max(from_time, after.aged_out_at)
+        params = {
+            "min": _time(low),
+            "to": _time(to_time),
+            "limit": int(limit),
+            "after": "0" if after is None else "1",
+            "after_score": _time(after.aged_out_at if after else 0.0),
+            "after_member": after.account_id if after else "",
+        }
+        params |= self._common(platform, from_time)
+        reply = await self._run("list_aging_out", [f"{self._prefix(platform)}agingout"], params)
+        return [AgingOut(reply[i], float(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
+
+    async def revoke_attestation(
+        self, platform: str, account_id: str, now: float, reason: str
+    ) -> AttestationRecord:
+        check_revocation_reason(reason)
+        pre = self._prefix(platform)
+        params = self._common(platform, now) | {
+            "account_j": _j(account_id),
+            "reason_j": _j(reason),
+        }
+        reply = await self._run(
+            "revoke_attestation", [f"{pre}acct:{account_id}", f"{pre}audit"], params
+        )
+        return _record(_pairs(reply[1:]))
+
+    async def status_bits(self, platform: str) -> bytes:
+        key = f"{self._prefix(platform)}sl:bits"
+        try:
+            raw = await self._redis.execute_command("GET", key, **{NEVER_DECODE: True})
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable() from e
+        return bytes(raw or b"")
+
+    async def _hash(self, key: str) -> dict[str, str]:
+        try:
+            raw = await self._redis.hgetall(key)
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable() from e
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def append_audit(
         self,
@@ -357,24 +540,8 @@ class RedisStore:
         return int(index)
 
     async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None:
-        try:
-            raw = await self._redis.hgetall(f"{self._prefix(platform)}acct:{account_id}")
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable() from e
-        if not raw:
-            return None
-        h = {_text(k): _text(v) for k, v in raw.items()}
-        return AttestationRecord(
-            account_id=h["account_id"],
-            method=h["method"],
-            token_id=h["token_id"],
-            verified_at=float(h["verified_at"]),
-            issued_at=float(h["issued_at"]),
-            expires_at=float(h["expires_at"]),
-            status=h["status"],
-            guardian_managed=h["guardian_managed"] == "1",
-            commercial_livestream=h["commercial_livestream"] == "1",
-        )
+        h = await self._hash(f"{self._prefix(platform)}acct:{account_id}")
+        return _record(h) if h else None
 
     async def audit_records(
         self, platform: str, start: int = 0, stop: int | None = None

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xacthuc/v1/audit.proto\x12\nxacthuc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x13\n\x0brecord_json\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x01\n\x18QueryAuditRecordsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\tfrom_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"^\n\x19QueryAuditRecordsResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.xacthuc.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x19\x45xportAuditRecordsRequest\x12\x12\n\nfrom_index\x18\x01 \x01(\x04\x12\x10\n\x08to_index\x18\x02 \x01(\x04\"+\n\x1a\x45xportAuditRecordsResponse\x12\r\n\x05jsonl\x18\x01 \x01(\x0c\"\x16\n\x14GetCheckpointRequest\"R\n\x15GetCheckpointResponse\x12\x13\n\x0bsigned_note\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"+\n\x19GetInclusionProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"@\n\x1aGetConsistencyProofRequest\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"n\n\x10GetReportRequest\x12-\n\tfrom_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x11GetReportResponse\x12\x39\n\x06\x63ounts\x18\x01 \x03(\x0b\x32).xacthuc.v1.GetReportResponse.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xc1\x04\n\x0c\x41uditService\x12`\n\x11QueryAuditRecords\x12$.xacthuc.v1.QueryAuditRecordsRequest\x1a%.xacthuc.v1.QueryAuditRecordsResponse\x12\x65\n\x12\x45xportAuditRecords\x12%.xacthuc.v1.ExportAuditRecordsRequest\x1a&.xacthuc.v1.ExportAuditRecordsResponse0\x01\x12T\n\rGetCheckpoint\x12 .xacthuc.v1.GetCheckpointRequest\x1a!.xacthuc.v1.GetCheckpointResponse\x12`\n\x11GetInclusionProof\x12$.xacthuc.v1.GetInclusionProofRequest\x1a%.xacthuc.v1.GetInclusionProofResponse\x12\x66\n\x13GetConsistencyProof\x12&.xacthuc.v1.GetConsistencyProofRequest\x1a\'.xacthuc.v1.GetConsistencyProofResponse\x12H\n\tGetReport\x12\x1c.xacthuc.v1.GetReportRequest\x1a\x1d.xacthuc.v1.GetReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xacthuc/v1/audit.proto\x12\nxacthuc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"~\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x13\n\x0brecord_json\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x01\n\x18QueryAuditRecordsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12-\n\tfrom_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"^\n\x19QueryAuditRecordsResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.xacthuc.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x19\x45xportAuditRecordsRequest\x12\x12\n\nfrom_index\x18\x01 \x01(\x04\x12\x10\n\x08to_index\x18\x02 \x01(\x04\"+\n\x1a\x45xportAuditRecordsResponse\x12\r\n\x05jsonl\x18\x01 \x01(\x0c\"\x16\n\x14GetCheckpointRequest\"h\n\x15GetCheckpointResponse\x12\x13\n\x0bsigned_note\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x14\n\x0cverifier_key\x18\x04 \x01(\t\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"+\n\x19GetInclusionProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"@\n\x1aGetConsistencyProofRequest\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"n\n\x10GetReportRequest\x12-\n\tfrom_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x11GetReportResponse\x12\x39\n\x06\x63ounts\x18\x01 \x03(\x0b\x32).xacthuc.v1.GetReportResponse.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xc1\x04\n\x0c\x41uditService\x12`\n\x11QueryAuditRecords\x12$.xacthuc.v1.QueryAuditRecordsRequest\x1a%.xacthuc.v1.QueryAuditRecordsResponse\x12\x65\n\x12\x45xportAuditRecords\x12%.xacthuc.v1.ExportAuditRecordsRequest\x1a&.xacthuc.v1.ExportAuditRecordsResponse0\x01\x12T\n\rGetCheckpoint\x12 .xacthuc.v1.GetCheckpointRequest\x1a!.xacthuc.v1.GetCheckpointResponse\x12`\n\x11GetInclusionProof\x12$.xacthuc.v1.GetInclusionProofRequest\x1a%.xacthuc.v1.GetInclusionProofResponse\x12\x66\n\x13GetConsistencyProof\x12&.xacthuc.v1.GetConsistencyProofRequest\x1a\'.xacthuc.v1.GetConsistencyProofResponse\x12H\n\tGetReport\x12\x1c.xacthuc.v1.GetReportRequest\x1a\x1d.xacthuc.v1.GetReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,21 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCHECKPOINTREQUEST']._serialized_start=602
   _globals['_GETCHECKPOINTREQUEST']._serialized_end=624
   _globals['_GETCHECKPOINTRESPONSE']._serialized_start=626
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=708
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=710
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=770
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=772
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=815
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=817
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=881
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=883
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=928
-  _globals['_GETREPORTREQUEST']._serialized_start=930
-  _globals['_GETREPORTREQUEST']._serialized_end=1040
-  _globals['_GETREPORTRESPONSE']._serialized_start=1042
-  _globals['_GETREPORTRESPONSE']._serialized_end=1167
-  _globals['_GETREPORTRESPONSE_COUNTSENTRY']._serialized_start=1122
-  _globals['_GETREPORTRESPONSE_COUNTSENTRY']._serialized_end=1167
-  _globals['_AUDITSERVICE']._serialized_start=1170
-  _globals['_AUDITSERVICE']._serialized_end=1747
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=730
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=732
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=792
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=794
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=837
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=839
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=903
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=905
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=950
+  _globals['_GETREPORTREQUEST']._serialized_start=952
+  _globals['_GETREPORTREQUEST']._serialized_end=1062
+  _globals['_GETREPORTRESPONSE']._serialized_start=1064
+  _globals['_GETREPORTRESPONSE']._serialized_end=1189
+  _globals['_GETREPORTRESPONSE_COUNTSENTRY']._serialized_start=1144
+  _globals['_GETREPORTRESPONSE_COUNTSENTRY']._serialized_end=1189
+  _globals['_AUDITSERVICE']._serialized_start=1192
+  _globals['_AUDITSERVICE']._serialized_end=1769
 # @@protoc_insertion_point(module_scope)

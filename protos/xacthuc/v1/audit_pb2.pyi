@@ -37,7 +37,8 @@ class AuditRecord(_message.Message):
     `v` (format version), `seq`, `time` (RFC 3339 UTC), `platform`, `account`,
     `event`, `outcome`, `reason`, and where relevant `challenge`, `phone`
     (keyed-HMAC pseudonym), `client` (pseudonym of the client IP), `token_id`,
-    `method`.
+    `method`; an auditor call's record (`auditor_<method>`) carries the caller's
+    `key_id` and the call's parameters.
     """
     event: _builtins.str
     """The `event` field, repeated for filtering."""
@@ -149,7 +150,9 @@ class ExportAuditRecordsRequest(_message.Message):
     from_index: _builtins.int
     """First index to export (inclusive)."""
     to_index: _builtins.int
-    """Last index to export (exclusive); the whole log when 0."""
+    """Last index to export (exclusive); up to the current end of the log when 0.
+    FIELD_INVALID when beyond the log or below `from_index`.
+    """
     def __init__(
         self,
         *,
@@ -166,13 +169,17 @@ Global___ExportAuditRecordsRequest: _TypeAlias = ExportAuditRecordsRequest  # no
 
 @_typing.final
 class ExportAuditRecordsResponse(_message.Message):
-    """A chunk of the export."""
+    """A chunk of the export (about 64 KiB, whole lines only)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JSONL_FIELD_NUMBER: _builtins.int
     jsonl: _builtins.bytes
-    """JSON Lines: one object per line with `index` and `record` (the stored JSON)."""
+    """JSON Lines: one object per line, `{"index": i, "leaf_hash": h, "record": r}`,
+    where `r` is the stored record as a JSON string (so its exact bytes survive)
+    and `h` the hex RFC 6962 leaf hash the service computed when it first read
+    the record.
+    """
     def __init__(
         self,
         *,
@@ -212,6 +219,7 @@ class GetCheckpointResponse(_message.Message):
     SIGNED_NOTE_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     ROOT_HASH_FIELD_NUMBER: _builtins.int
+    VERIFIER_KEY_FIELD_NUMBER: _builtins.int
     signed_note: _builtins.str
     """The checkpoint in C2SP signed-note form (origin, tree size, base64 root hash,
     blank line, signature lines).
@@ -220,16 +228,22 @@ class GetCheckpointResponse(_message.Message):
     """The tree size it commits to."""
     root_hash: _builtins.bytes
     """The RFC 6962 root hash."""
+    verifier_key: _builtins.str
+    """The C2SP verifier key of the log (`<origin>+<key id>+<base64 key>`), for
+    convenience: compare it with the one the operator publishes
+    (`xacthuc audit log-key`) before trusting it.
+    """
     def __init__(
         self,
         *,
         signed_note: _builtins.str = ...,
         tree_size: _builtins.int = ...,
         root_hash: _builtins.bytes = ...,
+        verifier_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["root_hash", b"root_hash", "signed_note", b"signed_note", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root_hash", b"root_hash", "signed_note", b"signed_note", "tree_size", b"tree_size", "verifier_key", b"verifier_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,11 +359,13 @@ class GetReportRequest(_message.Message):
     TO_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def from_time(self) -> _timestamp_pb2.Timestamp:
-        """Range start (inclusive)."""
+        """Range start (inclusive); the start of the log when unset."""
 
     @_builtins.property
     def to_time(self) -> _timestamp_pb2.Timestamp:
-        """Range end (exclusive)."""
+        """Range end (exclusive); the end of the log when unset. FIELD_INVALID when
+        not after `from_time`.
+        """
 
     def __init__(
         self,
@@ -394,7 +410,15 @@ class GetReportResponse(_message.Message):
     COUNTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Counts keyed by `<dimension>:<value>`, for example `method:phone_otp`."""
+        """Counts of the records whose `time` is in the range: `records`;
+        `event:<event>`; `outcome:<outcome>`; `attestations` (`attestation_issued`
+        events), `method:<method>` (attestations by method, for example
+        `method:phone_otp`), `guardian_managed` and `commercial_livestream`
+        (attestations with that flag); `lockouts` (`phone_locked` and `id_locked`
+        events). `records`, `attestations`, `guardian_managed`,
+        `commercial_livestream` and `lockouts` are always present; the others only
+        when not 0.
+        """
 
     def __init__(
         self,

@@ -31,6 +31,13 @@ class AuditServiceStub:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+
+    The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
+    SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
+    signs C2SP checkpoints of it (origin `<XACTHUC_LOG_ORIGIN>/<platform>`) with an
+    Ed25519 log key, every N records or T seconds, and never two inconsistent ones.
+    Every call of this service is itself appended to the log as an
+    `auditor_<method>` record carrying the caller's key id.
     """
 
     def __init__(self, channel):
@@ -77,47 +84,58 @@ class AuditServiceServicer:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+
+    The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
+    SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
+    signs C2SP checkpoints of it (origin `<XACTHUC_LOG_ORIGIN>/<platform>`) with an
+    Ed25519 log key, every N records or T seconds, and never two inconsistent ones.
+    Every call of this service is itself appended to the log as an
+    `auditor_<method>` record carrying the caller's key id.
     """
 
     def QueryAuditRecords(self, request, context):
-        """Returns audit records matching a filter, oldest first, paginated.
+        """Returns audit records matching a filter, oldest first, paginated. The pages
+        of one query walk the log as it was at its first page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExportAuditRecords(self, request, context):
-        """Streams audit records as JSON Lines chunks. Not served yet: UNIMPLEMENTED.
+        """Streams audit records as JSON Lines chunks, for offline verification with
+        `xacthuc audit verify`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """Returns the latest signed checkpoint of the log. Not served yet: UNIMPLEMENTED.
+        """Returns the latest signed checkpoint of the log, signing one first when
+        records were appended and the latest is T seconds old, or there is none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetInclusionProof(self, request, context):
-        """Returns a Merkle inclusion proof for one record. Not served yet: UNIMPLEMENTED.
+        """Returns a Merkle inclusion proof for one record. FIELD_INVALID (with the
+        field name) when `tree_size` is 0 or beyond the log, or `index` is not below
+        `tree_size`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConsistencyProof(self, request, context):
-        """Returns a Merkle consistency proof between two tree sizes. Not served yet:
-        UNIMPLEMENTED.
+        """Returns a Merkle consistency proof between two tree sizes. FIELD_INVALID when
+        `from_size` is 0, `to_size` is below `from_size` or beyond the log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetReport(self, request, context):
-        """Returns counts over a time range, computed from the log. Not served yet:
-        UNIMPLEMENTED.
+        """Returns counts over a time range, computed from the log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +188,13 @@ class AuditService:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+
+    The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
+    SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
+    signs C2SP checkpoints of it (origin `<XACTHUC_LOG_ORIGIN>/<platform>`) with an
+    Ed25519 log key, every N records or T seconds, and never two inconsistent ones.
+    Every call of this service is itself appended to the log as an
+    `auditor_<method>` record carrying the caller's key id.
     """
 
     @staticmethod

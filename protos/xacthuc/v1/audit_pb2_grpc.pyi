@@ -32,6 +32,13 @@ class AuditServiceStub:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+
+    The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
+    SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
+    signs C2SP checkpoints of it (origin `<XACTHUC_LOG_ORIGIN>/<platform>`) with an
+    Ed25519 log key, every N records or T seconds, and never two inconsistent ones.
+    Every call of this service is itself appended to the log as an
+    `auditor_<method>` record carrying the caller's key id.
     """
 
     @_typing.overload
@@ -39,21 +46,28 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     QueryAuditRecords: _grpc.UnaryUnaryMultiCallable[_audit_pb2.QueryAuditRecordsRequest, _audit_pb2.QueryAuditRecordsResponse]
-    """Returns audit records matching a filter, oldest first, paginated."""
+    """Returns audit records matching a filter, oldest first, paginated. The pages
+    of one query walk the log as it was at its first page.
+    """
     ExportAuditRecords: _grpc.UnaryStreamMultiCallable[_audit_pb2.ExportAuditRecordsRequest, _audit_pb2.ExportAuditRecordsResponse]
-    """Streams audit records as JSON Lines chunks. Not served yet: UNIMPLEMENTED."""
+    """Streams audit records as JSON Lines chunks, for offline verification with
+    `xacthuc audit verify`.
+    """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]
-    """Returns the latest signed checkpoint of the log. Not served yet: UNIMPLEMENTED."""
+    """Returns the latest signed checkpoint of the log, signing one first when
+    records were appended and the latest is T seconds old, or there is none.
+    """
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]
-    """Returns a Merkle inclusion proof for one record. Not served yet: UNIMPLEMENTED."""
+    """Returns a Merkle inclusion proof for one record. FIELD_INVALID (with the
+    field name) when `tree_size` is 0 or beyond the log, or `index` is not below
+    `tree_size`.
+    """
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]
-    """Returns a Merkle consistency proof between two tree sizes. Not served yet:
-    UNIMPLEMENTED.
+    """Returns a Merkle consistency proof between two tree sizes. FIELD_INVALID when
+    `from_size` is 0, `to_size` is below `from_size` or beyond the log.
     """
     GetReport: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetReportRequest, _audit_pb2.GetReportResponse]
-    """Returns counts over a time range, computed from the log. Not served yet:
-    UNIMPLEMENTED.
-    """
+    """Returns counts over a time range, computed from the log."""
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -62,25 +76,39 @@ class AuditServiceAsyncStub(AuditServiceStub):
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+
+    The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
+    SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
+    signs C2SP checkpoints of it (origin `<XACTHUC_LOG_ORIGIN>/<platform>`) with an
+    Ed25519 log key, every N records or T seconds, and never two inconsistent ones.
+    Every call of this service is itself appended to the log as an
+    `auditor_<method>` record carrying the caller's key id.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryAuditRecords: _aio.UnaryUnaryMultiCallable[_audit_pb2.QueryAuditRecordsRequest, _audit_pb2.QueryAuditRecordsResponse]  # type: ignore[assignment]
-    """Returns audit records matching a filter, oldest first, paginated."""
+    """Returns audit records matching a filter, oldest first, paginated. The pages
+    of one query walk the log as it was at its first page.
+    """
     ExportAuditRecords: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportAuditRecordsRequest, _audit_pb2.ExportAuditRecordsResponse]  # type: ignore[assignment]
-    """Streams audit records as JSON Lines chunks. Not served yet: UNIMPLEMENTED."""
+    """Streams audit records as JSON Lines chunks, for offline verification with
+    `xacthuc audit verify`.
+    """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]  # type: ignore[assignment]
-    """Returns the latest signed checkpoint of the log. Not served yet: UNIMPLEMENTED."""
+    """Returns the latest signed checkpoint of the log, signing one first when
+    records were appended and the latest is T seconds old, or there is none.
+    """
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
-    """Returns a Merkle inclusion proof for one record. Not served yet: UNIMPLEMENTED."""
+    """Returns a Merkle inclusion proof for one record. FIELD_INVALID (with the
+    field name) when `tree_size` is 0 or beyond the log, or `index` is not below
+    `tree_size`.
+    """
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
-    """Returns a Merkle consistency proof between two tree sizes. Not served yet:
-    UNIMPLEMENTED.
+    """Returns a Merkle consistency proof between two tree sizes. FIELD_INVALID when
+    `from_size` is 0, `to_size` is below `from_size` or beyond the log.
     """
     GetReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetReportRequest, _audit_pb2.GetReportResponse]  # type: ignore[assignment]
-    """Returns counts over a time range, computed from the log. Not served yet:
-    UNIMPLEMENTED.
-    """
+    """Returns counts over a time range, computed from the log."""
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuditService gives compliance teams the platform's attestation log.
@@ -88,6 +116,13 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+
+    The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
+    SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
+    signs C2SP checkpoints of it (origin `<XACTHUC_LOG_ORIGIN>/<platform>`) with an
+    Ed25519 log key, every N records or T seconds, and never two inconsistent ones.
+    Every call of this service is itself appended to the log as an
+    `auditor_<method>` record carrying the caller's key id.
     """
 
     @_abc_1.abstractmethod
@@ -96,7 +131,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.QueryAuditRecordsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.QueryAuditRecordsResponse, _abc.Awaitable[_audit_pb2.QueryAuditRecordsResponse]]:
-        """Returns audit records matching a filter, oldest first, paginated."""
+        """Returns audit records matching a filter, oldest first, paginated. The pages
+        of one query walk the log as it was at its first page.
+        """
 
     @_abc_1.abstractmethod
     def ExportAuditRecords(
@@ -104,7 +141,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ExportAuditRecordsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audit_pb2.ExportAuditRecordsResponse], _abc.AsyncIterator[_audit_pb2.ExportAuditRecordsResponse]]:
-        """Streams audit records as JSON Lines chunks. Not served yet: UNIMPLEMENTED."""
+        """Streams audit records as JSON Lines chunks, for offline verification with
+        `xacthuc audit verify`.
+        """
 
     @_abc_1.abstractmethod
     def GetCheckpoint(
@@ -112,7 +151,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetCheckpointResponse, _abc.Awaitable[_audit_pb2.GetCheckpointResponse]]:
-        """Returns the latest signed checkpoint of the log. Not served yet: UNIMPLEMENTED."""
+        """Returns the latest signed checkpoint of the log, signing one first when
+        records were appended and the latest is T seconds old, or there is none.
+        """
 
     @_abc_1.abstractmethod
     def GetInclusionProof(
@@ -120,7 +161,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetInclusionProofRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetInclusionProofResponse, _abc.Awaitable[_audit_pb2.GetInclusionProofResponse]]:
-        """Returns a Merkle inclusion proof for one record. Not served yet: UNIMPLEMENTED."""
+        """Returns a Merkle inclusion proof for one record. FIELD_INVALID (with the
+        field name) when `tree_size` is 0 or beyond the log, or `index` is not below
+        `tree_size`.
+        """
 
     @_abc_1.abstractmethod
     def GetConsistencyProof(
@@ -128,8 +172,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetConsistencyProofRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetConsistencyProofResponse, _abc.Awaitable[_audit_pb2.GetConsistencyProofResponse]]:
-        """Returns a Merkle consistency proof between two tree sizes. Not served yet:
-        UNIMPLEMENTED.
+        """Returns a Merkle consistency proof between two tree sizes. FIELD_INVALID when
+        `from_size` is 0, `to_size` is below `from_size` or beyond the log.
         """
 
     @_abc_1.abstractmethod
@@ -138,8 +182,6 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetReportResponse, _abc.Awaitable[_audit_pb2.GetReportResponse]]:
-        """Returns counts over a time range, computed from the log. Not served yet:
-        UNIMPLEMENTED.
-        """
+        """Returns counts over a time range, computed from the log."""
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -157,7 +157,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_GUARDIAN_REQUIRED: _ErrorReason.ValueType  # 84
     """FAILED_PRECONDITION: the account holder is under 16 (R1, P6): the account must
-    be registered through a parent or guardian.
+    be registered through a parent or guardian (LinkGuardian). Also the answer to
+    a phone or personal-ID verification of an account with an active guardian
+    link before the child's 16th birthday.
     """
     ERROR_REASON_ACCOUNT_NOT_AUTHENTICATED: _ErrorReason.ValueType  # 85
     """FAILED_PRECONDITION: the commercial-livestream upgrade needs an account that is
@@ -166,6 +168,43 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM: _ErrorReason.ValueType  # 86
     """FAILED_PRECONDITION: a child's (guardian-managed) account may not livestream
     commercially (P7).
+    """
+    ERROR_REASON_CHILD_NOT_UNDER_16: _ErrorReason.ValueType  # 90
+    """FAILED_PRECONDITION: LinkGuardian: the child is 16 or over today
+    (Asia/Ho_Chi_Minh), or the personal-ID registry proved the account holder
+    16 or over; the user verifies in their own name (R1, P6).
+    """
+    ERROR_REASON_GUARDIAN_UNDER_18: _ErrorReason.ValueType  # 91
+    """FAILED_PRECONDITION: LinkGuardian: the guardian is under 18 by the declared
+    date of birth, or the guardian's personal-ID attestation says 16-17
+    (Civil Code Art. 20, 49; P6).
+    """
+    ERROR_REASON_GUARDIAN_CONSENT_REQUIRED: _ErrorReason.ValueType  # 92
+    """FAILED_PRECONDITION: LinkGuardian: `guardian_consent` is false (Law 91/2025)."""
+    ERROR_REASON_CHILD_CONSENT_REQUIRED: _ErrorReason.ValueType  # 93
+    """FAILED_PRECONDITION: LinkGuardian: the child is 7 or over and
+    `child_consent` is false (Law 91/2025).
+    """
+    ERROR_REASON_GUARDIAN_NOT_VERIFIED: _ErrorReason.ValueType  # 94
+    """FAILED_PRECONDITION: LinkGuardian: the guardian's account has no active,
+    unexpired attestation of its own (verify it by phone or personal ID first),
+    or it is guardian-managed itself.
+    """
+    ERROR_REASON_GUARDIAN_CHILD_LIMIT: _ErrorReason.ValueType  # 95
+    """RESOURCE_EXHAUSTED: LinkGuardian: the guardian already supervises the
+    maximum number of children on this platform (5 by default).
+    """
+    ERROR_REASON_CHILD_ALREADY_LINKED: _ErrorReason.ValueType  # 96
+    """FAILED_PRECONDITION: LinkGuardian: the child has an active link to another
+    guardian; that link must be withdrawn first.
+    """
+    ERROR_REASON_LINK_NOT_FOUND: _ErrorReason.ValueType  # 97
+    """NOT_FOUND: WithdrawGuardianLink: no link with this id on the calling
+    platform.
+    """
+    ERROR_REASON_LINK_ALREADY_ENDED: _ErrorReason.ValueType  # 98
+    """FAILED_PRECONDITION: WithdrawGuardianLink: the link has already ended
+    (withdrawn, or the child turned 16).
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -315,7 +354,9 @@ verification instead.
 """
 ERROR_REASON_GUARDIAN_REQUIRED: ErrorReason.ValueType  # 84
 """FAILED_PRECONDITION: the account holder is under 16 (R1, P6): the account must
-be registered through a parent or guardian.
+be registered through a parent or guardian (LinkGuardian). Also the answer to
+a phone or personal-ID verification of an account with an active guardian
+link before the child's 16th birthday.
 """
 ERROR_REASON_ACCOUNT_NOT_AUTHENTICATED: ErrorReason.ValueType  # 85
 """FAILED_PRECONDITION: the commercial-livestream upgrade needs an account that is
@@ -324,5 +365,42 @@ already authenticated (by phone, R4).
 ERROR_REASON_GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM: ErrorReason.ValueType  # 86
 """FAILED_PRECONDITION: a child's (guardian-managed) account may not livestream
 commercially (P7).
+"""
+ERROR_REASON_CHILD_NOT_UNDER_16: ErrorReason.ValueType  # 90
+"""FAILED_PRECONDITION: LinkGuardian: the child is 16 or over today
+(Asia/Ho_Chi_Minh), or the personal-ID registry proved the account holder
+16 or over; the user verifies in their own name (R1, P6).
+"""
+ERROR_REASON_GUARDIAN_UNDER_18: ErrorReason.ValueType  # 91
+"""FAILED_PRECONDITION: LinkGuardian: the guardian is under 18 by the declared
+date of birth, or the guardian's personal-ID attestation says 16-17
+(Civil Code Art. 20, 49; P6).
+"""
+ERROR_REASON_GUARDIAN_CONSENT_REQUIRED: ErrorReason.ValueType  # 92
+"""FAILED_PRECONDITION: LinkGuardian: `guardian_consent` is false (Law 91/2025)."""
+ERROR_REASON_CHILD_CONSENT_REQUIRED: ErrorReason.ValueType  # 93
+"""FAILED_PRECONDITION: LinkGuardian: the child is 7 or over and
+`child_consent` is false (Law 91/2025).
+"""
+ERROR_REASON_GUARDIAN_NOT_VERIFIED: ErrorReason.ValueType  # 94
+"""FAILED_PRECONDITION: LinkGuardian: the guardian's account has no active,
+unexpired attestation of its own (verify it by phone or personal ID first),
+or it is guardian-managed itself.
+"""
+ERROR_REASON_GUARDIAN_CHILD_LIMIT: ErrorReason.ValueType  # 95
+"""RESOURCE_EXHAUSTED: LinkGuardian: the guardian already supervises the
+maximum number of children on this platform (5 by default).
+"""
+ERROR_REASON_CHILD_ALREADY_LINKED: ErrorReason.ValueType  # 96
+"""FAILED_PRECONDITION: LinkGuardian: the child has an active link to another
+guardian; that link must be withdrawn first.
+"""
+ERROR_REASON_LINK_NOT_FOUND: ErrorReason.ValueType  # 97
+"""NOT_FOUND: WithdrawGuardianLink: no link with this id on the calling
+platform.
+"""
+ERROR_REASON_LINK_ALREADY_ENDED: ErrorReason.ValueType  # 98
+"""FAILED_PRECONDITION: WithdrawGuardianLink: the link has already ended
+(withdrawn, or the child turned 16).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

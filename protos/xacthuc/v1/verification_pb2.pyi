@@ -170,6 +170,8 @@ class Attestation(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     GUARDIAN_MANAGED_FIELD_NUMBER: _builtins.int
     COMMERCIAL_LIVESTREAM_FIELD_NUMBER: _builtins.int
+    AGE_BAND_FIELD_NUMBER: _builtins.int
+    GUARDIAN_REF_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """The compact JWS (JWT, `alg` EdDSA, `typ` `xacthuc-attestation+jwt`). Verify it
     offline against GetJwks; its claims are authoritative, the fields below repeat
@@ -185,6 +187,16 @@ class Attestation(_message.Message):
     """True when the account is managed by a guardian (a child under 16, P6)."""
     commercial_livestream: _builtins.bool
     """True when the account may livestream for commercial purposes (R4, P7)."""
+    age_band: _builtins.str
+    """The holder's age band (the `age_band` claim), never a date of birth: `adult`
+    (18+) or `16_17` when the personal-ID registry matched the date of birth,
+    `under_16` for a guardian-managed child, empty when unknown (phone route).
+    """
+    guardian_ref: _builtins.str
+    """For a guardian-managed account: a pseudonymous reference to the guardian
+    (the `guardian_ref` claim), `g_` and 16 hex digits. Stable for one guardian
+    on one platform, unrelated across platforms; no name, number or ID.
+    """
     @_builtins.property
     def verified_at(self) -> _timestamp_pb2.Timestamp:
         """When the account was authenticated (the `iat` claim of the first token)."""
@@ -204,10 +216,12 @@ class Attestation(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         guardian_managed: _builtins.bool = ...,
         commercial_livestream: _builtins.bool = ...,
+        age_band: _builtins.str = ...,
+        guardian_ref: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "verified_at", b"verified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "commercial_livestream", b"commercial_livestream", "expires_at", b"expires_at", "guardian_managed", b"guardian_managed", "method", b"method", "token", b"token", "token_id", b"token_id", "verified_at", b"verified_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "age_band", b"age_band", "commercial_livestream", b"commercial_livestream", "expires_at", b"expires_at", "guardian_managed", b"guardian_managed", "guardian_ref", b"guardian_ref", "method", b"method", "token", b"token", "token_id", b"token_id", "verified_at", b"verified_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,7 +482,9 @@ Global___VerifyPersonalIdResponse: _TypeAlias = VerifyPersonalIdResponse  # noqa
 
 @_typing.final
 class LinkGuardianRequest(_message.Message):
-    """Registers a child's account under a guardian (R1, P6)."""
+    """Registers a child's account under a guardian (R1, P6). The dates of birth are
+    used for the age checks only: never stored, logged, audited or put in a token.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -480,24 +496,37 @@ class LinkGuardianRequest(_message.Message):
     GUARDIAN_CONSENT_FIELD_NUMBER: _builtins.int
     CHILD_CONSENT_FIELD_NUMBER: _builtins.int
     child_account_id: _builtins.str
-    """The child's account id."""
+    """The child's account id on this platform (1-128 characters of
+    `A-Z a-z 0-9 . _ : @ -`). Its attestation becomes the guardian-managed one.
+    """
     guardian_account_id: _builtins.str
-    """The guardian's own completed verification: a confirmed phone challenge id or
-    a personal-ID verification of the guardian's account.
+    """The guardian's own account on this platform, already verified by phone OTP
+    or personal ID (an active, unexpired attestation that is not itself
+    guardian-managed: GUARDIAN_NOT_VERIFIED otherwise). Must differ from
+    `child_account_id`.
     """
     relationship: Global___GuardianRelationship.ValueType
-    """The relationship the guardian declares."""
+    """The relationship the guardian declares; required."""
     guardian_consent: _builtins.bool
-    """The guardian consents to the processing of the child's data (Law 91/2025)."""
+    """The guardian consents to the processing of the child's data (Law 91/2025);
+    required (GUARDIAN_CONSENT_REQUIRED). Recorded in the audit log.
+    """
     child_consent: _builtins.bool
-    """The child (7 or over) consents too (Law 91/2025)."""
+    """The child consents too; required when the child is 7 or over
+    (CHILD_CONSENT_REQUIRED), recorded whenever given.
+    """
     @_builtins.property
     def child_date_of_birth(self) -> Global___Date:
-        """The child's date of birth; must be under 16 today (Asia/Ho_Chi_Minh)."""
+        """The child's date of birth; the child must be under 16 today in
+        Asia/Ho_Chi_Minh (CHILD_NOT_UNDER_16 otherwise). Fixes the 16th birthday at
+        which the link ends (29 February: 1 March in common years).
+        """
 
     @_builtins.property
     def guardian_date_of_birth(self) -> Global___Date:
-        """The guardian's date of birth; must be 18 or over."""
+        """The guardian's date of birth as declared; the guardian must be 18 or over
+        today (GUARDIAN_UNDER_18).
+        """
 
     def __init__(
         self,
@@ -526,21 +555,36 @@ class LinkGuardianResponse(_message.Message):
 
     ATTESTATION_FIELD_NUMBER: _builtins.int
     LINK_ID_FIELD_NUMBER: _builtins.int
+    AGES_OUT_AT_FIELD_NUMBER: _builtins.int
+    RENEWED_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
-    """Id of the link record."""
+    """Id of the link record (`gl_` and 22 characters), for WithdrawGuardianLink."""
+    renewed: _builtins.bool
+    """True when this call renewed an existing link of the same guardian."""
     @_builtins.property
     def attestation(self) -> Global___Attestation:
-        """The child's guardian-managed attestation."""
+        """The child's guardian-managed attestation (`guardian_managed` true, age band
+        `under_16`, `guardian_ref` set, `commercial_livestream` false; it expires at
+        the token TTL or the 16th birthday, whichever comes first).
+        """
+
+    @_builtins.property
+    def ages_out_at(self) -> _timestamp_pb2.Timestamp:
+        """The child's 16th birthday (local midnight in Asia/Ho_Chi_Minh), when the
+        link ends and the user must verify in their own name.
+        """
 
     def __init__(
         self,
         *,
         attestation: Global___Attestation | None = ...,
         link_id: _builtins.str = ...,
+        ages_out_at: _timestamp_pb2.Timestamp | None = ...,
+        renewed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ages_out_at", b"ages_out_at", "attestation", b"attestation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "link_id", b"link_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ages_out_at", b"ages_out_at", "attestation", b"attestation", "link_id", b"link_id", "renewed", b"renewed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -554,7 +598,7 @@ class WithdrawGuardianLinkRequest(_message.Message):
 
     LINK_ID_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
-    """The link id from LinkGuardian."""
+    """The link id from LinkGuardian; FIELD_INVALID when it is not of that form."""
     def __init__(
         self,
         *,
@@ -577,7 +621,7 @@ class WithdrawGuardianLinkResponse(_message.Message):
     ENDED_AT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp:
-        """When the link ended."""
+        """When the link ended and the child's attestation was revoked."""
 
     def __init__(
         self,
@@ -603,16 +647,18 @@ class ListAccountsAgingOutRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Page size, 1-1000."""
+    """Page size, 1-1000; 0 means 100."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """`next_page_token` of the previous page of the same window; empty for the
+    first page. A token of another window is FIELD_INVALID.
+    """
     @_builtins.property
     def from_time(self) -> _timestamp_pb2.Timestamp:
-        """Window start (inclusive)."""
+        """Window start (inclusive); required."""
 
     @_builtins.property
     def to_time(self) -> _timestamp_pb2.Timestamp:
-        """Window end (exclusive)."""
+        """Window end (exclusive); required, after `from_time`."""
 
     def __init__(
         self,
@@ -639,10 +685,10 @@ class ListAccountsAgingOutResponse(_message.Message):
     ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty at the end."""
+    """Opaque token for the next page; empty at the end."""
     @_builtins.property
     def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The child account ids."""
+        """The child account ids, by 16th birthday, then by account id (bytes)."""
 
     def __init__(
         self,
@@ -797,7 +843,8 @@ class GetAttestationResponse(_message.Message):
     @_builtins.property
     def attestation(self) -> Global___Attestation:
         """The current attestation. ATTESTATION_NOT_FOUND when the account was never
-        verified or its attestation has expired.
+        verified or its attestation has expired, was revoked (for example when the
+        guardian withdrew a child's link) or aged out (the child turned 16).
         """
 
     def __init__(

@@ -109,7 +109,8 @@ class VerificationServiceServicer:
     def StartPhoneVerification(self, request, context):
         """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
         Retrying with the same idempotency key returns the same challenge and sends
-        no second SMS.
+        no second SMS. An account linked to a guardian (a child under 16) cannot
+        verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,31 +134,58 @@ class VerificationServiceServicer:
         attempt limits of the account and of the number, then the registry match.
         An unknown number and a non-matching name or date give the same
         PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
-        allows commercial livestreaming.
+        allows commercial livestreaming and records the holder's age band (`adult` or
+        `16_17`, from the matched date of birth). An account with an active guardian
+        link is refused GUARDIAN_REQUIRED (R1).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LinkGuardian(self, request, context):
-        """Registers a child under 16 through a verified parent or guardian (R1, P6).
-        Not served yet: UNIMPLEMENTED.
+        """Registers a child under 16 through a parent or legal guardian (R1, P6, P7).
+        The guardian first verifies their OWN account on this platform with
+        StartPhoneVerification/ConfirmPhoneVerification or VerifyPersonalId; this
+        call then links the child's account to it. Checks, in order: the fields
+        (FIELD_INVALID), both dates of birth (DATE_OF_BIRTH_INVALID, metadata
+        `field`), the child under 16 today in Asia/Ho_Chi_Minh (CHILD_NOT_UNDER_16),
+        the guardian 18 or over (GUARDIAN_UNDER_18, also when the guardian's
+        personal-ID attestation says 16-17), the guardian's consent
+        (GUARDIAN_CONSENT_REQUIRED) and, for a child of 7 or over, the child's
+        (CHILD_CONSENT_REQUIRED) (Law 91/2025); then the guardian's account has an
+        active, unexpired attestation that is not guardian-managed
+        (GUARDIAN_NOT_VERIFIED), the child has no active link of another guardian
+        (CHILD_ALREADY_LINKED: that link is withdrawn first) and the guardian
+        supervises fewer than the configured maximum of children on this platform
+        (GUARDIAN_CHILD_LIMIT, 5 by default). Success records the link and the
+        consents and returns the child's guardian-managed attestation: method = the
+        guardian's, age band `under_16`, a guardian reference, expiry at most the
+        16th birthday, never commercial livestream (P7). The same guardian linking
+        the same child again renews the link (same link id, a fresh token; the token
+        it replaces is revoked). Every refusal is audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawGuardianLink(self, request, context):
-        """Ends a guardian link; the child's attestation is revoked (P6). Not served
-        yet: UNIMPLEMENTED.
+        """Ends a guardian link (the guardian withdraws): the child's attestation is
+        revoked at once (its status-list bit is set; GetAttestation then answers
+        ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
+        an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
+        withdrawn or aged out before.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountsAgingOut(self, request, context):
-        """Lists the platform's guardian-managed accounts that turn 16 within a window.
-        Not served yet: UNIMPLEMENTED.
+        """Lists the platform's children with an active guardian link whose 16th
+        birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
+        so the platform can prompt them to verify in their own name ahead of time.
+        From the birthday, authorization answers AGED_OUT; a periodic sweep then
+        ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
+        account leaves this list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

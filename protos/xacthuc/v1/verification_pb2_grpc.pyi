@@ -42,7 +42,8 @@ class VerificationServiceStub:
     StartPhoneVerification: _grpc.UnaryUnaryMultiCallable[_verification_pb2.StartPhoneVerificationRequest, _verification_pb2.StartPhoneVerificationResponse]
     """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
     Retrying with the same idempotency key returns the same challenge and sends
-    no second SMS.
+    no second SMS. An account linked to a guardian (a child under 16) cannot
+    verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
     """
     ConfirmPhoneVerification: _grpc.UnaryUnaryMultiCallable[_verification_pb2.ConfirmPhoneVerificationRequest, _verification_pb2.ConfirmPhoneVerificationResponse]
     """Checks the code of a challenge; on success the account is authenticated by
@@ -58,19 +59,46 @@ class VerificationServiceStub:
     attempt limits of the account and of the number, then the registry match.
     An unknown number and a non-matching name or date give the same
     PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
-    allows commercial livestreaming.
+    allows commercial livestreaming and records the holder's age band (`adult` or
+    `16_17`, from the matched date of birth). An account with an active guardian
+    link is refused GUARDIAN_REQUIRED (R1).
     """
     LinkGuardian: _grpc.UnaryUnaryMultiCallable[_verification_pb2.LinkGuardianRequest, _verification_pb2.LinkGuardianResponse]
-    """Registers a child under 16 through a verified parent or guardian (R1, P6).
-    Not served yet: UNIMPLEMENTED.
+    """Registers a child under 16 through a parent or legal guardian (R1, P6, P7).
+    The guardian first verifies their OWN account on this platform with
+    StartPhoneVerification/ConfirmPhoneVerification or VerifyPersonalId; this
+    call then links the child's account to it. Checks, in order: the fields
+    (FIELD_INVALID), both dates of birth (DATE_OF_BIRTH_INVALID, metadata
+    `field`), the child under 16 today in Asia/Ho_Chi_Minh (CHILD_NOT_UNDER_16),
+    the guardian 18 or over (GUARDIAN_UNDER_18, also when the guardian's
+    personal-ID attestation says 16-17), the guardian's consent
+    (GUARDIAN_CONSENT_REQUIRED) and, for a child of 7 or over, the child's
+    (CHILD_CONSENT_REQUIRED) (Law 91/2025); then the guardian's account has an
+    active, unexpired attestation that is not guardian-managed
+    (GUARDIAN_NOT_VERIFIED), the child has no active link of another guardian
+    (CHILD_ALREADY_LINKED: that link is withdrawn first) and the guardian
+    supervises fewer than the configured maximum of children on this platform
+    (GUARDIAN_CHILD_LIMIT, 5 by default). Success records the link and the
+    consents and returns the child's guardian-managed attestation: method = the
+    guardian's, age band `under_16`, a guardian reference, expiry at most the
+    16th birthday, never commercial livestream (P7). The same guardian linking
+    the same child again renews the link (same link id, a fresh token; the token
+    it replaces is revoked). Every refusal is audited.
     """
     WithdrawGuardianLink: _grpc.UnaryUnaryMultiCallable[_verification_pb2.WithdrawGuardianLinkRequest, _verification_pb2.WithdrawGuardianLinkResponse]
-    """Ends a guardian link; the child's attestation is revoked (P6). Not served
-    yet: UNIMPLEMENTED.
+    """Ends a guardian link (the guardian withdraws): the child's attestation is
+    revoked at once (its status-list bit is set; GetAttestation then answers
+    ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
+    an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
+    withdrawn or aged out before.
     """
     ListAccountsAgingOut: _grpc.UnaryUnaryMultiCallable[_verification_pb2.ListAccountsAgingOutRequest, _verification_pb2.ListAccountsAgingOutResponse]
-    """Lists the platform's guardian-managed accounts that turn 16 within a window.
-    Not served yet: UNIMPLEMENTED.
+    """Lists the platform's children with an active guardian link whose 16th
+    birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
+    so the platform can prompt them to verify in their own name ahead of time.
+    From the birthday, authorization answers AGED_OUT; a periodic sweep then
+    ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
+    account leaves this list.
     """
     GetCommercialLivestreamEligibility: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetCommercialLivestreamEligibilityRequest, _verification_pb2.GetCommercialLivestreamEligibilityResponse]
     """Tells whether an account may livestream for commercial purposes (R4, P7):
@@ -106,7 +134,8 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     StartPhoneVerification: _aio.UnaryUnaryMultiCallable[_verification_pb2.StartPhoneVerificationRequest, _verification_pb2.StartPhoneVerificationResponse]  # type: ignore[assignment]
     """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
     Retrying with the same idempotency key returns the same challenge and sends
-    no second SMS.
+    no second SMS. An account linked to a guardian (a child under 16) cannot
+    verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
     """
     ConfirmPhoneVerification: _aio.UnaryUnaryMultiCallable[_verification_pb2.ConfirmPhoneVerificationRequest, _verification_pb2.ConfirmPhoneVerificationResponse]  # type: ignore[assignment]
     """Checks the code of a challenge; on success the account is authenticated by
@@ -122,19 +151,46 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     attempt limits of the account and of the number, then the registry match.
     An unknown number and a non-matching name or date give the same
     PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
-    allows commercial livestreaming.
+    allows commercial livestreaming and records the holder's age band (`adult` or
+    `16_17`, from the matched date of birth). An account with an active guardian
+    link is refused GUARDIAN_REQUIRED (R1).
     """
     LinkGuardian: _aio.UnaryUnaryMultiCallable[_verification_pb2.LinkGuardianRequest, _verification_pb2.LinkGuardianResponse]  # type: ignore[assignment]
-    """Registers a child under 16 through a verified parent or guardian (R1, P6).
-    Not served yet: UNIMPLEMENTED.
+    """Registers a child under 16 through a parent or legal guardian (R1, P6, P7).
+    The guardian first verifies their OWN account on this platform with
+    StartPhoneVerification/ConfirmPhoneVerification or VerifyPersonalId; this
+    call then links the child's account to it. Checks, in order: the fields
+    (FIELD_INVALID), both dates of birth (DATE_OF_BIRTH_INVALID, metadata
+    `field`), the child under 16 today in Asia/Ho_Chi_Minh (CHILD_NOT_UNDER_16),
+    the guardian 18 or over (GUARDIAN_UNDER_18, also when the guardian's
+    personal-ID attestation says 16-17), the guardian's consent
+    (GUARDIAN_CONSENT_REQUIRED) and, for a child of 7 or over, the child's
+    (CHILD_CONSENT_REQUIRED) (Law 91/2025); then the guardian's account has an
+    active, unexpired attestation that is not guardian-managed
+    (GUARDIAN_NOT_VERIFIED), the child has no active link of another guardian
+    (CHILD_ALREADY_LINKED: that link is withdrawn first) and the guardian
+    supervises fewer than the configured maximum of children on this platform
+    (GUARDIAN_CHILD_LIMIT, 5 by default). Success records the link and the
+    consents and returns the child's guardian-managed attestation: method = the
+    guardian's, age band `under_16`, a guardian reference, expiry at most the
+    16th birthday, never commercial livestream (P7). The same guardian linking
+    the same child again renews the link (same link id, a fresh token; the token
+    it replaces is revoked). Every refusal is audited.
     """
     WithdrawGuardianLink: _aio.UnaryUnaryMultiCallable[_verification_pb2.WithdrawGuardianLinkRequest, _verification_pb2.WithdrawGuardianLinkResponse]  # type: ignore[assignment]
-    """Ends a guardian link; the child's attestation is revoked (P6). Not served
-    yet: UNIMPLEMENTED.
+    """Ends a guardian link (the guardian withdraws): the child's attestation is
+    revoked at once (its status-list bit is set; GetAttestation then answers
+    ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
+    an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
+    withdrawn or aged out before.
     """
     ListAccountsAgingOut: _aio.UnaryUnaryMultiCallable[_verification_pb2.ListAccountsAgingOutRequest, _verification_pb2.ListAccountsAgingOutResponse]  # type: ignore[assignment]
-    """Lists the platform's guardian-managed accounts that turn 16 within a window.
-    Not served yet: UNIMPLEMENTED.
+    """Lists the platform's children with an active guardian link whose 16th
+    birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
+    so the platform can prompt them to verify in their own name ahead of time.
+    From the birthday, authorization answers AGED_OUT; a periodic sweep then
+    ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
+    account leaves this list.
     """
     GetCommercialLivestreamEligibility: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetCommercialLivestreamEligibilityRequest, _verification_pb2.GetCommercialLivestreamEligibilityResponse]  # type: ignore[assignment]
     """Tells whether an account may livestream for commercial purposes (R4, P7):
@@ -173,7 +229,8 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_verification_pb2.StartPhoneVerificationResponse, _abc.Awaitable[_verification_pb2.StartPhoneVerificationResponse]]:
         """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
         Retrying with the same idempotency key returns the same challenge and sends
-        no second SMS.
+        no second SMS. An account linked to a guardian (a child under 16) cannot
+        verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
         """
 
     @_abc_1.abstractmethod
@@ -201,7 +258,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         attempt limits of the account and of the number, then the registry match.
         An unknown number and a non-matching name or date give the same
         PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
-        allows commercial livestreaming.
+        allows commercial livestreaming and records the holder's age band (`adult` or
+        `16_17`, from the matched date of birth). An account with an active guardian
+        link is refused GUARDIAN_REQUIRED (R1).
         """
 
     @_abc_1.abstractmethod
@@ -210,8 +269,26 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.LinkGuardianRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.LinkGuardianResponse, _abc.Awaitable[_verification_pb2.LinkGuardianResponse]]:
-        """Registers a child under 16 through a verified parent or guardian (R1, P6).
-        Not served yet: UNIMPLEMENTED.
+        """Registers a child under 16 through a parent or legal guardian (R1, P6, P7).
+        The guardian first verifies their OWN account on this platform with
+        StartPhoneVerification/ConfirmPhoneVerification or VerifyPersonalId; this
+        call then links the child's account to it. Checks, in order: the fields
+        (FIELD_INVALID), both dates of birth (DATE_OF_BIRTH_INVALID, metadata
+        `field`), the child under 16 today in Asia/Ho_Chi_Minh (CHILD_NOT_UNDER_16),
+        the guardian 18 or over (GUARDIAN_UNDER_18, also when the guardian's
+        personal-ID attestation says 16-17), the guardian's consent
+        (GUARDIAN_CONSENT_REQUIRED) and, for a child of 7 or over, the child's
+        (CHILD_CONSENT_REQUIRED) (Law 91/2025); then the guardian's account has an
+        active, unexpired attestation that is not guardian-managed
+        (GUARDIAN_NOT_VERIFIED), the child has no active link of another guardian
+        (CHILD_ALREADY_LINKED: that link is withdrawn first) and the guardian
+        supervises fewer than the configured maximum of children on this platform
+        (GUARDIAN_CHILD_LIMIT, 5 by default). Success records the link and the
+        consents and returns the child's guardian-managed attestation: method = the
+        guardian's, age band `under_16`, a guardian reference, expiry at most the
+        16th birthday, never commercial livestream (P7). The same guardian linking
+        the same child again renews the link (same link id, a fresh token; the token
+        it replaces is revoked). Every refusal is audited.
         """
 
     @_abc_1.abstractmethod
@@ -220,8 +297,11 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.WithdrawGuardianLinkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.WithdrawGuardianLinkResponse, _abc.Awaitable[_verification_pb2.WithdrawGuardianLinkResponse]]:
-        """Ends a guardian link; the child's attestation is revoked (P6). Not served
-        yet: UNIMPLEMENTED.
+        """Ends a guardian link (the guardian withdraws): the child's attestation is
+        revoked at once (its status-list bit is set; GetAttestation then answers
+        ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
+        an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
+        withdrawn or aged out before.
         """
 
     @_abc_1.abstractmethod
@@ -230,8 +310,12 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.ListAccountsAgingOutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.ListAccountsAgingOutResponse, _abc.Awaitable[_verification_pb2.ListAccountsAgingOutResponse]]:
-        """Lists the platform's guardian-managed accounts that turn 16 within a window.
-        Not served yet: UNIMPLEMENTED.
+        """Lists the platform's children with an active guardian link whose 16th
+        birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
+        so the platform can prompt them to verify in their own name ahead of time.
+        From the birthday, authorization answers AGED_OUT; a periodic sweep then
+        ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
+        account leaves this list.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,414 @@
+"""The compliance audit log end to end: real server, real Redis, the shipped client and CLI
+(issue 6; P9, P10): checkpoints, proofs, export, offline verification, tampering, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from xacthuc import errors, merkle
+from xacthuc.auth import Role
+from xacthuc.checkpoint import Checkpoint, open_note, parse_vkey
+from xacthuc.client import AsyncClient, Client
+
+from .conftest import START, Harness
+
+PHONE = "0912345678"
+IP = "203.0.113.7"
+
+
+async def verify_phone(
+    h: Harness, account: str, phone: str = PHONE, platform: str = "alpha"
+) -> None:
+    """One successful phone verification: four audit records."""
+    client = await h.client(platform)
+    challenge = await client.start_phone_verification(
+        account_id=account, phone_number=phone, client_ip=IP
+    )
+    await client.confirm_phone_verification(
+        challenge_id=challenge.challenge_id,
+        account_id=account,
+        code=h.sms.code_for(challenge.challenge_id),
+    )
+
+
+async def records(auditor: AsyncClient) -> list[str]:
+    """Every stored record of the auditor's platform, as stored, in index order."""
+    raws: list[str] = []
+    token = ""
+    while True:
+        page = await auditor.query_audit_records(page_size=1000, page_token=token)
+        raws += [r.raw for r in page.records]
+        token = page.next_page_token
+        if not token:
+            return raws
+
+
+async def export_to(auditor: AsyncClient, path: Path, to_index: int = 0) -> list[bytes]:
+    data = b"".join([c async for c in auditor.export_audit_records(to_index=to_index)])
+    await asyncio.to_thread(path.write_bytes, data)
+    return data.splitlines(keepends=True)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("XACTHUC_")}
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`xacthuc audit ...` as a subprocess, without blocking the loop the server runs on."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "xacthuc.cli",
+        "audit",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or _env(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def checkpoint_files(auditor: AsyncClient, tmp: Path, name: str = "cp") -> tuple[Path, Path]:
+    cp = await auditor.get_checkpoint()
+    (tmp / name).write_text(cp.signed_note)
+    (tmp / "vkey").write_text(cp.verifier_key + "\n")
+    return tmp / name, tmp / "vkey"
+
+
+async def test_checkpoint_and_inclusion_proof_of_every_record_verify(harness: Harness) -> None:
+    """The checkpoint note opens with the log key; each record's inclusion proof verifies."""
+    await verify_phone(harness, "acc-1")
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    cp = await auditor.get_checkpoint()
+    name, key = parse_vkey(cp.verifier_key)
+    body = Checkpoint.parse(open_note(cp.signed_note, name, key))
+    assert ("xacthuc.invalid/log/alpha", 8, 8, cp.root_hash) == (
+        body.origin,
+        cp.tree_size,
+        body.tree_size,
+        body.root_hash,
+    )
+    stored = (await records(auditor))[:8]
+    for i, raw in enumerate(stored):
+        proof = await auditor.get_inclusion_proof(index=i, tree_size=8)
+        merkle.verify_inclusion(merkle.leaf_hash(raw.encode()), i, 8, proof, cp.root_hash)
+
+
+async def test_consistency_proof_between_two_checkpoints_verifies(harness: Harness) -> None:
+    """A later checkpoint extends the earlier one; none is re-signed within T seconds."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    first = await auditor.get_checkpoint()
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    assert first == await auditor.get_checkpoint()
+    harness.clock.advance(61)
+    second = await auditor.get_checkpoint()
+    # 4 records of acc-1, 1 of the first GetCheckpoint, 4 of acc-2, 1 of the second.
+    assert (4, 10) == (first.tree_size, second.tree_size)
+    proof = await auditor.get_consistency_proof(from_size=4, to_size=10)
+    merkle.verify_consistency(4, 10, proof, first.root_hash, second.root_hash)
+
+
+async def test_export_verifies_offline_with_the_cli(harness: Harness, tmp_path: Path) -> None:
+    """`xacthuc audit verify` accepts a fresh export against the newer and an older checkpoint."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    older, vkey = await checkpoint_files(auditor, tmp_path, "older")
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    harness.clock.advance(61)
+    newer, _ = await checkpoint_files(auditor, tmp_path, "newer")
+    await export_to(auditor, tmp_path / "log.jsonl")
+    code, out, err = await cli(
+        "verify",
+        str(tmp_path / "log.jsonl"),
+        "--checkpoint",
+        str(newer),
+        "--key",
+        str(vkey),
+        "--older-checkpoint",
+        str(older),
+    )
+    assert (0, "") == (code, err)
+    assert "OK: xacthuc.invalid/log/alpha: records 0..8 match the checkpoint" == out.split(" (")[0]
+    assert "older checkpoint of tree size 4: consistent with tree size 9" in out
+
+
+def _changed_byte(lines: list[bytes]) -> list[bytes]:
+    lines[3] = lines[3].replace(b'\\"account\\":\\"acc-1\\"', b'\\"account\\":\\"acc-7\\"', 1)
+    return lines
+
+
+def _removed(lines: list[bytes]) -> list[bytes]:
+    del lines[3]
+    return lines
+
+
+def _swapped(lines: list[bytes]) -> list[bytes]:
+    lines[3], lines[4] = lines[4], lines[3]
+    return lines
+
+
+def _truncated(lines: list[bytes]) -> list[bytes]:
+    return lines[:3]
+
+
+@pytest.mark.parametrize("tamper", [_changed_byte, _removed, _swapped, _truncated])
+async def test_tampered_export_fails_naming_the_first_bad_record(
+    harness: Harness, tmp_path: Path, tamper
+) -> None:  # type: ignore[no-untyped-def]
+    """A changed byte, a removed record, a swapped pair or a truncation: exit 1, index 3."""
+    await verify_phone(harness, "acc-1")
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    cp, vkey = await checkpoint_files(auditor, tmp_path)
+    lines = await export_to(auditor, tmp_path / "log.jsonl")
+    tampered = tamper(list(lines))
+    assert lines != tampered
+    (tmp_path / "bad.jsonl").write_bytes(b"".join(tampered))
+    code, out, _ = await cli(
+        "verify", str(tmp_path / "bad.jsonl"), "--checkpoint", str(cp), "--key", str(vkey)
+    )
+    found = re.search(r"first bad record index (\d+)", out)
+    assert (1, "3") == (code, found.group(1) if found else out)
+
+
+async def test_cli_fetches_the_checkpoint_and_export_it_verifies(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """`audit checkpoint` and `audit export` (auditor key from the environment) then `verify`."""
+    await verify_phone(harness, "acc-1")
+    env = _env() | {"XACTHUC_API_KEY": harness.keys[("alpha", Role.AUDITOR)]}
+    target = ("--target", harness.target)
+    fetched = [
+        await cli("checkpoint", *target, "--out", str(tmp_path / "cp"), env=env),
+        await cli("export", *target, "--out", str(tmp_path / "log.jsonl"), env=env),
+    ]
+    assert [0, 0] == [code for code, _, _ in fetched]
+    vkey = re.search(r"verifier key as (\S+)", fetched[0][2])
+    assert vkey is not None
+    (tmp_path / "vkey").write_text(vkey.group(1))
+    code, out, _ = await cli(
+        "verify",
+        str(tmp_path / "log.jsonl"),
+        "--checkpoint",
+        str(tmp_path / "cp"),
+        "--key",
+        str(tmp_path / "vkey"),
+    )
+    assert (0, True) == (code, out.startswith("OK: xacthuc.invalid/log/alpha: records 0..3 match"))
+    assert "records 4..4 are in the export but not covered by this checkpoint" in out
+
+
+async def test_platform_keys_may_not_call_audit_rpcs(harness: Harness) -> None:
+    """Every audit RPC refuses a platform key with ROLE_NOT_ALLOWED, the export stream too."""
+    platform = await harness.client("alpha", Role.PLATFORM)
+    calls = [
+        platform.get_checkpoint(),
+        platform.get_inclusion_proof(index=0, tree_size=1),
+        platform.get_consistency_proof(from_size=1, to_size=1),
+        platform.get_report(),
+        platform.query_audit_records(),
+    ]
+    refused = []
+    for call in calls:
+        with pytest.raises(errors.RoleNotAllowed) as e:
+            await call
+        refused.append(e.value.reason)
+    with pytest.raises(errors.RoleNotAllowed) as e:
+        [c async for c in platform.export_audit_records()]
+    refused.append(e.value.reason)
+    assert ["ROLE_NOT_ALLOWED"] * 6 == refused
+
+
+async def test_beta_auditor_never_sees_alpha_records(harness: Harness) -> None:
+    """Another platform's auditor gets only its own log: export, checkpoint and proofs."""
+    await verify_phone(harness, "acc-1")
+    await verify_phone(harness, "acc-1", platform="beta")
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    beta = await harness.client("beta", Role.AUDITOR)
+    cp = await beta.get_checkpoint()
+    exported = b"".join([c async for c in beta.export_audit_records()]).splitlines()
+    platforms = {json.loads(json.loads(line)["record"])["platform"] for line in exported}
+    assert ({"beta"}, 4, "xacthuc.invalid/log/beta") == (
+        platforms,
+        cp.tree_size,
+        Checkpoint.parse(cp.signed_note.split("\n\n")[0] + "\n").origin,
+    )
+    with pytest.raises(errors.FieldInvalid) as e:
+        await beta.get_inclusion_proof(index=0, tree_size=8)
+    assert "tree_size" == e.value.metadata["field"]
+
+
+async def test_every_auditor_call_is_audited(harness: Harness) -> None:
+    """Each audit RPC, served or refused, leaves an `auditor_*` record with the caller's key id."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    await auditor.get_checkpoint()
+    await auditor.get_inclusion_proof(index=1, tree_size=4)
+    await auditor.get_consistency_proof(from_size=2, to_size=4)
+    with pytest.raises(errors.FieldInvalid):
+        await auditor.get_inclusion_proof(index=4, tree_size=4)
+    await auditor.get_report()
+    [c async for c in auditor.export_audit_records()]
+    await auditor.query_audit_records(event="check_ok")
+    mine = [json.loads(r) for r in (await records(auditor))[4:]]
+    key_id = harness.keys[("alpha", Role.AUDITOR)].split("_")[1]
+    assert [
+        ("auditor_get_checkpoint", "ok", ""),
+        ("auditor_get_inclusion_proof", "ok", ""),
+        ("auditor_get_consistency_proof", "ok", ""),
+        ("auditor_get_inclusion_proof", "refused", "FIELD_INVALID"),
+        ("auditor_get_report", "ok", ""),
+        ("auditor_export_audit_records", "ok", ""),
+        ("auditor_query_audit_records", "ok", ""),
+    ] == [(r["event"], r["outcome"], r["reason"]) for r in mine]
+    assert {key_id} == {r["key_id"] for r in mine}
+    assert {""} == {r["account"] for r in mine}
+    assert (4, 4, "check_ok", 1) == (
+        mine[3]["index"],
+        mine[3]["tree_size"],
+        mine[6]["query_event"],
+        mine[6]["returned"],
+    )
+
+
+async def test_leaves_hold_pseudonyms_only(harness: Harness) -> None:
+    """No raw phone number, client IP or code appears in any exported leaf (P9)."""
+    await verify_phone(harness, "acc-1")
+    codes = [harness.sms.code_for(m.message_id) for m in harness.sms.messages]
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    exported = b"".join([c async for c in auditor.export_audit_records()]).decode()
+    phones = {
+        json.loads(json.loads(line)["record"]).get("phone") for line in exported.splitlines()
+    } - {None}
+    assert [] == [s for s in ("912345678", "0912345678", IP, *codes) if s in exported]
+    assert 1 == len(phones)
+    assert [True] == [p.startswith("ph_") for p in phones]
+
+
+async def test_report_counts_match_the_log_and_the_offline_report(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """GetReport counts attestations by method, lockouts and events; the CLI agrees offline."""
+    await verify_phone(harness, "acc-1")
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    client = await harness.client()
+    for round_ in range(2):  # 10 wrong codes over two challenges lock the number (P2)
+        if round_:
+            harness.clock.advance(61)
+        ch = await client.start_phone_verification(
+            account_id="acc-3", phone_number="0911111111", client_ip=IP
+        )
+        wrong = f"{(int(harness.sms.code_for(ch.challenge_id)) + 1) % 1_000_000:06d}"
+        for _ in range(5):
+            with pytest.raises(errors.XacthucError):
+                await client.confirm_phone_verification(
+                    challenge_id=ch.challenge_id, account_id="acc-3", code=wrong
+                )
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    since = datetime.fromtimestamp(START, UTC)
+    until = datetime.fromtimestamp(START + 3600, UTC)
+    counts = await auditor.get_report(from_time=since, to_time=until)
+    assert {
+        "attestations": 2,
+        "commercial_livestream": 0,
+        "event:attestation_issued": 2,
+        "event:check_failed": 10,
+        "event:check_ok": 2,
+        "event:code_sent": 4,
+        "event:phone_locked": 1,
+        "event:verification_started": 4,
+        "guardian_managed": 0,
+        "lockouts": 1,
+        "method:phone_otp": 2,
+        "outcome:failed": 10,
+        "outcome:locked": 1,
+        "outcome:ok": 12,
+        "records": 23,
+    } == counts
+    before = await auditor.get_report(
+        from_time=datetime.fromtimestamp(START - 60, UTC), to_time=since
+    )
+    assert (
+        dict.fromkeys(
+            ("attestations", "commercial_livestream", "guardian_managed", "lockouts", "records"), 0
+        )
+        == before
+    )
+    await export_to(auditor, tmp_path / "log.jsonl", to_index=23)
+    code, out, _ = await cli(
+        "report",
+        str(tmp_path / "log.jsonl"),
+        "--from",
+        since.isoformat(),
+        "--to",
+        until.isoformat(),
+    )
+    assert (0, counts) == (code, json.loads(out)["counts"])
+
+
+async def test_bad_sizes_and_ranges_name_the_field(harness: Harness) -> None:
+    """Out-of-range sizes, indexes and times are FIELD_INVALID naming the field."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    t = datetime.fromtimestamp(START, UTC)
+    calls = [
+        auditor.get_inclusion_proof(index=4, tree_size=4),
+        auditor.get_inclusion_proof(index=0, tree_size=0),
+        auditor.get_inclusion_proof(index=0, tree_size=99),
+        auditor.get_consistency_proof(from_size=0, to_size=2),
+        auditor.get_consistency_proof(from_size=3, to_size=2),
+        auditor.get_consistency_proof(from_size=1, to_size=99),
+        auditor.get_report(from_time=t, to_time=t),
+    ]
+    fields = []
+    for call in calls:
+        with pytest.raises(errors.FieldInvalid) as e:
+            await call
+        fields.append(e.value.metadata["field"])
+    for kwargs in ({"to_index": 999}, {"from_index": 5, "to_index": 2}):
+        with pytest.raises(errors.FieldInvalid) as e:
+            [c async for c in auditor.export_audit_records(**kwargs)]
+        fields.append(e.value.metadata["field"])
+    assert [
+        "index",
+        "tree_size",
+        "tree_size",
+        "from_size",
+        "to_size",
+        "to_size",
+        "to_time",
+        "to_index",
+        "from_index",
+    ] == fields
+
+
+async def test_blocking_client_speaks_the_audit_api(harness: Harness) -> None:
+    """The sync Client fetches a checkpoint, proofs, a report and the export like AsyncClient."""
+    await verify_phone(harness, "acc-1")
+    key = harness.keys[("alpha", Role.AUDITOR)]
+
+    def flow() -> tuple[int, int, int, int]:
+        with Client.connect(harness.target, api_key=key) as c:
+            cp = c.get_checkpoint()
+            proof = c.get_inclusion_proof(index=0, tree_size=cp.tree_size)
+            consistency = c.get_consistency_proof(from_size=1, to_size=cp.tree_size)
+            lines = b"".join(c.export_audit_records(to_index=cp.tree_size)).splitlines()
+            first = json.loads(lines[0])["record"]
+            merkle.verify_inclusion(
+                merkle.leaf_hash(first.encode()), 0, cp.tree_size, proof, cp.root_hash
+            )
+            return cp.tree_size, len(consistency), len(lines), c.get_report()["attestations"]
+
+    assert (4, 2, 4, 1) == await asyncio.to_thread(flow)

@@ -1,0 +1,210 @@
+"""Guardian linking in Python (issue 4): the reference, the child's token claims, page tokens, and
+the aging-out sweeper, over the in-memory store with a fixed clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+
+import pytest
+
+from xacthuc.clock import FixedClock
+from xacthuc.errors import FieldInvalid
+from xacthuc.guardian import AgeOutSweeper
+from xacthuc.store.base import (
+    AttestationRecord,
+    CodeCheck,
+    Limits,
+    NewChallenge,
+    PendingAttestation,
+)
+from xacthuc.store.memory import MemoryStore
+from xacthuc.tokens import SigningKey, TokenSigner
+from xacthuc.verifiers.age import start_of_day, turns_at
+from xacthuc.verifiers.guardian_flow import GuardianLinker, Relationship, guardian_ref
+
+NOW = start_of_day(dt.date(2027, 1, 15)) + 12 * 3600
+LIMITS = Limits(max_children_per_guardian=10)
+
+
+async def verified_guardian(
+    store: MemoryStore, platform: str = "alpha", account: str = "mum"
+) -> None:
+    await store.start_challenge(
+        NewChallenge(
+            platform, f"ch-{account}", account, "ph_" + "1" * 32, "ip_x", "m", "", NOW, NOW + 300
+        ),
+        LIMITS,
+    )
+    await store.confirm_sent(platform, f"ch-{account}", NOW)
+    await store.check_code(
+        CodeCheck(
+            platform,
+            f"ch-{account}",
+            account,
+            ("m",),
+            NOW,
+            PendingAttestation(f"tok-{account}", NOW, NOW + 86_400, "phone_otp"),
+        ),
+        LIMITS,
+    )
+
+
+def linker(store: MemoryStore, clock: FixedClock, ttl: int = 86_400) -> GuardianLinker:
+    return GuardianLinker(store=store, clock=clock, limits=LIMITS, token_ttl_seconds=ttl)
+
+
+async def link(g: GuardianLinker, child: str, born: dt.date, platform: str = "alpha"):
+    return await g.link(
+        platform=platform,
+        child_account_id=child,
+        child_date_of_birth=born,
+        guardian_account_id="mum",
+        guardian_date_of_birth=dt.date(1980, 1, 1),
+        relationship=Relationship.PARENT,
+        guardian_consent=True,
+        child_consent=True,
+    )
+
+
+def test_the_guardian_reference_is_platform_scoped() -> None:
+    """g_ + 16 hex; the same guardian differs between platforms; no input shows through."""
+    a, b = guardian_ref("alpha", "ph_abc"), guardian_ref("beta", "ph_abc")
+    assert re.fullmatch(r"g_[0-9a-f]{16}", a)
+    assert a != b
+    assert a == guardian_ref("alpha", "ph_abc")
+    assert "abc" not in a
+
+
+def _record(**kw: object) -> AttestationRecord:
+    base: dict = dict(
+        account_id="kid",
+        method="phone_otp",
+        token_id="t",
+        verified_at=NOW,
+        issued_at=NOW,
+        expires_at=NOW + 100,
+    )
+    return AttestationRecord(**{**base, **kw})
+
+
+def test_token_claims_of_a_child_and_the_status_reference() -> None:
+    """age_band when known, guardian_ref for a child, exp_reason when exp is the birthday; the
+    status claim only when the signer has a status list and the record an index."""
+    key = SigningKey.generate()
+    plain = TokenSigner(key, issuer="x")
+    adult = plain.claims("alpha", _record(age_band="adult", status_idx=3))
+    assert ("adult", None, None, None) == (
+        adult["age_band"],
+        adult.get("guardian_ref"),
+        adult.get("exp_reason"),
+        adult.get("status"),
+    )
+    phone = plain.claims("alpha", _record())
+    assert [] == [c for c in ("age_band", "guardian_ref", "exp_reason") if c in phone]
+
+    with_list = TokenSigner(
+        key, issuer="x", status_list=lambda p, i: {"idx": i, "uri": f"https://x/{p}/0"}
+    )
+    child = _record(
+        guardian_managed=True,
+        age_band="under_16",
+        guardian_ref="g_1",
+        aged_out_at=NOW + 100,
+        status_idx=7,
+    )
+    claims = with_list.claims("alpha", child)
+    assert (
+        "under_16",
+        "g_1",
+        "age_16",
+        {"status_list": {"idx": 7, "uri": "https://x/alpha/0"}},
+    ) == (
+        claims["age_band"],
+        claims["guardian_ref"],
+        claims["exp_reason"],
+        claims["status"],
+    )
+    assert "exp_reason" not in with_list.claims(
+        "alpha", _record(guardian_managed=True, aged_out_at=NOW + 101, guardian_ref="g_1")
+    )
+    assert "status" not in with_list.claims("alpha", _record(status_idx=-1))
+
+
+async def test_page_tokens_continue_only_their_own_window() -> None:
+    store, clock = MemoryStore(), FixedClock(NOW)
+    await verified_guardian(store)
+    g = linker(store, clock)
+    for n in range(5):
+        await link(g, f"kid-{n}", dt.date(2012, 1, 1 + n))
+    frm, to = turns_at(dt.date(2012, 1, 1), 16), turns_at(dt.date(2012, 1, 6), 16)
+
+    first = await g.aging_out(
+        platform="alpha", from_time=frm, to_time=to, page_size=3, page_token=""
+    )
+    rest = await g.aging_out(
+        platform="alpha", from_time=frm, to_time=to, page_size=3, page_token=first.next_page_token
+    )
+
+    assert (["kid-0", "kid-1", "kid-2"], ["kid-3", "kid-4"], "") == (
+        first.account_ids,
+        rest.account_ids,
+        rest.next_page_token,
+    )
+    for token, window in (
+        (first.next_page_token, (frm, to + 1)),
+        ("bm90IGpzb24", (frm, to)),
+        ("W10", (frm, to)),  # "[]"
+        ("é", (frm, to)),
+    ):
+        with pytest.raises(FieldInvalid):
+            await g.aging_out(
+                platform="alpha",
+                from_time=window[0],
+                to_time=window[1],
+                page_size=3,
+                page_token=token,
+            )
+    default = await g.aging_out(
+        platform="alpha", from_time=frm, to_time=to, page_size=0, page_token=""
+    )
+    assert 5 == len(default.account_ids)
+    for bad in ((None, to), (frm, None)):
+        with pytest.raises(FieldInvalid):
+            await g.aging_out(
+                platform="alpha", from_time=bad[0], to_time=bad[1], page_size=1, page_token=""
+            )
+
+
+async def test_the_sweeper_ends_every_aged_out_link_in_batches_on_every_platform() -> None:
+    store, clock = MemoryStore(), FixedClock(NOW)
+    for platform in ("alpha", "beta"):
+        await verified_guardian(store, platform)
+    g = linker(store, clock)
+    for n in range(5):
+        await link(g, f"kid-{n}", dt.date(2011, 2, 1 + n))
+    await link(g, "kid-b", dt.date(2011, 2, 1), "beta")
+    await link(g, "kid-later", dt.date(2012, 2, 1))
+    sweeper = AgeOutSweeper(store, clock, lambda: {"alpha", "beta", "gamma"}, batch=2)
+
+    assert 0 == await sweeper.run_once()
+    assert 6 == await sweeper.run_once(turns_at(dt.date(2011, 2, 5), 16))
+    assert 0 == await sweeper.run_once(turns_at(dt.date(2011, 2, 5), 16))
+    assert ["kid-later"] == [e.account_id for e in await store.list_aging_out("alpha", 0, 1e12, 10)]
+
+
+async def test_the_sweeper_runs_in_the_background_until_stopped() -> None:
+    store, clock = MemoryStore(), FixedClock(NOW)
+    await verified_guardian(store)
+    await link(linker(store, clock), "kid-1", dt.date(2011, 2, 1))
+    clock.set(turns_at(dt.date(2011, 2, 1), 16))
+    sweeper = AgeOutSweeper(store, clock, lambda: ["alpha"], interval_seconds=0.01)
+    sweeper.start()
+    for _ in range(200):
+        if not await store.list_aging_out("alpha", 0, 1e12, 10):
+            break
+        await asyncio.sleep(0.01)
+    await sweeper.stop()
+    await sweeper.stop()  # idempotent
+    assert "aged_out" == (await store.get_attestation("alpha", "kid-1")).status  # type: ignore[union-attr]
