@@ -31,7 +31,9 @@ The namespace and platform must not contain `{` or `}`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from functools import cache
@@ -40,7 +42,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
-from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -151,9 +153,52 @@ def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
+@cache
+def _limits_json(limits: Limits) -> RawJson:
+    """Limits never change while the service runs: encode them once, not on every call
+    (dataclasses.asdict alone cost ~0.1 ms per call, measured)."""
+    return RawJson(json.dumps(asdict(limits), separators=(",", ":")))
+
+
+class RawJson(str):
+    """JSON text spliced into the parameters as it is."""
+
+
+def _encode_params(params: dict[str, Any]) -> str:
+    """One JSON object; RawJson values are inserted verbatim (already encoded)."""
+    raw = {k: v for k, v in params.items() if isinstance(v, RawJson)}
+    if not raw:
+        return json.dumps(params, ensure_ascii=False, separators=(",", ":"))
+    rest = {k: v for k, v in params.items() if not isinstance(v, RawJson)}
+    body = json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+    extra = ",".join(f"{json.dumps(k)}:{v}" for k, v in raw.items())
+    return body[:-1] + ("," if rest else "") + extra + "}"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.:@+-]*")
+
+
 def _j(value: str) -> str:
-    """A string as JSON text, exactly as `audit_record()` writes it (ASCII, escaped)."""
-    return json.dumps(value)
+    """A string as JSON text, exactly as `audit_record()` writes it (ASCII, escaped).
+    Ids and pseudonyms need no escaping: they skip the encoder (measurably, on every call)."""
+    return f'"{value}"' if _PLAIN.fullmatch(value) else json.dumps(value)
+
+
+class _Script:
+    """A Lua script run by EVALSHA, loaded again after a NOSCRIPT reply (a restarted or
+    failed-over Redis forgets scripts). redis-py's Script object does the same with more
+    bookkeeping per call; this path was measurably cheaper on the hot RPCs."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324  (Redis names scripts by SHA-1)
+
+    async def run(self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[str]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _time(value: float) -> str:
@@ -223,7 +268,7 @@ class RedisStore:
             client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
         )
         self._namespace = namespace
-        self._scripts = {name: self._redis.register_script(_lua(name)) for name in _SCRIPTS}
+        self._scripts = {name: _Script(_lua(name)) for name in _SCRIPTS}
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "xacthuc") -> RedisStore:
@@ -243,9 +288,9 @@ class RedisStore:
 
     async def _run(self, name: str, keys: Sequence[str], params: dict[str, Any]) -> list[str]:
         """One EVALSHA; a refusal becomes its exception, a lost connection StoreUnavailable."""
-        args = [json.dumps(params, ensure_ascii=False, separators=(",", ":"))]
+        args = [_encode_params(params)]
         try:
-            reply = await self._scripts[name](keys=list(keys), args=args)
+            reply = await self._scripts[name].run(self._redis, keys, args)
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
         reply = [_text(part) for part in reply]
@@ -267,7 +312,7 @@ class RedisStore:
         if new.idempotency_key:
             keys.append(f"{pre}idem:{new.idempotency_key}")
         params = self._common(new.platform, new.now) | {
-            "limits": asdict(limits),
+            "limits": _limits_json(limits),
             "challenge_id": new.challenge_id,
             "challenge_j": _j(new.challenge_id),
             "account": new.account_id,
@@ -320,7 +365,7 @@ class RedisStore:
         pre = self._prefix(check.platform)
         keys = [f"{pre}ch:{check.challenge_id}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
         params = self._common(check.platform, check.now) | {
-            "limits": asdict(limits),
+            "limits": _limits_json(limits),
             "challenge_j": _j(check.challenge_id),
             "account": check.account_id,
             "account_j": _j(check.account_id),
@@ -343,7 +388,7 @@ class RedisStore:
 
     def _id_params(self, attempt: IdAttempt, limits: Limits) -> dict[str, Any]:
         return self._common(attempt.platform, attempt.now) | {
-            "limits": asdict(limits),
+            "limits": _limits_json(limits),
             "account": attempt.account_id,
             "account_j": _j(attempt.account_id),
             "attempt_id": attempt.attempt_id,
@@ -417,7 +462,7 @@ class RedisStore:
             f"{pre}link:{link.link_id}",
         ]
         params = self._common(link.platform, link.now) | {
-            "limits": asdict(limits),
+            "limits": _limits_json(limits),
             "link_id": link.link_id,
             "link_j": _j(link.link_id),
             "account": link.child_account_id,
