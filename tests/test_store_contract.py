@@ -996,3 +996,17 @@ async def test_random_histories_agree_with_memory(
                 )
     finally:
         await redis_store.aclose()
+
+
+async def test_memory_store_forgets_challenges_after_retention() -> None:
+    """The embedded store does not grow without bound: old challenges and their keys go."""
+    store = MemoryStore()
+    await store.start_challenge(new("old", key="k-old"), LIMITS)
+    later = NOW + TTL + LIMITS.challenge_retention_seconds + 1
+    for n in range(MemoryStore._PURGE_EVERY):
+        await store.start_challenge(
+            new(f"c{n}", now=later + n * 61, phone=phone_n(n), client=client_n(n % 200)),
+            Limits(sends_per_client_ip_hour=10_000),
+        )
+    platform = store._platforms[PLATFORM]
+    assert (False, False) == ("old" in platform.challenges, "k-old" in platform.idempotency)

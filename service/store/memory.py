@@ -154,8 +154,23 @@ def _recent(entries: list[tuple[float, str]], now: float, window: float) -> list
 
 
 class MemoryStore:
+    # Every this many starts, forget challenges past their retention, as Redis expiry does.
+    _PURGE_EVERY = 1024
+
     def __init__(self) -> None:
         self._platforms: dict[str, _Platform] = defaultdict(_Platform)
+        self._starts = 0
+
+    def _purge(self, p: _Platform, now: float, limits: Limits) -> None:
+        gone = [
+            cid
+            for cid, ch in p.challenges.items()
+            if now >= ch.expires_at + limits.challenge_retention_seconds
+        ]
+        for cid in gone:
+            ch = p.challenges.pop(cid)
+            if ch.idempotency_key and p.idempotency.get(ch.idempotency_key) == cid:
+                del p.idempotency[ch.idempotency_key]
 
     def _audit(self, p: _Platform, platform: str, now: float, **fields: str | int) -> None:
         p.audit.append(audit_record(seq=len(p.audit), now=now, platform=platform, **fields))  # type: ignore[arg-type]
@@ -163,6 +178,9 @@ class MemoryStore:
     async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
         p = self._platforms[new.platform]
         now = new.now
+        self._starts += 1
+        if self._starts % self._PURGE_EVERY == 0:
+            self._purge(p, now, limits)
         if new.idempotency_key and new.idempotency_key in p.idempotency:
             existing = p.challenges.get(p.idempotency[new.idempotency_key])
             if existing is not None and existing.expires_at > now:
@@ -590,8 +608,11 @@ class MemoryStore:
 
     @staticmethod
     def _next_status_idx(p: _Platform) -> int:
+        """The next index; the bitmap grows to cover it (a zero bit), as SETBIT does."""
         idx = p.status_next
         p.status_next += 1
+        if len(p.status_bits) <= idx // 8:
+            p.status_bits.extend(bytes(idx // 8 + 1 - len(p.status_bits)))
         return idx
 
     @staticmethod
