@@ -39,6 +39,17 @@ what the client library itself costs.
 Echo is timed first and again last; the better of the two is the yardstick, so that a burst
 of unrelated load during one of them does not flatter every ratio.
 
+Authorize is measured after confirm, on the accounts the confirm phases verified (each call
+asks for "post" on the next of them, round robin): one Redis read (HGETALL) and the decision
+table, as a platform calls it before every post.
+
+Offline verification is measured in this process, after the timed RPCs (the servers idle):
+the SDK's `AttestationVerifier.verify` on a real attestation token the server signed, against
+the raw Ed25519 `verify` (`cryptography`) of that same token's signature over the same
+signing input, in alternating rounds; each side's best round counts. The ratio is the share
+of the bare signature check the SDK keeps (header, claims, audience, expiry checks and
+JSON decoding included).
+
 Confirm is measured alone: every confirm consumes a challenge made beforehand by a start
 (first those of the start phase, then more made, untimed, before the timed confirm phase,
 as many as the confirm warm-up rate says are needed). Should they still run out, the phase
@@ -62,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import itertools
@@ -80,6 +92,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from loadgen import CpuMeter, Exhausted, Op, PhaseResult, closed_loop
 from redis.exceptions import RedisError
 from redis_probe import (
@@ -93,7 +106,7 @@ from redis_probe import (
 from sms_gateway import SmsGateway
 
 from xacthuc.auth import Role, new_key
-from xacthuc.client import AsyncClient
+from xacthuc.client import AsyncClient, AttestationVerifier
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 
 SERVERS = Path(__file__).resolve().parent / "servers.py"
@@ -104,9 +117,13 @@ WORKERS_PER_CHANNEL = 8
 CALL_TIMEOUT = 5.0
 MONITOR_CALLS = 1000  # RPCs per kind in the MONITOR round-trip check
 ECHO, START, CONFIRM, JWKS = "Echo", "StartPhoneVerification", "ConfirmPhoneVerification", "GetJwks"
+AUTHORIZE = "Authorize"
 ECHO_AGAIN = "Echo (again, at the end)"
 RAW_CONFIRM = "ConfirmPhoneVerification (raw stub)"
 GOAL_CONFIRM_RATIO = 0.60
+GOAL_AUTHORIZE_RATIO = 0.70
+GOAL_OFFLINE_RATIO = 0.80
+OFFLINE_ROUNDS = 6  # alternating SDK / raw rounds of the offline verification measurement
 OTHER_LOAD_WARN = 15  # % of one core used by unrelated processes before the report warns
 
 # Settings overrides of the xacthuc server (besides store, namespace and SMS gateway).
@@ -120,6 +137,10 @@ SERVER_SETTINGS: dict[str, Any] = {
     "sends_per_platform_hour": 100_000_000,
     "sends_per_client_ip_hour": 1_000_000,
 }
+
+
+def base64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class BenchError(Exception):
@@ -221,6 +242,10 @@ class Benchmark:
         self.clients: list[AsyncClient] = []
         self.raw_stubs: list[verification_pb2_grpc.VerificationServiceStub] = []
         self.challenges: deque[tuple[str, str, str]] = deque()  # (challenge id, account, code)
+        self.verified: list[str] = []  # accounts the confirm phases verified, for Authorize
+        self.sample_token = ""  # one attestation token, for the offline measurement
+        self._authorize_turn = itertools.count()
+        self.offline: dict[str, float] | None = None
         self._serial = itertools.count()
         self.rows: dict[str, Row] = {}
         self.check_failures: list[str] = []
@@ -316,8 +341,16 @@ class Benchmark:
 
     async def op_confirm(self, worker: int) -> None:
         challenge_id, account, code = self._next_challenge()
-        await self._client(worker).confirm_phone_verification(
+        attestation = await self._client(worker).confirm_phone_verification(
             challenge_id=challenge_id, account_id=account, code=code)
+        self.verified.append(account)
+        self.sample_token = attestation.token
+
+    async def op_authorize(self, worker: int) -> None:
+        account = self.verified[next(self._authorize_turn) % len(self.verified)]
+        decision = await self._client(worker).authorize(account_id=account, action="post")
+        if not decision.allowed:  # every account here was verified moments ago
+            raise BenchError(f"Authorize refused a verified account: {decision}")
 
     async def op_confirm_raw(self, worker: int) -> None:
         challenge_id, account, code = self._next_challenge()
@@ -385,7 +418,8 @@ class Benchmark:
         assert self.probe is not None
         log(f"Redis round-trip check under MONITOR ({MONITOR_CALLS} calls each, untimed)")
         self.challenges.clear()  # confirm the challenges made under MONITOR, nothing older
-        for name, op in ((START, self.op_start), (CONFIRM, self.op_confirm), (JWKS, self.op_jwks)):
+        for name, op in ((START, self.op_start), (CONFIRM, self.op_confirm), (JWKS, self.op_jwks),
+                         (AUTHORIZE, self.op_authorize)):
             outcome: list[PhaseResult] = []
 
             async def work(op: Op = op, outcome: list[PhaseResult] = outcome) -> int:
@@ -414,11 +448,55 @@ class Benchmark:
         if self.args.raw_stub:
             log(f"phase: {RAW_CONFIRM}")
             await self.confirm_phase(RAW_CONFIRM, self.op_confirm_raw)
+        if not self.verified:
+            raise BenchError("no account was verified by the confirm phase: nothing to authorize")
+        log(f"phase: {AUTHORIZE} (on the {len(self.verified)} accounts the confirm phase verified)")
+        await self.warm_up(AUTHORIZE, self.op_authorize)
+        await self.timed(AUTHORIZE, self.op_authorize, self.server)
         log(f"phase: {ECHO_AGAIN}")
         await self.warm_up(ECHO, self.op_echo)
         await self.timed(ECHO_AGAIN, self.op_echo, self.echo)
         if self.probe is not None:
             await self.round_trip_check()
+        log("offline verification in the driver: SDK AttestationVerifier vs raw Ed25519 verify")
+        self.offline = await self.measure_offline()
+        log(f"  SDK {self.offline['sdk_per_s']:,.0f}/s, raw {self.offline['raw_per_s']:,.0f}/s, "
+            f"ratio {self.offline['ratio']:.3f}")
+
+    async def measure_offline(self) -> dict[str, float]:
+        """Verifications per second of one real token: the SDK's whole check, and the bare
+        Ed25519 check of the same signature, in alternating rounds (best of each)."""
+        token = self.sample_token
+        jwks = json.loads(await self.clients[0].get_jwks())
+        head, payload, signature = token.split(".")
+        kid = json.loads(base64url(head))["kid"]
+        public = Ed25519PublicKey.from_public_bytes(
+            base64url(next(k["x"] for k in jwks["keys"] if k["kid"] == kid)))
+        signing_input, raw_signature = f"{head}.{payload}".encode(), base64url(signature)
+        claims = json.loads(base64url(payload))
+        verifier = AttestationVerifier(jwks, issuer=claims["iss"], audience=claims["aud"])
+        now = float(claims["iat"])
+        verifier.verify(token, now=now)  # fails loudly here, not in the loop
+        public.verify(raw_signature, signing_input)
+        seconds = max(0.2, min(2.0, self.args.duration / 4)) / OFFLINE_ROUNDS * 2
+
+        def rate(fn: Any) -> float:
+            count, began = 0, time.perf_counter()
+            deadline = began + seconds
+            while True:
+                for _ in range(200):
+                    fn()
+                count += 200
+                if time.perf_counter() >= deadline:
+                    return count / (time.perf_counter() - began)
+
+        sdk, raw = 0.0, 0.0
+        for _ in range(OFFLINE_ROUNDS // 2):
+            sdk = max(sdk, rate(lambda: verifier.verify(token, now=now)))
+            raw = max(raw, rate(lambda: public.verify(raw_signature, signing_input)))
+            await asyncio.sleep(0)
+        return {"sdk_per_s": round(sdk, 1), "raw_per_s": round(raw, 1),
+                "ratio": round(sdk / raw, 3) if raw else 0.0}
 
     def yardstick(self) -> Row:
         """The better of the two echo runs: the ceiling, least disturbed by anything else."""
@@ -518,14 +596,25 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         rt = confirm.round_trips.per_call()
         goal += (f"; one Redis round trip per confirm: {'PASS' if round(rt, 2) <= 1.0 else 'FAIL'} "
                  f"({rt:.2f})")
+    authorize = bench.rows[AUTHORIZE].result.rps / echo.rps if echo.rps else 0.0
+    goal += (f"; authorize rps >= {GOAL_AUTHORIZE_RATIO:.0%} of echo: "
+             f"{'PASS' if authorize >= GOAL_AUTHORIZE_RATIO else 'FAIL'} ({authorize:.1%})")
+    if bench.offline is not None:
+        offline = bench.offline["ratio"]
+        goal += (f"; offline verify >= {GOAL_OFFLINE_RATIO:.0%} of raw Ed25519: "
+                 f"{'PASS' if offline >= GOAL_OFFLINE_RATIO else 'FAIL'} ({offline:.1%})")
     lines.append(goal)
+    if bench.offline is not None:
+        lines.insert(-1, f"offline:  SDK AttestationVerifier.verify {bench.offline['sdk_per_s']:,.0f}/s, "
+                         f"raw Ed25519 verify {bench.offline['raw_per_s']:,.0f}/s of the same "
+                         f"signature (driver process, best of {OFFLINE_ROUNDS // 2} rounds each)")
 
     summary: dict[str, Any] = {
         "echo": {"rps": _round(echo.rps, 1), "p50_ms": _round(echo.percentile_ms(50), 3),
                  "p99_ms": _round(echo.percentile_ms(99), 3)},
         "rpcs": {},
     }
-    for name in (START, CONFIRM, JWKS):
+    for name in (START, CONFIRM, JWKS, AUTHORIZE):
         row = bench.rows[name]
         r = row.result
         summary["rpcs"][name] = {
@@ -537,6 +626,8 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             "redis_commands_per_call": _round(row.round_trips.per_call(), 2) if row.round_trips else None,
             "redis_script_calls_per_call_timed": _round(row.script_calls_per_call, 2),
         }
+    if bench.offline is not None:
+        summary["offline_verify"] = dict(bench.offline)
     return "\n".join(lines), summary
 
 

@@ -12,7 +12,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
-from xacthuc.errors import XacthucError, error_for_reason
+from xacthuc.decisions import Action, Decision, parse_action
+from xacthuc.errors import FieldInvalid, XacthucError, error_for_reason
 from xacthuc.v1 import audit_pb2, verification_pb2
 
 T = TypeVar("T")
@@ -356,3 +357,102 @@ def aging_out_request(
     req.from_time.FromDatetime(from_time)
     req.to_time.FromDatetime(to_time)
     return req
+
+
+# --- authorization, revocation, status lists (issue 5) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """The outcome of RevokeAttestation."""
+
+    revoked_at: datetime  # when this call ran (and revoked it, unless already_revoked)
+    already_revoked: bool  # it was revoked before (a repeat, or the guardian withdrew)
+
+
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    """The state of an account's attestation as the server sees it now."""
+
+    active: bool
+    status: str  # "active", "revoked", "aged_out", "expired" or "none"
+    token_id: str = ""
+    method: str = ""  # "phone_otp" or "personal_id"; "" when status is "none"
+    expires_at: datetime | None = None
+    status_list_uri: str = ""
+    status_list_index: int | None = None  # None when the token names no status list
+
+
+@dataclass(frozen=True, slots=True)
+class SignedStatusList:
+    """The platform's status list token (`statuslist+jwt`) and the URI tokens name it by."""
+
+    token: str
+    uri: str
+
+
+_ACTIONS = {
+    Action.READ: verification_pb2.ACTION_READ,
+    Action.POST: verification_pb2.ACTION_POST,
+    Action.COMMENT: verification_pb2.ACTION_COMMENT,
+    Action.SHARE: verification_pb2.ACTION_SHARE,
+    Action.LIVESTREAM: verification_pb2.ACTION_LIVESTREAM,
+    Action.COMMERCIAL_LIVESTREAM: verification_pb2.ACTION_COMMERCIAL_LIVESTREAM,
+}
+
+
+def authorize_request(account_id: str, action: str | Action) -> verification_pb2.AuthorizeRequest:
+    """FieldInvalid (as the server would say) for an action that is not one of `Action`."""
+    try:
+        act = parse_action(action)
+    except ValueError as e:
+        raise FieldInvalid("action", str(e)) from None
+    return verification_pb2.AuthorizeRequest(account_id=account_id, action=_ACTIONS[act])
+
+
+def revoke_request(account_id: str, reason: str) -> verification_pb2.RevokeAttestationRequest:
+    return verification_pb2.RevokeAttestationRequest(account_id=account_id, reason=reason)
+
+
+def introspect_request(account_id: str) -> verification_pb2.IntrospectAttestationRequest:
+    return verification_pb2.IntrospectAttestationRequest(account_id=account_id)
+
+
+def status_list_request() -> verification_pb2.GetStatusListRequest:
+    return verification_pb2.GetStatusListRequest()
+
+
+def introspection(r: verification_pb2.IntrospectAttestationResponse) -> Introspection:
+    if r.status == "none":
+        return Introspection(active=False, status="none")
+    return Introspection(
+        active=r.active,
+        status=r.status,
+        token_id=r.token_id,
+        method=_METHOD_NAMES.get(r.method, "unspecified"),
+        expires_at=_dt(r.expires_at),
+        status_list_uri=r.status_list_uri,
+        status_list_index=r.status_list_index if r.status_list_uri else None,
+    )
+
+
+AUTHORIZE = Rpc(
+    "verification",
+    "Authorize",
+    lambda r: Decision(r.allowed, r.reason, r.rule),
+    idempotent=True,
+)
+# Idempotent on the server: a repeat changes nothing (it answers already_revoked).
+REVOKE = Rpc(
+    "verification",
+    "RevokeAttestation",
+    lambda r: Revocation(_dt(r.revoked_at), r.already_revoked),
+    idempotent=True,
+)
+INTROSPECT = Rpc("verification", "IntrospectAttestation", introspection, idempotent=True)
+GET_STATUS_LIST = Rpc(
+    "verification",
+    "GetStatusList",
+    lambda r: SignedStatusList(r.status_list_jwt, r.uri),
+    idempotent=True,
+)

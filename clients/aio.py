@@ -18,8 +18,12 @@ from xacthuc.client._wire import (
     Challenge,
     Eligibility,
     GuardianLink,
+    Introspection,
     LogCheckpoint,
+    Revocation,
+    SignedStatusList,
 )
+from xacthuc.decisions import Action, Decision
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
 
 T = TypeVar("T")
@@ -152,6 +156,32 @@ class AsyncClient:
     async def get_jwks(self, *, timeout: float | None = None) -> str:
         """The JWKS (JSON text) that verifies attestation tokens offline."""
         return await self._call(w.GET_JWKS, w.jwks_request(), timeout)
+
+    async def authorize(
+        self, *, account_id: str, action: str | Action, timeout: float | None = None
+    ) -> Decision:
+        """May the account do `action` now ("read", "post", "comment", "share", "livestream",
+        "commercial_livestream")? The same `Decision` (allowed, reason, rule) the offline
+        `authorize_token` computes from a token. A refusal is an answer, not an exception."""
+        return await self._call(w.AUTHORIZE, w.authorize_request(account_id, action), timeout)
+
+    async def revoke_attestation(
+        self, *, account_id: str, reason: str, timeout: float | None = None
+    ) -> Revocation:
+        """Revoke the account's attestation (`reason`: 1-64 of a-z 0-9 _, e.g.
+        "account_deleted"). Idempotent, so retried on UNAVAILABLE like the reads."""
+        return await self._call(w.REVOKE, w.revoke_request(account_id, reason), timeout)
+
+    async def introspect_attestation(
+        self, *, account_id: str, timeout: float | None = None
+    ) -> Introspection:
+        """The attestation's state now: active, revoked, aged_out, expired or none."""
+        return await self._call(w.INTROSPECT, w.introspect_request(account_id), timeout)
+
+    async def get_status_list(self, *, timeout: float | None = None) -> SignedStatusList:
+        """The platform's signed status list (`statuslist+jwt`) and its URI, for offline
+        revocation checks without HTTP access (see StatusListCache.over_grpc)."""
+        return await self._call(w.GET_STATUS_LIST, w.status_list_request(), timeout)
 
     async def link_guardian(
         self,

@@ -7,8 +7,9 @@ tokens with made-up `kid`s therefore costs one fetch per interval, not one per t
 JWKS is also refetched when older than `max_age` (keys removed after a compromise go away);
 if that refresh fails, the keys it has stay in use.
 
-`StatusListCache` fetches status list tokens (draft-ietf-oauth-status-list) by their URI,
-verifies them with the cache's JWKS and keeps each for its `ttl` claim. When a refresh fails,
+`StatusListCache` fetches status list tokens (draft-ietf-oauth-status-list) by their URI
+(over HTTP, or through any `fetch(uri)` callable such as the client's `get_status_list` RPC,
+see `over_grpc`), verifies them with the cache's JWKS and keeps each for its `ttl` claim. When a refresh fails,
 the copy it has is still used until the token's own `exp`; after that `is_revoked` raises
 `StatusListUnavailable` and the platform decides (fail closed is the safe default).
 
@@ -31,6 +32,7 @@ from typing import Any
 import httpx
 
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid, VerifiedAttestation
+from xacthuc.errors import XacthucError
 from xacthuc.statuslist import (
     MEDIA_TYPE,
     VALID,
@@ -46,6 +48,11 @@ Jwks = str | dict[str, Any]
 Fetch = Callable[[], Jwks]
 AsyncFetch = Callable[[], Awaitable[Jwks]]
 Clock = Callable[[], float]
+# uri -> the status list token (compact JWS text) found there.
+FetchList = Callable[[str], str]
+AsyncFetchList = Callable[[str], Awaitable[str]]
+# What a failed list fetch may raise; the cache then falls back to the copy it holds.
+_FETCH_ERRORS = (httpx.HTTPError, StatusListInvalid, ValueError, XacthucError)
 
 
 class StatusListUnavailable(Exception):
@@ -411,14 +418,24 @@ def _reference_of(verified: VerifiedAttestation) -> tuple[str, int] | None:
     return reference(verified.claims)
 
 
+def _own_list(signed: Any, uri: str) -> str:
+    """The token of a GetStatusList answer, if it is the list asked for: the RPC returns the
+    calling platform's only list, so a token naming another URI cannot be answered that way."""
+    if signed.uri != uri:
+        raise ValueError(f"GetStatusList serves {signed.uri}, not {uri}")
+    return str(signed.token)
+
+
 class StatusListCache(_StatusLists):
-    """Blocking status list cache; keys come from `jwks` (its issuer is required of lists)."""
+    """Blocking status list cache; keys come from `jwks` (its issuer is required of lists).
+    Lists are fetched over HTTP at their URI, or with `fetch(uri)` when given."""
 
     def __init__(
         self,
         jwks: JwksCache,
         *,
         http: httpx.Client | None = None,
+        fetch: FetchList | None = None,
         timeout: float = 5.0,
         clock: Clock = time.time,
         default_ttl: float = 300.0,
@@ -432,13 +449,26 @@ class StatusListCache(_StatusLists):
             leeway=leeway,
         )
         self._jwks = jwks
-        self._http = http or httpx.Client(timeout=timeout, follow_redirects=True)
-        self._owns_http = http is None
+        self._fetch_list = fetch
+        self._owns_http = http is None and fetch is None
+        self._http = http or (
+            httpx.Client(timeout=timeout, follow_redirects=True) if fetch is None else None
+        )
         self._lock = threading.Lock()
+
+    @classmethod
+    def over_grpc(cls, jwks: JwksCache, client: Any, **options: Any) -> StatusListCache:
+        """A cache that fetches the platform's list with `client.get_status_list()` (a
+        `xacthuc.client.Client`), for platforms that cannot reach the well-known listener."""
+
+        def fetch(uri: str) -> str:
+            return _own_list(client.get_status_list(), uri)
+
+        return cls(jwks, fetch=fetch, **options)
 
     def close(self) -> None:
         """Close the HTTP client this cache made (a client passed in stays open)."""
-        if self._owns_http:
+        if self._owns_http and self._http is not None:
             self._http.close()
 
     def __enter__(self) -> StatusListCache:
@@ -462,23 +492,28 @@ class StatusListCache(_StatusLists):
                 return self._fallback(uri, now, None)
             try:
                 self._fetch(uri, now)
-            except (httpx.HTTPError, StatusListInvalid, ValueError) as e:
+            except _FETCH_ERRORS as e:
                 return self._fallback(uri, now, e)
             return self._entries[uri].token
 
     def _fetch(self, uri: str, now: float) -> None:
         self.fetches += 1
-        response = self._http.get(uri, headers={"Accept": MEDIA_TYPE})
-        response.raise_for_status()
+        if self._fetch_list is not None:
+            body = self._fetch_list(uri)
+        else:
+            assert self._http is not None
+            response = self._http.get(uri, headers={"Accept": MEDIA_TYPE})
+            response.raise_for_status()
+            body = response.text
         if not self._jwks.key_ids:
             self._jwks.refresh()
         generation = self._jwks.generation
         try:
-            self._read(uri, response.text, self._jwks.jwks, self._jwks.issuer, now)
+            self._read(uri, body, self._jwks.jwks, self._jwks.issuer, now)
         except StatusListInvalid as e:
             if e.reason != "UNKNOWN_KEY" or not self._jwks.refetch_if_allowed(generation):
                 raise
-            self._read(uri, response.text, self._jwks.jwks, self._jwks.issuer, now)
+            self._read(uri, body, self._jwks.jwks, self._jwks.issuer, now)
 
     def status(self, uri: str, idx: int) -> int:
         """The status value at `idx` (0 VALID, 1 INVALID, 2 SUSPENDED)."""
@@ -502,6 +537,7 @@ class AsyncStatusListCache(_StatusLists):
         jwks: AsyncJwksCache,
         *,
         http: httpx.AsyncClient | None = None,
+        fetch: AsyncFetchList | None = None,
         timeout: float = 5.0,
         clock: Clock = time.time,
         default_ttl: float = 300.0,
@@ -515,13 +551,26 @@ class AsyncStatusListCache(_StatusLists):
             leeway=leeway,
         )
         self._jwks = jwks
-        self._http = http or httpx.AsyncClient(timeout=timeout, follow_redirects=True)
-        self._owns_http = http is None
+        self._fetch_list = fetch
+        self._owns_http = http is None and fetch is None
+        self._http = http or (
+            httpx.AsyncClient(timeout=timeout, follow_redirects=True) if fetch is None else None
+        )
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def over_grpc(cls, jwks: AsyncJwksCache, client: Any, **options: Any) -> AsyncStatusListCache:
+        """A cache that fetches the platform's list with `await client.get_status_list()`
+        (a `xacthuc.client.AsyncClient`), for platforms without HTTP access to xacthuc."""
+
+        async def fetch(uri: str) -> str:
+            return _own_list(await client.get_status_list(), uri)
+
+        return cls(jwks, fetch=fetch, **options)
 
     async def aclose(self) -> None:
         """Close the HTTP client this cache made (a client passed in stays open)."""
-        if self._owns_http:
+        if self._owns_http and self._http is not None:
             await self._http.aclose()
 
     async def __aenter__(self) -> AsyncStatusListCache:
@@ -544,23 +593,28 @@ class AsyncStatusListCache(_StatusLists):
                 return self._fallback(uri, now, None)
             try:
                 await self._fetch(uri, now)
-            except (httpx.HTTPError, StatusListInvalid, ValueError) as e:
+            except _FETCH_ERRORS as e:
                 return self._fallback(uri, now, e)
             return self._entries[uri].token
 
     async def _fetch(self, uri: str, now: float) -> None:
         self.fetches += 1
-        response = await self._http.get(uri, headers={"Accept": MEDIA_TYPE})
-        response.raise_for_status()
+        if self._fetch_list is not None:
+            body = await self._fetch_list(uri)
+        else:
+            assert self._http is not None
+            response = await self._http.get(uri, headers={"Accept": MEDIA_TYPE})
+            response.raise_for_status()
+            body = response.text
         if not self._jwks.key_ids:
             await self._jwks.refresh()
         generation = self._jwks.generation
         try:
-            self._read(uri, response.text, self._jwks.jwks, self._jwks.issuer, now)
+            self._read(uri, body, self._jwks.jwks, self._jwks.issuer, now)
         except StatusListInvalid as e:
             if e.reason != "UNKNOWN_KEY" or not await self._jwks.refetch_if_allowed(generation):
                 raise
-            self._read(uri, response.text, self._jwks.jwks, self._jwks.issuer, now)
+            self._read(uri, body, self._jwks.jwks, self._jwks.issuer, now)
 
     async def status(self, uri: str, idx: int) -> int:
         """The status value at `idx` (0 VALID, 1 INVALID, 2 SUSPENDED)."""

@@ -12,13 +12,15 @@ from xacthuc.clock import Clock, SystemClock
 from xacthuc.config import Mode, RegistryBackend, Settings, SmsBackend
 from xacthuc.guardian import AgeOutSweeper
 from xacthuc.keyed import OtpMac, Pseudonymizer
+from xacthuc.signing import SigningKeys
 from xacthuc.sms import SmsSender
 from xacthuc.sms.console import ConsoleSmsSender
 from xacthuc.sms.http import HttpSmsSender
+from xacthuc.status_publisher import StatusListPublisher
 from xacthuc.store.base import Limits, Store
 from xacthuc.store.checkpoints import checkpoint_store_for
 from xacthuc.store.memory import MemoryStore
-from xacthuc.tokens import SigningKey, TokenSigner
+from xacthuc.tokens import SigningKey
 from xacthuc.verifiers.guardian_flow import GuardianLinker
 from xacthuc.verifiers.http_registry import HttpRegistry
 from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier
@@ -38,7 +40,8 @@ class App:
     sms: SmsSender
     clock: Clock
     api_keys: ApiKeys
-    signer: TokenSigner
+    # The attestation signer in use, following the keyring on disk (issue 5).
+    signing: SigningKeys
     phone: PhoneOtpVerifier
     registry: IdentityRegistry
     personal_id: PersonalIdVerifier
@@ -49,6 +52,9 @@ class App:
     # Children under 16 (issue 4): guardian links, and the sweep that ends them at 16.
     guardian: GuardianLinker | None = None
     age_out: AgeOutSweeper | None = None
+    # Each platform's signed status list (issue 5): named by every token, served by RPC
+    # and by the well-known HTTP listener.
+    status_lists: StatusListPublisher | None = None
 
     async def aclose(self) -> None:
         if self.age_out is not None:
@@ -141,6 +147,19 @@ def make_audit_log(settings: Settings, store: Store, clock: Clock, api_keys: Api
     )
 
 
+def public_base_url(settings: Settings, wellknown_port: int | None = None) -> str:
+    """The base of the status list URIs: XACTHUC_PUBLIC_BASE_URL; else the well-known
+    listener's own address (with the port it bound, when known); else the issuer."""
+    if settings.public_base_url:
+        return settings.public_base_url
+    if settings.wellknown_listen:
+        host, _, port = settings.wellknown_listen.rpartition(":")
+        if wellknown_port is not None:
+            port = str(wellknown_port)
+        return f"http://{host}:{port}"
+    return settings.issuer.rstrip("/")
+
+
 def build_app(
     settings: Settings,
     *,
@@ -168,11 +187,6 @@ def build_app(
             "dev mode: random OTP/pseudonym keys for this run (set XACTHUC_OTP_HMAC_KEYS, "
             "XACTHUC_PSEUDONYM_KEY to keep pseudonyms stable across restarts)"
         )
-    if settings.signing_key_file:
-        key = SigningKey.from_pem_file(settings.signing_key_file)
-    else:
-        log.warning("dev mode: generated a signing key for this run (set XACTHUC_SIGNING_KEY_FILE)")
-        key = SigningKey.generate()
     demo_keys: dict[Role, str] = {}
     if api_keys is None:
         api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else ApiKeys()
@@ -181,7 +195,16 @@ def build_app(
                 raw, entry = new_key(DEMO_PLATFORM, role)
                 api_keys.add(entry)
                 demo_keys[role] = raw
-    signer = TokenSigner(key, issuer=settings.issuer)
+    status_lists = StatusListPublisher(
+        store,
+        clock=clock.now,
+        signing_key=lambda: signing.current().key,
+        issuer=settings.issuer,
+        base_url=public_base_url(settings),
+        ttl=settings.status_list_ttl_seconds,
+        platforms=api_keys.platforms,
+    )
+    signing = SigningKeys.from_settings(settings, clock.now, status_list=status_lists.reference)
     pseudonyms = Pseudonymizer(pseudonym_key)
     limits = limits_from(settings)
     phone = PhoneOtpVerifier(
@@ -208,8 +231,9 @@ def build_app(
         + 1,
     )
     app = App(
-        settings, store, sms, clock, api_keys, signer, phone, registry, personal_id, demo_keys
+        settings, store, sms, clock, api_keys, signing, phone, registry, personal_id, demo_keys
     )
+    app.status_lists = status_lists
     app.audit_log = make_audit_log(settings, store, clock, api_keys)
     app.guardian = GuardianLinker(
         store=store, clock=clock, limits=limits, token_ttl_seconds=settings.token_ttl_seconds

@@ -23,11 +23,12 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     from xacthuc.app import DEMO_PLATFORM, build_app
+    from xacthuc.keyring import KeyringError
     from xacthuc.server import serve
 
     try:
         app = build_app(settings)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyringError) as e:
         print(f"xacthuc: cannot start: {e}", file=sys.stderr)
         return 2
     for role, key in app.demo_keys.items():

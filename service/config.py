@@ -72,8 +72,21 @@ class Settings(BaseSettings):
 
     # Attestation tokens.
     signing_key_file: Path | None = None  # PEM, PKCS#8 Ed25519 private key
+    # A keyring directory (`xacthuc keys init`): several keys, rotated without restart
+    # (`xacthuc keys rotate`). When set, it is used instead of signing_key_file.
+    signing_keys_dir: Path | None = None
     issuer: str = "https://xacthuc.invalid"
     token_ttl_seconds: int = Field(86_400, ge=60, le=90 * 86_400)
+
+    # The well-known HTTP listener (JWKS, status lists) beside the gRPC port; empty = off.
+    wellknown_listen: str = ""
+    # The public URL of that listener, as tokens name their status list
+    # (`<base>/statuslists/<platform>/0`). Empty: `http://<wellknown_listen>` (the port
+    # actually bound), or the issuer when the listener is off.
+    public_base_url: str = ""
+    jwks_ttl_seconds: int = Field(300, ge=1, le=86_400)  # Cache-Control max-age of the JWKS
+    # The status list token's `ttl` (how long verifiers may cache it) and Cache-Control.
+    status_list_ttl_seconds: int = Field(300, ge=1, le=86_400)
 
     # SMS.
     sms_backend: SmsBackend = SmsBackend.CONSOLE
@@ -132,7 +145,7 @@ class Settings(BaseSettings):
 
     _split_keys = field_validator("otp_hmac_keys", mode="before")(_secrets)
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "metrics_listen", "wellknown_listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
         if v == "":
@@ -141,6 +154,15 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT")
         return v
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if v == "":
+            return v
+        if not v.startswith(("http://", "https://")) or any(c in v for c in "?# \t"):
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return v.rstrip("/")
 
     @field_validator("log_origin")
     @classmethod
@@ -214,9 +236,10 @@ class Settings(BaseSettings):
         dev_parts = []
         if self.sms_backend is SmsBackend.CONSOLE:
             dev_parts.append("XACTHUC_SMS_BACKEND=console prints codes; use http")
-        if self.signing_key_file is None:
+        if self.signing_key_file is None and self.signing_keys_dir is None:
             dev_parts.append(
-                "XACTHUC_SIGNING_KEY_FILE is unset (a generated key would not survive a restart)"
+                "neither XACTHUC_SIGNING_KEYS_DIR nor XACTHUC_SIGNING_KEY_FILE is set (a "
+                "generated key would not survive a restart)"
             )
         if self.store_url.startswith("memory://"):
             dev_parts.append(

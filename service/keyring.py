@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from xacthuc.tokens import SigningKey, TokenSigner, public_jwk
+from xacthuc.tokens import SigningKey, StatusListRef, TokenSigner, public_jwk
 
 MANIFEST = "keyring.json"
 LOCK = ".keyring.lock"
@@ -203,14 +203,29 @@ class Keyring:
             ]
         }
 
-    def signer(self, issuer: str, *, now: float | None = None) -> TokenSigner:
-        """A TokenSigner that signs with the active key and publishes the whole JWKS."""
+    def signer(
+        self, issuer: str, *, now: float | None = None, status_list: StatusListRef | None = None
+    ) -> TokenSigner:
+        """A TokenSigner that signs with the active key and publishes the whole JWKS (as of
+        `now`); `status_list` gives each token its `status` claim (see TokenSigner)."""
         others: tuple[Ed25519PublicKey, ...] = tuple(
             self.keys[e.kid].private_key.public_key()
             for e in self.published_entries(now)
             if e.state != "active"
         )
-        return TokenSigner(self.active, issuer=issuer, also_published=others)
+        return TokenSigner(
+            self.active, issuer=issuer, also_published=others, status_list=status_list
+        )
+
+    def jwks_changes_at(self, now: float) -> float | None:
+        """The next time after `now` the published JWKS changes by itself (a retired key's
+        window ends), or None when no published key has such a window."""
+        ends = [
+            e.retire_after
+            for e in self.entries
+            if e.state == "retired" and e.retire_after is not None and e.retire_after > now
+        ]
+        return min(ends, default=None)
 
     # ---- changing ------------------------------------------------------------------------
 

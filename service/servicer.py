@@ -12,11 +12,12 @@ from collections.abc import Callable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from xacthuc.auth import ApiKeys, Caller, Role
-from xacthuc.decisions import Action, AttestationState, decide
-from xacthuc.errors import AttestationNotFound, NotImplementedYet
-from xacthuc.rpc import not_implemented, rpc, timestamp
-from xacthuc.store.base import AttestationRecord, Store
-from xacthuc.tokens import TokenSigner
+from xacthuc.decisions import Action, AttestationState, Decision, decide
+from xacthuc.errors import AttestationNotFound, FieldInvalid, NotImplementedYet
+from xacthuc.rpc import rpc, timestamp
+from xacthuc.signing import SigningKeys
+from xacthuc.status_publisher import StatusListPublisher
+from xacthuc.store.base import AttestationRecord, Store, check_revocation_reason
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 from xacthuc.verifiers.guardian_flow import GuardianLinker, Relationship
 from xacthuc.verifiers.personal_id import Sex
@@ -36,6 +37,16 @@ _METHODS = {
     "phone_otp": verification_pb2.VERIFICATION_METHOD_PHONE_OTP,
     "personal_id": verification_pb2.VERIFICATION_METHOD_PERSONAL_ID,
 }
+_ACTIONS = {
+    verification_pb2.ACTION_READ: Action.READ,
+    verification_pb2.ACTION_POST: Action.POST,
+    verification_pb2.ACTION_COMMENT: Action.COMMENT,
+    verification_pb2.ACTION_SHARE: Action.SHARE,
+    verification_pb2.ACTION_LIVESTREAM: Action.LIVESTREAM,
+    verification_pb2.ACTION_COMMERCIAL_LIVESTREAM: Action.COMMERCIAL_LIVESTREAM,
+}
+# The decision table has a handful of outcomes: one immutable-in-practice response each.
+_DECISIONS: dict[Decision, verification_pb2.AuthorizeResponse] = {}
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
@@ -46,23 +57,25 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         phone: PhoneOtpVerifier,
         personal_id: PersonalIdVerifier,
         store: Store,
-        signer: TokenSigner,
+        signing: SigningKeys,
         clock: Callable[[], float],
         guardian: GuardianLinker | None = None,
+        status_lists: StatusListPublisher | None = None,
     ) -> None:
         self.api_keys = api_keys
         self._phone = phone
         self._personal_id = personal_id
         self._guardian_linker = guardian
         self._store = store
-        self._signer = signer
+        self._signing = signing
         self._now = clock
+        self._status_list_publisher = status_lists
 
     def _attestation(
         self, platform: str, record: AttestationRecord
     ) -> verification_pb2.Attestation:
         return verification_pb2.Attestation(
-            token=self._signer.sign(platform, record),
+            token=self._signing.current().sign(platform, record),
             token_id=record.token_id,
             account_id=record.account_id,
             method=_METHODS.get(record.method, verification_pb2.VERIFICATION_METHOD_UNSPECIFIED),
@@ -79,6 +92,17 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         if self._guardian_linker is None:
             raise NotImplementedYet()
         return self._guardian_linker
+
+    @property
+    def _status_lists(self) -> StatusListPublisher:
+        if self._status_list_publisher is None:
+            raise NotImplementedYet()
+        return self._status_list_publisher
+
+    def _revoked(self, platform: str) -> None:
+        """A revocation went through: the cached status list of the platform is stale."""
+        if self._status_list_publisher is not None:
+            self._status_list_publisher.invalidate(platform)
 
     @rpc(Role.PLATFORM)
     async def StartPhoneVerification(
@@ -129,7 +153,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
     async def GetJwks(
         self, caller: Caller, request: verification_pb2.GetJwksRequest
     ) -> verification_pb2.GetJwksResponse:
-        return verification_pb2.GetJwksResponse(jwks_json=self._signer.jwks_json())
+        return verification_pb2.GetJwksResponse(jwks_json=self._signing.current().jwks_json())
 
     @rpc(Role.PLATFORM)
     async def VerifyPersonalId(
@@ -182,6 +206,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
             child_consent=request.child_consent,
         )
         record = result.attestation
+        self._revoked(caller.platform)  # a live token the child had was revoked (superseded)
         return verification_pb2.LinkGuardianResponse(
             attestation=self._attestation(caller.platform, record),
             link_id=result.link_id,
@@ -194,6 +219,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         self, caller: Caller, request: verification_pb2.WithdrawGuardianLinkRequest
     ) -> verification_pb2.WithdrawGuardianLinkResponse:
         ended_at = await self._guardian.withdraw(platform=caller.platform, link_id=request.link_id)
+        self._revoked(caller.platform)
         return verification_pb2.WithdrawGuardianLinkResponse(ended_at=timestamp(ended_at))
 
     @rpc(Role.PLATFORM)
@@ -211,22 +237,112 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
             account_ids=page.account_ids, next_page_token=page.next_page_token
         )
 
-    _not_yet = rpc(Role.PLATFORM)(not_implemented)
+    @rpc(Role.PLATFORM)
+    async def Authorize(
+        self, caller: Caller, request: verification_pb2.AuthorizeRequest
+    ) -> verification_pb2.AuthorizeResponse:
+        """R4-R6, P6, P7: the decision table over the stored attestation (one store read)."""
+        check_account_id(request.account_id)
+        action = _ACTIONS.get(request.action)
+        if action is None:
+            raise FieldInvalid("action", f"must be one of {', '.join(a.value for a in Action)}")
+        record = await self._store.get_attestation(caller.platform, request.account_id)
+        decision = decide(state_of(record), action, self._now())
+        response = _DECISIONS.get(decision)
+        if response is None:
+            response = _DECISIONS[decision] = verification_pb2.AuthorizeResponse(
+                allowed=decision.allowed, reason=decision.reason, rule=decision.rule
+            )
+        return response
 
-    Authorize = RevokeAttestation = _not_yet
+    @rpc(Role.PLATFORM)
+    async def RevokeAttestation(
+        self, caller: Caller, request: verification_pb2.RevokeAttestationRequest
+    ) -> verification_pb2.RevokeAttestationResponse:
+        check_account_id(request.account_id)
+        check_revocation_reason(request.reason)
+        # Read first only to tell the caller whether it was revoked already (the store's
+        # revocation is idempotent either way); revocations are rare, the read is cheap.
+        before = await self._store.get_attestation(caller.platform, request.account_id)
+        if before is None:
+            raise AttestationNotFound()
+        now = self._now()
+        await self._store.revoke_attestation(
+            caller.platform, request.account_id, now, request.reason
+        )
+        self._revoked(caller.platform)
+        return verification_pb2.RevokeAttestationResponse(
+            revoked_at=timestamp(now), already_revoked=before.status == "revoked"
+        )
+
+    @rpc(Role.PLATFORM)
+    async def IntrospectAttestation(
+        self, caller: Caller, request: verification_pb2.IntrospectAttestationRequest
+    ) -> verification_pb2.IntrospectAttestationResponse:
+        check_account_id(request.account_id)
+        record = await self._store.get_attestation(caller.platform, request.account_id)
+        status = introspection_status(record, self._now())
+        if record is None:
+            return verification_pb2.IntrospectAttestationResponse(status=status)
+        response = verification_pb2.IntrospectAttestationResponse(
+            active=status == "active",
+            status=status,
+            token_id=record.token_id,
+            method=_METHODS.get(record.method, verification_pb2.VERIFICATION_METHOD_UNSPECIFIED),
+            expires_at=timestamp(record.expires_at),
+        )
+        if record.status_idx >= 0 and self._status_list_publisher is not None:
+            response.status_list_uri = self._status_list_publisher.uri(caller.platform)
+            response.status_list_index = record.status_idx
+        return response
+
+    @rpc(Role.PLATFORM)
+    async def GetStatusList(
+        self, caller: Caller, request: verification_pb2.GetStatusListRequest
+    ) -> verification_pb2.GetStatusListResponse:
+        lists = self._status_lists
+        return verification_pb2.GetStatusListResponse(
+            status_list_jwt=await lists.token(caller.platform), uri=lists.uri(caller.platform)
+        )
+
+
+def introspection_status(record: AttestationRecord | None, now: float) -> str:
+    """`none`, `revoked`, `aged_out`, `expired` or `active`, in the decision table's order
+    (revocation first, then aging out, then expiry)."""
+    state = state_of(record)
+    if state is None or record is None:
+        return "none"
+    if state.revoked:
+        return "revoked"
+    if record.status == "aged_out" or state.aged_out(now):
+        return "aged_out"
+    if state.expired(now):
+        return "expired"
+    return "active"
 
 
 def state_of(record: AttestationRecord | None) -> AttestationState | None:
-    """The decision table's view of a stored attestation."""
+    """The decision table's view of a stored attestation: exactly the facts its token states,
+    so Authorize and the SDK's offline decision from the token agree on every case. Times are
+    whole seconds, as the token's `exp`; a child's attestation ages out (P6) when its expiry
+    is the 16th birthday, the case in which the token says `exp_reason: age_16` (a child's
+    token that ran out earlier says only "expired", online and offline alike: the birthday
+    itself is never in a token)."""
     if record is None:
         return None
+    expires_at = float(int(record.expires_at))
+    ages_out = (
+        record.guardian_managed
+        and record.aged_out_at is not None
+        and record.expires_at >= record.aged_out_at
+    )
     return AttestationState(
         method=record.method,
-        expires_at=record.expires_at,
+        expires_at=expires_at,
         guardian_managed=record.guardian_managed,
         commercial_livestream=record.commercial_livestream,
         revoked=record.status == "revoked",
-        aged_out_at=record.aged_out_at if record.guardian_managed else None,
+        aged_out_at=expires_at if ages_out else None,
     )
 
 

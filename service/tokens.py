@@ -95,6 +95,15 @@ class TokenSigner:
     def issuer(self) -> str:
         return self._issuer
 
+    @property
+    def key(self) -> SigningKey:
+        """The active key (it also signs the status lists)."""
+        return self._key
+
+    @property
+    def kid(self) -> str:
+        return self._kid
+
     def claims(self, platform: str, record: AttestationRecord) -> dict[str, Any]:
         claims: dict[str, Any] = {
             "iss": self._issuer,

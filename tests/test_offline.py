@@ -163,3 +163,30 @@ def test_adult_token_with_exp_reason_never_ages_out() -> None:
         state.aged_out_at,
         authorize_offline(verified, "post", now=NOW, revoked=False).reason,
     )
+
+
+SERVER_CASES = {
+    **{name: replace(rec, aged_out_at=bday) for name, (rec, bday) in CASES.items()},
+    # A child's token that ran out (TTL) before the birthday, asked about after it: the token
+    # says only "expired", and so does the server (it decides from the token's facts).
+    "child-expired-then-turned-16": record(
+        guardian_managed=True,
+        issued_at=NOW - 11 * DAY,
+        verified_at=NOW - 11 * DAY,
+        expires_at=NOW - 10 * DAY,
+        aged_out_at=NOW - DAY,
+    ),
+    "fractional-expiry": record(expires_at=NOW + 0.5),  # the token's exp is whole seconds
+}
+
+
+@pytest.mark.parametrize(("case", "action"), list(itertools.product(SERVER_CASES, ACTIONS)))
+def test_the_servers_own_view_agrees_with_the_real_token(case: str, action: str) -> None:
+    """The servicer's `state_of(record)` (what Authorize decides on) against the token the
+    real TokenSigner makes of the same record (exp_reason set by the signer itself)."""
+    from xacthuc.servicer import state_of
+
+    rec = SERVER_CASES[case]
+    verified = verify_for_decision(VERIFIER, SIGNER.sign("alpha", rec), now=NOW)
+    offline = authorize_offline(verified, action, now=NOW, revoked=rec.status == "revoked")
+    assert decide(state_of(rec), action, NOW) == offline

@@ -64,7 +64,7 @@ def test_production_mode_refuses_dev_only_parts() -> None:
     assert 2 == run.returncode
     for part in (
         "XACTHUC_SMS_BACKEND=console",
-        "XACTHUC_SIGNING_KEY_FILE is unset",
+        "neither XACTHUC_SIGNING_KEYS_DIR nor XACTHUC_SIGNING_KEY_FILE is set",
         "XACTHUC_STORE_URL=memory://",
     ):
         assert part in run.stderr

@@ -892,6 +892,7 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
             "acct:acc-1",
             "audit",
             "sl:next",
+            "sl:bits",
         )
     } == set(ttl)
     assert retention_ms - 60_000 < ttl[f"{pre}ch:ch-1"] <= retention_ms
@@ -900,8 +901,8 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
     assert 0 < ttl[f"{pre}sends:ph:{PHONE}"] <= 86_400_000
     assert 0 < ttl[f"{pre}sends:platform"] <= 3_600_000
     assert 0 < ttl[f"{pre}sends:ip:{CLIENT}"] <= 3_600_000
-    durable = (f"phacct:{PHONE}", "acct:acc-1", "audit", "sl:next")
-    assert [-1, -1, -1, -1] == [ttl[f"{pre}{k}"] for k in durable]
+    durable = (f"phacct:{PHONE}", "acct:acc-1", "audit", "sl:next", "sl:bits")
+    assert [-1, -1, -1, -1, -1] == [ttl[f"{pre}{k}"] for k in durable]
 
 
 async def test_unreachable_redis_is_store_unavailable() -> None:

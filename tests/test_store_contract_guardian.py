@@ -607,6 +607,21 @@ async def test_every_attestation_gets_the_next_status_index_per_platform(store: 
     assert "adult" == by_id.age_band
 
 
+async def test_the_status_bitmap_covers_every_index_handed_out(store: Store) -> None:
+    """Allocating an index writes its zero bit, so a list published from the bitmap holds the
+    index of every token issued, revoked or not (check_code, finish_id_check, link_guardian)."""
+    assert b"" == await store.status_bits(PLATFORM)
+    await phone_guardian(store)  # "mum", index 0
+    for n in range(1, 8):
+        await phone_guardian(store, f"acc-{n}", phone=phone_n(n), now=NOW + n)
+    assert b"\x00" == await store.status_bits(PLATFORM)
+    dad = await id_guardian(store)
+    assert (8, b"\x00\x00") == (dad.status_idx, await store.status_bits(PLATFORM))
+    child = (await store.link_guardian(link(), LIMITS)).attestation
+    assert (9, b"\x00\x00") == (child.status_idx, await store.status_bits(PLATFORM))
+    assert b"" == await store.status_bits(OTHER)
+
+
 async def test_revocation_sets_the_status_bit_and_is_idempotent(store: Store) -> None:
     """Status revoked, bit set (Redis order), one audit record; again: same record, no record."""
     for n in range(10):

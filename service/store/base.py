@@ -308,8 +308,9 @@ class Store(Protocol):
         """The platform's status bitmap: bit `status_idx` is 1 for a revoked token. Bit order
         is Redis SETBIT's: index 0 is the MOST significant bit of byte 0 (index i is bit
         7 - i % 8 of byte i // 8). The IETF Token Status List packs LEAST significant bit
-        first, so a publisher must reverse the bits of each byte. Trailing zero bytes may be
-        missing (short bitmap = not revoked)."""
+        first, so a publisher must reverse the bits of each byte. The bitmap covers every
+        index handed out so far (allocating an index writes its zero bit), so a list built
+        from it holds every issued token's index."""
         ...
 
     async def append_audit(

@@ -12,7 +12,7 @@ import pytest
 
 from xacthuc import errors
 from xacthuc.auth import Role
-from xacthuc.client import AttestationVerifier, Client, TokenInvalid
+from xacthuc.client import AsyncClient, AttestationVerifier, Client, TokenInvalid
 from xacthuc.tokens import LEGAL_BASIS
 
 from .conftest import Harness
@@ -339,18 +339,28 @@ async def test_get_attestation_returns_the_current_one(harness: Harness) -> None
     assert (att.token_id, att.token) == (again.token_id, again.token)
 
 
-async def test_unimplemented_rpcs_say_so(harness: Harness) -> None:
-    """RPCs of later issues answer UNIMPLEMENTED with reason NOT_IMPLEMENTED."""
-    from xacthuc.v1 import verification_pb2, verification_pb2_grpc
+async def test_unserved_rpcs_say_so() -> None:
+    """A part the server was built without answers UNIMPLEMENTED with reason NOT_IMPLEMENTED
+    (here: no guardian linker), through the client as a typed error."""
+    from xacthuc.app import build_app
+    from xacthuc.clock import FixedClock
+    from xacthuc.server import start_server
 
-    async with grpc.aio.insecure_channel(harness.target) as channel:
-        stub = verification_pb2_grpc.VerificationServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as e:
-            await stub.Authorize(
-                verification_pb2.AuthorizeRequest(account_id="a"),
-                metadata=(("authorization", f"Bearer {harness.keys[('alpha', Role.PLATFORM)]}"),),
-            )
-    assert grpc.StatusCode.UNIMPLEMENTED == e.value.code()
+    from .conftest import START, CapturingSms, make_keys, make_settings
+
+    keys, raw = make_keys()
+    app = build_app(make_settings(), sms=CapturingSms(), clock=FixedClock(START), api_keys=keys)
+    app.guardian = None
+    server = await start_server(app, "127.0.0.1:0")
+    try:
+        async with await AsyncClient.connect(
+            f"127.0.0.1:{server.port}", api_key=raw[("alpha", Role.PLATFORM)]
+        ) as client:
+            with pytest.raises(errors.NotImplementedYet) as e:
+                await client.withdraw_guardian_link(link_id="gl_" + "a" * 22)
+    finally:
+        await server.stop(grace=0)
+    assert grpc.StatusCode.UNIMPLEMENTED == e.value.code
 
 
 async def test_blocking_client_speaks_the_same_api(harness: Harness) -> None:

@@ -764,9 +764,9 @@ class AuthorizeRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's account id."""
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     action: Global___Action.ValueType
-    """The action."""
+    """The action; ACTION_UNSPECIFIED is FIELD_INVALID (metadata `field` = `action`)."""
     def __init__(
         self,
         *,
@@ -791,11 +791,16 @@ class AuthorizeResponse(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
-    """True when allowed."""
+    """True when the account may perform the action now."""
     reason: _builtins.str
-    """Why, as a stable reason string."""
+    """Why, as a stable reason string: `READ_UNRESTRICTED` or `AUTHENTICATED` when
+    allowed; `NOT_AUTHENTICATED`, `ATTESTATION_REVOKED`, `AGED_OUT`,
+    `ATTESTATION_EXPIRED`, `GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM` or
+    `PERSONAL_ID_REQUIRED` when refused. The SDK's offline authorization gives
+    the same reasons.
+    """
     rule: _builtins.str
-    """The rule applied, for example `R5` or `P7`."""
+    """The rule applied: `R4`, `R5`, `R6`, `P6` or `P7` (see docs/policies.md)."""
     def __init__(
         self,
         *,
@@ -871,8 +876,9 @@ class RevokeAttestationRequest(_message.Message):
     account_id: _builtins.str
     """The platform's account id."""
     reason: _builtins.str
-    """Free-form reason code chosen by the platform (for example `account_deleted`);
-    1-64 characters, no personal data.
+    """Reason code chosen by the platform (for example `account_deleted`, `fraud`):
+    1-64 characters of `a-z 0-9 _`, so no personal data fits; recorded in the
+    audit log. FIELD_INVALID otherwise.
     """
     def __init__(
         self,
@@ -895,22 +901,111 @@ class RevokeAttestationResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    ALREADY_REVOKED_FIELD_NUMBER: _builtins.int
+    already_revoked: _builtins.bool
+    """True when the attestation was revoked before this call (by an earlier
+    revocation or a guardian's withdrawal): nothing changed.
+    """
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
-        """When the attestation was revoked."""
+        """When the attestation was revoked: the time of this call, or, when it was
+        already revoked, the time of this call too (the original revocation is in
+        the audit log, event `attestation_revoked`).
+        """
 
     def __init__(
         self,
         *,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        already_revoked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_at", b"revoked_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_revoked", b"already_revoked", "revoked_at", b"revoked_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeAttestationResponse: _TypeAlias = RevokeAttestationResponse  # noqa: Y015
+
+@_typing.final
+class IntrospectAttestationRequest(_message.Message):
+    """Asks for the state of an account's attestation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The platform's account id."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntrospectAttestationRequest: _TypeAlias = IntrospectAttestationRequest  # noqa: Y015
+
+@_typing.final
+class IntrospectAttestationResponse(_message.Message):
+    """The state of an account's attestation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    STATUS_LIST_URI_FIELD_NUMBER: _builtins.int
+    STATUS_LIST_INDEX_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    """True when `status` is `active`: the attestation may be used now."""
+    status: _builtins.str
+    """One of `active`; `revoked` (by RevokeAttestation or a guardian's
+    withdrawal); `aged_out` (a guardian-managed child turned 16: the token
+    ends at the 16th birthday and it has passed, or the link was ended at 16,
+    P6); `expired` (past `expires_at`); `none` (the account was never
+    verified: every other field is empty). When several hold, the first in
+    the order revoked, aged out, expired is given.
+    """
+    token_id: _builtins.str
+    """The token id (`jti` claim) of the account's latest attestation."""
+    method: Global___VerificationMethod.ValueType
+    """How the account was authenticated."""
+    status_list_uri: _builtins.str
+    """The URI of the status list the token names (its `status.status_list.uri`
+    claim); empty for a token issued without one.
+    """
+    status_list_index: _builtins.int
+    """The token's index in that status list (`status.status_list.idx`);
+    meaningful only when `status_list_uri` is set.
+    """
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the attestation expires (or expired): the token's `exp`."""
+
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        status: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        method: Global___VerificationMethod.ValueType = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        status_list_uri: _builtins.str = ...,
+        status_list_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "expires_at", b"expires_at", "method", b"method", "status", b"status", "status_list_index", b"status_list_index", "status_list_uri", b"status_list_uri", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntrospectAttestationResponse: _TypeAlias = IntrospectAttestationResponse  # noqa: Y015
 
 @_typing.final
 class GetJwksRequest(_message.Message):
@@ -952,3 +1047,53 @@ class GetJwksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
+
+@_typing.final
+class GetStatusListRequest(_message.Message):
+    """Asks for the calling platform's status list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatusListRequest: _TypeAlias = GetStatusListRequest  # noqa: Y015
+
+@_typing.final
+class GetStatusListResponse(_message.Message):
+    """The calling platform's status list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_LIST_JWT_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    status_list_jwt: _builtins.str
+    """The status list token (compact JWS, `typ` `statuslist+jwt`, EdDSA, signed by
+    the active attestation key: verify it with GetJwks): claims `sub` (= `uri`),
+    `iat`, `exp`, `ttl` (seconds a verifier may cache it) and `status_list`
+    (`bits` 1; `lst` the ZLIB-compressed, base64url bit string, index 0 the least
+    significant bit of byte 0; 1 = revoked).
+    """
+    uri: _builtins.str
+    """The list's URI, as attestation tokens name it in `status.status_list.uri`:
+    `<public base URL>/statuslists/<platform>/0`.
+    """
+    def __init__(
+        self,
+        *,
+        status_list_jwt: _builtins.str = ...,
+        uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status_list_jwt", b"status_list_jwt", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatusListResponse: _TypeAlias = GetStatusListResponse  # noqa: Y015

@@ -90,10 +90,20 @@ class VerificationServiceStub:
                 request_serializer=xacthuc_dot_v1_dot_verification__pb2.RevokeAttestationRequest.SerializeToString,
                 response_deserializer=xacthuc_dot_v1_dot_verification__pb2.RevokeAttestationResponse.FromString,
                 _registered_method=True)
+        self.IntrospectAttestation = channel.unary_unary(
+                '/xacthuc.v1.VerificationService/IntrospectAttestation',
+                request_serializer=xacthuc_dot_v1_dot_verification__pb2.IntrospectAttestationRequest.SerializeToString,
+                response_deserializer=xacthuc_dot_v1_dot_verification__pb2.IntrospectAttestationResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/xacthuc.v1.VerificationService/GetJwks',
                 request_serializer=xacthuc_dot_v1_dot_verification__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=xacthuc_dot_v1_dot_verification__pb2.GetJwksResponse.FromString,
+                _registered_method=True)
+        self.GetStatusList = channel.unary_unary(
+                '/xacthuc.v1.VerificationService/GetStatusList',
+                request_serializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListRequest.SerializeToString,
+                response_deserializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListResponse.FromString,
                 _registered_method=True)
 
 
@@ -183,7 +193,9 @@ class VerificationServiceServicer:
         """Lists the platform's children with an active guardian link whose 16th
         birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
         so the platform can prompt them to verify in their own name ahead of time.
-        From the birthday, authorization answers AGED_OUT; a periodic sweep then
+        From the birthday, authorization answers AGED_OUT (for a token that ends
+        at the birthday; one that ran out earlier stays ATTESTATION_EXPIRED, as the
+        token alone says offline); a periodic sweep then
         ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
         account leaves this list.
         """
@@ -201,8 +213,20 @@ class VerificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Authorize(self, request, context):
-        """Decides whether an account may perform an action (R5, R6). Not served yet:
-        UNIMPLEMENTED.
+        """Decides whether an account may perform an action now (R4, R5, R6, P6, P7),
+        from its stored attestation, with the one decision table the SDK also uses
+        offline (`xacthuc.decisions`), so both answer alike. The first rule that
+        holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
+        attestation every other action is refused (NOT_AUTHENTICATED, R6: the
+        transition period ended 24 Mar 2025); then a revoked attestation
+        (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+        P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
+        livestreaming is refused to a guardian-managed account
+        (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
+        personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
+        (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
+        only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
+        One store read; safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -217,15 +241,45 @@ class VerificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeAttestation(self, request, context):
-        """Revokes an account's attestation (account deleted, fraud). Not served yet:
-        UNIMPLEMENTED.
+        """Revokes an account's attestation (account deleted, fraud). From then on
+        Authorize answers ATTESTATION_REVOKED, GetAttestation ATTESTATION_NOT_FOUND,
+        IntrospectAttestation status `revoked`, and the token's bit in the
+        platform's status list is set (offline verifiers see it once the copy they
+        cache is older than its `ttl`). Audited `attestation_revoked` with the
+        reason. Idempotent: revoking a revoked attestation changes nothing and
+        answers `already_revoked`. ATTESTATION_NOT_FOUND when the account has no
+        attestation; FIELD_INVALID for a malformed account id or reason. A guardian
+        withdrawing a child's link (WithdrawGuardianLink) revokes the same way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IntrospectAttestation(self, request, context):
+        """Tells the state of an account's attestation as the server sees it now:
+        active, revoked, expired, aged out or none, with the token id and the
+        token's place in the status list. Never fails for an account without an
+        attestation (status `none`). One store read; safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJwks(self, request, context):
-        """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517).
+        """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
+        the active key, the next key (published before it signs) and retired keys
+        until the last token they signed has expired. The same document is served
+        at `/.well-known/jwks.json` of the well-known HTTP listener.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatusList(self, request, context):
+        """Returns the calling platform's status list (IETF Token Status List, a
+        signed `statuslist+jwt`), the one its tokens name in their `status` claim,
+        for platforms that cannot reach the well-known HTTP listener where the same
+        token is served at `uri`. Safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -284,10 +338,20 @@ def add_VerificationServiceServicer_to_server(servicer, server):
                     request_deserializer=xacthuc_dot_v1_dot_verification__pb2.RevokeAttestationRequest.FromString,
                     response_serializer=xacthuc_dot_v1_dot_verification__pb2.RevokeAttestationResponse.SerializeToString,
             ),
+            'IntrospectAttestation': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntrospectAttestation,
+                    request_deserializer=xacthuc_dot_v1_dot_verification__pb2.IntrospectAttestationRequest.FromString,
+                    response_serializer=xacthuc_dot_v1_dot_verification__pb2.IntrospectAttestationResponse.SerializeToString,
+            ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
                     request_deserializer=xacthuc_dot_v1_dot_verification__pb2.GetJwksRequest.FromString,
                     response_serializer=xacthuc_dot_v1_dot_verification__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'GetStatusList': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatusList,
+                    request_deserializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListRequest.FromString,
+                    response_serializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +641,33 @@ class VerificationService:
             _registered_method=True)
 
     @staticmethod
+    def IntrospectAttestation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xacthuc.v1.VerificationService/IntrospectAttestation',
+            xacthuc_dot_v1_dot_verification__pb2.IntrospectAttestationRequest.SerializeToString,
+            xacthuc_dot_v1_dot_verification__pb2.IntrospectAttestationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetJwks(request,
             target,
             options=(),
@@ -593,6 +684,33 @@ class VerificationService:
             '/xacthuc.v1.VerificationService/GetJwks',
             xacthuc_dot_v1_dot_verification__pb2.GetJwksRequest.SerializeToString,
             xacthuc_dot_v1_dot_verification__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatusList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xacthuc.v1.VerificationService/GetStatusList',
+            xacthuc_dot_v1_dot_verification__pb2.GetStatusListRequest.SerializeToString,
+            xacthuc_dot_v1_dot_verification__pb2.GetStatusListResponse.FromString,
             options,
             channel_credentials,
             insecure,

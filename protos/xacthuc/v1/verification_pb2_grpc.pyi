@@ -96,7 +96,9 @@ class VerificationServiceStub:
     """Lists the platform's children with an active guardian link whose 16th
     birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
     so the platform can prompt them to verify in their own name ahead of time.
-    From the birthday, authorization answers AGED_OUT; a periodic sweep then
+    From the birthday, authorization answers AGED_OUT (for a token that ends
+    at the birthday; one that ran out earlier stays ATTESTATION_EXPIRED, as the
+    token alone says offline); a periodic sweep then
     ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
     account leaves this list.
     """
@@ -106,19 +108,54 @@ class VerificationServiceStub:
     guardian-managed is eligible.
     """
     Authorize: _grpc.UnaryUnaryMultiCallable[_verification_pb2.AuthorizeRequest, _verification_pb2.AuthorizeResponse]
-    """Decides whether an account may perform an action (R5, R6). Not served yet:
-    UNIMPLEMENTED.
+    """Decides whether an account may perform an action now (R4, R5, R6, P6, P7),
+    from its stored attestation, with the one decision table the SDK also uses
+    offline (`xacthuc.decisions`), so both answer alike. The first rule that
+    holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
+    attestation every other action is refused (NOT_AUTHENTICATED, R6: the
+    transition period ended 24 Mar 2025); then a revoked attestation
+    (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+    P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
+    livestreaming is refused to a guardian-managed account
+    (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
+    personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
+    (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
+    only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
+    One store read; safe to retry.
     """
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]
     """Returns the account's current attestation (its token, signed again with the
     active key; the claims are those recorded when it was issued).
     """
     RevokeAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.RevokeAttestationRequest, _verification_pb2.RevokeAttestationResponse]
-    """Revokes an account's attestation (account deleted, fraud). Not served yet:
-    UNIMPLEMENTED.
+    """Revokes an account's attestation (account deleted, fraud). From then on
+    Authorize answers ATTESTATION_REVOKED, GetAttestation ATTESTATION_NOT_FOUND,
+    IntrospectAttestation status `revoked`, and the token's bit in the
+    platform's status list is set (offline verifiers see it once the copy they
+    cache is older than its `ttl`). Audited `attestation_revoked` with the
+    reason. Idempotent: revoking a revoked attestation changes nothing and
+    answers `already_revoked`. ATTESTATION_NOT_FOUND when the account has no
+    attestation; FIELD_INVALID for a malformed account id or reason. A guardian
+    withdrawing a child's link (WithdrawGuardianLink) revokes the same way.
+    """
+    IntrospectAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.IntrospectAttestationRequest, _verification_pb2.IntrospectAttestationResponse]
+    """Tells the state of an account's attestation as the server sees it now:
+    active, revoked, expired, aged out or none, with the token id and the
+    token's place in the status list. Never fails for an account without an
+    attestation (status `none`). One store read; safe to retry.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetJwksRequest, _verification_pb2.GetJwksResponse]
-    """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517)."""
+    """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
+    the active key, the next key (published before it signs) and retired keys
+    until the last token they signed has expired. The same document is served
+    at `/.well-known/jwks.json` of the well-known HTTP listener.
+    """
+    GetStatusList: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetStatusListRequest, _verification_pb2.GetStatusListResponse]
+    """Returns the calling platform's status list (IETF Token Status List, a
+    signed `statuslist+jwt`), the one its tokens name in their `status` claim,
+    for platforms that cannot reach the well-known HTTP listener where the same
+    token is served at `uri`. Safe to retry.
+    """
 
 @_typing.type_check_only
 class VerificationServiceAsyncStub(VerificationServiceStub):
@@ -188,7 +225,9 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     """Lists the platform's children with an active guardian link whose 16th
     birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
     so the platform can prompt them to verify in their own name ahead of time.
-    From the birthday, authorization answers AGED_OUT; a periodic sweep then
+    From the birthday, authorization answers AGED_OUT (for a token that ends
+    at the birthday; one that ran out earlier stays ATTESTATION_EXPIRED, as the
+    token alone says offline); a periodic sweep then
     ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
     account leaves this list.
     """
@@ -198,19 +237,54 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     guardian-managed is eligible.
     """
     Authorize: _aio.UnaryUnaryMultiCallable[_verification_pb2.AuthorizeRequest, _verification_pb2.AuthorizeResponse]  # type: ignore[assignment]
-    """Decides whether an account may perform an action (R5, R6). Not served yet:
-    UNIMPLEMENTED.
+    """Decides whether an account may perform an action now (R4, R5, R6, P6, P7),
+    from its stored attestation, with the one decision table the SDK also uses
+    offline (`xacthuc.decisions`), so both answer alike. The first rule that
+    holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
+    attestation every other action is refused (NOT_AUTHENTICATED, R6: the
+    transition period ended 24 Mar 2025); then a revoked attestation
+    (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+    P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
+    livestreaming is refused to a guardian-managed account
+    (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
+    personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
+    (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
+    only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
+    One store read; safe to retry.
     """
     GetAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]  # type: ignore[assignment]
     """Returns the account's current attestation (its token, signed again with the
     active key; the claims are those recorded when it was issued).
     """
     RevokeAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.RevokeAttestationRequest, _verification_pb2.RevokeAttestationResponse]  # type: ignore[assignment]
-    """Revokes an account's attestation (account deleted, fraud). Not served yet:
-    UNIMPLEMENTED.
+    """Revokes an account's attestation (account deleted, fraud). From then on
+    Authorize answers ATTESTATION_REVOKED, GetAttestation ATTESTATION_NOT_FOUND,
+    IntrospectAttestation status `revoked`, and the token's bit in the
+    platform's status list is set (offline verifiers see it once the copy they
+    cache is older than its `ttl`). Audited `attestation_revoked` with the
+    reason. Idempotent: revoking a revoked attestation changes nothing and
+    answers `already_revoked`. ATTESTATION_NOT_FOUND when the account has no
+    attestation; FIELD_INVALID for a malformed account id or reason. A guardian
+    withdrawing a child's link (WithdrawGuardianLink) revokes the same way.
+    """
+    IntrospectAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.IntrospectAttestationRequest, _verification_pb2.IntrospectAttestationResponse]  # type: ignore[assignment]
+    """Tells the state of an account's attestation as the server sees it now:
+    active, revoked, expired, aged out or none, with the token id and the
+    token's place in the status list. Never fails for an account without an
+    attestation (status `none`). One store read; safe to retry.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetJwksRequest, _verification_pb2.GetJwksResponse]  # type: ignore[assignment]
-    """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517)."""
+    """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
+    the active key, the next key (published before it signs) and retired keys
+    until the last token they signed has expired. The same document is served
+    at `/.well-known/jwks.json` of the well-known HTTP listener.
+    """
+    GetStatusList: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetStatusListRequest, _verification_pb2.GetStatusListResponse]  # type: ignore[assignment]
+    """Returns the calling platform's status list (IETF Token Status List, a
+    signed `statuslist+jwt`), the one its tokens name in their `status` claim,
+    for platforms that cannot reach the well-known HTTP listener where the same
+    token is served at `uri`. Safe to retry.
+    """
 
 class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
     """VerificationService authenticates a platform's accounts the way Decree
@@ -313,7 +387,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the platform's children with an active guardian link whose 16th
         birthday (local midnight in Asia/Ho_Chi_Minh) falls in [from_time, to_time),
         so the platform can prompt them to verify in their own name ahead of time.
-        From the birthday, authorization answers AGED_OUT; a periodic sweep then
+        From the birthday, authorization answers AGED_OUT (for a token that ends
+        at the birthday; one that ran out earlier stays ATTESTATION_EXPIRED, as the
+        token alone says offline); a periodic sweep then
         ends the link (audited `guardian_link_ended`, reason `aged_out`) and the
         account leaves this list.
         """
@@ -335,8 +411,20 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.AuthorizeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.AuthorizeResponse, _abc.Awaitable[_verification_pb2.AuthorizeResponse]]:
-        """Decides whether an account may perform an action (R5, R6). Not served yet:
-        UNIMPLEMENTED.
+        """Decides whether an account may perform an action now (R4, R5, R6, P6, P7),
+        from its stored attestation, with the one decision table the SDK also uses
+        offline (`xacthuc.decisions`), so both answer alike. The first rule that
+        holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
+        attestation every other action is refused (NOT_AUTHENTICATED, R6: the
+        transition period ended 24 Mar 2025); then a revoked attestation
+        (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+        P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
+        livestreaming is refused to a guardian-managed account
+        (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
+        personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
+        (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
+        only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
+        One store read; safe to retry.
         """
 
     @_abc_1.abstractmethod
@@ -355,8 +443,27 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.RevokeAttestationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.RevokeAttestationResponse, _abc.Awaitable[_verification_pb2.RevokeAttestationResponse]]:
-        """Revokes an account's attestation (account deleted, fraud). Not served yet:
-        UNIMPLEMENTED.
+        """Revokes an account's attestation (account deleted, fraud). From then on
+        Authorize answers ATTESTATION_REVOKED, GetAttestation ATTESTATION_NOT_FOUND,
+        IntrospectAttestation status `revoked`, and the token's bit in the
+        platform's status list is set (offline verifiers see it once the copy they
+        cache is older than its `ttl`). Audited `attestation_revoked` with the
+        reason. Idempotent: revoking a revoked attestation changes nothing and
+        answers `already_revoked`. ATTESTATION_NOT_FOUND when the account has no
+        attestation; FIELD_INVALID for a malformed account id or reason. A guardian
+        withdrawing a child's link (WithdrawGuardianLink) revokes the same way.
+        """
+
+    @_abc_1.abstractmethod
+    def IntrospectAttestation(
+        self,
+        request: _verification_pb2.IntrospectAttestationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verification_pb2.IntrospectAttestationResponse, _abc.Awaitable[_verification_pb2.IntrospectAttestationResponse]]:
+        """Tells the state of an account's attestation as the server sees it now:
+        active, revoked, expired, aged out or none, with the token id and the
+        token's place in the status list. Never fails for an account without an
+        attestation (status `none`). One store read; safe to retry.
         """
 
     @_abc_1.abstractmethod
@@ -365,6 +472,22 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.GetJwksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.GetJwksResponse, _abc.Awaitable[_verification_pb2.GetJwksResponse]]:
-        """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517)."""
+        """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
+        the active key, the next key (published before it signs) and retired keys
+        until the last token they signed has expired. The same document is served
+        at `/.well-known/jwks.json` of the well-known HTTP listener.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatusList(
+        self,
+        request: _verification_pb2.GetStatusListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verification_pb2.GetStatusListResponse, _abc.Awaitable[_verification_pb2.GetStatusListResponse]]:
+        """Returns the calling platform's status list (IETF Token Status List, a
+        signed `statuslist+jwt`), the one its tokens name in their `status` claim,
+        for platforms that cannot reach the well-known HTTP listener where the same
+        token is served at `uri`. Safe to retry.
+        """
 
 def add_VerificationServiceServicer_to_server(servicer: VerificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,132 @@
+"""The status list publisher: the store's bitmap, in the draft's bit order, padded, signed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from xacthuc.status_publisher import CHUNK_BYTES, StatusListPublisher, draft_order
+from xacthuc.statuslist import INVALID, VALID, StatusList, read_status_list_token
+from xacthuc.tokens import SigningKey, TokenSigner
+
+NOW = 1_800_000_000.0
+ISSUER = "https://xacthuc.test"
+BASE = "https://id.example"
+KEY = SigningKey.generate()
+JWKS = TokenSigner(KEY, issuer=ISSUER).jwks_json()
+
+
+def redis_order(revoked: set[int], nbytes: int) -> bytes:
+    """A bitmap as Redis SETBIT writes it: index i is bit 7 - i % 8 of byte i // 8."""
+    data = bytearray(nbytes)
+    for i in revoked:
+        data[i // 8] |= 0x80 >> (i % 8)
+    return bytes(data)
+
+
+def test_every_index_keeps_its_status_through_the_bit_reversal() -> None:
+    """Index i revoked in Redis order is index i revoked in the draft's order, and only it."""
+    revoked = {0, 1, 7, 8, 13, 63, 64, 1000, 8191}
+    sl = StatusList.from_bytes(draft_order(redis_order(revoked, 1024)))
+    assert revoked == {i for i in range(1024 * 8) if sl.get(i) == INVALID}
+
+
+def test_padding_is_whole_chunks_of_zeros() -> None:
+    """At least one chunk; a bitmap one byte over a chunk takes two; the padding is VALID."""
+    assert CHUNK_BYTES == len(draft_order(b""))
+    assert CHUNK_BYTES == len(draft_order(b"\xff" * CHUNK_BYTES))
+    assert 2 * CHUNK_BYTES == len(draft_order(b"\x80" * (CHUNK_BYTES + 1)))
+    sl = StatusList.from_bytes(draft_order(b"\x80"))
+    assert (INVALID, VALID, VALID) == (sl.get(0), sl.get(1), sl.get(CHUNK_BYTES * 8 - 1))
+
+
+class Bits:
+    """A store stand-in: the bitmap, and how often it was read."""
+
+    def __init__(self) -> None:
+        self.bits: dict[str, bytes] = {"alpha": redis_order({3}, 2)}
+        self.reads = 0
+
+    async def status_bits(self, platform: str) -> bytes:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return self.bits.get(platform, b"")
+
+
+@pytest.fixture
+def world() -> tuple[StatusListPublisher, Bits, list[float]]:
+    store, now = Bits(), [NOW]
+    publisher = StatusListPublisher(
+        store,  # type: ignore[arg-type]
+        clock=lambda: now[0],
+        signing_key=lambda: KEY,
+        issuer=ISSUER,
+        base_url=BASE + "/",
+        ttl=300,
+        platforms=lambda: {"alpha", "beta"},
+    )
+    return publisher, store, now
+
+
+async def test_the_signed_list_verifies_with_the_draft_claims(world) -> None:  # type: ignore[no-untyped-def]
+    publisher, _, _ = world
+    uri = f"{BASE}/statuslists/alpha/0"
+    assert ({"idx": 5, "uri": uri}, uri) == (
+        publisher.reference("alpha", 5),
+        publisher.uri("alpha"),
+    )
+    token = read_status_list_token(
+        await publisher.token("alpha"), JWKS, expected_uri=uri, now=NOW, issuer=ISSUER
+    )
+    assert (NOW, NOW + 600, 300.0) == (token.issued_at, token.expires_at, token.ttl)
+    assert (INVALID, VALID) == (token.status_list.get(3), token.status_list.get(4))
+
+
+async def test_the_list_is_cached_briefly_and_shared(world) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent misses share one build; the copy serves for a few seconds, then is rebuilt."""
+    publisher, store, now = world
+    tokens = await asyncio.gather(*(publisher.token("alpha") for _ in range(20)))
+    assert (1, 1, 1) == (len(set(tokens)), store.reads, publisher.builds)
+    now[0] += 4.9
+    await publisher.token("alpha")
+    assert 1 == store.reads
+    now[0] += 0.1
+    await publisher.token("alpha")
+    assert 2 == store.reads
+
+
+async def test_a_revocation_through_this_process_drops_the_copy(world) -> None:  # type: ignore[no-untyped-def]
+    publisher, store, _ = world
+    await publisher.token("alpha")
+    store.bits["alpha"] = redis_order({3, 4}, 2)
+    publisher.invalidate("alpha")
+    token = read_status_list_token(
+        await publisher.token("alpha"), JWKS, expected_uri=publisher.uri("alpha"), now=NOW
+    )
+    assert INVALID == token.status_list.get(4)
+
+
+async def test_a_build_that_raced_a_revocation_is_not_kept(world) -> None:  # type: ignore[no-untyped-def]
+    """A list read before a revocation may be answered once, never cached after it."""
+    publisher, store, _ = world
+    build = asyncio.create_task(publisher.token("alpha"))
+    await asyncio.sleep(0)  # the build has read the old bitmap
+    publisher.invalidate("alpha")
+    await build
+    await publisher.token("alpha")
+    assert 2 == store.reads
+
+
+async def test_unknown_platforms_and_lists_are_not_served(world) -> None:  # type: ignore[no-untyped-def]
+    publisher, _, _ = world
+    assert None is await publisher.serve("gamma", 0)
+    assert None is await publisher.serve("alpha", 1)
+    assert (await publisher.serve("beta", 0) or "").count(".") == 2
+
+
+def test_the_base_url_may_be_set_once_the_port_is_known(world) -> None:  # type: ignore[no-untyped-def]
+    publisher, _, _ = world
+    publisher.uri("alpha")
+    publisher.base_url = "http://127.0.0.1:41234"
+    assert "http://127.0.0.1:41234/statuslists/alpha/0" == publisher.uri("alpha")
