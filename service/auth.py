@@ -21,6 +21,7 @@ from pathlib import Path
 from xacthuc.errors import CredentialInvalid, CredentialMissing
 
 _KEY = re.compile(r"xk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_SEEN_MAX = 4096
 PLATFORM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
@@ -64,15 +65,29 @@ def new_key(platform: str, role: Role) -> tuple[str, KeyEntry]:
 class ApiKeys:
     def __init__(self, entries: list[KeyEntry] | None = None) -> None:
         self._entries = {e.key_id: e for e in entries or []}
+        # Header -> caller for keys already checked: a platform sends the same header on
+        # every call, so the hash is computed once. Only successes are kept; bounded.
+        self._seen: dict[str, Caller] = {}
 
     def add(self, entry: KeyEntry) -> None:
         self._entries[entry.key_id] = entry
+        self._seen.clear()
 
     def platforms(self) -> set[str]:
         """The platforms that have at least one key."""
         return {e.platform for e in self._entries.values()}
 
     def authenticate(self, authorization: str | None) -> Caller:
+        caller = self._seen.get(authorization) if authorization else None
+        if caller is not None:
+            return caller
+        caller = self._check(authorization)
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        self._seen[authorization] = caller  # type: ignore[index]  # _check refused None
+        return caller
+
+    def _check(self, authorization: str | None) -> Caller:
         if not authorization:
             raise CredentialMissing()
         scheme, _, token = authorization.partition(" ")

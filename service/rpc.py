@@ -46,6 +46,7 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
     def wrap(fn: Handler[Req, Resp]) -> Callable[..., Awaitable[Resp]]:
         method = fn.__name__
         seconds = RPC_SECONDS.labels(method)
+        ok = RPC_TOTAL.labels(method, "OK")  # bound once: labels() takes a lock per call
 
         @functools.wraps(fn)
         async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
@@ -62,7 +63,7 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
             except Exception as e:
                 status, reason = internal(method, e), "INTERNAL"
             else:
-                RPC_TOTAL.labels(method, "OK").inc()
+                ok.inc()
                 seconds.observe(time.perf_counter() - started)
                 return response
             RPC_TOTAL.labels(method, reason).inc()
@@ -88,6 +89,7 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
     def wrap(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., Any]:
         method = fn.__name__
         seconds = RPC_SECONDS.labels(method)
+        ok = RPC_TOTAL.labels(method, "OK")  # bound once: labels() takes a lock per call
 
         @functools.wraps(fn)
         async def handler(
@@ -107,7 +109,7 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
             except Exception as e:
                 status, reason = internal(method, e), "INTERNAL"
             else:
-                RPC_TOTAL.labels(method, "OK").inc()
+                ok.inc()
                 seconds.observe(time.perf_counter() - started)
                 return
             RPC_TOTAL.labels(method, reason).inc()
