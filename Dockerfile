@@ -15,7 +15,9 @@ COPY --from=build /wheels /wheels
 RUN python -m pip install --no-cache-dir --no-index --find-links /wheels xacthuc && rm -rf /wheels
 USER 10001
 ENV XACTHUC_LISTEN=0.0.0.0:50051 PYTHONUNBUFFERED=1
-EXPOSE 50051
+# 50051: gRPC. 8080: /.well-known/jwks.json and status lists when XACTHUC_WELLKNOWN_LISTEN=0.0.0.0:8080
+# (set XACTHUC_PUBLIC_BASE_URL to the address platforms reach it by).
+EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["xacthuc", "health", "--target", "127.0.0.1:50051"]
 STOPSIGNAL SIGTERM

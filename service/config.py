@@ -260,6 +260,11 @@ class Settings(BaseSettings):
             dev_parts.append(
                 "XACTHUC_REGISTRY_BACKEND=sandbox matches synthetic people only; use http"
             )
+        if self.wellknown_listen and not self.public_base_url:
+            dev_parts.append(
+                "XACTHUC_PUBLIC_BASE_URL is unset while XACTHUC_WELLKNOWN_LISTEN is on (tokens "
+                "would name the listener's bind address as their status-list URL)"
+            )
         if dev_parts:
             raise ValueError("production mode refuses dev-only parts: " + "; ".join(dev_parts))
 

@@ -177,3 +177,12 @@ def test_health_command_reports_not_serving_without_a_server() -> None:
     )
     assert 1 == run.returncode
     assert grpc.StatusCode.UNAVAILABLE.name in run.stderr
+
+
+def test_production_needs_a_public_base_url_for_the_wellknown_listener() -> None:
+    """With the well-known listener on, production refuses to guess the status-list URL."""
+    from xacthuc.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError) as e:
+        Settings.load(mode="production", wellknown_listen="0.0.0.0:8080")
+    assert any("XACTHUC_PUBLIC_BASE_URL is unset" in p for p in e.value.problems)
