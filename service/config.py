@@ -260,6 +260,10 @@ class Settings(BaseSettings):
             dev_parts.append(
                 "XACTHUC_REGISTRY_BACKEND=sandbox matches synthetic people only; use http"
             )
+        if self.issuer.rstrip("/").endswith(".invalid"):
+            dev_parts.append("XACTHUC_ISSUER is the placeholder https://xacthuc.invalid")
+        if self.log_origin.startswith("xacthuc.invalid"):
+            dev_parts.append("XACTHUC_LOG_ORIGIN is the placeholder xacthuc.invalid/log")
         if self.wellknown_listen and not self.public_base_url:
             dev_parts.append(
                 "XACTHUC_PUBLIC_BASE_URL is unset while XACTHUC_WELLKNOWN_LISTEN is on (tokens "

@@ -186,3 +186,23 @@ def test_production_needs_a_public_base_url_for_the_wellknown_listener() -> None
     with pytest.raises(ConfigError) as e:
         Settings.load(mode="production", wellknown_listen="0.0.0.0:8080")
     assert any("XACTHUC_PUBLIC_BASE_URL is unset" in p for p in e.value.problems)
+
+
+def test_production_refuses_placeholder_issuer_and_log_origin() -> None:
+    """Tokens and checkpoints must not name the .invalid placeholders in production."""
+    from xacthuc.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError) as e:
+        Settings.load(mode="production")
+    text = " ".join(e.value.problems)
+    assert (True, True) == (
+        "XACTHUC_ISSUER is the placeholder" in text,
+        "XACTHUC_LOG_ORIGIN is the placeholder" in text,
+    )
+    with pytest.raises(ConfigError) as named:
+        Settings.load(
+            mode="production",
+            issuer="https://xacthuc.example.vn",
+            log_origin="xacthuc.example.vn/log",
+        )
+    assert "placeholder" not in " ".join(named.value.problems)
