@@ -266,13 +266,13 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         before = await self._store.get_attestation(caller.platform, request.account_id)
         if before is None:
             raise AttestationNotFound()
-        now = self._now()
-        await self._store.revoke_attestation(
-            caller.platform, request.account_id, now, request.reason
+        revoked = await self._store.revoke_attestation(
+            caller.platform, request.account_id, self._now(), request.reason
         )
         self._revoked(caller.platform)
         return verification_pb2.RevokeAttestationResponse(
-            revoked_at=timestamp(now), already_revoked=before.status == "revoked"
+            revoked_at=timestamp(revoked.revoked_at or self._now()),
+            already_revoked=before.status == "revoked",
         )
 
     @rpc(Role.PLATFORM)

@@ -446,7 +446,9 @@ async def test_withdrawal_ends_the_link_and_revokes_the_attestation_at_once(stor
 
     revoked = await store.end_guardian_link(PLATFORM, result.link_id, NOW + 20)
 
-    expected = AttestationRecord(**{**_fields(result.attestation), "status": "revoked"})
+    expected = AttestationRecord(
+        **{**_fields(result.attestation), "status": "revoked", "revoked_at": NOW + 20}
+    )
     assert expected == revoked == await store.get_attestation(PLATFORM, "kid-1")
     assert 1 == bit(await store.status_bits(PLATFORM), result.attestation.status_idx)
     assert [] == await store.list_aging_out(PLATFORM, 0, AGED + 1, 10)
@@ -634,6 +636,7 @@ async def test_revocation_sets_the_status_bit_and_is_idempotent(store: Store) ->
 
     assert ("revoked", 0, 9) == (first.status, first.status_idx, ninth.status_idx)
     assert first == again == await store.get_attestation(PLATFORM, "acc-0")
+    assert NOW + 2000 == again.revoked_at  # the first revocation's time, kept
     assert b"\x80\x40" == await store.status_bits(PLATFORM)
     assert b"" == await store.status_bits(OTHER)
     assert [

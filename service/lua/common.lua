@@ -145,7 +145,7 @@ end
 -- "revoked", bit `status_idx` set in the platform's bitmap (SETBIT: index 0 is the most
 -- significant bit of byte 0), audited `attestation_revoked` with `reason_j`.
 local function revoke(acct_key, audit_key, account_j, a, reason_j)
-  redis.call("HSET", acct_key, "status", "revoked")
+  redis.call("HSET", acct_key, "status", "revoked", "revoked_at", P.now)
   local idx = tonumber(a.status_idx) or -1
   if idx >= 0 then
     redis.call("SETBIT", PREFIX .. "sl:bits", idx, 1)

@@ -127,6 +127,7 @@ class AttestationRecord:
     aged_out_at: float | None = None  # guardian-managed: the child's 16th birthday (P6)
     link_id: str = ""  # guardian-managed: the link the attestation was issued under
     status_idx: int = -1  # the token's index in the platform's status list; -1 none
+    revoked_at: float | None = None  # when status became "revoked"
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,7 +156,7 @@ class MemoryBase:
         self, p: _Platform, platform: str, now: float, record: AttestationRecord, reason: str
     ) -> AttestationRecord:
         """Set the status of `record` (the account's current one) to revoked, its bit, audit."""
-        revoked = replace(record, status="revoked")
+        revoked = replace(record, status="revoked", revoked_at=now)
         p.attestations[record.account_id] = (revoked, p.attestations[record.account_id][1])
         self._set_status_bit(p, record.status_idx)
         self._audit(

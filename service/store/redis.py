@@ -214,6 +214,7 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 def _record(h: dict[str, str]) -> AttestationRecord:
     """An attestation hash as the record (hashes written before issue 4 lack the new fields)."""
     aged_out_at = h.get("aged_out_at", "")
+    revoked_at = h.get("revoked_at", "")
     return AttestationRecord(
         account_id=h["account_id"],
         method=h["method"],
@@ -229,6 +230,7 @@ def _record(h: dict[str, str]) -> AttestationRecord:
         aged_out_at=float(aged_out_at) if aged_out_at else None,
         link_id=h.get("link_id", ""),
         status_idx=int(h.get("status_idx") or -1),
+        revoked_at=float(revoked_at) if revoked_at and h["status"] == "revoked" else None,
     )
 
 

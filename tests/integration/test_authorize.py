@@ -256,11 +256,14 @@ async def test_revoked(az: AzHarness, offline: Offline) -> None:
     client = await az.client()
     att = await verify_phone(az, client, "acc-rev")
     first = await client.revoke_attestation(account_id="acc-rev", reason="account_deleted")
+    revoked_at = az.clock.now()
+    az.clock.advance(30)
     again = await client.revoke_attestation(account_id="acc-rev", reason="fraud")
-    assert (az.clock.now(), False, True) == (
+    assert (revoked_at, False, True, revoked_at) == (
         first.revoked_at.timestamp(),
         first.already_revoked,
         again.already_revoked,
+        again.revoked_at.timestamp(),
     )
     decisions = await agree(client, offline, "acc-rev", att.token)
     assert table(Decision(False, "ATTESTATION_REVOKED", "R5")) == decisions

@@ -909,8 +909,7 @@ class RevokeAttestationResponse(_message.Message):
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
         """When the attestation was revoked: the time of this call, or, when it was
-        already revoked, the time of this call too (the original revocation is in
-        the audit log, event `attestation_revoked`).
+        already revoked, the time of that earlier revocation.
         """
 
     def __init__(
