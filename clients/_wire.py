@@ -127,7 +127,13 @@ CONFIRM = Rpc("verification", "ConfirmPhoneVerification", lambda r: attestation(
 GET_ATTESTATION = Rpc(
     "verification", "GetAttestation", lambda r: attestation(r.attestation), idempotent=True
 )
-GET_JWKS = Rpc("verification", "GetJwks", lambda r: r.jwks_json, idempotent=True)
+
+
+def _jwks(r: verification_pb2.GetJwksResponse) -> str:
+    return r.jwks_json
+
+
+GET_JWKS = Rpc("verification", "GetJwks", _jwks, idempotent=True)
 VERIFY_PERSONAL_ID = Rpc("verification", "VerifyPersonalId", lambda r: attestation(r.attestation))
 LIVESTREAM_ELIGIBILITY = Rpc(
     "verification",
@@ -188,10 +194,10 @@ def audit_request(
 
 def decode_error(err: grpc.RpcError) -> XacthucError:
     """The typed exception for a failed call, rebuilt from its status details."""
-    code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
-    message: str = err.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = err.code()
+    message: str = err.details() or ""
     reason, metadata = None, None
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in err.trailing_metadata() or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:

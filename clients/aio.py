@@ -86,7 +86,7 @@ class AsyncClient:
                 )
                 return rpc.parse(response)
             except grpc.RpcError as e:
-                if e.code() is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:  # type: ignore[attr-defined]
+                if e.code() is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
                     await asyncio.sleep(random.uniform(0, 0.1 * 2**attempt))
                     continue
                 raise w.decode_error(e) from None

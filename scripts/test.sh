@@ -33,6 +33,8 @@ fi
 
 echo "test.sh: ruff"
 .venv/bin/ruff check .
+echo "test.sh: mypy --strict"
+.venv/bin/python scripts/typecheck.py
 if command -v npx >/dev/null; then
   echo "test.sh: buf lint"
   (cd protos && npx --yes @bufbuild/buf@1.75.0 lint)

@@ -86,7 +86,7 @@ def _health(args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as e:
-            print(f"xacthuc: health check failed: {e.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"xacthuc: health check failed: {e.code().name}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)

@@ -162,14 +162,14 @@ async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None
 def _bind(server: grpc.aio.Server, app: App, address: str) -> int:
     s = app.settings
     if s.tls_cert_file is None or s.tls_key_file is None:
-        return server.add_insecure_port(address)
+        return int(server.add_insecure_port(address))
     ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
     credentials = grpc.ssl_server_credentials(
         [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
-    return server.add_secure_port(address, credentials)
+    return int(server.add_secure_port(address, credentials))
 
 
 async def serve(app: App) -> None:
