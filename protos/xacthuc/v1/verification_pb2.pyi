@@ -247,8 +247,9 @@ class StartPhoneVerificationRequest(_message.Message):
     stored in plain form.
     """
     client_ip: _builtins.str
-    """The end user's IP address as the platform saw it (IPv4 or IPv6), used for
-    per-client send budgets (P3). IPv6 addresses are counted per /64.
+    """Required: the end user's IP address as the platform saw it (IPv4 or IPv6),
+    used for per-client send budgets (P3) and kept only as a pseudonym. IPv6
+    addresses are counted per /64. Missing or malformed: FIELD_INVALID.
     """
     idempotency_key: _builtins.str
     """Optional, recommended: 1-128 printable ASCII characters chosen by the
