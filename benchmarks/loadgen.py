@@ -51,8 +51,9 @@ class PhaseResult:
         return ordered[rank - 1] * 1000
 
 
-async def closed_loop(name: str, op: Op, *, concurrency: int, duration: float | None = None,
-                      calls: int | None = None) -> PhaseResult:
+async def closed_loop(
+    name: str, op: Op, *, concurrency: int, duration: float | None = None, calls: int | None = None
+) -> PhaseResult:
     """Run `op` from `concurrency` workers until `duration` seconds passed, `calls` calls were
     issued, or `op` raised Exhausted. Every started call finishes before this returns."""
     result = PhaseResult(name)
@@ -129,7 +130,11 @@ class CpuMeter:
         wall = time.perf_counter() - self._began
 
         def pct(before: float | None, after: float | None) -> float | None:
-            return None if before is None or after is None or wall <= 0 else 100 * (after - before) / wall
+            return (
+                None
+                if before is None or after is None or wall <= 0
+                else 100 * (after - before) / wall
+            )
 
         out = {k: pct(self._before.get(k), self._cpu_seconds(p)) for k, p in self._pids.items()}
         host = pct(self._host_before, self._host_busy_seconds())

@@ -87,13 +87,17 @@ class RoundTrips:
     def describe(self) -> str:
         if not self.calls:
             return "no calls"
-        sent = ", ".join(f"{k} {v / self.calls:.2f}" for k, v in sorted(self.sent.items())) or "none"
+        sent = (
+            ", ".join(f"{k} {v / self.calls:.2f}" for k, v in sorted(self.sent.items())) or "none"
+        )
         inner = ", ".join(f"{k} {v / self.calls:.1f}" for k, v in self.in_scripts.most_common())
         text = f"{self.per_call():.2f} round trips/call ({sent})"
         if inner:
             text += f"; inside scripts {self.in_scripts_per_call():.1f} commands/call ({inner})"
         if self.background:
-            reads = ", ".join(f"{k} {v / self.calls:.3f}" for k, v in sorted(self.background.items()))
+            reads = ", ".join(
+                f"{k} {v / self.calls:.3f}" for k, v in sorted(self.background.items())
+            )
             text += f"; not counted, background audit-log work per call: {reads}"
         return text
 
@@ -103,9 +107,12 @@ class RedisProbe:
         self.url = url
         self.version = "?"
         self.pid: int | None = None
-        self._r = aioredis.Redis.from_url(with_client_name(url, DRIVER_CLIENT_NAME),
-                                          decode_responses=True, socket_connect_timeout=3,
-                                          socket_timeout=30)
+        self._r = aioredis.Redis.from_url(
+            with_client_name(url, DRIVER_CLIENT_NAME),
+            decode_responses=True,
+            socket_connect_timeout=3,
+            socket_timeout=30,
+        )
 
     async def check(self) -> None:
         """Raise RedisUnreachable with the reason unless Redis answers."""
@@ -126,7 +133,9 @@ class RedisProbe:
     async def foreign_clients(self) -> int:
         """Connected clients that are neither this driver nor the xacthuc server."""
         clients = await self._r.client_list()
-        return sum(1 for c in clients if c.get("name") not in (DRIVER_CLIENT_NAME, SERVER_CLIENT_NAME))
+        return sum(
+            1 for c in clients if c.get("name") not in (DRIVER_CLIENT_NAME, SERVER_CLIENT_NAME)
+        )
 
     async def _server_addresses(self) -> set[str]:
         clients = await self._r.client_list()
@@ -145,8 +154,11 @@ class RedisProbe:
                     name = name.upper()
                     if name == "ECHO" and args == marker:
                         return
-                    client = ("lua" if line["client_type"] == "lua"
-                              else f"{line['client_address']}:{line['client_port']}")
+                    client = (
+                        "lua"
+                        if line["client_type"] == "lua"
+                        else f"{line['client_address']}:{line['client_port']}"
+                    )
                     seen.append((client, name, _first_key(name, args)))
 
             reader = asyncio.create_task(read())

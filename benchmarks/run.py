@@ -43,6 +43,19 @@ Authorize is measured after confirm, on the accounts the confirm phases verified
 asks for "post" on the next of them, round robin): one Redis read (HGETALL) and the decision
 table, as a platform calls it before every post.
 
+VerifyPersonalId is measured next, against the dev-mode identity registry: the in-process
+sandbox (`SandboxRegistry`), loaded from a temporary JSON Lines file of synthetic citizens
+written by the driver (`citizens.py`; at least 50,000, more for long runs) and given to the
+server through the `registry_sandbox_file` override. Every call verifies a fresh account as
+a different person (number, name and date of birth as on file, purpose
+"no_vietnamese_mobile" with the user's declaration) through `AsyncClient.verify_personal_id`,
+so each call is the first attempt on its account and its number and no attempt budget, lock
+or accounts-per-number cap comes into play: the two store scripts (begin_id_check, then
+finish_id_check with the match and the new attestation), the registry look-up and the
+signed token. The registry answers from memory, so this measures the service, not a real
+e-ID provider (whose network round trip would dominate in production). Should the file's
+people run out, the phase ends early and the report says so.
+
 Offline verification is measured in this process, after the timed RPCs (the servers idle):
 the SDK's `AttestationVerifier.verify` on a real attestation token the server signed, against
 the raw Ed25519 `verify` (`cryptography`) of that same token's signature over the same
@@ -92,6 +105,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from citizens import Citizen, make_citizens, write_citizens
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from loadgen import CpuMeter, Exhausted, Op, PhaseResult, closed_loop
 from redis.exceptions import RedisError
@@ -118,12 +132,17 @@ CALL_TIMEOUT = 5.0
 MONITOR_CALLS = 1000  # RPCs per kind in the MONITOR round-trip check
 ECHO, START, CONFIRM, JWKS = "Echo", "StartPhoneVerification", "ConfirmPhoneVerification", "GetJwks"
 AUTHORIZE = "Authorize"
+VERIFY_ID = "VerifyPersonalId"
 ECHO_AGAIN = "Echo (again, at the end)"
 RAW_CONFIRM = "ConfirmPhoneVerification (raw stub)"
 GOAL_CONFIRM_RATIO = 0.60
 GOAL_AUTHORIZE_RATIO = 0.70
 GOAL_OFFLINE_RATIO = 0.80
 OFFLINE_ROUNDS = 6  # alternating SDK / raw rounds of the offline verification measurement
+# Synthetic citizens in the sandbox registry file: one per VerifyPersonalId call (warm-up,
+# timed phase and MONITOR check), sized for a rate well above what the server can reach.
+CITIZENS_MIN = 50_000
+CITIZENS_RPS_BOUND = 5_000
 OTHER_LOAD_WARN = 15  # % of one core used by unrelated processes before the report warns
 
 # Settings overrides of the xacthuc server (besides store, namespace and SMS gateway).
@@ -173,25 +192,33 @@ class Child:
 
     async def start(self, ready_within: float = 30.0) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(SERVERS), *self.argv,
+            sys.executable,
+            str(SERVERS),
+            *self.argv,
             stdin=asyncio.subprocess.PIPE,  # closes when we die, however: the child then exits
-            stdout=asyncio.subprocess.PIPE, stderr=self._log,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self._log,
             start_new_session=True,  # Ctrl-C reaches only the driver, which stops us in order
         )
         assert self.proc.stdout is not None
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), ready_within)
         except TimeoutError:
-            raise BenchError(f"{self.name} did not start within {ready_within:.0f} s\n"
-                             f"{self.log_tail()}") from None
+            raise BenchError(
+                f"{self.name} did not start within {ready_within:.0f} s\n{self.log_tail()}"
+            ) from None
         if not line.startswith(b"READY "):
             code = await self.proc.wait()
-            raise BenchError(f"{self.name} failed to start (exit status {code}):\n{self.log_tail()}")
+            raise BenchError(
+                f"{self.name} failed to start (exit status {code}):\n{self.log_tail()}"
+            )
         self.port = int(line.split()[1])
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.returncode is not None:
-            raise BenchError(f"{self.name} exited (status {self.proc.returncode}):\n{self.log_tail()}")
+            raise BenchError(
+                f"{self.name} exited (status {self.proc.returncode}):\n{self.log_tail()}"
+            )
 
     def log_tail(self, chars: int = 3000) -> str:
         self._log.seek(0)
@@ -245,6 +272,9 @@ class Benchmark:
         self.verified: list[str] = []  # accounts the confirm phases verified, for Authorize
         self.sample_token = ""  # one attestation token, for the offline measurement
         self._authorize_turn = itertools.count()
+        self.citizens: deque[Citizen] = deque()  # people on the sandbox file, not yet verified
+        self.citizen_count = 0
+        self.registry_file: Path | None = None
         self.offline: dict[str, float] | None = None
         self._serial = itertools.count()
         self.rows: dict[str, Row] = {}
@@ -260,11 +290,16 @@ class Benchmark:
             try:
                 await self.probe.check()
             except RedisUnreachable as e:
-                raise BenchError(f"Redis is not reachable at {self.args.redis_url} ({e}).\n"
-                                 "Start Redis, pass --redis-url, or use --store memory.") from None
+                raise BenchError(
+                    f"Redis is not reachable at {self.args.redis_url} ({e}).\n"
+                    "Start Redis, pass --redis-url, or use --store memory."
+                ) from None
             stack.push_async_callback(self._delete_namespace)  # runs after the server stopped
         sms_url = await self.gateway.start()
         stack.push_async_callback(self.gateway.close)
+        self._write_registry(
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xacthuc-bench-")))
+        )
 
         self.server.argv = ["xacthuc", json.dumps(self._server_config(sms_url))]
         stack.push_async_callback(self.echo.stop)
@@ -283,14 +318,34 @@ class Benchmark:
             self.channels += [echo_channel, channel]
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in self.channels)), 30)
 
+    def _write_registry(self, directory: Path) -> None:
+        """The sandbox registry's people, on a temporary file the server loads at start."""
+        self.citizen_count = max(
+            CITIZENS_MIN,
+            MONITOR_CALLS + math.ceil(CITIZENS_RPS_BOUND * (self.args.warmup + self.args.duration)),
+        )
+        began = time.perf_counter()
+        people = make_citizens(self.citizen_count)
+        self.registry_file = directory / "citizens.jsonl"
+        write_citizens(self.registry_file, people)
+        self.citizens.extend(people)
+        log(
+            f"wrote {len(people):,} synthetic citizens for the sandbox registry in "
+            f"{time.perf_counter() - began:.1f} s"
+        )
+
     def _server_config(self, sms_url: str) -> dict[str, Any]:
-        store_url = ("memory://" if self.args.store == "memory"
-                     else with_client_name(self.args.redis_url, SERVER_CLIENT_NAME))
+        store_url = (
+            "memory://"
+            if self.args.store == "memory"
+            else with_client_name(self.args.redis_url, SERVER_CLIENT_NAME)
+        )
         settings = SERVER_SETTINGS | {
             "store_url": store_url,
             "store_namespace": self.namespace,
             "sms_backend": "http",
             "sms_http_url": sms_url,
+            "registry_sandbox_file": str(self.registry_file),
         }
         entry = dataclasses.asdict(self.key_entry) | {"role": self.key_entry.role.value}
         return {"settings": settings, "api_key_entry": entry}
@@ -299,8 +354,9 @@ class Benchmark:
     def _channel(port: int) -> grpc.aio.Channel:
         # A local subchannel pool gives every channel its own HTTP/2 connection; by default
         # channels with equal arguments share one.
-        return grpc.aio.insecure_channel(f"127.0.0.1:{port}",
-                                         options=[("grpc.use_local_subchannel_pool", 1)])
+        return grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
 
     async def _delete_namespace(self) -> None:
         assert self.probe is not None
@@ -342,7 +398,8 @@ class Benchmark:
     async def op_confirm(self, worker: int) -> None:
         challenge_id, account, code = self._next_challenge()
         attestation = await self._client(worker).confirm_phone_verification(
-            challenge_id=challenge_id, account_id=account, code=code)
+            challenge_id=challenge_id, account_id=account, code=code
+        )
         self.verified.append(account)
         self.sample_token = attestation.token
 
@@ -352,12 +409,32 @@ class Benchmark:
         if not decision.allowed:  # every account here was verified moments ago
             raise BenchError(f"Authorize refused a verified account: {decision}")
 
+    async def op_verify_id(self, worker: int) -> None:
+        try:
+            person = self.citizens.popleft()
+        except IndexError:
+            raise Exhausted() from None
+        n = next(self._serial)
+        attestation = await self._client(worker).verify_personal_id(
+            account_id=f"pid-{n}",
+            personal_id_number=person.personal_id,
+            full_name=person.full_name,
+            date_of_birth=person.date_of_birth,
+            purpose="no_vietnamese_mobile",
+            declared_no_vietnamese_mobile=True,
+            client_ip=f"198.19.{(n >> 8) & 0xFF}.{n & 0xFF}",
+        )
+        if attestation.method != "personal_id":
+            raise BenchError(f"VerifyPersonalId answered with a {attestation.method} attestation")
+
     async def op_confirm_raw(self, worker: int) -> None:
         challenge_id, account, code = self._next_challenge()
         request = verification_pb2.ConfirmPhoneVerificationRequest(
-            challenge_id=challenge_id, account_id=account, code=code)
+            challenge_id=challenge_id, account_id=account, code=code
+        )
         await self.raw_stubs[worker // WORKERS_PER_CHANNEL].ConfirmPhoneVerification(
-            request, metadata=(("authorization", f"Bearer {self.api_key}"),), timeout=CALL_TIMEOUT)
+            request, metadata=(("authorization", f"Bearer {self.api_key}"),), timeout=CALL_TIMEOUT
+        )
 
     # -- phases -----------------------------------------------------------------------------
 
@@ -371,8 +448,13 @@ class Benchmark:
         """One timed phase, with CPU and Redis counters read around it."""
         self.echo.check_alive()
         self.server.check_alive()
-        meter = CpuMeter({"server": server.pid, "driver": os.getpid(),
-                          "redis": self.probe.pid if self.probe else None})
+        meter = CpuMeter(
+            {
+                "server": server.pid,
+                "driver": os.getpid(),
+                "redis": self.probe.pid if self.probe else None,
+            }
+        )
         before = await self.probe.command_calls() if self.probe else None
         foreign = await self.probe.foreign_clients() if self.probe else 0
         meter.start()
@@ -385,9 +467,11 @@ class Benchmark:
             row.foreign_redis_clients = max(foreign, await self.probe.foreign_clients())
         server.check_alive()
         self.rows[name] = row
-        log(f"  {name}: {result.calls} calls, {result.rps:,.0f} rps, "
+        log(
+            f"  {name}: {result.calls} calls, {result.rps:,.0f} rps, "
             f"p50 {result.percentile_ms(50):.2f} ms, p99 {result.percentile_ms(99):.2f} ms"
-            + (f", {result.error_count} errors {dict(result.errors)}" if result.error_count else ""))
+            + (f", {result.error_count} errors {dict(result.errors)}" if result.error_count else "")
+        )
         return row
 
     async def prepare(self, count: int) -> None:
@@ -397,8 +481,9 @@ class Benchmark:
         began = time.perf_counter()
         result = await closed_loop("prepare", self.op_start, concurrency=self.n, calls=count)
         if result.error_count:
-            raise BenchError(f"preparing challenges: {result.error_count} starts failed "
-                             f"{dict(result.errors)}")
+            raise BenchError(
+                f"preparing challenges: {result.error_count} starts failed {dict(result.errors)}"
+            )
         log(f"  prepared {count} challenges in {time.perf_counter() - began:.1f} s (untimed)")
 
     async def confirm_phase(self, name: str, op: Op) -> None:
@@ -406,8 +491,10 @@ class Benchmark:
         warm = await self.warm_up(name, op)
         rate = len(warm.latencies) / warm.elapsed if warm.elapsed else 0.0
         need = math.ceil(rate * self.args.duration * 1.3) + self.n
-        log(f"  {name} warm-up ran at ~{rate:,.0f} rps; {len(self.challenges)} challenges left, "
-            f"want {need}")
+        log(
+            f"  {name} warm-up ran at ~{rate:,.0f} rps; {len(self.challenges)} challenges left, "
+            f"want {need}"
+        )
         await self.prepare(need - len(self.challenges))
         row = await self.timed(name, op, self.server)
         if row.result.exhausted:
@@ -418,28 +505,41 @@ class Benchmark:
         assert self.probe is not None
         log(f"Redis round-trip check under MONITOR ({MONITOR_CALLS} calls each, untimed)")
         self.challenges.clear()  # confirm the challenges made under MONITOR, nothing older
-        for name, op in ((START, self.op_start), (CONFIRM, self.op_confirm), (JWKS, self.op_jwks),
-                         (AUTHORIZE, self.op_authorize)):
+        for name, op in (
+            (START, self.op_start),
+            (CONFIRM, self.op_confirm),
+            (JWKS, self.op_jwks),
+            (AUTHORIZE, self.op_authorize),
+            (VERIFY_ID, self.op_verify_id),
+        ):
             outcome: list[PhaseResult] = []
 
             async def work(op: Op = op, outcome: list[PhaseResult] = outcome) -> int:
-                outcome.append(await closed_loop("check", op, concurrency=self.n, calls=MONITOR_CALLS))
+                outcome.append(
+                    await closed_loop("check", op, concurrency=self.n, calls=MONITOR_CALLS)
+                )
                 return outcome[0].calls
 
             trips = await self.probe.monitor(work)
             if outcome[0].errors or not outcome[0].calls:
-                self.check_failures.append(f"{name} in the round-trip check: failed calls "
-                                           f"{dict(outcome[0].errors)}")
+                self.check_failures.append(
+                    f"{name} in the round-trip check: failed calls {dict(outcome[0].errors)}"
+                )
                 log(f"  {self.check_failures[-1]}")
                 continue
             self.rows[name].round_trips = trips
             log(f"  {name}: {trips.describe()}")
 
     async def run(self) -> None:
-        log(f"echo server on :{self.echo.port}, xacthuc server on :{self.server.port}; "
-            f"{self.n} workers over {self.channel_count} channels")
-        for name, op, server in ((ECHO, self.op_echo, self.echo), (JWKS, self.op_jwks, self.server),
-                                 (START, self.op_start, self.server)):
+        log(
+            f"echo server on :{self.echo.port}, xacthuc server on :{self.server.port}; "
+            f"{self.n} workers over {self.channel_count} channels"
+        )
+        for name, op, server in (
+            (ECHO, self.op_echo, self.echo),
+            (JWKS, self.op_jwks, self.server),
+            (START, self.op_start, self.server),
+        ):
             log(f"phase: {name}")
             await self.warm_up(name, op)
             await self.timed(name, op, server)
@@ -453,6 +553,14 @@ class Benchmark:
         log(f"phase: {AUTHORIZE} (on the {len(self.verified)} accounts the confirm phase verified)")
         await self.warm_up(AUTHORIZE, self.op_authorize)
         await self.timed(AUTHORIZE, self.op_authorize, self.server)
+        log(
+            f"phase: {VERIFY_ID} (sandbox registry of {self.citizen_count:,} synthetic citizens, "
+            "a fresh account and person per call)"
+        )
+        await self.warm_up(VERIFY_ID, self.op_verify_id)
+        row = await self.timed(VERIFY_ID, self.op_verify_id, self.server)
+        if row.result.exhausted:
+            row.note = "ran out of synthetic citizens: the phase ended early"
         log(f"phase: {ECHO_AGAIN}")
         await self.warm_up(ECHO, self.op_echo)
         await self.timed(ECHO_AGAIN, self.op_echo, self.echo)
@@ -460,8 +568,10 @@ class Benchmark:
             await self.round_trip_check()
         log("offline verification in the driver: SDK AttestationVerifier vs raw Ed25519 verify")
         self.offline = await self.measure_offline()
-        log(f"  SDK {self.offline['sdk_per_s']:,.0f}/s, raw {self.offline['raw_per_s']:,.0f}/s, "
-            f"ratio {self.offline['ratio']:.3f}")
+        log(
+            f"  SDK {self.offline['sdk_per_s']:,.0f}/s, raw {self.offline['raw_per_s']:,.0f}/s, "
+            f"ratio {self.offline['ratio']:.3f}"
+        )
 
     async def measure_offline(self) -> dict[str, float]:
         """Verifications per second of one real token: the SDK's whole check, and the bare
@@ -471,7 +581,8 @@ class Benchmark:
         head, payload, signature = token.split(".")
         kid = json.loads(base64url(head))["kid"]
         public = Ed25519PublicKey.from_public_bytes(
-            base64url(next(k["x"] for k in jwks["keys"] if k["kid"] == kid)))
+            base64url(next(k["x"] for k in jwks["keys"] if k["kid"] == kid))
+        )
         signing_input, raw_signature = f"{head}.{payload}".encode(), base64url(signature)
         claims = json.loads(base64url(payload))
         verifier = AttestationVerifier(jwks, issuer=claims["iss"], audience=claims["aud"])
@@ -495,8 +606,11 @@ class Benchmark:
             sdk = max(sdk, rate(lambda: verifier.verify(token, now=now)))
             raw = max(raw, rate(lambda: public.verify(raw_signature, signing_input)))
             await asyncio.sleep(0)
-        return {"sdk_per_s": round(sdk, 1), "raw_per_s": round(raw, 1),
-                "ratio": round(sdk / raw, 3) if raw else 0.0}
+        return {
+            "sdk_per_s": round(sdk, 1),
+            "raw_per_s": round(raw, 1),
+            "ratio": round(sdk / raw, 3) if raw else 0.0,
+        }
 
     def yardstick(self) -> Row:
         """The better of the two echo runs: the ceiling, least disturbed by anything else."""
@@ -520,10 +634,12 @@ def machine_summary(probe: RedisProbe | None) -> str:
                 break
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    return (f"{os.cpu_count()} CPUs ({usable} usable{model}), {platform.system()} "
-            f"{platform.machine()}, {load} at the end; {platform.python_implementation()} "
-            f"{platform.python_version()}, grpcio {grpc.__version__}"
-            + (f", Redis {probe.version}" if probe else ""))
+    return (
+        f"{os.cpu_count()} CPUs ({usable} usable{model}), {platform.system()} "
+        f"{platform.machine()}, {load} at the end; {platform.python_implementation()} "
+        f"{platform.python_version()}, grpcio {grpc.__version__}"
+        + (f", Redis {probe.version}" if probe else "")
+    )
 
 
 def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
@@ -536,16 +652,26 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         f"load:     closed loop, {bench.n} calls in flight over {bench.channel_count} channels "
         f"({WORKERS_PER_CHANNEL} per channel), {args.warmup:g} s warm-up + {args.duration:g} s "
         f"timed per RPC, one RPC at a time; echo payload {len(ECHO_PAYLOAD)} B",
-        f"store:    {args.store}" + (f" at {args.redis_url}, namespace {bench.namespace} (deleted)"
-                                     if args.store == "redis" else ""),
-        "server:   dev mode, fixed HMAC keys, " + ", ".join(
-            f"{k}={v}" for k, v in SERVER_SETTINGS.items()
-            if k.startswith(("sends", "otp_ttl"))) + "; HttpSmsSender to a loopback gateway "
+        f"store:    {args.store}"
+        + (
+            f" at {args.redis_url}, namespace {bench.namespace} (deleted)"
+            if args.store == "redis"
+            else ""
+        ),
+        "server:   dev mode, fixed HMAC keys, "
+        + ", ".join(
+            f"{k}={v}" for k, v in SERVER_SETTINGS.items() if k.startswith(("sends", "otp_ttl"))
+        )
+        + "; HttpSmsSender to a loopback gateway "
         "in the driver; a new phone, account, idempotency key and client IP per start",
+        f"registry: sandbox (in-process) of {bench.citizen_count:,} synthetic citizens; a new "
+        "account and person per VerifyPersonalId, purpose no_vietnamese_mobile",
         "",
     ]
-    header = (f"{'rpc':<36}{'calls':>7}{'err':>5}{'rps':>8}{'p50_ms':>8}{'p99_ms':>8}{'vs_echo':>8}"
-              f"{'redis_rt':>9}{'evalsha':>8}  cpu% srv/drv/redis/other")
+    header = (
+        f"{'rpc':<36}{'calls':>7}{'err':>5}{'rps':>8}{'p50_ms':>8}{'p99_ms':>8}{'vs_echo':>8}"
+        f"{'redis_rt':>9}{'evalsha':>8}  cpu% srv/drv/redis/other"
+    )
     lines += [header, "-" * len(header)]
 
     def fmt(value: float | None, spec: str) -> str:
@@ -559,7 +685,8 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             f"{'' if row.name.startswith(ECHO) else fmt(r.rps / echo.rps, '.3f'):>8}"
             f"{fmt(row.round_trips.per_call() if row.round_trips else None, '.2f'):>9}"
             f"{'' if row.name.startswith(ECHO) else fmt(row.script_calls_per_call, '.2f'):>8}  "
-            + "/".join(fmt(row.cpu[k], ".0f") for k in ("server", "driver", "redis", "other")))
+            + "/".join(fmt(row.cpu[k], ".0f") for k in ("server", "driver", "redis", "other"))
+        )
     lines += [
         "",
         f"vs_echo:  rps / echo rps, echo being the better of its two runs ({bench.yardstick().name}).",
@@ -574,47 +701,70 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         if row.round_trips is not None:
             lines.append(f"redis {row.name}: {row.round_trips.describe()}")
     warnings = []
-    busy = [row.name for row in bench.rows.values() if (row.cpu.get("other") or 0) > OTHER_LOAD_WARN]
+    busy = [
+        row.name for row in bench.rows.values() if (row.cpu.get("other") or 0) > OTHER_LOAD_WARN
+    ]
     if busy:
-        warnings.append(f"other processes used over {OTHER_LOAD_WARN}% of a core during "
-                        f"{', '.join(busy)}: those rows are low by an unknown amount")
+        warnings.append(
+            f"other processes used over {OTHER_LOAD_WARN}% of a core during "
+            f"{', '.join(busy)}: those rows are low by an unknown amount"
+        )
     foreign = max(row.foreign_redis_clients for row in bench.rows.values())
     if foreign:
-        warnings.append(f"{foreign} other Redis client(s) connected during the timed phases: "
-                        "the evalsha column may include their commands")
+        warnings.append(
+            f"{foreign} other Redis client(s) connected during the timed phases: "
+            "the evalsha column may include their commands"
+        )
     warnings += [f"{row.name}: {row.note}" for row in bench.rows.values() if row.note]
-    warnings += [f"{row.name}: failed calls {dict(row.result.errors)}"
-                 for row in bench.rows.values() if row.result.errors]
+    warnings += [
+        f"{row.name}: failed calls {dict(row.result.errors)}"
+        for row in bench.rows.values()
+        if row.result.errors
+    ]
     warnings += bench.check_failures
     lines += [f"warning: {w}" for w in warnings]
 
     confirm = bench.rows[CONFIRM]
     ratio = confirm.result.rps / echo.rps if echo.rps else 0.0
-    goal = (f"goals: confirm rps >= {GOAL_CONFIRM_RATIO:.0%} of echo: "
-            f"{'PASS' if ratio >= GOAL_CONFIRM_RATIO else 'FAIL'} ({ratio:.1%})")
+    goal = (
+        f"goals: confirm rps >= {GOAL_CONFIRM_RATIO:.0%} of echo: "
+        f"{'PASS' if ratio >= GOAL_CONFIRM_RATIO else 'FAIL'} ({ratio:.1%})"
+    )
     if confirm.round_trips is not None:
         rt = confirm.round_trips.per_call()
-        goal += (f"; one Redis round trip per confirm: {'PASS' if round(rt, 2) <= 1.0 else 'FAIL'} "
-                 f"({rt:.2f})")
+        goal += (
+            f"; one Redis round trip per confirm: {'PASS' if round(rt, 2) <= 1.0 else 'FAIL'} "
+            f"({rt:.2f})"
+        )
     authorize = bench.rows[AUTHORIZE].result.rps / echo.rps if echo.rps else 0.0
-    goal += (f"; authorize rps >= {GOAL_AUTHORIZE_RATIO:.0%} of echo: "
-             f"{'PASS' if authorize >= GOAL_AUTHORIZE_RATIO else 'FAIL'} ({authorize:.1%})")
+    goal += (
+        f"; authorize rps >= {GOAL_AUTHORIZE_RATIO:.0%} of echo: "
+        f"{'PASS' if authorize >= GOAL_AUTHORIZE_RATIO else 'FAIL'} ({authorize:.1%})"
+    )
     if bench.offline is not None:
         offline = bench.offline["ratio"]
-        goal += (f"; offline verify >= {GOAL_OFFLINE_RATIO:.0%} of raw Ed25519: "
-                 f"{'PASS' if offline >= GOAL_OFFLINE_RATIO else 'FAIL'} ({offline:.1%})")
+        goal += (
+            f"; offline verify >= {GOAL_OFFLINE_RATIO:.0%} of raw Ed25519: "
+            f"{'PASS' if offline >= GOAL_OFFLINE_RATIO else 'FAIL'} ({offline:.1%})"
+        )
     lines.append(goal)
     if bench.offline is not None:
-        lines.insert(-1, f"offline:  SDK AttestationVerifier.verify {bench.offline['sdk_per_s']:,.0f}/s, "
-                         f"raw Ed25519 verify {bench.offline['raw_per_s']:,.0f}/s of the same "
-                         f"signature (driver process, best of {OFFLINE_ROUNDS // 2} rounds each)")
+        lines.insert(
+            -1,
+            f"offline:  SDK AttestationVerifier.verify {bench.offline['sdk_per_s']:,.0f}/s, "
+            f"raw Ed25519 verify {bench.offline['raw_per_s']:,.0f}/s of the same "
+            f"signature (driver process, best of {OFFLINE_ROUNDS // 2} rounds each)",
+        )
 
     summary: dict[str, Any] = {
-        "echo": {"rps": _round(echo.rps, 1), "p50_ms": _round(echo.percentile_ms(50), 3),
-                 "p99_ms": _round(echo.percentile_ms(99), 3)},
+        "echo": {
+            "rps": _round(echo.rps, 1),
+            "p50_ms": _round(echo.percentile_ms(50), 3),
+            "p99_ms": _round(echo.percentile_ms(99), 3),
+        },
         "rpcs": {},
     }
-    for name in (START, CONFIRM, JWKS, AUTHORIZE):
+    for name in (START, CONFIRM, JWKS, AUTHORIZE, VERIFY_ID):
         row = bench.rows[name]
         r = row.result
         summary["rpcs"][name] = {
@@ -623,7 +773,9 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             "p99_ms": _round(r.percentile_ms(99), 3),
             "ratio_vs_echo": _round(r.rps / echo.rps, 3) if echo.rps else None,
             # Exact, from the MONITOR check; the timed phase's commandstats figure next to it.
-            "redis_commands_per_call": _round(row.round_trips.per_call(), 2) if row.round_trips else None,
+            "redis_commands_per_call": _round(row.round_trips.per_call(), 2)
+            if row.round_trips
+            else None,
             "redis_script_calls_per_call_timed": _round(row.script_calls_per_call, 2),
         }
     if bench.offline is not None:
@@ -636,15 +788,19 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--duration", type=float, default=10.0, help="timed seconds per RPC (10)")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per RPC (2)")
     p.add_argument("--concurrency", type=int, default=32, help="calls in flight (32)")
     p.add_argument("--store", choices=("redis", "memory"), default="redis")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--raw-stub", action="store_true",
-                   help="also time confirm through the generated stub, without AsyncClient")
+    p.add_argument(
+        "--raw-stub",
+        action="store_true",
+        help="also time confirm through the generated stub, without AsyncClient",
+    )
     args = p.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
         p.error("--duration must be > 0, --warmup >= 0 and --concurrency >= 1")
@@ -664,10 +820,14 @@ async def run(args: argparse.Namespace) -> int:
     text, summary = render(bench)
     print(text)
     print(json.dumps(summary), flush=True)
-    failed = [name for name, row in bench.rows.items() if row.result.errors or not row.result.latencies]
+    failed = [
+        name for name, row in bench.rows.items() if row.result.errors or not row.result.latencies
+    ]
     if failed or bench.check_failures:
-        log(f"benchmark failed: calls failed in {', '.join(failed) or 'the round-trip check'}\n"
-            f"xacthuc server log (end):\n{bench.server.log_tail()}")
+        log(
+            f"benchmark failed: calls failed in {', '.join(failed) or 'the round-trip check'}\n"
+            f"xacthuc server log (end):\n{bench.server.log_tail()}"
+        )
         return 1
     return 0
 

@@ -98,8 +98,11 @@ async def serve_xacthuc(config: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     if argv[:1] == ["echo"]:
         asyncio.run(serve_echo())
     elif argv[:1] == ["xacthuc"] and len(argv) == 2:
