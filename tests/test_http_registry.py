@@ -368,6 +368,7 @@ async def test_503_then_match_succeeds_on_retry(registry: Registry, make: Any) -
         Reply(200, body={"result": True}),
         Reply(200, body=["match"]),
         Reply(200, body="match"),
+        Reply(200, body='{"result": "match"}' + " " * (64 * 1024)),  # oversized answer
     ],
 )
 async def test_other_answers_are_unavailable_without_retry(
@@ -491,7 +492,7 @@ async def test_no_personal_data_in_logs_or_errors(
 ) -> None:
     """At DEBUG for every logger, failures, retries and the open circuit log no PII."""
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "xacthuc"):
+    for name in ("aiohttp", "asyncio", "xacthuc"):
         caplog.set_level(logging.DEBUG, logger=name)
     registry.replies = [Reply(502)]
     client = make(registry.base_url, retries=1, failure_threshold=1)
@@ -508,7 +509,8 @@ async def test_no_personal_data_in_logs_or_errors(
     errors.append(refused.value)
 
     logger_roots = {record.name.split(".")[0] for record in caplog.records}
-    assert set() == {"httpx", "httpcore", "xacthuc"} - logger_roots
+    # aiohttp's client logs little per request; its server (the registry here) logs each one.
+    assert set() == {"aiohttp", "xacthuc"} - logger_roots
     assert [] == [r.getMessage() for r in caplog.records if leaked(r.getMessage())]
     assert [] == leaked(caplog.text)
     assert [] == [e for e in errors if leaked(str(e)) or leaked(repr(e))]
@@ -538,6 +540,49 @@ def test_invalid_configuration_is_rejected(kwargs: dict[str, Any]) -> None:
     settings: dict[str, Any] = {"base_url": "https://registry.example"}
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         HttpRegistry(**{**settings, **kwargs})
+
+
+def test_registry_can_be_built_outside_an_event_loop(pki: Pki) -> None:
+    """build_app() constructs the registry before `xacthuc serve` starts its loop."""
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+    client = HttpRegistry(
+        base_url="https://registry.example",
+        client_cert=(pki.client_cert, pki.client_key),
+        ca_file=pki.ca,
+    )
+
+    assert client._client is None
+
+
+async def test_session_is_made_on_first_match_and_closed_by_aclose(
+    registry: Registry, make: Any
+) -> None:
+    """One session carries every match; aclose() closes it and is idempotent."""
+    client = make(registry.base_url)
+    assert client._client is None
+
+    assert RegistryAnswer.MATCH == await client.match(QUERY)
+    session = client._client
+    assert RegistryAnswer.MATCH == await client.match(QUERY)
+    assert session is not None
+    assert session is client._client
+    await client.aclose()
+    await client.aclose()
+
+    assert True is session.closed
+    assert 2 == registry.hits
+
+
+async def test_match_after_aclose_fails_without_a_new_session(make: Any) -> None:
+    """aclose() before any match makes no session; a later match fails instead of leaking one."""
+    client = make("https://127.0.0.1:9")
+    await client.aclose()
+
+    with pytest.raises(RuntimeError):
+        await client.match(QUERY)
+    assert client._client is None
 
 
 def test_missing_client_certificate_file_fails_at_construction(tmp_path: Path) -> None:

@@ -1,6 +1,5 @@
 """HttpSmsSender against a real aiohttp gateway on loopback: wire format, retries, no leaks."""
 
-
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -129,7 +128,22 @@ async def test_400_is_permanent_and_not_retried(gateway: Gateway, sleeps: list[f
     """A 400 fails at once with SmsDeliveryError after a single request."""
     gateway.replies = [Reply(400)]
 
-    with pytest.raises(SmsDeliveryError, match="HTTP 400"):
+    with pytest.raises(SmsDeliveryError, match="HTTP 400") as caught:
+        await send(make_sender(gateway.url, sleeps))
+
+    assert 1 == len(gateway.requests)
+    assert [] == sleeps
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+
+
+async def test_redirect_is_not_followed_and_is_permanent(
+    gateway: Gateway, sleeps: list[float]
+) -> None:
+    """A 302 is neither followed nor retried: one request, SmsDeliveryError naming the status."""
+    gateway.replies = [Reply(302, headers={"Location": "/elsewhere"})]
+
+    with pytest.raises(SmsDeliveryError, match="HTTP 302"):
         await send(make_sender(gateway.url, sleeps))
 
     assert 1 == len(gateway.requests)
@@ -179,14 +193,51 @@ async def test_connection_refused_raises_delivery_error(sleeps: list[float]) -> 
 
     assert 2 == len(sleeps)
     assert [] == leaked(str(caught.value))
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "failure"),
+    [
+        (b"", "ServerDisconnectedError"),  # the connection closes before any reply
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", "ClientPayloadError"),  # cut short
+        (b"SMTP ready\r\n\r\n", "ClientResponseError"),  # not HTTP at all
+    ],
+)
+async def test_dropped_or_garbled_exchange_is_retried(
+    sleeps: list[float], answer: bytes, failure: str
+) -> None:
+    """A connection dropped mid-exchange or a malformed reply is retried, then reported."""
+    connections: list[bytes] = []
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(SmsDeliveryError, match=failure) as caught:
+            await send(make_sender(f"http://127.0.0.1:{port}/sms", sleeps, retries=2))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert 3 == len(connections)
+    assert 2 == len(sleeps)
+    assert [] == leaked(str(caught.value))
+    assert caught.value.__context__ is None
 
 
 async def test_logs_never_contain_phone_code_or_auth(
     gateway: Gateway, sleeps: list[float], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """At DEBUG for every logger (httpx, httpcore too) a failing send logs no number/code/auth."""
+    """At DEBUG for every logger (aiohttp's too) a failing send logs no number/code/auth."""
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "xacthuc"):
+    for name in ("aiohttp", "asyncio", "xacthuc"):
         caplog.set_level(logging.DEBUG, logger=name)
     gateway.replies = [Reply(502)]
 
@@ -194,7 +245,8 @@ async def test_logs_never_contain_phone_code_or_auth(
         await send(make_sender(gateway.url, sleeps, retries=1))
 
     logger_roots = {record.name.split(".")[0] for record in caplog.records}
-    assert set() == {"httpx", "httpcore", "xacthuc"} - logger_roots
+    # aiohttp's client logs little per request; its server (the gateway here) logs each one.
+    assert set() == {"aiohttp", "xacthuc"} - logger_roots
     assert [] == [r.getMessage() for r in caplog.records if leaked(r.getMessage())]
     assert [] == leaked(caplog.text)
     ours = [r for r in caplog.records if r.name == "xacthuc.sms.http"]
@@ -249,29 +301,102 @@ async def test_retries_zero_means_single_attempt(gateway: Gateway, sleeps: list[
 async def test_injected_client_is_reused_and_left_open(
     gateway: Gateway, sleeps: list[float]
 ) -> None:
-    """An injected client carries every send, and aclose() leaves it open for its owner."""
-    async with httpx.AsyncClient() as client:
+    """An injected session carries every send, and aclose() leaves it open for its owner."""
+    async with aiohttp.ClientSession() as client:
         sender = make_sender(gateway.url, sleeps, client=client)
         await sender.send(MESSAGE)
         await sender.send(SmsMessage(to=PHONE, text="again", message_id="msg-0002"))
         await sender.aclose()
 
-        assert False is client.is_closed
+        assert False is client.closed
+        assert client is sender._client
     assert ["msg-0001", "msg-0002"] == [r["json"]["message_id"] for r in gateway.requests]
 
 
-async def test_aclose_closes_own_client() -> None:
-    """aclose() closes the client the sender created itself."""
+async def test_injected_session_raise_for_status_does_not_change_retries(
+    gateway: Gateway, sleeps: list[float]
+) -> None:
+    """An injected session with raise_for_status=True still gets 503 retried and 400 final."""
+    gateway.replies = [Reply(503), Reply(400)]
+    async with aiohttp.ClientSession(raise_for_status=True) as client:
+        with pytest.raises(SmsDeliveryError, match="HTTP 400"):
+            await send(make_sender(gateway.url, sleeps, client=client))
+
+    assert 2 == len(gateway.requests)
+    assert 1 == len(sleeps)
+
+
+async def test_own_session_is_made_on_first_send_and_closed_by_aclose(gateway: Gateway) -> None:
+    """The sender makes its session lazily, reuses it, and aclose() closes it."""
+    sender = HttpSmsSender(url=gateway.url, auth_header=None)
+    assert sender._client is None
+
+    await sender.send(MESSAGE)
+    session = sender._client
+    await sender.send(SmsMessage(to=PHONE, text="again", message_id="msg-0002"))
+    assert session is not None
+    assert session is sender._client
+    await sender.aclose()
+
+    assert True is session.closed
+    assert 2 == len(gateway.requests)
+
+
+async def test_aclose_before_any_send_makes_no_session_and_later_sends_fail() -> None:
+    """aclose() without a send is fine; a send after aclose() fails instead of leaking a session."""
     sender = HttpSmsSender(url="http://127.0.0.1:9/sms", auth_header=None)
     await sender.aclose()
 
-    assert True is sender._client.is_closed
+    assert sender._client is None
+    with pytest.raises(RuntimeError):
+        await sender.send(MESSAGE)
+    assert sender._client is None
+
+
+def test_sender_can_be_built_outside_an_event_loop() -> None:
+    """build_app() constructs the sender before `xacthuc serve` starts its loop."""
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+    sender = HttpSmsSender(url="https://gateway.example/sms", auth_header=AUTH)
+
+    assert sender._client is None
+
+
+async def test_proxy_from_environment_is_used(
+    gateway: Gateway, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is honoured (as it was with httpx): the request goes through the proxy."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", gateway.url.removesuffix("/sms"))
+
+    await send(make_sender("http://sms-gateway.invalid/sms", sleeps))
+
+    assert 1 == len(gateway.requests)
+    assert "sms-gateway.invalid" == gateway.requests[0]["headers"]["Host"]
+
+
+async def test_no_proxy_bypasses_the_environment_proxy(
+    gateway: Gateway, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway host listed in NO_PROXY is reached directly."""
+    for name in ("no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+    await send(make_sender(gateway.url, sleeps))
+
+    assert 1 == len(gateway.requests)
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"url": "ftp://gateway.example/sms"},
+        {"url": "not a url"},
+        {"url": "http:///sms"},
         {"timeout": 0.0},
         {"retries": -1},
         {"backoff": -0.1},

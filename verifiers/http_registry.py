@@ -26,6 +26,11 @@ TLS: an `ssl.SSLContext` built here, TLS 1.2 minimum, verifying the provider aga
 `ca_file` (or the system trust store when None), presenting `client_cert` = (certificate
 chain PEM, private key PEM) when given.
 
+Transport: one `aiohttp.ClientSession` over that context (a keep-alive pool of up to 100
+connections), made on the first `match` because a session belongs to the event loop it is
+made in and the adapter may be built before the loop runs. A forward proxy named by the
+environment (`HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) is used, read once at construction.
+
 Circuit breaker: every `match` that ends in `RegistryUnavailableError` is one failure; a
 `MATCH` or `NO_MATCH` resets the count. After `failure_threshold` consecutive failures the
 circuit opens: for `reset_timeout` seconds (read from the injected `clock`) every `match`
@@ -34,24 +39,29 @@ caller makes a single trial attempt (no retries) while the others still fail fas
 closes the circuit, failure opens it for another `reset_timeout`.
 
 Neither errors nor log lines carry the number, the name, the date of birth or the URL; logs
-name the request id, the attempt and the HTTP status or error class only (P9).
+name the request id, the attempt and the HTTP status or error class only (P9): `ConnectError`
+when no (TLS) connection could be made, `TimeoutError` when an attempt ran out of time,
+otherwise aiohttp's class name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import math
 import random
 import secrets
 import ssl
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from xacthuc.verifiers.registry import (
     RegistryAnswer,
@@ -68,13 +78,6 @@ MATCH_PATH = "/v1/match"
 MAX_BACKOFF_SECONDS = 2.0
 MAX_RESPONSE_BYTES = 64 * 1024
 
-# Failures worth another attempt: the request may never have arrived, or its answer was lost.
-_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
-    TimeoutError,  # the whole-attempt deadline below
-)
 _ANSWERS = {"match": RegistryAnswer.MATCH, "no_match": RegistryAnswer.NO_MATCH}
 
 
@@ -123,7 +126,10 @@ class HttpRegistry:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        url = httpx.URL(base_url)
+        try:
+            url = URL(base_url)
+        except (TypeError, ValueError):
+            url = URL()
         if url.scheme != "https" or not url.host:
             raise ValueError("registry base_url must be an https:// URL")
         if not (timeout > 0 and math.isfinite(timeout)):
@@ -136,8 +142,9 @@ class HttpRegistry:
             raise ValueError("failure_threshold must be >= 1")
         if not (reset_timeout >= 0 and math.isfinite(reset_timeout)):
             raise ValueError("reset_timeout must be a non-negative number of seconds")
-        self._url = base_url.rstrip("/") + MATCH_PATH
+        self._url = URL(base_url.rstrip("/") + MATCH_PATH)
         self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._attempts = 1 + retries
         self._backoff = backoff
         self._failure_threshold = failure_threshold
@@ -147,11 +154,11 @@ class HttpRegistry:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_in_flight = False
-        self._client = httpx.AsyncClient(
-            verify=build_ssl_context(client_cert=client_cert, ca_file=ca_file),
-            timeout=timeout,
-            follow_redirects=False,
-        )
+        # Built now, so a missing or unreadable certificate fails at start, not at first match.
+        self._ssl = build_ssl_context(client_cert=client_cert, ca_file=ca_file)
+        self._proxy = _proxy_from_environment(self._url)
+        self._client: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @property
     def circuit_state(self) -> CircuitState:
@@ -185,7 +192,21 @@ class HttpRegistry:
         return answer
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        self._closed = True
+        if self._client is not None:
+            await self._client.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            if self._closed:
+                raise RuntimeError("HttpRegistry is closed")
+            # Made here, inside the running loop, not in __init__ (see the module doc).
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                timeout=self._client_timeout,
+                proxy=self._proxy,
+            )
+        return self._client
 
     async def _attempt_all(
         self, query: RegistryQuery, request_id: str, *, attempts: int | None
@@ -197,14 +218,15 @@ class HttpRegistry:
         }
         headers = {"X-Request-Id": request_id}
         total = attempts if attempts is not None else self._attempts
+        session = self._session()
         for attempt in range(1, total + 1):
-            outcome = await self._attempt(body, headers)
+            outcome = await self._attempt(session, body, headers)
             if isinstance(outcome, RegistryAnswer):
                 return outcome
             if not outcome.retryable or attempt == total:
                 self._log_failure(request_id, attempt, total, outcome.label, final=True)
-                # Raised outside any `except`: no httpx exception (which holds the request and
-                # its body) is chained as __cause__ or __context__.
+                # Raised outside any `except`: no aiohttp exception (which holds the request,
+                # URL and headers) is chained as __cause__ or __context__.
                 raise RegistryUnavailableError(
                     f"identity registry failed after {attempt} attempt(s); last: {outcome.label}"
                 )
@@ -213,26 +235,31 @@ class HttpRegistry:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
-        self, body: dict[str, str], headers: dict[str, str]
+        self, session: aiohttp.ClientSession, body: dict[str, str], headers: dict[str, str]
     ) -> RegistryAnswer | _Failure:
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._client.post(
-                    self._url, json=body, headers=headers, timeout=self._timeout
-                )
-        except _RETRYABLE_ERRORS as exc:
-            return _Failure(type(exc).__name__, retryable=not _is_tls_failure(exc))
-        except httpx.HTTPError as exc:
-            return _Failure(type(exc).__name__, retryable=False)
-        status = response.status_code
+            async with (
+                asyncio.timeout(self._timeout),
+                session.post(
+                    self._url,
+                    json=body,
+                    headers=headers,
+                    timeout=self._client_timeout,
+                    allow_redirects=False,
+                ) as response,
+            ):
+                status = response.status
+                content = await _read_limited(response, MAX_RESPONSE_BYTES)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _classify(exc)
         if status >= 500:
             return _Failure(f"HTTP {status}", retryable=True)
         if status != 200:
             return _Failure(f"HTTP {status}", retryable=False)
-        if len(response.content) > MAX_RESPONSE_BYTES:
+        if content is None:
             return _Failure("oversized answer", retryable=False)
         try:
-            payload = response.json()
+            payload = json.loads(content)
         except ValueError:
             return _Failure("answer is not JSON", retryable=False)
         result = payload.get("result") if isinstance(payload, dict) else None
@@ -271,6 +298,46 @@ class HttpRegistry:
         )
 
 
+def _classify(exc: aiohttp.ClientError | TimeoutError) -> _Failure:
+    """A failed exchange. Worth another attempt: the request may never have arrived, or its
+    answer was lost (timeouts, failed connects, connections reset or closed mid-exchange,
+    truncated or malformed replies), unless a TLS refusal is behind it. Other client errors (a
+    malformed URL, a proxy refusing the tunnel) will not fix themselves.
+    """
+    if isinstance(exc, TimeoutError):  # asyncio.timeout and aiohttp's own timeout errors
+        return _Failure("TimeoutError", retryable=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _Failure("ConnectError", retryable=not _is_tls_failure(exc))
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return _Failure(type(exc).__name__, retryable=False)
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError,
+    ):
+        return _Failure(type(exc).__name__, retryable=not _is_tls_failure(exc))
+    return _Failure(type(exc).__name__, retryable=False)
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None once it exceeds `limit` bytes (the rest is left unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _proxy_from_environment(url: URL) -> str | None:
+    """The forward proxy the environment names for `url`, if any (as httpx and curl read it)."""
+    if urllib.request.proxy_bypass(url.host or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(url.scheme) or proxies.get("all") or None
+
+
 def _is_tls_failure(exc: BaseException) -> bool:
     """True when a TLS refusal (a certificate rejected by either side) is behind `exc`.
 
@@ -279,7 +346,7 @@ def _is_tls_failure(exc: BaseException) -> bool:
     or a plain `ssl.SSLError` (how OpenSSL reports alerts such as "certificate required")
     counts; EOF, syscall and want-read/write errors are connection trouble and are retried.
     """
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return False
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -23,8 +23,16 @@ an earlier attempt already did, the gateway must de-duplicate on `Idempotency-Ke
 ...) is drawn uniformly from [0, min(2 s, backoff * 2**(n-1))] ("full jitter").
 
 After `1 + retries` failed attempts, `send` raises `SmsDeliveryError` naming the last HTTP
-status or error class. Neither that error nor any log line carries the phone number, the
-message text, the URL or the credentials; logs name the `message_id` and the status only.
+status or error class (`ConnectError` when no connection could be made, `TimeoutError` when
+an attempt ran out of time, otherwise aiohttp's class name). Neither that error nor any log
+line carries the phone number, the message text, the URL or the credentials; logs name the
+`message_id` and the status only.
+
+Transport: one `aiohttp.ClientSession` (a keep-alive pool of up to 100 connections), either
+passed in by the caller or created by the sender on its first send: a session belongs to the
+event loop it is made in, and the sender may be built before the loop runs. A forward proxy
+named by the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) is used
+by the sender's own session, read once when the sender is built.
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ import asyncio
 import logging
 import math
 import random
+import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from xacthuc.sms.base import SmsDeliveryError, SmsMessage
 
@@ -47,16 +57,9 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 2.0
 MAX_RETRY_AFTER_SECONDS = 5.0
-
-# Failures worth another attempt: the request may never have arrived, or arrived and the answer
-# was lost; Idempotency-Key makes the repeat harmless. Other httpx errors (a malformed URL, an
-# unsupported scheme, a proxy refusal) will not fix themselves and fail at once.
-_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
-    TimeoutError,  # the whole-attempt deadline below
-)
+# A reply body is read (and dropped) up to this size so its connection can be reused; a longer
+# one is left unread and its connection closed instead.
+MAX_DRAINED_BODY_BYTES = 64 * 1024
 
 
 class HttpSmsSender:
@@ -70,10 +73,14 @@ class HttpSmsSender:
         timeout: float = 5.0,
         retries: int = 2,
         backoff: float = 0.2,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        if httpx.URL(url).scheme not in ("http", "https"):
+        try:
+            parsed = URL(url)
+        except (TypeError, ValueError):
+            parsed = URL()
+        if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("SMS gateway url must be http:// or https://")
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a positive number of seconds")
@@ -81,42 +88,42 @@ class HttpSmsSender:
             raise ValueError("retries must be >= 0")
         if not (backoff >= 0 and math.isfinite(backoff)):
             raise ValueError("backoff must be a non-negative number of seconds")
-        self._url = url
+        self._url = parsed
         self._headers = {"Authorization": auth_header} if auth_header else {}
         self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._attempts = 1 + retries
         self._backoff = backoff
         self._sleep = sleep
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+        self._client = client
+        self._proxy = _proxy_from_environment(parsed) if client is None else None
+        self._closed = False
 
     async def send(self, message: SmsMessage) -> None:
+        session = self._session()
         body = {"to": message.to, "text": message.text, "message_id": message.message_id}
         headers = {**self._headers, "Idempotency-Key": message.message_id}
         failure = "no attempt made"
         for attempt in range(1, self._attempts + 1):
             retry_after: float | None = None
+            permanent = False
             try:
-                async with asyncio.timeout(self._timeout):
-                    response = await self._client.post(
-                        self._url, json=body, headers=headers, timeout=self._timeout
-                    )
-            except _RETRYABLE_ERRORS as exc:
-                failure = type(exc).__name__
-            except httpx.HTTPError as exc:
-                failure = type(exc).__name__
-                self._log_failure(message, attempt, failure, final=True)
-                # `from None`: the httpx exception holds the request, with its body and headers.
-                raise SmsDeliveryError(f"SMS gateway request failed: {failure}") from None
+                status, retry_after_header = await self._post(session, body, headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure, permanent = _classify(exc)
             else:
-                status = response.status_code
-                if response.is_success:
+                if 200 <= status < 300:
                     return
                 failure = f"HTTP {status}"
-                if status != 429 and status < 500:
-                    self._log_failure(message, attempt, failure, final=True)
-                    raise SmsDeliveryError(f"SMS gateway rejected the message: {failure}")
-                retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+                permanent = status != 429 and status < 500
+                retry_after = _parse_retry_after(retry_after_header)
+            if permanent:
+                # Raised outside any `except`, so the error has no __context__: aiohttp's
+                # exceptions hold the request (URL, headers) and must not travel with it.
+                self._log_failure(message, attempt, failure, final=True)
+                what = "rejected the message" if failure.startswith("HTTP ") else "request failed"
+                raise SmsDeliveryError(f"SMS gateway {what}: {failure}")
             if attempt == self._attempts:
                 break
             self._log_failure(message, attempt, failure, final=False)
@@ -127,8 +134,38 @@ class HttpSmsSender:
         )
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        self._closed = True
+        if self._owns_client and self._client is not None:
+            await self._client.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            if self._closed:
+                raise RuntimeError("HttpSmsSender is closed")
+            # Made here, inside the running loop, not in __init__ (see the module doc).
+            self._client = aiohttp.ClientSession(timeout=self._client_timeout, proxy=self._proxy)
+        return self._client
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        body: dict[str, str],
+        headers: dict[str, str],
+    ) -> tuple[int, str | None]:
+        """One attempt, bounded by `timeout` as a whole: (status, Retry-After header)."""
+        async with (
+            asyncio.timeout(self._timeout),
+            session.post(
+                self._url,
+                json=body,
+                headers=headers,
+                timeout=self._client_timeout,
+                allow_redirects=False,
+                raise_for_status=False,  # even when an injected session says otherwise
+            ) as response,
+        ):
+            await _drain(response)
+            return response.status, response.headers.get("Retry-After")
 
     def _jitter(self, attempt: int) -> float:
         ceiling = min(MAX_BACKOFF_SECONDS, self._backoff * 2 ** (attempt - 1))
@@ -143,6 +180,48 @@ class HttpSmsSender:
             message.message_id,
             failure,
         )
+
+
+def _classify(exc: aiohttp.ClientError | TimeoutError) -> tuple[str, bool]:
+    """(name for the error and log, permanent?) of a failed attempt.
+
+    Worth another attempt: the request may never have arrived, or arrived and the answer was
+    lost; Idempotency-Key makes the repeat harmless. That covers timeouts, failed connects
+    (DNS, refused, TLS), connections reset or closed mid-exchange, truncated or malformed
+    replies. Other client errors (a malformed URL, a proxy refusing the tunnel) will not fix
+    themselves and fail at once.
+    """
+    if isinstance(exc, TimeoutError):  # asyncio.timeout and aiohttp's own timeout errors
+        return "TimeoutError", False
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "ConnectError", False
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return type(exc).__name__, True
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError,
+    ):
+        return type(exc).__name__, False
+    return type(exc).__name__, True
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read and drop a short body, so the keep-alive connection goes back to the pool."""
+    remaining = MAX_DRAINED_BODY_BYTES
+    while remaining > 0:
+        chunk = await response.content.readany()
+        if not chunk:
+            return
+        remaining -= len(chunk)
+
+
+def _proxy_from_environment(url: URL) -> str | None:
+    """The forward proxy the environment names for `url`, if any (as httpx and curl read it)."""
+    host = url.host or ""
+    if urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(url.scheme) or proxies.get("all") or None
 
 
 def _parse_retry_after(value: str | None) -> float | None:
