@@ -55,7 +55,6 @@ import random
 import secrets
 import ssl
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from xacthuc.outbound import proxy_from_environment
 from xacthuc.verifiers.registry import (
     RegistryAnswer,
     RegistryQuery,
@@ -156,7 +156,7 @@ class HttpRegistry:
         self._trial_in_flight = False
         # Built now, so a missing or unreadable certificate fails at start, not at first match.
         self._ssl = build_ssl_context(client_cert=client_cert, ca_file=ca_file)
-        self._proxy = _proxy_from_environment(self._url)
+        self._proxy = proxy_from_environment(self._url)
         self._client: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -328,14 +328,6 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes |
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _proxy_from_environment(url: URL) -> str | None:
-    """The forward proxy the environment names for `url`, if any (as httpx and curl read it)."""
-    if urllib.request.proxy_bypass(url.host or ""):
-        return None
-    proxies = urllib.request.getproxies()
-    return proxies.get(url.scheme) or proxies.get("all") or None
 
 
 def _is_tls_failure(exc: BaseException) -> bool:

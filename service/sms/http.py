@@ -41,7 +41,6 @@ import asyncio
 import logging
 import math
 import random
-import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -49,6 +48,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 from yarl import URL
 
+from xacthuc.outbound import proxy_from_environment
 from xacthuc.sms.base import SmsDeliveryError, SmsMessage
 
 __all__ = ["HttpSmsSender"]
@@ -97,7 +97,7 @@ class HttpSmsSender:
         self._sleep = sleep
         self._owns_client = client is None
         self._client = client
-        self._proxy = _proxy_from_environment(parsed) if client is None else None
+        self._proxy = proxy_from_environment(parsed) if client is None else None
         self._closed = False
 
     async def send(self, message: SmsMessage) -> None:
@@ -213,15 +213,6 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         if not chunk:
             return
         remaining -= len(chunk)
-
-
-def _proxy_from_environment(url: URL) -> str | None:
-    """The forward proxy the environment names for `url`, if any (as httpx and curl read it)."""
-    host = url.host or ""
-    if urllib.request.proxy_bypass(host):
-        return None
-    proxies = urllib.request.getproxies()
-    return proxies.get(url.scheme) or proxies.get("all") or None
 
 
 def _parse_retry_after(value: str | None) -> float | None:
