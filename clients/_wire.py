@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -190,6 +191,14 @@ def audit_request(
     if to_time is not None:
         req.to_time.FromDatetime(to_time)
     return req
+
+
+def retry_delay(err: grpc.RpcError, rpc: Rpc[Any], attempt: int, retries: int) -> float | None:
+    """Seconds to wait before trying `rpc` again after `err`, or None not to retry: only
+    UNAVAILABLE, only calls that are safe to repeat, exponential back-off with full jitter."""
+    if not rpc.idempotent or attempt >= retries or err.code() is not grpc.StatusCode.UNAVAILABLE:
+        return None
+    return random.uniform(0, 0.1 * 2**attempt)
 
 
 def decode_error(err: grpc.RpcError) -> XacthucError:

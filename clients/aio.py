@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -76,8 +75,8 @@ class AsyncClient:
 
     async def _call(self, rpc: w.Rpc[T], request: Any, timeout: float | None) -> T:
         method = getattr(self._stubs[rpc.service], rpc.name)
-        attempts = 1 + (self._retries if rpc.idempotent else 0)
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
             try:
                 response = await method(
                     request,
@@ -86,11 +85,11 @@ class AsyncClient:
                 )
                 return rpc.parse(response)
             except grpc.RpcError as e:
-                if e.code() is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
-                    await asyncio.sleep(random.uniform(0, 0.1 * 2**attempt))
-                    continue
-                raise w.decode_error(e) from None
-        raise AssertionError("unreachable")
+                delay = w.retry_delay(e, rpc, attempt, self._retries)
+                if delay is None:
+                    raise w.decode_error(e) from None
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def start_phone_verification(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -74,8 +73,8 @@ class Client:
 
     def _call(self, rpc: w.Rpc[T], request: Any, timeout: float | None) -> T:
         method = getattr(self._stubs[rpc.service], rpc.name)
-        attempts = 1 + (self._retries if rpc.idempotent else 0)
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
             try:
                 response = method(
                     request,
@@ -84,11 +83,11 @@ class Client:
                 )
                 return rpc.parse(response)
             except grpc.RpcError as e:
-                if e.code() is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
-                    time.sleep(random.uniform(0, 0.1 * 2**attempt))
-                    continue
-                raise w.decode_error(e) from None
-        raise AssertionError("unreachable")
+                delay = w.retry_delay(e, rpc, attempt, self._retries)
+                if delay is None:
+                    raise w.decode_error(e) from None
+            time.sleep(delay)
+            attempt += 1
 
     def start_phone_verification(
         self,

@@ -261,18 +261,16 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
     ) -> verification_pb2.RevokeAttestationResponse:
         check_account_id(request.account_id)
         check_revocation_reason(request.reason)
-        # Read first only to tell the caller whether it was revoked already (the store's
-        # revocation is idempotent either way); revocations are rare, the read is cheap.
-        before = await self._store.get_attestation(caller.platform, request.account_id)
-        if before is None:
-            raise AttestationNotFound()
+        now = self._now()
+        # One store call: revocation is idempotent and keeps the first revocation's time, so
+        # an earlier time than this call's means it was revoked before.
         revoked = await self._store.revoke_attestation(
-            caller.platform, request.account_id, self._now(), request.reason
+            caller.platform, request.account_id, now, request.reason
         )
         self._revoked(caller.platform)
+        revoked_at = now if revoked.revoked_at is None else revoked.revoked_at
         return verification_pb2.RevokeAttestationResponse(
-            revoked_at=timestamp(revoked.revoked_at or self._now()),
-            already_revoked=before.status == "revoked",
+            revoked_at=timestamp(revoked_at), already_revoked=revoked_at < now
         )
 
     @rpc(Role.PLATFORM)
