@@ -237,23 +237,23 @@ class PhoneOps(MemoryBase):
         now = check.now
         phone.fails += 1
         remaining = limits.otp_max_attempts - ch.attempts
+        self._audit(
+            p,
+            check.platform,
+            now,
+            account=ch.account_id,
+            event="check_failed",
+            outcome="failed",
+            reason="OTP_INCORRECT",
+            challenge=check.challenge_id,
+            phone=ch.phone,
+            attempts_remaining=remaining,
+        )
         if phone.fails >= limits.phone_max_failures:
             phone.lock_level += 1
             phone.fails = 0
             seconds = limits.lock_seconds(phone.lock_level)
             phone.locked_until = now + seconds
-            self._audit(
-                p,
-                check.platform,
-                now,
-                account=ch.account_id,
-                event="check_failed",
-                outcome="failed",
-                reason="OTP_INCORRECT",
-                challenge=check.challenge_id,
-                phone=ch.phone,
-                attempts_remaining=remaining,
-            )
             self._audit(
                 p,
                 check.platform,
@@ -267,18 +267,6 @@ class PhoneOps(MemoryBase):
                 lock_level=phone.lock_level,
             )
             raise PhoneLocked(retry_after=seconds)
-        self._audit(
-            p,
-            check.platform,
-            now,
-            account=ch.account_id,
-            event="check_failed",
-            outcome="failed",
-            reason="OTP_INCORRECT",
-            challenge=check.challenge_id,
-            phone=ch.phone,
-            attempts_remaining=remaining,
-        )
         raise OtpIncorrect(metadata={"attempts_remaining": str(remaining)})
 
     def _succeed(
