@@ -2,11 +2,11 @@
 
 The benchmark's xacthuc server runs in dev mode, whose identity registry is the in-process
 `SandboxRegistry`; its `registry_sandbox_file` setting points it at a JSON Lines file of
-`{"personal_id", "full_name", "date_of_birth"}` (see `xacthuc.verifiers.sandbox_registry`).
+`{"personal_id", "full_name", "date_of_birth"}` (see `xacthuc.adapters.registry.sandbox`).
 The shipped file holds about thirty people, and the service limits attempts per number, so
 the benchmark writes its own file of many made-up people and verifies each once.
 
-Every number is structurally valid (`xacthuc.verifiers.personal_id`): a province code from
+Every number is structurally valid (`xacthuc.domain.personal_id`): a province code from
 `PROVINCE_CODES`, the century/sex digit and two-digit year of the declared date of birth,
 then six random digits. Everyone is born 1960-2000, so an adult. The people are invented
 (a fixed seed makes the file the same on every run); a number may by chance be a real
@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from xacthuc.verifiers.personal_id import PROVINCE_CODES
+from xacthuc.domain.personal_id import PROVINCE_CODES
 
 FIRST_YEAR, LAST_YEAR = 1960, 2000  # adults, of both centuries' digits (19xx and 2000)
 

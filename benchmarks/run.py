@@ -119,8 +119,8 @@ from redis_probe import (
 )
 from sms_gateway import SmsGateway
 
-from xacthuc.auth import Role, new_key
 from xacthuc.client import AsyncClient, AttestationVerifier
+from xacthuc.server.auth import Role, new_key
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 
 SERVERS = Path(__file__).resolve().parent / "servers.py"

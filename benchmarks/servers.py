@@ -28,11 +28,11 @@ import threading
 
 import grpc
 
-from xacthuc.server import MAX_MESSAGE_BYTES
+from xacthuc.server.runtime import MAX_MESSAGE_BYTES
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
-# The options `xacthuc.server.start_server` gives its server, so both servers are alike.
+# The options `xacthuc.server.runtime.start_server` gives its server, so both servers are alike.
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
@@ -82,10 +82,10 @@ async def serve_echo() -> None:
 
 
 async def serve_xacthuc(config: dict) -> None:
-    from xacthuc.app import build_app
-    from xacthuc.auth import ApiKeys, KeyEntry, Role
-    from xacthuc.config import Settings
-    from xacthuc.server import start_server
+    from xacthuc.server.app import build_app
+    from xacthuc.server.auth import ApiKeys, KeyEntry, Role
+    from xacthuc.server.config import Settings
+    from xacthuc.server.runtime import start_server
 
     stop = _stop_event()
     settings = Settings.load(**config["settings"])

@@ -25,7 +25,9 @@ def check_versions() -> None:
     for dist, want in PINNED.items():
         have = importlib.metadata.version(dist)
         if have != want:
-            sys.exit(f"gen_protos: {dist} {have} is installed; the generated code is pinned to {want}")
+            sys.exit(
+                f"gen_protos: {dist} {have} is installed; the generated code is pinned to {want}"
+            )
 
 
 def generate(out: Path) -> list[Path]:
@@ -61,7 +63,9 @@ def generate(out: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="root to write xacthuc/v1 into")
+    parser.add_argument(
+        "--out", type=Path, default=PROTO_ROOT, help="root to write xacthuc/v1 into"
+    )
     args = parser.parse_args()
     for path in generate(args.out):
         print(path.relative_to(args.out))

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from xacthuc.store.base import Store
-from xacthuc.store.memory import MemoryStore
-from xacthuc.store.redis import RedisStore
+from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.ports.store import Store
 
 
 @pytest.fixture(scope="session")

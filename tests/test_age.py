@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from xacthuc.verifiers.age import (
+from xacthuc.domain.age import (
     age_band,
     age_on,
     birthday,

@@ -15,28 +15,28 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
-from xacthuc import merkle
-from xacthuc.audit_verify import UsageError, consistency_ranges, verify_export
-from xacthuc.auditlog import (
+from xacthuc.adapters.metrics import PrometheusLogMetrics
+from xacthuc.adapters.store.checkpoints import (
+    MemoryCheckpointStore,
+    RedisCheckpointStore,
+    checkpoint_store_for,
+)
+from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.domain import merkle
+from xacthuc.domain.audit_verify import UsageError, consistency_ranges, verify_export
+from xacthuc.domain.checkpoint import Checkpoint, format_vkey, open_note, parse_vkey
+from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.tokens import SigningKey
+from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
+from xacthuc.ports.store import Store
+from xacthuc.verifiers.auditlog import (
     EXPORT_CHUNK_BYTES,
     AuditLog,
     MerkleCache,
     ReportCounter,
     export_line,
 )
-from xacthuc.checkpoint import Checkpoint, format_vkey, open_note, parse_vkey
-from xacthuc.clock import FixedClock
-from xacthuc.store.base import Store
-from xacthuc.store.checkpoints import (
-    CheckpointStore,
-    MemoryCheckpointStore,
-    RedisCheckpointStore,
-    StoredCheckpoint,
-    checkpoint_store_for,
-)
-from xacthuc.store.memory import MemoryStore
-from xacthuc.store.redis import RedisStore
-from xacthuc.tokens import SigningKey
 
 T0 = 1_800_000_000.0
 P = "alpha"
@@ -66,6 +66,7 @@ def make_log(
         every_seconds=every_seconds,
         platforms=lambda: [P],
         read_batch=read_batch,
+        metrics=PrometheusLogMetrics(),
     )
 
 
@@ -382,7 +383,7 @@ class Exported:
     """A log of `n` records with a checkpoint at `size` (and older ones), exported."""
 
     def __init__(self, n: int = 12, size: int = 10, older: tuple[int, ...] = (4,)) -> None:
-        from xacthuc.store.base import audit_record
+        from xacthuc.domain.records import audit_record
 
         self.key = Ed25519PrivateKey.generate()
         self.origin = "xacthuc.test/log/alpha"
@@ -398,7 +399,7 @@ class Exported:
         self.older = [self.sign(s) for s in older]
 
     def sign(self, size: int) -> str:
-        from xacthuc.checkpoint import sign_note
+        from xacthuc.domain.checkpoint import sign_note
 
         body = Checkpoint(self.origin, size, self.cache.root(size)).body()
         return sign_note(body, self.origin, self.key)
@@ -579,7 +580,7 @@ def test_verify_cli_exit_codes(tmp_path: Path) -> None:
 
 def test_report_counts_by_event_outcome_method_flags_and_lockouts() -> None:
     """Counts cover [from, to): events, outcomes, attestations by method and flag, lockouts."""
-    from xacthuc.store.base import audit_record
+    from xacthuc.domain.records import audit_record
 
     def rec(seq: int, when: float, event: str, outcome: str = "ok", **extra: str | int) -> str:
         return audit_record(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from xacthuc import errors
-from xacthuc.auth import ApiKeys, Role, new_key
+from xacthuc.domain import errors
+from xacthuc.server.auth import ApiKeys, Role, new_key
 
 
 def test_a_created_key_authenticates_its_platform_and_role(tmp_path: Path) -> None:

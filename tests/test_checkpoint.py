@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from xacthuc.checkpoint import (
+from xacthuc.domain.checkpoint import (
     Checkpoint,
     CheckpointError,
     NoteError,
@@ -19,7 +19,7 @@ from xacthuc.checkpoint import (
     parse_vkey,
     sign_note,
 )
-from xacthuc.merkle import EMPTY_ROOT, leaf_hash, root_from_leaf_hashes
+from xacthuc.domain.merkle import EMPTY_ROOT, leaf_hash, root_from_leaf_hashes
 
 ORIGIN = "xacthuc.example/audit"
 ROOT = root_from_leaf_hashes([leaf_hash(b"a"), leaf_hash(b"b"), leaf_hash(b"c")])

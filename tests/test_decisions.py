@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from xacthuc.decisions import (
+from xacthuc.domain.decisions import (
     ACTIONS,
     REASONS,
     TABLE,

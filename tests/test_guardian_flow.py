@@ -9,19 +9,19 @@ import re
 
 import pytest
 
-from xacthuc.clock import FixedClock
-from xacthuc.errors import FieldInvalid
-from xacthuc.guardian import AgeOutSweeper
-from xacthuc.store.base import (
+from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.domain.age import start_of_day, turns_at
+from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.errors import FieldInvalid
+from xacthuc.domain.records import (
     AttestationRecord,
     CodeCheck,
     Limits,
     NewChallenge,
     PendingAttestation,
 )
-from xacthuc.store.memory import MemoryStore
-from xacthuc.tokens import SigningKey, TokenSigner
-from xacthuc.verifiers.age import start_of_day, turns_at
+from xacthuc.domain.tokens import SigningKey, TokenSigner
+from xacthuc.verifiers.age_out import AgeOutSweeper
 from xacthuc.verifiers.guardian_flow import GuardianLinker, Relationship, guardian_ref
 
 NOW = start_of_day(dt.date(2027, 1, 15)) + 12 * 3600

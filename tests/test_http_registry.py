@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from xacthuc.verifiers.http_registry import CircuitState, HttpRegistry
-from xacthuc.verifiers.registry import RegistryAnswer, RegistryQuery, RegistryUnavailableError
+from xacthuc.adapters.registry.http import CircuitState, HttpRegistry
+from xacthuc.ports.registry import RegistryAnswer, RegistryQuery, RegistryUnavailableError
 
 NUMBER = "001085336181"
 NAME = "Nguyễn Văn An"
@@ -514,7 +514,7 @@ async def test_no_personal_data_in_logs_or_errors(
     assert [] == [r.getMessage() for r in caplog.records if leaked(r.getMessage())]
     assert [] == leaked(caplog.text)
     assert [] == [e for e in errors if leaked(str(e)) or leaked(repr(e))]
-    ours = [r for r in caplog.records if r.name == "xacthuc.verifiers.http_registry"]
+    ours = [r for r in caplog.records if r.name == "xacthuc.adapters.registry.http"]
     assert True is all("request_id=" in r.getMessage() for r in ours)
     assert True is any("circuit" in r.getMessage() for r in ours)
 

@@ -30,18 +30,17 @@ from jwcrypto import jwk as jc_jwk
 from jwcrypto import jws as jc_jws
 from jwcrypto import jwt as jc_jwt
 
-from xacthuc.client.verify import AttestationVerifier, TokenInvalid
-from xacthuc.keyring import Keyring
-from xacthuc.statuslist import INVALID, StatusList
-from xacthuc.store.base import AttestationRecord
-from xacthuc.tokens import TOKEN_TYPE
-from xacthuc.wellknown import (
+from xacthuc.adapters.keyring import Keyring
+from xacthuc.adapters.wellknown import (
     bound_port,
     make_wellknown_app,
     start_wellknown,
-    status_list_uri,
     stop_wellknown,
 )
+from xacthuc.client.verify import AttestationVerifier, TokenInvalid
+from xacthuc.domain.records import AttestationRecord
+from xacthuc.domain.statuslist import INVALID, StatusList, status_list_uri
+from xacthuc.domain.tokens import TOKEN_TYPE
 
 JOSE_VERSION = "6.2.18"
 ISSUER = "xacthuc-interop"

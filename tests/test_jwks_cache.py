@@ -13,6 +13,13 @@ import httpx
 import jwt
 import pytest
 
+from xacthuc.adapters.keyring import Keyring
+from xacthuc.adapters.wellknown import (
+    bound_port,
+    make_wellknown_app,
+    start_wellknown,
+    stop_wellknown,
+)
 from xacthuc.client.jwks_cache import (
     AsyncJwksCache,
     AsyncStatusListCache,
@@ -22,11 +29,9 @@ from xacthuc.client.jwks_cache import (
     StatusListUnavailable,
 )
 from xacthuc.client.verify import TokenInvalid, VerifiedAttestation
-from xacthuc.keyring import Keyring
-from xacthuc.statuslist import INVALID, MEDIA_TYPE, StatusList, StatusListInvalid
-from xacthuc.store.base import AttestationRecord
-from xacthuc.tokens import SigningKey, TokenSigner
-from xacthuc.wellknown import bound_port, make_wellknown_app, start_wellknown, stop_wellknown
+from xacthuc.domain.records import AttestationRecord
+from xacthuc.domain.statuslist import INVALID, MEDIA_TYPE, StatusList, StatusListInvalid
+from xacthuc.domain.tokens import SigningKey, TokenSigner
 
 NOW = 1_800_000_000.0
 ISSUER = "xacthuc-test"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from xacthuc import cli_keys
+from xacthuc.adapters.keyring import DEFAULT_LEEWAY, MANIFEST, Keyring, KeyringError
+from xacthuc.cli import keys as cli_keys
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid
-from xacthuc.keyring import DEFAULT_LEEWAY, MANIFEST, Keyring, KeyringError
-from xacthuc.store.base import AttestationRecord
-from xacthuc.tokens import SigningKey
+from xacthuc.domain.records import AttestationRecord
+from xacthuc.domain.tokens import SigningKey
 
 T0 = 1_800_000_000.0
 TTL = 30 * 86_400

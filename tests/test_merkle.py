@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xacthuc.merkle import (
+from xacthuc.domain.merkle import (
     EMPTY_ROOT,
     CompactRange,
     ProofError,

@@ -17,9 +17,9 @@ from xacthuc.client.offline import (
     verify_for_decision,
 )
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid
-from xacthuc.decisions import ACTIONS, AttestationState, Decision, decide
-from xacthuc.store.base import AttestationRecord
-from xacthuc.tokens import TOKEN_TYPE, SigningKey, TokenSigner
+from xacthuc.domain.decisions import ACTIONS, AttestationState, Decision, decide
+from xacthuc.domain.records import AttestationRecord
+from xacthuc.domain.tokens import TOKEN_TYPE, SigningKey, TokenSigner
 
 NOW = 1_800_000_000.0
 DAY = 86_400.0
@@ -184,7 +184,7 @@ SERVER_CASES = {
 def test_the_servers_own_view_agrees_with_the_real_token(case: str, action: str) -> None:
     """The servicer's `state_of(record)` (what Authorize decides on) against the token the
     real TokenSigner makes of the same record (exp_reason set by the signer itself)."""
-    from xacthuc.servicer import state_of
+    from xacthuc.server.verification import state_of
 
     rec = SERVER_CASES[case]
     verified = verify_for_decision(VERIFIER, SIGNER.sign("alpha", rec), now=NOW)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from xacthuc.errors import (
+from xacthuc.domain.errors import (
     DateOfBirthInvalid,
     InvalidArgument,
     PersonalIdBirthYearInFuture,
@@ -18,7 +18,7 @@ from xacthuc.errors import (
     PersonalIdSexMismatch,
     XacthucError,
 )
-from xacthuc.verifiers.personal_id import (
+from xacthuc.domain.personal_id import (
     COUNTRY_CODES,
     PROVINCE_CODES,
     PersonalIdNumber,

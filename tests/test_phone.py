@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xacthuc import errors
-from xacthuc.verifiers.phone import mask, normalize_vn_mobile
+from xacthuc.domain import errors
+from xacthuc.domain.phone import mask, normalize_vn_mobile
 
 # One number per current prefix of DOMAIN part C (carrier never used as a control).
 PREFIXES = [

@@ -35,7 +35,7 @@ def test_generated_code_is_not_stale(tmp_path: Path, monkeypatch) -> None:
 
 def test_every_error_reason_is_in_the_proto_enum_and_back() -> None:
     """errors.py and errors.proto list the same reasons, so other languages see every one."""
-    from xacthuc.errors import REASONS
+    from xacthuc.domain.errors import REASONS
     from xacthuc.v1 import errors_pb2
 
     names = errors_pb2.ErrorReason.keys()
@@ -45,7 +45,7 @@ def test_every_error_reason_is_in_the_proto_enum_and_back() -> None:
 
 def test_each_reason_comment_states_the_status_the_server_sends() -> None:
     """The gRPC status written in each enum comment is the one the exception carries."""
-    from xacthuc.errors import REASONS
+    from xacthuc.domain.errors import REASONS
 
     text = (GENERATED / "errors.proto").read_text()
     stated = dict(

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from xacthuc.verifiers.personal_id import COUNTRY_CODES, Sex, parse_personal_id
-from xacthuc.verifiers.registry import (
+from xacthuc.adapters.registry.sandbox import SANDBOX_CITIZENS_PATH, SandboxRegistry
+from xacthuc.domain.personal_id import COUNTRY_CODES, Sex, parse_personal_id
+from xacthuc.ports.registry import (
     IdentityRegistry,
     RegistryAnswer,
     RegistryQuery,
     clean_name,
     normalize_name,
 )
-from xacthuc.verifiers.sandbox_registry import SANDBOX_CITIZENS_PATH, SandboxRegistry
 
 D = datetime.date
 TODAY = datetime.date(2025, 6, 15)

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from xacthuc import errors
 from xacthuc.client import AsyncClient, Client
+from xacthuc.domain import errors
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 
 

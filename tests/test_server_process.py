@@ -15,9 +15,9 @@ import grpc
 import pytest
 from aiohttp import web
 
-from xacthuc import errors
-from xacthuc.auth import ApiKeys, Role, new_key
 from xacthuc.client import AsyncClient
+from xacthuc.domain import errors
+from xacthuc.server.auth import ApiKeys, Role, new_key
 
 XACTHUC = [sys.executable, "-m", "xacthuc.cli"]
 
@@ -181,7 +181,7 @@ def test_health_command_reports_not_serving_without_a_server() -> None:
 
 def test_production_needs_a_public_base_url_for_the_wellknown_listener() -> None:
     """With the well-known listener on, production refuses to guess the status-list URL."""
-    from xacthuc.config import ConfigError, Settings
+    from xacthuc.server.config import ConfigError, Settings
 
     with pytest.raises(ConfigError) as e:
         Settings.load(mode="production", wellknown_listen="0.0.0.0:8080")
@@ -190,7 +190,7 @@ def test_production_needs_a_public_base_url_for_the_wellknown_listener() -> None
 
 def test_production_refuses_placeholder_issuer_and_log_origin() -> None:
     """Tokens and checkpoints must not name the .invalid placeholders in production."""
-    from xacthuc.config import ConfigError, Settings
+    from xacthuc.server.config import ConfigError, Settings
 
     with pytest.raises(ConfigError) as e:
         Settings.load(mode="production")

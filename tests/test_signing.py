@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from xacthuc.config import ConfigError, Settings
-from xacthuc.keyring import MANIFEST, Keyring, KeyringError
-from xacthuc.signing import RECHECK_SECONDS, RETRY_SECONDS, SigningKeys
-from xacthuc.tokens import SigningKey
+from xacthuc.adapters.keyring import MANIFEST, Keyring, KeyringError
+from xacthuc.domain.tokens import SigningKey
+from xacthuc.server.config import ConfigError, Settings
+from xacthuc.server.signing import RECHECK_SECONDS, RETRY_SECONDS, SigningKeys
 
 T0 = 1_800_000_000.0
 ISSUER = "https://xacthuc.test"
@@ -56,7 +56,7 @@ def test_a_rotation_on_disk_is_picked_up_at_the_next_signature(tmp_path: Path) -
 
 def test_the_status_claim_callable_survives_a_reload(tmp_path: Path) -> None:
     """Tokens signed after a rotation still carry the `status` reference."""
-    from xacthuc.store.base import AttestationRecord
+    from xacthuc.domain.records import AttestationRecord
 
     clocks = Clocks()
     Keyring.init(tmp_path, now=T0)
@@ -113,7 +113,7 @@ def test_a_broken_keyring_keeps_the_keys_held(tmp_path: Path, caplog) -> None:  
     def failures() -> int:
         return len([r for r in caplog.records if "did not load" in r.message])
 
-    with caplog.at_level(logging.ERROR, logger="xacthuc.signing"):
+    with caplog.at_level(logging.ERROR, logger="xacthuc.server.signing"):
         for _ in range(5):
             assert ring.active.kid == keys.current().kid
         assert (1, 1) == (failures(), keys.generation)
@@ -154,7 +154,7 @@ def test_settings_pick_the_keyring_over_the_key_file(tmp_path: Path, caplog) -> 
     single = SigningKey.generate()
     pem.write_bytes(single.to_pem())
     both = Settings.load(signing_keys_dir=tmp_path / "ring", signing_key_file=pem)
-    with caplog.at_level(logging.WARNING, logger="xacthuc.signing"):
+    with caplog.at_level(logging.WARNING, logger="xacthuc.server.signing"):
         keys = SigningKeys.from_settings(both, lambda: T0)
     assert (ring.active.kid, 1) == (keys.current().kid, keys.generation)
     assert any("is not used" in r.message for r in caplog.records)
@@ -199,7 +199,7 @@ def test_wellknown_settings_are_checked(kw: dict, field: str) -> None:
 
 def test_public_base_url_defaults() -> None:
     """Explicit > the listener's own address > the issuer; a trailing slash is dropped."""
-    from xacthuc.app import public_base_url
+    from xacthuc.server.app import public_base_url
 
     assert "https://id.example" == public_base_url(
         Settings.load(public_base_url="https://id.example/", wellknown_listen="0.0.0.0:8080")

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from xacthuc.sms.base import SmsDeliveryError, SmsMessage
-from xacthuc.sms.http import HttpSmsSender
+from xacthuc.adapters.sms.http import HttpSmsSender
+from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
 
 PHONE = "+84912345678"
 CODE = "483915"
@@ -249,7 +249,7 @@ async def test_logs_never_contain_phone_code_or_auth(
     assert set() == {"aiohttp", "xacthuc"} - logger_roots
     assert [] == [r.getMessage() for r in caplog.records if leaked(r.getMessage())]
     assert [] == leaked(caplog.text)
-    ours = [r for r in caplog.records if r.name == "xacthuc.sms.http"]
+    ours = [r for r in caplog.records if r.name == "xacthuc.adapters.sms.http"]
     assert {logging.WARNING} == {r.levelno for r in ours}
     assert all("message_id=msg-0001" in r.getMessage() for r in ours)
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from xacthuc.status_publisher import CHUNK_BYTES, StatusListPublisher, draft_order
-from xacthuc.statuslist import INVALID, VALID, StatusList, read_status_list_token
-from xacthuc.tokens import SigningKey, TokenSigner
+from xacthuc.domain.statuslist import INVALID, VALID, StatusList, read_status_list_token
+from xacthuc.domain.tokens import SigningKey, TokenSigner
+from xacthuc.verifiers.status_publisher import CHUNK_BYTES, StatusListPublisher, draft_order
 
 NOW = 1_800_000_000.0
 ISSUER = "https://xacthuc.test"

@@ -10,7 +10,7 @@ import zlib
 import jwt
 import pytest
 
-from xacthuc.statuslist import (
+from xacthuc.domain.statuslist import (
     INVALID,
     SUSPENDED,
     VALID,
@@ -20,7 +20,7 @@ from xacthuc.statuslist import (
     reference,
     verify_status_list_token,
 )
-from xacthuc.tokens import SigningKey, public_jwk
+from xacthuc.domain.tokens import SigningKey, public_jwk
 
 NOW = 1_800_000_000
 URI = "https://xacthuc.example/statuslists/alpha/0"

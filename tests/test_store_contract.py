@@ -17,7 +17,9 @@ from collections.abc import Awaitable
 import pytest
 import redis.asyncio as aioredis
 
-from xacthuc.errors import (
+from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.domain.errors import (
     ChallengeAccountMismatch,
     ChallengeAlreadyUsed,
     ChallengeNotFound,
@@ -32,18 +34,16 @@ from xacthuc.errors import (
     StoreUnavailable,
     XacthucError,
 )
-from xacthuc.store.base import (
+from xacthuc.domain.records import (
     AttestationRecord,
     ChallengeView,
     CodeCheck,
     Limits,
     NewChallenge,
     PendingAttestation,
-    Store,
     audit_record,
 )
-from xacthuc.store.memory import MemoryStore
-from xacthuc.store.redis import RedisStore
+from xacthuc.ports.store import Store
 
 NOW = 1_800_000_000.0
 TTL = 300.0

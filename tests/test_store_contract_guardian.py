@@ -9,7 +9,9 @@ import random
 import pytest
 import redis.asyncio as aioredis
 
-from xacthuc.errors import (
+from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.domain.errors import (
     AttestationNotFound,
     ChildAlreadyLinked,
     ChildNotUnder16,
@@ -23,18 +25,16 @@ from xacthuc.errors import (
     LinkNotFound,
     XacthucError,
 )
-from xacthuc.store.base import (
+from xacthuc.domain.records import (
     AgingOut,
     AttestationRecord,
     GuardianLink,
     IdAttempt,
     Limits,
     PendingAttestation,
-    Store,
     audit_record,
 )
-from xacthuc.store.memory import MemoryStore
-from xacthuc.store.redis import RedisStore
+from xacthuc.ports.store import Store
 
 from .test_store_contract import LIMITS, NOW, PHONE, PHONE_2, PLATFORM, check, new, phone_n, sent
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from xacthuc.errors import (
+from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.domain.errors import (
     AccountNotAuthenticated,
     IdAttemptsExceeded,
     PersonalIdAccountLimit,
     PersonalIdNotMatched,
     RegistryUnavailable,
 )
-from xacthuc.store.base import IdAttempt, Limits, PendingAttestation, Store, audit_record
-from xacthuc.store.memory import MemoryStore
-from xacthuc.store.redis import RedisStore
+from xacthuc.domain.records import IdAttempt, Limits, PendingAttestation, audit_record
+from xacthuc.ports.store import Store
 
 from .test_store_contract import LIMITS, NOW, PLATFORM, check, sent
 from .test_store_contract import new as new_challenge

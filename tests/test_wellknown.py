@@ -8,15 +8,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from xacthuc.keyring import Keyring
-from xacthuc.statuslist import INVALID, StatusList, verify_status_list_token
-from xacthuc.wellknown import (
+from xacthuc.adapters.keyring import Keyring
+from xacthuc.adapters.wellknown import (
     bound_port,
     make_wellknown_app,
     start_wellknown,
-    status_list_uri,
     stop_wellknown,
 )
+from xacthuc.domain.statuslist import INVALID, StatusList, status_list_uri, verify_status_list_token
 
 NOW = 1_800_000_000
 JWKS_TTL = 600

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from xacthuc.app import App, build_app
-from xacthuc.auth import ApiKeys, Role, new_key
+from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import AsyncClient
-from xacthuc.clock import FixedClock
-from xacthuc.config import Settings
-from xacthuc.server import Server, start_server
-from xacthuc.sms import SmsDeliveryError, SmsMessage
-from xacthuc.store.redis import RedisStore
+from xacthuc.domain.clock import FixedClock
+from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
+from xacthuc.server.app import App, build_app
+from xacthuc.server.auth import ApiKeys, Role, new_key
+from xacthuc.server.config import Settings
+from xacthuc.server.runtime import Server, start_server
 
 START = 1_800_000_000.0  # 2027-01-15, a fixed instant: tests move the clock themselves
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from xacthuc import errors, merkle
-from xacthuc.auth import Role
-from xacthuc.checkpoint import Checkpoint, open_note, parse_vkey
 from xacthuc.client import AsyncClient, Client
+from xacthuc.domain import errors, merkle
+from xacthuc.domain.checkpoint import Checkpoint, open_note, parse_vkey
+from xacthuc.server.auth import Role
 
 from .conftest import START, Harness
 

@@ -23,9 +23,8 @@ import grpc
 import httpx
 import pytest
 
-from xacthuc import errors
-from xacthuc.app import build_app
-from xacthuc.auth import Role
+from xacthuc.adapters.keyring import Keyring
+from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import (
     ACTIONS,
     AsyncClient,
@@ -37,13 +36,14 @@ from xacthuc.client import (
     Decision,
     TokenInvalid,
 )
-from xacthuc.clock import FixedClock
-from xacthuc.keyring import Keyring
-from xacthuc.server import start_server
-from xacthuc.statuslist import INVALID, VALID, read_status_list_token
-from xacthuc.store.redis import RedisStore
+from xacthuc.domain import errors
+from xacthuc.domain.age import start_of_day, turns_at
+from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.statuslist import INVALID, VALID, read_status_list_token
+from xacthuc.server.app import build_app
+from xacthuc.server.auth import Role
+from xacthuc.server.runtime import start_server
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
-from xacthuc.verifiers.age import start_of_day, turns_at
 
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
 

@@ -10,20 +10,20 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import grpc
 import pytest
 from aiohttp import web
 
-from xacthuc import errors
-from xacthuc.app import build_app
-from xacthuc.auth import Role
+from xacthuc.adapters.registry.http import HttpRegistry
+from xacthuc.adapters.registry.sandbox import SandboxRegistry
+from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import AsyncClient, AttestationVerifier
-from xacthuc.clock import FixedClock
-from xacthuc.server import start_server
-from xacthuc.store.redis import RedisStore
-from xacthuc.verifiers.http_registry import HttpRegistry
-from xacthuc.verifiers.registry import RegistryQuery
-from xacthuc.verifiers.sandbox_registry import SandboxRegistry
+from xacthuc.domain import errors
+from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.errors import Code
+from xacthuc.ports.registry import RegistryQuery
+from xacthuc.server.app import build_app
+from xacthuc.server.auth import Role
+from xacthuc.server.runtime import start_server
 
 from ..test_http_registry import Pki, pki  # noqa: F401  (the self-made CA fixture)
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
@@ -193,7 +193,7 @@ async def test_structural_refusals_never_reach_the_registry(
     client = await idh.client()
     with pytest.raises(error) as e:
         await by_id(client, {**AN, **change})
-    assert grpc.StatusCode.INVALID_ARGUMENT == e.value.code
+    assert Code.INVALID_ARGUMENT == e.value.code
     assert 0 == idh.provider.hits
 
 
@@ -202,7 +202,7 @@ async def test_without_the_declaration_the_phone_route_is_required(idh: IdHarnes
     client = await idh.client()
     with pytest.raises(errors.PhoneRouteRequired) as e:
         await by_id(client, AN, declared_no_vietnamese_mobile=False)
-    assert grpc.StatusCode.FAILED_PRECONDITION == e.value.code
+    assert Code.FAILED_PRECONDITION == e.value.code
     assert 0 == idh.provider.hits
     auditor = await idh.client("alpha", Role.AUDITOR)
     (record,) = (await auditor.query_audit_records(event="id_check_started")).records
@@ -235,7 +235,7 @@ async def test_slow_registry_is_unavailable_and_attests_nothing(idh: IdHarness) 
     client = await idh.client()
     with pytest.raises(errors.RegistryUnavailable) as e:
         await by_id(client, AN)
-    assert grpc.StatusCode.UNAVAILABLE == e.value.code
+    assert Code.UNAVAILABLE == e.value.code
     with pytest.raises(errors.AttestationNotFound):
         await client.get_attestation(account_id="acc-1")
 
@@ -304,7 +304,7 @@ async def test_eleventh_account_on_one_number_is_refused(idh: IdHarness) -> None
         idh.clock.advance(400)
     with pytest.raises(errors.PersonalIdAccountLimit) as e:
         await by_id(client, AN, account="acc-10")
-    assert grpc.StatusCode.RESOURCE_EXHAUSTED == e.value.code
+    assert Code.RESOURCE_EXHAUSTED == e.value.code
 
 
 async def test_attempts_are_limited_per_number_with_back_off(idh: IdHarness) -> None:

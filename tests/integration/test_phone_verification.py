@@ -7,13 +7,13 @@ import base64
 import json
 import logging
 
-import grpc
 import pytest
 
-from xacthuc import errors
-from xacthuc.auth import Role
 from xacthuc.client import AsyncClient, AttestationVerifier, Client, TokenInvalid
-from xacthuc.tokens import LEGAL_BASIS
+from xacthuc.domain import errors
+from xacthuc.domain.errors import Code
+from xacthuc.domain.tokens import LEGAL_BASIS
+from xacthuc.server.auth import Role
 
 from .conftest import Harness
 
@@ -108,7 +108,7 @@ async def test_five_wrong_codes_kill_the_challenge(harness: Harness) -> None:
         await client.confirm_phone_verification(
             challenge_id=challenge.challenge_id, account_id="acc-1", code=code
         )
-    assert grpc.StatusCode.FAILED_PRECONDITION == dead.value.code
+    assert Code.FAILED_PRECONDITION == dead.value.code
 
 
 async def test_two_concurrent_correct_checks_give_exactly_one_success(harness: Harness) -> None:
@@ -138,7 +138,7 @@ async def test_resend_inside_cooldown_is_refused_with_retry_after(harness: Harne
     with pytest.raises(errors.ResendTooSoon) as e:
         await start(harness)
     assert 40 == e.value.retry_after
-    assert grpc.StatusCode.RESOURCE_EXHAUSTED == e.value.code
+    assert Code.RESOURCE_EXHAUSTED == e.value.code
     harness.clock.advance(40)
     await start(harness)
     assert 2 == len(harness.sms.messages)
@@ -178,7 +178,7 @@ async def test_bad_numbers_are_refused_with_their_reason(
     """Foreign, landline, retired 11-digit and malformed numbers get their own reason (P4)."""
     with pytest.raises(error) as e:
         await start(harness, phone=number)
-    assert grpc.StatusCode.INVALID_ARGUMENT == e.value.code
+    assert Code.INVALID_ARGUMENT == e.value.code
     assert number.strip() == "" or number not in e.value.message
     assert [] == harness.sms.messages
 
@@ -210,7 +210,7 @@ async def test_another_platforms_challenge_is_not_found(harness: Harness) -> Non
             account_id="acc-1",
             code=harness.sms.code_for(challenge.challenge_id),
         )
-    assert grpc.StatusCode.NOT_FOUND == e.value.code
+    assert Code.NOT_FOUND == e.value.code
     alpha = await harness.client("alpha")
     att = await alpha.confirm_phone_verification(
         challenge_id=challenge.challenge_id,
@@ -236,7 +236,7 @@ async def test_gateway_failure_is_unavailable_and_leaves_nothing(harness: Harnes
     harness.sms.fail = True
     with pytest.raises(errors.SmsDeliveryFailed) as e:
         await start(harness, key="req-7")
-    assert grpc.StatusCode.UNAVAILABLE == e.value.code
+    assert Code.UNAVAILABLE == e.value.code
     harness.sms.fail = False
     challenge = await start(harness, key="req-7")
     assert False is challenge.replayed
@@ -263,7 +263,7 @@ async def test_credentials_and_roles_are_enforced(harness: Harness) -> None:
     ) as bad:
         with pytest.raises(errors.CredentialInvalid) as e:
             await bad.get_jwks()
-        assert grpc.StatusCode.UNAUTHENTICATED == e.value.code
+        assert Code.UNAUTHENTICATED == e.value.code
     platform = await harness.client("alpha", Role.PLATFORM)
     with pytest.raises(errors.RoleNotAllowed):
         await platform.query_audit_records()
@@ -342,9 +342,9 @@ async def test_get_attestation_returns_the_current_one(harness: Harness) -> None
 async def test_unserved_rpcs_say_so() -> None:
     """A part the server was built without answers UNIMPLEMENTED with reason NOT_IMPLEMENTED
     (here: no guardian linker), through the client as a typed error."""
-    from xacthuc.app import build_app
-    from xacthuc.clock import FixedClock
-    from xacthuc.server import start_server
+    from xacthuc.domain.clock import FixedClock
+    from xacthuc.server.app import build_app
+    from xacthuc.server.runtime import start_server
 
     from .conftest import START, CapturingSms, make_keys, make_settings
 
@@ -360,7 +360,7 @@ async def test_unserved_rpcs_say_so() -> None:
                 await client.withdraw_guardian_link(link_id="gl_" + "a" * 22)
     finally:
         await server.stop(grace=0)
-    assert grpc.StatusCode.UNIMPLEMENTED == e.value.code
+    assert Code.UNIMPLEMENTED == e.value.code
 
 
 async def test_blocking_client_speaks_the_same_api(harness: Harness) -> None:

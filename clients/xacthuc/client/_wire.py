@@ -1,0 +1,473 @@
+"""Shared by the sync and async clients: request building, response parsing, error decoding."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
+
+from xacthuc.domain.decisions import Action, Decision, parse_action
+from xacthuc.domain.errors import Code, FieldInvalid, XacthucError, error_for_reason
+from xacthuc.v1 import audit_pb2, verification_pb2
+
+T = TypeVar("T")
+
+_METHOD_NAMES = {
+    verification_pb2.VERIFICATION_METHOD_PHONE_OTP: "phone_otp",
+    verification_pb2.VERIFICATION_METHOD_PERSONAL_ID: "personal_id",
+}
+
+
+def _dt(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    challenge_id: str
+    expires_at: datetime
+    resend_not_before: datetime
+    masked_phone_number: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    token: str
+    token_id: str
+    account_id: str
+    method: str  # "phone_otp" or "personal_id"
+    verified_at: datetime
+    expires_at: datetime
+    guardian_managed: bool
+    commercial_livestream: bool
+    age_band: str = ""  # "adult", "16_17", "under_16" or "" (unknown)
+    guardian_ref: str = ""  # guardian-managed accounts: the pseudonymous guardian reference
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    eligible: bool
+    reason: str  # empty when eligible
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    index: int
+    record: dict[str, Any]
+    raw: str  # exactly as stored and hashed
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    records: list[AuditRecord]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogCheckpoint:
+    """A signed checkpoint of the platform's audit log (C2SP signed note)."""
+
+    signed_note: str
+    tree_size: int
+    root_hash: bytes
+    verifier_key: str  # as the server states it: compare with the operator's published one
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc(Generic[T]):
+    """One RPC: its service, name, how to read its response, and whether a retry is safe."""
+
+    service: str  # "verification" or "audit"
+    name: str
+    parse: Callable[[Any], T]
+    idempotent: bool = False
+
+
+def challenge(r: verification_pb2.StartPhoneVerificationResponse) -> Challenge:
+    return Challenge(
+        r.challenge_id,
+        _dt(r.expires_at),
+        _dt(r.resend_not_before),
+        r.masked_phone_number,
+        r.replayed,
+    )
+
+
+def attestation(a: verification_pb2.Attestation) -> Attestation:
+    return Attestation(
+        token=a.token,
+        token_id=a.token_id,
+        account_id=a.account_id,
+        method=_METHOD_NAMES.get(a.method, "unspecified"),
+        verified_at=_dt(a.verified_at),
+        expires_at=_dt(a.expires_at),
+        guardian_managed=a.guardian_managed,
+        commercial_livestream=a.commercial_livestream,
+        age_band=a.age_band,
+        guardian_ref=a.guardian_ref,
+    )
+
+
+def audit_page(r: audit_pb2.QueryAuditRecordsResponse) -> AuditPage:
+    return AuditPage(
+        [AuditRecord(x.index, json.loads(x.record_json), x.record_json) for x in r.records],
+        r.next_page_token,
+    )
+
+
+START = Rpc("verification", "StartPhoneVerification", challenge)
+CONFIRM = Rpc("verification", "ConfirmPhoneVerification", lambda r: attestation(r.attestation))
+GET_ATTESTATION = Rpc(
+    "verification", "GetAttestation", lambda r: attestation(r.attestation), idempotent=True
+)
+
+
+def _jwks(r: verification_pb2.GetJwksResponse) -> str:
+    return r.jwks_json
+
+
+GET_JWKS = Rpc("verification", "GetJwks", _jwks, idempotent=True)
+VERIFY_PERSONAL_ID = Rpc("verification", "VerifyPersonalId", lambda r: attestation(r.attestation))
+LIVESTREAM_ELIGIBILITY = Rpc(
+    "verification",
+    "GetCommercialLivestreamEligibility",
+    lambda r: Eligibility(r.eligible, r.reason),
+    idempotent=True,
+)
+QUERY_AUDIT = Rpc("audit", "QueryAuditRecords", audit_page, idempotent=True)
+GET_CHECKPOINT = Rpc(
+    "audit",
+    "GetCheckpoint",
+    lambda r: LogCheckpoint(r.signed_note, r.tree_size, r.root_hash, r.verifier_key),
+    idempotent=True,
+)
+GET_INCLUSION_PROOF = Rpc("audit", "GetInclusionProof", lambda r: list(r.hashes), idempotent=True)
+GET_CONSISTENCY_PROOF = Rpc(
+    "audit", "GetConsistencyProof", lambda r: list(r.hashes), idempotent=True
+)
+GET_REPORT = Rpc("audit", "GetReport", lambda r: dict(r.counts), idempotent=True)
+
+
+def start_request(
+    account_id: str, phone_number: str, client_ip: str, idempotency_key: str
+) -> verification_pb2.StartPhoneVerificationRequest:
+    return verification_pb2.StartPhoneVerificationRequest(
+        account_id=account_id,
+        phone_number=phone_number,
+        client_ip=client_ip,
+        idempotency_key=idempotency_key,
+    )
+
+
+def confirm_request(
+    challenge_id: str, account_id: str, code: str
+) -> verification_pb2.ConfirmPhoneVerificationRequest:
+    return verification_pb2.ConfirmPhoneVerificationRequest(
+        challenge_id=challenge_id, account_id=account_id, code=code
+    )
+
+
+def audit_request(
+    account_id: str,
+    event: str,
+    from_time: datetime | None,
+    to_time: datetime | None,
+    page_size: int,
+    page_token: str,
+) -> audit_pb2.QueryAuditRecordsRequest:
+    req = audit_pb2.QueryAuditRecordsRequest(
+        account_id=account_id, event=event, page_size=page_size, page_token=page_token
+    )
+    if from_time is not None:
+        req.from_time.FromDatetime(from_time)
+    if to_time is not None:
+        req.to_time.FromDatetime(to_time)
+    return req
+
+
+def retry_delay(err: grpc.RpcError, rpc: Rpc[Any], attempt: int, retries: int) -> float | None:
+    """Seconds to wait before trying `rpc` again after `err`, or None not to retry: only
+    UNAVAILABLE, only calls that are safe to repeat, exponential back-off with full jitter."""
+    if not rpc.idempotent or attempt >= retries or err.code() is not grpc.StatusCode.UNAVAILABLE:
+        return None
+    return random.uniform(0, 0.1 * 2**attempt)
+
+
+def decode_error(err: grpc.RpcError) -> XacthucError:
+    """The typed exception for a failed call, rebuilt from its status details."""
+    code: grpc.StatusCode = err.code()
+    message: str = err.details() or ""
+    reason, metadata = None, None
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    reason, metadata = info.reason, dict(info.metadata)
+    error = error_for_reason(Code(code.name), reason, message, metadata)
+    error.__cause__ = None
+    return error
+
+
+def call_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),)
+
+
+def attestation_request(account_id: str) -> verification_pb2.GetAttestationRequest:
+    return verification_pb2.GetAttestationRequest(account_id=account_id)
+
+
+def jwks_request() -> verification_pb2.GetJwksRequest:
+    return verification_pb2.GetJwksRequest()
+
+
+_SEXES = {"male": verification_pb2.SEX_MALE, "female": verification_pb2.SEX_FEMALE}
+_PURPOSES = {
+    "no_vietnamese_mobile": verification_pb2.PERSONAL_ID_PURPOSE_NO_VIETNAMESE_MOBILE,
+    "commercial_livestream": verification_pb2.PERSONAL_ID_PURPOSE_COMMERCIAL_LIVESTREAM,
+}
+
+
+def personal_id_request(
+    account_id: str,
+    personal_id_number: str,
+    full_name: str,
+    date_of_birth: date,
+    purpose: str,
+    declared_no_vietnamese_mobile: bool,
+    client_ip: str,
+    sex: str | None,
+) -> verification_pb2.VerifyPersonalIdRequest:
+    """`purpose` is "no_vietnamese_mobile" or "commercial_livestream"; `sex` "male"/"female"."""
+    return verification_pb2.VerifyPersonalIdRequest(
+        account_id=account_id,
+        personal_id_number=personal_id_number,
+        full_name=full_name,
+        date_of_birth=verification_pb2.Date(
+            year=date_of_birth.year, month=date_of_birth.month, day=date_of_birth.day
+        ),
+        sex=_SEXES.get(sex or "", verification_pb2.SEX_UNSPECIFIED),
+        purpose=_PURPOSES.get(purpose, verification_pb2.PERSONAL_ID_PURPOSE_UNSPECIFIED),
+        declared_no_vietnamese_mobile=declared_no_vietnamese_mobile,
+        client_ip=client_ip,
+    )
+
+
+def eligibility_request(
+    account_id: str,
+) -> verification_pb2.GetCommercialLivestreamEligibilityRequest:
+    return verification_pb2.GetCommercialLivestreamEligibilityRequest(account_id=account_id)
+
+
+def export_request(from_index: int, to_index: int) -> audit_pb2.ExportAuditRecordsRequest:
+    return audit_pb2.ExportAuditRecordsRequest(from_index=from_index, to_index=to_index)
+
+
+def checkpoint_request() -> audit_pb2.GetCheckpointRequest:
+    return audit_pb2.GetCheckpointRequest()
+
+
+def inclusion_request(index: int, tree_size: int) -> audit_pb2.GetInclusionProofRequest:
+    return audit_pb2.GetInclusionProofRequest(index=index, tree_size=tree_size)
+
+
+def consistency_request(from_size: int, to_size: int) -> audit_pb2.GetConsistencyProofRequest:
+    return audit_pb2.GetConsistencyProofRequest(from_size=from_size, to_size=to_size)
+
+
+def report_request(
+    from_time: datetime | None, to_time: datetime | None
+) -> audit_pb2.GetReportRequest:
+    req = audit_pb2.GetReportRequest()
+    if from_time is not None:
+        req.from_time.FromDatetime(from_time)
+    if to_time is not None:
+        req.to_time.FromDatetime(to_time)
+    return req
+
+
+# --- children and guardians (issue 4) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianLink:
+    """A child's account linked to a verified guardian (R1, P6)."""
+
+    link_id: str
+    attestation: Attestation  # the child's guardian-managed attestation
+    ages_out_at: datetime  # the 16th birthday: the link ends, the user verifies on their own
+    renewed: bool  # the same guardian linked the same child again
+
+
+@dataclass(frozen=True, slots=True)
+class AgingOutPage:
+    account_ids: list[str]
+    next_page_token: str  # "" on the last page
+
+
+_RELATIONSHIPS = {
+    "parent": verification_pb2.GUARDIAN_RELATIONSHIP_PARENT,
+    "legal_guardian": verification_pb2.GUARDIAN_RELATIONSHIP_LEGAL_GUARDIAN,
+}
+
+
+def _pb_date(d: date) -> verification_pb2.Date:
+    return verification_pb2.Date(year=d.year, month=d.month, day=d.day)
+
+
+def guardian_link(r: verification_pb2.LinkGuardianResponse) -> GuardianLink:
+    return GuardianLink(r.link_id, attestation(r.attestation), _dt(r.ages_out_at), r.renewed)
+
+
+LINK_GUARDIAN = Rpc("verification", "LinkGuardian", guardian_link)
+WITHDRAW_GUARDIAN_LINK = Rpc("verification", "WithdrawGuardianLink", lambda r: _dt(r.ended_at))
+LIST_AGING_OUT = Rpc(
+    "verification",
+    "ListAccountsAgingOut",
+    lambda r: AgingOutPage(list(r.account_ids), r.next_page_token),
+    idempotent=True,
+)
+
+
+def link_guardian_request(
+    child_account_id: str,
+    child_date_of_birth: date,
+    guardian_account_id: str,
+    guardian_date_of_birth: date,
+    relationship: str,
+    guardian_consent: bool,
+    child_consent: bool,
+) -> verification_pb2.LinkGuardianRequest:
+    """`relationship` is "parent" or "legal_guardian"."""
+    return verification_pb2.LinkGuardianRequest(
+        child_account_id=child_account_id,
+        child_date_of_birth=_pb_date(child_date_of_birth),
+        guardian_account_id=guardian_account_id,
+        guardian_date_of_birth=_pb_date(guardian_date_of_birth),
+        relationship=_RELATIONSHIPS.get(
+            relationship, verification_pb2.GUARDIAN_RELATIONSHIP_UNSPECIFIED
+        ),
+        guardian_consent=guardian_consent,
+        child_consent=child_consent,
+    )
+
+
+def withdraw_guardian_link_request(link_id: str) -> verification_pb2.WithdrawGuardianLinkRequest:
+    return verification_pb2.WithdrawGuardianLinkRequest(link_id=link_id)
+
+
+def aging_out_request(
+    from_time: datetime, to_time: datetime, page_size: int, page_token: str
+) -> verification_pb2.ListAccountsAgingOutRequest:
+    req = verification_pb2.ListAccountsAgingOutRequest(page_size=page_size, page_token=page_token)
+    req.from_time.FromDatetime(from_time)
+    req.to_time.FromDatetime(to_time)
+    return req
+
+
+# --- authorization, revocation, status lists (issue 5) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """The outcome of RevokeAttestation."""
+
+    revoked_at: datetime  # when this call ran (and revoked it, unless already_revoked)
+    already_revoked: bool  # it was revoked before (a repeat, or the guardian withdrew)
+
+
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    """The state of an account's attestation as the server sees it now."""
+
+    active: bool
+    status: str  # "active", "revoked", "aged_out", "expired" or "none"
+    token_id: str = ""
+    method: str = ""  # "phone_otp" or "personal_id"; "" when status is "none"
+    expires_at: datetime | None = None
+    status_list_uri: str = ""
+    status_list_index: int | None = None  # None when the token names no status list
+
+
+@dataclass(frozen=True, slots=True)
+class SignedStatusList:
+    """The platform's status list token (`statuslist+jwt`) and the URI tokens name it by."""
+
+    token: str
+    uri: str
+
+
+_ACTIONS = {
+    Action.READ: verification_pb2.ACTION_READ,
+    Action.POST: verification_pb2.ACTION_POST,
+    Action.COMMENT: verification_pb2.ACTION_COMMENT,
+    Action.SHARE: verification_pb2.ACTION_SHARE,
+    Action.LIVESTREAM: verification_pb2.ACTION_LIVESTREAM,
+    Action.COMMERCIAL_LIVESTREAM: verification_pb2.ACTION_COMMERCIAL_LIVESTREAM,
+}
+
+
+def authorize_request(account_id: str, action: str | Action) -> verification_pb2.AuthorizeRequest:
+    """FieldInvalid (as the server would say) for an action that is not one of `Action`."""
+    try:
+        act = parse_action(action)
+    except ValueError as e:
+        raise FieldInvalid("action", str(e)) from None
+    return verification_pb2.AuthorizeRequest(account_id=account_id, action=_ACTIONS[act])
+
+
+def revoke_request(account_id: str, reason: str) -> verification_pb2.RevokeAttestationRequest:
+    return verification_pb2.RevokeAttestationRequest(account_id=account_id, reason=reason)
+
+
+def introspect_request(account_id: str) -> verification_pb2.IntrospectAttestationRequest:
+    return verification_pb2.IntrospectAttestationRequest(account_id=account_id)
+
+
+def status_list_request() -> verification_pb2.GetStatusListRequest:
+    return verification_pb2.GetStatusListRequest()
+
+
+def introspection(r: verification_pb2.IntrospectAttestationResponse) -> Introspection:
+    if r.status == "none":
+        return Introspection(active=False, status="none")
+    return Introspection(
+        active=r.active,
+        status=r.status,
+        token_id=r.token_id,
+        method=_METHOD_NAMES.get(r.method, "unspecified"),
+        expires_at=_dt(r.expires_at),
+        status_list_uri=r.status_list_uri,
+        status_list_index=r.status_list_index if r.status_list_uri else None,
+    )
+
+
+AUTHORIZE = Rpc(
+    "verification",
+    "Authorize",
+    lambda r: Decision(r.allowed, r.reason, r.rule),
+    idempotent=True,
+)
+# Idempotent on the server: a repeat changes nothing (it answers already_revoked).
+REVOKE = Rpc(
+    "verification",
+    "RevokeAttestation",
+    lambda r: Revocation(_dt(r.revoked_at), r.already_revoked),
+    idempotent=True,
+)
+INTROSPECT = Rpc("verification", "IntrospectAttestation", introspection, idempotent=True)
+GET_STATUS_LIST = Rpc(
+    "verification",
+    "GetStatusList",
+    lambda r: SignedStatusList(r.status_list_jwt, r.uri),
+    idempotent=True,
+)

@@ -1,0 +1,297 @@
+"""The asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from xacthuc.client import _wire as w
+from xacthuc.client._wire import (
+    AgingOutPage,
+    Attestation,
+    AuditPage,
+    Challenge,
+    Eligibility,
+    GuardianLink,
+    Introspection,
+    LogCheckpoint,
+    Revocation,
+    SignedStatusList,
+)
+from xacthuc.domain.decisions import Action, Decision
+from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """Talks to xacthuc over grpc.aio. Create with `await AsyncClient.connect(...)` or `async with`."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, api_key: str, timeout: float, retries: int
+    ) -> None:
+        self._channel = channel
+        self._metadata = w.call_metadata(api_key)
+        self._timeout = timeout
+        self._retries = retries
+        self._stubs: dict[str, Any] = {
+            "verification": verification_pb2_grpc.VerificationServiceStub(channel),
+            "audit": audit_pb2_grpc.AuditServiceStub(channel),
+        }
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        api_key: str,
+        tls: bool | grpc.ChannelCredentials = False,
+        timeout: float = 5.0,
+        retries: int = 2,
+    ) -> AsyncClient:
+        """Open a channel. `tls=True` uses the system roots; pass ChannelCredentials for a custom CA
+        or client certificate. `timeout` is the deadline of every call unless a call gives its own;
+        `retries` applies only to UNAVAILABLE on calls that are safe to repeat."""
+        if tls is True:
+            channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+        elif isinstance(tls, grpc.ChannelCredentials):
+            channel = grpc.aio.secure_channel(target, tls)
+        else:
+            channel = grpc.aio.insecure_channel(target)
+        return cls(channel, api_key=api_key, timeout=timeout, retries=retries)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, rpc: w.Rpc[T], request: Any, timeout: float | None) -> T:
+        method = getattr(self._stubs[rpc.service], rpc.name)
+        attempt = 0
+        while True:
+            try:
+                response = await method(
+                    request,
+                    metadata=self._metadata,
+                    timeout=timeout if timeout is not None else self._timeout,
+                )
+                return rpc.parse(response)
+            except grpc.RpcError as e:
+                delay = w.retry_delay(e, rpc, attempt, self._retries)
+                if delay is None:
+                    raise w.decode_error(e) from None
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def start_phone_verification(
+        self,
+        *,
+        account_id: str,
+        phone_number: str,
+        client_ip: str,
+        idempotency_key: str = "",
+        timeout: float | None = None,
+    ) -> Challenge:
+        """Send a code by SMS. Pass an idempotency key so a retry never sends a second SMS."""
+        request = w.start_request(account_id, phone_number, client_ip, idempotency_key)
+        return await self._call(w.START, request, timeout)
+
+    async def confirm_phone_verification(
+        self, *, challenge_id: str, account_id: str, code: str, timeout: float | None = None
+    ) -> Attestation:
+        """Check the code; returns the signed attestation."""
+        return await self._call(
+            w.CONFIRM, w.confirm_request(challenge_id, account_id, code), timeout
+        )
+
+    async def verify_personal_id(
+        self,
+        *,
+        account_id: str,
+        personal_id_number: str,
+        full_name: str,
+        date_of_birth: date,
+        purpose: str,
+        client_ip: str,
+        declared_no_vietnamese_mobile: bool = False,
+        sex: str | None = None,
+        timeout: float | None = None,
+    ) -> Attestation:
+        """Authenticate by personal ID through the e-ID registry. `purpose` is
+        "no_vietnamese_mobile" (needs the user's declaration) or "commercial_livestream"."""
+        request = w.personal_id_request(
+            account_id,
+            personal_id_number,
+            full_name,
+            date_of_birth,
+            purpose,
+            declared_no_vietnamese_mobile,
+            client_ip,
+            sex,
+        )
+        return await self._call(w.VERIFY_PERSONAL_ID, request, timeout)
+
+    async def get_commercial_livestream_eligibility(
+        self, *, account_id: str, timeout: float | None = None
+    ) -> Eligibility:
+        """Whether the account may livestream commercially now, and why not (R4, P7)."""
+        return await self._call(
+            w.LIVESTREAM_ELIGIBILITY, w.eligibility_request(account_id), timeout
+        )
+
+    async def get_attestation(
+        self, *, account_id: str, timeout: float | None = None
+    ) -> Attestation:
+        return await self._call(w.GET_ATTESTATION, w.attestation_request(account_id), timeout)
+
+    async def get_jwks(self, *, timeout: float | None = None) -> str:
+        """The JWKS (JSON text) that verifies attestation tokens offline."""
+        return await self._call(w.GET_JWKS, w.jwks_request(), timeout)
+
+    async def authorize(
+        self, *, account_id: str, action: str | Action, timeout: float | None = None
+    ) -> Decision:
+        """May the account do `action` now ("read", "post", "comment", "share", "livestream",
+        "commercial_livestream")? The same `Decision` (allowed, reason, rule) the offline
+        `authorize_token` computes from a token. A refusal is an answer, not an exception."""
+        return await self._call(w.AUTHORIZE, w.authorize_request(account_id, action), timeout)
+
+    async def revoke_attestation(
+        self, *, account_id: str, reason: str, timeout: float | None = None
+    ) -> Revocation:
+        """Revoke the account's attestation (`reason`: 1-64 of a-z 0-9 _, e.g.
+        "account_deleted"). Idempotent, so retried on UNAVAILABLE like the reads."""
+        return await self._call(w.REVOKE, w.revoke_request(account_id, reason), timeout)
+
+    async def introspect_attestation(
+        self, *, account_id: str, timeout: float | None = None
+    ) -> Introspection:
+        """The attestation's state now: active, revoked, aged_out, expired or none."""
+        return await self._call(w.INTROSPECT, w.introspect_request(account_id), timeout)
+
+    async def get_status_list(self, *, timeout: float | None = None) -> SignedStatusList:
+        """The platform's signed status list (`statuslist+jwt`) and its URI, for offline
+        revocation checks without HTTP access (see StatusListCache.over_grpc)."""
+        return await self._call(w.GET_STATUS_LIST, w.status_list_request(), timeout)
+
+    async def link_guardian(
+        self,
+        *,
+        child_account_id: str,
+        child_date_of_birth: date,
+        guardian_account_id: str,
+        guardian_date_of_birth: date,
+        relationship: str,
+        guardian_consent: bool,
+        child_consent: bool = False,
+        timeout: float | None = None,
+    ) -> GuardianLink:
+        """Register a child under 16 through a guardian whose own account on this platform is
+        already verified (phone or personal ID). `relationship` is "parent" or
+        "legal_guardian"; the child's consent is required from 7 years old (Law 91/2025).
+        Not retried: it records consents (the same guardian may simply call again: that
+        renews the link)."""
+        request = w.link_guardian_request(
+            child_account_id,
+            child_date_of_birth,
+            guardian_account_id,
+            guardian_date_of_birth,
+            relationship,
+            guardian_consent,
+            child_consent,
+        )
+        return await self._call(w.LINK_GUARDIAN, request, timeout)
+
+    async def withdraw_guardian_link(
+        self, *, link_id: str, timeout: float | None = None
+    ) -> datetime:
+        """End a guardian link; the child's attestation is revoked at once. Returns when."""
+        return await self._call(
+            w.WITHDRAW_GUARDIAN_LINK, w.withdraw_guardian_link_request(link_id), timeout
+        )
+
+    async def list_accounts_aging_out(
+        self,
+        *,
+        from_time: datetime,
+        to_time: datetime,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AgingOutPage:
+        """One page of the guardian-managed accounts whose 16th birthday is in
+        [from_time, to_time); pass `next_page_token` back for the next page."""
+        request = w.aging_out_request(from_time, to_time, page_size, page_token)
+        return await self._call(w.LIST_AGING_OUT, request, timeout)
+
+    async def query_audit_records(
+        self,
+        *,
+        account_id: str = "",
+        event: str = "",
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AuditPage:
+        """One page of the platform's audit log (auditor keys only)."""
+        request = w.audit_request(account_id, event, from_time, to_time, page_size, page_token)
+        return await self._call(w.QUERY_AUDIT, request, timeout)
+
+    async def get_checkpoint(self, *, timeout: float | None = None) -> LogCheckpoint:
+        """The latest signed checkpoint of the platform's audit log (auditor keys only)."""
+        return await self._call(w.GET_CHECKPOINT, w.checkpoint_request(), timeout)
+
+    async def get_inclusion_proof(
+        self, *, index: int, tree_size: int, timeout: float | None = None
+    ) -> list[bytes]:
+        """The RFC 6962 audit path of record `index` in the tree of `tree_size` records."""
+        return await self._call(
+            w.GET_INCLUSION_PROOF, w.inclusion_request(index, tree_size), timeout
+        )
+
+    async def get_consistency_proof(
+        self, *, from_size: int, to_size: int, timeout: float | None = None
+    ) -> list[bytes]:
+        """The RFC 6962 consistency proof between two tree sizes of the audit log."""
+        return await self._call(
+            w.GET_CONSISTENCY_PROOF, w.consistency_request(from_size, to_size), timeout
+        )
+
+    async def get_report(
+        self,
+        *,
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, int]:
+        """Counts over [from_time, to_time) computed from the audit log."""
+        return await self._call(w.GET_REPORT, w.report_request(from_time, to_time), timeout)
+
+    async def export_audit_records(
+        self, *, from_index: int = 0, to_index: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """The audit log as JSON Lines chunks (whole lines each), records [from_index,
+        to_index), the whole log when to_index is 0. Not retried: restart from the last
+        index received. `timeout` bounds the whole stream."""
+        call = self._stubs["audit"].ExportAuditRecords(
+            w.export_request(from_index, to_index),
+            metadata=self._metadata,
+            timeout=timeout if timeout is not None else self._timeout,
+        )
+        try:
+            async for response in call:
+                yield response.jsonl
+        except grpc.RpcError as e:
+            raise w.decode_error(e) from None
+        finally:
+            call.cancel()  # the caller stopped early: end the stream on the server too

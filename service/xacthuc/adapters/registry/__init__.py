@@ -1,0 +1,1 @@
+"""e-ID registry adapters: the sandbox and the HTTPS provider with mutual TLS."""

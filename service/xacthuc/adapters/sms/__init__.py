@@ -1,0 +1,1 @@
+"""SMS adapters: the development console and the HTTP gateway."""

@@ -1,0 +1,157 @@
+"""Personal-ID attempts in the embedded store: R3, R4, P5, P8 (see memory_state.py)."""
+
+from __future__ import annotations
+
+from xacthuc.adapters.store.memory_state import (
+    MemoryBase,
+    _linked_child,
+    _Platform,
+    _recent,
+)
+from xacthuc.domain.errors import (
+    AccountNotAuthenticated,
+    GuardianManagedNoCommercialLivestream,
+    GuardianRequired,
+    IdAttemptsExceeded,
+    PersonalIdAccountLimit,
+    PersonalIdNotMatched,
+    RegistryUnavailable,
+    XacthucError,
+)
+from xacthuc.domain.records import AttestationRecord, IdAttempt, Limits, PendingAttestation
+
+
+class IdentityOps(MemoryBase):
+    async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
+        p = self._platforms[attempt.platform]
+        now = attempt.now
+        guards = (
+            ("account", p.account_guards[attempt.account_id], limits.id_attempts_per_account_hour),
+            ("personal_id", p.number_guards[attempt.subject], limits.id_attempts_per_number_hour),
+        )
+        try:
+            for scope, guard, _ in guards:
+                if guard.locked_until > now:
+                    raise IdAttemptsExceeded(
+                        metadata={"scope": scope}, retry_after=guard.locked_until - now
+                    )
+            for scope, guard, limit in guards:
+                recent = sorted(_recent(guard.attempts, now, 3600))
+                if len(recent) >= limit:
+                    raise IdAttemptsExceeded(
+                        metadata={"scope": scope}, retry_after=recent[-limit][0] + 3600 - now
+                    )
+            if attempt.purpose == "commercial_livestream":
+                current = p.attestations.get(attempt.account_id)
+                record = current[0] if current else None
+                if record is None or record.status != "active" or record.expires_at <= now:
+                    raise AccountNotAuthenticated()
+                if record.guardian_managed:
+                    raise GuardianManagedNoCommercialLivestream()
+            elif _linked_child(p, attempt.account_id, now):
+                raise GuardianRequired()
+        except XacthucError as e:
+            self._id_audit(p, attempt, "id_check_started", "refused", e.reason)
+            raise
+        for _, guard, _ in guards:
+            guard.attempts = [*_recent(guard.attempts, now, 3600), (now, attempt.attempt_id)]
+        self._id_audit(p, attempt, "id_check_started", "ok", "")
+
+    def _id_audit(
+        self,
+        p: _Platform,
+        attempt: IdAttempt,
+        event: str,
+        outcome: str,
+        reason: str,
+        **extra: str | int,
+    ) -> None:
+        self._audit(
+            p,
+            attempt.platform,
+            attempt.now,
+            account=attempt.account_id,
+            event=event,
+            outcome=outcome,
+            reason=reason,
+            attempt=attempt.attempt_id,
+            personal_id=attempt.subject,
+            client=attempt.client,
+            purpose=attempt.purpose,
+            **extra,
+        )
+
+    async def finish_id_check(
+        self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
+    ) -> AttestationRecord:
+        p = self._platforms[attempt.platform]
+        now = attempt.now
+        guards = (
+            ("account", p.account_guards[attempt.account_id]),
+            ("personal_id", p.number_guards[attempt.subject]),
+        )
+        if answer == "unavailable":
+            self._id_audit(p, attempt, "id_check", "failed", RegistryUnavailable.reason)
+            raise RegistryUnavailable()
+        if answer != "match":
+            locked: list[tuple[str, int]] = []
+            for scope, guard in guards:
+                guard.fails += 1
+                if guard.fails >= limits.id_max_failures:
+                    guard.fails = 0
+                    guard.lock_level += 1
+                    seconds = limits.id_lock_seconds(guard.lock_level)
+                    guard.locked_until = now + seconds
+                    locked.append((scope, seconds))
+            self._id_audit(p, attempt, "id_check", "failed", PersonalIdNotMatched.reason)
+            for scope, seconds in locked:
+                self._id_audit(
+                    p,
+                    attempt,
+                    "id_locked",
+                    "locked",
+                    IdAttemptsExceeded.reason,
+                    scope=scope,
+                    lock_seconds=seconds,
+                )
+            if locked:
+                scope, seconds = locked[0]
+                raise IdAttemptsExceeded(metadata={"scope": scope}, retry_after=seconds)
+            raise PersonalIdNotMatched()
+        accounts = p.subject_accounts[attempt.subject]
+        if (
+            attempt.account_id not in accounts
+            and len(accounts) >= limits.max_accounts_per_personal_id
+        ):
+            self._id_audit(p, attempt, "id_check", "refused", PersonalIdAccountLimit.reason)
+            raise PersonalIdAccountLimit()
+        for _, guard in guards:
+            guard.fails = 0
+            guard.lock_level = 0
+        record = AttestationRecord(
+            account_id=attempt.account_id,
+            method=pending.method,
+            token_id=pending.token_id,
+            verified_at=now,
+            issued_at=pending.issued_at,
+            expires_at=pending.expires_at,
+            commercial_livestream=True,
+            age_band=pending.age_band,
+            status_idx=self._next_status_idx(p),
+        )
+        self._attest(p, record, attempt.subject)
+        self._id_audit(p, attempt, "id_check", "ok", "")
+        self._audit(
+            p,
+            attempt.platform,
+            now,
+            account=attempt.account_id,
+            event="attestation_issued",
+            outcome="ok",
+            token_id=pending.token_id,
+            method=pending.method,
+            expires=int(pending.expires_at),
+            commercial_livestream=1,
+            age_band=pending.age_band,
+        )
+        return record

@@ -1,0 +1,170 @@
+"""State of the embedded store and what every part of it shares.
+
+`MemoryStore` (memory.py) is assembled from one part per domain (phone, identity,
+guardian), each a mixin over `MemoryBase`; each method runs to completion without
+awaiting, so on one event loop it is atomic. This is the reference implementation of the
+store contract; `redis.py` mirrors it in Lua.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+from xacthuc.domain.records import AttestationRecord, audit_record
+
+_WINDOWS = {"phone_15m": 900, "phone_day": 86_400, "platform_hour": 3600, "client_ip_hour": 3600}
+
+
+@dataclass
+class _Challenge:
+    account_id: str
+    phone: str
+    client: str
+    mac: str
+    idempotency_key: str
+    fingerprint: str
+    created: float
+    expires_at: float
+    resend_not_before: float
+    attempts: int = 0
+    state: str = "sending"  # sending -> pending -> consumed
+
+
+@dataclass
+class _Phone:
+    fails: int = 0
+    lock_level: int = 0
+    locked_until: float = 0.0
+    last_send: float = float("-inf")
+    sends: list[tuple[float, str]] = field(default_factory=list)  # (time, challenge id)
+
+
+@dataclass
+class _Guard:
+    """Consecutive failures and lock of one account or personal-ID number (ID attempts)."""
+
+    fails: int = 0
+    lock_level: int = 0
+    locked_until: float = 0.0
+    attempts: list[tuple[float, str]] = field(default_factory=list)  # (time, attempt id)
+
+
+@dataclass
+class _Link:
+    """A guardian link (P6); kept after it ends, with `ended` and `end_reason` set."""
+
+    link_id: str
+    child: str
+    guardian_account: str
+    guardian: str  # the guardian's pseudonym (ph_/id_)
+    relationship: str
+    method: str
+    child_consent: bool
+    created: float
+    renewed: float
+    aged_out_at: float
+    ended: float | None = None
+    end_reason: str = ""
+
+
+@dataclass
+class _Platform:
+    challenges: dict[str, _Challenge] = field(default_factory=dict)
+    idempotency: dict[str, str] = field(default_factory=dict)
+    phones: dict[str, _Phone] = field(default_factory=lambda: defaultdict(_Phone))
+    platform_sends: list[tuple[float, str]] = field(default_factory=list)
+    client_sends: dict[str, list[tuple[float, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    subject_accounts: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # P8
+    account_guards: dict[str, _Guard] = field(default_factory=lambda: defaultdict(_Guard))
+    number_guards: dict[str, _Guard] = field(default_factory=lambda: defaultdict(_Guard))
+    attestations: dict[str, tuple[AttestationRecord, str]] = field(
+        default_factory=dict
+    )  # -> (record, phone)
+    audit: list[str] = field(default_factory=list)
+    # Guardian links (P6): every link, the active one of each child, the children of each
+    # guardian pseudonym with an active link, and the aging-out index (child -> 16th birthday).
+    links: dict[str, _Link] = field(default_factory=dict)
+    child_links: dict[str, str] = field(default_factory=dict)
+    guardian_children: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    aging: dict[str, float] = field(default_factory=dict)
+    # The status list (issue 5): the next index, and the bitmap in Redis SETBIT bit order.
+    status_next: int = 0
+    status_bits: bytearray = field(default_factory=bytearray)
+
+
+_OVER_16 = frozenset({"adult", "16_17"})  # age bands the registry proved
+
+
+def _active(record: AttestationRecord, now: float) -> bool:
+    return record.status == "active" and record.expires_at > now
+
+
+def _linked_child(p: _Platform, account_id: str, now: float) -> bool:
+    """The account has an active guardian link and the child has not turned 16 (R1)."""
+    aged_out_at = p.aging.get(account_id)
+    return aged_out_at is not None and aged_out_at > now
+
+
+def _recent(entries: list[tuple[float, str]], now: float, window: float) -> list[tuple[float, str]]:
+    return [e for e in entries if e[0] > now - window]
+
+
+class MemoryBase:
+    def __init__(self) -> None:
+        self._platforms: dict[str, _Platform] = defaultdict(_Platform)
+        self._starts = 0
+
+    def _audit(self, p: _Platform, platform: str, now: float, **fields: str | int) -> None:
+        p.audit.append(audit_record(seq=len(p.audit), now=now, platform=platform, **fields))  # type: ignore[arg-type]
+
+    def _attest(self, p: _Platform, record: AttestationRecord, subject: str) -> None:
+        """Make `record` the account's attestation, moving its P8 slot to `subject` (none
+        when `subject` is "": a guardian-managed child takes no slot of the guardian's)."""
+        previous = p.attestations.get(record.account_id)
+        if previous is not None and previous[1] != subject:
+            p.subject_accounts[previous[1]].discard(record.account_id)
+        if subject:
+            p.subject_accounts[subject].add(record.account_id)
+        p.attestations[record.account_id] = (record, subject)
+
+    @staticmethod
+    def _next_status_idx(p: _Platform) -> int:
+        """The next index; the bitmap grows to cover it (a zero bit), as SETBIT does."""
+        idx = p.status_next
+        p.status_next += 1
+        if len(p.status_bits) <= idx // 8:
+            p.status_bits.extend(bytes(idx // 8 + 1 - len(p.status_bits)))
+        return idx
+
+    @staticmethod
+    def _set_status_bit(p: _Platform, idx: int) -> None:
+        """Redis SETBIT order: index 0 is the most significant bit of byte 0."""
+        if idx < 0:
+            return
+        byte = idx // 8
+        if len(p.status_bits) <= byte:
+            p.status_bits.extend(bytes(byte + 1 - len(p.status_bits)))
+        p.status_bits[byte] |= 0x80 >> (idx % 8)
+
+    def _revoke(
+        self, p: _Platform, platform: str, now: float, record: AttestationRecord, reason: str
+    ) -> AttestationRecord:
+        """Set the status of `record` (the account's current one) to revoked, its bit, audit."""
+        revoked = replace(record, status="revoked", revoked_at=now)
+        p.attestations[record.account_id] = (revoked, p.attestations[record.account_id][1])
+        self._set_status_bit(p, record.status_idx)
+        self._audit(
+            p,
+            platform,
+            now,
+            account=record.account_id,
+            event="attestation_revoked",
+            outcome="ok",
+            reason=reason,
+            token_id=record.token_id,
+            status_idx=record.status_idx if record.status_idx >= 0 else "",
+        )
+        return revoked

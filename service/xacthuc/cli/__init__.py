@@ -1,0 +1,1 @@
+"""The `xacthuc` command line."""

@@ -1,0 +1,5 @@
+import sys
+
+from xacthuc.cli.main import main
+
+sys.exit(main())

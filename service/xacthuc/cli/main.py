@@ -1,0 +1,136 @@
+"""`xacthuc` command line: run the server and manage its keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from xacthuc.server.auth import ApiKeys, Role, new_key
+from xacthuc.server.config import ConfigError, Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {"listen": args.listen} if args.listen else {}
+    try:
+        settings = Settings.load(**overrides)
+    except ConfigError as e:
+        print(f"xacthuc: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    from xacthuc.adapters.keyring import KeyringError
+    from xacthuc.server.app import DEMO_PLATFORM, build_app
+    from xacthuc.server.runtime import serve
+
+    try:
+        app = build_app(settings)
+    except (OSError, ValueError, KeyringError) as e:
+        print(f"xacthuc: cannot start: {e}", file=sys.stderr)
+        return 2
+    for role, key in app.demo_keys.items():
+        # Dev mode only: a throwaway key for the demo platform, shown once so it can be used.
+        print(f"dev mode: demo platform '{DEMO_PLATFORM}' {role.value} key: {key}", flush=True)
+    if settings.metrics_listen:
+        from prometheus_client import start_http_server
+
+        host, _, port = settings.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host)
+    try:
+        asyncio.run(serve(app))
+    except OSError as e:
+        print(f"xacthuc: cannot serve: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    try:
+        key, entry = new_key(args.platform, Role(args.role))
+    except ValueError as e:
+        print(f"xacthuc: {e}", file=sys.stderr)
+        return 2
+    ApiKeys.append_to_file(args.file, entry)
+    print(
+        f"created {entry.role.value} key {entry.key_id} for platform {entry.platform} in {args.file}",
+        file=sys.stderr,
+    )
+    print(key)  # shown once: only its hash is stored
+    return 0
+
+
+def _signing_key(args: argparse.Namespace) -> int:
+    from xacthuc.domain.tokens import SigningKey
+
+    if args.out.exists():
+        print(f"xacthuc: {args.out} exists; not overwriting a signing key", file=sys.stderr)
+        return 2
+    key = SigningKey.generate()
+    args.out.touch(mode=0o600)
+    args.out.write_bytes(key.to_pem())
+    print(f"wrote Ed25519 signing key {key.kid} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Standard gRPC health check; exit 0 when SERVING (used by the Docker HEALTHCHECK)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as e:
+            print(f"xacthuc: health check failed: {e.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xacthuc", description="Decree 147 account verification service"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server (configured by XACTHUC_* variables)")
+    serve.add_argument("--listen", help="HOST:PORT (overrides XACTHUC_LISTEN)")
+    serve.set_defaults(func=_serve)
+    health = sub.add_parser("health", help="query the standard gRPC health service")
+    health.add_argument("--target", default="127.0.0.1:50051")
+    health.add_argument("--service", default="")
+    health.add_argument("--timeout", type=float, default=2.0)
+    health.set_defaults(func=_health)
+    from xacthuc.cli import audit as cli_audit
+
+    cli_audit.register(sub)
+    keys = sub.add_parser("keys", help="manage API keys and signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a platform API key; prints it once")
+    create.add_argument("--platform", required=True, help="platform id (a-z 0-9 _ -)")
+    create.add_argument("--role", choices=[r.value for r in Role], default=Role.PLATFORM.value)
+    create.add_argument(
+        "--file", type=Path, required=True, help="keys file (XACTHUC_API_KEYS_FILE)"
+    )
+    create.set_defaults(func=_keys_create)
+    sk = ksub.add_parser("signing-key", help="generate an Ed25519 signing key (PEM)")
+    sk.add_argument("--out", type=Path, required=True)
+    sk.set_defaults(func=_signing_key)
+    from xacthuc.cli import keys as cli_keys
+
+    cli_keys.register(ksub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Composition root: builds every component from Settings. The only place that knows them all."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from xacthuc.adapters.metrics import PrometheusLogMetrics
+from xacthuc.adapters.registry.http import HttpRegistry
+from xacthuc.adapters.registry.sandbox import SandboxRegistry
+from xacthuc.adapters.sms.console import ConsoleSmsSender
+from xacthuc.adapters.sms.http import HttpSmsSender
+from xacthuc.adapters.store.checkpoints import checkpoint_store_for
+from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.domain.clock import Clock, SystemClock
+from xacthuc.domain.keyed import OtpMac, Pseudonymizer
+from xacthuc.domain.records import Limits
+from xacthuc.domain.tokens import SigningKey
+from xacthuc.ports.registry import IdentityRegistry
+from xacthuc.ports.sms import SmsSender
+from xacthuc.ports.store import Store
+from xacthuc.server.auth import ApiKeys, Role, new_key
+from xacthuc.server.config import Mode, RegistryBackend, Settings, SmsBackend
+from xacthuc.server.signing import SigningKeys
+from xacthuc.verifiers.age_out import AgeOutSweeper
+from xacthuc.verifiers.auditlog import AuditLog
+from xacthuc.verifiers.guardian_flow import GuardianLinker
+from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier
+from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
+from xacthuc.verifiers.status_publisher import StatusListPublisher
+
+log = logging.getLogger("xacthuc")
+
+DEMO_PLATFORM = "demo"
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    sms: SmsSender
+    clock: Clock
+    api_keys: ApiKeys
+    # The attestation signer in use, following the keyring on disk (issue 5).
+    signing: SigningKeys
+    phone: PhoneOtpVerifier
+    registry: IdentityRegistry
+    personal_id: PersonalIdVerifier
+    # Keys made up at start in dev mode, to print once: role -> key.
+    demo_keys: dict[Role, str] = field(default_factory=dict)
+    # The verifiable audit log: Merkle trees, signed checkpoints (issue 6).
+    audit_log: AuditLog | None = None
+    # Children under 16 (issue 4): guardian links, and the sweep that ends them at 16.
+    guardian: GuardianLinker | None = None
+    age_out: AgeOutSweeper | None = None
+    # Each platform's signed status list (issue 5): named by every token, served by RPC
+    # and by the well-known HTTP listener.
+    status_lists: StatusListPublisher | None = None
+
+    async def aclose(self) -> None:
+        if self.age_out is not None:
+            await self.age_out.stop()
+        await self.sms.aclose()
+        await self.registry.aclose()
+        await self.store.aclose()
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        otp_max_attempts=settings.otp_max_attempts,
+        phone_max_failures=settings.phone_max_failures,
+        phone_lock_base_seconds=settings.phone_lock_base_seconds,
+        phone_lock_max_seconds=settings.phone_lock_max_seconds,
+        resend_cooldown_seconds=settings.resend_cooldown_seconds,
+        sends_per_phone_15m=settings.sends_per_phone_15m,
+        sends_per_phone_day=settings.sends_per_phone_day,
+        sends_per_platform_hour=settings.sends_per_platform_hour,
+        sends_per_client_ip_hour=settings.sends_per_client_ip_hour,
+        max_accounts_per_phone=settings.max_accounts_per_phone,
+        id_attempts_per_account_hour=settings.id_attempts_per_account_hour,
+        id_attempts_per_number_hour=settings.id_attempts_per_number_hour,
+        id_max_failures=settings.id_max_failures,
+        id_lock_base_seconds=settings.id_lock_base_seconds,
+        id_lock_max_seconds=settings.id_lock_max_seconds,
+        max_accounts_per_personal_id=settings.max_accounts_per_personal_id,
+        max_children_per_guardian=settings.max_children_per_guardian,
+    )
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.store_url.startswith("memory://"):
+        return MemoryStore()
+    from xacthuc.adapters.store.redis import RedisStore  # only production needs redis-py loaded
+
+    return RedisStore(settings.store_url, namespace=settings.store_namespace)
+
+
+def make_sms(settings: Settings) -> SmsSender:
+    if settings.sms_backend is SmsBackend.HTTP:
+        auth = settings.sms_http_auth_header
+        return HttpSmsSender(
+            url=settings.sms_http_url,
+            auth_header=auth.get_secret_value() if auth else None,
+            timeout=settings.sms_http_timeout_seconds,
+            retries=settings.sms_http_retries,
+        )
+    return ConsoleSmsSender()
+
+
+def make_registry(settings: Settings) -> IdentityRegistry:
+    if settings.registry_backend is RegistryBackend.HTTP:
+        cert = (
+            (settings.registry_client_cert_file, settings.registry_client_key_file)
+            if settings.registry_client_cert_file and settings.registry_client_key_file
+            else None
+        )
+        return HttpRegistry(
+            base_url=settings.registry_url,
+            client_cert=cert,
+            ca_file=settings.registry_ca_file,
+            timeout=settings.registry_timeout_seconds,
+            retries=settings.registry_retries,
+            failure_threshold=settings.registry_breaker_failures,
+            reset_timeout=settings.registry_breaker_reset_seconds,
+        )
+    if settings.registry_sandbox_file:
+        return SandboxRegistry.from_file(settings.registry_sandbox_file)
+    return SandboxRegistry.from_file()
+
+
+def make_audit_log(settings: Settings, store: Store, clock: Clock, api_keys: ApiKeys) -> AuditLog:
+    if settings.log_signing_key_file:
+        key = SigningKey.from_pem_file(settings.log_signing_key_file)
+    else:
+        log.warning(
+            "dev mode: generated a log signing key for this run (set XACTHUC_LOG_SIGNING_KEY_FILE)"
+        )
+        key = SigningKey.generate()
+    return AuditLog(
+        store,
+        checkpoint_store_for(store),
+        key.private_key,
+        clock,
+        origin=settings.log_origin,
+        every_records=settings.checkpoint_every_records,
+        every_seconds=settings.checkpoint_every_seconds,
+        platforms=api_keys.platforms,
+        metrics=PrometheusLogMetrics(),
+    )
+
+
+def public_base_url(settings: Settings, wellknown_port: int | None = None) -> str:
+    """The base of the status list URIs: XACTHUC_PUBLIC_BASE_URL; else the well-known
+    listener's own address (with the port it bound, when known); else the issuer."""
+    if settings.public_base_url:
+        return settings.public_base_url
+    if settings.wellknown_listen:
+        host, _, port = settings.wellknown_listen.rpartition(":")
+        if wellknown_port is not None:
+            port = str(wellknown_port)
+        return f"http://{host}:{port}"
+    return settings.issuer.rstrip("/")
+
+
+def build_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    sms: SmsSender | None = None,
+    clock: Clock | None = None,
+    api_keys: ApiKeys | None = None,
+    registry: IdentityRegistry | None = None,
+) -> App:
+    """Build the service. Tests pass their own store, SMS sender, clock or keys."""
+    dev = settings.mode is Mode.DEV
+    clock = clock or SystemClock()
+    store = store or make_store(settings)
+    sms = sms or make_sms(settings)
+    otp_keys = [k.get_secret_value().encode() for k in settings.otp_hmac_keys] or [
+        secrets.token_bytes(32)
+    ]
+    pseudonym_key = (
+        settings.pseudonym_key.get_secret_value().encode()
+        if settings.pseudonym_key
+        else secrets.token_bytes(32)
+    )
+    if dev and (not settings.otp_hmac_keys or settings.pseudonym_key is None):
+        log.warning(
+            "dev mode: random OTP/pseudonym keys for this run (set XACTHUC_OTP_HMAC_KEYS, "
+            "XACTHUC_PSEUDONYM_KEY to keep pseudonyms stable across restarts)"
+        )
+    demo_keys: dict[Role, str] = {}
+    if api_keys is None:
+        api_keys = ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else ApiKeys()
+        if dev and settings.api_keys_file is None:
+            for role in Role:
+                raw, entry = new_key(DEMO_PLATFORM, role)
+                api_keys.add(entry)
+                demo_keys[role] = raw
+    status_lists = StatusListPublisher(
+        store,
+        clock=clock.now,
+        signing_key=lambda: signing.current().key,
+        issuer=settings.issuer,
+        base_url=public_base_url(settings),
+        ttl=settings.status_list_ttl_seconds,
+        platforms=api_keys.platforms,
+    )
+    signing = SigningKeys.from_settings(settings, clock.now, status_list=status_lists.reference)
+    pseudonyms = Pseudonymizer(pseudonym_key)
+    limits = limits_from(settings)
+    phone = PhoneOtpVerifier(
+        store=store,
+        sms=sms,
+        clock=clock,
+        pseudonyms=pseudonyms,
+        otp_mac=OtpMac(otp_keys),
+        limits=limits,
+        otp_ttl_seconds=settings.otp_ttl_seconds,
+        token_ttl_seconds=settings.token_ttl_seconds,
+        sms_template=settings.sms_template,
+    )
+    registry = registry or make_registry(settings)
+    personal_id = PersonalIdVerifier(
+        store=store,
+        registry=registry,
+        clock=clock,
+        pseudonyms=pseudonyms,
+        limits=limits,
+        token_ttl_seconds=settings.token_ttl_seconds,
+        registry_deadline_seconds=settings.registry_timeout_seconds
+        * (settings.registry_retries + 1)
+        + 1,
+    )
+    app = App(
+        settings, store, sms, clock, api_keys, signing, phone, registry, personal_id, demo_keys
+    )
+    app.status_lists = status_lists
+    app.audit_log = make_audit_log(settings, store, clock, api_keys)
+    app.guardian = GuardianLinker(
+        store=store, clock=clock, limits=limits, token_ttl_seconds=settings.token_ttl_seconds
+    )
+    app.age_out = AgeOutSweeper(
+        store, clock, api_keys.platforms, interval_seconds=settings.age_out_sweep_seconds
+    )
+    return app

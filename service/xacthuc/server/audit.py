@@ -1,0 +1,251 @@
+"""The gRPC edge of the audit log (AuditService): auditor keys only, own platform only.
+
+Every call is itself audited: after it succeeds, or when it is refused, a record
+`auditor_<method>` (account "", the caller's `key_id`, the call's non-personal parameters,
+outcome `ok` or `refused` with its reason) is appended to the caller's platform log. If that
+record cannot be written the call fails: no unaudited access to the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.errors import FieldInvalid, StoreUnavailable, XacthucError
+from xacthuc.ports.store import Store
+from xacthuc.server.auth import ApiKeys, Caller, Role
+from xacthuc.server.rpc import rpc, rpc_stream
+from xacthuc.v1 import audit_pb2, audit_pb2_grpc
+from xacthuc.verifiers.auditlog import AuditLog
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    _BATCH = 1000
+
+    def __init__(
+        self,
+        *,
+        api_keys: ApiKeys,
+        store: Store,
+        audit_log: AuditLog,
+        clock: Callable[[], float],
+    ) -> None:
+        self.api_keys = api_keys
+        self._store = store
+        self._log = audit_log
+        self._now = clock
+
+    @contextlib.asynccontextmanager
+    async def _audited(
+        self, caller: Caller, method: str, params: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Audit the call in the block: `ok` when it ends normally, `refused` with the reason
+        when it raises; the block may add results to `params`."""
+        try:
+            yield params
+        except XacthucError as e:
+            if not isinstance(e, StoreUnavailable):
+                await self._append(caller, method, "refused", e.reason, params)
+            raise
+        await self._append(caller, method, "ok", "", params)
+
+    async def _append(
+        self, caller: Caller, method: str, outcome: str, reason: str, params: dict[str, Any]
+    ) -> None:
+        await self._store.append_audit(
+            caller.platform,
+            self._now(),
+            account="",
+            event=f"auditor_{method}",
+            outcome=outcome,
+            reason=reason,
+            key_id=caller.key_id,
+            **params,
+        )
+
+    @rpc(Role.AUDITOR)
+    async def QueryAuditRecords(
+        self, caller: Caller, request: audit_pb2.QueryAuditRecordsRequest
+    ) -> audit_pb2.QueryAuditRecordsResponse:
+        params: dict[str, Any] = {
+            "query_account": request.account_id,
+            "query_event": request.event,
+            "from_time": _time_text(request, "from_time"),
+            "to_time": _time_text(request, "to_time"),
+            "page_size": request.page_size,
+        }
+        async with self._audited(caller, "query_audit_records", params):
+            response = await self._query(caller, request)
+            params["returned"] = len(response.records)
+        return response
+
+    async def _query(
+        self, caller: Caller, request: audit_pb2.QueryAuditRecordsRequest
+    ) -> audit_pb2.QueryAuditRecordsResponse:
+        page_size = request.page_size or 100
+        if not 1 <= page_size <= 1000:
+            raise FieldInvalid("page_size", "must be 1-1000")
+        start, end = _decode_page_token(request.page_token)
+        if end is None:
+            # Pages walk the log as it was at the first page: the records appended since,
+            # such as this very query's own audit record, wait for the next query.
+            end = (await self._log.sync(caller.platform)).size
+        since = request.from_time.ToNanoseconds() / 1e9 if request.HasField("from_time") else None
+        until = request.to_time.ToNanoseconds() / 1e9 if request.HasField("to_time") else None
+        found: list[audit_pb2.AuditRecord] = []
+        index = start
+        while len(found) < page_size:
+            batch = await self._store.audit_records(
+                caller.platform, index, min(index + self._BATCH, end)
+            )
+            if not batch:
+                break
+            for offset, raw in enumerate(batch):
+                rec = json.loads(raw)
+                ts = Timestamp()
+                ts.FromJsonString(rec["time"])
+                t = ts.ToNanoseconds() / 1e9
+                if (
+                    (not request.account_id or rec["account"] == request.account_id)
+                    and (not request.event or rec["event"] == request.event)
+                    and (since is None or t >= since)
+                    and (until is None or t < until)
+                ):
+                    found.append(
+                        audit_pb2.AuditRecord(
+                            index=index + offset,
+                            record_json=raw,
+                            event=rec["event"],
+                            account_id=rec["account"],
+                            time=ts,
+                        )
+                    )
+                    if len(found) == page_size:
+                        index += offset + 1
+                        break
+            else:
+                index += len(batch)
+                continue
+            break
+        return audit_pb2.QueryAuditRecordsResponse(
+            records=found, next_page_token=_encode_page_token(index, end) if index < end else ""
+        )
+
+    @rpc(Role.AUDITOR)
+    async def GetCheckpoint(
+        self, caller: Caller, request: audit_pb2.GetCheckpointRequest
+    ) -> audit_pb2.GetCheckpointResponse:
+        async with self._audited(caller, "get_checkpoint", {}) as params:
+            checkpoint = await self._log.current_checkpoint(caller.platform)
+            params["tree_size"] = checkpoint.tree_size
+        return audit_pb2.GetCheckpointResponse(
+            signed_note=checkpoint.note,
+            tree_size=checkpoint.tree_size,
+            root_hash=checkpoint.root_hash,
+            verifier_key=self._log.verifier_key(caller.platform),
+        )
+
+    @rpc(Role.AUDITOR)
+    async def GetInclusionProof(
+        self, caller: Caller, request: audit_pb2.GetInclusionProofRequest
+    ) -> audit_pb2.GetInclusionProofResponse:
+        params = {"index": request.index, "tree_size": request.tree_size}
+        async with self._audited(caller, "get_inclusion_proof", params):
+            tree = await self._log.sync(caller.platform)
+            _check_tree_size("tree_size", request.tree_size, tree.size)
+            if request.index >= request.tree_size:
+                raise FieldInvalid("index", f"must be below tree_size ({request.tree_size})")
+            hashes = tree.inclusion_proof(request.index, request.tree_size)
+        return audit_pb2.GetInclusionProofResponse(hashes=hashes)
+
+    @rpc(Role.AUDITOR)
+    async def GetConsistencyProof(
+        self, caller: Caller, request: audit_pb2.GetConsistencyProofRequest
+    ) -> audit_pb2.GetConsistencyProofResponse:
+        params = {"from_size": request.from_size, "to_size": request.to_size}
+        async with self._audited(caller, "get_consistency_proof", params):
+            tree = await self._log.sync(caller.platform)
+            if request.from_size == 0:
+                raise FieldInvalid(
+                    "from_size", "must be at least 1 (the empty tree proves nothing)"
+                )
+            if request.to_size < request.from_size:
+                raise FieldInvalid("to_size", f"must not be below from_size ({request.from_size})")
+            _check_tree_size("to_size", request.to_size, tree.size)
+            hashes = tree.consistency_proof(request.from_size, request.to_size)
+        return audit_pb2.GetConsistencyProofResponse(hashes=hashes)
+
+    @rpc_stream(Role.AUDITOR)
+    async def ExportAuditRecords(
+        self, caller: Caller, request: audit_pb2.ExportAuditRecordsRequest
+    ) -> AsyncIterator[audit_pb2.ExportAuditRecordsResponse]:
+        params = {"from_index": request.from_index, "to_index": request.to_index}
+        async with self._audited(caller, "export_audit_records", params):
+            size = (await self._log.sync(caller.platform)).size
+            stop = request.to_index or size
+            if stop > size:
+                raise FieldInvalid("to_index", f"is beyond the end of the log ({size} records)")
+            if request.from_index > stop:
+                raise FieldInvalid("from_index", f"must not be above to_index ({stop})")
+            params["to_index"] = stop
+        async for chunk in self._log.export(caller.platform, request.from_index, stop):
+            yield audit_pb2.ExportAuditRecordsResponse(jsonl=chunk)
+
+    @rpc(Role.AUDITOR)
+    async def GetReport(
+        self, caller: Caller, request: audit_pb2.GetReportRequest
+    ) -> audit_pb2.GetReportResponse:
+        params = {
+            "from_time": _time_text(request, "from_time"),
+            "to_time": _time_text(request, "to_time"),
+        }
+        async with self._audited(caller, "get_report", params):
+            since = _seconds(request, "from_time")
+            until = _seconds(request, "to_time")
+            if since is not None and until is not None and until <= since:
+                raise FieldInvalid("to_time", "must be after from_time")
+            counts = await self._log.report(caller.platform, since, until)
+        return audit_pb2.GetReportResponse(counts=counts)
+
+
+def _check_tree_size(field: str, value: int, size: int) -> None:
+    if value == 0:
+        raise FieldInvalid(field, "must be at least 1")
+    if value > size:
+        raise FieldInvalid(field, f"is beyond the end of the log ({size} records)")
+
+
+def _seconds(request: Any, name: str) -> float | None:
+    if not request.HasField(name):
+        return None
+    ts: Timestamp = getattr(request, name)
+    return ts.ToNanoseconds() / 1e9
+
+
+def _time_text(request: Any, name: str) -> str:
+    seconds = _seconds(request, name)
+    return "" if seconds is None else rfc3339(seconds)
+
+
+def _encode_page_token(index: int, end: int) -> str:
+    return base64.urlsafe_b64encode(f"i:{index}:{end}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> tuple[int, int | None]:
+    """(next index, end of the log at the first page); the end is None on a first page."""
+    if not token:
+        return 0, None
+    try:
+        kind, *values = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        numbers = [int(v) for v in values]
+        if kind != "i" or len(numbers) != 2 or not 0 <= numbers[0] <= numbers[1]:
+            raise ValueError
+    except ValueError:
+        raise FieldInvalid("page_token", "is not a token from a previous response") from None
+    return numbers[0], numbers[1]

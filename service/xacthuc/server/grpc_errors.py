@@ -1,0 +1,52 @@
+"""The one place where exceptions become gRPC statuses.
+
+An `XacthucError` goes on the wire as its status code and message, with a `google.rpc.Status`
+in the `grpc-status-details-bin` trailer holding `ErrorInfo` (stable reason, domain,
+metadata) and, for rate limits, `RetryInfo`. Anything else is a bug: the client gets
+INTERNAL with a fixed message and a request id, the traceback goes to the log, nothing leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from xacthuc.domain.errors import ERROR_DOMAIN, InternalError, XacthucError
+
+log = logging.getLogger("xacthuc.server.rpc")
+
+
+def to_status(error: XacthucError) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details = [info]
+    if error.retry_after is not None:
+        seconds = max(0, math.ceil(error.retry_after))
+        details.append(
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
+        )
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    status = status_pb2.Status(
+        code=grpc.StatusCode[error.code].value[0], message=error.message, details=packed
+    )
+    return rpc_status.to_status(status)
+
+
+def internal(method: str, exc: BaseException) -> grpc.Status:
+    request_id = secrets.token_hex(8)
+    log.error("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
+    return to_status(InternalError(f"internal error (request id {request_id})"))
+
+
+assert grpc.StatusCode.INTERNAL.value[0] == code_pb2.INTERNAL  # the two enums agree

@@ -1,0 +1,206 @@
+"""The grpc.aio server: xacthuc services, standard health checking and reflection, graceful stop.
+
+Beside the gRPC port, when XACTHUC_WELLKNOWN_LISTEN is set, a small HTTP listener serves the
+JWKS and the status lists (`xacthuc.adapters.wellknown`); it starts before the gRPC port opens, so the
+status list URI every token carries names a port that answers.
+
+On SIGTERM or SIGINT the health status turns NOT_SERVING, the server stops accepting new
+calls, in-flight calls get `shutdown_grace_seconds` to finish, then the well-known listener
+stops and resources are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from xacthuc.adapters.wellknown import (
+    bound_port,
+    make_wellknown_app,
+    start_wellknown,
+    stop_wellknown,
+)
+from xacthuc.server.app import App, make_audit_log
+from xacthuc.server.audit import AuditServicer
+from xacthuc.server.verification import VerificationServicer
+from xacthuc.v1 import audit_pb2, audit_pb2_grpc, verification_pb2, verification_pb2_grpc
+
+log = logging.getLogger("xacthuc")
+
+SERVICE_NAMES = (
+    verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class Server:
+    """A running xacthuc server; `port` is the bound port (useful with port 0)."""
+
+    def __init__(
+        self,
+        app: App,
+        server: grpc.aio.Server,
+        health: HealthServicer,
+        port: int,
+        wellknown: web.AppRunner | None = None,
+    ) -> None:
+        self.app = app
+        self.port = port
+        self._server = server
+        self._health = health
+        self._wellknown = wellknown
+        # The well-known listener's port (0 when it is off).
+        self.wellknown_port = bound_port(wellknown) if wellknown is not None else 0
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(
+            self.app.settings.shutdown_grace_seconds if grace is None else grace
+        )
+        if self._wellknown is not None:
+            await stop_wellknown(self._wellknown)
+            self._wellknown = None
+        if self.app.audit_log is not None:
+            await self.app.audit_log.stop()
+        await self.app.aclose()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def start_server(
+    app: App, listen: str | None = None, *, wellknown_listen: str | None = None
+) -> Server:
+    """Start the gRPC server on `listen` (XACTHUC_LISTEN) and, when `wellknown_listen`
+    (XACTHUC_WELLKNOWN_LISTEN) is not empty, the well-known HTTP listener."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    verification_pb2_grpc.add_VerificationServiceServicer_to_server(
+        VerificationServicer(
+            api_keys=app.api_keys,
+            phone=app.phone,
+            personal_id=app.personal_id,
+            store=app.store,
+            signing=app.signing,
+            clock=app.clock.now,
+            guardian=app.guardian,
+            status_lists=app.status_lists,
+        ),
+        server,
+    )
+    if app.audit_log is None:
+        app.audit_log = make_audit_log(app.settings, app.store, app.clock, app.api_keys)
+    audit_log = app.audit_log
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(
+            api_keys=app.api_keys,
+            store=app.store,
+            audit_log=audit_log,
+            clock=app.clock.now,
+        ),
+        server,
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = _bind(server, app, listen or app.settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen or app.settings.listen}")
+    await app.store.ping()
+    wellknown = await _start_wellknown(app, wellknown_listen)
+    try:
+        await server.start()
+    except BaseException:
+        if wellknown is not None:
+            await stop_wellknown(wellknown)
+        raise
+    audit_log.start()  # the background checkpointer
+    if app.age_out is not None:  # ends guardian links of children who turned 16 (P6)
+        app.age_out.start()
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(app, server, health, port, wellknown)
+
+
+async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None:
+    """The JWKS and status list listener; it also fixes the status list URIs' base when
+    XACTHUC_PUBLIC_BASE_URL is unset (the port bound may have been 0)."""
+    s = app.settings
+    address = s.wellknown_listen if listen is None else listen
+    if not address or app.status_lists is None:
+        return None
+    host, _, port = address.rpartition(":")
+    http = make_wellknown_app(
+        lambda: app.signing.current().jwks_json(),
+        app.status_lists.serve,
+        jwks_ttl=s.jwks_ttl_seconds,
+        status_ttl=s.status_list_ttl_seconds,
+    )
+    runner = await start_wellknown(http, host.strip("[]"), int(port))
+    if not s.public_base_url:
+        bound = bound_port(runner)
+        app.status_lists.base_url = f"http://{host}:{bound}"
+    return runner
+
+
+def _bind(server: grpc.aio.Server, app: App, address: str) -> int:
+    s = app.settings
+    if s.tls_cert_file is None or s.tls_key_file is None:
+        return int(server.add_insecure_port(address))
+    ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+    credentials = grpc.ssl_server_credentials(
+        [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+    return int(server.add_secure_port(address, credentials))
+
+
+async def serve(app: App) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully."""
+    running = await start_server(app)
+    log.info(
+        "xacthuc listening on %s (mode %s, store %s)",
+        app.settings.listen,
+        app.settings.mode.value,
+        app.settings.store_url.split("://")[0],
+    )
+    if running.wellknown_port and app.status_lists is not None:
+        log.info(
+            "JWKS and status lists served over HTTP on port %d; status lists named %s",
+            running.wellknown_port,
+            app.status_lists.uri("<platform>"),
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "shutting down: refusing new calls, %.0fs for calls in flight",
+        app.settings.shutdown_grace_seconds,
+    )
+    await running.stop()
+    log.info("stopped")

@@ -1,0 +1,356 @@
+"""The gRPC edge of VerificationService: protobuf in, domain calls, protobuf out.
+
+Protobuf stops here: verifiers and stores below never import generated code. Every method
+is wrapped by `rpc.rpc`, which authenticates, checks the role and maps errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from xacthuc.domain.decisions import Action, AttestationState, Decision, decide
+from xacthuc.domain.errors import AttestationNotFound, FieldInvalid, NotImplementedYet
+from xacthuc.domain.personal_id import Sex
+from xacthuc.domain.records import AttestationRecord, check_revocation_reason
+from xacthuc.ports.store import Store
+from xacthuc.server.auth import ApiKeys, Caller, Role
+from xacthuc.server.rpc import rpc, timestamp
+from xacthuc.server.signing import SigningKeys
+from xacthuc.v1 import verification_pb2, verification_pb2_grpc
+from xacthuc.verifiers.guardian_flow import GuardianLinker, Relationship
+from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier, Purpose
+from xacthuc.verifiers.phone_otp import PhoneOtpVerifier, check_account_id
+from xacthuc.verifiers.status_publisher import StatusListPublisher
+
+_SEXES = {verification_pb2.SEX_MALE: Sex.MALE, verification_pb2.SEX_FEMALE: Sex.FEMALE}
+_PURPOSES = {
+    verification_pb2.PERSONAL_ID_PURPOSE_NO_VIETNAMESE_MOBILE: Purpose.NO_VIETNAMESE_MOBILE,
+    verification_pb2.PERSONAL_ID_PURPOSE_COMMERCIAL_LIVESTREAM: Purpose.COMMERCIAL_LIVESTREAM,
+}
+_RELATIONSHIPS = {
+    verification_pb2.GUARDIAN_RELATIONSHIP_PARENT: Relationship.PARENT,
+    verification_pb2.GUARDIAN_RELATIONSHIP_LEGAL_GUARDIAN: Relationship.LEGAL_GUARDIAN,
+}
+_METHODS = {
+    "phone_otp": verification_pb2.VERIFICATION_METHOD_PHONE_OTP,
+    "personal_id": verification_pb2.VERIFICATION_METHOD_PERSONAL_ID,
+}
+_ACTIONS = {
+    verification_pb2.ACTION_READ: Action.READ,
+    verification_pb2.ACTION_POST: Action.POST,
+    verification_pb2.ACTION_COMMENT: Action.COMMENT,
+    verification_pb2.ACTION_SHARE: Action.SHARE,
+    verification_pb2.ACTION_LIVESTREAM: Action.LIVESTREAM,
+    verification_pb2.ACTION_COMMERCIAL_LIVESTREAM: Action.COMMERCIAL_LIVESTREAM,
+}
+# The decision table has a handful of outcomes: one immutable-in-practice response each.
+_DECISIONS: dict[Decision, verification_pb2.AuthorizeResponse] = {}
+
+
+class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
+    def __init__(
+        self,
+        *,
+        api_keys: ApiKeys,
+        phone: PhoneOtpVerifier,
+        personal_id: PersonalIdVerifier,
+        store: Store,
+        signing: SigningKeys,
+        clock: Callable[[], float],
+        guardian: GuardianLinker | None = None,
+        status_lists: StatusListPublisher | None = None,
+    ) -> None:
+        self.api_keys = api_keys
+        self._phone = phone
+        self._personal_id = personal_id
+        self._guardian_linker = guardian
+        self._store = store
+        self._signing = signing
+        self._now = clock
+        self._status_list_publisher = status_lists
+
+    def _attestation(
+        self, platform: str, record: AttestationRecord
+    ) -> verification_pb2.Attestation:
+        return verification_pb2.Attestation(
+            token=self._signing.current().sign(platform, record),
+            token_id=record.token_id,
+            account_id=record.account_id,
+            method=_METHODS.get(record.method, verification_pb2.VERIFICATION_METHOD_UNSPECIFIED),
+            verified_at=timestamp(record.verified_at),
+            expires_at=timestamp(record.expires_at),
+            guardian_managed=record.guardian_managed,
+            commercial_livestream=record.commercial_livestream,
+            age_band=record.age_band,
+            guardian_ref=record.guardian_ref if record.guardian_managed else "",
+        )
+
+    @property
+    def _guardian(self) -> GuardianLinker:
+        if self._guardian_linker is None:
+            raise NotImplementedYet()
+        return self._guardian_linker
+
+    @property
+    def _status_lists(self) -> StatusListPublisher:
+        if self._status_list_publisher is None:
+            raise NotImplementedYet()
+        return self._status_list_publisher
+
+    def _revoked(self, platform: str) -> None:
+        """A revocation went through: the cached status list of the platform is stale."""
+        if self._status_list_publisher is not None:
+            self._status_list_publisher.invalidate(platform)
+
+    @rpc(Role.PLATFORM)
+    async def StartPhoneVerification(
+        self, caller: Caller, request: verification_pb2.StartPhoneVerificationRequest
+    ) -> verification_pb2.StartPhoneVerificationResponse:
+        started = await self._phone.start(
+            platform=caller.platform,
+            account_id=request.account_id,
+            phone_number=request.phone_number,
+            client_ip=request.client_ip,
+            idempotency_key=request.idempotency_key,
+        )
+        return verification_pb2.StartPhoneVerificationResponse(
+            challenge_id=started.view.challenge_id,
+            expires_at=timestamp(started.view.expires_at),
+            resend_not_before=timestamp(started.view.resend_not_before),
+            masked_phone_number=started.masked_phone,
+            replayed=started.view.replayed,
+        )
+
+    @rpc(Role.PLATFORM)
+    async def ConfirmPhoneVerification(
+        self, caller: Caller, request: verification_pb2.ConfirmPhoneVerificationRequest
+    ) -> verification_pb2.ConfirmPhoneVerificationResponse:
+        record = await self._phone.confirm(
+            platform=caller.platform,
+            challenge_id=request.challenge_id,
+            account_id=request.account_id,
+            code=request.code,
+        )
+        return verification_pb2.ConfirmPhoneVerificationResponse(
+            attestation=self._attestation(caller.platform, record)
+        )
+
+    @rpc(Role.PLATFORM)
+    async def GetAttestation(
+        self, caller: Caller, request: verification_pb2.GetAttestationRequest
+    ) -> verification_pb2.GetAttestationResponse:
+        check_account_id(request.account_id)
+        record = await self._store.get_attestation(caller.platform, request.account_id)
+        if record is None or record.status != "active" or record.expires_at <= self._now():
+            raise AttestationNotFound()
+        return verification_pb2.GetAttestationResponse(
+            attestation=self._attestation(caller.platform, record)
+        )
+
+    @rpc(Role.PLATFORM)
+    async def GetJwks(
+        self, caller: Caller, request: verification_pb2.GetJwksRequest
+    ) -> verification_pb2.GetJwksResponse:
+        return verification_pb2.GetJwksResponse(jwks_json=self._signing.current().jwks_json())
+
+    @rpc(Role.PLATFORM)
+    async def VerifyPersonalId(
+        self, caller: Caller, request: verification_pb2.VerifyPersonalIdRequest
+    ) -> verification_pb2.VerifyPersonalIdResponse:
+        record = await self._personal_id.verify(
+            platform=caller.platform,
+            account_id=request.account_id,
+            number=request.personal_id_number,
+            full_name=request.full_name,
+            date_of_birth=_date(request.date_of_birth)
+            if request.HasField("date_of_birth")
+            else None,
+            sex=_SEXES.get(request.sex),
+            purpose=_PURPOSES.get(request.purpose),
+            declared_no_vietnamese_mobile=request.declared_no_vietnamese_mobile,
+            client_ip=request.client_ip,
+        )
+        return verification_pb2.VerifyPersonalIdResponse(
+            attestation=self._attestation(caller.platform, record)
+        )
+
+    @rpc(Role.PLATFORM)
+    async def GetCommercialLivestreamEligibility(
+        self, caller: Caller, request: verification_pb2.GetCommercialLivestreamEligibilityRequest
+    ) -> verification_pb2.GetCommercialLivestreamEligibilityResponse:
+        check_account_id(request.account_id)
+        record = await self._store.get_attestation(caller.platform, request.account_id)
+        decision = decide(state_of(record), Action.COMMERCIAL_LIVESTREAM, self._now())
+        return verification_pb2.GetCommercialLivestreamEligibilityResponse(
+            eligible=decision.allowed, reason="" if decision.allowed else decision.reason
+        )
+
+    @rpc(Role.PLATFORM)
+    async def LinkGuardian(
+        self, caller: Caller, request: verification_pb2.LinkGuardianRequest
+    ) -> verification_pb2.LinkGuardianResponse:
+        result = await self._guardian.link(
+            platform=caller.platform,
+            child_account_id=request.child_account_id,
+            child_date_of_birth=_date(request.child_date_of_birth)
+            if request.HasField("child_date_of_birth")
+            else None,
+            guardian_account_id=request.guardian_account_id,
+            guardian_date_of_birth=_date(request.guardian_date_of_birth)
+            if request.HasField("guardian_date_of_birth")
+            else None,
+            relationship=_RELATIONSHIPS.get(request.relationship),
+            guardian_consent=request.guardian_consent,
+            child_consent=request.child_consent,
+        )
+        record = result.attestation
+        self._revoked(caller.platform)  # a live token the child had was revoked (superseded)
+        return verification_pb2.LinkGuardianResponse(
+            attestation=self._attestation(caller.platform, record),
+            link_id=result.link_id,
+            ages_out_at=timestamp(record.aged_out_at or record.expires_at),
+            renewed=result.renewed,
+        )
+
+    @rpc(Role.PLATFORM)
+    async def WithdrawGuardianLink(
+        self, caller: Caller, request: verification_pb2.WithdrawGuardianLinkRequest
+    ) -> verification_pb2.WithdrawGuardianLinkResponse:
+        ended_at = await self._guardian.withdraw(platform=caller.platform, link_id=request.link_id)
+        self._revoked(caller.platform)
+        return verification_pb2.WithdrawGuardianLinkResponse(ended_at=timestamp(ended_at))
+
+    @rpc(Role.PLATFORM)
+    async def ListAccountsAgingOut(
+        self, caller: Caller, request: verification_pb2.ListAccountsAgingOutRequest
+    ) -> verification_pb2.ListAccountsAgingOutResponse:
+        page = await self._guardian.aging_out(
+            platform=caller.platform,
+            from_time=_seconds(request.from_time) if request.HasField("from_time") else None,
+            to_time=_seconds(request.to_time) if request.HasField("to_time") else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return verification_pb2.ListAccountsAgingOutResponse(
+            account_ids=page.account_ids, next_page_token=page.next_page_token
+        )
+
+    @rpc(Role.PLATFORM)
+    async def Authorize(
+        self, caller: Caller, request: verification_pb2.AuthorizeRequest
+    ) -> verification_pb2.AuthorizeResponse:
+        """R4-R6, P6, P7: the decision table over the stored attestation (one store read)."""
+        check_account_id(request.account_id)
+        action = _ACTIONS.get(request.action)
+        if action is None:
+            raise FieldInvalid("action", f"must be one of {', '.join(a.value for a in Action)}")
+        record = await self._store.get_attestation(caller.platform, request.account_id)
+        decision = decide(state_of(record), action, self._now())
+        response = _DECISIONS.get(decision)
+        if response is None:
+            response = _DECISIONS[decision] = verification_pb2.AuthorizeResponse(
+                allowed=decision.allowed, reason=decision.reason, rule=decision.rule
+            )
+        return response
+
+    @rpc(Role.PLATFORM)
+    async def RevokeAttestation(
+        self, caller: Caller, request: verification_pb2.RevokeAttestationRequest
+    ) -> verification_pb2.RevokeAttestationResponse:
+        check_account_id(request.account_id)
+        check_revocation_reason(request.reason)
+        now = self._now()
+        # One store call: revocation is idempotent and keeps the first revocation's time, so
+        # an earlier time than this call's means it was revoked before.
+        revoked = await self._store.revoke_attestation(
+            caller.platform, request.account_id, now, request.reason
+        )
+        self._revoked(caller.platform)
+        revoked_at = now if revoked.revoked_at is None else revoked.revoked_at
+        return verification_pb2.RevokeAttestationResponse(
+            revoked_at=timestamp(revoked_at), already_revoked=revoked_at < now
+        )
+
+    @rpc(Role.PLATFORM)
+    async def IntrospectAttestation(
+        self, caller: Caller, request: verification_pb2.IntrospectAttestationRequest
+    ) -> verification_pb2.IntrospectAttestationResponse:
+        check_account_id(request.account_id)
+        record = await self._store.get_attestation(caller.platform, request.account_id)
+        status = introspection_status(record, self._now())
+        if record is None:
+            return verification_pb2.IntrospectAttestationResponse(status=status)
+        response = verification_pb2.IntrospectAttestationResponse(
+            active=status == "active",
+            status=status,
+            token_id=record.token_id,
+            method=_METHODS.get(record.method, verification_pb2.VERIFICATION_METHOD_UNSPECIFIED),
+            expires_at=timestamp(record.expires_at),
+        )
+        if record.status_idx >= 0 and self._status_list_publisher is not None:
+            response.status_list_uri = self._status_list_publisher.uri(caller.platform)
+            response.status_list_index = record.status_idx
+        return response
+
+    @rpc(Role.PLATFORM)
+    async def GetStatusList(
+        self, caller: Caller, request: verification_pb2.GetStatusListRequest
+    ) -> verification_pb2.GetStatusListResponse:
+        lists = self._status_lists
+        return verification_pb2.GetStatusListResponse(
+            status_list_jwt=await lists.token(caller.platform), uri=lists.uri(caller.platform)
+        )
+
+
+def introspection_status(record: AttestationRecord | None, now: float) -> str:
+    """`none`, `revoked`, `aged_out`, `expired` or `active`, in the decision table's order
+    (revocation first, then aging out, then expiry)."""
+    state = state_of(record)
+    if state is None or record is None:
+        return "none"
+    if state.revoked:
+        return "revoked"
+    if record.status == "aged_out" or state.aged_out(now):
+        return "aged_out"
+    if state.expired(now):
+        return "expired"
+    return "active"
+
+
+def state_of(record: AttestationRecord | None) -> AttestationState | None:
+    """The decision table's view of a stored attestation: exactly the facts its token states,
+    so Authorize and the SDK's offline decision from the token agree on every case. Times are
+    whole seconds, as the token's `exp`; a child's attestation ages out (P6) when its expiry
+    is the 16th birthday, the case in which the token says `exp_reason: age_16` (a child's
+    token that ran out earlier says only "expired", online and offline alike: the birthday
+    itself is never in a token)."""
+    if record is None:
+        return None
+    expires_at = float(int(record.expires_at))
+    ages_out = (
+        record.guardian_managed
+        and record.aged_out_at is not None
+        and record.expires_at >= record.aged_out_at
+    )
+    return AttestationState(
+        method=record.method,
+        expires_at=expires_at,
+        guardian_managed=record.guardian_managed,
+        commercial_livestream=record.commercial_livestream,
+        revoked=record.status == "revoked",
+        aged_out_at=expires_at if ages_out else None,
+    )
+
+
+def _seconds(ts: Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def _date(d: verification_pb2.Date) -> datetime.date | None:
+    try:
+        return datetime.date(d.year, d.month, d.day)
+    except ValueError:
+        return None

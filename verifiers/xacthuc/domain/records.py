@@ -1,0 +1,224 @@
+"""The records the use cases and the stores exchange: values, limits and audit-record text.
+
+Plain data with their own rules (revocation codes, the canonical audit-record form); no I/O.
+Values are already pseudonymised: none of them holds a raw phone number, IP address or code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.errors import FieldInvalid
+
+AUDIT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """P1-P3 and P8 as numbers (from Settings)."""
+
+    otp_max_attempts: int = 5
+    phone_max_failures: int = 10
+    phone_lock_base_seconds: int = 900
+    phone_lock_max_seconds: int = 86_400
+    resend_cooldown_seconds: int = 60
+    sends_per_phone_15m: int = 5
+    sends_per_phone_day: int = 10
+    sends_per_platform_hour: int = 10_000
+    sends_per_client_ip_hour: int = 20
+    max_accounts_per_phone: int = 10
+    # Personal-ID attempts (issue 3 "no oracle"): sliding-hour windows per account and per
+    # number, and consecutive non-matches before a lock with the same doubling back-off.
+    id_attempts_per_account_hour: int = 10
+    id_attempts_per_number_hour: int = 10
+    id_max_failures: int = 5
+    id_lock_base_seconds: int = 900
+    id_lock_max_seconds: int = 86_400
+    max_accounts_per_personal_id: int = 10
+    # P6: children with an active guardian link per guardian (per guardian pseudonym).
+    max_children_per_guardian: int = 5
+    # How long a challenge is remembered after it expires (replays, clear NOT_FOUND vs EXPIRED).
+    challenge_retention_seconds: int = 3600
+
+    def lock_seconds(self, level: int) -> int:
+        """Growing back-off (P2): base, 2x base, 4x base ... capped."""
+        return int(
+            min(self.phone_lock_base_seconds * 2 ** max(0, level - 1), self.phone_lock_max_seconds)
+        )
+
+    def id_lock_seconds(self, level: int) -> int:
+        """The same growing back-off for personal-ID non-matches."""
+        return int(
+            min(self.id_lock_base_seconds * 2 ** max(0, level - 1), self.id_lock_max_seconds)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewChallenge:
+    platform: str
+    challenge_id: str
+    account_id: str
+    phone: str  # pseudonym
+    client: str  # pseudonym of the client-IP bucket
+    code_mac: str  # hex HMAC of the code under the current key
+    idempotency_key: str  # "" when the platform sent none
+    now: float
+    expires_at: float
+
+    @property
+    def fingerprint(self) -> str:
+        """What a retry with the same idempotency key must repeat."""
+        return hashlib.sha256(f"{self.account_id}\x1f{self.phone}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeView:
+    challenge_id: str
+    expires_at: float
+    resend_not_before: float
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAttestation:
+    """Claims fixed before the check, so the record and the token agree exactly."""
+
+    token_id: str
+    issued_at: float
+    expires_at: float
+    method: str
+    # "" unknown (phone route), "adult" (18+), "16_17", "under_16" (guardian-managed).
+    age_band: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CodeCheck:
+    platform: str
+    challenge_id: str
+    account_id: str
+    candidates: tuple[str, ...]  # MACs of the submitted code under every configured key
+    now: float
+    attestation: PendingAttestation
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationRecord:
+    account_id: str
+    method: str
+    token_id: str
+    verified_at: float
+    issued_at: float
+    expires_at: float
+    status: str = "active"  # "active", "revoked" or "aged_out" (a guardian link aged out)
+    guardian_managed: bool = False
+    commercial_livestream: bool = False
+    age_band: str = ""  # "", "adult", "16_17" or "under_16" (see PendingAttestation)
+    guardian_ref: str = ""  # guardian-managed: the platform-scoped guardian reference
+    aged_out_at: float | None = None  # guardian-managed: the child's 16th birthday (P6)
+    link_id: str = ""  # guardian-managed: the link the attestation was issued under
+    status_idx: int = -1  # the token's index in the platform's status list; -1 none
+    revoked_at: float | None = None  # when status became "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class IdAttempt:
+    """One personal-ID verification attempt, already validated and pseudonymised."""
+
+    platform: str
+    attempt_id: str
+    account_id: str
+    subject: str  # pseudonym of the personal identification number
+    client: str  # pseudonym of the client-IP bucket
+    purpose: str  # "no_vietnamese_mobile" or "commercial_livestream"
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianLink:
+    """A child's registration through a guardian (R1, P6), checked in Python so far (ages,
+    consents, relationship); the store checks the guardian's attestation and the links.
+
+    `guardian_subject` and `guardian_token_id` are what the guardian's attestation said when
+    the service read it (`attestation_subject`): the store refuses (GUARDIAN_NOT_VERIFIED)
+    when it no longer says so, so the child's claims always come from the attestation the
+    store checked. `attestation.method` is the guardian's method; `attestation.expires_at` is
+    at most `aged_out_at`.
+    """
+
+    platform: str
+    link_id: str
+    child_account_id: str
+    guardian_account_id: str
+    guardian_subject: str  # the pseudonym (ph_/id_) the guardian's attestation verified
+    guardian_token_id: str
+    guardian_ref: str  # "g_" + 16 hex, platform-scoped (goes into the child's token)
+    relationship: str  # "parent" or "legal_guardian"
+    child_consent: bool  # the guardian's consent is required, so always given here
+    aged_out_at: float  # the child's 16th birthday, local midnight in Vietnam
+    now: float
+    attestation: PendingAttestation
+
+
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    link_id: str
+    attestation: AttestationRecord
+    renewed: bool  # the same guardian linked the same child again: the link was renewed
+
+
+@dataclass(frozen=True, slots=True)
+class AgingOut:
+    """One entry of a platform's aging-out index: a child with an active link."""
+
+    account_id: str
+    aged_out_at: float
+
+
+REVOCATION_REASON = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def check_revocation_reason(reason: str) -> str:
+    """A platform-given revocation code: 1-64 of a-z 0-9 _ (no personal data fits in that)."""
+    if not isinstance(reason, str) or not REVOCATION_REASON.fullmatch(reason):
+        raise FieldInvalid("reason", "must be 1-64 characters of a-z 0-9 _")
+    return reason
+
+
+def split_audit_record(record: str) -> tuple[str, str]:
+    """The record text before and after its `"seq":N` member, for stores that number records
+    atomically where they append them (the keys are sorted, so the split is stable)."""
+    head, sep, rest = record.partition(',"seq":')
+    if not sep:
+        raise ValueError("record has no seq")
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    return head + ',"seq":', rest[digits:]
+
+
+def audit_record(
+    *,
+    seq: int,
+    now: float,
+    platform: str,
+    account: str,
+    event: str,
+    outcome: str,
+    reason: str = "",
+    **extra: str | int,
+) -> str:
+    """The canonical audit record of the in-memory store (sorted keys, compact, ASCII)."""
+    record: dict[str, str | int] = {
+        "v": AUDIT_FORMAT_VERSION,
+        "seq": seq,
+        "time": rfc3339(now),
+        "platform": platform,
+        "account": account,
+        "event": event,
+        "outcome": outcome,
+        "reason": reason,
+    }
+    record.update({k: v for k, v in extra.items() if v != ""})
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))

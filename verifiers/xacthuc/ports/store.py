@@ -1,0 +1,175 @@
+"""The storage contract: a few atomic, domain-level operations, not a key-value API.
+
+Each operation is one atomic step that checks, updates and appends its audit records
+together: in Redis one server-side script touching keys of one hash slot (`{platform}`),
+in memory one synchronous block. Both backends pass `tests/test_store_contract.py`.
+
+Times are passed in (`now`, seconds since the epoch) so the injected clock decides expiry,
+on Redis as well. Values are already pseudonymised: no store ever sees a raw phone number,
+IP address or code.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from xacthuc.domain.records import (
+    AgingOut,
+    AttestationRecord,
+    ChallengeView,
+    CodeCheck,
+    GuardianLink,
+    IdAttempt,
+    Limits,
+    LinkResult,
+    NewChallenge,
+    PendingAttestation,
+)
+
+
+class Store(Protocol):
+    async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
+        """Check P2/P3/P8 and the idempotency key; create the challenge; audit the start.
+
+        Raises GuardianRequired (the account has an active guardian link and the child has
+        not turned 16: R1), ResendTooSoon, SendLimitExceeded, PhoneLocked, PhoneAccountLimit
+        or IdempotencyKeyReused (each audited as a refused start). A replay returns the
+        existing challenge with `replayed=True` and changes nothing.
+        """
+        ...
+
+    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
+        """The gateway accepted the SMS: audit `code_sent`."""
+        ...
+
+    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
+        """The gateway refused the SMS: remove the challenge, its idempotency key, its budget
+        entries and cooldown, as if it had never been started; audit `code_send_failed`."""
+        ...
+
+    async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
+        """Count the attempt, compare in constant time, consume atomically (single use: a
+        consumed challenge refuses even the right code), record the attestation and audit it
+        all. The attestation gets the platform's next status-list index. Raises
+        ChallengeNotFound, ChallengeAccountMismatch, ChallengeAlreadyUsed, OtpExpired,
+        OtpAttemptsExceeded, PhoneLocked, GuardianRequired (a linked child, before any attempt
+        is counted), PhoneAccountLimit or OtpIncorrect."""
+        ...
+
+    async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
+        """Before asking the registry: refuse a locked or over-budget account or number
+        (IdAttemptsExceeded), a commercial-livestream upgrade of an account without an active
+        attestation (AccountNotAuthenticated) or of a guardian-managed one, an ordinary
+        verification of a linked child (GuardianRequired); otherwise count
+        the attempt in both windows and audit `id_check_started` (with the purpose: the R3
+        declaration is recorded there)."""
+        ...
+
+    async def finish_id_check(
+        self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
+    ) -> AttestationRecord:
+        """Record the registry's answer ("match", "no_match" or "unavailable"). A match
+        checks P8 for the number, resets both failure counts, writes the personal-ID
+        attestation (commercial livestream allowed, `pending.age_band`, the next status-list
+        index) and audits it; a non-match counts a
+        failure for the account and the number (locking both after `id_max_failures`) and
+        raises PersonalIdNotMatched or IdAttemptsExceeded; unavailable raises
+        RegistryUnavailable. Everything is audited."""
+        ...
+
+    async def attestation_subject(
+        self, platform: str, account_id: str
+    ) -> tuple[AttestationRecord, str] | None:
+        """The account's attestation and the pseudonym it was verified with ("" for a
+        guardian-managed one), or None. Read before `link_guardian`."""
+        ...
+
+    async def link_guardian(self, link: GuardianLink, limits: Limits) -> LinkResult:
+        """Register the child under the guardian (P6), atomically: refuse when the guardian's
+        attestation is missing, not active, expired, guardian-managed or no longer the one
+        read (GuardianNotVerified), says 16-17 (GuardianUnder18); when the child's active
+        registry-proven attestation says 16+ (ChildNotUnder16); when the child has an active
+        link of another guardian (ChildAlreadyLinked); when the guardian already has
+        `max_children_per_guardian` active links (GuardianChildLimit). Each refusal is
+        audited (`guardian_link_created`, refused).
+
+        Otherwise write the link, index it (child -> link, guardian -> children, the aging-out
+        index) and the child's guardian-managed attestation with a new status-list index;
+        revoke the token it replaces when that one is still active (reason `superseded`: a
+        child has at most one live token). The same guardian linking the same child again
+        renews the link (same id, consents recorded again). Audits `guardian_link_created` or
+        `guardian_link_renewed`, `consent_recorded` per party, `attestation_issued`."""
+        ...
+
+    async def end_guardian_link(
+        self, platform: str, link_id: str, now: float, reason: str = "withdrawn"
+    ) -> AttestationRecord | None:
+        """End an active link: remove it from the indexes and revoke the child's attestation
+        issued under it at once (status "revoked", its status bit set). Audits
+        `guardian_link_ended` (with `reason`) and `attestation_revoked`. Raises LinkNotFound
+        (unknown here: other platforms' links are unknown too) or LinkAlreadyEnded, both
+        audited. Returns the revoked attestation (None when it had been replaced)."""
+        ...
+
+    async def sweep_aged_out(self, platform: str, now: float, limit: int) -> int:
+        """End up to `limit` active links whose child turned 16 at or before `now` (oldest
+        first): reason `aged_out`, the attestation issued under the link gets status
+        "aged_out" (its token expired at the birthday; no status bit). Returns how many."""
+        ...
+
+    async def list_aging_out(
+        self,
+        platform: str,
+        from_time: float,
+        to_time: float,
+        limit: int,
+        after: AgingOut | None = None,
+    ) -> list[AgingOut]:
+        """Children with an active link whose 16th birthday is in [from_time, to_time),
+        ordered by (aged_out_at, account id bytes), strictly after `after`; at most `limit`."""
+        ...
+
+    async def revoke_attestation(
+        self, platform: str, account_id: str, now: float, reason: str
+    ) -> AttestationRecord:
+        """Revoke the account's attestation: status "revoked", its bit set in the platform's
+        status bitmap, audited `attestation_revoked` with `reason` (check_revocation_reason).
+        Raises AttestationNotFound when there is none; an already revoked one is returned
+        unchanged, with no new audit record (idempotent)."""
+        ...
+
+    async def status_bits(self, platform: str) -> bytes:
+        """The platform's status bitmap: bit `status_idx` is 1 for a revoked token. Bit order
+        is Redis SETBIT's: index 0 is the MOST significant bit of byte 0 (index i is bit
+        7 - i % 8 of byte i // 8). The IETF Token Status List packs LEAST significant bit
+        first, so a publisher must reverse the bits of each byte. The bitmap covers every
+        index handed out so far (allocating an index writes its zero bit), so a list built
+        from it holds every issued token's index."""
+        ...
+
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int:
+        """Append one audit record that goes with no state change (for example an auditor's
+        own call); returns its index. Same record format as every other operation."""
+        ...
+
+    async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None: ...
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        """Stored audit records [start, stop) of a platform's log, exactly as stored."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,170 @@
+"""Authentication by personal identification number through the e-ID registry (R3, R4; P5, P7).
+
+The order of checks is the policy:
+
+1. the request is well formed, and for ordinary authentication the user declared having no
+   Vietnamese mobile number (R3; otherwise PHONE_ROUTE_REQUIRED);
+2. the holder is 16 or over on today's date in Vietnam (R1: a child is registered by a
+   guardian, GUARDIAN_REQUIRED; P7: no commercial livestream for a child);
+3. the number's structure agrees with the declared date of birth and sex (DOMAIN C);
+4. the store counts the attempt against the account and the number (hourly budgets, locks
+   after consecutive non-matches) before the registry is asked: no oracle;
+5. the registry answers match / no match / unavailable, and the store records the answer
+   atomically with the attestation (with the holder's age band, "adult" or "16_17") and the
+   audit records.
+
+A refusal before step 4 is audited too (`id_check_started`, outcome `refused`). Nothing here
+keeps or logs the number, the name or the date of birth: only the number's pseudonym.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import secrets
+from enum import StrEnum
+
+from xacthuc.domain.age import CHILD_UNDER, age_band, age_on, local_date
+from xacthuc.domain.clock import Clock
+from xacthuc.domain.errors import (
+    DateOfBirthInvalid,
+    FieldInvalid,
+    GuardianManagedNoCommercialLivestream,
+    GuardianRequired,
+    PhoneRouteRequired,
+    XacthucError,
+)
+from xacthuc.domain.keyed import Pseudonymizer
+from xacthuc.domain.personal_id import Sex, parse_personal_id
+from xacthuc.domain.records import AttestationRecord, IdAttempt, Limits, PendingAttestation
+from xacthuc.ports.registry import (
+    IdentityRegistry,
+    RegistryAnswer,
+    RegistryQuery,
+    RegistryUnavailableError,
+    clean_name,
+)
+from xacthuc.ports.store import Store
+from xacthuc.verifiers.phone_otp import check_account_id, check_client_ip
+
+METHOD = "personal_id"
+MAX_NAME = 200
+
+
+class Purpose(StrEnum):
+    NO_VIETNAMESE_MOBILE = "no_vietnamese_mobile"  # R3
+    COMMERCIAL_LIVESTREAM = "commercial_livestream"  # R4
+
+
+class PersonalIdVerifier:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: IdentityRegistry,
+        clock: Clock,
+        pseudonyms: Pseudonymizer,
+        limits: Limits,
+        token_ttl_seconds: int,
+        registry_deadline_seconds: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._clock = clock
+        self._pseudonyms = pseudonyms
+        self._limits = limits
+        self._token_ttl = token_ttl_seconds
+        self._deadline = registry_deadline_seconds
+
+    async def verify(
+        self,
+        *,
+        platform: str,
+        account_id: str,
+        number: str,
+        full_name: str,
+        date_of_birth: datetime.date | None,
+        sex: Sex | None,
+        purpose: Purpose | None,
+        declared_no_vietnamese_mobile: bool,
+        client_ip: str,
+    ) -> AttestationRecord:
+        check_account_id(account_id)
+        client = self._pseudonyms.client_ip(check_client_ip(client_ip))
+        if purpose is None:
+            raise FieldInvalid("purpose", "must be NO_VIETNAMESE_MOBILE or COMMERCIAL_LIVESTREAM")
+        name = clean_name(full_name) if isinstance(full_name, str) else ""
+        if not 1 <= len(name) <= MAX_NAME:
+            raise FieldInvalid("full_name", f"must be 1-{MAX_NAME} characters")
+        now = self._clock.now()
+        subject = self._pseudonyms.personal_id(number.strip())
+        attempt = IdAttempt(
+            platform=platform,
+            attempt_id="ia_" + secrets.token_urlsafe(12),
+            account_id=account_id,
+            subject=subject,
+            client=client,
+            purpose=purpose.value,
+            now=now,
+        )
+        try:
+            parsed = self._precheck(
+                number, date_of_birth, sex, purpose, declared_no_vietnamese_mobile, local_date(now)
+            )
+        except XacthucError as e:
+            await self._store.append_audit(
+                platform,
+                now,
+                account=account_id,
+                event="id_check_started",
+                outcome="refused",
+                reason=e.reason,
+                attempt=attempt.attempt_id,
+                personal_id=subject,
+                client=client,
+                purpose=purpose.value,
+            )
+            raise
+        await self._store.begin_id_check(attempt, self._limits)
+        assert date_of_birth is not None  # checked by _precheck
+        query = RegistryQuery(number=parsed, full_name=name, date_of_birth=date_of_birth)
+        # The registry's answer and its record must land together even if the caller leaves.
+        return await asyncio.shield(self._ask_and_record(attempt, query))
+
+    def _precheck(
+        self,
+        number: str,
+        date_of_birth: datetime.date | None,
+        sex: Sex | None,
+        purpose: Purpose,
+        declared: bool,
+        today: datetime.date,
+    ) -> str:
+        if purpose is Purpose.NO_VIETNAMESE_MOBILE and not declared:
+            raise PhoneRouteRequired()
+        if date_of_birth is None or date_of_birth > today:
+            raise DateOfBirthInvalid()
+        if age_on(date_of_birth, today) < CHILD_UNDER:
+            if purpose is Purpose.COMMERCIAL_LIVESTREAM:
+                raise GuardianManagedNoCommercialLivestream()
+            raise GuardianRequired()
+        return parse_personal_id(number, date_of_birth=date_of_birth, sex=sex, today=today).number
+
+    async def _ask_and_record(self, attempt: IdAttempt, query: RegistryQuery) -> AttestationRecord:
+        try:
+            async with asyncio.timeout(self._deadline):
+                answer = (await self._registry.match(query)).value
+        except (RegistryUnavailableError, TimeoutError):
+            answer = "unavailable"
+        now = self._clock.now()
+        pending = PendingAttestation(
+            token_id="at_" + secrets.token_urlsafe(16),
+            issued_at=now,
+            expires_at=now + self._token_ttl,
+            method=METHOD,
+            # The registry matched this date of birth: the token may say the band (P6), never
+            # the date. "16_17" keeps such a holder from acting as a guardian (GUARDIAN_UNDER_18).
+            age_band=age_band(query.date_of_birth, local_date(now)),
+        )
+        assert answer in {RegistryAnswer.MATCH.value, RegistryAnswer.NO_MATCH.value, "unavailable"}
+        return await self._store.finish_id_check(attempt, answer, pending, self._limits)

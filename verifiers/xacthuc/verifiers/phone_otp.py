@@ -1,0 +1,154 @@
+"""Phone verification by SMS one-time code (Decree 147 R2; policies P1-P4, P8).
+
+The flow: validate and pseudonymise the input, let the store reserve a challenge in one
+atomic step (idempotency, lockout, cooldown and send budgets checked together), send the
+SMS, then record the outcome. A gateway failure rolls the reservation back completely, so
+the platform can simply retry. Confirmation is a single atomic store step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass
+
+from xacthuc.domain.clock import Clock
+from xacthuc.domain.errors import FieldInvalid, OtpMalformed, SmsDeliveryFailed
+from xacthuc.domain.keyed import OtpMac, Pseudonymizer
+from xacthuc.domain.phone import mask, normalize_vn_mobile
+from xacthuc.domain.records import (
+    AttestationRecord,
+    ChallengeView,
+    CodeCheck,
+    Limits,
+    NewChallenge,
+    PendingAttestation,
+)
+from xacthuc.ports.sms import SmsDeliveryError, SmsMessage, SmsSender
+from xacthuc.ports.store import Store
+
+METHOD = "phone_otp"
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+CHALLENGE_ID = re.compile(r"ch_[A-Za-z0-9_-]{22}")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+CODE = re.compile(r"[0-9]{6}")  # ASCII only: str.isdigit() would accept other scripts' digits
+
+
+def check_account_id(value: str, field: str = "account_id") -> str:
+    if not ACCOUNT_ID.fullmatch(value):
+        raise FieldInvalid(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    return value
+
+
+def check_client_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise FieldInvalid("client_ip", "must be an IPv4 or IPv6 address") from None
+
+
+@dataclass(frozen=True, slots=True)
+class StartedChallenge:
+    view: ChallengeView
+    masked_phone: str
+
+
+class PhoneOtpVerifier:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sms: SmsSender,
+        clock: Clock,
+        pseudonyms: Pseudonymizer,
+        otp_mac: OtpMac,
+        limits: Limits,
+        otp_ttl_seconds: int,
+        token_ttl_seconds: int,
+        sms_template: str,
+    ) -> None:
+        self._store = store
+        self._sms = sms
+        self._clock = clock
+        self._pseudonyms = pseudonyms
+        self._mac = otp_mac
+        self._limits = limits
+        self._otp_ttl = otp_ttl_seconds
+        self._token_ttl = token_ttl_seconds
+        self._template = sms_template
+
+    async def start(
+        self,
+        *,
+        platform: str,
+        account_id: str,
+        phone_number: str,
+        client_ip: str,
+        idempotency_key: str,
+    ) -> StartedChallenge:
+        check_account_id(account_id)
+        e164 = normalize_vn_mobile(phone_number)
+        client = self._pseudonyms.client_ip(check_client_ip(client_ip))
+        if idempotency_key and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise FieldInvalid("idempotency_key", "must be 1-128 printable ASCII characters")
+        now = self._clock.now()
+        challenge_id = "ch_" + secrets.token_urlsafe(16)
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        view = await self._store.start_challenge(
+            NewChallenge(
+                platform=platform,
+                challenge_id=challenge_id,
+                account_id=account_id,
+                phone=self._pseudonyms.phone(e164),
+                client=client,
+                code_mac=self._mac.mac(challenge_id, code),
+                idempotency_key=idempotency_key,
+                now=now,
+                expires_at=now + self._otp_ttl,
+            ),
+            self._limits,
+        )
+        if not view.replayed:
+            text = self._template.format(code=code, minutes=self._otp_ttl // 60)
+            # Shielded: a caller that gives up mid-send must not leave a half-made challenge.
+            await asyncio.shield(self._deliver(platform, SmsMessage(e164, text, challenge_id)))
+        return StartedChallenge(view, mask(e164))
+
+    async def _deliver(self, platform: str, message: SmsMessage) -> None:
+        try:
+            await self._sms.send(message)
+        except SmsDeliveryError:
+            await self._store.abort_challenge(platform, message.message_id, self._clock.now())
+            raise SmsDeliveryFailed() from None
+        except BaseException:
+            await self._store.abort_challenge(platform, message.message_id, self._clock.now())
+            raise
+        await self._store.confirm_sent(platform, message.message_id, self._clock.now())
+
+    async def confirm(
+        self, *, platform: str, challenge_id: str, account_id: str, code: str
+    ) -> AttestationRecord:
+        check_account_id(account_id)
+        if not CHALLENGE_ID.fullmatch(challenge_id):
+            raise FieldInvalid("challenge_id", "is not a challenge id")
+        if not CODE.fullmatch(code):
+            raise OtpMalformed()
+        now = self._clock.now()
+        return await self._store.check_code(
+            CodeCheck(
+                platform=platform,
+                challenge_id=challenge_id,
+                account_id=account_id,
+                candidates=tuple(self._mac.candidates(challenge_id, code)),
+                now=now,
+                attestation=PendingAttestation(
+                    token_id="at_" + secrets.token_urlsafe(16),
+                    issued_at=now,
+                    expires_at=now + self._token_ttl,
+                    method=METHOD,
+                ),
+            ),
+            self._limits,
+        )

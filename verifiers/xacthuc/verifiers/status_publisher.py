@@ -1,0 +1,147 @@
+"""Each platform's status list, signed and served (IETF Token Status List; issue 5).
+
+One list per platform, list number 0, at `<public base URL>/statuslists/<platform>/0`: every
+attestation token of the platform names it in `"status": {"status_list": {"idx", "uri"}}`,
+with the index the store gave the token (`AttestationRecord.status_idx`).
+
+The list is the store's bitmap (`Store.status_bits`, 1 = revoked) put in the draft's bit
+order: the store keeps Redis SETBIT order (index 0 is the MOST significant bit of byte 0),
+the draft packs from the LEAST significant bit, so the bits of every byte are reversed. The
+store's bitmap covers every index it has handed out (allocating an index writes a zero bit),
+so a token's index is always inside the list.
+
+Size, for herd privacy. The list is padded with zeros to a whole number of `CHUNK_BYTES`
+(16 KiB, 131,072 tokens), at least one chunk. A verifier fetching the list learns nothing
+from its length about how many tokens were issued below that grain, and every token of a
+platform hides among at least 131,072 entries (the herd privacy the draft's privacy
+considerations discuss). Zeros cost next to nothing once compressed: an empty chunk is 52
+characters of `lst`.
+
+Signing. The active attestation key signs the list (`typ` statuslist+jwt, EdDSA), `iss` the
+service's issuer, `sub` the list's URI, `ttl` XACTHUC_STATUS_LIST_TTL_SECONDS and `exp` two
+ttls later. A signed list is kept in process for `cache_seconds` (5 s by default, never more
+than the ttl) so a burst of fetches costs one Redis read and one signature; a revocation made
+through this process drops the copy at once. Concurrent misses of a platform share one build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from xacthuc.domain.statuslist import StatusList, status_list_uri
+from xacthuc.domain.tokens import SigningKey
+from xacthuc.ports.store import Store
+
+LIST_NO = 0  # one list per platform
+CHUNK_BYTES = 16 * 1024  # lists grow by 131,072 entries at a time
+CACHE_SECONDS = 5.0
+
+# Bit reversal of every byte value: Redis SETBIT order -> the draft's order.
+_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+
+
+def draft_order(redis_bits: bytes, *, chunk: int = CHUNK_BYTES) -> bytes:
+    """The store's bitmap as the draft's byte array: each byte's bits reversed, padded with
+    zero bytes to a whole number of `chunk`s (at least one)."""
+    size = max(chunk, -(-len(redis_bits) // chunk) * chunk)
+    return redis_bits.translate(_REVERSED) + bytes(size - len(redis_bits))
+
+
+class StatusListPublisher:
+    """Builds, signs, caches and names the platforms' status lists."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float],
+        signing_key: Callable[[], SigningKey],
+        issuer: str,
+        base_url: str,
+        ttl: int,
+        platforms: Callable[[], set[str]],
+        cache_seconds: float = CACHE_SECONDS,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._signing_key = signing_key
+        self._issuer = issuer
+        self._ttl = ttl
+        self._platforms = platforms
+        self._cache_seconds = min(cache_seconds, float(ttl))
+        self._uris: dict[str, str] = {}
+        self._base_url = ""
+        self.base_url = base_url
+        self._cached: dict[str, tuple[str, float]] = {}  # platform -> (token, built at)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._versions: dict[str, int] = {}  # bumped by invalidate: a build then in flight
+        self.builds = 0  # lists signed, for tests and metrics
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        """Set once the well-known listener knows its port (before any token is signed)."""
+        self._base_url = value.rstrip("/")
+        self._uris.clear()
+
+    @property
+    def ttl(self) -> int:
+        return self._ttl
+
+    def uri(self, platform: str) -> str:
+        """`<base>/statuslists/<platform>/0`: the list's URI and the `sub` of its token."""
+        uri = self._uris.get(platform)
+        if uri is None:
+            uri = self._uris[platform] = status_list_uri(self._base_url, platform, LIST_NO)
+        return uri
+
+    def reference(self, platform: str, idx: int) -> dict[str, Any]:
+        """The `status_list` member of a token's `status` claim (TokenSigner's callable)."""
+        return {"idx": idx, "uri": self.uri(platform)}
+
+    def invalidate(self, platform: str) -> None:
+        """Forget the cached list (a revocation went through this process)."""
+        self._cached.pop(platform, None)
+        self._versions[platform] = self._versions.get(platform, 0) + 1
+
+    async def token(self, platform: str) -> str:
+        """The platform's signed status list token, from the cache while it is fresh."""
+        now = self._clock()
+        hit = self._fresh(platform, now)
+        if hit is not None:
+            return hit
+        async with self._locks.setdefault(platform, asyncio.Lock()):
+            now = self._clock()
+            hit = self._fresh(platform, now)
+            if hit is not None:
+                return hit
+            version = self._versions.get(platform, 0)
+            bits = await self._store.status_bits(platform)
+            token = StatusList.from_bytes(draft_order(bits)).sign(
+                self._signing_key(),
+                issuer=self._issuer,
+                uri=self.uri(platform),
+                now=now,
+                ttl=self._ttl,
+            )
+            if version == self._versions.get(platform, 0):  # else it may predate a revocation
+                self._cached[platform] = (token, now)
+            self.builds += 1
+            return token
+
+    def _fresh(self, platform: str, now: float) -> str | None:
+        hit = self._cached.get(platform)
+        if hit is not None and 0 <= now - hit[1] < self._cache_seconds:
+            return hit[0]
+        return None
+
+    async def serve(self, platform: str, list_no: int) -> str | None:
+        """For the well-known listener: the token, or None for an unknown platform or list."""
+        if list_no != LIST_NO or platform not in self._platforms():
+            return None
+        return await self.token(platform)
