@@ -33,8 +33,10 @@ fi
 
 echo "test.sh: ruff"
 .venv/bin/ruff check .
-echo "test.sh: mypy --strict"
-.venv/bin/python scripts/typecheck.py
+echo "test.sh: mypy --strict (source roots, tests, benchmarks, scripts)"
+.venv/bin/mypy
+echo "test.sh: import-linter (the layers of README 'Architecture')"
+.venv/bin/lint-imports
 if command -v npx >/dev/null; then
   echo "test.sh: buf lint"
   (cd protos && npx --yes @bufbuild/buf@1.75.0 lint)
