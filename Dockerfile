@@ -7,12 +7,12 @@ COPY protos ./protos
 COPY service ./service
 COPY verifiers ./verifiers
 COPY clients ./clients
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt ".[server]"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin xacthuc
 COPY --from=build /wheels /wheels
-RUN python -m pip install --no-cache-dir --no-index --find-links /wheels xacthuc && rm -rf /wheels
+RUN python -m pip install --no-cache-dir --no-index --find-links /wheels "xacthuc[server]" && rm -rf /wheels
 USER 10001
 ENV XACTHUC_LISTEN=0.0.0.0:50051 PYTHONUNBUFFERED=1
 # 50051: gRPC. 8080: /.well-known/jwks.json and status lists when XACTHUC_WELLKNOWN_LISTEN=0.0.0.0:8080
