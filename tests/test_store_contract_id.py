@@ -94,7 +94,7 @@ async def test_a_match_attests_by_personal_id_and_records_the_declaration(store:
     assert record == await store.get_attestation(PLATFORM, "acc-1")
     assert [
         id_rec(0, "id_check_started", "ok"),
-        id_rec(1, "id_check", "ok"),
+        id_rec(1, "id_check", "ok", refunded="personal_id"),
         audit_record(
             seq=2,
             now=NOW,
@@ -242,3 +242,101 @@ async def test_both_stores_write_the_same_bytes(redis_url: str, redis_namespace:
         await s.aclose()
     assert 11 == len(logs[0])
     assert logs[0] == logs[1]
+
+
+# --- what an attempt costs (issue 13) ------------------------------------------------------
+
+
+async def test_an_attempt_without_a_registry_answer_costs_nothing(store: Store) -> None:
+    """Defect 13.2: unavailable attempts are refunded in both hourly windows, audited as such."""
+    limits = Limits(id_attempts_per_account_hour=2, id_attempts_per_number_hour=2)
+    for n in range(1, 6):
+        with pytest.raises(RegistryUnavailable):
+            await verify(store, attempt(n, now=NOW + n), "unavailable", limits)
+
+    record = await verify(store, attempt(6, now=NOW + 6), "match", limits)
+
+    assert "personal_id" == record.method
+    records = await store.audit_records(PLATFORM)
+    assert [
+        id_rec(0, "id_check_started", "ok", now=NOW + 1),
+        id_rec(
+            1,
+            "id_check",
+            "failed",
+            "REGISTRY_UNAVAILABLE",
+            now=NOW + 1,
+            refunded="account,personal_id",
+        ),
+    ] == records[:2]
+    assert 13 == len(records)  # 5 x (started, failed) + started, ok, attestation_issued
+
+
+async def test_the_budget_still_bounds_attempts_in_flight(store: Store) -> None:
+    """Reserve, then release: while two attempts wait for the registry a third is refused;
+    once one of them ends unavailable, its place is free again."""
+    limits = Limits(id_attempts_per_account_hour=2)
+    first, second = attempt(1, now=NOW + 1), attempt(2, now=NOW + 2)
+    await store.begin_id_check(first, limits)
+    await store.begin_id_check(second, limits)
+    with pytest.raises(IdAttemptsExceeded) as refused:
+        await store.begin_id_check(attempt(3, now=NOW + 3), limits)
+    assert "account" == refused.value.metadata["scope"]
+
+    with pytest.raises(RegistryUnavailable):
+        await store.finish_id_check(first, "unavailable", pending(NOW + 4), limits)
+    await store.begin_id_check(attempt(4, now=NOW + 5), limits)
+    with pytest.raises(IdAttemptsExceeded):
+        await store.begin_id_check(attempt(5, now=NOW + 6), limits)
+
+
+async def test_a_non_match_still_costs_an_attempt(store: Store) -> None:
+    """Only a missing answer is refunded: non-matches fill the hourly window as before."""
+    limits = Limits(id_attempts_per_account_hour=2, id_max_failures=10)
+    for n in range(1, 3):
+        with pytest.raises(PersonalIdNotMatched):
+            await verify(store, attempt(n, now=NOW + n), "no_match", limits)
+    with pytest.raises(IdAttemptsExceeded):
+        await store.begin_id_check(attempt(3, now=NOW + 3), limits)
+
+
+async def test_the_eleventh_account_within_the_hour_meets_the_cap_not_a_budget(
+    store: Store,
+) -> None:
+    """Defect 13.4: with the default limits ten accounts verify one number within the hour;
+    the eleventh gets PERSONAL_ID_ACCOUNT_LIMIT with no retry-after (waiting cannot help)."""
+    for n in range(10):
+        await verify(store, attempt(n, account=f"a-{n}", now=NOW + n), "match")
+
+    with pytest.raises(PersonalIdAccountLimit) as capped:
+        await verify(store, attempt(10, account="a-10", now=NOW + 10), "match")
+
+    assert (None, {}) == (capped.value.retry_after, capped.value.metadata)
+    # Asking again gives the same truthful answer.
+    with pytest.raises(PersonalIdAccountLimit):
+        await verify(store, attempt(11, account="a-11", now=NOW + 11), "match")
+
+
+async def test_a_capped_number_and_an_unknown_one_answer_a_non_match_alike(store: Store) -> None:
+    """No oracle: after ten accounts verified NUMBER, a non-match on it looks exactly like a
+    non-match on a number nobody has (and a fresh account's budget is untouched by either)."""
+    for n in range(10):
+        await verify(store, attempt(n, account=f"a-{n}", now=NOW + n), "match")
+
+    refusals = []
+    for n, subject in ((10, NUMBER), (11, NUMBER_2)):
+        with pytest.raises(PersonalIdNotMatched) as e:
+            await verify(
+                store, attempt(n, account=f"probe-{n}", subject=subject, now=NOW + n), "no_match"
+            )
+        refusals.append(
+            (
+                type(e.value),
+                e.value.code,
+                e.value.reason,
+                e.value.message,
+                e.value.metadata,
+                e.value.retry_after,
+            )
+        )
+    assert refusals[0] == refusals[1]

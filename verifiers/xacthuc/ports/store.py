@@ -60,21 +60,27 @@ class Store(Protocol):
         """Before asking the registry: refuse a locked or over-budget account or number
         (IdAttemptsExceeded), a commercial-livestream upgrade of an account without an active
         attestation (AccountNotAuthenticated) or of a guardian-managed one, an ordinary
-        verification of a linked child (GuardianRequired); otherwise count
-        the attempt in both windows and audit `id_check_started` (with the purpose: the R3
-        declaration is recorded there)."""
+        verification of a linked child (GuardianRequired); otherwise reserve a place for
+        the attempt in both hourly windows (so attempts in flight count: the budget bounds
+        parallel attempts) and audit `id_check_started` (with the purpose: the R3
+        declaration is recorded there). `finish_id_check` may give places back."""
         ...
 
     async def finish_id_check(
         self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
     ) -> AttestationRecord:
-        """Record the registry's answer ("match", "no_match" or "unavailable"). A match
-        checks P8 for the number, resets both failure counts, writes the personal-ID
-        attestation (commercial livestream allowed, `pending.age_band`, the next status-list
-        index) and audits it; a non-match counts a
-        failure for the account and the number (locking both after `id_max_failures`) and
-        raises PersonalIdNotMatched or IdAttemptsExceeded; unavailable raises
-        RegistryUnavailable. Everything is audited."""
+        """Record the registry's answer ("match", "no_match" or "unavailable"), in one step
+        with what the attempt costs.
+
+        A match gives the number's window its place back (it stays charged to the account),
+        checks P8 for the number (PersonalIdAccountLimit, no retry-after), resets both failure
+        counts, writes the personal-ID attestation (commercial livestream allowed,
+        `pending.age_band`, the next status-list index) and audits it; a non-match keeps
+        both places, counts a failure for the account and the number (locking both after
+        `id_max_failures`) and raises PersonalIdNotMatched or IdAttemptsExceeded;
+        unavailable gives both places back (an attempt that got no answer costs nothing)
+        and raises RegistryUnavailable. Everything is audited; `id_check` records name the
+        windows given back in `refunded` ("account,personal_id" or "personal_id")."""
         ...
 
     async def attestation_subject(

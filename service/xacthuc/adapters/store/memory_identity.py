@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from xacthuc.adapters.store.memory_state import (
     MemoryBase,
+    _Guard,
     _linked_child,
     _Platform,
     _recent,
@@ -19,6 +20,16 @@ from xacthuc.domain.errors import (
     XacthucError,
 )
 from xacthuc.domain.records import AttestationRecord, IdAttempt, Limits, PendingAttestation
+
+
+# The hourly windows an attempt is taken back from (audit field `refunded`): an attempt that
+# got no registry answer costs nothing; a match costs the account, not the number.
+REFUNDED_UNAVAILABLE = "account,personal_id"
+REFUNDED_MATCH = "personal_id"
+
+
+def _refund(guard: _Guard, attempt_id: str) -> None:
+    guard.attempts = [e for e in guard.attempts if e[1] != attempt_id]
 
 
 class IdentityOps(MemoryBase):
@@ -90,8 +101,17 @@ class IdentityOps(MemoryBase):
             ("account", p.account_guards[attempt.account_id]),
             ("personal_id", p.number_guards[attempt.subject]),
         )
-        if answer == "unavailable":
-            self._id_audit(p, attempt, "id_check", "failed", RegistryUnavailable.reason)
+        if answer == "unavailable":  # no answer, no cost: both windows give the place back
+            for _, guard in guards:
+                _refund(guard, attempt.attempt_id)
+            self._id_audit(
+                p,
+                attempt,
+                "id_check",
+                "failed",
+                RegistryUnavailable.reason,
+                refunded=REFUNDED_UNAVAILABLE,
+            )
             raise RegistryUnavailable()
         if answer != "match":
             locked: list[tuple[str, int]] = []
@@ -118,12 +138,22 @@ class IdentityOps(MemoryBase):
                 scope, seconds = locked[0]
                 raise IdAttemptsExceeded(metadata={"scope": scope}, retry_after=seconds)
             raise PersonalIdNotMatched()
+        # A match gives the number's place back: its window holds only attempts that did not
+        # match (or still wait), the same for a real number as for an unknown one (no oracle).
+        _refund(p.number_guards[attempt.subject], attempt.attempt_id)
         accounts = p.subject_accounts[attempt.subject]
         if (
             attempt.account_id not in accounts
             and len(accounts) >= limits.max_accounts_per_personal_id
         ):
-            self._id_audit(p, attempt, "id_check", "refused", PersonalIdAccountLimit.reason)
+            self._id_audit(
+                p,
+                attempt,
+                "id_check",
+                "refused",
+                PersonalIdAccountLimit.reason,
+                refunded=REFUNDED_MATCH,
+            )
             raise PersonalIdAccountLimit()
         for _, guard in guards:
             guard.fails = 0
@@ -140,7 +170,7 @@ class IdentityOps(MemoryBase):
             status_idx=self._next_status_idx(p),
         )
         self._attest(p, record, attempt.subject)
-        self._id_audit(p, attempt, "id_check", "ok", "")
+        self._id_audit(p, attempt, "id_check", "ok", "", refunded=REFUNDED_MATCH)
         self._audit(
             p,
             attempt.platform,

@@ -424,6 +424,8 @@ class RedisStore:
             f"{pre}idacct:{attempt.subject}",
             f"{pre}acct:{attempt.account_id}",
             f"{pre}audit",
+            f"{pre}idatt:acct:{attempt.account_id}",
+            f"{pre}idatt:id:{attempt.subject}",
         ]
         params = self._id_params(attempt, limits) | {
             "answer": answer,

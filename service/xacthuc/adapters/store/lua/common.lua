@@ -46,8 +46,8 @@ local AUDIT_FIELDS = {
   "account", "age_band", "attempt", "attempts_remaining", "challenge", "client",
   "commercial_livestream", "event", "expires", "guardian", "guardian_account",
   "guardian_managed", "link", "lock_level", "lock_seconds", "method", "outcome", "party",
-  "personal_id", "phone", "platform", "purpose", "reason", "relationship", "scope", "seq",
-  "status_idx", "time", "token_id", "v",
+  "personal_id", "phone", "platform", "purpose", "reason", "refunded", "relationship", "scope",
+  "seq", "status_idx", "time", "token_id", "v",
 }
 -- Fields audit_record() always writes; the others (extras) are left out when they are "".
 local AUDIT_BASE = {

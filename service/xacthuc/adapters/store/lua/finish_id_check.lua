@@ -2,8 +2,14 @@
 --
 -- KEYS[1] idg:acct:<account>  KEYS[2] idg:id:<number>  KEYS[3] idacct:<number>
 -- KEYS[4] acct:<account>      KEYS[5] audit
+-- KEYS[6] idatt:acct:<account> KEYS[7] idatt:id:<number>  (the hourly windows)
 -- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at, status_idx} or a refusal.
 -- The attestation carries the holder's age band (P6) and a new status-list index (issue 5).
+--
+-- What an attempt costs (audit field `refunded`): no registry answer costs nothing (both
+-- windows give the place begin_id_check reserved back); a match costs the account, not the
+-- number, so the number's window holds only attempts that did not match or still wait, alike
+-- for a real number and an unknown one (no oracle); a non-match costs both.
 
 local L = P.limits
 local a = P.attestation
@@ -20,8 +26,12 @@ local function record(event, outcome, reason, extra)
   audit(audit_key, f)
 end
 
+local acct_window, id_window = KEYS[6], KEYS[7]
+
 if P.answer == "unavailable" then
-  record("id_check", "failed", "REGISTRY_UNAVAILABLE")
+  redis.call("ZREM", acct_window, P.attempt_id)
+  redis.call("ZREM", id_window, P.attempt_id)
+  record("id_check", "failed", "REGISTRY_UNAVAILABLE", { refunded = q("account,personal_id") })
   return refusal("REGISTRY_UNAVAILABLE")
 end
 
@@ -56,9 +66,10 @@ if P.answer ~= "match" then
   return refusal("PERSONAL_ID_NOT_MATCHED")
 end
 
+redis.call("ZREM", id_window, P.attempt_id)
 if redis.call("SISMEMBER", KEYS[3], P.account) == 0
     and redis.call("SCARD", KEYS[3]) >= L.max_accounts_per_personal_id then
-  record("id_check", "refused", "PERSONAL_ID_ACCOUNT_LIMIT")
+  record("id_check", "refused", "PERSONAL_ID_ACCOUNT_LIMIT", { refunded = q("personal_id") })
   return refusal("PERSONAL_ID_ACCOUNT_LIMIT")
 end
 for _, g in ipairs(guards) do
@@ -73,7 +84,7 @@ attest(KEYS[4], P.account, P.subject, {
   "guardian_managed", "0", "commercial_livestream", "1", "personal_id", P.subject,
   "age_band", a.age_band, "status_idx", idx, "token_id_j", a.token_id_j,
 })
-record("id_check", "ok", "")
+record("id_check", "ok", "", { refunded = q("personal_id") })
 audit(audit_key, {
   account = P.account_j, event = q("attestation_issued"), outcome = q("ok"),
   token_id = a.token_id_j, method = a.method_j, expires = a.expires,
