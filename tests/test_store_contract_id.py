@@ -13,7 +13,13 @@ from xacthuc.domain.errors import (
     PersonalIdNotMatched,
     RegistryUnavailable,
 )
-from xacthuc.domain.records import IdAttempt, Limits, PendingAttestation, audit_record
+from xacthuc.domain.records import (
+    AttestationRecord,
+    IdAttempt,
+    Limits,
+    PendingAttestation,
+    audit_record,
+)
 from xacthuc.ports.store import Store
 
 from .test_store_contract import LIMITS, NOW, PLATFORM, check, sent
@@ -50,7 +56,9 @@ def pending(now: float = NOW, token: str = "tok-id") -> PendingAttestation:
     )
 
 
-async def verify(store: Store, a: IdAttempt, answer: str, limits: Limits = LIMITS):
+async def verify(
+    store: Store, a: IdAttempt, answer: str, limits: Limits = LIMITS
+) -> AttestationRecord:
     await store.begin_id_check(a, limits)
     return await store.finish_id_check(a, answer, pending(a.now, f"tok-{a.attempt_id}"), limits)
 
@@ -129,7 +137,9 @@ async def test_unavailable_registry_attests_nothing_and_counts_no_failure(store:
         await verify(store, attempt(1), "unavailable", limits)
     await verify(store, attempt(2, now=NOW + 1), "match", limits)
 
-    assert "personal_id" == (await store.get_attestation(PLATFORM, "acc-1")).method
+    stored = await store.get_attestation(PLATFORM, "acc-1")
+    assert stored is not None
+    assert "personal_id" == stored.method
 
 
 async def test_five_non_matches_lock_account_and_number_with_doubling_back_off(

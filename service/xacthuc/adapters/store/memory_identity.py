@@ -21,7 +21,6 @@ from xacthuc.domain.errors import (
 )
 from xacthuc.domain.records import AttestationRecord, IdAttempt, Limits, PendingAttestation
 
-
 # The hourly windows an attempt is taken back from (audit field `refunded`): an attempt that
 # got no registry answer costs nothing; a match costs the account, not the number.
 REFUNDED_UNAVAILABLE = "account,personal_id"
