@@ -7,8 +7,10 @@ import asyncio
 import datetime
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -16,7 +18,7 @@ from aiohttp import web
 from xacthuc.adapters.registry.http import HttpRegistry
 from xacthuc.adapters.registry.sandbox import SandboxRegistry
 from xacthuc.adapters.store.redis import RedisStore
-from xacthuc.client import AsyncClient, AttestationVerifier
+from xacthuc.client import AsyncClient, Attestation, AttestationVerifier
 from xacthuc.domain import errors
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.errors import Code
@@ -70,13 +72,25 @@ class Provider:
 
 
 @dataclass
+class ShiftedClock:
+    """time.monotonic() plus an offset a test moves forward (the registry breaker's clock)."""
+
+    offset: float = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@dataclass(kw_only=True)
 class IdHarness(Harness):
-    provider: Provider | None = None
+    provider: Provider
+    registry_clock: ShiftedClock = field(default_factory=ShiftedClock)
 
 
 @pytest.fixture
 async def idh(redis_url: str, redis_namespace: str, pki: Pki) -> AsyncIterator[IdHarness]:  # noqa: F811
     provider = Provider(SandboxRegistry.from_file())
+    registry_clock = ShiftedClock()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
     tls.load_cert_chain(str(pki.server_cert), str(pki.server_key))
     tls.verify_mode = ssl.CERT_REQUIRED
@@ -93,6 +107,7 @@ async def idh(redis_url: str, redis_namespace: str, pki: Pki) -> AsyncIterator[I
         timeout=0.5,
         retries=1,
         backoff=0.01,
+        clock=registry_clock,
     )
     keys, raw = make_keys()
     clock = FixedClock(START)
@@ -106,7 +121,7 @@ async def idh(redis_url: str, redis_namespace: str, pki: Pki) -> AsyncIterator[I
         registry=registry,
     )
     server = await start_server(app, "127.0.0.1:0")
-    h = IdHarness(app, server, sms, clock, raw, provider=provider)
+    h = IdHarness(app, server, sms, clock, raw, provider=provider, registry_clock=registry_clock)
     yield h
     for c in h.clients:
         await c.close()
@@ -114,7 +129,14 @@ async def idh(redis_url: str, redis_namespace: str, pki: Pki) -> AsyncIterator[I
     await runner.cleanup()
 
 
-async def by_id(client: AsyncClient, person: dict, account: str = "acc-1", **kw):
+def shape(e: errors.XacthucError) -> tuple[object, ...]:
+    """Everything a caller can see of a refusal."""
+    return (e.code, e.reason, e.message, e.metadata, e.retry_after)
+
+
+async def by_id(
+    client: AsyncClient, person: dict[str, Any], account: str = "acc-1", **kw: Any
+) -> Attestation:
     args = {
         "purpose": "no_vietnamese_mobile",
         "declared_no_vietnamese_mobile": True,
@@ -187,7 +209,7 @@ async def test_unknown_number_looks_exactly_like_no_match(idh: IdHarness) -> Non
     ],
 )
 async def test_structural_refusals_never_reach_the_registry(
-    idh: IdHarness, change: dict, error: type[errors.XacthucError]
+    idh: IdHarness, change: dict[str, Any], error: type[errors.XacthucError]
 ) -> None:
     """Each structural problem has its own INVALID_ARGUMENT reason and costs no registry call."""
     client = await idh.client()
@@ -296,15 +318,45 @@ async def test_commercial_livestream_needs_the_id_upgrade(idh: IdHarness) -> Non
 
 
 async def test_eleventh_account_on_one_number_is_refused(idh: IdHarness) -> None:
-    """P8: ten accounts may verify with one ID number on a platform; the 11th is refused."""
+    """P8: ten accounts may verify with one ID number on a platform; the 11th, within the same
+    hour, is told the cap (PERSONAL_ID_ACCOUNT_LIMIT, no retry-after: waiting cannot help), not
+    an attempt budget. A wrong name on that number still looks like one on a number nobody has."""
     client = await idh.client()
-    # Spread over time, so the hourly attempt budget of the number is not what refuses.
     for n in range(10):
         await by_id(client, AN, account=f"acc-{n}")
-        idh.clock.advance(400)
+        idh.clock.advance(5)
     with pytest.raises(errors.PersonalIdAccountLimit) as e:
         await by_id(client, AN, account="acc-10")
     assert Code.RESOURCE_EXHAUSTED == e.value.code
+    assert (None, {}) == (e.value.retry_after, e.value.metadata)
+
+    with pytest.raises(errors.PersonalIdNotMatched) as known:
+        await by_id(client, {**AN, "full_name": "Nguyễn Văn Bình"}, account="probe-1")
+    with pytest.raises(errors.PersonalIdNotMatched) as unknown:
+        await by_id(client, {**AN, "personal_id_number": "001085999999"}, account="probe-2")
+    assert shape(known.value) == shape(unknown.value)
+
+
+async def test_a_registry_outage_costs_the_user_no_attempt(idh: IdHarness) -> None:
+    """More failed calls than the hourly budgets allow (500s, then the open circuit): each is
+    UNAVAILABLE, none is charged (audited `refunded`); once the registry is back the user
+    verifies at once instead of ID_ATTEMPTS_EXCEEDED for an hour."""
+    idh.provider.status = 500
+    client = await idh.client()
+    for _ in range(12):
+        with pytest.raises(errors.RegistryUnavailable) as e:
+            await by_id(client, AN)
+        assert Code.UNAVAILABLE == e.value.code
+    assert 10 == idh.provider.hits  # 5 calls x 2 attempts, then the circuit opened
+
+    idh.provider.status = 200
+    idh.registry_clock.offset += 30  # the breaker's reset time: one trial call
+    assert "personal_id" == (await by_id(client, AN)).method
+    auditor = await idh.client("alpha", Role.AUDITOR)
+    failed = (await auditor.query_audit_records(event="id_check")).records[:-1]
+    assert [("failed", "REGISTRY_UNAVAILABLE", "account,personal_id")] * 12 == [
+        (r.record["outcome"], r.record["reason"], r.record["refunded"]) for r in failed
+    ]
 
 
 async def test_attempts_are_limited_per_number_with_back_off(idh: IdHarness) -> None:
