@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import ssl
+import time
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -484,6 +485,122 @@ async def test_an_answer_resets_the_failure_count(registry: Registry, make: Any)
         await client.aclose()
 
 
+async def test_a_match_cut_short_by_its_caller_counts_as_a_failure(
+    registry: Registry, make: Any
+) -> None:
+    """A caller's deadline that cancels a hanging match still counts for the breaker."""
+    registry.replies = [Reply(delay=30.0)]
+    client = make(registry.base_url, timeout=5.0, retries=0, failure_threshold=1)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await client.match(QUERY)
+
+        assert CircuitState.OPEN == client.circuit_state
+        with pytest.raises(RegistryUnavailableError, match="circuit is open"):
+            await client.match(QUERY)
+        assert 1 == registry.hits
+    finally:
+        await client.aclose()
+
+
+async def test_a_cancelled_trial_opens_the_circuit_again(
+    registry: Registry, make: Any, clock: FakeClock
+) -> None:
+    """A half-open trial cut short is a failed trial: open again, and the next trial may run."""
+    registry.replies = [Reply(500)]
+    client = make(registry.base_url, retries=0, failure_threshold=1, reset_timeout=10.0)
+    try:
+        with pytest.raises(RegistryUnavailableError):
+            await client.match(QUERY)
+        clock.now += 10.0
+        registry.replies = [Reply(delay=30.0)]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await client.match(QUERY)
+        assert CircuitState.OPEN == client.circuit_state
+
+        clock.now += 10.0
+        registry.replies = [Reply()]
+        assert RegistryAnswer.MATCH == await client.match(QUERY)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("deadline", "hits", "sleeps"), [(3.0, 1, []), (4.0, 2, [2.0]), (6.0, 3, [2.0, 2.0])]
+)
+async def test_no_back_off_or_attempt_starts_that_cannot_end_within_the_deadline(
+    registry: Registry,
+    clock: FakeClock,
+    pki: Pki,
+    monkeypatch: pytest.MonkeyPatch,
+    deadline: float,
+    hits: int,
+    sleeps: list[float],
+) -> None:
+    """One deadline covers attempts and back-off: with 2 s per attempt and 2 s back-off, a
+    retry happens only when its wait and a whole attempt still fit."""
+    monkeypatch.setattr("xacthuc.adapters.registry.http.random.uniform", lambda low, high: high)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the back-off passes on the breaker's clock
+        slept.append(seconds)
+        clock.now += seconds
+
+    registry.replies = [Reply(500)]
+    client = HttpRegistry(
+        base_url=registry.base_url,
+        client_cert=(pki.client_cert, pki.client_key),
+        ca_file=pki.ca,
+        timeout=2.0,
+        retries=5,
+        backoff=10.0,
+        deadline=deadline,
+        clock=clock,
+        sleep=sleep,
+    )
+    with pytest.raises(RegistryUnavailableError, match=f"after {hits} attempt"):
+        await closing(client)
+
+    assert (hits, sleeps) == (registry.hits, slept)
+
+
+async def test_a_hanging_registry_opens_the_circuit_however_many_retries(
+    registry: Registry, make: Any
+) -> None:
+    """Retries 5, 0.2 s per attempt, a registry that never answers: each match gives up within
+    its 0.8 s deadline (attempts and back-off together) as a counted failure, so the circuit
+    opens after two and the third match sends nothing."""
+    registry.replies = [Reply(delay=30.0)]
+    loop = asyncio.get_running_loop()
+    client = make(
+        registry.base_url,
+        timeout=0.2,
+        retries=5,
+        backoff=0.1,
+        deadline=0.8,
+        failure_threshold=2,
+        clock=time.monotonic,
+        sleep=asyncio.sleep,
+    )
+    try:
+        for _ in range(2):
+            started = loop.time()
+            with pytest.raises(RegistryUnavailableError, match="TimeoutError"):
+                await client.match(QUERY)
+            assert loop.time() - started < 0.8 + 0.7  # without the deadline: up to 4.3 s
+        assert 2 <= registry.hits <= 8  # at most 4 attempts of 0.2 s fit in 0.8 s
+        assert CircuitState.OPEN == client.circuit_state
+
+        hits = registry.hits
+        with pytest.raises(RegistryUnavailableError, match="circuit is open"):
+            await client.match(QUERY)
+        assert hits == registry.hits
+    finally:
+        await client.aclose()
+
+
 # --- no personal data anywhere -----------------------------------------------------------
 
 
@@ -533,6 +650,8 @@ async def test_no_personal_data_in_logs_or_errors(
         {"backoff": -0.1},
         {"failure_threshold": 0},
         {"reset_timeout": -1.0},
+        {"deadline": 4.9},  # below `timeout` (5 s): not even one attempt would fit
+        {"deadline": float("nan")},
     ],
 )
 def test_invalid_configuration_is_rejected(kwargs: dict[str, Any]) -> None:

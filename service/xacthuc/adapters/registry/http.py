@@ -16,6 +16,10 @@ unknown number is `no_match` too). Anything else is "unavailable":
   seconds as a whole) and 5xx are retried, at most `retries` times, with full-jitter
   back-off (the wait before retry n is uniform in [0, min(2 s, backoff * 2**(n-1))]);
   a match is read-only, so a repeat is harmless;
+* one deadline, `deadline` seconds from the start of `match`, covers every attempt and every
+  back-off wait: a wait starts only when the wait and a whole attempt (`timeout`) still fit
+  before it, and an attempt only when it does, otherwise `match` gives up at once (so with
+  a hanging provider it ends within `deadline` however high `retries` is);
 * TLS failures (the provider's certificate does not verify, our client certificate is
   refused), other statuses (redirects are not followed) and a 200 whose body is not one of
   the two answers are not retried;
@@ -31,8 +35,9 @@ connections), made on the first `match` because a session belongs to the event l
 made in and the adapter may be built before the loop runs. A forward proxy named by the
 environment (`HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) is used, read once at construction.
 
-Circuit breaker: every `match` that ends in `RegistryUnavailableError` is one failure; a
-`MATCH` or `NO_MATCH` resets the count. After `failure_threshold` consecutive failures the
+Circuit breaker: every `match` that ends without an answer is one failure, whether it raised
+`RegistryUnavailableError` or was cut short by its caller (cancelled, for example by the
+caller's own deadline); a `MATCH` or `NO_MATCH` resets the count. After `failure_threshold` consecutive failures the
 circuit opens: for `reset_timeout` seconds (read from the injected `clock`) every `match`
 fails at once without touching the network. Then the circuit is half-open: exactly one
 caller makes a single trial attempt (no retries) while the others still fail fast; success
@@ -121,6 +126,7 @@ class HttpRegistry:
         timeout: float = 5.0,
         retries: int = 2,
         backoff: float = 0.2,
+        deadline: float = 10.0,
         failure_threshold: int = 5,
         reset_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -138,6 +144,8 @@ class HttpRegistry:
             raise ValueError("retries must be >= 0")
         if not (backoff >= 0 and math.isfinite(backoff)):
             raise ValueError("backoff must be a non-negative number of seconds")
+        if not (deadline >= timeout and math.isfinite(deadline)):
+            raise ValueError("deadline must be a number of seconds, at least `timeout`")
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
         if not (reset_timeout >= 0 and math.isfinite(reset_timeout)):
@@ -147,6 +155,7 @@ class HttpRegistry:
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._attempts = 1 + retries
         self._backoff = backoff
+        self._deadline = deadline
         self._failure_threshold = failure_threshold
         self._reset_timeout = reset_timeout
         self._clock = clock
@@ -181,7 +190,13 @@ class HttpRegistry:
             self._trial_in_flight = True
         try:
             answer = await self._attempt_all(query, request_id, attempts=1 if trial else None)
-        except RegistryUnavailableError:
+        except asyncio.CancelledError:
+            # Cut short by the caller (its deadline, a shutdown): no answer, so a failure too;
+            # otherwise a registry slower than the caller's patience would never open the circuit.
+            logger.warning("identity registry match cancelled: request_id=%s", request_id)
+            self._record_failure(request_id)
+            raise
+        except BaseException:
             self._record_failure(request_id)
             raise
         finally:
@@ -219,20 +234,39 @@ class HttpRegistry:
         headers = {"X-Request-Id": request_id}
         total = attempts if attempts is not None else self._attempts
         session = self._session()
-        for attempt in range(1, total + 1):
+        # One deadline for attempts and back-off; the first attempt always fits (deadline >=
+        # timeout), a later one only when its wait and the whole attempt end before it.
+        deadline = self._clock() + self._deadline
+        attempt = 0
+        while True:
+            attempt += 1
             outcome = await self._attempt(session, body, headers)
             if isinstance(outcome, RegistryAnswer):
                 return outcome
+            delay = self._jitter(attempt)
             if not outcome.retryable or attempt == total:
-                self._log_failure(request_id, attempt, total, outcome.label, final=True)
-                # Raised outside any `except`: no aiohttp exception (which holds the request,
-                # URL and headers) is chained as __cause__ or __context__.
-                raise RegistryUnavailableError(
-                    f"identity registry failed after {attempt} attempt(s); last: {outcome.label}"
+                next_step = "giving up"
+            elif self._clock() + delay + self._timeout > deadline:
+                next_step = "giving up, no time for another attempt before the deadline"
+            else:
+                next_step = "will retry"
+            self._log_failure(request_id, attempt, total, outcome.label, next_step)
+            if next_step != "will retry":
+                break
+            await self._sleep(delay)
+            if self._clock() + self._timeout > deadline:  # the wait itself ran long
+                logger.warning(
+                    "identity registry giving up after %d attempt(s), no time for another "
+                    "before the deadline: request_id=%s",
+                    attempt,
+                    request_id,
                 )
-            self._log_failure(request_id, attempt, total, outcome.label, final=False)
-            await self._sleep(self._jitter(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+                break
+        # Raised outside any `except`: no aiohttp exception (which holds the request, URL and
+        # headers) is chained as __cause__ or __context__.
+        raise RegistryUnavailableError(
+            f"identity registry failed after {attempt} attempt(s); last: {outcome.label}"
+        )
 
     async def _attempt(
         self, session: aiohttp.ClientSession, body: dict[str, str], headers: dict[str, str]
@@ -286,13 +320,13 @@ class HttpRegistry:
         return random.uniform(0.0, ceiling)
 
     def _log_failure(
-        self, request_id: str, attempt: int, total: int, failure: str, *, final: bool
+        self, request_id: str, attempt: int, total: int, failure: str, next_step: str
     ) -> None:
         logger.warning(
-            "identity registry attempt %d/%d %s: request_id=%s status=%s",
+            "identity registry attempt %d/%d failed, %s: request_id=%s status=%s",
             attempt,
             total,
-            "failed, giving up" if final else "failed, will retry",
+            next_step,
             request_id,
             failure,
         )
