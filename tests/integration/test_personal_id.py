@@ -390,3 +390,62 @@ async def test_no_personal_data_in_logs_or_audit(
     assert 6 == len(records)
     haystack = records + [r.getMessage() for r in caplog.records]
     assert [] == [(s, h) for s in SECRETS for h in haystack if s in h]
+
+
+async def test_a_hanging_registry_opens_the_circuit_with_many_retries(
+    redis_url: str,
+    redis_namespace: str,
+    pki: Pki,  # noqa: F811
+) -> None:
+    """Built from settings as `xacthuc serve` is: 5 retries of 0.2 s, a 0.8 s deadline, a
+    registry that never answers. Each call is UNAVAILABLE within the deadline and counted by
+    the breaker (2 failures open it), so the third call sends nothing to the registry."""
+    provider = Provider(SandboxRegistry.from_file(), delay=30.0)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    tls.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    tls.verify_mode = ssl.CERT_REQUIRED
+    web_app = web.Application()
+    web_app.router.add_post("/v1/match", provider.match)
+    runner = web.AppRunner(web_app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+    settings = make_settings(
+        registry_backend="http",
+        registry_url=f"https://127.0.0.1:{runner.addresses[0][1]}",
+        registry_client_cert_file=pki.client_cert,
+        registry_client_key_file=pki.client_key,
+        registry_ca_file=pki.ca,
+        registry_timeout_seconds=0.2,
+        registry_retries=5,
+        registry_deadline_seconds=0.8,
+        registry_breaker_failures=2,
+    )
+    keys, raw = make_keys()
+    app = build_app(
+        settings,
+        store=RedisStore(redis_url, namespace=redis_namespace),
+        sms=CapturingSms(),
+        clock=FixedClock(START),
+        api_keys=keys,
+    )
+    server = await start_server(app, "127.0.0.1:0")
+    h = IdHarness(app, server, CapturingSms(), FixedClock(START), raw, provider=provider)
+    loop = asyncio.get_running_loop()
+    try:
+        client = await h.client()
+        for n in range(2):
+            started = loop.time()
+            with pytest.raises(errors.RegistryUnavailable):
+                await by_id(client, AN, account=f"acc-{n}")
+            assert loop.time() - started < 0.8 + 0.7  # before: up to 2.2 s, then cancelled
+        hits = provider.hits
+        assert 2 <= hits <= 8  # at most 4 attempts of 0.2 s fit in 0.8 s
+
+        with pytest.raises(errors.RegistryUnavailable):
+            await by_id(client, AN, account="acc-2")
+        assert hits == provider.hits
+    finally:
+        for c in h.clients:
+            await c.close()
+        await server.stop(grace=0)
+        await runner.cleanup()

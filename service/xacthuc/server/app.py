@@ -33,6 +33,9 @@ from xacthuc.verifiers.status_publisher import StatusListPublisher
 log = logging.getLogger("xacthuc")
 
 DEMO_PLATFORM = "demo"
+# Seconds the personal-ID flow waits for the registry beyond XACTHUC_REGISTRY_DEADLINE_SECONDS
+# (which HttpRegistry keeps itself) before it stops waiting: a guard, not the deadline.
+REGISTRY_DEADLINE_GRACE = 1.0
 
 
 @dataclass
@@ -121,6 +124,7 @@ def make_registry(settings: Settings) -> IdentityRegistry:
             ca_file=settings.registry_ca_file,
             timeout=settings.registry_timeout_seconds,
             retries=settings.registry_retries,
+            deadline=settings.registry_deadline_seconds,
             failure_threshold=settings.registry_breaker_failures,
             reset_timeout=settings.registry_breaker_reset_seconds,
         )
@@ -229,9 +233,9 @@ def build_app(
         pseudonyms=pseudonyms,
         limits=limits,
         token_ttl_seconds=settings.token_ttl_seconds,
-        registry_deadline_seconds=settings.registry_timeout_seconds
-        * (settings.registry_retries + 1)
-        + 1,
+        # HttpRegistry keeps the deadline itself (attempts and back-off); the flow's own
+        # timeout, a little later, only guards against a registry that overruns it.
+        registry_deadline_seconds=settings.registry_deadline_seconds + REGISTRY_DEADLINE_GRACE,
     )
     app = App(
         settings, store, sms, clock, api_keys, signing, phone, registry, personal_id, demo_keys

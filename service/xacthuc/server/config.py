@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     registry_ca_file: Path | None = None
     registry_timeout_seconds: float = Field(3.0, gt=0, le=60)
     registry_retries: int = Field(2, ge=0, le=5)
+    # One deadline for a whole registry match: every attempt and back-off wait within it.
+    registry_deadline_seconds: float = Field(10.0, gt=0, le=300)
     registry_breaker_failures: int = Field(5, ge=1, le=100)
     registry_breaker_reset_seconds: float = Field(30.0, gt=0, le=3600)
     id_attempts_per_account_hour: int = Field(10, ge=1, le=1000)
@@ -223,6 +225,11 @@ class Settings(BaseSettings):
             if (self.registry_client_cert_file is None) != (self.registry_client_key_file is None):
                 raise ValueError(
                     "XACTHUC_REGISTRY_CLIENT_CERT_FILE and XACTHUC_REGISTRY_CLIENT_KEY_FILE go together"
+                )
+            if self.registry_deadline_seconds < self.registry_timeout_seconds:
+                raise ValueError(
+                    "XACTHUC_REGISTRY_DEADLINE_SECONDS must be at least "
+                    "XACTHUC_REGISTRY_TIMEOUT_SECONDS (one whole attempt)"
                 )
         if self.sends_per_phone_15m > self.sends_per_phone_day:
             raise ValueError(

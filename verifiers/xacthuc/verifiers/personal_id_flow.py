@@ -7,11 +7,16 @@ The order of checks is the policy:
 2. the holder is 16 or over on today's date in Vietnam (R1: a child is registered by a
    guardian, GUARDIAN_REQUIRED; P7: no commercial livestream for a child);
 3. the number's structure agrees with the declared date of birth and sex (DOMAIN C);
-4. the store counts the attempt against the account and the number (hourly budgets, locks
-   after consecutive non-matches) before the registry is asked: no oracle;
-5. the registry answers match / no match / unavailable, and the store records the answer
-   atomically with the attestation (with the holder's age band, "adult" or "16_17") and the
-   audit records.
+4. the store reserves the attempt in the account's and the number's hourly budgets (and
+   refuses during a lock after consecutive non-matches) before the registry is asked: no
+   oracle, and attempts in flight count;
+5. the registry answers match / no match / unavailable (an error, an open circuit, or no
+   answer within `registry_deadline_seconds`), and the store records the answer atomically
+   with what the attempt costs, the attestation (with the holder's age band, "adult" or
+   "16_17") and the audit records: an attempt that got no answer is refunded in both budgets
+   (retrying after an outage costs nothing), a match in the number's (so the number's budget
+   holds non-matches only, alike for a real and an unknown number), and the P8 cap of accounts
+   per number is checked only after a match (PERSONAL_ID_ACCOUNT_LIMIT, no retry-after).
 
 A refusal before step 4 is audited too (`id_check_started`, outcome `refused`). Nothing here
 keeps or logs the number, the name or the date of birth: only the number's pseudonym.
