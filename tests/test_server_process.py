@@ -206,3 +206,22 @@ def test_production_refuses_placeholder_issuer_and_log_origin() -> None:
             log_origin="xacthuc.example.vn/log",
         )
     assert "placeholder" not in " ".join(named.value.problems)
+
+
+def test_the_registry_deadline_must_hold_one_whole_attempt() -> None:
+    """XACTHUC_REGISTRY_DEADLINE_SECONDS below the per-attempt timeout is refused at start; the
+    http registry is built with the deadline."""
+    from xacthuc.adapters.registry.http import HttpRegistry
+    from xacthuc.server.app import make_registry
+    from xacthuc.server.config import ConfigError, Settings
+
+    http = {"registry_backend": "http", "registry_url": "https://registry.example"}
+    with pytest.raises(ConfigError) as e:
+        Settings.load(**http, registry_timeout_seconds=5, registry_deadline_seconds=4)
+    assert any("XACTHUC_REGISTRY_DEADLINE_SECONDS must be at least" in p for p in e.value.problems)
+
+    registry = make_registry(
+        Settings.load(**http, registry_timeout_seconds=2, registry_deadline_seconds=4.5)
+    )
+    assert isinstance(registry, HttpRegistry)
+    assert 4.5 == registry._deadline
