@@ -103,7 +103,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 51
     """UNAVAILABLE: the store (Redis) could not be reached."""
     ERROR_REASON_REGISTRY_UNAVAILABLE: _ErrorReason.ValueType  # 52
-    """UNAVAILABLE: the identity registry did not answer in time."""
+    """UNAVAILABLE: the identity registry gave no answer (an error, no answer within
+    the deadline, or its circuit breaker is open). The attempt is not charged to
+    the account's or the number's attempt budget: retry later with the same data.
+    """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 60
     """INTERNAL: an unexpected fault; the message is fixed and the details are in
     the server log under the request id.
@@ -143,12 +146,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_ID_ATTEMPTS_EXCEEDED: _ErrorReason.ValueType  # 81
     """RESOURCE_EXHAUSTED: too many personal-ID attempts for this account or this
-    number (metadata `scope`: `account` or `personal_id`), or too many
-    consecutive non-matches; locked with a growing back-off. Carries retry-after.
+    number within an hour (metadata `scope`: `account` or `personal_id`), or too
+    many consecutive non-matches; locked with a growing back-off. Carries
+    retry-after. Attempts without a registry answer count nothing; a match counts
+    for the account only, so the number's budget holds attempts that did not match.
     """
     ERROR_REASON_PERSONAL_ID_ACCOUNT_LIMIT: _ErrorReason.ValueType  # 82
     """RESOURCE_EXHAUSTED: the personal identification number already verifies the
-    maximum number of accounts on this platform (P8, 10 by default).
+    maximum number of accounts on this platform (P8, 10 by default). Said only
+    after a registry match, so it reveals nothing about a number that did not
+    match. No retry-after: waiting does not lift it; a place frees only when one
+    of those accounts verifies with another number.
     """
     ERROR_REASON_PHONE_ROUTE_REQUIRED: _ErrorReason.ValueType  # 83
     """FAILED_PRECONDITION: the personal-ID route for ordinary authentication needs
@@ -300,7 +308,10 @@ the start may be retried with the same idempotency key.
 ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 51
 """UNAVAILABLE: the store (Redis) could not be reached."""
 ERROR_REASON_REGISTRY_UNAVAILABLE: ErrorReason.ValueType  # 52
-"""UNAVAILABLE: the identity registry did not answer in time."""
+"""UNAVAILABLE: the identity registry gave no answer (an error, no answer within
+the deadline, or its circuit breaker is open). The attempt is not charged to
+the account's or the number's attempt budget: retry later with the same data.
+"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 60
 """INTERNAL: an unexpected fault; the message is fixed and the details are in
 the server log under the request id.
@@ -340,12 +351,17 @@ name or date give this same reason, so the answer reveals neither.
 """
 ERROR_REASON_ID_ATTEMPTS_EXCEEDED: ErrorReason.ValueType  # 81
 """RESOURCE_EXHAUSTED: too many personal-ID attempts for this account or this
-number (metadata `scope`: `account` or `personal_id`), or too many
-consecutive non-matches; locked with a growing back-off. Carries retry-after.
+number within an hour (metadata `scope`: `account` or `personal_id`), or too
+many consecutive non-matches; locked with a growing back-off. Carries
+retry-after. Attempts without a registry answer count nothing; a match counts
+for the account only, so the number's budget holds attempts that did not match.
 """
 ERROR_REASON_PERSONAL_ID_ACCOUNT_LIMIT: ErrorReason.ValueType  # 82
 """RESOURCE_EXHAUSTED: the personal identification number already verifies the
-maximum number of accounts on this platform (P8, 10 by default).
+maximum number of accounts on this platform (P8, 10 by default). Said only
+after a registry match, so it reveals nothing about a number that did not
+match. No retry-after: waiting does not lift it; a place frees only when one
+of those accounts verifies with another number.
 """
 ERROR_REASON_PHONE_ROUTE_REQUIRED: ErrorReason.ValueType  # 83
 """FAILED_PRECONDITION: the personal-ID route for ordinary authentication needs

@@ -141,9 +141,11 @@ class VerificationServiceServicer:
         e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
         no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
         the number's structure against the declared date of birth and sex, the
-        attempt limits of the account and of the number, then the registry match.
-        An unknown number and a non-matching name or date give the same
-        PERSONAL_ID_NOT_MATCHED. A match yields a personal-ID attestation that also
+        attempt limits of the account and of the number, then the registry match,
+        then (after a match only) the cap of accounts per number
+        (PERSONAL_ID_ACCOUNT_LIMIT). An unknown number and a non-matching name or
+        date give the same PERSONAL_ID_NOT_MATCHED. REGISTRY_UNAVAILABLE costs no
+        attempt. A match yields a personal-ID attestation that also
         allows commercial livestreaming and records the holder's age band (`adult` or
         `16_17`, from the matched date of birth). An account with an active guardian
         link is refused GUARDIAN_REQUIRED (R1).
