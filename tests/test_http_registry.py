@@ -590,7 +590,7 @@ async def test_a_hanging_registry_opens_the_circuit_however_many_retries(
             with pytest.raises(RegistryUnavailableError, match="TimeoutError"):
                 await client.match(QUERY)
             assert loop.time() - started < 0.8 + 0.7  # without the deadline: up to 4.3 s
-        assert 2 <= registry.hits <= 8  # at most 4 attempts of 0.2 s fit in 0.8 s
+        assert registry.hits <= 8  # at most 4 attempts of 0.2 s fit in 0.8 s
         assert CircuitState.OPEN == client.circuit_state
 
         hits = registry.hits
