@@ -381,7 +381,7 @@ def aging_out_request(
 class Revocation:
     """The outcome of RevokeAttestation."""
 
-    revoked_at: datetime  # when this call ran (and revoked it, unless already_revoked)
+    revoked_at: datetime  # this call's time, or the FIRST revocation's when already_revoked
     already_revoked: bool  # it was revoked before (a repeat, or the guardian withdrew)
 
 
