@@ -8,8 +8,9 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -278,7 +279,7 @@ async def test_replica_that_loses_the_race_adopts_the_winners_checkpoint(store: 
 
     racing = Racing()
     await append(store, 5)
-    loser = make_log(store, racing, key=signer)  # type: ignore[arg-type]
+    loser = make_log(store, racing, key=signer)
     winner = make_log(store, inner, key=signer)
     racing.other = winner
     adopted = await loser.current_checkpoint(P)
@@ -382,7 +383,13 @@ async def test_export_exposes_a_record_rewritten_after_it_was_read(store: Store)
 class Exported:
     """A log of `n` records with a checkpoint at `size` (and older ones), exported."""
 
-    def __init__(self, n: int = 12, size: int = 10, older: tuple[int, ...] = (4,)) -> None:
+    def __init__(
+        self,
+        n: int = 10,
+        size: int = 10,
+        older: tuple[int, ...] = (4,),
+        times: list[float] | None = None,
+    ) -> None:
         from xacthuc.domain.records import audit_record
 
         self.key = Ed25519PrivateKey.generate()
@@ -390,7 +397,12 @@ class Exported:
         self.vkey = format_vkey(self.origin, self.key.public_key())
         self.records = [
             audit_record(
-                seq=i, now=T0 + i, platform=P, account=f"acc-{i}", event="code_sent", outcome="ok"
+                seq=i,
+                now=times[i] if times is not None else T0 + i,
+                platform=P,
+                account=f"acc-{i}",
+                event="code_sent",
+                outcome="ok",
             )
             for i in range(n)
         ]
@@ -472,7 +484,9 @@ def _reseq_swap(lines: list[bytes]) -> list[bytes]:
         _reseq_swap,
     ],
 )
-def test_verify_reports_the_first_bad_record(tamper) -> None:  # type: ignore[no-untyped-def]
+def test_verify_reports_the_first_bad_record(
+    tamper: Callable[[list[bytes]], list[bytes]],
+) -> None:
     """Every tampering of an export is rejected naming record 3, the first one touched."""
     exported = Exported()
     assert (True, None) == exported.verify(exported.lines())
@@ -519,19 +533,74 @@ def test_checkpoint_signed_by_another_key_fails() -> None:
 
 def test_unusable_inputs_are_usage_errors() -> None:
     """A malformed verifier key or an 'older' checkpoint larger than the newer one: UsageError."""
-    exported = Exported()
+    exported = Exported(n=12)
     with pytest.raises(UsageError):
         verify_export(exported.lines(), exported.note, "not a key")
     with pytest.raises(UsageError):
         verify_export(exported.lines(), exported.note, exported.vkey, [exported.sign(12)])
 
 
-def test_records_beyond_the_checkpoint_are_noted_not_verified() -> None:
-    """An export longer than the checkpoint passes and says which records it did not cover."""
+def _forged_tail(exported: Exported) -> list[bytes]:
+    """The export cut at the checkpoint plus a forged attestation whose leaf hash is right."""
+    from xacthuc.domain.records import audit_record
+
+    size = 10
+    forged = audit_record(
+        seq=size,
+        now=T0 + size,
+        platform=P,
+        account="acc-forged",
+        event="attestation_issued",
+        outcome="ok",
+        method="phone_otp",
+    )
+    return [*exported.lines()[:size], export_line(size, forged, merkle.leaf_hash(forged.encode()))]
+
+
+def test_records_beyond_the_checkpoint_fail_naming_the_first_uncovered_index() -> None:
+    """Records past the checkpoint's tree size are covered by no signature: verification fails."""
     exported = Exported(n=12, size=10, older=())
+    for lines in (exported.lines(), _forged_tail(exported)):
+        verdict = verify_export(lines, exported.note, exported.vkey)
+        assert (False, None, 10) == (
+            verdict.ok,
+            verdict.first_bad_index,
+            verdict.first_uncovered_index,
+        )
+        assert verdict.summary.startswith("FAILED: record 10 is not covered by the checkpoint")
+
+
+def test_an_allowed_unverified_tail_is_listed_and_only_the_prefix_decides() -> None:
+    """--allow-unverified-tail: the tail is listed as UNVERIFIED; a bad prefix still fails."""
+    exported = Exported(n=12, size=10, older=(4,))
+    verdict = verify_export(
+        _forged_tail(exported), exported.note, exported.vkey, allow_unverified_tail=True
+    )
+    assert (True, 10) == (verdict.ok, verdict.first_uncovered_index)
+    assert verdict.summary.startswith("OK: xacthuc.test/log/alpha: records 0..9 match")
+    assert [
+        "UNVERIFIED record 10: attestation_issued at 2027-01-15T08:00:10.000Z "
+        "(past the checkpoint: no signature covers it)"
+    ] == verdict.unverified
+    bad = _swapped(exported.lines())
+    verdict = verify_export(bad, exported.note, exported.vkey, allow_unverified_tail=True)
+    assert (False, 3, []) == (verdict.ok, verdict.first_bad_index, verdict.unverified)
+
+
+def test_record_times_that_go_backwards_fail_naming_the_index() -> None:
+    """A record older than the one before it, even signed, is reported with its index."""
+    times = [T0 + i for i in range(10)]
+    times[6] = T0 + 2.5
+    exported = Exported(times=times, older=())
     verdict = verify_export(exported.lines(), exported.note, exported.vkey)
-    assert True is verdict.ok
-    assert ["records 10..11 are in the export but not covered by this checkpoint"] == verdict.notes
+    assert (False, 6) == (verdict.ok, verdict.first_bad_index)
+    assert (
+        "FAILED: first bad record index 6: record 6 has time 2027-01-15T08:00:02.500Z, "
+        "before record 5's 2027-01-15T08:00:05.000Z"
+    ) == verdict.summary
+    times[6] = times[5]  # equal times (records of one step) are in order
+    same = Exported(times=times, older=())
+    assert (True, None) == same.verify(same.lines())
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -575,6 +644,83 @@ def test_verify_cli_exit_codes(tmp_path: Path) -> None:
     assert "FAILED: first bad record index 3:" in bad.stdout
 
 
+def test_verify_cli_fails_on_an_uncovered_tail_unless_allowed(tmp_path: Path) -> None:
+    """A record past the checkpoint: exit 1 naming its index; with the flag, listed, exit 0."""
+    exported = Exported(n=12, size=10, older=())
+    (tmp_path / "cp").write_text(exported.note)
+    (tmp_path / "vkey").write_text(exported.vkey + "\n")
+    (tmp_path / "tail.jsonl").write_bytes(b"".join(_forged_tail(exported)))
+    cp, vkey = str(tmp_path / "cp"), str(tmp_path / "vkey")
+    args = (str(tmp_path / "tail.jsonl"), "--checkpoint", cp, "--key", vkey)
+    strict = _cli("verify", *args)
+    allowed = _cli("verify", *args, "--allow-unverified-tail")
+    assert (1, 0) == (strict.returncode, allowed.returncode)
+    assert strict.stdout.startswith("FAILED: record 10 is not covered by the checkpoint")
+    assert "--allow-unverified-tail" in strict.stdout
+    assert allowed.stdout.startswith("OK: xacthuc.test/log/alpha: records 0..9 match")
+    assert "UNVERIFIED record 10: attestation_issued" in allowed.stdout
+
+
+def _report(
+    tmp_path: Path, exported: Exported, lines: list[bytes], *extra: str
+) -> tuple[int, Any, str]:
+    (tmp_path / "cp").write_text(exported.note)
+    (tmp_path / "vkey").write_text(exported.vkey + "\n")
+    (tmp_path / "log.jsonl").write_bytes(b"".join(lines))
+    run = _cli("report", str(tmp_path / "log.jsonl"), *extra)
+    return run.returncode, json.loads(run.stdout) if run.stdout else None, run.stderr
+
+
+def test_report_with_a_checkpoint_counts_only_covered_verified_records(tmp_path: Path) -> None:
+    """`report --checkpoint --key` counts records 0..n-1 after verifying them, never the tail."""
+    exported = Exported(n=12, size=10, older=())
+    cp = ("--checkpoint", str(tmp_path / "cp"), "--key", str(tmp_path / "vkey"))
+    code, out, err = _report(tmp_path, exported, _forged_tail(exported), *cp)
+    assert (0, True) == (
+        code,
+        err.startswith(
+            "xacthuc audit: counts over records 0..9 of xacthuc.test/log/alpha, verified against "
+            "its checkpoint of tree size 10 (signature valid); record 10 is past it and not "
+            "counted"
+        ),
+    )
+    assert {
+        "verified": True,
+        "origin": "xacthuc.test/log/alpha",
+        "tree_size": 10,
+        "counted": [0, 9],
+        "not_counted": [10, 10],
+        "from": None,
+        "to": None,
+    } == {k: v for k, v in out.items() if k != "counts"}
+    assert (10, 10, 0) == (
+        out["counts"]["records"],
+        out["counts"]["event:code_sent"],
+        out["counts"]["attestations"],
+    )
+    code, out, err = _report(tmp_path, exported, _swapped(exported.lines()), *cp)
+    assert (1, None) == (code, out)
+    assert "FAILED: first bad record index 3" in err
+    assert "no counts" in err
+
+
+def test_report_without_a_checkpoint_says_its_figures_are_unverified(tmp_path: Path) -> None:
+    """Without --checkpoint the report still counts, and says loudly that nothing was verified."""
+    exported = Exported(n=12, size=10, older=())
+    code, out, err = _report(tmp_path, exported, _forged_tail(exported))
+    assert (0, False, None, [0, 10], 1) == (
+        code,
+        out["verified"],
+        out["tree_size"],
+        out["counted"],
+        out["counts"]["attestations"],
+    )
+    assert "UNVERIFIED" in out["warning"]
+    assert err.startswith("xacthuc audit: WARNING: UNVERIFIED figures")
+    code, _, err = _report(tmp_path, exported, exported.lines(), "--checkpoint", "cp")
+    assert (2, True) == (code, "--checkpoint and --key go together" in err)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -584,7 +730,14 @@ def test_report_counts_by_event_outcome_method_flags_and_lockouts() -> None:
 
     def rec(seq: int, when: float, event: str, outcome: str = "ok", **extra: str | int) -> str:
         return audit_record(
-            seq=seq, now=when, platform=P, account="a", event=event, outcome=outcome, **extra
+            seq=seq,
+            now=when,
+            platform=P,
+            account="a",
+            event=event,
+            outcome=outcome,
+            reason="",
+            **extra,
         )
 
     records = [

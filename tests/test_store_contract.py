@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -779,6 +779,22 @@ async def test_audit_times_keep_milliseconds(store: Store) -> None:
     assert [started(0, now)] == await store.audit_records(PLATFORM)
 
 
+async def test_record_times_never_go_backwards(store: Store) -> None:
+    """A step whose clock reading is older than the last record's time (another replica, a
+    request that waited for its turn) is recorded at that time: log times never go backwards."""
+    await store.start_challenge(new(now=NOW + 5), LIMITS)
+    await store.append_audit(PLATFORM, NOW + 1, account="", event="auditor_query", outcome="ok")
+    await store.start_challenge(new("ch-2", now=NOW + 2, account="acc-2", phone=PHONE_2), LIMITS)
+    await store.append_audit(PLATFORM, NOW + 6, account="", event="auditor_query", outcome="ok")
+
+    assert [
+        started(0, NOW + 5),
+        rec(1, NOW + 5, "auditor_query", "ok", account=""),
+        started(2, NOW + 5, "ch-2", account="acc-2", phone=PHONE_2),
+        rec(3, NOW + 6, "auditor_query", "ok", account=""),
+    ] == await store.audit_records(PLATFORM)
+
+
 async def test_append_audit_numbers_records_in_order_with_the_shared_format(store: Store) -> None:
     """append_audit adds a record after the others, numbered by position, in the canonical form."""
     await store.start_challenge(new(), LIMITS)
@@ -826,7 +842,7 @@ async def test_each_redis_operation_is_one_round_trip(redis_url: str, redis_name
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     store = RedisStore(redis_url, namespace=redis_namespace, client=client)
     commands: list[str] = []
-    execute = client.execute_command
+    execute: Callable[..., Awaitable[object]] = client.execute_command
 
     async def counted(*args: object, **options: object) -> object:
         commands.append(str(args[0]))
@@ -948,7 +964,9 @@ async def test_random_histories_agree_with_memory(
     )
     memory, redis_store = MemoryStore(), RedisStore(redis_url, namespace=redis_namespace)
     backends = (memory, redis_store)
-    now, challenges = NOW + rnd.random(), []
+    now = NOW + rnd.random()
+    challenges: list[NewChallenge] = []
+    calls: list[Awaitable[object]]
     try:
         for step in range(150):
             # Mostly small steps forward, rarely a jump back (a stepped wall clock).

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,7 +129,7 @@ async def test_export_verifies_offline_with_the_cli(harness: Harness, tmp_path: 
     await verify_phone(harness, "acc-2", phone="0987654321")
     harness.clock.advance(61)
     newer, _ = await checkpoint_files(auditor, tmp_path, "newer")
-    await export_to(auditor, tmp_path / "log.jsonl")
+    await export_to(auditor, tmp_path / "log.jsonl", to_index=9)
     code, out, err = await cli(
         "verify",
         str(tmp_path / "log.jsonl"),
@@ -165,8 +166,8 @@ def _truncated(lines: list[bytes]) -> list[bytes]:
 
 @pytest.mark.parametrize("tamper", [_changed_byte, _removed, _swapped, _truncated])
 async def test_tampered_export_fails_naming_the_first_bad_record(
-    harness: Harness, tmp_path: Path, tamper
-) -> None:  # type: ignore[no-untyped-def]
+    harness: Harness, tmp_path: Path, tamper: Callable[[list[bytes]], list[bytes]]
+) -> None:
     """A changed byte, a removed record, a swapped pair or a truncation: exit 1, index 3."""
     await verify_phone(harness, "acc-1")
     await verify_phone(harness, "acc-2", phone="0987654321")
@@ -186,28 +187,155 @@ async def test_tampered_export_fails_naming_the_first_bad_record(
 async def test_cli_fetches_the_checkpoint_and_export_it_verifies(
     harness: Harness, tmp_path: Path
 ) -> None:
-    """`audit checkpoint` and `audit export` (auditor key from the environment) then `verify`."""
+    """`audit checkpoint`, then `audit export --checkpoint` (auditor key from the environment)
+    cut at the checkpoint's tree size however much was appended since: `verify` passes."""
     await verify_phone(harness, "acc-1")
     env = _env() | {"XACTHUC_API_KEY": harness.keys[("alpha", Role.AUDITOR)]}
     target = ("--target", harness.target)
-    fetched = [
-        await cli("checkpoint", *target, "--out", str(tmp_path / "cp"), env=env),
-        await cli("export", *target, "--out", str(tmp_path / "log.jsonl"), env=env),
-    ]
+    fetched = [await cli("checkpoint", *target, "--out", str(tmp_path / "cp"), env=env)]
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    cut = ("--checkpoint", str(tmp_path / "cp"))
+    fetched.append(
+        await cli("export", *target, *cut, "--out", str(tmp_path / "log.jsonl"), env=env)
+    )
     assert [0, 0] == [code for code, _, _ in fetched]
+    assert "wrote 4 records (0..3, cut at the checkpoint's tree size 4)" in fetched[1][2]
     vkey = re.search(r"verifier key as (\S+)", fetched[0][2])
     assert vkey is not None
     (tmp_path / "vkey").write_text(vkey.group(1))
     code, out, _ = await cli(
-        "verify",
-        str(tmp_path / "log.jsonl"),
-        "--checkpoint",
-        str(tmp_path / "cp"),
-        "--key",
-        str(tmp_path / "vkey"),
+        "verify", str(tmp_path / "log.jsonl"), *cut, "--key", str(tmp_path / "vkey")
     )
     assert (0, True) == (code, out.startswith("OK: xacthuc.invalid/log/alpha: records 0..3 match"))
-    assert "records 4..4 are in the export but not covered by this checkpoint" in out
+    assert [] == [word for word in ("UNVERIFIED", "not covered") if word in out]
+
+
+async def test_export_cut_at_an_empty_checkpoint_holds_no_record(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A checkpoint of the empty tree cuts the export to nothing (not to the whole log)."""
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    cp, vkey = await checkpoint_files(auditor, tmp_path)
+    await verify_phone(harness, "acc-1")
+    env = _env() | {"XACTHUC_API_KEY": harness.keys[("alpha", Role.AUDITOR)]}
+    code, _, err = await cli(
+        "export",
+        "--target",
+        harness.target,
+        "--checkpoint",
+        str(cp),
+        "--out",
+        str(tmp_path / "log.jsonl"),
+        env=env,
+    )
+    assert (0, b"") == (code, (tmp_path / "log.jsonl").read_bytes()), err
+    code, out, _ = await cli(
+        "verify", str(tmp_path / "log.jsonl"), "--checkpoint", str(cp), "--key", str(vkey)
+    )
+    assert (0, "OK: xacthuc.invalid/log/alpha: the checkpoint is of the empty tree\n") == (
+        code,
+        out,
+    )
+
+
+def _forge_attestation(lines: list[bytes], size: int) -> list[bytes]:
+    """The export cut at `size`, plus a forged `attestation_issued` record numbered `size`
+    whose leaf hash is correct: self-consistent, but covered by no signature."""
+    template = json.loads(json.loads(lines[size - 1])["record"])
+    forged = json.dumps(
+        {
+            "account": "acc-forged",
+            "event": "attestation_issued",
+            "expires": 1_900_000_000,
+            "method": "phone_otp",
+            "outcome": "ok",
+            "platform": "alpha",
+            "reason": "",
+            "seq": size,
+            "time": template["time"],
+            "token_id": "tok-forged",
+            "v": template["v"],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    leaf = merkle.leaf_hash(forged.encode()).hex()
+    line = json.dumps({"index": size, "leaf_hash": leaf, "record": forged}) + "\n"
+    return [*lines[:size], line.encode()]
+
+
+async def test_a_forged_record_past_the_checkpoint_is_neither_verified_nor_counted(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Issue 13: a forged attestation appended after the checkpoint's records, with a correct
+    leaf hash: `verify` fails naming its index (or lists it as UNVERIFIED when allowed), and
+    `report --checkpoint` does not count it; `report` without one warns its figures are not
+    verified."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    cp, vkey = await checkpoint_files(auditor, tmp_path)
+    lines = await export_to(auditor, tmp_path / "log.jsonl")
+    size = Checkpoint.parse(cp.read_text().split("\n\n")[0] + "\n").tree_size
+    assert (4, 5) == (size, len(lines))
+    (tmp_path / "forged.jsonl").write_bytes(b"".join(_forge_attestation(lines, size)))
+    args = (str(tmp_path / "forged.jsonl"), "--checkpoint", str(cp), "--key", str(vkey))
+    strict = await cli("verify", *args)
+    allowed = await cli("verify", *args, "--allow-unverified-tail")
+    assert (1, 0) == (strict[0], allowed[0])
+    assert strict[1].startswith("FAILED: record 4 is not covered by the checkpoint (tree size 4)")
+    assert allowed[1].startswith("OK: xacthuc.invalid/log/alpha: records 0..3 match")
+    assert "UNVERIFIED record 4: attestation_issued" in allowed[1]
+
+    verified = await cli("report", *args)
+    unverified = await cli("report", args[0])
+    assert (0, 0) == (verified[0], unverified[0])
+    checked, unchecked = json.loads(verified[1]), json.loads(unverified[1])
+    assert (True, [0, 3], [4, 4], 1) == (
+        checked["verified"],
+        checked["counted"],
+        checked["not_counted"],
+        checked["counts"]["attestations"],
+    )
+    assert "records 0..3 of xacthuc.invalid/log/alpha" in verified[2]
+    assert (False, [0, 4], 2) == (
+        unchecked["verified"],
+        unchecked["counted"],
+        unchecked["counts"]["attestations"],
+    )
+    assert unverified[2].startswith("xacthuc audit: WARNING: UNVERIFIED figures")
+
+
+async def test_log_times_never_go_backwards_and_verify_checks_them(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A clock that steps back (another replica, NTP) never makes a record older than the one
+    before it; a backdated record in an export is reported with its index."""
+    await verify_phone(harness, "acc-1")
+    harness.clock.advance(-30)
+    await verify_phone(harness, "acc-2", phone="0987654321")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    cp, vkey = await checkpoint_files(auditor, tmp_path)
+    lines = await export_to(auditor, tmp_path / "log.jsonl", to_index=8)
+    times = [json.loads(json.loads(line)["record"])["time"] for line in lines]
+    assert sorted(times) == times
+    code, out, _ = await cli(
+        "verify", str(tmp_path / "log.jsonl"), "--checkpoint", str(cp), "--key", str(vkey)
+    )
+    assert 0 == code, out
+    obj = json.loads(lines[5])
+    record = json.loads(obj["record"])
+    record["time"] = "2027-01-15T07:59:00.000Z"
+    obj["record"] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    obj["leaf_hash"] = merkle.leaf_hash(obj["record"].encode()).hex()
+    lines[5] = (json.dumps(obj) + "\n").encode()
+    (tmp_path / "backdated.jsonl").write_bytes(b"".join(lines))
+    code, out, _ = await cli(
+        "verify", str(tmp_path / "backdated.jsonl"), "--checkpoint", str(cp), "--key", str(vkey)
+    )
+    assert (1, True) == (
+        code,
+        out.startswith("FAILED: first bad record index 5: record 5 has time 2027-01-15T07:59:00"),
+    )
 
 
 async def test_platform_keys_may_not_call_audit_rpcs(harness: Harness) -> None:

@@ -4,12 +4,15 @@
         (operator) print the verifier key of a platform's checkpoints, to publish
     xacthuc audit checkpoint --target HOST:PORT --api-key KEY --out FILE
         fetch the latest signed checkpoint (auditor key)
-    xacthuc audit export --target HOST:PORT --api-key KEY --out FILE
-        fetch the whole log as JSON Lines (auditor key)
+    xacthuc audit export --target HOST:PORT --api-key KEY [--checkpoint FILE] --out FILE
+        fetch the log as JSON Lines (auditor key); with --checkpoint, records 0..size-1 only
     xacthuc audit verify EXPORT --checkpoint FILE --key VKEY_FILE [--older-checkpoint FILE]...
-        offline: rebuild the tree, check the signature, report the first bad record
-    xacthuc audit report EXPORT [--from ISO] [--to ISO]
-        offline: the counts of GetReport, from an export
+            [--allow-unverified-tail]
+        offline: rebuild the tree, check the signature, report the first bad record; records
+        past the checkpoint fail it unless allowed (then listed as UNVERIFIED)
+    xacthuc audit report EXPORT [--checkpoint FILE --key VKEY_FILE] [--from ISO] [--to ISO]
+        offline: the counts of GetReport, from an export; with --checkpoint, over the records
+        it covers, once they verify; without, marked UNVERIFIED
 
 Exit status: 0 success, 1 verification failed (or a server refused), 2 usage error. The API
 key may also come from XACTHUC_API_KEY, which keeps it out of the process list.
@@ -50,10 +53,22 @@ def register(sub: Any) -> None:
         default=[],
         help="an earlier checkpoint to check for consistency with --checkpoint (repeatable)",
     )
+    verify.add_argument(
+        "--allow-unverified-tail",
+        action="store_true",
+        help="list records past the checkpoint as UNVERIFIED instead of failing on them "
+        "(the exit status is then that of the records the checkpoint covers)",
+    )
     verify.set_defaults(func=_verify)
 
     report = asub.add_parser("report", help="counts over a time range, from an export")
     report.add_argument("export", type=Path)
+    report.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="count only the records this signed checkpoint covers, after verifying them",
+    )
+    report.add_argument("--key", type=Path, help="the log's verifier key file (with --checkpoint)")
     report.add_argument(
         "--from", dest="since", help="ISO 8601 start (inclusive); no offset: Asia/Ho_Chi_Minh"
     )
@@ -73,6 +88,13 @@ def register(sub: Any) -> None:
         p.add_argument("--tls", action="store_true", help="TLS with the system's roots")
         p.add_argument("--ca-file", type=Path, help="TLS with this CA (PEM)")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+        if name == "export":
+            p.add_argument(
+                "--checkpoint",
+                type=Path,
+                help="stop at this checkpoint's tree size (records 0..size-1), so the export "
+                "holds exactly what its signature covers",
+            )
         p.set_defaults(func=func)
 
     key = asub.add_parser("log-key", help="print the verifier key of a platform's checkpoints")
@@ -118,7 +140,13 @@ def _verify(args: argparse.Namespace) -> int:
         olders = [_read_text(p, "older checkpoint") for p in args.older_checkpoint]
         if not args.export.is_file():
             raise _Usage(f"cannot read export {args.export}")
-        verdict = verify_export(_lines(args.export), note, vkey, olders)
+        verdict = verify_export(
+            _lines(args.export),
+            note,
+            vkey,
+            olders,
+            allow_unverified_tail=args.allow_unverified_tail,
+        )
     except (_Usage, UsageError) as e:
         return _fail_usage(str(e))
     print(verdict.text())
@@ -137,6 +165,18 @@ def _parse_time(text: str | None, flag: str) -> float | None:
     return when.timestamp()
 
 
+UNVERIFIED_WARNING = (
+    "UNVERIFIED figures: no checkpoint was given, so nothing in this export was checked "
+    "against a signature; anyone who could edit the file could have added, changed or "
+    "removed records. Give --checkpoint FILE --key VKEY_FILE to count only verified records."
+)
+
+
+def _span(first: int, end: int) -> list[int] | None:
+    """[first, last] of the indexes first..end-1, None when there are none."""
+    return [first, end - 1] if end > first else None
+
+
 def _report(args: argparse.Namespace) -> int:
     from xacthuc.domain.clock import rfc3339
 
@@ -145,26 +185,89 @@ def _report(args: argparse.Namespace) -> int:
         until = _parse_time(args.until, "--to")
         if since is not None and until is not None and until <= since:
             raise _Usage("--to must be after --from")
+        if (args.checkpoint is None) != (args.key is None):
+            raise _Usage("--checkpoint and --key go together")
         if not args.export.is_file():
             raise _Usage(f"cannot read export {args.export}")
+        counter = ReportCounter(since, until)
+        if args.checkpoint is not None:
+            head = _verified_counts(args, counter)
+        else:
+            head = _unverified_counts(args, counter)
     except _Usage as e:
         return _fail_usage(str(e))
-    counter = ReportCounter(since, until)
-    for n, line in enumerate(_lines(args.export), 1):
-        try:
-            counter.add(json.loads(line)["record"])
-        except (ValueError, KeyError, TypeError):
-            print(
-                f"xacthuc audit: line {n} of {args.export} is not an export line", file=sys.stderr
-            )
-            return 1
-    result = {
+    except _Failed as e:
+        print(f"xacthuc audit: {e}", file=sys.stderr)
+        return 1
+    result = head | {
         "from": None if since is None else rfc3339(since),
         "to": None if until is None else rfc3339(until),
         "counts": counter.counts(),
     }
     print(json.dumps(result, indent=2))
     return 0
+
+
+class _Failed(Exception):
+    pass
+
+
+def _verified_counts(args: argparse.Namespace, counter: ReportCounter) -> dict[str, Any]:
+    """Count the records the checkpoint covers, as `verify` checks them; nothing if it fails."""
+    from xacthuc.domain.audit_verify import UsageError, records_text, verify_export
+
+    vkey = _read_text(args.key, "verifier key file").strip()
+    note = _read_text(args.checkpoint, "checkpoint")
+    try:
+        verdict = verify_export(
+            _lines(args.export),
+            note,
+            vkey,
+            allow_unverified_tail=True,
+            list_unverified=False,
+            on_covered=lambda _, record: counter.add(record),
+        )
+    except UsageError as e:
+        raise _Usage(str(e)) from None
+    if not verdict.ok:
+        raise _Failed(
+            f"{verdict.summary}\nxacthuc audit: no counts: the export does not verify "
+            "against the checkpoint"
+        )
+    size, origin = verdict.tree_size, verdict.origin
+    covered = f"records 0..{size - 1} of {origin}" if size else f"no record of {origin}"
+    message = (
+        f"xacthuc audit: counts over {covered}, verified against its checkpoint of tree size "
+        f"{size} (signature valid)"
+    )
+    if verdict.records > size:
+        message += f"; {records_text(size, verdict.records)} past it and not counted"
+    print(message, file=sys.stderr)
+    return {
+        "verified": True,
+        "origin": origin,
+        "tree_size": size,
+        "counted": _span(0, size),
+        "not_counted": _span(size, verdict.records),
+    }
+
+
+def _unverified_counts(args: argparse.Namespace, counter: ReportCounter) -> dict[str, Any]:
+    print(f"xacthuc audit: WARNING: {UNVERIFIED_WARNING}", file=sys.stderr)
+    n = 0
+    for n, line in enumerate(_lines(args.export), 1):
+        try:
+            counter.add(json.loads(line)["record"])
+        except (ValueError, KeyError, TypeError):
+            raise _Failed(f"line {n} of {args.export} is not an export line") from None
+    return {
+        "verified": False,
+        "warning": UNVERIFIED_WARNING,
+        "origin": None,
+        "tree_size": None,
+        "counted": _span(0, n),
+        "not_counted": None,
+    }
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -185,6 +288,7 @@ def _export(args: argparse.Namespace) -> int:
     from xacthuc.domain.errors import XacthucError
 
     try:
+        size = None if args.checkpoint is None else _tree_size(args.checkpoint)
         client = _client(args)
     except _Usage as e:
         return _fail_usage(str(e))
@@ -192,16 +296,32 @@ def _export(args: argparse.Namespace) -> int:
     lines = 0
     try:
         with client, tmp.open("wb") as out:
-            for chunk in client.export_audit_records():
-                out.write(chunk)
-                lines += chunk.count(b"\n")
+            # to_index 0 would mean "to the end": a checkpoint of the empty tree cuts to nothing.
+            if size != 0:
+                for chunk in client.export_audit_records(to_index=size or 0):
+                    out.write(chunk)
+                    lines += chunk.count(b"\n")
     except XacthucError as e:
         tmp.unlink(missing_ok=True)
         print(f"xacthuc audit: export failed: {e.reason}: {e}", file=sys.stderr)
         return 1
     tmp.replace(args.out)
-    print(f"wrote {lines} records to {args.out}", file=sys.stderr)
+    span = f"0..{lines - 1}, " if lines else ""
+    cut = "" if size is None else f" ({span}cut at the checkpoint's tree size {size})"
+    print(f"wrote {lines} records{cut} to {args.out}", file=sys.stderr)
     return 0
+
+
+def _tree_size(path: Path) -> int:
+    """The tree size of a checkpoint note. Its signature is not checked here: the cut only
+    decides which records are fetched, and `verify` checks the note against the key."""
+    from xacthuc.domain.checkpoint import Checkpoint, CheckpointError
+
+    note = _read_text(path, "checkpoint")
+    try:
+        return Checkpoint.parse(note[: note.find("\n\n") + 1]).tree_size
+    except CheckpointError as e:
+        raise _Usage(f"{path} is not a checkpoint note: {e}") from None
 
 
 def _checkpoint(args: argparse.Namespace) -> int:

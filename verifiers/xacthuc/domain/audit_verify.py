@@ -19,13 +19,23 @@ One streaming pass, O(log n) memory (a `CompactRange` per root to rebuild):
      that record, even when the result is still valid JSON;
    - `record` is a JSON object whose `seq` is its index and whose `platform` is the log's
      (from the origin): catches records moved between positions or logs even when the
-     `index` and `leaf_hash` fields were rewritten to match.
+     `index` and `leaf_hash` fields were rewritten to match;
+   - its `time` (RFC 3339) is not before the previous record's: the service never writes a
+     record older than the one before it, so a backdated record shows here, with its index,
+     even when its leaf hash was rewritten to match.
 3. The leaf hashes are folded into the tree; at each checkpoint's tree size the root is
    compared with the signed one. An export shorter than the checkpoint is truncated: the
    first missing index is reported.
 4. For each older checkpoint the RFC 9162 consistency proof older -> newer is recomputed
    from the export's leaves (the subtree roots it needs are accumulated in the same pass)
    and verified with `merkle.verify_consistency` against both signed roots.
+5. Records past the checkpoint's tree size are covered by no signature: anyone can append a
+   self-consistent line (a forged attestation with a correct leaf hash). The verdict speaks
+   only for records 0..size-1, so such a tail fails verification, naming its first index,
+   unless `allow_unverified_tail`: then each tail record is listed as UNVERIFIED (one line
+   each, kept in memory; not with `list_unverified=False`) and the verdict is that of the
+   covered prefix. `on_covered` sees each covered record as it streams by (what
+   `xacthuc audit report --checkpoint` counts, once the verdict is OK).
 
 What cannot be pinpointed offline: an export whose records were changed together with their
 `leaf_hash` fields (or whose `leaf_hash` fields were dropped) still fails at step 3 (the
@@ -38,8 +48,10 @@ from the server against the same signed checkpoint.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -59,17 +71,23 @@ class UsageError(ValueError):
 
 @dataclass
 class Verdict:
-    """The outcome: `ok`, and when not, the first bad record's index if it is known."""
+    """The outcome: `ok`, and when not, the first bad record's index if it is known.
+
+    `first_uncovered_index` is the checkpoint's tree size when the export holds records past
+    it; `unverified` lists them when they were allowed (`allow_unverified_tail`)."""
 
     ok: bool
     summary: str
     first_bad_index: int | None = None
     records: int = 0
     tree_size: int = 0
+    origin: str = ""
     notes: list[str] = field(default_factory=list)
+    first_uncovered_index: int | None = None
+    unverified: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        return "\n".join([self.summary, *self.notes])
+        return "\n".join([self.summary, *self.notes, *self.unverified])
 
 
 class _BadLine(Exception):
@@ -133,8 +151,22 @@ class _BadCheckpoint(Exception):
     pass
 
 
-def _check_line(position: int, line: bytes, platform: str) -> bytes:
-    """The leaf hash of a self-consistent line at `position`; raises _BadLine otherwise."""
+def _time(fields: dict[str, Any], position: int) -> datetime:
+    text = fields.get("time")
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _BadLine(f"record {position} has no valid RFC 3339 `time`") from None
+    if when.tzinfo is None:
+        raise _BadLine(f"record {position} has a `time` without an offset")
+    return when
+
+
+def _check_line(position: int, line: bytes, platform: str) -> tuple[bytes, str, dict[str, Any]]:
+    """The leaf hash, record and record fields of a self-consistent line at `position`;
+    raises _BadLine otherwise."""
     try:
         obj = json.loads(line)
     except ValueError:
@@ -171,7 +203,7 @@ def _check_line(position: int, line: bytes, platform: str) -> bytes:
         raise _BadLine(f"record {position} carries seq {seq}: it was moved, removed or replaced")
     if fields.get("platform") != platform:
         raise _BadLine(f"record {position} belongs to platform {fields.get('platform')!r}")
-    return leaf
+    return leaf, record, fields
 
 
 def verify_export(
@@ -179,6 +211,10 @@ def verify_export(
     checkpoint_note: str,
     verifier_key: str,
     older_notes: Sequence[str] = (),
+    *,
+    allow_unverified_tail: bool = False,
+    list_unverified: bool = True,
+    on_covered: Callable[[int, str], None] | None = None,
 ) -> Verdict:
     """Verify an export (an iterable of its lines) as the module docstring describes.
 
@@ -211,10 +247,18 @@ def verify_export(
     ]
     compact = CompactRange()
     count = 0
+    previous: tuple[datetime, str] | None = None
+    unverified: list[str] = []
     for position, raw in enumerate(lines):
         line = raw[:-1] if raw.endswith(b"\n") else raw
         try:
-            leaf = _check_line(position, line, platform)
+            leaf, record, fields = _check_line(position, line, platform)
+            when = _time(fields, position)
+            if previous is not None and when < previous[0]:
+                raise _BadLine(
+                    f"record {position} has time {fields['time']}, before record "
+                    f"{position - 1}'s {previous[1]}"
+                )
         except _BadLine as e:
             return Verdict(
                 False,
@@ -222,7 +266,9 @@ def verify_export(
                 first_bad_index=position,
                 records=count,
                 tree_size=size,
+                origin=name,
             )
+        previous = (when, fields["time"])
         count += 1
         if position < size:
             compact.append(leaf)
@@ -231,13 +277,20 @@ def verify_export(
                     acc.add(position, leaf)
             if compact.size in probe_sizes:
                 prefix_roots[compact.size] = compact.root()
+            if on_covered is not None:
+                on_covered(position, record)
+        elif allow_unverified_tail and list_unverified:
+            unverified.append(
+                f"UNVERIFIED record {position}: {fields.get('event')} at {fields['time']} "
+                "(past the checkpoint: no signature covers it)"
+            )
 
     def matches(c: Checkpoint) -> bool | None:
         """Whether the export's root at c's size is c's root (None: the export is shorter)."""
         root = prefix_roots.get(c.tree_size)
         return None if root is None else root == c.root_hash
 
-    verdict = Verdict(True, "", records=count, tree_size=size)
+    verdict = Verdict(True, "", records=count, tree_size=size, origin=name)
     if not matches(newest):
         signed = [newest, *olders]
         bad = sorted(c.tree_size for c in signed if c.tree_size and matches(c) is False)
@@ -285,7 +338,27 @@ def verify_export(
         else f"OK: {name}: the checkpoint is of the empty tree"
     )
     if count > size:
-        verdict.notes.append(
-            f"records {size}..{count - 1} are in the export but not covered by this checkpoint"
-        )
+        verdict.first_uncovered_index = size
+        tail = records_text(size, count)
+        if allow_unverified_tail:
+            verdict.notes.append(
+                f"{tail} past the checkpoint: no signature covers "
+                f"{'it' if count - size == 1 else 'them'}, UNVERIFIED"
+            )
+            verdict.unverified = unverified
+        else:
+            verdict.ok = False
+            covered = f"records 0..{size - 1} match it" if size else "it is of the empty tree"
+            verdict.summary = (
+                f"FAILED: record {size} is not covered by the checkpoint (tree size {size}): "
+                f"the export holds {count - size} record(s) past it, {size}..{count - 1}, "
+                f"which no signature covers ({covered}). Cut the export at the checkpoint "
+                "(xacthuc audit export --checkpoint), verify against a later checkpoint, or "
+                "pass --allow-unverified-tail to list them as UNVERIFIED"
+            )
     return verdict
+
+
+def records_text(start: int, end: int) -> str:
+    """'record 4 is' or 'records 4..9 are': the records start..end-1 (end > start)."""
+    return f"record {start} is" if end - start == 1 else f"records {start}..{end - 1} are"

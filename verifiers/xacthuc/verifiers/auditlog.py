@@ -200,7 +200,9 @@ def _flag(value: Any) -> bool:
 
 class ReportCounter:
     """Counts over the records whose `time` is in [since, until), shared by GetReport and
-    `xacthuc audit report`.
+    `xacthuc audit report`. It counts what it is given: `audit report --checkpoint` gives it
+    only the records the checkpoint covers, as they pass verification, and prints nothing
+    when the export does not verify.
 
     Keys: `records`; `event:<event>`; `outcome:<outcome>`; `attestations` (events
     `attestation_issued`), `method:<method>` (attestations by method), `guardian_managed` and

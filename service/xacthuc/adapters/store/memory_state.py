@@ -8,9 +8,11 @@ store contract; `redis.py` mirrors it in Lua.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
+from xacthuc.domain.clock import rfc3339
 from xacthuc.domain.records import AttestationRecord, audit_record
 
 _WINDOWS = {"phone_15m": 900, "phone_day": 86_400, "platform_hour": 3600, "client_ip_hour": 3600}
@@ -118,7 +120,15 @@ class MemoryBase:
         self._starts = 0
 
     def _audit(self, p: _Platform, platform: str, now: float, **fields: str | int) -> None:
-        p.audit.append(audit_record(seq=len(p.audit), now=now, platform=platform, **fields))  # type: ignore[arg-type]
+        record = audit_record(seq=len(p.audit), now=now, platform=platform, **fields)  # type: ignore[arg-type]
+        # Never before the previous record's time, so times in a log never go backwards (a
+        # step that read the clock before another was appended, another replica's clock);
+        # RFC 3339 UTC with milliseconds compares as text. common.lua's audit_time() mirrors it.
+        time = rfc3339(now)
+        last = json.loads(p.audit[-1])["time"] if p.audit else time
+        if last > time:
+            record = record.replace(f'"time":"{time}"', f'"time":"{last}"', 1)
+        p.audit.append(record)
 
     def _attest(self, p: _Platform, record: AttestationRecord, subject: str) -> None:
         """Make `record` the account's attestation, moving its P8 slot to `subject` (none

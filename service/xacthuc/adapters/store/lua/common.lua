@@ -59,9 +59,24 @@ for _, name in ipairs(AUDIT_FIELDS) do
   AUDIT_KNOWN[name] = true
 end
 
+-- The `time` (JSON text) of the next record of the audit list `key`: never before the last
+-- record's, so times in a log never go backwards (a request that read the clock before another
+-- step was appended, another replica's clock). RFC 3339 UTC with milliseconds compares as
+-- text. Python's audit_record(not_before=...) does the same for the in-memory store.
+local function audit_time(key)
+  local last = redis.call("LINDEX", key, -1)
+  if last then
+    local t = string.match(last, '"time":("[^"]*")')
+    if t and t > P.time_j then
+      return t
+    end
+  end
+  return P.time_j
+end
+
 -- Append one record to the platform's audit list; `fields` maps names to JSON texts.
 local function audit(key, fields)
-  local f = { v = P.audit_version, platform = P.platform_j, time = P.time_j, reason = '""' }
+  local f = { v = P.audit_version, platform = P.platform_j, time = audit_time(key), reason = '""' }
   for name, value in pairs(fields) do
     if not AUDIT_KNOWN[name] then
       error("unknown audit field " .. name)
