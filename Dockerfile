@@ -18,8 +18,12 @@ ENV XACTHUC_LISTEN=0.0.0.0:50051 PYTHONUNBUFFERED=1
 # 50051: gRPC. 8080: /.well-known/jwks.json and status lists when XACTHUC_WELLKNOWN_LISTEN=0.0.0.0:8080
 # (set XACTHUC_PUBLIC_BASE_URL to the address platforms reach it by).
 EXPOSE 50051 8080
+# `xacthuc health` reads its target and TLS settings from the environment (README "Health and
+# container probes"): XACTHUC_LISTEN's port; TLS when XACTHUC_TLS_CERT_FILE is set, with
+# XACTHUC_HEALTH_CA_FILE, XACTHUC_HEALTH_CERT_FILE/_KEY_FILE and XACTHUC_HEALTH_SERVER_NAME.
+# Unhealthy while a dependency (Redis) is unreachable.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["xacthuc", "health", "--target", "127.0.0.1:50051"]
+  CMD ["xacthuc", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["xacthuc"]
 CMD ["serve"]

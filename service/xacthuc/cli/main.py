@@ -75,24 +75,6 @@ def _signing_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(args: argparse.Namespace) -> int:
-    """Standard gRPC health check; exit 0 when SERVING (used by the Docker HEALTHCHECK)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(args.target) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.RpcError as e:
-            print(f"xacthuc: health check failed: {e.code().name}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(status)
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xacthuc", description="Decree 147 account verification service"
@@ -101,12 +83,10 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server (configured by XACTHUC_* variables)")
     serve.add_argument("--listen", help="HOST:PORT (overrides XACTHUC_LISTEN)")
     serve.set_defaults(func=_serve)
-    health = sub.add_parser("health", help="query the standard gRPC health service")
-    health.add_argument("--target", default="127.0.0.1:50051")
-    health.add_argument("--service", default="")
-    health.add_argument("--timeout", type=float, default=2.0)
-    health.set_defaults(func=_health)
     from xacthuc.cli import audit as cli_audit
+    from xacthuc.cli import health as cli_health
+
+    cli_health.register(sub)
 
     cli_audit.register(sub)
     keys = sub.add_parser("keys", help="manage API keys and signing keys")

@@ -22,6 +22,7 @@ from xacthuc.ports.sms import SmsSender
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Role, new_key
 from xacthuc.server.config import Mode, RegistryBackend, Settings, SmsBackend
+from xacthuc.server.health import Probe
 from xacthuc.server.signing import SigningKeys
 from xacthuc.verifiers.age_out import AgeOutSweeper
 from xacthuc.verifiers.auditlog import AuditLog
@@ -60,6 +61,9 @@ class App:
     # Each platform's signed status list (issue 5): named by every token, served by RPC
     # and by the well-known HTTP listener.
     status_lists: StatusListPublisher | None = None
+    # The dependencies health follows (name -> probe): the store; add others (a database)
+    # here, where they are built.
+    probes: dict[str, Probe] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         if self.age_out is not None:
@@ -241,6 +245,7 @@ def build_app(
         settings, store, sms, clock, api_keys, signing, phone, registry, personal_id, demo_keys
     )
     app.status_lists = status_lists
+    app.probes = {"store": store.ping}
     app.audit_log = make_audit_log(settings, store, clock, api_keys)
     app.guardian = GuardianLinker(
         store=store, clock=clock, limits=limits, token_ttl_seconds=settings.token_ttl_seconds

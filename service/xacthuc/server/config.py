@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    # Health (grpc.health.v1): every dependency is probed this often, each probe bounded by
+    # the timeout; NOT_SERVING is seen within their sum while one is unreachable.
+    health_probe_interval_seconds: float = Field(0.5, gt=0, le=60)
+    health_probe_timeout_seconds: float = Field(1.0, gt=0, le=60)
 
     store_url: str = "memory://"
     store_namespace: str = Field("xacthuc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")

@@ -4,6 +4,9 @@ Beside the gRPC port, when XACTHUC_WELLKNOWN_LISTEN is set, a small HTTP listene
 JWKS and the status lists (`xacthuc.adapters.wellknown`); it starts before the gRPC port opens, so the
 status list URI every token carries names a port that answers.
 
+Health tells the truth (`xacthuc.server.health`): while a dependency (the store) does not
+answer, the overall status and every xacthuc service are NOT_SERVING.
+
 On SIGTERM or SIGINT the health status turns NOT_SERVING, the server stops accepting new
 calls, in-flight calls get `shutdown_grace_seconds` to finish, then the well-known listener
 stops and resources are closed.
@@ -30,6 +33,7 @@ from xacthuc.adapters.wellknown import (
 )
 from xacthuc.server.app import App, make_audit_log
 from xacthuc.server.audit import AuditServicer
+from xacthuc.server.health import HealthMonitor
 from xacthuc.server.verification import VerificationServicer
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc, verification_pb2, verification_pb2_grpc
 
@@ -52,16 +56,20 @@ class Server:
         health: HealthServicer,
         port: int,
         wellknown: web.AppRunner | None = None,
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.app = app
         self.port = port
         self._server = server
         self._health = health
+        self._monitor = monitor
         self._wellknown = wellknown
         # The well-known listener's port (0 when it is off).
         self.wellknown_port = bound_port(wellknown) if wellknown is not None else 0
 
     async def stop(self, grace: float | None = None) -> None:
+        if self._monitor is not None:
+            await self._monitor.stop()
         await self._health.enter_graceful_shutdown()
         await self._server.stop(
             self.app.settings.shutdown_grace_seconds if grace is None else grace
@@ -140,7 +148,15 @@ async def start_server(
         app.age_out.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(app, server, health, port, wellknown)
+    monitor = HealthMonitor(
+        health,
+        SERVICE_NAMES,
+        app.probes,
+        interval=app.settings.health_probe_interval_seconds,
+        timeout=app.settings.health_probe_timeout_seconds,
+    )
+    monitor.start()
+    return Server(app, server, health, port, wellknown, monitor)
 
 
 async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None:
