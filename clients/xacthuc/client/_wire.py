@@ -1,9 +1,9 @@
-"""Shared by the sync and async clients: request building, response parsing, error decoding."""
+"""Shared by the sync and async clients: request building, response parsing, error decoding,
+and the channel's service config (gRPC's own retry policy)."""
 
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -81,14 +81,28 @@ class LogCheckpoint:
     verifier_key: str  # as the server states it: compare with the operator's published one
 
 
+SERVICES = {
+    "verification": verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
+    "audit": audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Rpc(Generic[T]):
-    """One RPC: its service, name, how to read its response, and whether a retry is safe."""
+    """One RPC: its service, name, how to read its response, and whether a retry is safe
+    (`idempotent`: then gRPC retries it on UNAVAILABLE, see `service_config`)."""
 
     service: str  # "verification" or "audit"
     name: str
     parse: Callable[[Any], T]
     idempotent: bool = False
+
+    def __post_init__(self) -> None:
+        RPCS.append(self)
+
+
+# Every Rpc defined (they register themselves), for the service config.
+RPCS: list[Rpc[Any]] = []
 
 
 def challenge(r: verification_pb2.StartPhoneVerificationResponse) -> Challenge:
@@ -193,20 +207,49 @@ def audit_request(
     return req
 
 
-def retry_delay(err: grpc.RpcError, rpc: Rpc[Any], attempt: int, retries: int) -> float | None:
-    """Seconds to wait before trying `rpc` again after `err`, or None not to retry: only
-    UNAVAILABLE, only calls that are safe to repeat, exponential back-off with full jitter."""
-    if not rpc.idempotent or attempt >= retries or err.code() is not grpc.StatusCode.UNAVAILABLE:
-        return None
-    return random.uniform(0, 0.1 * 2**attempt)
+# gRPC caps maxAttempts (the first attempt and the retries) at 5.
+MAX_RETRIES = 4
+
+
+def service_config(retries: int) -> str:
+    """The channel's service config (gRPC A6): the idempotent methods are retried on
+    UNAVAILABLE only, at most `retries` times, with exponential back-off and jitter, all
+    within the call's one deadline; `retryThrottling` stops retrying when most calls to the
+    server fail, so an outage is not multiplied. Start, confirm, verify and link are never
+    retried (an SMS or a registry query must not be repeated behind the caller's back)."""
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(f"retries must be between 0 and {MAX_RETRIES}")
+    config: dict[str, Any] = {"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}
+    if retries:
+        names = [{"service": SERVICES[r.service], "method": r.name} for r in RPCS if r.idempotent]
+        config["methodConfig"] = [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": retries + 1,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+def channel_options(retries: int) -> list[tuple[str, Any]]:
+    return [("grpc.service_config", service_config(retries)), ("grpc.enable_retries", 1)]
 
 
 def decode_error(err: grpc.RpcError) -> XacthucError:
-    """The typed exception for a failed call, rebuilt from its status details."""
+    """The typed exception for a failed call, rebuilt from its status details: a subclass of
+    the status's family (`errors.BY_STATUS`) for every status, the call's own deadline too."""
     code: grpc.StatusCode = err.code()
     message: str = err.details() or ""
     reason, metadata = None, None
-    for key, value in err.trailing_metadata() or ():
+    # (key, value) pairs: grpc.aio's Metadata and grpc's metadata tuples alike.
+    trailers: Any = err.trailing_metadata()
+    for key, value in trailers or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:

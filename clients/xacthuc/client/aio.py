@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -31,13 +30,10 @@ T = TypeVar("T")
 class AsyncClient:
     """Talks to xacthuc over grpc.aio. Create with `await AsyncClient.connect(...)` or `async with`."""
 
-    def __init__(
-        self, channel: grpc.aio.Channel, *, api_key: str, timeout: float, retries: int
-    ) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, api_key: str, timeout: float) -> None:
         self._channel = channel
         self._metadata = w.call_metadata(api_key)
         self._timeout = timeout
-        self._retries = retries
         self._stubs: dict[str, Any] = {
             "verification": verification_pb2_grpc.VerificationServiceStub(channel),
             "audit": audit_pb2_grpc.AuditServiceStub(channel),
@@ -54,15 +50,20 @@ class AsyncClient:
         retries: int = 2,
     ) -> AsyncClient:
         """Open a channel. `tls=True` uses the system roots; pass ChannelCredentials for a custom CA
-        or client certificate. `timeout` is the deadline of every call unless a call gives its own;
-        `retries` applies only to UNAVAILABLE on calls that are safe to repeat."""
+        or client certificate. `timeout` is the deadline of every call unless a call gives its
+        own: one deadline for all of the call's attempts. `retries` (0-4) applies only to
+        UNAVAILABLE on calls that are safe to repeat, done by gRPC itself (the channel's
+        service config, `_wire.service_config`), with back-off and retry throttling."""
+        options = w.channel_options(retries)
         if tls is True:
-            channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+            channel = grpc.aio.secure_channel(
+                target, grpc.ssl_channel_credentials(), options=options
+            )
         elif isinstance(tls, grpc.ChannelCredentials):
-            channel = grpc.aio.secure_channel(target, tls)
+            channel = grpc.aio.secure_channel(target, tls, options=options)
         else:
-            channel = grpc.aio.insecure_channel(target)
-        return cls(channel, api_key=api_key, timeout=timeout, retries=retries)
+            channel = grpc.aio.insecure_channel(target, options=options)
+        return cls(channel, api_key=api_key, timeout=timeout)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -74,22 +75,18 @@ class AsyncClient:
         await self.close()
 
     async def _call(self, rpc: w.Rpc[T], request: Any, timeout: float | None) -> T:
+        # Retries (idempotent calls, UNAVAILABLE only) are gRPC's, from the channel's service
+        # config: every attempt runs within this one deadline.
         method = getattr(self._stubs[rpc.service], rpc.name)
-        attempt = 0
-        while True:
-            try:
-                response = await method(
-                    request,
-                    metadata=self._metadata,
-                    timeout=timeout if timeout is not None else self._timeout,
-                )
-                return rpc.parse(response)
-            except grpc.RpcError as e:
-                delay = w.retry_delay(e, rpc, attempt, self._retries)
-                if delay is None:
-                    raise w.decode_error(e) from None
-            await asyncio.sleep(delay)
-            attempt += 1
+        try:
+            response = await method(
+                request,
+                metadata=self._metadata,
+                timeout=timeout if timeout is not None else self._timeout,
+            )
+        except grpc.RpcError as e:
+            raise w.decode_error(e) from None
+        return rpc.parse(response)
 
     async def start_phone_verification(
         self,

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid, VerifiedAttestation
-from xacthuc.domain.errors import XacthucError
+from xacthuc.domain.errors import Unavailable, XacthucError
 from xacthuc.domain.statuslist import (
     MEDIA_TYPE,
     VALID,
@@ -55,11 +55,11 @@ AsyncFetchList = Callable[[str], Awaitable[str]]
 _FETCH_ERRORS = (httpx.HTTPError, StatusListInvalid, ValueError, XacthucError)
 
 
-class StatusListUnavailable(Exception):
+class StatusListUnavailable(Unavailable):
     """No valid copy of the status list could be had: the status is unknown."""
 
 
-class KeysUnavailable(Exception):
+class KeysUnavailable(Unavailable):
     """The JWKS has never been fetched successfully, and the last attempt was too recent to
     try again (`min_refetch_interval`)."""
 

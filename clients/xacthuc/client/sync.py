@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -31,13 +30,10 @@ T = TypeVar("T")
 class Client:
     """Talks to xacthuc over a blocking gRPC channel. Use `Client.connect(...)`, ideally in `with`."""
 
-    def __init__(
-        self, channel: grpc.Channel, *, api_key: str, timeout: float, retries: int
-    ) -> None:
+    def __init__(self, channel: grpc.Channel, *, api_key: str, timeout: float) -> None:
         self._channel = channel
         self._metadata = w.call_metadata(api_key)
         self._timeout = timeout
-        self._retries = retries
         self._stubs: dict[str, Any] = {
             "verification": verification_pb2_grpc.VerificationServiceStub(channel),
             "audit": audit_pb2_grpc.AuditServiceStub(channel),
@@ -54,13 +50,14 @@ class Client:
         retries: int = 2,
     ) -> Client:
         """See AsyncClient.connect."""
+        options = w.channel_options(retries)
         if tls is True:
-            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
         elif isinstance(tls, grpc.ChannelCredentials):
-            channel = grpc.secure_channel(target, tls)
+            channel = grpc.secure_channel(target, tls, options=options)
         else:
-            channel = grpc.insecure_channel(target)
-        return cls(channel, api_key=api_key, timeout=timeout, retries=retries)
+            channel = grpc.insecure_channel(target, options=options)
+        return cls(channel, api_key=api_key, timeout=timeout)
 
     def close(self) -> None:
         self._channel.close()
@@ -72,22 +69,18 @@ class Client:
         self.close()
 
     def _call(self, rpc: w.Rpc[T], request: Any, timeout: float | None) -> T:
+        # Retries (idempotent calls, UNAVAILABLE only) are gRPC's, from the channel's service
+        # config: every attempt runs within this one deadline.
         method = getattr(self._stubs[rpc.service], rpc.name)
-        attempt = 0
-        while True:
-            try:
-                response = method(
-                    request,
-                    metadata=self._metadata,
-                    timeout=timeout if timeout is not None else self._timeout,
-                )
-                return rpc.parse(response)
-            except grpc.RpcError as e:
-                delay = w.retry_delay(e, rpc, attempt, self._retries)
-                if delay is None:
-                    raise w.decode_error(e) from None
-            time.sleep(delay)
-            attempt += 1
+        try:
+            response = method(
+                request,
+                metadata=self._metadata,
+                timeout=timeout if timeout is not None else self._timeout,
+            )
+        except grpc.RpcError as e:
+            raise w.decode_error(e) from None
+        return rpc.parse(response)
 
     def start_phone_verification(
         self,

@@ -21,18 +21,21 @@ import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from xacthuc.domain.errors import InvalidArgument
+
 TOKEN_TYPE = "xacthuc-attestation+jwt"  # noqa: S105  (a JOSE `typ`, not a secret)
 _REQUIRED = ("iss", "aud", "sub", "iat", "exp", "jti", "method")
 _HEADER_CACHE = 64
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-class TokenInvalid(ValueError):
-    """The token does not verify; `reason` says why in a stable word."""
+class TokenInvalid(InvalidArgument, ValueError):
+    """The token does not verify; `reason` says why in a stable word (a local reason, not
+    one of errors.proto)."""
 
     def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
         super().__init__(f"{reason}: {message}")
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

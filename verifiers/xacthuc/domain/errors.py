@@ -1,7 +1,11 @@
 """The one exception hierarchy of xacthuc, shared by the server and the Python client.
 
 Every expected failure is an `XacthucError` subclass that knows its gRPC status code and
-its stable reason (the `ErrorReason` names of `errors.proto` without their prefix). The
+its stable reason (the `ErrorReason` names of `errors.proto` without their prefix). Every
+gRPC status has its class here (as python-api-core does), so whatever a call ends with,
+its own deadline included (DeadlineExceeded), is caught by `except XacthucError` and by its
+status family; the SDK's local failures (TokenInvalid, StatusListInvalid, KeysUnavailable,
+StatusListUnavailable) derive from the family that fits them too: one root. The
 server maps them to the wire in exactly one place (`xacthuc.server.grpc_errors`); the client maps
 the wire back to the same classes with `error_for_reason`. This module imports nothing
 but the standard library: a status is a `Code`, the canonical gRPC status name
@@ -43,7 +47,8 @@ class XacthucError(Exception):
     """An expected failure with a gRPC status and a stable machine-readable reason."""
 
     code: ClassVar[Code] = Code.UNKNOWN
-    reason: ClassVar[str] = "UNSPECIFIED"
+    # Per class for the server's reasons; the SDK's local failures set one per instance.
+    reason: str = "UNSPECIFIED"
     default_message: ClassVar[str] = "request failed"
 
     def __init__(
@@ -99,6 +104,36 @@ class Internal(XacthucError):
 
 class Unimplemented(XacthucError):
     code = Code.UNIMPLEMENTED
+
+
+class Cancelled(XacthucError):
+    code = Code.CANCELLED
+
+
+class Unknown(XacthucError):
+    code = Code.UNKNOWN
+
+
+class DeadlineExceeded(XacthucError):
+    """The call's deadline passed (all its attempts included): its outcome is unknown."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
+class AlreadyExists(XacthucError):
+    code = Code.ALREADY_EXISTS
+
+
+class Aborted(XacthucError):
+    code = Code.ABORTED
+
+
+class OutOfRange(XacthucError):
+    code = Code.OUT_OF_RANGE
+
+
+class DataLoss(XacthucError):
+    code = Code.DATA_LOSS
 
 
 # One class per reason, named after it.
@@ -376,18 +411,26 @@ def _reason_classes() -> dict[str, type[XacthucError]]:
 
 
 REASONS: dict[str, type[XacthucError]] = _reason_classes()
-_BY_STATUS: dict[Code, type[XacthucError]] = {
+# Every status but OK: a failure is never a bare XacthucError.
+BY_STATUS: dict[Code, type[XacthucError]] = {
     cls.code: cls
     for cls in (
+        Cancelled,
+        Unknown,
         InvalidArgument,
+        DeadlineExceeded,
         NotFound,
-        FailedPrecondition,
-        ResourceExhausted,
-        Unauthenticated,
+        AlreadyExists,
         PermissionDenied,
-        Unavailable,
-        Internal,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
         Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
     )
 }
 
@@ -410,7 +453,5 @@ def error_for_reason(
         err = XacthucError.__new__(cls)
         XacthucError.__init__(err, message, metadata=metadata, retry_after=retry)
         return err
-    base = _BY_STATUS.get(code, XacthucError)
-    err = base(message, metadata=metadata, retry_after=retry)
-    err.code = code  # type: ignore[misc]  # an unknown status keeps its real code
-    return err
+    base = BY_STATUS.get(code, Unknown)
+    return base(message, metadata=metadata, retry_after=retry)

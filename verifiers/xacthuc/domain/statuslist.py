@@ -27,6 +27,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from xacthuc.domain.errors import InvalidArgument
 from xacthuc.domain.tokens import SigningKey
 
 TYP = "statuslist+jwt"
@@ -49,12 +50,13 @@ def status_list_uri(base_url: str, platform: str, list_no: int) -> str:
     return f"{base_url.rstrip('/')}/statuslists/{platform}/{list_no}"
 
 
-class StatusListInvalid(ValueError):
-    """A status list or status list token is unusable; `reason` says why in a stable word."""
+class StatusListInvalid(InvalidArgument, ValueError):
+    """A status list or status list token is unusable; `reason` says why in a stable word
+    (a local reason, not one of errors.proto: this is never sent by the server)."""
 
     def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
         super().__init__(f"{reason}: {message}")
+        self.reason = reason
 
 
 def _b64encode(data: bytes) -> str:
