@@ -40,8 +40,10 @@ echo "test.sh: import-linter (the layers of README 'Architecture')"
 if command -v npx >/dev/null; then
   echo "test.sh: buf lint"
   (cd protos && npx --yes @bufbuild/buf@1.75.0 lint)
+  echo "test.sh: buf breaking (against the last v* tag; docs/versioning.md)"
+  scripts/check_breaking.sh
 else
-  echo "test.sh: FAILED: npx (Node.js) is needed for 'buf lint' of the protos" >&2
+  echo "test.sh: FAILED: npx (Node.js) is needed for 'buf lint' and 'buf breaking' of the protos" >&2
   exit 1
 fi
 
