@@ -10,6 +10,16 @@ set -euo pipefail
 repo=${1:-"$(dirname "$0")/.."}
 cd "$repo"
 
+if ! git rev-parse --git-dir >/dev/null 2>&1; then
+  echo "check_breaking: FAILED: not a git checkout; the baseline is a git tag or commit" >&2
+  exit 1
+fi
+if [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+  # A shallow clone would make HEAD its own baseline: a check that always passes.
+  echo "check_breaking: FAILED: shallow clone; run 'git fetch --unshallow --tags' first" >&2
+  exit 1
+fi
+
 if [ -n "${BUF_AGAINST:-}" ]; then
   ref=$BUF_AGAINST
   what="$BUF_AGAINST (BUF_AGAINST)"

@@ -95,3 +95,22 @@ def test_the_latest_release_tag_is_the_baseline(repo: Repo) -> None:
     assert "release tag v1.1.0" in run.stdout
     assert "added_later" in run.stdout + run.stderr
     assert 0 == repo.check(BUF_AGAINST="v1.0.0").returncode  # as v1.0.0 had it
+
+
+def test_a_shallow_clone_fails_rather_than_passing_against_itself(
+    repo: Repo, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With history cut, the baseline would be HEAD itself: the check refuses to run."""
+    repo.commit("second")
+    clone = tmp_path_factory.mktemp("shallow") / "clone"
+    subprocess.run(
+        ["git", "clone", "-q", "--depth", "1", f"file://{repo.path}", str(clone)],
+        env=repo.env,
+        check=True,
+        timeout=60,
+    )
+    run = subprocess.run(
+        [str(SCRIPT), str(clone)], env=repo.env, capture_output=True, text=True, timeout=300
+    )
+    assert 1 == run.returncode
+    assert "shallow clone" in run.stderr
