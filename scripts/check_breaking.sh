@@ -15,6 +15,9 @@ if ! git rev-parse --git-dir >/dev/null 2>&1; then
   exit 1
 fi
 if [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+  git fetch --quiet --unshallow --tags 2>/dev/null || true
+fi
+if [ "$(git rev-parse --is-shallow-repository)" = true ]; then
   # A shallow clone would make HEAD its own baseline: a check that always passes.
   echo "check_breaking: FAILED: shallow clone; run 'git fetch --unshallow --tags' first" >&2
   exit 1
