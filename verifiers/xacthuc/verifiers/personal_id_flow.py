@@ -51,6 +51,7 @@ from xacthuc.ports.registry import (
 )
 from xacthuc.ports.store import Store
 from xacthuc.verifiers.phone_otp import check_account_id, check_client_ip
+from xacthuc.verifiers.shielded import shielded
 
 METHOD = "personal_id"
 MAX_NAME = 200
@@ -134,7 +135,10 @@ class PersonalIdVerifier:
         assert date_of_birth is not None  # checked by _precheck
         query = RegistryQuery(number=parsed, full_name=name, date_of_birth=date_of_birth)
         # The registry's answer and its record must land together even if the caller leaves.
-        return await asyncio.shield(self._ask_and_record(attempt, query))
+        return await shielded(
+            self._ask_and_record(attempt, query),
+            what=f"registry check of attempt {attempt.attempt_id}",
+        )
 
     def _precheck(
         self,

@@ -8,7 +8,6 @@ the platform can simply retry. Confirmation is a single atomic store step.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 import secrets
@@ -28,12 +27,15 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage, SmsSender
 from xacthuc.ports.store import Store
+from xacthuc.verifiers.shielded import shielded
 
 METHOD = "phone_otp"
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 CHALLENGE_ID = re.compile(r"ch_[A-Za-z0-9_-]{22}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 CODE = re.compile(r"[0-9]{6}")  # ASCII only: str.isdigit() would accept other scripts' digits
+# The longest IPv6 literal: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".
+CLIENT_IP_MAX = 45
 
 
 def check_account_id(value: str, field: str = "account_id") -> str:
@@ -43,6 +45,18 @@ def check_account_id(value: str, field: str = "account_id") -> str:
 
 
 def check_client_ip(value: str) -> str:
+    """The canonical text of one IPv4 or IPv6 address, surrounding whitespace trimmed.
+
+    Refused (FIELD_INVALID, the value never echoed): anything longer than the longest IPv6
+    literal, checked before parsing so no size of input costs more than that; a zone id
+    (`fe80::1%eth0`), which `ipaddress` accepts but which names an interface of the
+    platform's host, not an end user, and could carry any bytes into the pseudonym."""
+    if len(value) > CLIENT_IP_MAX or "%" in value:
+        raise FieldInvalid(
+            "client_ip",
+            f"must be an IPv4 or IPv6 address of at most {CLIENT_IP_MAX} characters"
+            " without a zone id",
+        )
     try:
         return str(ipaddress.ip_address(value.strip()))
     except ValueError:
@@ -113,7 +127,10 @@ class PhoneOtpVerifier:
         if not view.replayed:
             text = self._template.format(code=code, minutes=self._otp_ttl // 60)
             # Shielded: a caller that gives up mid-send must not leave a half-made challenge.
-            await asyncio.shield(self._deliver(platform, SmsMessage(e164, text, challenge_id)))
+            await shielded(
+                self._deliver(platform, SmsMessage(e164, text, challenge_id)),
+                what=f"SMS send of challenge {challenge_id}",
+            )
         return StartedChallenge(view, mask(e164))
 
     async def _deliver(self, platform: str, message: SmsMessage) -> None:
