@@ -122,14 +122,14 @@ async def test_failure_after_the_caller_left_is_logged_once_without_traceback(
     'Task exception was never retrieved'."""
     caplog.set_level(logging.DEBUG)
     if kind == "sms":
-        gate: Gate = GatedSms()
-        app = _app(sms=gate)  # type: ignore[arg-type]
-        records = await _cancel_while_gated(gate, _start(app), caplog)
+        sms = GatedSms()
+        app = _app(sms=sms)
+        records = await _cancel_while_gated(sms, _start(app), caplog)
         reason = "SMS_DELIVERY_FAILED"
     else:
-        gate = GatedRegistry()
-        app = _app(registry=gate)  # type: ignore[arg-type]
-        records = await _cancel_while_gated(gate, _verify(app), caplog)
+        registry = GatedRegistry()
+        app = _app(registry=registry)
+        records = await _cancel_while_gated(registry, _verify(app), caplog)
         reason = "REGISTRY_UNAVAILABLE"
     mine = [r for r in records if r.levelno >= logging.WARNING]
     assert [(logging.WARNING, True)] == [(r.levelno, reason in r.getMessage()) for r in mine]

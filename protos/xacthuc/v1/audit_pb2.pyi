@@ -78,13 +78,15 @@ class QueryAuditRecordsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """Only records of this account, when set."""
+    """Only records of this account, when set; at most 128 characters."""
     event: _builtins.str
-    """Only records of this event type, when set (for example `check_ok`)."""
+    """Only records of this event type, when set (for example `check_ok`); at most
+    64 characters.
+    """
     page_size: _builtins.int
     """Page size, 1-1000; 100 when 0."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response, at most 128 characters."""
     @_builtins.property
     def from_time(self) -> _timestamp_pb2.Timestamp:
         """Only records at or after this time, when set."""

@@ -56,6 +56,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: the idempotency key was used before with different
     request fields.
     """
+    ERROR_REASON_REQUEST_MALFORMED: _ErrorReason.ValueType  # 17
+    """INVALID_ARGUMENT: the request bytes do not decode as the method's request
+    message (truncated, corrupt wire format, invalid UTF-8 in a string field).
+    Nothing was done.
+    """
     ERROR_REASON_CHALLENGE_NOT_FOUND: _ErrorReason.ValueType  # 20
     """NOT_FOUND: no challenge with this id for the calling platform (it never
     existed, belongs to another platform, or was purged after expiry).
@@ -260,6 +265,11 @@ counted as an attempt.
 ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 16
 """INVALID_ARGUMENT: the idempotency key was used before with different
 request fields.
+"""
+ERROR_REASON_REQUEST_MALFORMED: ErrorReason.ValueType  # 17
+"""INVALID_ARGUMENT: the request bytes do not decode as the method's request
+message (truncated, corrupt wire format, invalid UTF-8 in a string field).
+Nothing was done.
 """
 ERROR_REASON_CHALLENGE_NOT_FOUND: ErrorReason.ValueType  # 20
 """NOT_FOUND: no challenge with this id for the calling platform (it never

@@ -243,13 +243,15 @@ class StartPhoneVerificationRequest(_message.Message):
     """
     phone_number: _builtins.str
     """The user's Vietnamese mobile number in any common form (`0912345678`,
-    `+84912345678`, `84912345678`, `0084912345678`). Never echoed back, logged or
-    stored in plain form.
+    `+84912345678`, `84912345678`, `0084912345678`), at most 32 characters
+    (longer: FIELD_INVALID). Never echoed back, logged or stored in plain form.
     """
     client_ip: _builtins.str
-    """Required: the end user's IP address as the platform saw it (IPv4 or IPv6),
-    used for per-client send budgets (P3) and kept only as a pseudonym. IPv6
-    addresses are counted per /64. Missing or malformed: FIELD_INVALID.
+    """Required: the end user's IP address as the platform saw it, one IPv4 or IPv6
+    address of at most 45 characters (the longest IPv6 literal) without a zone
+    id (`fe80::1%eth0` is refused), used for per-client send budgets (P3) and kept
+    only as a pseudonym. IPv6 addresses are counted per /64. Missing, malformed,
+    longer or with a zone id: FIELD_INVALID, before any SMS is sent.
     """
     idempotency_key: _builtins.str
     """Optional, recommended: 1-128 printable ASCII characters chosen by the
@@ -325,11 +327,15 @@ class ConfirmPhoneVerificationRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.str
-    """The id from StartPhoneVerification."""
+    """The id from StartPhoneVerification: `ch_` and 22 more characters, at most 25
+    characters in all; any other form is FIELD_INVALID.
+    """
     account_id: _builtins.str
-    """The account id the challenge was started for; must match."""
+    """The account id the challenge was started for (1-128 characters); must match."""
     code: _builtins.str
-    """The 6-digit code, ASCII digits only."""
+    """The 6-digit code, ASCII digits only. Any other value of at most 16 characters
+    is OTP_MALFORMED (not counted as an attempt); a longer one is FIELD_INVALID.
+    """
     def __init__(
         self,
         *,
@@ -414,13 +420,18 @@ class VerifyPersonalIdRequest(_message.Message):
     DECLARED_NO_VIETNAMESE_MOBILE_FIELD_NUMBER: _builtins.int
     CLIENT_IP_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's account id."""
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     personal_id_number: _builtins.str
-    """The 12-digit personal identification number. Never stored, logged or
-    audited in plain form: only its keyed-HMAC pseudonym is kept.
+    """The 12-digit personal identification number, surrounding whitespace ignored:
+    at most 32 characters (longer: FIELD_INVALID), PERSONAL_ID_MALFORMED for any
+    other form. Never stored, logged or audited in plain form: only its
+    keyed-HMAC pseudonym is kept.
     """
     full_name: _builtins.str
-    """Full name as registered, in Vietnamese with diacritics."""
+    """Full name as registered, in Vietnamese with diacritics: 1-200 characters once
+    in Unicode NFC with runs of whitespace collapsed, and at most 1024 characters
+    as sent (decomposed letters take up to three). FIELD_INVALID otherwise.
+    """
     sex: Global___Sex.ValueType
     """Optional declared sex, cross-checked with the number."""
     purpose: Global___PersonalIdPurpose.ValueType
@@ -430,8 +441,9 @@ class VerifyPersonalIdRequest(_message.Message):
     having no Vietnamese mobile number (R3). Recorded in the audit log.
     """
     client_ip: _builtins.str
-    """The end user's IP address (IPv4 or IPv6), recorded as a pseudonym with the
-    attempt.
+    """Required: the end user's IP address, one IPv4 or IPv6 address of at most 45
+    characters without a zone id, recorded as a pseudonym with the attempt.
+    FIELD_INVALID otherwise.
     """
     @_builtins.property
     def date_of_birth(self) -> Global___Date:
@@ -504,7 +516,7 @@ class LinkGuardianRequest(_message.Message):
     """The guardian's own account on this platform, already verified by phone OTP
     or personal ID (an active, unexpired attestation that is not itself
     guardian-managed: GUARDIAN_NOT_VERIFIED otherwise). Must differ from
-    `child_account_id`.
+    `child_account_id`. 1-128 characters of `A-Z a-z 0-9 . _ : @ -`.
     """
     relationship: Global___GuardianRelationship.ValueType
     """The relationship the guardian declares; required."""
@@ -599,7 +611,9 @@ class WithdrawGuardianLinkRequest(_message.Message):
 
     LINK_ID_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
-    """The link id from LinkGuardian; FIELD_INVALID when it is not of that form."""
+    """The link id from LinkGuardian (`gl_` and 22 more characters, at most 25
+    characters in all); FIELD_INVALID when it is not of that form.
+    """
     def __init__(
         self,
         *,
@@ -650,8 +664,9 @@ class ListAccountsAgingOutRequest(_message.Message):
     page_size: _builtins.int
     """Page size, 1-1000; 0 means 100."""
     page_token: _builtins.str
-    """`next_page_token` of the previous page of the same window; empty for the
-    first page. A token of another window is FIELD_INVALID.
+    """`next_page_token` of the previous page of the same window, at most 512
+    characters; empty for the first page. A token of another window is
+    FIELD_INVALID.
     """
     @_builtins.property
     def from_time(self) -> _timestamp_pb2.Timestamp:
@@ -713,7 +728,7 @@ class GetCommercialLivestreamEligibilityRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's account id."""
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     def __init__(
         self,
         *,
@@ -825,7 +840,7 @@ class GetAttestationRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's account id."""
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     def __init__(
         self,
         *,
@@ -875,7 +890,7 @@ class RevokeAttestationRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's account id."""
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     reason: _builtins.str
     """Reason code chosen by the platform (for example `account_deleted`, `fraud`):
     1-64 characters of `a-z 0-9 _`, so no personal data fits; recorded in the
@@ -935,7 +950,7 @@ class IntrospectAttestationRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's account id."""
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     def __init__(
         self,
         *,

@@ -2,8 +2,11 @@
 
 Every call is itself audited: after it succeeds, or when it is refused, a record
 `auditor_<method>` (account "", the caller's `key_id`, the call's non-personal parameters,
-outcome `ok` or `refused` with its reason) is appended to the caller's platform log. If that
-record cannot be written the call fails: no unaudited access to the log.
+outcome `ok` or `refused` with its reason) is appended to the caller's platform log. A call
+refused at the edge before its handler runs (undecodable bytes, a field out of its bounds) is
+audited as `refused` with the reason and the `field` only: its values broke their bounds and
+stay out of the log. If that record cannot be written the call fails: no unaudited access to
+the log.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,12 +24,13 @@ from xacthuc.domain.clock import rfc3339
 from xacthuc.domain.errors import FieldInvalid, StoreUnavailable, XacthucError
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Caller, Role
-from xacthuc.server.rpc import rpc, rpc_stream
+from xacthuc.server.request_bounds import timestamp_seconds
+from xacthuc.server.rpc import EdgeServicer, rpc, rpc_stream
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc
 from xacthuc.verifiers.auditlog import AuditLog
 
 
-class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
     _BATCH = 1000
 
     def __init__(
@@ -54,6 +59,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 await self._append(caller, method, "refused", e.reason, params)
             raise
         await self._append(caller, method, "ok", "", params)
+
+    async def refused_at_edge(self, caller: Caller, method: str, error: XacthucError) -> None:
+        params = {"field": error.metadata["field"]} if "field" in error.metadata else {}
+        await self._append(caller, _snake_case(method), "refused", error.reason, params)
 
     async def _append(
         self, caller: Caller, method: str, outcome: str, reason: str, params: dict[str, Any]
@@ -96,8 +105,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             # Pages walk the log as it was at the first page: the records appended since,
             # such as this very query's own audit record, wait for the next query.
             end = (await self._log.sync(caller.platform)).size
-        since = request.from_time.ToNanoseconds() / 1e9 if request.HasField("from_time") else None
-        until = request.to_time.ToNanoseconds() / 1e9 if request.HasField("to_time") else None
+        since = timestamp_seconds(request, "from_time")
+        until = timestamp_seconds(request, "to_time")
         found: list[audit_pb2.AuditRecord] = []
         index = start
         while len(found) < page_size:
@@ -206,8 +215,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             "to_time": _time_text(request, "to_time"),
         }
         async with self._audited(caller, "get_report", params):
-            since = _seconds(request, "from_time")
-            until = _seconds(request, "to_time")
+            since = timestamp_seconds(request, "from_time")
+            until = timestamp_seconds(request, "to_time")
             if since is not None and until is not None and until <= since:
                 raise FieldInvalid("to_time", "must be after from_time")
             counts = await self._log.report(caller.platform, since, until)
@@ -221,16 +230,14 @@ def _check_tree_size(field: str, value: int, size: int) -> None:
         raise FieldInvalid(field, f"is beyond the end of the log ({size} records)")
 
 
-def _seconds(request: Any, name: str) -> float | None:
-    if not request.HasField(name):
-        return None
-    ts: Timestamp = getattr(request, name)
-    return ts.ToNanoseconds() / 1e9
-
-
 def _time_text(request: Any, name: str) -> str:
-    seconds = _seconds(request, name)
+    seconds = timestamp_seconds(request, name)
     return "" if seconds is None else rfc3339(seconds)
+
+
+def _snake_case(method: str) -> str:
+    """`QueryAuditRecords` -> `query_audit_records`, as the audited event names it."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", method).lower()
 
 
 def _encode_page_token(index: int, end: int) -> str:

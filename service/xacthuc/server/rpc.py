@@ -1,8 +1,13 @@
-"""What every RPC handler shares: authentication, the role check, error mapping, metrics.
+"""What every RPC handler shares: decoding, authentication, the role check, the request
+bounds, error mapping, metrics.
 
 `rpc(role)` wraps a servicer method `(self, caller, request) -> response`; the wrapped
 method authenticates the caller from its `authorization` metadata, refuses other roles,
-turns exceptions into statuses through `grpc_errors` (the one place) and counts the call.
+refuses a request whose bytes did not decode (REQUEST_MALFORMED) or whose fields break
+their bounds (`request_bounds`, FIELD_INVALID), turns exceptions into statuses through
+`grpc_errors` (the one place) and counts the call. `add_service` registers a servicer's
+methods from the service descriptor with a decoder that never raises: gRPC itself would
+answer a decode error UNKNOWN ("Unexpected DecodeError") and log a traceback.
 """
 
 from __future__ import annotations
@@ -11,20 +16,29 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Histogram
 
-from xacthuc.domain.errors import NotImplementedYet, RoleNotAllowed, XacthucError
-from xacthuc.server.auth import Caller, Role
+from xacthuc.domain.errors import (
+    NotImplementedYet,
+    RequestMalformed,
+    RoleNotAllowed,
+    XacthucError,
+)
+from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.grpc_errors import internal, to_status
+from xacthuc.server.request_bounds import check_request, plan
 
 RPC_TOTAL = Counter("xacthuc_rpc_total", "RPCs by method and outcome reason", ["method", "reason"])
 RPC_SECONDS = Histogram("xacthuc_rpc_seconds", "RPC latency", ["method"])
 
-Req = TypeVar("Req")
+Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Caller, Req], Awaitable[Resp]]
 
@@ -35,7 +49,99 @@ def timestamp(seconds: float) -> Timestamp:
     return ts
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+class EdgeServicer:
+    """What `rpc` needs of a servicer: its API keys, and what to do when a call of an
+    authenticated caller is refused before its handler runs (by default nothing)."""
+
+    api_keys: ApiKeys
+
+    async def refused_at_edge(self, caller: Caller, method: str, error: XacthucError) -> None:
+        return None
+
+
+class Undecodable:
+    """What request bytes that are no valid message decode to; the handler refuses it."""
+
+    __slots__ = ()
+
+
+UNDECODABLE: Final = Undecodable()
+# Set on the wrapped handlers: "unary" or "stream"; `add_service` registers no other.
+_KIND = "__xacthuc_rpc__"
+
+
+def _decoder(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    parse = message.FromString
+
+    def decode(data: bytes) -> Message | Undecodable:
+        try:
+            return parse(data)
+        except DecodeError:
+            return UNDECODABLE
+
+    return decode
+
+
+def method_handlers(
+    servicer: EdgeServicer, service: ServiceDescriptor
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The gRPC method handlers of every method of `service`, each a method of `servicer`
+    wrapped by `rpc` or `rpc_stream`. Fails (at start) for a method that is not so wrapped
+    or a request string field without a bound."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for m in service.methods:
+        behaviour = getattr(servicer, m.name)
+        kind = "stream" if m.server_streaming else "unary"
+        if m.client_streaming or getattr(behaviour, _KIND, None) != kind:
+            raise TypeError(f"{service.full_name}.{m.name} is not a {kind} @rpc method")
+        plan(m.input_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if m.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[m.name] = make(
+            behaviour,
+            request_deserializer=_decoder(message_factory.GetMessageClass(m.input_type)),
+            response_serializer=message_factory.GetMessageClass(m.output_type).SerializeToString,
+        )
+    return handlers
+
+
+def add_service(
+    server: grpc.aio.Server, servicer: EdgeServicer, service: ServiceDescriptor
+) -> None:
+    """Serve `service` by `servicer` (in place of the generated `add_*_to_server`)."""
+    handlers = method_handlers(servicer, service)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+async def _admit(
+    self: EdgeServicer,
+    role: Role,
+    method: str,
+    request: Req | Undecodable,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> tuple[Caller, Req]:
+    """The caller and request of a call that may reach its handler: authenticated, of
+    `role`, with a request that decoded and keeps its bounds."""
+    caller = self.api_keys.authenticate(_authorization(context))
+    if caller.role is not role:
+        raise RoleNotAllowed()
+    try:
+        if isinstance(request, Undecodable):
+            raise RequestMalformed()
+        check_request(request)
+    except XacthucError as e:
+        await self.refused_at_edge(caller, method, e)
+        raise
+    return caller, request
+
+
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             return value if isinstance(value, str) else None
@@ -49,13 +155,15 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
         ok = RPC_TOTAL.labels(method, "OK")  # bound once: labels() takes a lock per call
 
         @functools.wraps(fn)
-        async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        async def handler(
+            self: EdgeServicer,
+            request: Req | Undecodable,
+            context: grpc.aio.ServicerContext[Any, Any],
+        ) -> Resp:
             started = time.perf_counter()
             try:
-                caller = self.api_keys.authenticate(_authorization(context))
-                if caller.role is not role:
-                    raise RoleNotAllowed()
-                response = await fn(self, caller, request)
+                caller, admitted = await _admit(self, role, method, request, context)
+                response = await fn(self, caller, admitted)
             except XacthucError as e:
                 status, reason = to_status(e), e.reason
             except asyncio.CancelledError:
@@ -71,6 +179,7 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
             await context.abort(status.code, status.details, status.trailing_metadata)
             raise AssertionError("unreachable: abort raises")
 
+        setattr(handler, _KIND, "unary")
         return handler
 
     return wrap
@@ -93,14 +202,12 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
 
         @functools.wraps(fn)
         async def handler(
-            self: Any, request: Any, context: grpc.aio.ServicerContext
+            self: EdgeServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Resp]:
             started = time.perf_counter()
             try:
-                caller = self.api_keys.authenticate(_authorization(context))
-                if caller.role is not role:
-                    raise RoleNotAllowed()
-                async for response in fn(self, caller, request):
+                caller, admitted = await _admit(self, role, method, request, context)
+                async for response in fn(self, caller, admitted):
                     yield response
             except XacthucError as e:
                 status, reason = to_status(e), e.reason
@@ -116,6 +223,7 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
             seconds.observe(time.perf_counter() - started)
             await context.abort(status.code, status.details, status.trailing_metadata)
 
+        setattr(handler, _KIND, "stream")
         return handler
 
     return wrap

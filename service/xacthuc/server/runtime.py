@@ -34,15 +34,15 @@ from xacthuc.adapters.wellknown import (
 from xacthuc.server.app import App, make_audit_log
 from xacthuc.server.audit import AuditServicer
 from xacthuc.server.health import HealthMonitor
+from xacthuc.server.rpc import add_service
 from xacthuc.server.verification import VerificationServicer
-from xacthuc.v1 import audit_pb2, audit_pb2_grpc, verification_pb2, verification_pb2_grpc
+from xacthuc.v1 import audit_pb2, verification_pb2
 
 log = logging.getLogger("xacthuc")
 
-SERVICE_NAMES = (
-    verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
-    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-)
+VERIFICATION_SERVICE = verification_pb2.DESCRIPTOR.services_by_name["VerificationService"]
+AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
+SERVICE_NAMES = (VERIFICATION_SERVICE.full_name, AUDIT_SERVICE.full_name)
 MAX_MESSAGE_BYTES = 1 << 20
 
 
@@ -97,7 +97,8 @@ async def start_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    verification_pb2_grpc.add_VerificationServiceServicer_to_server(
+    add_service(
+        server,
         VerificationServicer(
             api_keys=app.api_keys,
             phone=app.phone,
@@ -108,19 +109,20 @@ async def start_server(
             guardian=app.guardian,
             status_lists=app.status_lists,
         ),
-        server,
+        VERIFICATION_SERVICE,
     )
     if app.audit_log is None:
         app.audit_log = make_audit_log(app.settings, app.store, app.clock, app.api_keys)
     audit_log = app.audit_log
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+    add_service(
+        server,
         AuditServicer(
             api_keys=app.api_keys,
             store=app.store,
             audit_log=audit_log,
             clock=app.clock.now,
         ),
-        server,
+        AUDIT_SERVICE,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

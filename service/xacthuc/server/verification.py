@@ -1,7 +1,8 @@
 """The gRPC edge of VerificationService: protobuf in, domain calls, protobuf out.
 
 Protobuf stops here: verifiers and stores below never import generated code. Every method
-is wrapped by `rpc.rpc`, which authenticates, checks the role and maps errors.
+is wrapped by `rpc.rpc`, which authenticates, checks the role, refuses undecodable or
+out-of-bounds requests (`request_bounds`) and maps errors.
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide
 from xacthuc.domain.errors import AttestationNotFound, FieldInvalid, NotImplementedYet
 from xacthuc.domain.personal_id import Sex
 from xacthuc.domain.records import AttestationRecord, check_revocation_reason
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Caller, Role
-from xacthuc.server.rpc import rpc, timestamp
+from xacthuc.server.request_bounds import timestamp_seconds
+from xacthuc.server.rpc import EdgeServicer, rpc, timestamp
 from xacthuc.server.signing import SigningKeys
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 from xacthuc.verifiers.guardian_flow import GuardianLinker, Relationship
@@ -50,7 +50,7 @@ _ACTIONS = {
 _DECISIONS: dict[Decision, verification_pb2.AuthorizeResponse] = {}
 
 
-class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
+class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, EdgeServicer):
     def __init__(
         self,
         *,
@@ -229,8 +229,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
     ) -> verification_pb2.ListAccountsAgingOutResponse:
         page = await self._guardian.aging_out(
             platform=caller.platform,
-            from_time=_seconds(request.from_time) if request.HasField("from_time") else None,
-            to_time=_seconds(request.to_time) if request.HasField("to_time") else None,
+            from_time=timestamp_seconds(request, "from_time"),
+            to_time=timestamp_seconds(request, "to_time"),
             page_size=request.page_size,
             page_token=request.page_token,
         )
@@ -343,10 +343,6 @@ def state_of(record: AttestationRecord | None) -> AttestationState | None:
         revoked=record.status == "revoked",
         aged_out_at=expires_at if ages_out else None,
     )
-
-
-def _seconds(ts: Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
 
 
 def _date(d: verification_pb2.Date) -> datetime.date | None:

@@ -160,6 +160,11 @@ class FieldInvalid(InvalidArgument):
         super().__init__(f"{field}: {message}", metadata={"field": field})
 
 
+class RequestMalformed(InvalidArgument):
+    reason = "REQUEST_MALFORMED"
+    default_message = "the request bytes are not a valid encoding of the method's request message"
+
+
 class PhoneMalformed(InvalidArgument):
     reason = "PHONE_MALFORMED"
     default_message = "phone_number is not a phone number"
