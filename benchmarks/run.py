@@ -265,9 +265,9 @@ class Benchmark:
         self.echo = Child("echo server", ["echo"])
         self.server = Child("xacthuc server", [])  # argv set once the gateway URL is known
         self.channels: list[grpc.aio.Channel] = []
-        self.echo_calls: list[Any] = []
+        self.echo_calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = []
         self.clients: list[AsyncClient] = []
-        self.raw_stubs: list[verification_pb2_grpc.VerificationServiceStub] = []
+        self.raw_stubs: list[verification_pb2_grpc.VerificationServiceAsyncStub] = []
         self.challenges: deque[tuple[str, str, str]] = deque()  # (challenge id, account, code)
         self.verified: list[str] = []  # accounts the confirm phases verified, for Authorize
         self.sample_token = ""  # one attestation token, for the offline measurement

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import grpc
 
@@ -63,7 +64,7 @@ def _ready(port: int) -> None:
     print(f"READY {port}", flush=True)
 
 
-async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     return request
 
 
@@ -81,7 +82,7 @@ async def serve_echo() -> None:
     await server.stop(0)
 
 
-async def serve_xacthuc(config: dict) -> None:
+async def serve_xacthuc(config: dict[str, Any]) -> None:
     from xacthuc.server.app import build_app
     from xacthuc.server.auth import ApiKeys, KeyEntry, Role
     from xacthuc.server.config import Settings

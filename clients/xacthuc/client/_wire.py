@@ -247,9 +247,13 @@ def decode_error(err: grpc.RpcError) -> XacthucError:
     code: grpc.StatusCode = err.code()
     message: str = err.details() or ""
     reason, metadata = None, None
-    # (key, value) pairs: grpc.aio's Metadata and grpc's metadata tuples alike.
-    trailers: Any = err.trailing_metadata()
-    for key, value in trailers or ():
+    key: str
+    value: str | bytes
+    # Ignored below: grpc-stubs declare the items of RpcError.trailing_metadata() a plain
+    # class `_Metadatum` with .key and .value, but at run time it is a namedtuple (key, value)
+    # (grpc._cython.cygrpc._Metadatum subclasses tuple), and an AioRpcError gives an
+    # aio.Metadata that iterates (key, value) tuples: unpacking is right for both clients.
+    for key, value in err.trailing_metadata() or ():  # type: ignore[misc]
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:

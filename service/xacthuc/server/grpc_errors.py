@@ -14,6 +14,7 @@ import secrets
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -26,7 +27,7 @@ def to_status(error: XacthucError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(
         reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
     )
-    details = [info]
+    details: list[Message] = [info]
     if error.retry_after is not None:
         seconds = max(0, math.ceil(error.retry_after))
         details.append(
