@@ -17,6 +17,7 @@ from xacthuc.domain.records import (
     AttestationRecord,
     CodeCheck,
     Limits,
+    LinkResult,
     NewChallenge,
     PendingAttestation,
 )
@@ -55,7 +56,7 @@ def linker(store: MemoryStore, clock: FixedClock, ttl: int = 86_400) -> Guardian
     return GuardianLinker(store=store, clock=clock, limits=LIMITS, token_ttl_seconds=ttl)
 
 
-async def link(g: GuardianLinker, child: str, born: dt.date, platform: str = "alpha"):
+async def link(g: GuardianLinker, child: str, born: dt.date, platform: str = "alpha") -> LinkResult:
     return await g.link(
         platform=platform,
         child_account_id=child,
@@ -77,16 +78,27 @@ def test_the_guardian_reference_is_platform_scoped() -> None:
     assert "abc" not in a
 
 
-def _record(**kw: object) -> AttestationRecord:
-    base: dict = dict(
+def _record(
+    *,
+    guardian_managed: bool = False,
+    age_band: str = "",
+    guardian_ref: str = "",
+    aged_out_at: float | None = None,
+    status_idx: int = -1,
+) -> AttestationRecord:
+    return AttestationRecord(
         account_id="kid",
         method="phone_otp",
         token_id="t",
         verified_at=NOW,
         issued_at=NOW,
         expires_at=NOW + 100,
+        guardian_managed=guardian_managed,
+        age_band=age_band,
+        guardian_ref=guardian_ref,
+        aged_out_at=aged_out_at,
+        status_idx=status_idx,
     )
-    return AttestationRecord(**{**base, **kw})
 
 
 def test_token_claims_of_a_child_and_the_status_reference() -> None:
@@ -207,4 +219,6 @@ async def test_the_sweeper_runs_in_the_background_until_stopped() -> None:
         await asyncio.sleep(0.01)
     await sweeper.stop()
     await sweeper.stop()  # idempotent
-    assert "aged_out" == (await store.get_attestation("alpha", "kid-1")).status  # type: ignore[union-attr]
+    got = await store.get_attestation("alpha", "kid-1")
+    assert got is not None
+    assert "aged_out" == got.status

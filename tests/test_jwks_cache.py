@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -23,6 +24,7 @@ from xacthuc.adapters.wellknown import (
 from xacthuc.client.jwks_cache import (
     AsyncJwksCache,
     AsyncStatusListCache,
+    Jwks,
     JwksCache,
     KeysUnavailable,
     StatusListCache,
@@ -92,14 +94,17 @@ def issuer(tmp_path: Path) -> Issuer:
     return Issuer(tmp_path)
 
 
-def cache(issuer: Issuer, clock: Clock, **kw: object) -> JwksCache:
+def cache(
+    issuer: Issuer, clock: Clock, *, jwks: Jwks | None = None, max_age: float | None = 3600.0
+) -> JwksCache:
     return JwksCache(
         issuer.fetch,
         issuer=ISSUER,
         audience="alpha",
         min_refetch_interval=30,
         clock=clock,
-        **kw,  # type: ignore[arg-type]
+        jwks=jwks,
+        max_age=max_age,
     )
 
 
@@ -372,11 +377,11 @@ def test_is_token_revoked_follows_the_status_claim(issuer: Issuer) -> None:
     server.list.set(9, INVALID)
     lists, _ = status_cache(issuer, server, Clock(NOW))
 
-    def attestation(claims: dict) -> VerifiedAttestation:
+    def attestation(claims: dict[str, Any]) -> VerifiedAttestation:
         at = datetime.fromtimestamp(NOW, UTC)
         return VerifiedAttestation("a", "alpha", "phone_otp", "t", at, at, False, False, claims)
 
-    def ref(idx: int) -> dict:
+    def ref(idx: int) -> dict[str, Any]:
         return {"status": {"status_list": {"idx": idx, "uri": URI}}}
 
     assert (True, False, False) == (

@@ -8,7 +8,9 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +40,7 @@ def verifier(ring: Keyring, now: float | None = None) -> AttestationVerifier:
     return AttestationVerifier(ring.published_jwks(now), issuer=ISSUER, audience="alpha")
 
 
-def kids(jwks: dict) -> list[str]:
+def kids(jwks: dict[str, Any]) -> list[str]:
     return [k["kid"] for k in jwks["keys"]]
 
 
@@ -244,7 +246,9 @@ def test_keyring_without_next_only_gains_one(tmp_path: Path) -> None:
         "wrong-pem",
     ],
 )
-def test_load_refuses_an_inconsistent_keyring(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_load_refuses_an_inconsistent_keyring(
+    tmp_path: Path, mutate: Callable[[dict[str, Any], Path], object], message: str
+) -> None:
     """A keyring whose manifest and files disagree is refused at load, with a clear message."""
     Keyring.init(tmp_path, now=T0)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
@@ -332,7 +336,9 @@ def test_cli_init_and_rotate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert first.next is not None
     assert (2, first.next.kid) == (second.generation, second.active.kid)
     retired = next(e for e in second.entries if e.state == "retired")
-    assert 600 + DEFAULT_LEEWAY == pytest.approx(retired.retire_after - retired.retired_at)  # type: ignore[operator]
+    assert retired.retire_after is not None
+    assert retired.retired_at is not None
+    assert 600 + DEFAULT_LEEWAY == pytest.approx(retired.retire_after - retired.retired_at)
     assert "rotated keyring" in capsys.readouterr().err
 
 

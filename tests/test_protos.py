@@ -5,25 +5,30 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "protos" / "xacthuc" / "v1"
 
 
-def _load_generator():
+def _load_generate() -> Callable[[Path], list[Path]]:
+    """scripts/gen_protos.py's `generate` (a script, not a module of the package)."""
     spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    generate: Callable[[Path], list[Path]] = module.generate
+    return generate
 
 
-def test_generated_code_is_not_stale(tmp_path: Path, monkeypatch) -> None:
+def test_generated_code_is_not_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regenerating from protos/ reproduces every committed *_pb2* file byte for byte."""
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
-    written = _load_generator().generate(tmp_path)
+    written = _load_generate()(tmp_path)
     fresh = {p.name: p.read_bytes() for p in written}
     committed = {p.name: p.read_bytes() for p in GENERATED.glob("*_pb2*.py*")}
     assert sorted(committed) == sorted(fresh), (

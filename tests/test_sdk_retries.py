@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
@@ -33,7 +32,11 @@ class Flaky:
         self.delay = 0.0
 
     async def get_jwks(
-        self, request: verification_pb2.GetJwksRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: verification_pb2.GetJwksRequest,
+        context: grpc.aio.ServicerContext[
+            verification_pb2.GetJwksRequest, verification_pb2.GetJwksResponse
+        ],
     ) -> verification_pb2.GetJwksResponse:
         self.calls["GetJwks"] += 1
         if self.delay:
@@ -45,7 +48,10 @@ class Flaky:
     async def start(
         self,
         request: verification_pb2.StartPhoneVerificationRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: grpc.aio.ServicerContext[
+            verification_pb2.StartPhoneVerificationRequest,
+            verification_pb2.StartPhoneVerificationResponse,
+        ],
     ) -> verification_pb2.StartPhoneVerificationResponse:
         self.calls["StartPhoneVerification"] += 1
         await context.abort(grpc.StatusCode.UNAVAILABLE, "try later")
@@ -215,7 +221,10 @@ async def test_every_grpc_status_arrives_as_its_typed_exception() -> None:
     status: list[grpc.StatusCode] = []
 
     async def get_jwks(
-        request: verification_pb2.GetJwksRequest, context: grpc.aio.ServicerContext[Any, Any]
+        request: verification_pb2.GetJwksRequest,
+        context: grpc.aio.ServicerContext[
+            verification_pb2.GetJwksRequest, verification_pb2.GetJwksResponse
+        ],
     ) -> verification_pb2.GetJwksResponse:
         await context.abort(status[0], "failed")
 

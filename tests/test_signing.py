@@ -45,12 +45,13 @@ def test_a_rotation_on_disk_is_picked_up_at_the_next_signature(tmp_path: Path) -
     clocks = Clocks()
     ring = Keyring.init(tmp_path, now=T0)
     keys = make(tmp_path, clocks)
+    assert ring.next is not None
     assert (ring.active.kid, 1, 0) == (keys.current().kid, keys.generation, keys.reloads)
-    assert {ring.active.kid, ring.next.kid} == kids(keys, clocks)  # type: ignore[union-attr]
+    assert {ring.active.kid, ring.next.kid} == kids(keys, clocks)
 
     rotated = Keyring.rotate_dir(tmp_path, now=T0 + 10, token_ttl=TTL)
 
-    assert (ring.next.kid, 2, 1) == (keys.current().kid, keys.generation, keys.reloads)  # type: ignore[union-attr]
+    assert (ring.next.kid, 2, 1) == (keys.current().kid, keys.generation, keys.reloads)
     assert {e.kid for e in rotated.entries} == kids(keys, clocks)
 
 
@@ -67,17 +68,22 @@ def test_the_status_claim_callable_survives_a_reload(tmp_path: Path) -> None:
     assert {"status_list": {"idx": 7, "uri": "https://x/alpha"}} == claims["status"]
 
 
-def test_an_unchanged_keyring_is_not_loaded_again(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_an_unchanged_keyring_is_not_loaded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The check is a stat; the keyring is read only when the manifest changed, or its
     generation is re-read after RECHECK_SECONDS."""
     clocks = Clocks()
     Keyring.init(tmp_path, now=T0)
     keys = make(tmp_path, clocks)
     loads: list[Path] = []
-    real = Keyring.load.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        Keyring, "load", classmethod(lambda cls, d: loads.append(d) or real(cls, d))
-    )
+    real = Keyring.load
+
+    def counted(cls: type[Keyring], directory: Path) -> Keyring:
+        loads.append(directory)
+        return real(directory)
+
+    monkeypatch.setattr(Keyring, "load", classmethod(counted))
     for _ in range(100):
         keys.current()
     clocks.mono += RECHECK_SECONDS
@@ -85,7 +91,9 @@ def test_an_unchanged_keyring_is_not_loaded_again(tmp_path: Path, monkeypatch) -
     assert [] == loads
 
 
-def test_a_rotation_a_stat_cannot_see_is_caught_by_the_recheck(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_rotation_a_stat_cannot_see_is_caught_by_the_recheck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Should (inode, mtime, ctime, size) repeat across a rotation, the generation re-read
     after RECHECK_SECONDS still finds it."""
     clocks = Clocks()
@@ -101,7 +109,9 @@ def test_a_rotation_a_stat_cannot_see_is_caught_by_the_recheck(tmp_path: Path, m
     assert 2 == keys.generation
 
 
-def test_a_broken_keyring_keeps_the_keys_held(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_broken_keyring_keeps_the_keys_held(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A manifest that does not load is logged once; signing goes on with the keys held; the
     load is retried after RETRY_SECONDS, and at once when the file changes again."""
     clocks = Clocks()
@@ -146,7 +156,9 @@ def test_a_retired_key_leaves_the_jwks_at_the_end_of_its_window(tmp_path: Path) 
     assert 2 == len(kids(keys, clocks))
 
 
-def test_settings_pick_the_keyring_over_the_key_file(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_settings_pick_the_keyring_over_the_key_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """XACTHUC_SIGNING_KEYS_DIR wins over XACTHUC_SIGNING_KEY_FILE (with a warning); the
     file alone is a fixed key; neither is a generated key in dev mode."""
     ring = Keyring.init(tmp_path / "ring", now=T0)
@@ -191,7 +203,7 @@ def test_production_accepts_a_keyring_or_a_key_file_and_refuses_neither(tmp_path
         ({"status_list_ttl_seconds": 0}, "XACTHUC_STATUS_LIST_TTL_SECONDS"),
     ],
 )
-def test_wellknown_settings_are_checked(kw: dict, field: str) -> None:
+def test_wellknown_settings_are_checked(kw: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError) as e:
         Settings.load(**kw)
     assert any(p.startswith(field) for p in e.value.problems), e.value.problems

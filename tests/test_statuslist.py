@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from typing import Any, TypedDict
 
 import jwt
 import pytest
@@ -33,18 +34,25 @@ SECTION_4_LST = "eNrbuRgAAhcBXQ"
 SECTION_4_STATUSES_2BIT = [1, 2, 0, 3, 0, 1, 0, 1, 1, 2, 3, 3]
 SECTION_4_LST_2BIT = "eNo76fITAAPfAgc"
 
+
+class Vector(TypedDict):
+    bits: int
+    statuses: dict[int, int]  # index -> status, for every index whose status is not 0
+    lst: str
+
+
 # Draft Appendix C.1-C.3: lists of 2^20 entries, the given indices set, every other 0.
 # C.2's `lst` is the base64url of the byte string of its CBOR vector: the JSON form as
 # rendered in the draft text we worked from is one byte short (it does not inflate to the
 # end of its ZLIB stream), while the CBOR bytes do and decode to exactly the listed statuses.
-C1 = {
+C1: Vector = {
     "bits": 1,
     "statuses": dict.fromkeys(
         [0, 1993, 25460, 159495, 495669, 554353, 645645, 723232, 854545, 934534, 1000345], 1
     ),
     "lst": "eNrt3AENwCAMAEGogklACtKQPg9LugC9k_ACvreiogEAAKkeCQAAAAAAAAAAAAAAAAAAAIBylgQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAXG9IAAAAAAAAAPwsJAAAAAAAAAAAAAAAvhsSAAAAAAAAAAAA7KpLAAAAAAAAAAAAAAAAAAAAAJsLCQAAAAAAAAAAADjelAAAAAAAAAAAKjDMAQAAAACAZC8L2AEb",
 }
-C2 = {
+C2: Vector = {
     "bits": 2,
     "statuses": {
         0: 1,
@@ -61,7 +69,7 @@ C2 = {
     },
     "lst": "eNrt2zENACEQAEEuoaBABP5VIO01fCjIHTMStt9ovGVIAAAAAABAbiEBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAEB5WwIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAID0ugQAAAAAAAAAAAAAAAAAQG12SgAAAAAAAAAAAAAAAAAAAAAAAAAAAOCSIQEAAAAAAAAAAAAAAAAAAAAAAAD8ExIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAwJEuAQAAAAAAAAAAAAAAAAAAAAAAAMB9SwIAAAAAAAAAAAAAAAAAAACoYUoAAAAAAAAAAAAAAEBqH81gAQw",
 }
-C3 = {
+C3: Vector = {
     "bits": 4,
     "statuses": {
         0: 1,
@@ -84,7 +92,7 @@ C3 = {
 }
 
 
-def key_and_jwks() -> tuple[SigningKey, dict]:
+def key_and_jwks() -> tuple[SigningKey, dict[str, Any]]:
     key = SigningKey.generate()
     return key, {"keys": [public_jwk(key.private_key.public_key())]}
 
@@ -118,7 +126,7 @@ def test_section4_example_two_bits() -> None:
 
 
 @pytest.mark.parametrize("vector", [C1, C2, C3], ids=["C.1-1bit", "C.2-2bit", "C.3-4bit"])
-def test_appendix_c_vectors(vector: dict) -> None:
+def test_appendix_c_vectors(vector: Vector) -> None:
     """Appendix C: 2^20 entries; the set indices read back, all others are VALID, and
     building the same list gives the same `lst` (zlib level 9)."""
     sl = StatusList.decode({"bits": vector["bits"], "lst": vector["lst"]})
@@ -301,6 +309,14 @@ def test_full_media_type_as_typ_is_accepted() -> None:
     assert StatusList(8) == verify_status_list_token(token, jwks, expected_uri=URI, now=NOW)
 
 
+class Check(TypedDict, total=False):
+    """The keyword arguments of verify_status_list_token that a case changes."""
+
+    expected_uri: str
+    now: float
+    issuer: str
+
+
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
@@ -311,11 +327,11 @@ def test_full_media_type_as_typ_is_accepted() -> None:
     ],
     ids=["other-uri", "expired", "future-iat", "other-issuer"],
 )
-def test_claims_are_checked(kwargs: dict, reason: str) -> None:
+def test_claims_are_checked(kwargs: Check, reason: str) -> None:
     """sub must be the URI asked for; exp, iat (with 30 s leeway) and iss are enforced."""
     key, jwks = key_and_jwks()
     token = signed(StatusList(8), key, ttl=300)  # exp = NOW + 600
-    args: dict = {"expected_uri": URI, "now": NOW} | kwargs
+    args: Check = {"expected_uri": URI, "now": NOW, **kwargs}
     with pytest.raises(StatusListInvalid) as e:
         verify_status_list_token(token, jwks, **args)
     assert reason == e.value.reason

@@ -3,8 +3,10 @@ memory and Redis alike, down to the bytes of the audit records."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+from collections.abc import Awaitable
 
 import pytest
 import redis.asyncio as aioredis
@@ -118,17 +120,24 @@ def link(
 
 
 def rec(
-    seq: int, now: float, event: str, outcome: str, reason: str = "", **extra: str | int
+    seq: int,
+    now: float,
+    event: str,
+    outcome: str,
+    reason: str = "",
+    *,
+    account: str = "kid-1",
+    **extra: str | int,
 ) -> str:
-    extra.setdefault("account", "kid-1")
     return audit_record(
         seq=seq,
         now=now,
         platform=PLATFORM,
+        account=account,
         event=event,
         outcome=outcome,
         reason=reason,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 
@@ -177,8 +186,9 @@ async def test_a_link_issues_the_childs_guardian_managed_attestation(store: Stor
     )
     assert expected == await store.get_attestation(PLATFORM, "kid-1")
     assert (expected, "") == await store.attestation_subject(PLATFORM, "kid-1")
-    assert "phone_otp" == (await store.attestation_subject(PLATFORM, "mum"))[0].method  # type: ignore[index]
-    assert PHONE == (await store.attestation_subject(PLATFORM, "mum"))[1]  # type: ignore[index]
+    mum = await store.attestation_subject(PLATFORM, "mum")
+    assert mum is not None
+    assert ("phone_otp", PHONE) == (mum[0].method, mum[1])
 
 
 async def test_a_link_is_audited_with_pseudonyms_only(store: Store) -> None:
@@ -258,7 +268,7 @@ async def test_the_guardian_needs_an_active_attestation_of_their_own(
     store: Store, case: str
 ) -> None:
     """GUARDIAN_NOT_VERIFIED, audited with the guardian's account and pseudonym."""
-    kw: dict = {}
+    token, subject = "tok-mum", PHONE  # what link() defaults to
     now = NOW + 10
     if case != "none":
         await phone_guardian(store)
@@ -273,13 +283,13 @@ async def test_the_guardian_needs_an_active_attestation_of_their_own(
         )
         now = NOW + 20
     elif case == "token_changed":
-        kw["token"] = "tok-read-before-a-re-verification"
+        token = "tok-read-before-a-re-verification"
     elif case == "subject_changed":
-        kw["subject"] = PHONE_2
+        subject = PHONE_2
     start = len(await store.audit_records(PLATFORM))
 
     with pytest.raises(GuardianNotVerified):
-        await store.link_guardian(link(now=now, **kw), LIMITS)
+        await store.link_guardian(link(now=now, token=token, subject=subject), LIMITS)
 
     assert [
         rec(
@@ -288,7 +298,7 @@ async def test_the_guardian_needs_an_active_attestation_of_their_own(
             "guardian_link_created",
             "refused",
             "GUARDIAN_NOT_VERIFIED",
-            guardian=kw.get("subject", PHONE),
+            guardian=subject,
             guardian_account="mum",
             relationship="parent",
         )
@@ -319,12 +329,14 @@ async def test_a_child_linked_to_another_guardian_is_refused_until_withdrawn(sto
     await phone_guardian(store)
     await phone_guardian(store, "dad", phone=PHONE_2)
     first = await store.link_guardian(link(), LIMITS)
-    other = {"guardian": "dad", "subject": PHONE_2, "token": "tok-dad"}
+
+    def by_dad(now: float) -> GuardianLink:
+        return link(now=now, guardian="dad", subject=PHONE_2, token="tok-dad")
 
     with pytest.raises(ChildAlreadyLinked):
-        await store.link_guardian(link(now=NOW + 20, **other), LIMITS)
+        await store.link_guardian(by_dad(NOW + 20), LIMITS)
     await store.end_guardian_link(PLATFORM, first.link_id, NOW + 30)
-    second = await store.link_guardian(link(now=NOW + 40, **other), LIMITS)
+    second = await store.link_guardian(by_dad(NOW + 40), LIMITS)
 
     assert (False, "dad-ref") != (second.renewed, second.link_id)
     assert second.link_id != first.link_id
@@ -446,9 +458,7 @@ async def test_withdrawal_ends_the_link_and_revokes_the_attestation_at_once(stor
 
     revoked = await store.end_guardian_link(PLATFORM, result.link_id, NOW + 20)
 
-    expected = AttestationRecord(
-        **{**_fields(result.attestation), "status": "revoked", "revoked_at": NOW + 20}
-    )
+    expected = dataclasses.replace(result.attestation, status="revoked", revoked_at=NOW + 20)
     assert expected == revoked == await store.get_attestation(PLATFORM, "kid-1")
     assert 1 == bit(await store.status_bits(PLATFORM), result.attestation.status_idx)
     assert [] == await store.list_aging_out(PLATFORM, 0, AGED + 1, 10)
@@ -472,10 +482,6 @@ async def test_withdrawal_ends_the_link_and_revokes_the_attestation_at_once(stor
             status_idx=result.attestation.status_idx,
         ),
     ] == await store.audit_records(PLATFORM, start)
-
-
-def _fields(r: AttestationRecord) -> dict:
-    return {name: getattr(r, name) for name in AttestationRecord.__slots__}
 
 
 async def test_withdrawing_an_unknown_or_ended_link_is_refused_and_audited(store: Store) -> None:
@@ -539,8 +545,12 @@ async def test_the_sweep_ends_links_of_children_who_turned_16(store: Store) -> N
 
     assert 0 == await store.sweep_aged_out(PLATFORM, NOW + 39.5, 10)
     assert 1 == await store.sweep_aged_out(PLATFORM, NOW + 50, 1)
-    assert "aged_out" == (await store.get_attestation(PLATFORM, "kid-b")).status  # type: ignore[union-attr]
-    assert "active" == (await store.get_attestation(PLATFORM, "kid-a")).status  # type: ignore[union-attr]
+    got = await store.get_attestation(PLATFORM, "kid-b")
+    assert got is not None
+    assert "aged_out" == got.status
+    got = await store.get_attestation(PLATFORM, "kid-a")
+    assert got is not None
+    assert "active" == got.status
     assert 1 == await store.sweep_aged_out(PLATFORM, NOW + 50, 10)
     assert 0 == await store.sweep_aged_out(PLATFORM, NOW + 50, 10)
 
@@ -674,7 +684,9 @@ async def test_revoking_nothing_or_with_a_bad_reason_is_refused(store: Store) ->
     for bad in ("", "Fraud", "x" * 65, "0912345678 ", "fraud!"):
         with pytest.raises(FieldInvalid):
             await store.revoke_attestation(PLATFORM, "mum", NOW + 5, bad)
-    assert "active" == (await store.get_attestation(PLATFORM, "mum")).status  # type: ignore[union-attr]
+    got = await store.get_attestation(PLATFORM, "mum")
+    assert got is not None
+    assert "active" == got.status
 
 
 async def test_redis_guardian_keys_share_the_platform_slot_and_are_durable(
@@ -766,6 +778,7 @@ async def test_random_histories_agree_between_memory_and_redis(
             for account, phone in guardians.items():
                 await phone_guardian(s, account, phone=phone, limits=limits)
         now = NOW + 10
+        calls: list[Awaitable[object]]
         for step in range(250):
             now += rnd.choice([0, 1, 5, 60])
             kind = rnd.random()
@@ -822,7 +835,7 @@ async def test_random_histories_agree_between_memory_and_redis(
         await redis_store.aclose()
 
 
-async def _outcome(call):
+async def _outcome(call: Awaitable[object]) -> tuple[str, object]:
     try:
         return ("ok", await call)
     except XacthucError as e:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import pytest
 
@@ -18,6 +20,14 @@ from xacthuc.server.config import Settings
 from xacthuc.server.runtime import Server, start_server
 
 START = 1_800_000_000.0  # 2027-01-15, a fixed instant: tests move the clock themselves
+
+
+class Citizen(TypedDict):
+    """The identity arguments of `verify_personal_id` for one (synthetic) citizen."""
+
+    personal_id_number: str
+    full_name: str
+    date_of_birth: datetime.date
 
 
 class CapturingSms:

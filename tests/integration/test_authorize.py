@@ -18,6 +18,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -31,9 +32,11 @@ from xacthuc.client import (
     AsyncJwksCache,
     AsyncOfflineAuthorizer,
     AsyncStatusListCache,
+    Attestation,
     AttestationVerifier,
     Client,
     Decision,
+    GuardianLink,
     TokenInvalid,
 )
 from xacthuc.domain import errors
@@ -45,14 +48,14 @@ from xacthuc.server.auth import Role
 from xacthuc.server.runtime import start_server
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 
-from .conftest import START, CapturingSms, Harness, make_keys, make_settings
+from .conftest import START, CapturingSms, Citizen, Harness, make_keys, make_settings
 
 ISSUER = "https://xacthuc.test"
 IP = "203.0.113.50"
 JWKS_TTL = 120
 LIST_TTL = 60
 TOKEN_TTL = 86_400
-AN = {  # the sandbox registry's adult An (verifiers/data/sandbox_citizens.jsonl)
+AN: Citizen = {  # the sandbox registry's adult An (verifiers/data/sandbox_citizens.jsonl)
     "personal_id_number": "001085336181",
     "full_name": "Nguyễn Văn An",
     "date_of_birth": dt.date(1985, 3, 14),
@@ -143,9 +146,11 @@ async def offline(request: pytest.FixtureRequest, az: AzHarness) -> AsyncIterato
     await o.aclose()
 
 
-async def agree(client: AsyncClient, offline: Offline, account: str, token: str | None):
+async def agree(
+    client: AsyncClient, offline: Offline, account: str, token: str | None
+) -> dict[str, Decision]:
     """Authorize every action online and offline; they must be equal. Returns the decisions."""
-    decisions = {}
+    decisions: dict[str, Decision] = {}
     for action in ACTIONS:
         online = await client.authorize(account_id=account, action=action)
         off = await offline.decide(token, action)
@@ -154,7 +159,7 @@ async def agree(client: AsyncClient, offline: Offline, account: str, token: str 
     return decisions
 
 
-async def verify_phone(h: AzHarness, client: AsyncClient, account: str):
+async def verify_phone(h: AzHarness, client: AsyncClient, account: str) -> Attestation:
     challenge = await client.start_phone_verification(
         account_id=account, phone_number=h.next_phone(), client_ip=IP
     )
@@ -165,7 +170,7 @@ async def verify_phone(h: AzHarness, client: AsyncClient, account: str):
     )
 
 
-async def link_child(client: AsyncClient, child: str, born: dt.date):
+async def link_child(client: AsyncClient, child: str, born: dt.date) -> GuardianLink:
     return await client.link_guardian(
         child_account_id=child,
         child_date_of_birth=born,
@@ -177,14 +182,19 @@ async def link_child(client: AsyncClient, child: str, born: dt.date):
     )
 
 
-def header(token: str) -> dict:
-    head = token.split(".")[0]
-    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+def _segment(token: str, n: int) -> dict[str, Any]:
+    part = token.split(".")[n]
+    data = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    assert isinstance(data, dict)
+    return data
 
 
-def claims(token: str) -> dict:
-    body = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+def header(token: str) -> dict[str, Any]:
+    return _segment(token, 0)
+
+
+def claims(token: str) -> dict[str, Any]:
+    return _segment(token, 1)
 
 
 def b64(data: bytes) -> str:
@@ -304,7 +314,8 @@ async def test_aged_out(az: AzHarness, offline: Offline) -> None:
     az.clock.set(birthday)
     aged_out = table(Decision(False, "AGED_OUT", "P6"))
     assert aged_out == await agree(client, offline, "kid-16", result.attestation.token)
-    assert 1 == await az.app.age_out.run_once()  # type: ignore[union-attr]
+    assert az.app.age_out is not None
+    assert 1 == await az.app.age_out.run_once()
     az.clock.advance(3600)
     assert aged_out == await agree(client, offline, "kid-16", result.attestation.token)
     assert "aged_out" == (await client.introspect_attestation(account_id="kid-16")).status
@@ -367,6 +378,7 @@ async def test_revocation_is_seen_online_and_through_the_status_list(az: AzHarne
         served.text, await client.get_jwks(), expected_uri=uri, now=az.clock.now(), issuer=ISSUER
     )
     other = (await client.introspect_attestation(account_id="acc-2")).status_list_index
+    assert other is not None
     assert (INVALID, VALID, LIST_TTL) == (
         listed.status_list.get(ref["idx"]),
         listed.status_list.get(other),
@@ -457,7 +469,7 @@ async def test_blocking_client_authorizes_revokes_and_introspects(az: AzHarness)
     client = await az.client()
     await verify_phone(az, client, "acc-s")
 
-    def flow() -> tuple:
+    def flow() -> tuple[Decision, bool, Decision, str, str]:
         with Client.connect(az.target, api_key=az.keys[("alpha", Role.PLATFORM)]) as c:
             before = c.authorize(account_id="acc-s", action="comment")
             revoked = c.revoke_attestation(account_id="acc-s", reason="account_deleted")
@@ -524,7 +536,7 @@ async def test_forged_tokens_are_refused_by_the_sdk(az: AzHarness, offline: Offl
 # --- key rotation without restart ----------------------------------------------------------------
 
 
-def kids(jwks: str | dict) -> set[str]:
+def kids(jwks: str | dict[str, Any]) -> set[str]:
     data = json.loads(jwks) if isinstance(jwks, str) else jwks
     return {k["kid"] for k in data["keys"]}
 
@@ -537,7 +549,8 @@ async def test_rotation_while_the_server_runs(az: AzHarness) -> None:
     client = await az.client()
     old = await verify_phone(az, client, "acc-old")
     ring = Keyring.load(az.keyring)
-    k1, k2 = ring.active.kid, ring.next.kid  # type: ignore[union-attr]
+    assert ring.next is not None
+    k1, k2 = ring.active.kid, ring.next.kid
     jwks_before = await client.get_jwks()
     async with httpx.AsyncClient() as http:
         served = await http.get(f"{az.base}/.well-known/jwks.json")
@@ -556,7 +569,9 @@ async def test_rotation_while_the_server_runs(az: AzHarness) -> None:
     fetches = cache.fetches
 
     Keyring.rotate_dir(az.keyring, now=az.clock.now(), token_ttl=TOKEN_TTL)
-    k3 = Keyring.load(az.keyring).next.kid  # type: ignore[union-attr]
+    rotated = Keyring.load(az.keyring)
+    assert rotated.next is not None
+    k3 = rotated.next.kid
 
     new = await verify_phone(az, client, "acc-new")
     jwks_after = await client.get_jwks()
@@ -569,7 +584,8 @@ async def test_rotation_while_the_server_runs(az: AzHarness) -> None:
     assert k2 == header(resigned.token)["kid"]
     assert 1 == az.app.signing.reloads
 
-    offline = AsyncOfflineAuthorizer(cache, AsyncStatusListCache(cache, clock=az.clock.now))
+    lists = AsyncStatusListCache(cache, clock=az.clock.now)
+    offline = AsyncOfflineAuthorizer(cache, lists)
     for token in (old.token, new.token):
         assert await client.authorize(account_id="acc-old", action="post") == (
             await offline.authorize(token, "post", now=az.clock.now())
@@ -590,7 +606,7 @@ async def test_rotation_while_the_server_runs(az: AzHarness) -> None:
     with pytest.raises(TokenInvalid) as e:
         await cache.verify(f"{forged_head}.{payload}.{signature}", now=az.clock.now())
     assert ("UNKNOWN_KEY", fetches + 1) == (e.value.reason, cache.fetches)  # rate limited
-    await offline.status_lists.aclose()  # type: ignore[union-attr]
+    await lists.aclose()
     await cache.aclose()
 
 
@@ -620,7 +636,8 @@ async def test_the_listener_starts_and_stops_with_the_server() -> None:
     server = await start_server(app, "127.0.0.1:0")
     base = f"http://127.0.0.1:{server.wellknown_port}"
     try:
-        assert f"{base}/statuslists/beta/0" == app.status_lists.uri("beta")  # type: ignore[union-attr]
+        assert app.status_lists is not None
+        assert f"{base}/statuslists/beta/0" == app.status_lists.uri("beta")
         async with httpx.AsyncClient() as http:
             codes = [
                 (await http.get(f"{base}{path}")).status_code

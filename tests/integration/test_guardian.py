@@ -8,16 +8,24 @@ import datetime as dt
 import json
 import logging
 import re
+from typing import Any, TypedDict, Unpack
 
 import pytest
 
-from xacthuc.client import AsyncClient, AttestationVerifier, Client
+from xacthuc.client import (
+    AgingOutPage,
+    AsyncClient,
+    Attestation,
+    AttestationVerifier,
+    Client,
+    GuardianLink,
+)
 from xacthuc.domain import errors
 from xacthuc.domain.age import start_of_day, turns_at
 from xacthuc.domain.errors import Code
 from xacthuc.server.auth import Role
 
-from .conftest import Harness
+from .conftest import Citizen, Harness
 
 D = dt.date
 HOUR = 3600.0
@@ -27,12 +35,12 @@ MUM_PHONE = "0912345678"
 DAD_PHONE = "0987654321"
 # The sandbox registry's adult An (verifiers/data/sandbox_citizens.jsonl) and Thư, born
 # 2008-10-24: 17 in January 2026.
-AN = {
+AN: Citizen = {
     "personal_id_number": "001085336181",
     "full_name": "Nguyễn Văn An",
     "date_of_birth": D(1985, 3, 14),
 }
-THU = {
+THU: Citizen = {
     "personal_id_number": "101308857285",
     "full_name": "Trần Thị Minh Thư",
     "date_of_birth": D(2008, 10, 24),
@@ -46,7 +54,9 @@ def noon(day: dt.date) -> float:
     return start_of_day(day) + 12 * HOUR
 
 
-async def verify_phone(h: Harness, client: AsyncClient, account: str, phone: str = MUM_PHONE):
+async def verify_phone(
+    h: Harness, client: AsyncClient, account: str, phone: str = MUM_PHONE
+) -> Attestation:
     """The guardian verifies their OWN account with the ordinary phone OTP flow."""
     challenge = await client.start_phone_verification(
         account_id=account, phone_number=phone, client_ip=IP
@@ -58,8 +68,19 @@ async def verify_phone(h: Harness, client: AsyncClient, account: str, phone: str
     )
 
 
-async def link(client: AsyncClient, child: str = "kid-1", **kw):
-    args = {
+class LinkArgs(TypedDict, total=False):
+    """The arguments of `link_guardian` that a test changes (the others as in `link`)."""
+
+    child_date_of_birth: dt.date
+    guardian_account_id: str
+    guardian_date_of_birth: dt.date
+    relationship: str
+    guardian_consent: bool
+    child_consent: bool
+
+
+async def link(client: AsyncClient, child: str = "kid-1", **kw: Unpack[LinkArgs]) -> GuardianLink:
+    args: LinkArgs = {
         "child_date_of_birth": KID_BORN,
         "guardian_account_id": "mum",
         "guardian_date_of_birth": MUM_BORN,
@@ -71,12 +92,12 @@ async def link(client: AsyncClient, child: str = "kid-1", **kw):
     return await client.link_guardian(child_account_id=child, **args)
 
 
-async def audit(h: Harness, platform: str = "alpha") -> list[dict]:
+async def audit(h: Harness, platform: str = "alpha") -> list[dict[str, Any]]:
     auditor = await h.client(platform, Role.AUDITOR)
     return [r.record for r in (await auditor.query_audit_records(page_size=1000)).records]
 
 
-def claims_of(h: Harness, jwks: str, token: str, now: float) -> dict:
+def claims_of(h: Harness, jwks: str, token: str, now: float) -> dict[str, Any]:
     verifier = AttestationVerifier(jwks, issuer=h.app.settings.issuer, audience="alpha")
     return verifier.verify(token, now=now).claims
 
@@ -352,7 +373,7 @@ async def test_consent_of_a_child_of_7_or_over_is_required(
     ],
 )
 async def test_malformed_requests_are_refused(
-    harness: Harness, change: dict, error: type[errors.XacthucError], field: str
+    harness: Harness, change: LinkArgs, error: type[errors.XacthucError], field: str
 ) -> None:
     client = await harness.client()
     await verify_phone(harness, client, "mum")
@@ -435,7 +456,9 @@ async def test_withdrawal_revokes_the_childs_attestation_at_once(harness: Harnes
     eligibility = await client.get_commercial_livestream_eligibility(account_id="kid-1")
     assert "ATTESTATION_REVOKED" == eligibility.reason
     bits = await harness.app.store.status_bits("alpha")
-    idx = (await harness.app.store.get_attestation("alpha", "kid-1")).status_idx  # type: ignore[union-attr]
+    got = await harness.app.store.get_attestation("alpha", "kid-1")
+    assert got is not None
+    idx = got.status_idx
     assert 1 == (bits[idx // 8] >> (7 - idx % 8)) & 1
     with pytest.raises(errors.LinkAlreadyEnded):
         await client.withdraw_guardian_link(link_id=result.link_id)
@@ -530,14 +553,17 @@ async def test_turning_16_ages_the_link_out(harness: Harness, offset_days: int) 
     birthday = turns_at(born, 16)
     harness.clock.set(birthday + offset_days * DAY)
 
-    swept = await harness.app.age_out.run_once()  # type: ignore[union-attr]
+    assert harness.app.age_out is not None
+
+    swept = await harness.app.age_out.run_once()
 
     eligibility = await client.get_commercial_livestream_eligibility(account_id="kid-1")
-    window = {
-        "from_time": dt.datetime.fromtimestamp(birthday - 2 * DAY, dt.UTC),
-        "to_time": dt.datetime.fromtimestamp(birthday + 2 * DAY, dt.UTC),
-    }
-    listed = (await client.list_accounts_aging_out(**window)).account_ids
+    listed = (
+        await client.list_accounts_aging_out(
+            from_time=dt.datetime.fromtimestamp(birthday - 2 * DAY, dt.UTC),
+            to_time=dt.datetime.fromtimestamp(birthday + 2 * DAY, dt.UTC),
+        )
+    ).account_ids
     if offset_days < 0:
         assert (0, "GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM", ["kid-1"]) == (
             swept,
@@ -550,7 +576,9 @@ async def test_turning_16_ages_the_link_out(harness: Harness, offset_days: int) 
             )
         return
     assert (1, "AGED_OUT", []) == (swept, eligibility.reason, listed)
-    assert "aged_out" == (await harness.app.store.get_attestation("alpha", "kid-1")).status  # type: ignore[union-attr]
+    got = await harness.app.store.get_attestation("alpha", "kid-1")
+    assert got is not None
+    assert "aged_out" == got.status
     ended = [r for r in await audit(harness) if r["event"] == "guardian_link_ended"]
     assert [("ok", "aged_out", result.link_id)] == [
         (r["outcome"], r["reason"], r["link"]) for r in ended
@@ -561,7 +589,8 @@ async def test_turning_16_ages_the_link_out(harness: Harness, offset_days: int) 
         await client.get_attestation(account_id="kid-1")
     await verify_phone(harness, client, "kid-1", DAD_PHONE)  # now in their own name
     assert not (await client.get_attestation(account_id="kid-1")).guardian_managed
-    assert 0 == await harness.app.age_out.run_once()  # type: ignore[union-attr]
+    assert harness.app.age_out is not None
+    assert 0 == await harness.app.age_out.run_once()
 
 
 # --- the blocking client, and P9 ---------------------------------------------------------------
@@ -572,7 +601,7 @@ async def test_the_blocking_client_links_lists_and_withdraws(harness: Harness) -
     await verify_phone(harness, client, "mum")
     key = harness.keys[("alpha", Role.PLATFORM)]
 
-    def run() -> tuple:
+    def run() -> tuple[GuardianLink, AgingOutPage, dt.datetime]:
         with Client.connect(harness.target, api_key=key, timeout=10) as sync:
             made = sync.link_guardian(
                 child_account_id="kid-1",
@@ -618,7 +647,8 @@ async def test_no_guardian_or_child_personal_data_in_logs_or_audit(
         await link(client, "kid-3", guardian_date_of_birth=D(2015, 1, 1))
     await client.withdraw_guardian_link(link_id=result.link_id)
     harness.clock.set(turns_at(KID_BORN, 16))
-    await harness.app.age_out.run_once()  # type: ignore[union-attr]
+    assert harness.app.age_out is not None
+    await harness.app.age_out.run_once()
 
     records = [json.dumps(r, ensure_ascii=False) for r in await audit(harness)]
     assert 15 <= len(records)

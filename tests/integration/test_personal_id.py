@@ -10,7 +10,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NotRequired, TypedDict, Unpack
 
 import pytest
 from aiohttp import web
@@ -28,15 +28,34 @@ from xacthuc.server.auth import Role
 from xacthuc.server.runtime import start_server
 
 from ..test_http_registry import Pki, pki  # noqa: F401  (the self-made CA fixture)
-from .conftest import START, CapturingSms, Harness, make_keys, make_settings
+from .conftest import START, CapturingSms, Citizen, Harness, make_keys, make_settings
+
+
+class Person(Citizen):
+    """What `by_id` sends: a citizen's identity, and the sex the user declares, if any."""
+
+    sex: NotRequired[str]
+
+
+class PersonChange(TypedDict, total=False):
+    personal_id_number: str
+    full_name: str
+    date_of_birth: datetime.date
+    sex: str
+
+
+class Options(TypedDict, total=False):
+    purpose: str
+    declared_no_vietnamese_mobile: bool
+
 
 # Synthetic citizens from the shipped sandbox file (verifiers/data/sandbox_citizens.jsonl).
-AN = {
+AN: Person = {
     "personal_id_number": "001085336181",
     "full_name": "Nguyễn Văn An",
     "date_of_birth": datetime.date(1985, 3, 14),
 }
-NGOC = {
+NGOC: Person = {
     "personal_id_number": "001190312909",
     "full_name": "Trần Thị Bích Ngọc",
     "date_of_birth": datetime.date(1990, 11, 2),
@@ -135,15 +154,14 @@ def shape(e: errors.XacthucError) -> tuple[object, ...]:
 
 
 async def by_id(
-    client: AsyncClient, person: dict[str, Any], account: str = "acc-1", **kw: Any
+    client: AsyncClient, person: Person, account: str = "acc-1", **kw: Unpack[Options]
 ) -> Attestation:
-    args = {
+    options: Options = {
         "purpose": "no_vietnamese_mobile",
         "declared_no_vietnamese_mobile": True,
-        **person,
         **kw,
     }
-    return await client.verify_personal_id(account_id=account, client_ip=IP, **args)
+    return await client.verify_personal_id(account_id=account, client_ip=IP, **person, **options)
 
 
 async def test_a_registry_match_gives_a_personal_id_attestation(idh: IdHarness) -> None:
@@ -209,7 +227,7 @@ async def test_unknown_number_looks_exactly_like_no_match(idh: IdHarness) -> Non
     ],
 )
 async def test_structural_refusals_never_reach_the_registry(
-    idh: IdHarness, change: dict[str, Any], error: type[errors.XacthucError]
+    idh: IdHarness, change: PersonChange, error: type[errors.XacthucError]
 ) -> None:
     """Each structural problem has its own INVALID_ARGUMENT reason and costs no registry call."""
     client = await idh.client()
@@ -275,7 +293,7 @@ async def test_failing_registry_is_unavailable(idh: IdHarness) -> None:
 
 async def test_children_are_sent_to_the_guardian_route(idh: IdHarness) -> None:
     """R1/P6: under 16 on today's date in Vietnam -> GUARDIAN_REQUIRED; P7 for the livestream purpose."""
-    child = {
+    child: Person = {
         "personal_id_number": "001212345678",
         "full_name": "Em Bé",
         "date_of_birth": datetime.date(2012, 6, 1),

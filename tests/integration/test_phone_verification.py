@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from xacthuc.client import AsyncClient, AttestationVerifier, Client, TokenInvalid
+from xacthuc.client import AsyncClient, AttestationVerifier, Challenge, Client, TokenInvalid
 from xacthuc.domain import errors
 from xacthuc.domain.errors import Code
 from xacthuc.domain.tokens import LEGAL_BASIS
@@ -23,7 +23,7 @@ IP = "203.0.113.7"
 
 async def start(
     h: Harness, account: str = "acc-1", phone: str = PHONE, key: str = "", platform: str = "alpha"
-):
+) -> Challenge:
     client = await h.client(platform)
     return await client.start_phone_verification(
         account_id=account, phone_number=phone, client_ip=IP, idempotency_key=key
