@@ -20,10 +20,23 @@ NOW = 1_800_000_000.0
 DAY = 86_400.0
 
 
-def state(**kw: object) -> AttestationState:
-    base: dict[str, object] = {"method": "phone_otp", "expires_at": NOW + 30 * DAY}
-    base.update(kw)
-    return AttestationState(**base)  # type: ignore[arg-type]
+def state(
+    *,
+    method: str = "phone_otp",
+    expires_at: float = NOW + 30 * DAY,
+    guardian_managed: bool = False,
+    commercial_livestream: bool = False,
+    revoked: bool = False,
+    aged_out_at: float | None = None,
+) -> AttestationState:
+    return AttestationState(
+        method=method,
+        expires_at=expires_at,
+        guardian_managed=guardian_managed,
+        commercial_livestream=commercial_livestream,
+        revoked=revoked,
+        aged_out_at=aged_out_at,
+    )
 
 
 PHONE = state()

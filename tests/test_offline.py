@@ -40,16 +40,29 @@ def sign(record: AttestationRecord, *, ages_out: bool = False, platform: str = "
     )
 
 
-def record(**kw: object) -> AttestationRecord:
-    base = AttestationRecord(
+def record(
+    *,
+    method: str = "phone_otp",
+    verified_at: float = NOW - DAY,
+    issued_at: float = NOW - DAY,
+    expires_at: float = NOW + 30 * DAY,
+    status: str = "active",
+    guardian_managed: bool = False,
+    commercial_livestream: bool = False,
+    aged_out_at: float | None = None,
+) -> AttestationRecord:
+    return AttestationRecord(
         account_id="acct-1",
-        method="phone_otp",
+        method=method,
         token_id="tok-1",
-        verified_at=NOW - DAY,
-        issued_at=NOW - DAY,
-        expires_at=NOW + 30 * DAY,
+        verified_at=verified_at,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        status=status,
+        guardian_managed=guardian_managed,
+        commercial_livestream=commercial_livestream,
+        aged_out_at=aged_out_at,
     )
-    return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def server_state(rec: AttestationRecord, birthday16: float | None) -> AttestationState:

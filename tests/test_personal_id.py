@@ -214,7 +214,7 @@ def test_result_is_frozen() -> None:
     parsed = parse("079190123456", D(1990, 11, 2))
 
     with pytest.raises(AttributeError):
-        parsed.number = "001085012345"  # type: ignore[misc]
+        parsed.number = "001085012345"  # type: ignore[misc]  # the refusal under test
 
 
 # --- properties --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import inspect
 import re
 
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
 
 from xacthuc.client import AsyncClient, Client
 from xacthuc.client import _wire as w
@@ -32,7 +33,9 @@ def test_the_stubs_are_what_this_test_expects() -> None:
 
 @pytest.mark.parametrize(("service", "method"), RPCS, ids=[m.name for _, m in RPCS])
 @pytest.mark.parametrize("client", [AsyncClient, Client], ids=["AsyncClient", "Client"])
-def test_every_rpc_has_a_wrapper(client: type, service: str, method) -> None:  # type: ignore[no-untyped-def]
+def test_every_rpc_has_a_wrapper(
+    client: type[AsyncClient] | type[Client], service: str, method: MethodDescriptor
+) -> None:
     """RPC `FooBar` -> method `foo_bar`, keyword-only arguments and a `timeout` (the deadline);
     coroutine in AsyncClient (an async generator for a server stream), plain in Client."""
     wrapper = getattr(client, snake(method.name), None)

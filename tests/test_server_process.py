@@ -113,7 +113,7 @@ async def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(tmp_p
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    gw_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    gw_port = site.port
     keys = tmp_path / "keys.json"
     api_key, entry = new_key("p1", Role.PLATFORM)
     ApiKeys.append_to_file(keys, entry)

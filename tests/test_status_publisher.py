@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.statuslist import INVALID, VALID, StatusList, read_status_list_token
 from xacthuc.domain.tokens import SigningKey, TokenSigner
 from xacthuc.verifiers.status_publisher import CHUNK_BYTES, StatusListPublisher, draft_order
@@ -41,10 +42,11 @@ def test_padding_is_whole_chunks_of_zeros() -> None:
     assert (INVALID, VALID, VALID) == (sl.get(0), sl.get(1), sl.get(CHUNK_BYTES * 8 - 1))
 
 
-class Bits:
-    """A store stand-in: the bitmap, and how often it was read."""
+class Bits(MemoryStore):
+    """A store whose status bits are set by the test, counting how often they were read."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.bits: dict[str, bytes] = {"alpha": redis_order({3}, 2)}
         self.reads = 0
 
@@ -54,11 +56,14 @@ class Bits:
         return self.bits.get(platform, b"")
 
 
+World = tuple[StatusListPublisher, Bits, list[float]]
+
+
 @pytest.fixture
-def world() -> tuple[StatusListPublisher, Bits, list[float]]:
+def world() -> World:
     store, now = Bits(), [NOW]
     publisher = StatusListPublisher(
-        store,  # type: ignore[arg-type]
+        store,
         clock=lambda: now[0],
         signing_key=lambda: KEY,
         issuer=ISSUER,
@@ -69,7 +74,7 @@ def world() -> tuple[StatusListPublisher, Bits, list[float]]:
     return publisher, store, now
 
 
-async def test_the_signed_list_verifies_with_the_draft_claims(world) -> None:  # type: ignore[no-untyped-def]
+async def test_the_signed_list_verifies_with_the_draft_claims(world: World) -> None:
     publisher, _, _ = world
     uri = f"{BASE}/statuslists/alpha/0"
     assert ({"idx": 5, "uri": uri}, uri) == (
@@ -83,7 +88,7 @@ async def test_the_signed_list_verifies_with_the_draft_claims(world) -> None:  #
     assert (INVALID, VALID) == (token.status_list.get(3), token.status_list.get(4))
 
 
-async def test_the_list_is_cached_briefly_and_shared(world) -> None:  # type: ignore[no-untyped-def]
+async def test_the_list_is_cached_briefly_and_shared(world: World) -> None:
     """Concurrent misses share one build; the copy serves for a few seconds, then is rebuilt."""
     publisher, store, now = world
     tokens = await asyncio.gather(*(publisher.token("alpha") for _ in range(20)))
@@ -96,7 +101,7 @@ async def test_the_list_is_cached_briefly_and_shared(world) -> None:  # type: ig
     assert 2 == store.reads
 
 
-async def test_a_revocation_through_this_process_drops_the_copy(world) -> None:  # type: ignore[no-untyped-def]
+async def test_a_revocation_through_this_process_drops_the_copy(world: World) -> None:
     publisher, store, _ = world
     await publisher.token("alpha")
     store.bits["alpha"] = redis_order({3, 4}, 2)
@@ -107,7 +112,7 @@ async def test_a_revocation_through_this_process_drops_the_copy(world) -> None: 
     assert INVALID == token.status_list.get(4)
 
 
-async def test_a_build_that_raced_a_revocation_is_not_kept(world) -> None:  # type: ignore[no-untyped-def]
+async def test_a_build_that_raced_a_revocation_is_not_kept(world: World) -> None:
     """A list read before a revocation may be answered once, never cached after it."""
     publisher, store, _ = world
     build = asyncio.create_task(publisher.token("alpha"))
@@ -118,14 +123,14 @@ async def test_a_build_that_raced_a_revocation_is_not_kept(world) -> None:  # ty
     assert 2 == store.reads
 
 
-async def test_unknown_platforms_and_lists_are_not_served(world) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_platforms_and_lists_are_not_served(world: World) -> None:
     publisher, _, _ = world
     assert None is await publisher.serve("gamma", 0)
     assert None is await publisher.serve("alpha", 1)
     assert (await publisher.serve("beta", 0) or "").count(".") == 2
 
 
-def test_the_base_url_may_be_set_once_the_port_is_known(world) -> None:  # type: ignore[no-untyped-def]
+def test_the_base_url_may_be_set_once_the_port_is_known(world: World) -> None:
     publisher, _, _ = world
     publisher.uri("alpha")
     publisher.base_url = "http://127.0.0.1:41234"

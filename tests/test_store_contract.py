@@ -837,7 +837,9 @@ async def test_audit_records_slice_like_a_list(store: Store, start: int, stop: i
 # --- Redis only -------------------------------------------------------------------------------
 
 
-async def test_each_redis_operation_is_one_round_trip(redis_url: str, redis_namespace: str) -> None:
+async def test_each_redis_operation_is_one_round_trip(
+    redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every store operation sends exactly one command; the scripted ones send EVALSHA."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     store = RedisStore(redis_url, namespace=redis_namespace, client=client)
@@ -848,7 +850,7 @@ async def test_each_redis_operation_is_one_round_trip(redis_url: str, redis_name
         commands.append(str(args[0]))
         return await execute(*args, **options)
 
-    client.execute_command = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(client, "execute_command", counted)
 
     async def one_of_each(offset: float) -> list[list[str]]:
         t = NOW + offset

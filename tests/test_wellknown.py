@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -45,7 +46,7 @@ class Published:
 
 
 @pytest.fixture
-async def served(tmp_path) -> AsyncIterator[tuple[str, Published]]:  # type: ignore[no-untyped-def]
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, Published]]:
     published = Published(Keyring.init(tmp_path, now=NOW), "")
     app = make_wellknown_app(
         published.jwks, published.status_list, jwks_ttl=JWKS_TTL, status_ttl=STATUS_TTL

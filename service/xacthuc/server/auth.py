@@ -78,13 +78,15 @@ class ApiKeys:
         return {e.platform for e in self._entries.values()}
 
     def authenticate(self, authorization: str | None) -> Caller:
-        caller = self._seen.get(authorization) if authorization else None
+        if not authorization:
+            raise CredentialMissing()
+        caller = self._seen.get(authorization)
         if caller is not None:
             return caller
         caller = self._check(authorization)
         if len(self._seen) >= _SEEN_MAX:
             self._seen.clear()
-        self._seen[authorization] = caller  # type: ignore[index]  # _check refused None
+        self._seen[authorization] = caller
         return caller
 
     def _check(self, authorization: str | None) -> Caller:

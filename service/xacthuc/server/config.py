@@ -287,6 +287,8 @@ class Settings(BaseSettings):
     def load(cls, **overrides: object) -> Settings:
         """Build from the environment (and overrides), or raise ConfigError listing every problem."""
         try:
+            # Ignored: the overrides are checked by pydantic right here (ValidationError ->
+            # ConfigError), so any value may come in; the generated __init__ wants field types.
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as e:
             problems = []

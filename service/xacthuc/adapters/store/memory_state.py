@@ -119,8 +119,28 @@ class MemoryBase:
         self._platforms: dict[str, _Platform] = defaultdict(_Platform)
         self._starts = 0
 
-    def _audit(self, p: _Platform, platform: str, now: float, **fields: str | int) -> None:
-        record = audit_record(seq=len(p.audit), now=now, platform=platform, **fields)  # type: ignore[arg-type]
+    def _audit(
+        self,
+        p: _Platform,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **fields: str | int,
+    ) -> None:
+        record = audit_record(
+            seq=len(p.audit),
+            now=now,
+            platform=platform,
+            account=account,
+            event=event,
+            outcome=outcome,
+            reason=reason,
+            **fields,
+        )
         # Never before the previous record's time, so times in a log never go backwards (a
         # step that read the clock before another was appended, another replica's clock);
         # RFC 3339 UTC with milliseconds compares as text. common.lua's audit_time() mirrors it.

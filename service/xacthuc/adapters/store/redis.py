@@ -549,9 +549,7 @@ class RedisStore:
     async def status_bits(self, platform: str) -> bytes:
         key = f"{self._prefix(platform)}sl:bits"
         try:
-            raw = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                "GET", key, **{NEVER_DECODE: True}
-            )
+            raw = await self._redis.execute_command("GET", key, **{NEVER_DECODE: True})
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
         return bytes(raw or b"")
