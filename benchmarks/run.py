@@ -120,6 +120,7 @@ from redis_probe import (
 from sms_gateway import SmsGateway
 
 from xacthuc.client import AsyncClient, AttestationVerifier
+from xacthuc.client._wire import channel_options
 from xacthuc.server.auth import Role, new_key
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 
@@ -310,8 +311,10 @@ class Benchmark:
             echo_channel = self._channel(self.echo.port)
             stack.push_async_callback(echo_channel.close)
             self.echo_calls.append(echo_channel.unary_unary(ECHO_METHOD))
-            channel = self._channel(self.server.port)
-            client = AsyncClient(channel, api_key=self.api_key, timeout=CALL_TIMEOUT, retries=2)
+            # The SDK's own retry policy (gRPC's, from the channel's service config), as
+            # AsyncClient.connect sets it up.
+            channel = self._channel(self.server.port, channel_options(retries=2))
+            client = AsyncClient(channel, api_key=self.api_key, timeout=CALL_TIMEOUT)
             stack.push_async_callback(client.close)
             self.clients.append(client)
             self.raw_stubs.append(verification_pb2_grpc.VerificationServiceStub(channel))
@@ -351,11 +354,11 @@ class Benchmark:
         return {"settings": settings, "api_key_entry": entry}
 
     @staticmethod
-    def _channel(port: int) -> grpc.aio.Channel:
+    def _channel(port: int, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
         # A local subchannel pool gives every channel its own HTTP/2 connection; by default
         # channels with equal arguments share one.
         return grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1), *(options or [])]
         )
 
     async def _delete_namespace(self) -> None:

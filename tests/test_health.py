@@ -149,7 +149,11 @@ class Watcher:
     def __init__(self, channel: grpc.aio.Channel, service: str) -> None:
         self.seen: list[int] = []
         self._changed = asyncio.Event()
-        self._call = health_pb2_grpc.HealthStub(channel).Watch(
+        # Ignored: types-grpcio-health-checking declares HealthStub with only __init__, but
+        # the generated class sets its Check and Watch multicallables in __init__.
+        self._call: grpc.aio.UnaryStreamCall[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = health_pb2_grpc.HealthStub(channel).Watch(  # type: ignore[attr-defined]
             health_pb2.HealthCheckRequest(service=service)
         )
         self._task = asyncio.create_task(self._read())
@@ -174,7 +178,8 @@ class Watcher:
 
 
 async def _check(channel: grpc.aio.Channel, service: str) -> int:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(
+    # Ignored: HealthStub's multicallables are missing from its stub (see Watcher).
+    reply: health_pb2.HealthCheckResponse = await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
         health_pb2.HealthCheckRequest(service=service), timeout=5
     )
     return int(reply.status)
@@ -223,10 +228,22 @@ async def test_the_health_command_exits_1_while_redis_is_down(
     assert "NOT_SERVING" == capsys.readouterr().out.strip()
 
 
+class RecordingHealth(HealthServicer):
+    """The aio health servicer, keeping the last status set for each service."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: dict[str, int] = {}
+
+    async def set(self, service: str, status: int) -> None:
+        await super().set(service, status)
+        self.statuses[service] = status
+
+
 async def test_a_probe_that_hangs_counts_as_down_after_its_timeout() -> None:
     """A dependency that never answers (a black-holed address) is down once the timeout passes;
     the others are still probed, and only the failing one is blamed."""
-    health = HealthServicer()
+    health = RecordingHealth()
     never = asyncio.Event()
 
     async def hangs() -> None:
@@ -247,7 +264,7 @@ async def test_a_probe_that_hangs_counts_as_down_after_its_timeout() -> None:
     assert time.monotonic() - began < 5  # bounded (the timeout), not forever
     assert False is await monitor.update()
     for service in ("", "xacthuc.v1.VerificationService"):
-        assert NOT_SERVING == health._server_status[service]
+        assert NOT_SERVING == health.statuses[service]
 
 
 async def test_the_prober_ends_with_the_server(own_redis: OwnRedis) -> None:

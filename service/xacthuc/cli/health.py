@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            # Ignored: types-grpcio-health-checking declares HealthStub with only __init__, but
+            # the generated class sets its Check and Watch multicallables in __init__.
+            reply: health_pb2.HealthCheckResponse = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as e:
