@@ -100,7 +100,40 @@ def test_the_latest_release_tag_is_the_baseline(repo: Repo) -> None:
 def test_a_shallow_clone_fails_rather_than_passing_against_itself(
     repo: Repo, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """With history cut, the baseline would be HEAD itself: the check refuses to run."""
+    """With history cut and no origin to deepen it from, the baseline would be HEAD itself:
+    the check refuses to run."""
+    clone = _shallow_clone(repo, tmp_path_factory)
+    subprocess.run(
+        ["git", "-C", str(clone), "remote", "remove", "origin"], env=repo.env, check=True
+    )
+    run = subprocess.run(
+        [str(SCRIPT), str(clone)], env=repo.env, capture_output=True, text=True, timeout=300
+    )
+    assert 1 == run.returncode
+    assert "shallow clone" in run.stderr
+
+
+def test_a_shallow_clone_is_deepened_from_its_origin(
+    repo: Repo, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A shallow clone (as CI checks out) fetches its history and checks the real baseline."""
+    clone = _shallow_clone(repo, tmp_path_factory)
+    run = subprocess.run(
+        [str(SCRIPT), str(clone)], env=repo.env, capture_output=True, text=True, timeout=300
+    )
+    assert (0, "") == (run.returncode, run.stderr)
+    assert "against the first commit of protos/" in run.stdout
+    deepened = subprocess.run(
+        ["git", "-C", str(clone), "rev-parse", "--is-shallow-repository"],
+        env=repo.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "false" == deepened.stdout.strip()
+
+
+def _shallow_clone(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo.commit("second")
     clone = tmp_path_factory.mktemp("shallow") / "clone"
     subprocess.run(
@@ -109,8 +142,4 @@ def test_a_shallow_clone_fails_rather_than_passing_against_itself(
         check=True,
         timeout=60,
     )
-    run = subprocess.run(
-        [str(SCRIPT), str(clone)], env=repo.env, capture_output=True, text=True, timeout=300
-    )
-    assert 1 == run.returncode
-    assert "shallow clone" in run.stderr
+    return clone
