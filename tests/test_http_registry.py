@@ -8,7 +8,6 @@ import ipaddress
 import json
 import logging
 import ssl
-import time
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xacthuc.adapters.registry.http import CircuitState, HttpRegistry
+from xacthuc.domain.clock import FixedClock, MonotonicClock
 from xacthuc.ports.registry import RegistryAnswer, RegistryQuery, RegistryUnavailableError
 
 NUMBER = "001085336181"
@@ -213,17 +213,9 @@ async def registry(pki: Pki) -> AsyncIterator[Registry]:
         await runner.cleanup()
 
 
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> FixedClock:
+    return FixedClock(1000.0)
 
 
 @pytest.fixture
@@ -232,7 +224,7 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-async def make(pki: Pki, clock: FakeClock, sleeps: list[float]) -> AsyncIterator[Any]:
+async def make(pki: Pki, clock: FixedClock, sleeps: list[float]) -> AsyncIterator[Any]:
     """Builds HttpRegistry clients with the test PKI, fake sleep and clock; closes them all."""
     made: list[HttpRegistry] = []
 
@@ -389,7 +381,7 @@ async def test_other_answers_are_unavailable_without_retry(
 
 
 async def test_circuit_opens_after_threshold_and_half_opens_after_reset(
-    registry: Registry, make: Any, clock: FakeClock
+    registry: Registry, make: Any, clock: FixedClock
 ) -> None:
     """N failed matches open the circuit (no more hits); after reset_timeout one trial closes it."""
     registry.replies = [Reply(500)]
@@ -404,12 +396,12 @@ async def test_circuit_opens_after_threshold_and_half_opens_after_reset(
         for _ in range(5):
             with pytest.raises(RegistryUnavailableError, match="circuit is open"):
                 await client.match(QUERY)
-        clock.now += 29.9
+        clock.advance(29.9)
         with pytest.raises(RegistryUnavailableError, match="circuit is open"):
             await client.match(QUERY)
         assert 4 == registry.hits
 
-        clock.now += 0.1
+        clock.advance(0.1)
         assert CircuitState.HALF_OPEN == client.circuit_state
         registry.replies = [Reply(body={"result": "match"})]
         assert RegistryAnswer.MATCH == await client.match(QUERY)
@@ -420,7 +412,7 @@ async def test_circuit_opens_after_threshold_and_half_opens_after_reset(
 
 
 async def test_failed_trial_reopens_the_circuit_after_one_request(
-    registry: Registry, make: Any, clock: FakeClock
+    registry: Registry, make: Any, clock: FixedClock
 ) -> None:
     """A half-open trial is a single request; if it fails the circuit opens again."""
     registry.replies = [Reply(500)]
@@ -430,13 +422,13 @@ async def test_failed_trial_reopens_the_circuit_after_one_request(
             await client.match(QUERY)
         assert 3 == registry.hits
 
-        clock.now += 10.0
+        clock.advance(10.0)
         with pytest.raises(RegistryUnavailableError, match="after 1 attempt"):
             await client.match(QUERY)
         assert 4 == registry.hits
         assert CircuitState.OPEN == client.circuit_state
 
-        clock.now += 5.0
+        clock.advance(5.0)
         with pytest.raises(RegistryUnavailableError, match="circuit is open"):
             await client.match(QUERY)
         assert 4 == registry.hits
@@ -445,7 +437,7 @@ async def test_failed_trial_reopens_the_circuit_after_one_request(
 
 
 async def test_half_open_lets_only_one_concurrent_trial_through(
-    registry: Registry, make: Any, clock: FakeClock
+    registry: Registry, make: Any, clock: FixedClock
 ) -> None:
     """While the half-open trial is in flight, other matches fail fast without a request."""
     registry.replies = [Reply(500)]
@@ -453,7 +445,7 @@ async def test_half_open_lets_only_one_concurrent_trial_through(
     try:
         with pytest.raises(RegistryUnavailableError):
             await client.match(QUERY)
-        clock.now += 1.0
+        clock.advance(1.0)
         registry.replies = [Reply(body={"result": "match"}, delay=0.2)]
 
         results = await asyncio.gather(
@@ -505,7 +497,7 @@ async def test_a_match_cut_short_by_its_caller_counts_as_a_failure(
 
 
 async def test_a_cancelled_trial_opens_the_circuit_again(
-    registry: Registry, make: Any, clock: FakeClock
+    registry: Registry, make: Any, clock: FixedClock
 ) -> None:
     """A half-open trial cut short is a failed trial: open again, and the next trial may run."""
     registry.replies = [Reply(500)]
@@ -513,14 +505,14 @@ async def test_a_cancelled_trial_opens_the_circuit_again(
     try:
         with pytest.raises(RegistryUnavailableError):
             await client.match(QUERY)
-        clock.now += 10.0
+        clock.advance(10.0)
         registry.replies = [Reply(delay=30.0)]
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await client.match(QUERY)
         assert CircuitState.OPEN == client.circuit_state
 
-        clock.now += 10.0
+        clock.advance(10.0)
         registry.replies = [Reply()]
         assert RegistryAnswer.MATCH == await client.match(QUERY)
     finally:
@@ -532,7 +524,7 @@ async def test_a_cancelled_trial_opens_the_circuit_again(
 )
 async def test_no_back_off_or_attempt_starts_that_cannot_end_within_the_deadline(
     registry: Registry,
-    clock: FakeClock,
+    clock: FixedClock,
     pki: Pki,
     monkeypatch: pytest.MonkeyPatch,
     deadline: float,
@@ -541,12 +533,12 @@ async def test_no_back_off_or_attempt_starts_that_cannot_end_within_the_deadline
 ) -> None:
     """One deadline covers attempts and back-off: with 2 s per attempt and 2 s back-off, a
     retry happens only when its wait and a whole attempt still fit."""
-    monkeypatch.setattr("xacthuc.adapters.registry.http.random.uniform", lambda low, high: high)
+    monkeypatch.setattr("xacthuc.domain.backoff.random.uniform", lambda low, high: high)
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:  # the back-off passes on the breaker's clock
         slept.append(seconds)
-        clock.now += seconds
+        clock.advance(seconds)
 
     registry.replies = [Reply(500)]
     client = HttpRegistry(
@@ -581,7 +573,7 @@ async def test_a_hanging_registry_opens_the_circuit_however_many_retries(
         backoff=0.1,
         deadline=0.8,
         failure_threshold=2,
-        clock=time.monotonic,
+        clock=MonotonicClock(),
         sleep=asyncio.sleep,
     )
     try:

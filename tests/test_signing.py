@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from xacthuc.adapters.keyring import MANIFEST, Keyring, KeyringError
+from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.tokens import SigningKey
 from xacthuc.server.config import ConfigError, Settings
 from xacthuc.server.signing import RECHECK_SECONDS, RETRY_SECONDS, SigningKeys
@@ -22,8 +23,8 @@ class Clocks:
     """The service clock (which keys are published) and the monotonic one (re-check pacing)."""
 
     def __init__(self) -> None:
-        self.now = T0
-        self.mono = 0.0
+        self.wall = FixedClock(T0)
+        self.mono = FixedClock(0.0)
 
 
 def kids(keys: SigningKeys, clocks: Clocks) -> set[str]:
@@ -33,9 +34,9 @@ def kids(keys: SigningKeys, clocks: Clocks) -> set[str]:
 def make(tmp_path: Path, clocks: Clocks) -> SigningKeys:
     return SigningKeys(
         issuer=ISSUER,
-        clock=lambda: clocks.now,
+        clock=clocks.wall,
         keys_dir=tmp_path,
-        monotonic=lambda: clocks.mono,
+        monotonic=clocks.mono,
         status_list=lambda platform, idx: {"idx": idx, "uri": f"https://x/{platform}"},
     )
 
@@ -86,7 +87,7 @@ def test_an_unchanged_keyring_is_not_loaded_again(
     monkeypatch.setattr(Keyring, "load", classmethod(counted))
     for _ in range(100):
         keys.current()
-    clocks.mono += RECHECK_SECONDS
+    clocks.mono.advance(RECHECK_SECONDS)
     keys.current()
     assert [] == loads
 
@@ -104,7 +105,7 @@ def test_a_rotation_a_stat_cannot_see_is_caught_by_the_recheck(
     assert 1 == keys.generation
     keys.current()
     assert 1 == keys.generation
-    clocks.mono += RECHECK_SECONDS
+    clocks.mono.advance(RECHECK_SECONDS)
     assert ring.active.kid == keys.current().kid
     assert 2 == keys.generation
 
@@ -127,7 +128,7 @@ def test_a_broken_keyring_keeps_the_keys_held(
         for _ in range(5):
             assert ring.active.kid == keys.current().kid
         assert (1, 1) == (failures(), keys.generation)
-        clocks.mono += RETRY_SECONDS
+        clocks.mono.advance(RETRY_SECONDS)
         keys.current()
         assert 2 == failures()
 
@@ -149,9 +150,9 @@ def test_a_retired_key_leaves_the_jwks_at_the_end_of_its_window(tmp_path: Path) 
     Keyring.rotate_dir(tmp_path, now=T0, token_ttl=TTL, leeway=300)
     keys = make(tmp_path, clocks)
     assert ring.active.kid in kids(keys, clocks)
-    clocks.now = T0 + TTL + 299
+    clocks.wall.set(T0 + TTL + 299)
     assert ring.active.kid in kids(keys, clocks)
-    clocks.now = T0 + TTL + 300
+    clocks.wall.set(T0 + TTL + 300)
     assert ring.active.kid not in kids(keys, clocks)
     assert 2 == len(kids(keys, clocks))
 
@@ -167,16 +168,16 @@ def test_settings_pick_the_keyring_over_the_key_file(
     pem.write_bytes(single.to_pem())
     both = Settings.load(signing_keys_dir=tmp_path / "ring", signing_key_file=pem)
     with caplog.at_level(logging.WARNING, logger="xacthuc.server.signing"):
-        keys = SigningKeys.from_settings(both, lambda: T0)
+        keys = SigningKeys.from_settings(both, FixedClock(T0))
     assert (ring.active.kid, 1) == (keys.current().kid, keys.generation)
     assert any("is not used" in r.message for r in caplog.records)
-    file_only = SigningKeys.from_settings(Settings.load(signing_key_file=pem), lambda: T0)
+    file_only = SigningKeys.from_settings(Settings.load(signing_key_file=pem), FixedClock(T0))
     assert (single.kid, 0, None) == (
         file_only.current().kid,
         file_only.generation,
         file_only.keyring,
     )
-    generated = SigningKeys.from_settings(Settings.load(), lambda: T0)
+    generated = SigningKeys.from_settings(Settings.load(), FixedClock(T0))
     assert generated.current().kid not in {single.kid, ring.active.kid}
 
 

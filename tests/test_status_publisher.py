@@ -6,8 +6,14 @@ import asyncio
 
 import pytest
 
-from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.domain.statuslist import INVALID, VALID, StatusList, read_status_list_token
+from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.statuslist import (
+    INVALID,
+    VALID,
+    StatusList,
+    StatusListNames,
+    read_status_list_token,
+)
 from xacthuc.domain.tokens import SigningKey, TokenSigner
 from xacthuc.verifiers.status_publisher import CHUNK_BYTES, StatusListPublisher, draft_order
 
@@ -56,29 +62,29 @@ class Bits(MemoryStore):
         return self.bits.get(platform, b"")
 
 
-World = tuple[StatusListPublisher, Bits, list[float]]
+World = tuple[StatusListPublisher, Bits, FixedClock]
 
 
 @pytest.fixture
 def world() -> World:
-    store, now = Bits(), [NOW]
+    store, clock = Bits(), FixedClock(NOW)
     publisher = StatusListPublisher(
         store,
-        clock=lambda: now[0],
+        names=StatusListNames(BASE + "/"),
+        clock=clock,
         signing_key=lambda: KEY,
         issuer=ISSUER,
-        base_url=BASE + "/",
         ttl=300,
         platforms=lambda: {"alpha", "beta"},
     )
-    return publisher, store, now
+    return publisher, store, clock
 
 
 async def test_the_signed_list_verifies_with_the_draft_claims(world: World) -> None:
     publisher, _, _ = world
     uri = f"{BASE}/statuslists/alpha/0"
     assert ({"idx": 5, "uri": uri}, uri) == (
-        publisher.reference("alpha", 5),
+        publisher.names.reference("alpha", 5),
         publisher.uri("alpha"),
     )
     token = read_status_list_token(
@@ -93,10 +99,10 @@ async def test_the_list_is_cached_briefly_and_shared(world: World) -> None:
     publisher, store, now = world
     tokens = await asyncio.gather(*(publisher.token("alpha") for _ in range(20)))
     assert (1, 1, 1) == (len(set(tokens)), store.reads, publisher.builds)
-    now[0] += 4.9
+    now.advance(4.9)
     await publisher.token("alpha")
     assert 1 == store.reads
-    now[0] += 0.1
+    now.advance(0.1)
     await publisher.token("alpha")
     assert 2 == store.reads
 
@@ -133,5 +139,5 @@ async def test_unknown_platforms_and_lists_are_not_served(world: World) -> None:
 def test_the_base_url_may_be_set_once_the_port_is_known(world: World) -> None:
     publisher, _, _ = world
     publisher.uri("alpha")
-    publisher.base_url = "http://127.0.0.1:41234"
+    publisher.names.base_url = "http://127.0.0.1:41234"
     assert "http://127.0.0.1:41234/statuslists/alpha/0" == publisher.uri("alpha")

@@ -553,8 +553,6 @@ async def test_turning_16_ages_the_link_out(harness: Harness, offset_days: int) 
     birthday = turns_at(born, 16)
     harness.clock.set(birthday + offset_days * DAY)
 
-    assert harness.app.age_out is not None
-
     swept = await harness.app.age_out.run_once()
 
     eligibility = await client.get_commercial_livestream_eligibility(account_id="kid-1")
@@ -589,7 +587,6 @@ async def test_turning_16_ages_the_link_out(harness: Harness, offset_days: int) 
         await client.get_attestation(account_id="kid-1")
     await verify_phone(harness, client, "kid-1", DAD_PHONE)  # now in their own name
     assert not (await client.get_attestation(account_id="kid-1")).guardian_managed
-    assert harness.app.age_out is not None
     assert 0 == await harness.app.age_out.run_once()
 
 
@@ -647,7 +644,6 @@ async def test_no_guardian_or_child_personal_data_in_logs_or_audit(
         await link(client, "kid-3", guardian_date_of_birth=D(2015, 1, 1))
     await client.withdraw_guardian_link(link_id=result.link_id)
     harness.clock.set(turns_at(KID_BORN, 16))
-    assert harness.app.age_out is not None
     await harness.app.age_out.run_once()
 
     records = [json.dumps(r, ensure_ascii=False) for r in await audit(harness)]

@@ -253,7 +253,6 @@ async def test_gateway_failure_is_unavailable_and_leaves_nothing(harness: Harnes
 
 async def test_credentials_and_roles_are_enforced(harness: Harness) -> None:
     """No key is CREDENTIAL_MISSING, a bad key CREDENTIAL_INVALID, a platform key on audit ROLE_NOT_ALLOWED."""
-    from xacthuc.client import AsyncClient
 
     async with await AsyncClient.connect(harness.target, api_key="") as anonymous:
         with pytest.raises(errors.CredentialMissing):
@@ -337,30 +336,6 @@ async def test_get_attestation_returns_the_current_one(harness: Harness) -> None
     )
     again = await client.get_attestation(account_id="acc-1")
     assert (att.token_id, att.token) == (again.token_id, again.token)
-
-
-async def test_unserved_rpcs_say_so() -> None:
-    """A part the server was built without answers UNIMPLEMENTED with reason NOT_IMPLEMENTED
-    (here: no guardian linker), through the client as a typed error."""
-    from xacthuc.domain.clock import FixedClock
-    from xacthuc.server.app import build_app
-    from xacthuc.server.runtime import start_server
-
-    from .conftest import START, CapturingSms, make_keys, make_settings
-
-    keys, raw = make_keys()
-    app = build_app(make_settings(), sms=CapturingSms(), clock=FixedClock(START), api_keys=keys)
-    app.guardian = None
-    server = await start_server(app, "127.0.0.1:0")
-    try:
-        async with await AsyncClient.connect(
-            f"127.0.0.1:{server.port}", api_key=raw[("alpha", Role.PLATFORM)]
-        ) as client:
-            with pytest.raises(errors.NotImplementedYet) as e:
-                await client.withdraw_guardian_link(link_id="gl_" + "a" * 22)
-    finally:
-        await server.stop(grace=0)
-    assert Code.UNIMPLEMENTED == e.value.code
 
 
 async def test_blocking_client_speaks_the_same_api(harness: Harness) -> None:

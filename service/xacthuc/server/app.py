@@ -16,6 +16,7 @@ from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.clock import Clock, SystemClock
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.records import Limits
+from xacthuc.domain.statuslist import StatusListNames
 from xacthuc.domain.tokens import SigningKey
 from xacthuc.ports.registry import IdentityRegistry
 from xacthuc.ports.sms import SmsSender
@@ -39,35 +40,45 @@ DEMO_PLATFORM = "demo"
 REGISTRY_DEADLINE_GRACE = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class App:
+    """Every part of the service, built once by `build_app`; nothing is optional and nothing
+    is replaced later, so no caller checks whether a part exists."""
+
     settings: Settings
     store: Store
     sms: SmsSender
+    registry: IdentityRegistry
     clock: Clock
     api_keys: ApiKeys
     # The attestation signer in use, following the keyring on disk (issue 5).
     signing: SigningKeys
-    phone: PhoneOtpVerifier
-    registry: IdentityRegistry
-    personal_id: PersonalIdVerifier
-    # Keys made up at start in dev mode, to print once: role -> key.
-    demo_keys: dict[Role, str] = field(default_factory=dict)
-    # The verifiable audit log: Merkle trees, signed checkpoints (issue 6).
-    audit_log: AuditLog | None = None
-    # Children under 16 (issue 4): guardian links, and the sweep that ends them at 16.
-    guardian: GuardianLinker | None = None
-    age_out: AgeOutSweeper | None = None
     # Each platform's signed status list (issue 5): named by every token, served by RPC
     # and by the well-known HTTP listener.
-    status_lists: StatusListPublisher | None = None
+    status_lists: StatusListPublisher
+    phone: PhoneOtpVerifier
+    personal_id: PersonalIdVerifier
+    # Children under 16 (issue 4): guardian links, and the sweep that ends them at 16.
+    guardian: GuardianLinker
+    age_out: AgeOutSweeper
+    # The verifiable audit log: Merkle trees, signed checkpoints (issue 6).
+    audit_log: AuditLog
     # The dependencies health follows (name -> probe): the store; add others (a database)
     # here, where they are built.
-    probes: dict[str, Probe] = field(default_factory=dict)
+    probes: dict[str, Probe]
+    # Keys made up at start in dev mode, to print once: role -> key.
+    demo_keys: dict[Role, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Start the background tasks: the audit log's checkpointer and the age-out sweep
+        (P6). The server calls it once it serves."""
+        self.audit_log.start()
+        self.age_out.start()
 
     async def aclose(self) -> None:
-        if self.age_out is not None:
-            await self.age_out.stop()
+        """Stop the background tasks, then close the outbound connections and the store."""
+        await self.age_out.stop()
+        await self.audit_log.stop()
         await self.sms.aclose()
         await self.registry.aclose()
         await self.store.aclose()
@@ -206,16 +217,19 @@ def build_app(
                 raw, entry = new_key(DEMO_PLATFORM, role)
                 api_keys.add(entry)
                 demo_keys[role] = raw
+    # The status lists' names first: the signer names a token's list with them, the
+    # publisher signs each list under them, and neither needs the other.
+    names = StatusListNames(public_base_url(settings))
+    signing = SigningKeys.from_settings(settings, clock, status_list=names.reference)
     status_lists = StatusListPublisher(
         store,
-        clock=clock.now,
+        names=names,
+        clock=clock,
         signing_key=lambda: signing.current().key,
         issuer=settings.issuer,
-        base_url=public_base_url(settings),
         ttl=settings.status_list_ttl_seconds,
         platforms=api_keys.platforms,
     )
-    signing = SigningKeys.from_settings(settings, clock.now, status_list=status_lists.reference)
     pseudonyms = Pseudonymizer(pseudonym_key)
     limits = limits_from(settings)
     phone = PhoneOtpVerifier(
@@ -241,16 +255,24 @@ def build_app(
         # timeout, a little later, only guards against a registry that overruns it.
         registry_deadline_seconds=settings.registry_deadline_seconds + REGISTRY_DEADLINE_GRACE,
     )
-    app = App(
-        settings, store, sms, clock, api_keys, signing, phone, registry, personal_id, demo_keys
+    return App(
+        settings=settings,
+        store=store,
+        sms=sms,
+        registry=registry,
+        clock=clock,
+        api_keys=api_keys,
+        signing=signing,
+        status_lists=status_lists,
+        phone=phone,
+        personal_id=personal_id,
+        guardian=GuardianLinker(
+            store=store, clock=clock, limits=limits, token_ttl_seconds=settings.token_ttl_seconds
+        ),
+        age_out=AgeOutSweeper(
+            store, clock, api_keys.platforms, interval_seconds=settings.age_out_sweep_seconds
+        ),
+        audit_log=make_audit_log(settings, store, clock, api_keys),
+        probes={"store": store.ping},
+        demo_keys=demo_keys,
     )
-    app.status_lists = status_lists
-    app.probes = {"store": store.ping}
-    app.audit_log = make_audit_log(settings, store, clock, api_keys)
-    app.guardian = GuardianLinker(
-        store=store, clock=clock, limits=limits, token_ttl_seconds=settings.token_ttl_seconds
-    )
-    app.age_out = AgeOutSweeper(
-        store, clock, api_keys.platforms, interval_seconds=settings.age_out_sweep_seconds
-    )
-    return app

@@ -15,12 +15,12 @@ import base64
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.clock import Clock, rfc3339
 from xacthuc.domain.errors import FieldInvalid, StoreUnavailable, XacthucError
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Caller, Role
@@ -39,12 +39,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
         api_keys: ApiKeys,
         store: Store,
         audit_log: AuditLog,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.api_keys = api_keys
         self._store = store
         self._log = audit_log
-        self._now = clock
+        self._clock = clock
 
     @contextlib.asynccontextmanager
     async def _audited(
@@ -69,7 +69,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
     ) -> None:
         await self._store.append_audit(
             caller.platform,
-            self._now(),
+            self._clock.now(),
             account="",
             event=f"auditor_{method}",
             outcome=outcome,

@@ -26,7 +26,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Histogram
 
 from xacthuc.domain.errors import (
-    NotImplementedYet,
     RequestMalformed,
     RoleNotAllowed,
     XacthucError,
@@ -183,11 +182,6 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
         return handler
 
     return wrap
-
-
-async def not_implemented(self: Any, caller: Caller, request: object) -> None:
-    """The body of RPCs that are in the contract but not served yet."""
-    raise NotImplementedYet()
 
 
 def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Callable[..., Any]]:

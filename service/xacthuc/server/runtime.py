@@ -31,7 +31,7 @@ from xacthuc.adapters.wellknown import (
     start_wellknown,
     stop_wellknown,
 )
-from xacthuc.server.app import App, make_audit_log
+from xacthuc.server.app import App
 from xacthuc.server.audit import AuditServicer
 from xacthuc.server.health import HealthMonitor
 from xacthuc.server.rpc import add_service
@@ -77,8 +77,6 @@ class Server:
         if self._wellknown is not None:
             await stop_wellknown(self._wellknown)
             self._wellknown = None
-        if self.app.audit_log is not None:
-            await self.app.audit_log.stop()
         await self.app.aclose()
 
     async def wait(self) -> None:
@@ -105,22 +103,19 @@ async def start_server(
             personal_id=app.personal_id,
             store=app.store,
             signing=app.signing,
-            clock=app.clock.now,
+            clock=app.clock,
             guardian=app.guardian,
             status_lists=app.status_lists,
         ),
         VERIFICATION_SERVICE,
     )
-    if app.audit_log is None:
-        app.audit_log = make_audit_log(app.settings, app.store, app.clock, app.api_keys)
-    audit_log = app.audit_log
     add_service(
         server,
         AuditServicer(
             api_keys=app.api_keys,
             store=app.store,
-            audit_log=audit_log,
-            clock=app.clock.now,
+            audit_log=app.audit_log,
+            clock=app.clock,
         ),
         AUDIT_SERVICE,
     )
@@ -145,9 +140,7 @@ async def start_server(
         if wellknown is not None:
             await stop_wellknown(wellknown)
         raise
-    audit_log.start()  # the background checkpointer
-    if app.age_out is not None:  # ends guardian links of children who turned 16 (P6)
-        app.age_out.start()
+    app.start()  # the audit log's checkpointer, the age-out sweep
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     monitor = HealthMonitor(
@@ -166,7 +159,7 @@ async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None
     XACTHUC_PUBLIC_BASE_URL is unset (the port bound may have been 0)."""
     s = app.settings
     address = s.wellknown_listen if listen is None else listen
-    if not address or app.status_lists is None:
+    if not address:
         return None
     host, _, port = address.rpartition(":")
     http = make_wellknown_app(
@@ -178,7 +171,7 @@ async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None
     runner = await start_wellknown(http, host.strip("[]"), int(port))
     if not s.public_base_url:
         bound = bound_port(runner)
-        app.status_lists.base_url = f"http://{host}:{bound}"
+        app.status_lists.names.base_url = f"http://{host}:{bound}"
     return runner
 
 
@@ -204,7 +197,7 @@ async def serve(app: App) -> None:
         app.settings.mode.value,
         app.settings.store_url.split("://")[0],
     )
-    if running.wellknown_port and app.status_lists is not None:
+    if running.wellknown_port:
         log.info(
             "JWKS and status lists served over HTTP on port %d; status lists named %s",
             running.wellknown_port,

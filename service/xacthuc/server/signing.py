@@ -29,11 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from xacthuc.adapters.keyring import MANIFEST, Keyring, KeyringError
+from xacthuc.domain.clock import Clock, MonotonicClock
 from xacthuc.domain.tokens import SigningKey, StatusListRef, TokenSigner
 from xacthuc.server.config import Settings
 
@@ -54,17 +53,17 @@ class SigningKeys:
         self,
         *,
         issuer: str,
-        clock: Callable[[], float],
+        clock: Clock,
         key: SigningKey | None = None,
         keys_dir: Path | None = None,
         status_list: StatusListRef | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Clock | None = None,
     ) -> None:
         if (key is None) == (keys_dir is None):
             raise ValueError("give exactly one of key and keys_dir")
         self._issuer = issuer
         self._clock = clock
-        self._monotonic = monotonic
+        self._monotonic = monotonic or MonotonicClock()
         self._status_list = status_list
         self._dir = keys_dir
         self._ring: Keyring | None = None
@@ -76,7 +75,7 @@ class SigningKeys:
         self.reloads = 0  # keyrings installed after the first, for tests and metrics
         if keys_dir is not None:
             self._seen = self._stat()
-            self._checked_at = monotonic()
+            self._checked_at = self._monotonic.now()
             self._install(Keyring.load(keys_dir))  # KeyringError: the server does not start
         else:
             assert key is not None
@@ -86,7 +85,7 @@ class SigningKeys:
     def from_settings(
         cls,
         settings: Settings,
-        clock: Callable[[], float],
+        clock: Clock,
         *,
         status_list: StatusListRef | None = None,
     ) -> SigningKeys:
@@ -136,7 +135,7 @@ class SigningKeys:
         return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     def _check(self) -> None:
-        mono = self._monotonic()
+        mono = self._monotonic.now()
         seen = self._stat()
         if seen != self._seen:
             # A file that failed to load is tried again when it changes, or after a pause.
@@ -146,7 +145,7 @@ class SigningKeys:
             self._checked_at = mono
             if self._disk_generation() not in (None, self.generation):
                 self._reload(seen, mono)
-        if self._changes_at is not None and self._clock() >= self._changes_at:
+        if self._changes_at is not None and self._clock.now() >= self._changes_at:
             assert self._ring is not None
             self._install(self._ring)  # a retired key's window ended: rebuild the JWKS
 
@@ -184,11 +183,11 @@ class SigningKeys:
                 ring.generation,
                 self._signer.kid,
                 old,
-                len(ring.published_entries(self._clock())),
+                len(ring.published_entries(self._clock.now())),
             )
 
     def _install(self, ring: Keyring) -> None:
-        now = self._clock()
+        now = self._clock.now()
         self._ring = ring
         self._signer = ring.signer(self._issuer, now=now, status_list=self._status_list)
         self._changes_at = ring.jwks_changes_at(now)

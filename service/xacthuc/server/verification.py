@@ -8,10 +8,10 @@ out-of-bounds requests (`request_bounds`) and maps errors.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
 
+from xacthuc.domain.clock import Clock
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide
-from xacthuc.domain.errors import AttestationNotFound, FieldInvalid, NotImplementedYet
+from xacthuc.domain.errors import AttestationNotFound, FieldInvalid
 from xacthuc.domain.personal_id import Sex
 from xacthuc.domain.records import AttestationRecord, check_revocation_reason
 from xacthuc.ports.store import Store
@@ -59,18 +59,18 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         personal_id: PersonalIdVerifier,
         store: Store,
         signing: SigningKeys,
-        clock: Callable[[], float],
-        guardian: GuardianLinker | None = None,
-        status_lists: StatusListPublisher | None = None,
+        clock: Clock,
+        guardian: GuardianLinker,
+        status_lists: StatusListPublisher,
     ) -> None:
         self.api_keys = api_keys
         self._phone = phone
         self._personal_id = personal_id
-        self._guardian_linker = guardian
+        self._guardian = guardian
         self._store = store
         self._signing = signing
-        self._now = clock
-        self._status_list_publisher = status_lists
+        self._clock = clock
+        self._status_lists = status_lists
 
     def _attestation(
         self, platform: str, record: AttestationRecord
@@ -88,22 +88,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             guardian_ref=record.guardian_ref if record.guardian_managed else "",
         )
 
-    @property
-    def _guardian(self) -> GuardianLinker:
-        if self._guardian_linker is None:
-            raise NotImplementedYet()
-        return self._guardian_linker
-
-    @property
-    def _status_lists(self) -> StatusListPublisher:
-        if self._status_list_publisher is None:
-            raise NotImplementedYet()
-        return self._status_list_publisher
-
     def _revoked(self, platform: str) -> None:
         """A revocation went through: the cached status list of the platform is stale."""
-        if self._status_list_publisher is not None:
-            self._status_list_publisher.invalidate(platform)
+        self._status_lists.invalidate(platform)
 
     @rpc(Role.PLATFORM)
     async def StartPhoneVerification(
@@ -144,7 +131,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
     ) -> verification_pb2.GetAttestationResponse:
         check_account_id(request.account_id)
         record = await self._store.get_attestation(caller.platform, request.account_id)
-        if record is None or record.status != "active" or record.expires_at <= self._now():
+        if record is None or record.status != "active" or record.expires_at <= self._clock.now():
             raise AttestationNotFound()
         return verification_pb2.GetAttestationResponse(
             attestation=self._attestation(caller.platform, record)
@@ -183,7 +170,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
     ) -> verification_pb2.GetCommercialLivestreamEligibilityResponse:
         check_account_id(request.account_id)
         record = await self._store.get_attestation(caller.platform, request.account_id)
-        decision = decide(state_of(record), Action.COMMERCIAL_LIVESTREAM, self._now())
+        decision = decide(state_of(record), Action.COMMERCIAL_LIVESTREAM, self._clock.now())
         return verification_pb2.GetCommercialLivestreamEligibilityResponse(
             eligible=decision.allowed, reason="" if decision.allowed else decision.reason
         )
@@ -248,7 +235,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         if action is None:
             raise FieldInvalid("action", f"must be one of {', '.join(a.value for a in Action)}")
         record = await self._store.get_attestation(caller.platform, request.account_id)
-        decision = decide(state_of(record), action, self._now())
+        decision = decide(state_of(record), action, self._clock.now())
         response = _DECISIONS.get(decision)
         if response is None:
             response = _DECISIONS[decision] = verification_pb2.AuthorizeResponse(
@@ -262,7 +249,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
     ) -> verification_pb2.RevokeAttestationResponse:
         check_account_id(request.account_id)
         check_revocation_reason(request.reason)
-        now = self._now()
+        now = self._clock.now()
         # One store call: revocation is idempotent and keeps the first revocation's time, so
         # an earlier time than this call's means it was revoked before.
         revoked = await self._store.revoke_attestation(
@@ -280,7 +267,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
     ) -> verification_pb2.IntrospectAttestationResponse:
         check_account_id(request.account_id)
         record = await self._store.get_attestation(caller.platform, request.account_id)
-        status = introspection_status(record, self._now())
+        status = introspection_status(record, self._clock.now())
         if record is None:
             return verification_pb2.IntrospectAttestationResponse(status=status)
         response = verification_pb2.IntrospectAttestationResponse(
@@ -290,8 +277,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             method=_METHODS.get(record.method, verification_pb2.VERIFICATION_METHOD_UNSPECIFIED),
             expires_at=timestamp(record.expires_at),
         )
-        if record.status_idx >= 0 and self._status_list_publisher is not None:
-            response.status_list_uri = self._status_list_publisher.uri(caller.platform)
+        if record.status_idx >= 0:
+            response.status_list_uri = self._status_lists.uri(caller.platform)
             response.status_list_index = record.status_idx
         return response
 

@@ -1,4 +1,11 @@
-"""Time as an injected dependency: rules never read the system clock themselves."""
+"""Time as an injected dependency: rules never read the system clock themselves.
+
+One type, `Clock`, everywhere a component needs the time: use cases, adapters, the gRPC edge
+and the SDK's caches take one and call `now()`. Two real clocks implement it: `SystemClock`
+(seconds since the Unix epoch: expiry, birthdays, token times) and `MonotonicClock` (seconds
+that never go back: pacing, back-off windows, circuit breakers, which must not jump with the
+wall clock). Tests pass a `FixedClock` for either.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,23 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> float:
-        """Seconds since the Unix epoch (UTC)."""
+        """Seconds: since the Unix epoch (UTC) for a wall clock, from an arbitrary origin for
+        a monotonic one (only differences mean anything)."""
         ...
 
 
 class SystemClock:
+    """The wall clock: seconds since the Unix epoch."""
+
     def now(self) -> float:
         return time.time()
+
+
+class MonotonicClock:
+    """A clock for measuring intervals: never goes back, unrelated to the date."""
+
+    def now(self) -> float:
+        return time.monotonic()
 
 
 class FixedClock:

@@ -43,11 +43,50 @@ BITS = (1, 2, 4, 8)
 MAX_BYTES = 16 * 1024 * 1024
 
 
+LIST_NO = 0  # one list per platform
+
+
 def status_list_uri(base_url: str, platform: str, list_no: int) -> str:
     """The `uri` tokens carry for list `list_no` of `platform` (the well-known listener's path
     `/statuslists/<platform>/<list>`): named here so the token signer, the publisher and the
     listener agree without knowing each other."""
     return f"{base_url.rstrip('/')}/statuslists/{platform}/{list_no}"
+
+
+class StatusListNames:
+    """Where each platform's status list lives: `<base>/statuslists/<platform>/0`.
+
+    Built first at composition and handed to both sides: the token signer names a token's
+    list with `reference` (a `tokens.StatusListRef`), the publisher signs the list under `uri`.
+    So neither needs the other, and both always say the same URI.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._uris: dict[str, str] = {}
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        """The one late fact: the well-known listener's port when it was asked to bind port 0
+        and no public base URL is configured. Set when it binds, before the server starts
+        (so before any token is signed)."""
+        self._base_url = value.rstrip("/")
+        self._uris.clear()
+
+    def uri(self, platform: str) -> str:
+        """The URI of the platform's list, and the `sub` of its status list token."""
+        uri = self._uris.get(platform)
+        if uri is None:
+            uri = self._uris[platform] = status_list_uri(self._base_url, platform, LIST_NO)
+        return uri
+
+    def reference(self, platform: str, idx: int) -> dict[str, Any]:
+        """The `status_list` member of a token's `status` claim (section 6.2)."""
+        return {"idx": idx, "uri": self.uri(platform)}
 
 
 class StatusListInvalid(InvalidArgument, ValueError):

@@ -2,7 +2,8 @@
 
 One list per platform, list number 0, at `<public base URL>/statuslists/<platform>/0`: every
 attestation token of the platform names it in `"status": {"status_list": {"idx", "uri"}}`,
-with the index the store gave the token (`AttestationRecord.status_idx`).
+with the index the store gave the token (`AttestationRecord.status_idx`). The URI comes from
+`StatusListNames` (the domain's naming, shared with the token signer), not from here.
 
 The list is the store's bitmap (`Store.status_bits`, 1 = revoked) put in the draft's bit
 order: the store keeps Redis SETBIT order (index 0 is the MOST significant bit of byte 0),
@@ -28,13 +29,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
-from xacthuc.domain.statuslist import StatusList, status_list_uri
+from xacthuc.domain.clock import Clock
+from xacthuc.domain.statuslist import LIST_NO, StatusList, StatusListNames
 from xacthuc.domain.tokens import SigningKey
 from xacthuc.ports.store import Store
 
-LIST_NO = 0  # one list per platform
 CHUNK_BYTES = 16 * 1024  # lists grow by 131,072 entries at a time
 CACHE_SECONDS = 5.0
 
@@ -56,38 +56,30 @@ class StatusListPublisher:
         self,
         store: Store,
         *,
-        clock: Callable[[], float],
+        names: StatusListNames,
+        clock: Clock,
         signing_key: Callable[[], SigningKey],
         issuer: str,
-        base_url: str,
         ttl: int,
         platforms: Callable[[], set[str]],
         cache_seconds: float = CACHE_SECONDS,
     ) -> None:
         self._store = store
+        self._names = names
         self._clock = clock
         self._signing_key = signing_key
         self._issuer = issuer
         self._ttl = ttl
         self._platforms = platforms
         self._cache_seconds = min(cache_seconds, float(ttl))
-        self._uris: dict[str, str] = {}
-        self._base_url = ""
-        self.base_url = base_url
         self._cached: dict[str, tuple[str, float]] = {}  # platform -> (token, built at)
         self._locks: dict[str, asyncio.Lock] = {}
         self._versions: dict[str, int] = {}  # bumped by invalidate: a build then in flight
         self.builds = 0  # lists signed, for tests and metrics
 
     @property
-    def base_url(self) -> str:
-        return self._base_url
-
-    @base_url.setter
-    def base_url(self, value: str) -> None:
-        """Set once the well-known listener knows its port (before any token is signed)."""
-        self._base_url = value.rstrip("/")
-        self._uris.clear()
+    def names(self) -> StatusListNames:
+        return self._names
 
     @property
     def ttl(self) -> int:
@@ -95,14 +87,7 @@ class StatusListPublisher:
 
     def uri(self, platform: str) -> str:
         """`<base>/statuslists/<platform>/0`: the list's URI and the `sub` of its token."""
-        uri = self._uris.get(platform)
-        if uri is None:
-            uri = self._uris[platform] = status_list_uri(self._base_url, platform, LIST_NO)
-        return uri
-
-    def reference(self, platform: str, idx: int) -> dict[str, Any]:
-        """The `status_list` member of a token's `status` claim (TokenSigner's callable)."""
-        return {"idx": idx, "uri": self.uri(platform)}
+        return self._names.uri(platform)
 
     def invalidate(self, platform: str) -> None:
         """Forget the cached list (a revocation went through this process)."""
@@ -111,12 +96,12 @@ class StatusListPublisher:
 
     async def token(self, platform: str) -> str:
         """The platform's signed status list token, from the cache while it is fresh."""
-        now = self._clock()
+        now = self._clock.now()
         hit = self._fresh(platform, now)
         if hit is not None:
             return hit
         async with self._locks.setdefault(platform, asyncio.Lock()):
-            now = self._clock()
+            now = self._clock.now()
             hit = self._fresh(platform, now)
             if hit is not None:
                 return hit

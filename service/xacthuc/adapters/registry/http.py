@@ -56,10 +56,8 @@ import enum
 import json
 import logging
 import math
-import random
 import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +66,8 @@ import aiohttp
 from yarl import URL
 
 from xacthuc.adapters.outbound import proxy_from_environment
+from xacthuc.domain.backoff import check_retry_options, full_jitter
+from xacthuc.domain.clock import Clock, MonotonicClock
 from xacthuc.ports.registry import (
     RegistryAnswer,
     RegistryQuery,
@@ -129,7 +129,7 @@ class HttpRegistry:
         deadline: float = 10.0,
         failure_threshold: int = 5,
         reset_timeout: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         try:
@@ -140,10 +140,7 @@ class HttpRegistry:
             raise ValueError("registry base_url must be an https:// URL")
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a positive number of seconds")
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        if not (backoff >= 0 and math.isfinite(backoff)):
-            raise ValueError("backoff must be a non-negative number of seconds")
+        check_retry_options(retries, backoff)
         if not (deadline >= timeout and math.isfinite(deadline)):
             raise ValueError("deadline must be a number of seconds, at least `timeout`")
         if failure_threshold < 1:
@@ -158,7 +155,9 @@ class HttpRegistry:
         self._deadline = deadline
         self._failure_threshold = failure_threshold
         self._reset_timeout = reset_timeout
-        self._clock = clock
+        self._clock = (
+            clock or MonotonicClock()
+        )  # the breaker and the deadline: immune to date changes
         self._sleep = sleep
         self._failures = 0
         self._opened_at: float | None = None
@@ -173,7 +172,7 @@ class HttpRegistry:
     def circuit_state(self) -> CircuitState:
         if self._opened_at is None:
             return CircuitState.CLOSED
-        if self._clock() - self._opened_at < self._reset_timeout:
+        if self._clock.now() - self._opened_at < self._reset_timeout:
             return CircuitState.OPEN
         return CircuitState.HALF_OPEN
 
@@ -236,17 +235,17 @@ class HttpRegistry:
         session = self._session()
         # One deadline for attempts and back-off; the first attempt always fits (deadline >=
         # timeout), a later one only when its wait and the whole attempt end before it.
-        deadline = self._clock() + self._deadline
+        deadline = self._clock.now() + self._deadline
         attempt = 0
         while True:
             attempt += 1
             outcome = await self._attempt(session, body, headers)
             if isinstance(outcome, RegistryAnswer):
                 return outcome
-            delay = self._jitter(attempt)
+            delay = full_jitter(attempt, base=self._backoff, cap=MAX_BACKOFF_SECONDS)
             if not outcome.retryable or attempt == total:
                 next_step = "giving up"
-            elif self._clock() + delay + self._timeout > deadline:
+            elif self._clock.now() + delay + self._timeout > deadline:
                 next_step = "giving up, no time for another attempt before the deadline"
             else:
                 next_step = "will retry"
@@ -254,7 +253,7 @@ class HttpRegistry:
             if next_step != "will retry":
                 break
             await self._sleep(delay)
-            if self._clock() + self._timeout > deadline:  # the wait itself ran long
+            if self._clock.now() + self._timeout > deadline:  # the wait itself ran long
                 logger.warning(
                     "identity registry giving up after %d attempt(s), no time for another "
                     "before the deadline: request_id=%s",
@@ -306,7 +305,7 @@ class HttpRegistry:
         was_open = self._opened_at is not None
         self._failures += 1
         if was_open or self._failures >= self._failure_threshold:
-            self._opened_at = self._clock()
+            self._opened_at = self._clock.now()
             logger.error(
                 "identity registry circuit opened for %.1f s after %d consecutive failure(s): "
                 "request_id=%s",
@@ -314,10 +313,6 @@ class HttpRegistry:
                 self._failures,
                 request_id,
             )
-
-    def _jitter(self, attempt: int) -> float:
-        ceiling = min(MAX_BACKOFF_SECONDS, self._backoff * 2 ** (attempt - 1))
-        return random.uniform(0.0, ceiling)
 
     def _log_failure(
         self, request_id: str, attempt: int, total: int, failure: str, next_step: str

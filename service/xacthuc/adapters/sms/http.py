@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -49,6 +48,7 @@ import aiohttp
 from yarl import URL
 
 from xacthuc.adapters.outbound import proxy_from_environment
+from xacthuc.domain.backoff import check_retry_options, full_jitter
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
 
 __all__ = ["HttpSmsSender"]
@@ -84,10 +84,7 @@ class HttpSmsSender:
             raise ValueError("SMS gateway url must be http:// or https://")
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a positive number of seconds")
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        if not (backoff >= 0 and math.isfinite(backoff)):
-            raise ValueError("backoff must be a non-negative number of seconds")
+        check_retry_options(retries, backoff)
         self._url = parsed
         self._headers = {"Authorization": auth_header} if auth_header else {}
         self._timeout = timeout
@@ -127,7 +124,11 @@ class HttpSmsSender:
             if attempt == self._attempts:
                 break
             self._log_failure(message, attempt, failure, final=False)
-            await self._sleep(retry_after if retry_after is not None else self._jitter(attempt))
+            await self._sleep(
+                retry_after
+                if retry_after is not None
+                else full_jitter(attempt, base=self._backoff, cap=MAX_BACKOFF_SECONDS)
+            )
         self._log_failure(message, self._attempts, failure, final=True)
         raise SmsDeliveryError(
             f"SMS gateway failed after {self._attempts} attempt(s); last: {failure}"
@@ -166,10 +167,6 @@ class HttpSmsSender:
         ):
             await _drain(response)
             return response.status, response.headers.get("Retry-After")
-
-    def _jitter(self, attempt: int) -> float:
-        ceiling = min(MAX_BACKOFF_SECONDS, self._backoff * 2 ** (attempt - 1))
-        return random.uniform(0.0, ceiling)
 
     def _log_failure(self, message: SmsMessage, attempt: int, failure: str, *, final: bool) -> None:
         logger.warning(
