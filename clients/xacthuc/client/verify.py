@@ -9,9 +9,7 @@ must be `xacthuc-attestation+jwt`, its `kid` must name a published key, and `iss
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,12 +19,12 @@ import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from xacthuc.domain.b64 import b64url_decode as _b64decode
 from xacthuc.domain.errors import InvalidArgument
 
 TOKEN_TYPE = "xacthuc-attestation+jwt"  # noqa: S105  (a JOSE `typ`, not a secret)
 _REQUIRED = ("iss", "aud", "sub", "iat", "exp", "jti", "method")
 _HEADER_CACHE = 64
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class TokenInvalid(InvalidArgument, ValueError):
@@ -135,13 +133,6 @@ class AttestationVerifier:
         if len(self._headers) < _HEADER_CACHE:
             self._headers[head] = key
         return key
-
-
-def _b64decode(text: str) -> bytes:
-    """base64url without padding, strictly (RFC 7515 section 2)."""
-    if not _B64URL.fullmatch(text):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _is_time(value: object) -> bool:

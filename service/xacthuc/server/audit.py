@@ -11,7 +11,6 @@ the log.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from xacthuc.domain.b64 import b64url_decode, b64url_encode
 from xacthuc.domain.clock import Clock, rfc3339
 from xacthuc.domain.errors import FieldInvalid, StoreUnavailable, XacthucError
 from xacthuc.ports.store import Store
@@ -241,7 +241,7 @@ def _snake_case(method: str) -> str:
 
 
 def _encode_page_token(index: int, end: int) -> str:
-    return base64.urlsafe_b64encode(f"i:{index}:{end}".encode()).decode()
+    return b64url_encode(f"i:{index}:{end}".encode())
 
 
 def _decode_page_token(token: str) -> tuple[int, int | None]:
@@ -249,7 +249,8 @@ def _decode_page_token(token: str) -> tuple[int, int | None]:
     if not token:
         return 0, None
     try:
-        kind, *values = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        # Unpadded base64url; tokens of earlier versions were padded, and still read.
+        kind, *values = b64url_decode(token.rstrip("=")).decode().split(":")
         numbers = [int(v) for v in values]
         if kind != "i" or len(numbers) != 2 or not 0 <= numbers[0] <= numbers[1]:
             raise ValueError

@@ -20,14 +20,14 @@ valid signature by the known key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from xacthuc.domain.b64 import b64_decode_canonical, b64_encode
 
 __all__ = [
     "ED25519_ALG",
@@ -56,21 +56,6 @@ class NoteError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint body is malformed."""
-
-
-def _b64decode_strict(text: str) -> bytes:
-    """Decode standard padded base64, rejecting anything that does not re-encode identically."""
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
-        raise ValueError("invalid base64") from exc
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise ValueError("non-canonical base64")
-    return raw
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
 
 
 def _is_valid_name(name: str) -> bool:
@@ -118,7 +103,7 @@ class Checkpoint:
 
     def body(self) -> str:
         """Return the note text: origin, size, base64 root and extensions, each + newline."""
-        lines = [self.origin, str(self.tree_size), _b64encode(self.root_hash), *self.extensions]
+        lines = [self.origin, str(self.tree_size), b64_encode(self.root_hash), *self.extensions]
         return "".join(line + "\n" for line in lines)
 
     @classmethod
@@ -135,7 +120,7 @@ class Checkpoint:
         if size_text != "0" and size_text.startswith("0"):
             raise CheckpointError("tree size must not have leading zeros")
         try:
-            root = _b64decode_strict(root_text)
+            root = b64_decode_canonical(root_text)
         except ValueError as exc:
             raise CheckpointError("root hash is not valid base64") from exc
         return cls(origin, int(size_text), root, tuple(extensions))
@@ -158,7 +143,7 @@ def key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
 
 def format_vkey(name: str, public_key: Ed25519PublicKey) -> str:
     """Return the verifier key string ``<name>+<hex key id>+<base64(0x01 || key)>``."""
-    encoded = _b64encode(bytes([ED25519_ALG]) + _public_key_bytes(public_key))
+    encoded = b64_encode(bytes([ED25519_ALG]) + _public_key_bytes(public_key))
     return f"{name}+{key_id(name, public_key).hex()}+{encoded}"
 
 
@@ -173,7 +158,7 @@ def parse_vkey(vkey: str) -> tuple[str, Ed25519PublicKey]:
     if len(hex_id) != 8 or any(ch not in "0123456789abcdef" for ch in hex_id):
         raise NoteError("key id must be 8 lowercase hex digits")
     try:
-        raw = _b64decode_strict(key_text)
+        raw = b64_decode_canonical(key_text)
     except ValueError as exc:
         raise NoteError("verifier key is not valid base64") from exc
     if len(raw) != 1 + _ED25519_KEY_SIZE or raw[0] != ED25519_ALG:
@@ -196,7 +181,7 @@ def sign_note(body: str, name: str, private_key: Ed25519PrivateKey) -> str:
         raise NoteError(f"invalid key name {name!r}")
     signature = private_key.sign(body.encode("utf-8"))
     blob = key_id(name, private_key.public_key()) + signature
-    return f"{body}\n{_SIG_PREFIX}{name} {_b64encode(blob)}\n"
+    return f"{body}\n{_SIG_PREFIX}{name} {b64_encode(blob)}\n"
 
 
 def open_note(note: str, name: str, public_key: Ed25519PublicKey) -> str:
@@ -226,7 +211,7 @@ def open_note(note: str, name: str, public_key: Ed25519PublicKey) -> str:
         if not sep or not _is_valid_name(sig_name) or not b64:
             raise NoteError("malformed signature line")
         try:
-            blob = _b64decode_strict(b64)
+            blob = b64_decode_canonical(b64)
         except ValueError as exc:
             raise NoteError("signature is not valid base64") from exc
         if len(blob) < 5:

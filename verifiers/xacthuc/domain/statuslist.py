@@ -17,8 +17,6 @@ Status values (section 7): 0 VALID, 1 INVALID (revoked), 2 SUSPENDED.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import zlib
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from xacthuc.domain.b64 import b64url_decode, b64url_encode
 from xacthuc.domain.errors import InvalidArgument
 from xacthuc.domain.tokens import SigningKey
 
@@ -98,19 +97,6 @@ class StatusListInvalid(InvalidArgument, ValueError):
         self.reason = reason
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: object) -> bytes:
-    if not isinstance(text, str) or "=" in text:
-        raise StatusListInvalid("MALFORMED", "lst must be unpadded base64url text")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise StatusListInvalid("MALFORMED", "lst is not base64url") from None
-
-
 class StatusList:
     """`size` statuses of `bits` bits each, all VALID at first."""
 
@@ -180,7 +166,7 @@ class StatusList:
 
     def encode(self) -> dict[str, Any]:
         """`{"bits": ..., "lst": base64url(zlib(bytes))}` at the highest compression level."""
-        return {"bits": self._bits, "lst": _b64encode(zlib.compress(bytes(self._data), 9))}
+        return {"bits": self._bits, "lst": b64url_encode(zlib.compress(bytes(self._data), 9))}
 
     @classmethod
     def decode(cls, obj: Any, *, max_bytes: int = MAX_BYTES) -> StatusList:
@@ -190,7 +176,13 @@ class StatusList:
         bits = obj.get("bits")
         if isinstance(bits, bool) or bits not in BITS:
             raise StatusListInvalid("MALFORMED", f"bits must be one of {BITS}")
-        compressed = _b64decode(obj.get("lst"))
+        try:
+            lst = obj.get("lst")
+            if not isinstance(lst, str):
+                raise ValueError("lst is not text")
+            compressed = b64url_decode(lst)
+        except ValueError:
+            raise StatusListInvalid("MALFORMED", "lst must be unpadded base64url text") from None
         inflater = zlib.decompressobj()
         try:
             data = inflater.decompress(compressed, max_bytes + 1)

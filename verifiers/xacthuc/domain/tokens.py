@@ -11,7 +11,6 @@ A token never carries a phone number, ID number, name or date of birth: a child'
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from xacthuc.domain.b64 import b64url_encode as _b64
 from xacthuc.domain.records import AttestationRecord
 
 TOKEN_TYPE = "xacthuc-attestation+jwt"  # noqa: S105  (a JOSE `typ`, not a secret)
@@ -32,10 +32,6 @@ EXP_REASON_AGE_16 = "age_16"  # the `exp_reason` of a child's token that ends at
 # The `status_list` member of a token's `status` claim (IETF Token Status List, section 6.2)
 # for (platform, status index): {"idx": ..., "uri": ...}; None leaves the claim out.
 StatusListRef = Callable[[str, int], dict[str, Any] | None]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def public_jwk(key: Ed25519PublicKey) -> dict[str, str]:

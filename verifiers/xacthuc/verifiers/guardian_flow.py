@@ -28,8 +28,6 @@ differs between platforms for the same guardian.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import hashlib
 import json
@@ -46,6 +44,7 @@ from xacthuc.domain.age import (
     local_date,
     turns_at,
 )
+from xacthuc.domain.b64 import b64url_decode, b64url_encode
 from xacthuc.domain.clock import Clock
 from xacthuc.domain.errors import (
     ChildConsentRequired,
@@ -218,16 +217,15 @@ def _age(field: str, born: datetime.date | None, today: datetime.date) -> int:
 def _make_token(last: AgingOut, from_time: float, to_time: float) -> str:
     body = {"a": last.account_id, "s": last.aged_out_at, "f": from_time, "t": to_time}
     raw = json.dumps(body, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return b64url_encode(raw)
 
 
 def _read_token(token: str, from_time: float, to_time: float) -> AgingOut:
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        body = json.loads(raw)
+        body = json.loads(b64url_decode(token))
         after = AgingOut(str(body["a"]), float(body["s"]))
         same_query = float(body["f"]) == from_time and float(body["t"]) == to_time
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):  # binascii, JSON and UTF-8 errors are ValueErrors
         raise FieldInvalid("page_token", "is not a token from this query") from None
     if not same_query:
         raise FieldInvalid("page_token", "belongs to another window")
