@@ -25,16 +25,16 @@ from xacthuc.adapters.store.checkpoints import (
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain import merkle
-from xacthuc.domain.audit_verify import UsageError, consistency_ranges, verify_export
+from xacthuc.domain.audit_verify import UsageError, verify_export
 from xacthuc.domain.checkpoint import Checkpoint, format_vkey, open_note, parse_vkey
 from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.merkle import MerkleCache
 from xacthuc.domain.tokens import SigningKey
 from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
 from xacthuc.ports.store import Store
 from xacthuc.verifiers.auditlog import (
     EXPORT_CHUNK_BYTES,
     AuditLog,
-    MerkleCache,
     ReportCounter,
     export_line,
 )
@@ -117,13 +117,15 @@ def test_cache_proofs_equal_the_reference_and_verify(size: int) -> None:
         merkle.verify_consistency(m, size, proof, cache.root(m), root)
 
 
-def test_consistency_ranges_give_the_reference_proof() -> None:
-    """The ranges the offline verifier accumulates hash to exactly the RFC 9162 proof."""
-    hashes = leaves(40)
+def test_proof_ranges_are_subtrees() -> None:
+    """Every range a proof needs starts at a multiple of a power of two covering it, so the
+    cache (and the offline verifier's accumulators) can build it from complete subtrees."""
     for n in range(1, 41):
-        for m in range(1, n + 1):
-            proof = [merkle.root_from_leaf_hashes(hashes[a:b]) for a, b in consistency_ranges(m, n)]
-            assert merkle.consistency_proof(hashes, m, n) == proof
+        ranges = [r for i in range(n) for r in merkle.inclusion_ranges(i, n)]
+        ranges += [r for m in range(1, n + 1) for r in merkle.consistency_ranges(m, n)]
+        for start, end in ranges:
+            width = 1 << (end - start - 1).bit_length()  # a power of two >= end - start
+            assert (0, True) == (start % width, 0 <= start < end <= n)
 
 
 # ---------------------------------------------------------------------- AuditLog, store

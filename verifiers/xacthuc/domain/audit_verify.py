@@ -60,6 +60,7 @@ from xacthuc.domain.merkle import (
     EMPTY_ROOT,
     CompactRange,
     ProofError,
+    consistency_ranges,
     leaf_hash,
     verify_consistency,
 )
@@ -92,27 +93,6 @@ class Verdict:
 
 class _BadLine(Exception):
     pass
-
-
-def consistency_ranges(size1: int, size2: int) -> list[tuple[int, int]]:
-    """The leaf ranges whose Merkle roots form PROOF(size1, D[0:size2]), in proof order
-    (the same walk as `merkle.consistency_proof`, yielding ranges instead of hashes)."""
-    if not 0 < size1 <= size2:
-        raise ValueError("need 0 < size1 <= size2")
-    ranges: list[tuple[int, int]] = []
-    start, end, m, whole = 0, size2, size1, True
-    while m != end - start:
-        k = 1 << ((end - start - 1).bit_length() - 1)
-        if m <= k:
-            ranges.append((start + k, end))
-            end = start + k
-        else:
-            ranges.append((start, start + k))
-            start, m, whole = start + k, m - k, False
-    if not whole:
-        ranges.append((start, end))
-    ranges.reverse()
-    return ranges
 
 
 class _ProofAccumulator:

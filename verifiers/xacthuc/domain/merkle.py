@@ -5,7 +5,9 @@ SHA-256(0x00 || data), an interior node as SHA-256(0x01 || left || right), and a
 n > 1 leaves splits at k, the largest power of two smaller than n. The empty tree hashes to
 SHA-256 of the empty string.
 
-Generation works on the full list of leaf hashes (the log owner has them). Verification
+Generation works on the full list of leaf hashes (the log owner has them), or on a
+`MerkleCache` of them that also keeps every complete subtree's hash; both take the subtrees
+a proof needs from `inclusion_ranges` / `consistency_ranges`. Verification
 follows the algorithms of RFC 9162 sections 2.1.3.2 and 2.1.4.2 and raises `ProofError` on
 any failure, including hashes that are not 32 bytes long and consistency proofs from the
 empty tree (which prove nothing). `CompactRange` folds a stream of leaf hashes into the
@@ -24,9 +26,12 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "CompactRange",
+    "MerkleCache",
     "ProofError",
     "consistency_proof",
+    "consistency_ranges",
     "inclusion_proof",
+    "inclusion_ranges",
     "leaf_hash",
     "node_hash",
     "root_from_leaf_hashes",
@@ -84,6 +89,57 @@ def _check_generation_args(leaf_hashes: Sequence[bytes], tree_size: int) -> None
         raise ValueError(f"tree size {tree_size} outside 0..{len(leaf_hashes)}")
 
 
+def inclusion_ranges(index: int, tree_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [start, end) whose roots form the RFC 9162 section 2.1.3.1 inclusion
+    proof PATH(index, D[0:tree_size]), from the leaf's sibling upwards (proof order).
+
+    Every range is a subtree of the tree: `start` is a multiple of a power of two at least
+    `end - start` (what `MerkleCache.range_root` needs). Raises `ValueError` unless
+    0 <= index < tree_size.
+    """
+    if not 0 <= index < tree_size:
+        raise ValueError(f"leaf index {index} outside 0..{tree_size - 1}")
+    # Walk top-down, collecting sibling subtrees; reverse to get bottom-up order.
+    ranges: list[tuple[int, int]] = []
+    start, end, m = 0, tree_size, index
+    while end - start > 1:
+        k = _largest_power_of_two_below(end - start)
+        if m < k:
+            ranges.append((start + k, end))
+            end = start + k
+        else:
+            ranges.append((start, start + k))
+            start, m = start + k, m - k
+    ranges.reverse()
+    return ranges
+
+
+def consistency_ranges(size1: int, size2: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose roots form the RFC 9162 section 2.1.4.1 consistency proof
+    PROOF(size1, D[0:size2]), in proof order; subtrees, as in `inclusion_ranges`.
+
+    Equal sizes give no range. Raises `ValueError` unless 0 < size1 <= size2: a proof from
+    the empty tree is meaningless and verifiers reject it.
+    """
+    if not 0 < size1 <= size2:
+        raise ValueError(f"consistency needs 0 < size1 <= size2, got {size1} and {size2}")
+    # SUBPROOF(m, D[start:end], b), unrolled: walk top-down, collect, reverse.
+    ranges: list[tuple[int, int]] = []
+    start, end, m, whole = 0, size2, size1, True
+    while m != end - start:
+        k = _largest_power_of_two_below(end - start)
+        if m <= k:
+            ranges.append((start + k, end))
+            end = start + k
+        else:
+            ranges.append((start, start + k))
+            start, m, whole = start + k, m - k, False
+    if not whole:
+        ranges.append((start, end))
+    ranges.reverse()
+    return ranges
+
+
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, tree_size: int) -> list[bytes]:
     """Return the RFC 9162 section 2.1.3.1 inclusion proof PATH(index, D[0:tree_size]).
 
@@ -91,22 +147,7 @@ def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, tree_size: int) ->
     Raises `ValueError` if the index or tree size is out of range.
     """
     _check_generation_args(leaf_hashes, tree_size)
-    if not 0 <= index < tree_size:
-        raise ValueError(f"leaf index {index} outside 0..{tree_size - 1}")
-    # Walk top-down, collecting sibling subtree roots; reverse to get bottom-up order.
-    path: list[bytes] = []
-    start, end, m = 0, tree_size, index
-    while end - start > 1:
-        k = _largest_power_of_two_below(end - start)
-        if m < k:
-            path.append(_subtree_root(leaf_hashes, start + k, end))
-            end = start + k
-        else:
-            path.append(_subtree_root(leaf_hashes, start, start + k))
-            start += k
-            m -= k
-    path.reverse()
-    return path
+    return [_subtree_root(leaf_hashes, a, b) for a, b in inclusion_ranges(index, tree_size)]
 
 
 def consistency_proof(leaf_hashes: Sequence[bytes], size1: int, size2: int) -> list[bytes]:
@@ -116,25 +157,7 @@ def consistency_proof(leaf_hashes: Sequence[bytes], size1: int, size2: int) -> l
     len(leaf_hashes): a proof from the empty tree is meaningless and verifiers reject it.
     """
     _check_generation_args(leaf_hashes, size2)
-    if not 0 < size1 <= size2:
-        raise ValueError(f"consistency needs 0 < size1 <= size2, got {size1} and {size2}")
-    # SUBPROOF(m, D[start:end], b), unrolled: walk top-down, collect, reverse.
-    proof: list[bytes] = []
-    start, end, m, whole = 0, size2, size1, True
-    while m != end - start:
-        k = _largest_power_of_two_below(end - start)
-        if m <= k:
-            proof.append(_subtree_root(leaf_hashes, start + k, end))
-            end = start + k
-        else:
-            proof.append(_subtree_root(leaf_hashes, start, start + k))
-            start += k
-            m -= k
-            whole = False
-    if not whole:
-        proof.append(_subtree_root(leaf_hashes, start, end))
-    proof.reverse()
-    return proof
+    return [_subtree_root(leaf_hashes, a, b) for a, b in consistency_ranges(size1, size2)]
 
 
 def _require_hash(value: bytes, what: str) -> None:
@@ -287,3 +310,80 @@ class CompactRange:
         for h in reversed(self._stack[:-1]):
             r = node_hash(h, r)
         return r
+
+
+class MerkleCache:
+    """The leaf hashes of one log and the hashes of all its complete power-of-two subtrees.
+
+    `levels[h]` holds, packed 32 bytes each, the hash of every complete subtree of 2**h
+    leaves aligned at a multiple of 2**h. Appending a leaf adds at most log2(n) nodes.
+    Proofs are the same subtrees as `inclusion_proof` / `consistency_proof`, read from the
+    levels instead of rehashed from the leaves: O(log^2 n) hash operations per proof.
+    """
+
+    __slots__ = ("_levels",)
+
+    def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
+        self._levels: list[bytearray] = [bytearray()]
+        for h in leaf_hashes:
+            self.append(h)
+
+    @property
+    def size(self) -> int:
+        return len(self._levels[0]) // HASH_SIZE
+
+    def append(self, leaf: bytes) -> None:
+        """Add one leaf hash (not record bytes: `merkle.leaf_hash` first)."""
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"leaf hash must be {HASH_SIZE} bytes")
+        index = self.size
+        self._levels[0] += leaf
+        level, h = 0, bytes(leaf)
+        while index & 1:  # this node completes a pair: its parent is complete too
+            h = node_hash(self._node(level, index - 1), h)
+            level, index = level + 1, index >> 1
+            if level == len(self._levels):
+                self._levels.append(bytearray())
+            self._levels[level] += h
+
+    def _node(self, level: int, index: int) -> bytes:
+        at = index * HASH_SIZE
+        return bytes(self._levels[level][at : at + HASH_SIZE])
+
+    def leaf(self, index: int) -> bytes:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return self._node(0, index)
+
+    def range_root(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]); `start` must be a multiple of a power of two >= end - start,
+        which holds for the whole tree and for every subtree a proof needs."""
+        if not 0 <= start <= end <= self.size:
+            raise ValueError(f"range {start}..{end} outside 0..{self.size}")
+        if start == end:
+            return EMPTY_ROOT
+        pieces: list[bytes] = []
+        pos, n = start, end - start
+        for level in range(n.bit_length() - 1, -1, -1):
+            if n >> level & 1:
+                if pos & ((1 << level) - 1):
+                    raise ValueError(f"range {start}..{end} is not aligned")
+                pieces.append(self._node(level, pos >> level))
+                pos += 1 << level
+        root = pieces[-1]
+        for piece in reversed(pieces[:-1]):
+            root = node_hash(piece, root)
+        return root
+
+    def root(self, tree_size: int | None = None) -> bytes:
+        return self.range_root(0, self.size if tree_size is None else tree_size)
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        if not 0 <= index < tree_size <= self.size:
+            raise ValueError(f"need 0 <= index < tree size <= {self.size}")
+        return [self.range_root(a, b) for a, b in inclusion_ranges(index, tree_size)]
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        if not 0 < size1 <= size2 <= self.size:
+            raise ValueError(f"need 0 < size1 <= size2 <= {self.size}")
+        return [self.range_root(a, b) for a, b in consistency_ranges(size1, size2)]

@@ -10,7 +10,7 @@ never writes records (the auditor-call records are appended by the servicer thro
 off the request path, means the verification RPCs make exactly the round trips they made
 before this module existed.
 
-**Tree cache.** `MerkleCache` keeps, per platform and in process, the leaf hashes and the
+**Tree cache.** `merkle.MerkleCache` keeps, per platform and in process, the leaf hashes and the
 hash of every complete power-of-two subtree (about 64 bytes per record), so a proof costs
 O(log^2 n) hash operations instead of a pass over the log. `AuditLog.sync` extends it from the
 cached size to the current end of the stored list, in batches: another replica may have
@@ -57,14 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xacthuc.domain.checkpoint import Checkpoint, format_vkey, sign_note
 from xacthuc.domain.clock import Clock
-from xacthuc.domain.merkle import (
-    EMPTY_ROOT,
-    HASH_SIZE,
-    ProofError,
-    leaf_hash,
-    node_hash,
-    verify_consistency,
-)
+from xacthuc.domain.merkle import EMPTY_ROOT, MerkleCache, ProofError, leaf_hash, verify_consistency
 from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
 from xacthuc.ports.metrics import LogMetrics, NoLogMetrics
 from xacthuc.ports.store import Store
@@ -74,111 +67,6 @@ log = logging.getLogger("xacthuc.audit")
 DEFAULT_ORIGIN = "xacthuc.invalid/log"
 EXPORT_CHUNK_BYTES = 64 * 1024
 LOCKOUT_EVENTS = frozenset({"phone_locked", "id_locked"})
-
-
-def _largest_power_of_two_below(n: int) -> int:
-    return 1 << ((n - 1).bit_length() - 1)
-
-
-class MerkleCache:
-    """The leaf hashes of one log and the hashes of all its complete power-of-two subtrees.
-
-    `levels[h]` holds, packed 32 bytes each, the hash of every complete subtree of 2**h
-    leaves aligned at a multiple of 2**h. Appending a leaf adds at most log2(n) nodes.
-    Proofs are RFC 9162 section 2.1.3.1 / 2.1.4.1, as in `merkle.py`, but read subtree
-    hashes from the levels instead of rehashing the leaves.
-    """
-
-    __slots__ = ("_levels",)
-
-    def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
-        self._levels: list[bytearray] = [bytearray()]
-        for h in leaf_hashes:
-            self.append(h)
-
-    @property
-    def size(self) -> int:
-        return len(self._levels[0]) // HASH_SIZE
-
-    def append(self, leaf: bytes) -> None:
-        """Add one leaf hash (not record bytes: `merkle.leaf_hash` first)."""
-        if len(leaf) != HASH_SIZE:
-            raise ValueError(f"leaf hash must be {HASH_SIZE} bytes")
-        index = self.size
-        self._levels[0] += leaf
-        level, h = 0, bytes(leaf)
-        while index & 1:  # this node completes a pair: its parent is complete too
-            h = node_hash(self._node(level, index - 1), h)
-            level, index = level + 1, index >> 1
-            if level == len(self._levels):
-                self._levels.append(bytearray())
-            self._levels[level] += h
-
-    def _node(self, level: int, index: int) -> bytes:
-        at = index * HASH_SIZE
-        return bytes(self._levels[level][at : at + HASH_SIZE])
-
-    def leaf(self, index: int) -> bytes:
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        return self._node(0, index)
-
-    def range_root(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]); `start` must be a multiple of a power of two >= end - start,
-        which holds for the whole tree and for every subtree a proof needs."""
-        if not 0 <= start <= end <= self.size:
-            raise ValueError(f"range {start}..{end} outside 0..{self.size}")
-        if start == end:
-            return EMPTY_ROOT
-        pieces: list[bytes] = []
-        pos, n = start, end - start
-        for level in range(n.bit_length() - 1, -1, -1):
-            if n >> level & 1:
-                if pos & ((1 << level) - 1):
-                    raise ValueError(f"range {start}..{end} is not aligned")
-                pieces.append(self._node(level, pos >> level))
-                pos += 1 << level
-        root = pieces[-1]
-        for piece in reversed(pieces[:-1]):
-            root = node_hash(piece, root)
-        return root
-
-    def root(self, tree_size: int | None = None) -> bytes:
-        return self.range_root(0, self.size if tree_size is None else tree_size)
-
-    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
-        if not 0 <= index < tree_size <= self.size:
-            raise ValueError(f"need 0 <= index < tree size <= {self.size}")
-        path: list[bytes] = []
-        start, end, m = 0, tree_size, index
-        while end - start > 1:
-            k = _largest_power_of_two_below(end - start)
-            if m < k:
-                path.append(self.range_root(start + k, end))
-                end = start + k
-            else:
-                path.append(self.range_root(start, start + k))
-                start, m = start + k, m - k
-        path.reverse()
-        return path
-
-    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        if not 0 < size1 <= size2 <= self.size:
-            raise ValueError(f"need 0 < size1 <= size2 <= {self.size}")
-        proof: list[bytes] = []
-        start, end, m, whole = 0, size2, size1, True
-        while m != end - start:
-            k = _largest_power_of_two_below(end - start)
-            if m <= k:
-                proof.append(self.range_root(start + k, end))
-                end = start + k
-            else:
-                proof.append(self.range_root(start, start + k))
-                start, m, whole = start + k, m - k, False
-        if not whole:
-            proof.append(self.range_root(start, end))
-        proof.reverse()
-        return proof
 
 
 def export_line(index: int, record: str, leaf: bytes) -> bytes:
