@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.statuslist import (
     INVALID,

@@ -126,9 +126,9 @@ class Offline:
             f"{h.base}/.well-known/jwks.json", issuer=ISSUER, audience=platform
         )
         if source == "http":
-            self.lists = AsyncStatusListCache(self.keys, clock=h.clock.now)
+            self.lists = AsyncStatusListCache(self.keys, clock=h.clock)
         else:
-            self.lists = AsyncStatusListCache.over_grpc(self.keys, client, clock=h.clock.now)
+            self.lists = AsyncStatusListCache.over_grpc(self.keys, client, clock=h.clock)
         self.authorizer = AsyncOfflineAuthorizer(self.keys, self.lists)
 
     async def decide(self, token: str | None, action: str) -> Decision:
@@ -562,7 +562,7 @@ async def test_rotation_while_the_server_runs(az: AzHarness) -> None:
         issuer=ISSUER,
         audience="alpha",
         min_refetch_interval=60,
-        clock=az.clock.now,  # paces refetches: on the test's clock
+        clock=az.clock,  # paces refetches: on the test's clock
     )
     await cache.refresh()
     fetches = cache.fetches
@@ -583,7 +583,7 @@ async def test_rotation_while_the_server_runs(az: AzHarness) -> None:
     assert k2 == header(resigned.token)["kid"]
     assert 1 == az.app.signing.reloads
 
-    lists = AsyncStatusListCache(cache, clock=az.clock.now)
+    lists = AsyncStatusListCache(cache, clock=az.clock)
     offline = AsyncOfflineAuthorizer(cache, lists)
     for token in (old.token, new.token):
         assert await client.authorize(account_id="acc-old", action="post") == (

@@ -26,14 +26,7 @@ from xacthuc.client._wire import (
     SignedStatusList,
 )
 from xacthuc.client.aio import AsyncClient
-from xacthuc.client.jwks_cache import (
-    AsyncJwksCache,
-    AsyncStatusListCache,
-    JwksCache,
-    KeysUnavailable,
-    StatusListCache,
-    StatusListUnavailable,
-)
+from xacthuc.client.jwks import AsyncJwksCache, JwksCache, KeysUnavailable
 from xacthuc.client.offline import (
     AsyncOfflineAuthorizer,
     OfflineAuthorizer,
@@ -41,6 +34,11 @@ from xacthuc.client.offline import (
     authorize_offline,
     authorize_token,
     verify_for_decision,
+)
+from xacthuc.client.status_lists import (
+    AsyncStatusListCache,
+    StatusListCache,
+    StatusListUnavailable,
 )
 from xacthuc.client.sync import Client
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid, VerifiedAttestation

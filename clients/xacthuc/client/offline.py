@@ -29,12 +29,8 @@ from typing import Protocol
 
 import jwt
 
-from xacthuc.client.jwks_cache import (
-    AsyncJwksCache,
-    AsyncStatusListCache,
-    JwksCache,
-    StatusListCache,
-)
+from xacthuc.client.jwks import AsyncJwksCache, JwksCache
+from xacthuc.client.status_lists import AsyncStatusListCache, StatusListCache
 from xacthuc.client.verify import TokenInvalid, VerifiedAttestation
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide, parse_action
 
