@@ -7,6 +7,8 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -14,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from xacthuc.adapters.sms.http import HttpSmsSender
+from xacthuc.domain.clock import FixedClock
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
 
 PHONE = "+84912345678"
@@ -271,6 +274,24 @@ async def test_retry_after_is_capped_at_five_seconds(gateway: Gateway, sleeps: l
     await send(make_sender(gateway.url, sleeps))
 
     assert [5.0] == sleeps
+
+
+async def test_retry_after_as_a_date_is_read_on_the_senders_clock(
+    gateway: Gateway, sleeps: list[float]
+) -> None:
+    """A Retry-After HTTP date 3 s after the injected clock's time waits 3 s; a past one 0."""
+    clock = FixedClock(1_800_000_000.0)
+    later = format_datetime(datetime.fromtimestamp(clock.now() + 3, UTC), usegmt=True)
+    earlier = format_datetime(datetime.fromtimestamp(clock.now() - 60, UTC), usegmt=True)
+    gateway.replies = [
+        Reply(503, headers={"Retry-After": later}),
+        Reply(503, headers={"Retry-After": earlier}),
+        Reply(200),
+    ]
+
+    await send(make_sender(gateway.url, sleeps, clock=clock))
+
+    assert [3.0, 0.0] == sleeps
 
 
 async def test_backoff_is_jittered_below_exponential_cap(

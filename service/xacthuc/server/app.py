@@ -114,7 +114,7 @@ def make_store(settings: Settings) -> Store:
     return RedisStore(settings.store_url, namespace=settings.store_namespace)
 
 
-def make_sms(settings: Settings) -> SmsSender:
+def make_sms(settings: Settings, clock: Clock) -> SmsSender:
     if settings.sms_backend is SmsBackend.HTTP:
         auth = settings.sms_http_auth_header
         return HttpSmsSender(
@@ -122,6 +122,7 @@ def make_sms(settings: Settings) -> SmsSender:
             auth_header=auth.get_secret_value() if auth else None,
             timeout=settings.sms_http_timeout_seconds,
             retries=settings.sms_http_retries,
+            clock=clock,
         )
     return ConsoleSmsSender()
 
@@ -195,7 +196,7 @@ def build_app(
     dev = settings.mode is Mode.DEV
     clock = clock or SystemClock()
     store = store or make_store(settings)
-    sms = sms or make_sms(settings)
+    sms = sms or make_sms(settings, clock)
     otp_keys = [k.get_secret_value().encode() for k in settings.otp_hmac_keys] or [
         secrets.token_bytes(32)
     ]

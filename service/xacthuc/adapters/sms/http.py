@@ -41,7 +41,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -49,6 +49,7 @@ from yarl import URL
 
 from xacthuc.adapters.outbound import proxy_from_environment
 from xacthuc.domain.backoff import check_retry_options, full_jitter
+from xacthuc.domain.clock import Clock, SystemClock
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
 
 __all__ = ["HttpSmsSender"]
@@ -75,6 +76,7 @@ class HttpSmsSender:
         backoff: float = 0.2,
         client: aiohttp.ClientSession | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        clock: Clock | None = None,
     ) -> None:
         try:
             parsed = URL(url)
@@ -92,6 +94,7 @@ class HttpSmsSender:
         self._attempts = 1 + retries
         self._backoff = backoff
         self._sleep = sleep
+        self._clock = clock or SystemClock()  # reads Retry-After dates
         self._owns_client = client is None
         self._client = client
         self._proxy = proxy_from_environment(parsed) if client is None else None
@@ -114,7 +117,7 @@ class HttpSmsSender:
                     return
                 failure = f"HTTP {status}"
                 permanent = status != 429 and status < 500
-                retry_after = _parse_retry_after(retry_after_header)
+                retry_after = _parse_retry_after(retry_after_header, self._clock.now())
             if permanent:
                 # Raised outside any `except`, so the error has no __context__: aiohttp's
                 # exceptions hold the request (URL, headers) and must not travel with it.
@@ -212,8 +215,9 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         remaining -= len(chunk)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait per a Retry-After header, capped; None when absent or unreadable."""
+def _parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per a Retry-After header (an HTTP date counts from `now`), capped;
+    None when absent or unreadable."""
     if value is None:
         return None
     value = value.strip()
@@ -226,5 +230,5 @@ def _parse_retry_after(value: str | None) -> float | None:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+        seconds = max(0.0, when.timestamp() - now)
     return min(seconds, MAX_RETRY_AFTER_SECONDS)
