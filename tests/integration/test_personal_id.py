@@ -96,7 +96,7 @@ class ShiftedClock:
 
     offset: float = 0.0
 
-    def __call__(self) -> float:
+    def now(self) -> float:
         return time.monotonic() + self.offset
 
 
