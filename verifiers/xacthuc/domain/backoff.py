@@ -1,7 +1,8 @@
 """Exponential back-off with full jitter: how long to wait before trying again.
 
-One computation for every retry loop: the outbound adapters (SMS gateway, e-ID registry)
-and the SDK's clients. The wait before retry n (n = 1, 2, ...) is drawn uniformly from
+One computation for every retry loop of ours: the outbound adapters (SMS gateway, e-ID
+registry). (The SDK leaves its retries to gRPC's service config.) The wait before retry n
+(n = 1, 2, ...) is drawn uniformly from
 [0, min(cap, base * 2**(n-1))] ("full jitter"): clients that failed together do not come
 back together, and the expected wait still doubles with every failure.
 """
