@@ -1,4 +1,4 @@
-"""The authorization decision table (R4-R6, P6, P7): every row, its order, and its data."""
+"""The authorization decision table (R4-R7, P6, P7): every row, its order, and its data."""
 
 from __future__ import annotations
 
@@ -141,6 +141,25 @@ def test_revoked_wins_over_aged_out_and_expired() -> None:
     assert "ATTESTATION_REVOKED" == decide(subject, "post", NOW).reason
 
 
+@pytest.mark.parametrize("action", NON_READ)
+def test_locked_account_is_refused_everything_but_read(action: Action) -> None:
+    """R7: a lock refuses every action but reading, even to a fully entitled account."""
+    subject = state(method="personal_id", commercial_livestream=True, locked=True)
+    assert Decision(False, "ACCOUNT_LOCKED", "R7") == decide(subject, action, NOW)
+    assert Decision(True, "READ_UNRESTRICTED", "R5") == decide(subject, "read", NOW)
+
+
+def test_lock_order_after_revocation_before_time() -> None:
+    """Revoked wins over locked (one status per token offline); locked wins over aged out
+    and expired (verifying again does not lift a lock)."""
+    revoked = state(revoked=True, locked=True)
+    aged = state(guardian_managed=True, aged_out_at=NOW - 1, expires_at=NOW - 1, locked=True)
+    expired = state(expires_at=NOW - 1, locked=True)
+    assert ["ATTESTATION_REVOKED", "ACCOUNT_LOCKED", "ACCOUNT_LOCKED"] == [
+        decide(s, "post", NOW).reason for s in (revoked, aged, expired)
+    ]
+
+
 def test_expired_wins_over_the_commercial_rules() -> None:
     """An expired phone attestation asking to livestream commercially says EXPIRED first."""
     assert (
@@ -163,22 +182,24 @@ def test_the_table_is_data_every_row_reachable_and_total() -> None:
         [False, True],  # revoked
         [NOW - 1, NOW + DAY],  # expires_at
         [None, NOW - 1, NOW + DAY],  # aged_out_at
+        [False, True],  # locked
     )
     reached: set[Decision] = set()
-    for method, guardian, commercial, revoked, exp, aged in facts:
+    for method, guardian, commercial, revoked, exp, aged, locked in facts:
         subject = (
             None
             if method is None
-            else AttestationState(method, exp, guardian, commercial, revoked, aged)
+            else AttestationState(method, exp, guardian, commercial, revoked, aged, locked)
         )
         for action in ACTIONS:
             reached.add(decide(subject, action, NOW))
     assert {row.decision for row in TABLE} == reached
-    assert 8 == len(TABLE)
+    assert 9 == len(TABLE)
     assert {
         "READ_UNRESTRICTED",
         "NOT_AUTHENTICATED",
         "ATTESTATION_REVOKED",
+        "ACCOUNT_LOCKED",
         "AGED_OUT",
         "ATTESTATION_EXPIRED",
         "GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM",

@@ -10,13 +10,20 @@ from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.statuslist import (
     INVALID,
+    SUSPENDED,
     VALID,
     StatusList,
     StatusListNames,
     read_status_list_token,
 )
 from xacthuc.domain.tokens import SigningKey, TokenSigner
-from xacthuc.verifiers.status_publisher import CHUNK_BYTES, StatusListPublisher, draft_order
+from xacthuc.verifiers.status_publisher import (
+    CHUNK_BYTES,
+    StatusListPublisher,
+    build_list,
+    draft_order,
+    widen,
+)
 
 NOW = 1_800_000_000.0
 ISSUER = "https://xacthuc.test"
@@ -50,17 +57,23 @@ def test_padding_is_whole_chunks_of_zeros() -> None:
 
 
 class Bits(MemoryStore):
-    """A store whose status bits are set by the test, counting how often they were read."""
+    """A store whose status bits are set by the test, the locked indexes, and how often the bitmap was read."""
 
     def __init__(self) -> None:
         super().__init__()
         self.bits: dict[str, bytes] = {"alpha": redis_order({3}, 2)}
+        self.locked: dict[str, list[int]] = {}
+        self.lock_reads: list[float] = []
         self.reads = 0
 
     async def status_bits(self, platform: str) -> bytes:
         self.reads += 1
         await asyncio.sleep(0)
         return self.bits.get(platform, b"")
+
+    async def locked_status_indexes(self, platform: str, now: float) -> list[int]:
+        self.lock_reads.append(now)
+        return self.locked.get(platform, [])
 
 
 World = tuple[StatusListPublisher, Bits, FixedClock]
@@ -92,7 +105,41 @@ async def test_the_signed_list_verifies_with_the_draft_claims(world: World) -> N
         await publisher.token("alpha"), JWKS, expected_uri=uri, now=NOW, issuer=ISSUER
     )
     assert (NOW, NOW + 600, 300.0) == (token.issued_at, token.expires_at, token.ttl)
-    assert (INVALID, VALID) == (token.status_list.get(3), token.status_list.get(4))
+    assert (2, INVALID, VALID) == (
+        token.status_list.bits,
+        token.status_list.get(3),
+        token.status_list.get(4),
+    )
+    assert CHUNK_BYTES * 8 == len(token.status_list)  # one chunk: 131,072 entries
+
+
+def test_widening_keeps_every_entry() -> None:
+    """Every entry of the 1-bit list has the same value in the 2-bit one, for every byte."""
+    one = bytes(range(256))
+    narrow, wide = StatusList.from_bytes(one), StatusList.from_bytes(widen(one), bits=2)
+    assert [narrow.get(i) for i in range(len(narrow))] == [wide.get(i) for i in range(len(wide))]
+
+
+def test_locked_entries_are_suspended_unless_revoked() -> None:
+    """R7: a locked account's tokens read SUSPENDED; a revoked one stays INVALID (final)."""
+    sl = build_list(redis_order({3, 9}, 2), [4, 9, 100])
+    assert [VALID, INVALID, SUSPENDED, INVALID, SUSPENDED, VALID] == [
+        sl.get(i) for i in (0, 3, 4, 9, 100, 101)
+    ]
+
+
+async def test_the_published_list_marks_the_locks_holding_at_build_time(world) -> None:  # type: ignore[no-untyped-def]
+    """The store is asked for the locks holding at the clock's now, at every build."""
+    publisher, store, now = world
+    store.locked["alpha"] = [7]
+    token = read_status_list_token(
+        await publisher.token("alpha"), JWKS, expected_uri=publisher.uri("alpha"), now=NOW
+    )
+    assert ([NOW], SUSPENDED, INVALID) == (
+        store.lock_reads,
+        token.status_list.get(7),
+        token.status_list.get(3),
+    )
 
 
 async def test_the_list_is_cached_briefly_and_shared(world: World) -> None:

@@ -911,6 +911,7 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
             "audit",
             "sl:next",
             "sl:bits",
+            "acctsl:acc-1",
         )
     } == set(ttl)
     assert retention_ms - 60_000 < ttl[f"{pre}ch:ch-1"] <= retention_ms
@@ -919,8 +920,8 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
     assert 0 < ttl[f"{pre}sends:ph:{PHONE}"] <= 86_400_000
     assert 0 < ttl[f"{pre}sends:platform"] <= 3_600_000
     assert 0 < ttl[f"{pre}sends:ip:{CLIENT}"] <= 3_600_000
-    durable = (f"phacct:{PHONE}", "acct:acc-1", "audit", "sl:next", "sl:bits")
-    assert [-1, -1, -1, -1, -1] == [ttl[f"{pre}{k}"] for k in durable]
+    durable = (f"phacct:{PHONE}", "acct:acc-1", "audit", "sl:next", "sl:bits", "acctsl:acc-1")
+    assert [-1] * len(durable) == [ttl[f"{pre}{k}"] for k in durable]
 
 
 async def test_unreachable_redis_is_store_unavailable() -> None:

@@ -13,6 +13,7 @@ limited), `StatusListCache` (revocation, cached for the list's `ttl`), `authoriz
 """
 
 from xacthuc.client._wire import (
+    AccountLock,
     AgingOutPage,
     Attestation,
     AuditPage,
@@ -21,9 +22,11 @@ from xacthuc.client._wire import (
     Eligibility,
     GuardianLink,
     Introspection,
+    LockResult,
     LogCheckpoint,
     Revocation,
     SignedStatusList,
+    Unlock,
 )
 from xacthuc.client.aio import AsyncClient
 from xacthuc.client.jwks import AsyncJwksCache, JwksCache, KeysUnavailable
@@ -33,6 +36,7 @@ from xacthuc.client.offline import (
     attestation_state,
     authorize_offline,
     authorize_token,
+    from_status,
     verify_for_decision,
 )
 from xacthuc.client.status_lists import (
@@ -48,6 +52,7 @@ from xacthuc.domain.statuslist import StatusListInvalid
 
 __all__ = [
     "ACTIONS",
+    "AccountLock",
     "Action",
     "AgingOutPage",
     "AsyncClient",
@@ -66,6 +71,7 @@ __all__ = [
     "Introspection",
     "JwksCache",
     "KeysUnavailable",
+    "LockResult",
     "LogCheckpoint",
     "OfflineAuthorizer",
     "Revocation",
@@ -74,10 +80,12 @@ __all__ = [
     "StatusListInvalid",
     "StatusListUnavailable",
     "TokenInvalid",
+    "Unlock",
     "VerifiedAttestation",
     "attestation_state",
     "authorize_offline",
     "authorize_token",
     "errors",
+    "from_status",
     "verify_for_decision",
 ]

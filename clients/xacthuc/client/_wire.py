@@ -25,6 +25,14 @@ _METHOD_NAMES = {
 }
 
 
+# R9: which kind of personal identification number (citizen's, or a foreigner's e-ID number).
+_ID_TYPES = {
+    "citizen": verification_pb2.PERSONAL_ID_TYPE_CITIZEN,
+    "foreigner": verification_pb2.PERSONAL_ID_TYPE_FOREIGNER,
+}
+_ID_TYPE_NAMES = {value: name for name, value in _ID_TYPES.items()}
+
+
 def _dt(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
@@ -50,6 +58,7 @@ class Attestation:
     commercial_livestream: bool
     age_band: str = ""  # "adult", "16_17", "under_16" or "" (unknown)
     guardian_ref: str = ""  # guardian-managed accounts: the pseudonymous guardian reference
+    personal_id_type: str = ""  # personal-ID attestations: "citizen" or "foreigner" (R9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +136,7 @@ def attestation(a: verification_pb2.Attestation) -> Attestation:
         commercial_livestream=a.commercial_livestream,
         age_band=a.age_band,
         guardian_ref=a.guardian_ref,
+        personal_id_type=_ID_TYPE_NAMES.get(a.personal_id_type, ""),
     )
 
 
@@ -293,8 +303,14 @@ def personal_id_request(
     declared_no_vietnamese_mobile: bool,
     client_ip: str,
     sex: str | None,
+    personal_id_type: str = "citizen",
 ) -> verification_pb2.VerifyPersonalIdRequest:
-    """`purpose` is "no_vietnamese_mobile" or "commercial_livestream"; `sex` "male"/"female"."""
+    """`purpose` is "no_vietnamese_mobile" or "commercial_livestream"; `sex` "male"/"female";
+    `personal_id_type` "citizen" or "foreigner" (R9). An unknown type is FieldInvalid, as
+    the server would say, rather than silently a citizen's number."""
+    id_type = _ID_TYPES.get(personal_id_type)
+    if id_type is None:
+        raise FieldInvalid("personal_id_type", "must be citizen or foreigner")
     return verification_pb2.VerifyPersonalIdRequest(
         account_id=account_id,
         personal_id_number=personal_id_number,
@@ -306,6 +322,7 @@ def personal_id_request(
         purpose=_PURPOSES.get(purpose, verification_pb2.PERSONAL_ID_PURPOSE_UNSPECIFIED),
         declared_no_vietnamese_mobile=declared_no_vietnamese_mobile,
         client_ip=client_ip,
+        personal_id_type=id_type,
     )
 
 
@@ -443,6 +460,7 @@ class Introspection:
     expires_at: datetime | None = None
     status_list_uri: str = ""
     status_list_index: int | None = None  # None when the token names no status list
+    lock: AccountLock | None = None  # the account's lock while it holds (R7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,9 +503,11 @@ def status_list_request() -> verification_pb2.GetStatusListRequest:
 
 
 def introspection(r: verification_pb2.IntrospectAttestationResponse) -> Introspection:
+    lock = account_lock(r.lock) if r.HasField("lock") else None
     if r.status == "none":
-        return Introspection(active=False, status="none")
+        return Introspection(active=False, status="none", lock=lock)
     return Introspection(
+        lock=lock,
         active=r.active,
         status=r.status,
         token_id=r.token_id,
@@ -516,5 +536,91 @@ GET_STATUS_LIST = Rpc(
     "verification",
     "GetStatusList",
     lambda r: SignedStatusList(r.status_list_jwt, r.uri),
+    idempotent=True,
+)
+
+
+# --- account locks (R7) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLock:
+    """An account's lock (R7)."""
+
+    account_id: str
+    kind: str  # "temporary" or "permanent"
+    locked_at: datetime
+    until: datetime | None  # when a temporary lock ends by itself; None when permanent
+    reason: str
+    request_reference: str
+    temporary_locks: int  # temporary locks of the account on this platform, this one included
+
+
+@dataclass(frozen=True, slots=True)
+class LockResult:
+    """The outcome of LockAccount."""
+
+    lock: AccountLock
+    unchanged: bool  # the same lock already held: nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Unlock:
+    """The outcome of UnlockAccount."""
+
+    was_locked: bool
+    unlocked_at: datetime | None  # None when no lock held
+
+
+_LOCK_KINDS = {
+    "temporary": verification_pb2.LOCK_KIND_TEMPORARY,
+    "permanent": verification_pb2.LOCK_KIND_PERMANENT,
+}
+_LOCK_KIND_NAMES = {value: name for name, value in _LOCK_KINDS.items()}
+
+
+def account_lock(m: verification_pb2.AccountLock) -> AccountLock:
+    return AccountLock(
+        account_id=m.account_id,
+        kind=_LOCK_KIND_NAMES.get(m.kind, "unspecified"),
+        locked_at=_dt(m.locked_at),
+        until=_dt(m.until) if m.HasField("until") else None,
+        reason=m.reason,
+        request_reference=m.request_reference,
+        temporary_locks=m.temporary_locks,
+    )
+
+
+def lock_request(
+    account_id: str, kind: str, until: datetime | None, reason: str, request_reference: str
+) -> verification_pb2.LockAccountRequest:
+    """`kind` is "temporary" (with `until`, 7-30 days ahead) or "permanent" (no `until`)."""
+    req = verification_pb2.LockAccountRequest(
+        account_id=account_id,
+        kind=_LOCK_KINDS.get(kind, verification_pb2.LOCK_KIND_UNSPECIFIED),
+        reason=reason,
+        request_reference=request_reference,
+    )
+    if until is not None:
+        req.until.FromDatetime(until)
+    return req
+
+
+def unlock_request(account_id: str, reason: str) -> verification_pb2.UnlockAccountRequest:
+    return verification_pb2.UnlockAccountRequest(account_id=account_id, reason=reason)
+
+
+# Both are safe to repeat: the same lock again is `unchanged`, an unlock of an account no
+# longer locked is `was_locked` false; neither writes a second audit record.
+LOCK = Rpc(
+    "verification",
+    "LockAccount",
+    lambda r: LockResult(account_lock(r.lock), r.unchanged),
+    idempotent=True,
+)
+UNLOCK = Rpc(
+    "verification",
+    "UnlockAccount",
+    lambda r: Unlock(r.was_locked, _dt(r.unlocked_at) if r.HasField("unlocked_at") else None),
     idempotent=True,
 )

@@ -1,7 +1,8 @@
 """Offline authorization: the server's decision, computed from a verified token.
 
 `authorize_offline` feeds what a verified attestation says (method, guardian-managed,
-commercial livestream, expiry) plus its revocation status into `xacthuc.domain.decisions.decide`,
+commercial livestream, expiry) plus its status in the status list (revoked; or suspended,
+which our lists use for a locked account, rule R7) into `xacthuc.domain.decisions.decide`,
 the very function behind the Authorize RPC, so both give the same allow/deny, reason and
 rule for the same facts.
 
@@ -9,8 +10,9 @@ rule for the same facts.
                                issuer="xacthuc", audience="my-platform")
     lists = StatusListCache(cache)
     verified = verify_for_decision(cache, token)
+    revoked, locked = from_status(lists.token_status(verified))
     decision = authorize_offline(verified, "post", now=time.time(),
-                                 revoked=lists.is_token_revoked(verified))
+                                 revoked=revoked, locked=locked)
     if not decision.allowed: refuse(decision.reason, decision.rule)
 
 or, the same in one call: `OfflineAuthorizer(cache, lists).authorize(token, "post")`
@@ -33,6 +35,7 @@ from xacthuc.client.jwks import AsyncJwksCache, JwksCache
 from xacthuc.client.status_lists import AsyncStatusListCache, StatusListCache
 from xacthuc.client.verify import TokenInvalid, VerifiedAttestation
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide, parse_action
+from xacthuc.domain.statuslist import SUSPENDED, VALID
 
 # Set by the issuer when a guardian-managed token's `exp` is the child's 16th birthday (P6),
 # so an offline verifier can tell "aged out" from "expired".
@@ -45,7 +48,7 @@ class _Verifies(Protocol):
 
 
 def attestation_state(
-    verified: VerifiedAttestation | None, *, revoked: bool
+    verified: VerifiedAttestation | None, *, revoked: bool, locked: bool = False
 ) -> AttestationState | None:
     """The facts the decision table reads, taken from a verified token."""
     if verified is None:
@@ -61,6 +64,7 @@ def attestation_state(
         commercial_livestream=verified.commercial_livestream,
         revoked=revoked,
         aged_out_at=expires_at if ages_out else None,
+        locked=locked,
     )
 
 
@@ -70,10 +74,18 @@ def authorize_offline(
     *,
     now: float | datetime,
     revoked: bool,
+    locked: bool = False,
 ) -> Decision:
-    """Allow or deny `action` for the account `verified` attests (None: no attestation)."""
+    """Allow or deny `action` for the account `verified` attests (None: no attestation);
+    `locked`: the token's status is SUSPENDED (the account is locked, R7)."""
     at = now.timestamp() if isinstance(now, datetime) else float(now)
-    return decide(attestation_state(verified, revoked=revoked), action, at)
+    return decide(attestation_state(verified, revoked=revoked, locked=locked), action, at)
+
+
+def from_status(status: int) -> tuple[bool, bool]:
+    """(revoked, locked) for a status-list value: SUSPENDED is a lock (R7); any other value
+    but VALID reads as revoked (fail closed on values this SDK does not know)."""
+    return status not in (VALID, SUSPENDED), status == SUSPENDED
 
 
 def verify_for_decision(
@@ -100,13 +112,14 @@ def authorize_token(
     *,
     now: float | None = None,
     revoked: bool = False,
+    locked: bool = False,
 ) -> Decision:
     """`authorize_offline` for a raw token (None or "": the account has no attestation).
     A token that does not verify raises TokenInvalid: a forged token is an incident to log,
     not a user who merely has not verified."""
     now = time.time() if now is None else now
     verified = verify_for_decision(verifier, token, now=now) if token else None
-    return authorize_offline(verified, action, now=now, revoked=revoked)
+    return authorize_offline(verified, action, now=now, revoked=revoked, locked=locked)
 
 
 async def verify_for_decision_async(
@@ -134,7 +147,8 @@ def _issued_at(token: str) -> float:
 
 class OfflineAuthorizer:
     """The whole offline decision in one call: verify the token with cached keys, read its
-    revocation bit from the cached status list, then the server's decision table.
+    status from the cached status list (revoked, or suspended: locked, R7), then the
+    server's decision table.
 
         keys = JwksCache.from_url(f"{BASE}/.well-known/jwks.json", issuer=ISS, audience=ME)
         authorizer = OfflineAuthorizer(keys, StatusListCache(keys))
@@ -157,12 +171,11 @@ class OfflineAuthorizer:
         if not token:
             return authorize_offline(None, act, now=now, revoked=False)
         verified = verify_for_decision(self.keys, token, now=now)
-        revoked = (
-            act is not Action.READ
-            and self.status_lists is not None
-            and self.status_lists.is_token_revoked(verified)
-        )
-        return authorize_offline(verified, act, now=now, revoked=revoked)
+        status = VALID
+        if act is not Action.READ and self.status_lists is not None:
+            status = self.status_lists.token_status(verified)
+        revoked, locked = from_status(status)
+        return authorize_offline(verified, act, now=now, revoked=revoked, locked=locked)
 
 
 class AsyncOfflineAuthorizer:
@@ -180,9 +193,8 @@ class AsyncOfflineAuthorizer:
         if not token:
             return authorize_offline(None, act, now=now, revoked=False)
         verified = await verify_for_decision_async(self.keys, token, now=now)
-        revoked = (
-            act is not Action.READ
-            and self.status_lists is not None
-            and await self.status_lists.is_token_revoked(verified)
-        )
-        return authorize_offline(verified, act, now=now, revoked=revoked)
+        status = VALID
+        if act is not Action.READ and self.status_lists is not None:
+            status = await self.status_lists.token_status(verified)
+        revoked, locked = from_status(status)
+        return authorize_offline(verified, act, now=now, revoked=revoked, locked=locked)

@@ -240,6 +240,12 @@ class StatusListCache(_StatusLists[JwksCache, FetchList, httpx.Client, threading
         ref = _reference_of(verified)
         return False if ref is None else self.is_revoked(*ref)
 
+    def token_status(self, verified: VerifiedAttestation) -> int:
+        """The status value of a verified attestation (0 VALID, 1 INVALID, 2 SUSPENDED: the
+        account is locked, R7); VALID when it names no status list."""
+        ref = _reference_of(verified)
+        return VALID if ref is None else self.status(*ref)
+
 
 class AsyncStatusListCache(
     _StatusLists[AsyncJwksCache, AsyncFetchList, httpx.AsyncClient, asyncio.Lock]
@@ -320,3 +326,9 @@ class AsyncStatusListCache(
         """The status of a verified attestation; False when it names no status list."""
         ref = _reference_of(verified)
         return False if ref is None else await self.is_revoked(*ref)
+
+    async def token_status(self, verified: VerifiedAttestation) -> int:
+        """The status value of a verified attestation (0 VALID, 1 INVALID, 2 SUSPENDED: the
+        account is locked, R7); VALID when it names no status list."""
+        ref = _reference_of(verified)
+        return VALID if ref is None else await self.status(*ref)

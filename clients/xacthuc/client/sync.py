@@ -17,9 +17,11 @@ from xacthuc.client._wire import (
     Eligibility,
     GuardianLink,
     Introspection,
+    LockResult,
     LogCheckpoint,
     Revocation,
     SignedStatusList,
+    Unlock,
 )
 from xacthuc.domain.decisions import Action, Decision
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
@@ -110,10 +112,13 @@ class Client:
         client_ip: str,
         declared_no_vietnamese_mobile: bool = False,
         sex: str | None = None,
+        personal_id_type: str = "citizen",
         timeout: float | None = None,
     ) -> Attestation:
         """Authenticate by personal ID through the e-ID registry. `purpose` is
-        "no_vietnamese_mobile" (needs the user's declaration) or "commercial_livestream"."""
+        "no_vietnamese_mobile" (needs the user's declaration) or "commercial_livestream";
+        `personal_id_type` "citizen" (12 digits) or "foreigner" (the e-ID system's
+        identification number for a foreigner, R9)."""
         request = w.personal_id_request(
             account_id,
             personal_id_number,
@@ -123,6 +128,7 @@ class Client:
             declared_no_vietnamese_mobile,
             client_ip,
             sex,
+            personal_id_type,
         )
         return self._call(w.VERIFY_PERSONAL_ID, request, timeout)
 
@@ -158,6 +164,29 @@ class Client:
     ) -> Introspection:
         """The attestation's state now: active, revoked, aged_out, expired or none."""
         return self._call(w.INTROSPECT, w.introspect_request(account_id), timeout)
+
+    def lock_account(
+        self,
+        *,
+        account_id: str,
+        kind: str,
+        reason: str,
+        request_reference: str,
+        until: datetime | None = None,
+        timeout: float | None = None,
+    ) -> LockResult:
+        """Lock the account (R7): `kind` "temporary" with `until` 7-30 days ahead, or
+        "permanent" without. `reason` a legal reason code (a-z 0-9 _), `request_reference`
+        the request answered. Every action but reading is then refused ACCOUNT_LOCKED,
+        online and offline. Safe to retry (the same lock again is `unchanged`)."""
+        request = w.lock_request(account_id, kind, until, reason, request_reference)
+        return self._call(w.LOCK, request, timeout)
+
+    def unlock_account(
+        self, *, account_id: str, reason: str, timeout: float | None = None
+    ) -> Unlock:
+        """Lift the account's lock now (R7); `was_locked` false when none held."""
+        return self._call(w.UNLOCK, w.unlock_request(account_id, reason), timeout)
 
     def get_status_list(self, *, timeout: float | None = None) -> SignedStatusList:
         """The platform's signed status list (`statuslist+jwt`) and its URI, for offline

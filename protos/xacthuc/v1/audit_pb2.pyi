@@ -417,9 +417,12 @@ class GetReportResponse(_message.Message):
         events), `method:<method>` (attestations by method, for example
         `method:phone_otp`), `guardian_managed` and `commercial_livestream`
         (attestations with that flag); `lockouts` (`phone_locked` and `id_locked`
-        events). `records`, `attestations`, `guardian_managed`,
-        `commercial_livestream` and `lockouts` are always present; the others only
-        when not 0.
+        events); `id_type:<type>` (personal-ID attestations by kind of number,
+        `citizen` or `foreigner`, R9); `account_locks` (`account_locked` events,
+        R7), `lock_kind:<kind>` (them by `temporary` or `permanent`) and
+        `account_unlocks` (`account_unlocked` events). `records`, `attestations`,
+        `guardian_managed`, `commercial_livestream` and `lockouts` are always
+        present; the others only when not 0.
         """
 
     def __init__(

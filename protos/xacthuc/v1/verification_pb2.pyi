@@ -92,6 +92,50 @@ PERSONAL_ID_PURPOSE_COMMERCIAL_LIVESTREAM: PersonalIdPurpose.ValueType  # 2
 """Upgrade for commercial livestreaming (R4)."""
 Global___PersonalIdPurpose: _TypeAlias = PersonalIdPurpose  # noqa: Y015
 
+class _PersonalIdType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PersonalIdTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PersonalIdType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERSONAL_ID_TYPE_UNSPECIFIED: _PersonalIdType.ValueType  # 0
+    """Not given: in a request, a citizen's number (the only kind before R9); in
+    an attestation, not a personal-ID attestation.
+    """
+    PERSONAL_ID_TYPE_CITIZEN: _PersonalIdType.ValueType  # 1
+    """The 12-digit personal identification number of a Vietnamese citizen,
+    checked against its published structure (province or country code,
+    century and sex digit, birth year) before the registry is asked.
+    """
+    PERSONAL_ID_TYPE_FOREIGNER: _PersonalIdType.ValueType  # 2
+    """The identification number of a foreigner in the e-ID system (Decree
+    69/2024/ND-CP): a string of digits the system assigns, with no published
+    structure, so only its form is checked here (6-20 ASCII digits,
+    PERSONAL_ID_MALFORMED otherwise) and the registry decides. Sex and birth
+    year are not cross-checked with it.
+    """
+
+class PersonalIdType(_PersonalIdType, metaclass=_PersonalIdTypeEnumTypeWrapper):
+    """Which kind of personal identification number is given (R3, R9)."""
+
+PERSONAL_ID_TYPE_UNSPECIFIED: PersonalIdType.ValueType  # 0
+"""Not given: in a request, a citizen's number (the only kind before R9); in
+an attestation, not a personal-ID attestation.
+"""
+PERSONAL_ID_TYPE_CITIZEN: PersonalIdType.ValueType  # 1
+"""The 12-digit personal identification number of a Vietnamese citizen,
+checked against its published structure (province or country code,
+century and sex digit, birth year) before the registry is asked.
+"""
+PERSONAL_ID_TYPE_FOREIGNER: PersonalIdType.ValueType  # 2
+"""The identification number of a foreigner in the e-ID system (Decree
+69/2024/ND-CP): a string of digits the system assigns, with no published
+structure, so only its form is checked here (6-20 ASCII digits,
+PERSONAL_ID_MALFORMED otherwise) and the registry decides. Sex and birth
+year are not cross-checked with it.
+"""
+Global___PersonalIdType: _TypeAlias = PersonalIdType  # noqa: Y015
+
 class _GuardianRelationship:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -156,6 +200,30 @@ ACTION_COMMERCIAL_LIVESTREAM: Action.ValueType  # 6
 """Livestreaming for commercial purposes (R4)."""
 Global___Action: _TypeAlias = Action  # noqa: Y015
 
+class _LockKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LockKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LockKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOCK_KIND_UNSPECIFIED: _LockKind.ValueType  # 0
+    """Not given; refused (FIELD_INVALID, `field` = `kind`)."""
+    LOCK_KIND_TEMPORARY: _LockKind.ValueType  # 1
+    """7 to 30 days; ends by itself at `until`."""
+    LOCK_KIND_PERMANENT: _LockKind.ValueType  # 2
+    """Until lifted by UnlockAccount."""
+
+class LockKind(_LockKind, metaclass=_LockKindEnumTypeWrapper):
+    """How long an account lock lasts (R7)."""
+
+LOCK_KIND_UNSPECIFIED: LockKind.ValueType  # 0
+"""Not given; refused (FIELD_INVALID, `field` = `kind`)."""
+LOCK_KIND_TEMPORARY: LockKind.ValueType  # 1
+"""7 to 30 days; ends by itself at `until`."""
+LOCK_KIND_PERMANENT: LockKind.ValueType  # 2
+"""Until lifted by UnlockAccount."""
+Global___LockKind: _TypeAlias = LockKind  # noqa: Y015
+
 @_typing.final
 class Attestation(_message.Message):
     """A signed statement that an account is authenticated."""
@@ -172,6 +240,7 @@ class Attestation(_message.Message):
     COMMERCIAL_LIVESTREAM_FIELD_NUMBER: _builtins.int
     AGE_BAND_FIELD_NUMBER: _builtins.int
     GUARDIAN_REF_FIELD_NUMBER: _builtins.int
+    PERSONAL_ID_TYPE_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """The compact JWS (JWT, `alg` EdDSA, `typ` `xacthuc-attestation+jwt`). Verify it
     offline against GetJwks; its claims are authoritative, the fields below repeat
@@ -197,6 +266,11 @@ class Attestation(_message.Message):
     (the `guardian_ref` claim), `g_` and 16 hex digits. Stable for one guardian
     on one platform, unrelated across platforms; no name, number or ID.
     """
+    personal_id_type: Global___PersonalIdType.ValueType
+    """For a personal-ID attestation: which kind of number the registry matched
+    (the `id_type` claim, `citizen` or `foreigner`; R9), never the number.
+    PERSONAL_ID_TYPE_UNSPECIFIED for the other methods.
+    """
     @_builtins.property
     def verified_at(self) -> _timestamp_pb2.Timestamp:
         """When the account was authenticated (the `iat` claim of the first token)."""
@@ -218,10 +292,11 @@ class Attestation(_message.Message):
         commercial_livestream: _builtins.bool = ...,
         age_band: _builtins.str = ...,
         guardian_ref: _builtins.str = ...,
+        personal_id_type: Global___PersonalIdType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "verified_at", b"verified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "age_band", b"age_band", "commercial_livestream", b"commercial_livestream", "expires_at", b"expires_at", "guardian_managed", b"guardian_managed", "guardian_ref", b"guardian_ref", "method", b"method", "token", b"token", "token_id", b"token_id", "verified_at", b"verified_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "age_band", b"age_band", "commercial_livestream", b"commercial_livestream", "expires_at", b"expires_at", "guardian_managed", b"guardian_managed", "guardian_ref", b"guardian_ref", "method", b"method", "personal_id_type", b"personal_id_type", "token", b"token", "token_id", b"token_id", "verified_at", b"verified_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,13 +494,15 @@ class VerifyPersonalIdRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     DECLARED_NO_VIETNAMESE_MOBILE_FIELD_NUMBER: _builtins.int
     CLIENT_IP_FIELD_NUMBER: _builtins.int
+    PERSONAL_ID_TYPE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     personal_id_number: _builtins.str
-    """The 12-digit personal identification number, surrounding whitespace ignored:
-    at most 32 characters (longer: FIELD_INVALID), PERSONAL_ID_MALFORMED for any
-    other form. Never stored, logged or audited in plain form: only its
-    keyed-HMAC pseudonym is kept.
+    """The personal identification number, surrounding whitespace ignored: a
+    citizen's 12 digits or a foreigner's identification number (see
+    `personal_id_type`); at most 32 characters (longer: FIELD_INVALID),
+    PERSONAL_ID_MALFORMED for any other form. Never stored, logged or audited
+    in plain form: only its keyed-HMAC pseudonym is kept.
     """
     full_name: _builtins.str
     """Full name as registered, in Vietnamese with diacritics: 1-200 characters once
@@ -445,6 +522,10 @@ class VerifyPersonalIdRequest(_message.Message):
     characters without a zone id, recorded as a pseudonym with the attempt.
     FIELD_INVALID otherwise.
     """
+    personal_id_type: Global___PersonalIdType.ValueType
+    """Which kind of number `personal_id_number` is (R9). Unspecified means a
+    citizen's 12-digit number, as before this field existed.
+    """
     @_builtins.property
     def date_of_birth(self) -> Global___Date:
         """Date of birth as registered."""
@@ -460,10 +541,11 @@ class VerifyPersonalIdRequest(_message.Message):
         purpose: Global___PersonalIdPurpose.ValueType = ...,
         declared_no_vietnamese_mobile: _builtins.bool = ...,
         client_ip: _builtins.str = ...,
+        personal_id_type: Global___PersonalIdType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["date_of_birth", b"date_of_birth"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "client_ip", b"client_ip", "date_of_birth", b"date_of_birth", "declared_no_vietnamese_mobile", b"declared_no_vietnamese_mobile", "full_name", b"full_name", "personal_id_number", b"personal_id_number", "purpose", b"purpose", "sex", b"sex"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "client_ip", b"client_ip", "date_of_birth", b"date_of_birth", "declared_no_vietnamese_mobile", b"declared_no_vietnamese_mobile", "full_name", b"full_name", "personal_id_number", b"personal_id_number", "personal_id_type", b"personal_id_type", "purpose", b"purpose", "sex", b"sex"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,7 +835,7 @@ class GetCommercialLivestreamEligibilityResponse(_message.Message):
     eligible: _builtins.bool
     """True when allowed."""
     reason: _builtins.str
-    """When not eligible, why: `NOT_AUTHENTICATED`, `ATTESTATION_REVOKED`,
+    """When not eligible, why: `NOT_AUTHENTICATED`, `ATTESTATION_REVOKED`, `ACCOUNT_LOCKED`,
     `ATTESTATION_EXPIRED`, `AGED_OUT`, `PERSONAL_ID_REQUIRED` or
     `GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM`. Empty when eligible.
     """
@@ -810,13 +892,13 @@ class AuthorizeResponse(_message.Message):
     """True when the account may perform the action now."""
     reason: _builtins.str
     """Why, as a stable reason string: `READ_UNRESTRICTED` or `AUTHENTICATED` when
-    allowed; `NOT_AUTHENTICATED`, `ATTESTATION_REVOKED`, `AGED_OUT`,
+    allowed; `NOT_AUTHENTICATED`, `ATTESTATION_REVOKED`, `ACCOUNT_LOCKED`, `AGED_OUT`,
     `ATTESTATION_EXPIRED`, `GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM` or
     `PERSONAL_ID_REQUIRED` when refused. The SDK's offline authorization gives
     the same reasons.
     """
     rule: _builtins.str
-    """The rule applied: `R4`, `R5`, `R6`, `P6` or `P7` (see docs/policies.md)."""
+    """The rule applied: `R4`, `R5`, `R6`, `R7`, `P6` or `P7` (see docs/policies.md)."""
     def __init__(
         self,
         *,
@@ -977,6 +1059,7 @@ class IntrospectAttestationResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     STATUS_LIST_URI_FIELD_NUMBER: _builtins.int
     STATUS_LIST_INDEX_FIELD_NUMBER: _builtins.int
+    LOCK_FIELD_NUMBER: _builtins.int
     active: _builtins.bool
     """True when `status` is `active`: the attestation may be used now."""
     status: _builtins.str
@@ -1003,6 +1086,13 @@ class IntrospectAttestationResponse(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the attestation expires (or expired): the token's `exp`."""
 
+    @_builtins.property
+    def lock(self) -> Global___AccountLock:
+        """The account's lock while it holds (R7; see LockAccount), also for an
+        account with status `none`; unset otherwise. `status` does not change
+        with a lock: the attestation stays what it is, the account may not act.
+        """
+
     def __init__(
         self,
         *,
@@ -1013,10 +1103,11 @@ class IntrospectAttestationResponse(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         status_list_uri: _builtins.str = ...,
         status_list_index: _builtins.int = ...,
+        lock: Global___AccountLock | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "lock", b"lock"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "expires_at", b"expires_at", "method", b"method", "status", b"status", "status_list_index", b"status_list_index", "status_list_uri", b"status_list_uri", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "expires_at", b"expires_at", "lock", b"lock", "method", b"method", "status", b"status", "status_list_index", b"status_list_index", "status_list_uri", b"status_list_uri", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1092,8 +1183,9 @@ class GetStatusListResponse(_message.Message):
     """The status list token (compact JWS, `typ` `statuslist+jwt`, EdDSA, signed by
     the active attestation key: verify it with GetJwks): claims `sub` (= `uri`),
     `iat`, `exp`, `ttl` (seconds a verifier may cache it) and `status_list`
-    (`bits` 1; `lst` the ZLIB-compressed, base64url bit string, index 0 the least
-    significant bit of byte 0; 1 = revoked).
+    (`bits` 2; `lst` the ZLIB-compressed, base64url byte string, entry 0 the two
+    least significant bits of byte 0; 0 = valid, 1 = revoked, 2 = suspended:
+    the account is locked now, R7).
     """
     uri: _builtins.str
     """The list's URI, as attestation tokens name it in `status.status_list.uri`:
@@ -1112,3 +1204,187 @@ class GetStatusListResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusListResponse: _TypeAlias = GetStatusListResponse  # noqa: Y015
+
+@_typing.final
+class AccountLock(_message.Message):
+    """An account's lock (R7)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    LOCKED_AT_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_REFERENCE_FIELD_NUMBER: _builtins.int
+    TEMPORARY_LOCKS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The platform's account id."""
+    kind: Global___LockKind.ValueType
+    """Temporary or permanent."""
+    reason: _builtins.str
+    """The legal reason code the platform gave."""
+    request_reference: _builtins.str
+    """The reference of the request the lock answers."""
+    temporary_locks: _builtins.int
+    """How many temporary locks the account has had on this platform, this one
+    included (R7: three or more call for a permanent lock).
+    """
+    @_builtins.property
+    def locked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the lock was applied."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """When a temporary lock ends by itself; unset for a permanent one."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        kind: Global___LockKind.ValueType = ...,
+        locked_at: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        request_reference: _builtins.str = ...,
+        temporary_locks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["locked_at", b"locked_at", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "kind", b"kind", "locked_at", b"locked_at", "reason", b"reason", "request_reference", b"request_reference", "temporary_locks", b"temporary_locks", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountLock: _TypeAlias = AccountLock  # noqa: Y015
+
+@_typing.final
+class LockAccountRequest(_message.Message):
+    """Locks an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_REFERENCE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
+    kind: Global___LockKind.ValueType
+    """Temporary or permanent; required."""
+    reason: _builtins.str
+    """The legal reason code (for example `unlawful_content_5_in_30_days`,
+    `national_security`): 1-64 characters of `a-z 0-9 _`, so no personal data
+    fits. Recorded in the audit log.
+    """
+    request_reference: _builtins.str
+    """The reference of the request being answered (for example the authority's
+    document number): 1-128 characters of `A-Z a-z 0-9 . _ : / -`. Recorded in
+    the audit log.
+    """
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """For a temporary lock, required: its end, 7 to 30 days from now (R7). Must
+        be unset for a permanent lock.
+        """
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        kind: Global___LockKind.ValueType = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        request_reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "kind", b"kind", "reason", b"reason", "request_reference", b"request_reference", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockAccountRequest: _TypeAlias = LockAccountRequest  # noqa: Y015
+
+@_typing.final
+class LockAccountResponse(_message.Message):
+    """The outcome of a lock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    unchanged: _builtins.bool
+    """True when the same lock already held: nothing changed, nothing audited."""
+    @_builtins.property
+    def lock(self) -> Global___AccountLock:
+        """The lock now in force."""
+
+    def __init__(
+        self,
+        *,
+        lock: Global___AccountLock | None = ...,
+        unchanged: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock", "unchanged", b"unchanged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockAccountResponse: _TypeAlias = LockAccountResponse  # noqa: Y015
+
+@_typing.final
+class UnlockAccountRequest(_message.Message):
+    """Lifts an account's lock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The platform's account id."""
+    reason: _builtins.str
+    """Why (for example `request_withdrawn`, `appeal_upheld`): 1-64 characters of
+    `a-z 0-9 _`. Recorded in the audit log.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockAccountRequest: _TypeAlias = UnlockAccountRequest  # noqa: Y015
+
+@_typing.final
+class UnlockAccountResponse(_message.Message):
+    """The outcome of an unlock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAS_LOCKED_FIELD_NUMBER: _builtins.int
+    UNLOCKED_AT_FIELD_NUMBER: _builtins.int
+    was_locked: _builtins.bool
+    """True when a lock held and was lifted by this call."""
+    @_builtins.property
+    def unlocked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was lifted; unset when `was_locked` is false."""
+
+    def __init__(
+        self,
+        *,
+        was_locked: _builtins.bool = ...,
+        unlocked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["unlocked_at", b"unlocked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["unlocked_at", b"unlocked_at", "was_locked", b"was_locked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockAccountResponse: _TypeAlias = UnlockAccountResponse  # noqa: Y015

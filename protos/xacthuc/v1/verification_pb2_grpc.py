@@ -105,6 +105,16 @@ class VerificationServiceStub:
                 request_serializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListRequest.SerializeToString,
                 response_deserializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListResponse.FromString,
                 _registered_method=True)
+        self.LockAccount = channel.unary_unary(
+                '/xacthuc.v1.VerificationService/LockAccount',
+                request_serializer=xacthuc_dot_v1_dot_verification__pb2.LockAccountRequest.SerializeToString,
+                response_deserializer=xacthuc_dot_v1_dot_verification__pb2.LockAccountResponse.FromString,
+                _registered_method=True)
+        self.UnlockAccount = channel.unary_unary(
+                '/xacthuc.v1.VerificationService/UnlockAccount',
+                request_serializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountRequest.SerializeToString,
+                response_deserializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountResponse.FromString,
+                _registered_method=True)
 
 
 class VerificationServiceServicer:
@@ -137,10 +147,13 @@ class VerificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyPersonalId(self, request, context):
-        """Authenticates by the 12-digit personal identification number through the
-        e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+        """Authenticates by personal identification number through the e-ID registry
+        (R3, R4): a citizen's 12-digit number or, for a foreigner without a
+        Vietnamese mobile number, the foreigner's identification number (R9,
+        `personal_id_type`). Checks, in order: the R3 declaration (for the
         no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
-        the number's structure against the declared date of birth and sex, the
+        the number's structure (a citizen's against the declared date of birth and
+        sex; a foreigner's only its form), the
         attempt limits of the account and of the number, then the registry match,
         then (after a match only) the cap of accounts per number
         (PERSONAL_ID_ACCOUNT_LIMIT). An unknown number and a non-matching name or
@@ -208,7 +221,7 @@ class VerificationServiceServicer:
     def GetCommercialLivestreamEligibility(self, request, context):
         """Tells whether an account may livestream for commercial purposes (R4, P7):
         only an active personal-ID attestation of an account that is not
-        guardian-managed is eligible.
+        guardian-managed and not locked (R7) is eligible.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,14 +234,15 @@ class VerificationServiceServicer:
         holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
         attestation every other action is refused (NOT_AUTHENTICATED, R6: the
         transition period ended 24 Mar 2025); then a revoked attestation
-        (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+        (ATTESTATION_REVOKED, R5), a locked account (ACCOUNT_LOCKED, R7: see
+        LockAccount), a guardian-managed child who turned 16 (AGED_OUT,
         P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
         livestreaming is refused to a guardian-managed account
         (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
         personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
         (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
         only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-        One store read; safe to retry.
+        One store round trip; safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +296,37 @@ class VerificationServiceServicer:
         signed `statuslist+jwt`), the one its tokens name in their `status` claim,
         for platforms that cannot reach the well-known HTTP listener where the same
         token is served at `uri`. Safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LockAccount(self, request, context):
+        """Locks an account (R7, Decree 147 Art. 35(7)): temporarily, 7 to 30 days
+        (a platform must do so within 24 hours of a request, for repeated unlawful
+        content), or permanently (national-security content, or after 3+
+        temporary locks: `temporary_locks` counts them). While the lock holds,
+        Authorize, GetCommercialLivestreamEligibility and the SDK's offline
+        decision answer ACCOUNT_LOCKED (rule R7) for every action but reading; the
+        status list marks every token of the account SUSPENDED (status 2), also one
+        issued by a re-verification during the lock. A temporary lock ends by
+        itself at `until`. The lock replaces the account's previous one (lock again
+        to extend it or make it permanent); repeating the same lock while it holds
+        changes nothing (`unchanged`, not audited again). Audited `account_locked`.
+        FIELD_INVALID (metadata `field`) for a malformed account id, a missing
+        kind, a temporary `until` outside 7-30 days from now (600 s allowed for
+        clock difference at the lower end), an `until` on a permanent lock, or a
+        malformed reason or reference. An account never verified can be locked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlockAccount(self, request, context):
+        """Lifts the account's lock now (R7; for example a request withdrawn or an
+        appeal upheld). Audited `account_unlocked` with the reason. When no lock
+        holds (never locked, lifted before, or a temporary lock that ran out),
+        nothing changes and `was_locked` is false. Safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -354,6 +399,16 @@ def add_VerificationServiceServicer_to_server(servicer, server):
                     servicer.GetStatusList,
                     request_deserializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListRequest.FromString,
                     response_serializer=xacthuc_dot_v1_dot_verification__pb2.GetStatusListResponse.SerializeToString,
+            ),
+            'LockAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.LockAccount,
+                    request_deserializer=xacthuc_dot_v1_dot_verification__pb2.LockAccountRequest.FromString,
+                    response_serializer=xacthuc_dot_v1_dot_verification__pb2.LockAccountResponse.SerializeToString,
+            ),
+            'UnlockAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlockAccount,
+                    request_deserializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountRequest.FromString,
+                    response_serializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -713,6 +768,60 @@ class VerificationService:
             '/xacthuc.v1.VerificationService/GetStatusList',
             xacthuc_dot_v1_dot_verification__pb2.GetStatusListRequest.SerializeToString,
             xacthuc_dot_v1_dot_verification__pb2.GetStatusListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LockAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xacthuc.v1.VerificationService/LockAccount',
+            xacthuc_dot_v1_dot_verification__pb2.LockAccountRequest.SerializeToString,
+            xacthuc_dot_v1_dot_verification__pb2.LockAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlockAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xacthuc.v1.VerificationService/UnlockAccount',
+            xacthuc_dot_v1_dot_verification__pb2.UnlockAccountRequest.SerializeToString,
+            xacthuc_dot_v1_dot_verification__pb2.UnlockAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

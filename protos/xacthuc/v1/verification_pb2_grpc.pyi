@@ -52,10 +52,13 @@ class VerificationServiceStub:
     lost the response gets the attestation with GetAttestation.
     """
     VerifyPersonalId: _grpc.UnaryUnaryMultiCallable[_verification_pb2.VerifyPersonalIdRequest, _verification_pb2.VerifyPersonalIdResponse]
-    """Authenticates by the 12-digit personal identification number through the
-    e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+    """Authenticates by personal identification number through the e-ID registry
+    (R3, R4): a citizen's 12-digit number or, for a foreigner without a
+    Vietnamese mobile number, the foreigner's identification number (R9,
+    `personal_id_type`). Checks, in order: the R3 declaration (for the
     no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
-    the number's structure against the declared date of birth and sex, the
+    the number's structure (a citizen's against the declared date of birth and
+    sex; a foreigner's only its form), the
     attempt limits of the account and of the number, then the registry match,
     then (after a match only) the cap of accounts per number
     (PERSONAL_ID_ACCOUNT_LIMIT). An unknown number and a non-matching name or
@@ -107,7 +110,7 @@ class VerificationServiceStub:
     GetCommercialLivestreamEligibility: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetCommercialLivestreamEligibilityRequest, _verification_pb2.GetCommercialLivestreamEligibilityResponse]
     """Tells whether an account may livestream for commercial purposes (R4, P7):
     only an active personal-ID attestation of an account that is not
-    guardian-managed is eligible.
+    guardian-managed and not locked (R7) is eligible.
     """
     Authorize: _grpc.UnaryUnaryMultiCallable[_verification_pb2.AuthorizeRequest, _verification_pb2.AuthorizeResponse]
     """Decides whether an account may perform an action now (R4, R5, R6, P6, P7),
@@ -116,14 +119,15 @@ class VerificationServiceStub:
     holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
     attestation every other action is refused (NOT_AUTHENTICATED, R6: the
     transition period ended 24 Mar 2025); then a revoked attestation
-    (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+    (ATTESTATION_REVOKED, R5), a locked account (ACCOUNT_LOCKED, R7: see
+    LockAccount), a guardian-managed child who turned 16 (AGED_OUT,
     P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
     livestreaming is refused to a guardian-managed account
     (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
     personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
     (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
     only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-    One store read; safe to retry.
+    One store round trip; safe to retry.
     """
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]
     """Returns the account's current attestation (its token, signed again with the
@@ -158,6 +162,29 @@ class VerificationServiceStub:
     for platforms that cannot reach the well-known HTTP listener where the same
     token is served at `uri`. Safe to retry.
     """
+    LockAccount: _grpc.UnaryUnaryMultiCallable[_verification_pb2.LockAccountRequest, _verification_pb2.LockAccountResponse]
+    """Locks an account (R7, Decree 147 Art. 35(7)): temporarily, 7 to 30 days
+    (a platform must do so within 24 hours of a request, for repeated unlawful
+    content), or permanently (national-security content, or after 3+
+    temporary locks: `temporary_locks` counts them). While the lock holds,
+    Authorize, GetCommercialLivestreamEligibility and the SDK's offline
+    decision answer ACCOUNT_LOCKED (rule R7) for every action but reading; the
+    status list marks every token of the account SUSPENDED (status 2), also one
+    issued by a re-verification during the lock. A temporary lock ends by
+    itself at `until`. The lock replaces the account's previous one (lock again
+    to extend it or make it permanent); repeating the same lock while it holds
+    changes nothing (`unchanged`, not audited again). Audited `account_locked`.
+    FIELD_INVALID (metadata `field`) for a malformed account id, a missing
+    kind, a temporary `until` outside 7-30 days from now (600 s allowed for
+    clock difference at the lower end), an `until` on a permanent lock, or a
+    malformed reason or reference. An account never verified can be locked.
+    """
+    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_verification_pb2.UnlockAccountRequest, _verification_pb2.UnlockAccountResponse]
+    """Lifts the account's lock now (R7; for example a request withdrawn or an
+    appeal upheld). Audited `account_unlocked` with the reason. When no lock
+    holds (never locked, lifted before, or a temporary lock that ran out),
+    nothing changes and `was_locked` is false. Safe to retry.
+    """
 
 @_typing.type_check_only
 class VerificationServiceAsyncStub(VerificationServiceStub):
@@ -183,10 +210,13 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     lost the response gets the attestation with GetAttestation.
     """
     VerifyPersonalId: _aio.UnaryUnaryMultiCallable[_verification_pb2.VerifyPersonalIdRequest, _verification_pb2.VerifyPersonalIdResponse]  # type: ignore[assignment]
-    """Authenticates by the 12-digit personal identification number through the
-    e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+    """Authenticates by personal identification number through the e-ID registry
+    (R3, R4): a citizen's 12-digit number or, for a foreigner without a
+    Vietnamese mobile number, the foreigner's identification number (R9,
+    `personal_id_type`). Checks, in order: the R3 declaration (for the
     no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
-    the number's structure against the declared date of birth and sex, the
+    the number's structure (a citizen's against the declared date of birth and
+    sex; a foreigner's only its form), the
     attempt limits of the account and of the number, then the registry match,
     then (after a match only) the cap of accounts per number
     (PERSONAL_ID_ACCOUNT_LIMIT). An unknown number and a non-matching name or
@@ -238,7 +268,7 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     GetCommercialLivestreamEligibility: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetCommercialLivestreamEligibilityRequest, _verification_pb2.GetCommercialLivestreamEligibilityResponse]  # type: ignore[assignment]
     """Tells whether an account may livestream for commercial purposes (R4, P7):
     only an active personal-ID attestation of an account that is not
-    guardian-managed is eligible.
+    guardian-managed and not locked (R7) is eligible.
     """
     Authorize: _aio.UnaryUnaryMultiCallable[_verification_pb2.AuthorizeRequest, _verification_pb2.AuthorizeResponse]  # type: ignore[assignment]
     """Decides whether an account may perform an action now (R4, R5, R6, P6, P7),
@@ -247,14 +277,15 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
     attestation every other action is refused (NOT_AUTHENTICATED, R6: the
     transition period ended 24 Mar 2025); then a revoked attestation
-    (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+    (ATTESTATION_REVOKED, R5), a locked account (ACCOUNT_LOCKED, R7: see
+    LockAccount), a guardian-managed child who turned 16 (AGED_OUT,
     P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
     livestreaming is refused to a guardian-managed account
     (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
     personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
     (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
     only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-    One store read; safe to retry.
+    One store round trip; safe to retry.
     """
     GetAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]  # type: ignore[assignment]
     """Returns the account's current attestation (its token, signed again with the
@@ -288,6 +319,29 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     signed `statuslist+jwt`), the one its tokens name in their `status` claim,
     for platforms that cannot reach the well-known HTTP listener where the same
     token is served at `uri`. Safe to retry.
+    """
+    LockAccount: _aio.UnaryUnaryMultiCallable[_verification_pb2.LockAccountRequest, _verification_pb2.LockAccountResponse]  # type: ignore[assignment]
+    """Locks an account (R7, Decree 147 Art. 35(7)): temporarily, 7 to 30 days
+    (a platform must do so within 24 hours of a request, for repeated unlawful
+    content), or permanently (national-security content, or after 3+
+    temporary locks: `temporary_locks` counts them). While the lock holds,
+    Authorize, GetCommercialLivestreamEligibility and the SDK's offline
+    decision answer ACCOUNT_LOCKED (rule R7) for every action but reading; the
+    status list marks every token of the account SUSPENDED (status 2), also one
+    issued by a re-verification during the lock. A temporary lock ends by
+    itself at `until`. The lock replaces the account's previous one (lock again
+    to extend it or make it permanent); repeating the same lock while it holds
+    changes nothing (`unchanged`, not audited again). Audited `account_locked`.
+    FIELD_INVALID (metadata `field`) for a malformed account id, a missing
+    kind, a temporary `until` outside 7-30 days from now (600 s allowed for
+    clock difference at the lower end), an `until` on a permanent lock, or a
+    malformed reason or reference. An account never verified can be locked.
+    """
+    UnlockAccount: _aio.UnaryUnaryMultiCallable[_verification_pb2.UnlockAccountRequest, _verification_pb2.UnlockAccountResponse]  # type: ignore[assignment]
+    """Lifts the account's lock now (R7; for example a request withdrawn or an
+    appeal upheld). Audited `account_unlocked` with the reason. When no lock
+    holds (never locked, lifted before, or a temporary lock that ran out),
+    nothing changes and `was_locked` is false. Safe to retry.
     """
 
 class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -329,10 +383,13 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.VerifyPersonalIdRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.VerifyPersonalIdResponse, _abc.Awaitable[_verification_pb2.VerifyPersonalIdResponse]]:
-        """Authenticates by the 12-digit personal identification number through the
-        e-ID registry (R3, R4). Checks, in order: the R3 declaration (for the
+        """Authenticates by personal identification number through the e-ID registry
+        (R3, R4): a citizen's 12-digit number or, for a foreigner without a
+        Vietnamese mobile number, the foreigner's identification number (R9,
+        `personal_id_type`). Checks, in order: the R3 declaration (for the
         no-mobile purpose), the holder's age (16+; children go through LinkGuardian),
-        the number's structure against the declared date of birth and sex, the
+        the number's structure (a citizen's against the declared date of birth and
+        sex; a foreigner's only its form), the
         attempt limits of the account and of the number, then the registry match,
         then (after a match only) the cap of accounts per number
         (PERSONAL_ID_ACCOUNT_LIMIT). An unknown number and a non-matching name or
@@ -408,7 +465,7 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_verification_pb2.GetCommercialLivestreamEligibilityResponse, _abc.Awaitable[_verification_pb2.GetCommercialLivestreamEligibilityResponse]]:
         """Tells whether an account may livestream for commercial purposes (R4, P7):
         only an active personal-ID attestation of an account that is not
-        guardian-managed is eligible.
+        guardian-managed and not locked (R7) is eligible.
         """
 
     @_abc_1.abstractmethod
@@ -423,14 +480,15 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         holds decides: reading is always allowed (READ_UNRESTRICTED, R5); with no
         attestation every other action is refused (NOT_AUTHENTICATED, R6: the
         transition period ended 24 Mar 2025); then a revoked attestation
-        (ATTESTATION_REVOKED, R5), a guardian-managed child who turned 16 (AGED_OUT,
+        (ATTESTATION_REVOKED, R5), a locked account (ACCOUNT_LOCKED, R7: see
+        LockAccount), a guardian-managed child who turned 16 (AGED_OUT,
         P6), an expired attestation (ATTESTATION_EXPIRED, R5); commercial
         livestreaming is refused to a guardian-managed account
         (GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM, P7) and to one without a
         personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
         (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
         only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-        One store read; safe to retry.
+        One store round trip; safe to retry.
         """
 
     @_abc_1.abstractmethod
@@ -494,6 +552,41 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         signed `statuslist+jwt`), the one its tokens name in their `status` claim,
         for platforms that cannot reach the well-known HTTP listener where the same
         token is served at `uri`. Safe to retry.
+        """
+
+    @_abc_1.abstractmethod
+    def LockAccount(
+        self,
+        request: _verification_pb2.LockAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verification_pb2.LockAccountResponse, _abc.Awaitable[_verification_pb2.LockAccountResponse]]:
+        """Locks an account (R7, Decree 147 Art. 35(7)): temporarily, 7 to 30 days
+        (a platform must do so within 24 hours of a request, for repeated unlawful
+        content), or permanently (national-security content, or after 3+
+        temporary locks: `temporary_locks` counts them). While the lock holds,
+        Authorize, GetCommercialLivestreamEligibility and the SDK's offline
+        decision answer ACCOUNT_LOCKED (rule R7) for every action but reading; the
+        status list marks every token of the account SUSPENDED (status 2), also one
+        issued by a re-verification during the lock. A temporary lock ends by
+        itself at `until`. The lock replaces the account's previous one (lock again
+        to extend it or make it permanent); repeating the same lock while it holds
+        changes nothing (`unchanged`, not audited again). Audited `account_locked`.
+        FIELD_INVALID (metadata `field`) for a malformed account id, a missing
+        kind, a temporary `until` outside 7-30 days from now (600 s allowed for
+        clock difference at the lower end), an `until` on a permanent lock, or a
+        malformed reason or reference. An account never verified can be locked.
+        """
+
+    @_abc_1.abstractmethod
+    def UnlockAccount(
+        self,
+        request: _verification_pb2.UnlockAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verification_pb2.UnlockAccountResponse, _abc.Awaitable[_verification_pb2.UnlockAccountResponse]]:
+        """Lifts the account's lock now (R7; for example a request withdrawn or an
+        appeal upheld). Audited `account_unlocked` with the reason. When no lock
+        holds (never locked, lifted before, or a temporary lock that ran out),
+        nothing changes and `was_locked` is false. Safe to retry.
         """
 
 def add_VerificationServiceServicer_to_server(servicer: VerificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ import datetime
 from xacthuc.domain.clock import Clock
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide
 from xacthuc.domain.errors import AttestationNotFound, FieldInvalid
+from xacthuc.domain.locks import AccountLock, LockKind, check_lock, check_lock_reason
 from xacthuc.domain.personal_id import Sex
 from xacthuc.domain.records import AttestationRecord, check_revocation_reason
 from xacthuc.ports.store import Store
@@ -46,6 +47,11 @@ _ACTIONS = {
     verification_pb2.ACTION_LIVESTREAM: Action.LIVESTREAM,
     verification_pb2.ACTION_COMMERCIAL_LIVESTREAM: Action.COMMERCIAL_LIVESTREAM,
 }
+_LOCK_KINDS = {
+    verification_pb2.LOCK_KIND_TEMPORARY: LockKind.TEMPORARY,
+    verification_pb2.LOCK_KIND_PERMANENT: LockKind.PERMANENT,
+}
+_LOCK_KINDS_OUT = {kind: value for value, kind in _LOCK_KINDS.items()}
 # The decision table has a handful of outcomes: one immutable-in-practice response each.
 _DECISIONS: dict[Decision, verification_pb2.AuthorizeResponse] = {}
 
@@ -169,8 +175,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         self, caller: Caller, request: verification_pb2.GetCommercialLivestreamEligibilityRequest
     ) -> verification_pb2.GetCommercialLivestreamEligibilityResponse:
         check_account_id(request.account_id)
-        record = await self._store.get_attestation(caller.platform, request.account_id)
-        decision = decide(state_of(record), Action.COMMERCIAL_LIVESTREAM, self._clock.now())
+        record, lock = await self._store.account_state(caller.platform, request.account_id)
+        now = self._clock.now()
+        decision = decide(state_of(record, lock, now), Action.COMMERCIAL_LIVESTREAM, now)
         return verification_pb2.GetCommercialLivestreamEligibilityResponse(
             eligible=decision.allowed, reason="" if decision.allowed else decision.reason
         )
@@ -229,13 +236,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
     async def Authorize(
         self, caller: Caller, request: verification_pb2.AuthorizeRequest
     ) -> verification_pb2.AuthorizeResponse:
-        """R4-R6, P6, P7: the decision table over the stored attestation (one store read)."""
+        """R4-R7, P6, P7: the decision table over the stored attestation and lock (one store
+        round trip)."""
         check_account_id(request.account_id)
         action = _ACTIONS.get(request.action)
         if action is None:
             raise FieldInvalid("action", f"must be one of {', '.join(a.value for a in Action)}")
-        record = await self._store.get_attestation(caller.platform, request.account_id)
-        decision = decide(state_of(record), action, self._clock.now())
+        record, lock = await self._store.account_state(caller.platform, request.account_id)
+        now = self._clock.now()
+        decision = decide(state_of(record, lock, now), action, now)
         response = _DECISIONS.get(decision)
         if response is None:
             response = _DECISIONS[decision] = verification_pb2.AuthorizeResponse(
@@ -266,11 +275,14 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         self, caller: Caller, request: verification_pb2.IntrospectAttestationRequest
     ) -> verification_pb2.IntrospectAttestationResponse:
         check_account_id(request.account_id)
-        record = await self._store.get_attestation(caller.platform, request.account_id)
-        status = introspection_status(record, self._clock.now())
+        record, lock = await self._store.account_state(caller.platform, request.account_id)
+        now = self._clock.now()
+        status = introspection_status(record, now)
+        held = lock_message(lock) if lock is not None and lock.holds(now) else None
         if record is None:
-            return verification_pb2.IntrospectAttestationResponse(status=status)
+            return verification_pb2.IntrospectAttestationResponse(status=status, lock=held)
         response = verification_pb2.IntrospectAttestationResponse(
+            lock=held,
             active=status == "active",
             status=status,
             token_id=record.token_id,
@@ -281,6 +293,42 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             response.status_list_uri = self._status_lists.uri(caller.platform)
             response.status_list_index = record.status_idx
         return response
+
+    # ---- account locks (R7) -------------------------------------------------------------
+
+    @rpc(Role.PLATFORM)
+    async def LockAccount(
+        self, caller: Caller, request: verification_pb2.LockAccountRequest
+    ) -> verification_pb2.LockAccountResponse:
+        check_account_id(request.account_id)
+        checked = check_lock(
+            platform=caller.platform,
+            account_id=request.account_id,
+            kind=_LOCK_KINDS.get(request.kind),
+            until=timestamp_seconds(request, "until"),
+            reason=request.reason,
+            request_reference=request.request_reference,
+            now=self._clock.now(),
+        )
+        lock, changed = await self._store.lock_account(checked)
+        self._revoked(caller.platform)  # the published list must mark the account's tokens
+        return verification_pb2.LockAccountResponse(lock=lock_message(lock), unchanged=not changed)
+
+    @rpc(Role.PLATFORM)
+    async def UnlockAccount(
+        self, caller: Caller, request: verification_pb2.UnlockAccountRequest
+    ) -> verification_pb2.UnlockAccountResponse:
+        check_account_id(request.account_id)
+        check_lock_reason(request.reason)
+        ended = await self._store.unlock_account(
+            caller.platform, request.account_id, self._clock.now(), request.reason
+        )
+        if ended is None or ended.ended_at is None:
+            return verification_pb2.UnlockAccountResponse(was_locked=False)
+        self._revoked(caller.platform)
+        return verification_pb2.UnlockAccountResponse(
+            was_locked=True, unlocked_at=timestamp(ended.ended_at)
+        )
 
     @rpc(Role.PLATFORM)
     async def GetStatusList(
@@ -307,13 +355,30 @@ def introspection_status(record: AttestationRecord | None, now: float) -> str:
     return "active"
 
 
-def state_of(record: AttestationRecord | None) -> AttestationState | None:
+def lock_message(lock: AccountLock) -> verification_pb2.AccountLock:
+    message = verification_pb2.AccountLock(
+        account_id=lock.account_id,
+        kind=_LOCK_KINDS_OUT.get(LockKind(lock.kind), verification_pb2.LOCK_KIND_UNSPECIFIED),
+        locked_at=timestamp(lock.locked_at),
+        reason=lock.reason,
+        request_reference=lock.request_reference,
+        temporary_locks=lock.temporary_locks,
+    )
+    if lock.until is not None:
+        message.until.CopyFrom(timestamp(lock.until))
+    return message
+
+
+def state_of(
+    record: AttestationRecord | None, lock: AccountLock | None = None, now: float = 0.0
+) -> AttestationState | None:
     """The decision table's view of a stored attestation: exactly the facts its token states,
     so Authorize and the SDK's offline decision from the token agree on every case. Times are
     whole seconds, as the token's `exp`; a child's attestation ages out (P6) when its expiry
     is the 16th birthday, the case in which the token says `exp_reason: age_16` (a child's
     token that ran out earlier says only "expired", online and offline alike: the birthday
-    itself is never in a token)."""
+    itself is never in a token). `locked` (R7) when `lock` holds at `now`: offline, the
+    status list says SUSPENDED for the token's index while it holds."""
     if record is None:
         return None
     expires_at = float(int(record.expires_at))
@@ -329,6 +394,7 @@ def state_of(record: AttestationRecord | None) -> AttestationState | None:
         commercial_livestream=record.commercial_livestream,
         revoked=record.status == "revoked",
         aged_out_at=expires_at if ages_out else None,
+        locked=lock is not None and lock.holds(now),
     )
 
 

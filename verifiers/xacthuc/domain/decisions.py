@@ -1,4 +1,4 @@
-"""The authorization decision (Decree 147 R4-R6, DOMAIN.md P6-P7) as one table of data.
+"""The authorization decision (Decree 147 R4-R7, DOMAIN.md P6-P7) as one table of data.
 
 May this account do this action now? The server's Authorize RPC and the SDK's offline
 `authorize_offline` both call `decide`, so the two cannot disagree: they differ only in where
@@ -12,19 +12,25 @@ is the policy:
 | 1 | any                                              | read                    | yes   | READ_UNRESTRICTED                          | R5   |
 | 2 | no attestation                                   | all but read            | no    | NOT_AUTHENTICATED                          | R6   |
 | 3 | attestation revoked                              | all but read            | no    | ATTESTATION_REVOKED                        | R5   |
-| 4 | guardian-managed and the child has turned 16     | all but read            | no    | AGED_OUT                                   | P6   |
-| 5 | attestation expired                              | all but read            | no    | ATTESTATION_EXPIRED                        | R5   |
-| 6 | guardian-managed                                 | commercial_livestream   | no    | GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM  | P7   |
-| 7 | not personal_id, or no commercial_livestream     | commercial_livestream   | no    | PERSONAL_ID_REQUIRED                       | R4   |
-| 8 | any                                              | all but read            | yes   | AUTHENTICATED                              | R5   |
+| 4 | account locked                                   | all but read            | no    | ACCOUNT_LOCKED                             | R7   |
+| 5 | guardian-managed and the child has turned 16     | all but read            | no    | AGED_OUT                                   | P6   |
+| 6 | attestation expired                              | all but read            | no    | ATTESTATION_EXPIRED                        | R5   |
+| 7 | guardian-managed                                 | commercial_livestream   | no    | GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM  | P7   |
+| 8 | not personal_id, or no commercial_livestream     | commercial_livestream   | no    | PERSONAL_ID_REQUIRED                       | R4   |
+| 9 | any                                              | all but read            | yes   | AUTHENTICATED                              | R5   |
 
 Why this order: reading is never restricted (R5), whatever the account's state. Row 2 cites
 R6 because R6 is what now blocks every unauthenticated account from the R5 actions (the
 transition period ended 24 Mar 2025). Revocation (3) is checked before time so a revoked
-token never reads as merely expired. Aging out (4) comes before expiry (5) because a child's
+token never reads as merely expired. A lock (4, R7) comes after revocation because offline
+the status list holds one value per token, and a revoked token's is "invalid" for good; it
+comes before time because verifying again does not lift a lock, so EXPIRED or AGED_OUT would
+send the platform the wrong way. A lock is not a row for an account without an attestation
+(row 2 decides): offline there is no token to carry it, and the online answer must be the
+same. Aging out (5) comes before expiry (6) because a child's
 token expires at the 16th birthday: both hold, and AGED_OUT tells the platform what to do
 (verify the user in their own name), where EXPIRED would only say "verify again". For
-commercial livestream, the guardian rule (6) comes before the ID rule (7): a child cannot
+commercial livestream, the guardian rule (7) comes before the ID rule (8): a child cannot
 fix the refusal with an ID check, so PERSONAL_ID_REQUIRED would mislead.
 
 Times are seconds since the epoch; `now` is passed in (the injected clock). An attestation
@@ -68,6 +74,9 @@ class AttestationState:
     commercial_livestream: bool = False
     revoked: bool = False
     aged_out_at: float | None = None
+    # R7: the account is locked now (online: a lock that holds; offline: the token's status
+    # in the status list is SUSPENDED).
+    locked: bool = False
 
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
@@ -123,6 +132,12 @@ TABLE: tuple[Row, ...] = (
         _ALL_BUT_READ,
         lambda s, now: _present(s).revoked,
         Decision(False, "ATTESTATION_REVOKED", "R5"),
+    ),
+    Row(
+        "account locked",
+        _ALL_BUT_READ,
+        lambda s, now: _present(s).locked,
+        Decision(False, "ACCOUNT_LOCKED", "R7"),
     ),
     Row(
         "guardian-managed and the child has turned 16",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from xacthuc.domain.locks import AccountLock, LockRequest
 from xacthuc.domain.records import (
     AgingOut,
     AttestationRecord,
@@ -151,6 +152,36 @@ class Store(Protocol):
         first, so a publisher must reverse the bits of each byte. The bitmap covers every
         index handed out so far (allocating an index writes its zero bit), so a list built
         from it holds every issued token's index."""
+        ...
+
+    # ---- account locks (R7) -----------------------------------------------------------------
+
+    async def lock_account(self, request: LockRequest) -> tuple[AccountLock, bool]:
+        """Lock the account (R7): the lock replaces the account's latest one (a holding lock
+        too: a platform extends or makes permanent by locking again), counts a temporary lock
+        in `temporary_locks`, and is audited `account_locked` (reason, `kind`, `lock_until`,
+        `request`). A lock that holds with the same kind, end, reason and reference is
+        returned unchanged with False and no audit record (a retry); otherwise True."""
+        ...
+
+    async def unlock_account(
+        self, platform: str, account_id: str, now: float, reason: str
+    ) -> AccountLock | None:
+        """Lift the account's lock that holds at `now`: audited `account_unlocked` with
+        `reason`; returns the lifted lock. None, with nothing changed or audited, when no
+        lock holds (never locked, lifted before, or a temporary lock that ran out)."""
+        ...
+
+    async def account_state(
+        self, platform: str, account_id: str
+    ) -> tuple[AttestationRecord | None, AccountLock | None]:
+        """The account's attestation and its latest lock (which may no longer hold), read
+        together (one round trip): what Authorize decides from."""
+        ...
+
+    async def locked_status_indexes(self, platform: str, now: float) -> list[int]:
+        """The status-list indexes of every token ever issued to an account whose lock holds
+        at `now` (a lock survives re-verification: the new token's index is among them)."""
         ...
 
     async def append_audit(

@@ -95,7 +95,10 @@ class ReportCounter:
     Keys: `records`; `event:<event>`; `outcome:<outcome>`; `attestations` (events
     `attestation_issued`), `method:<method>` (attestations by method), `guardian_managed` and
     `commercial_livestream` (attestations carrying that flag); `lockouts` (`phone_locked`
-    and `id_locked` events). The five plain keys are always present, the others when not 0.
+    and `id_locked` events). The five plain keys are always present, the others when not 0:
+    `id_type:<type>` (personal-ID attestations by kind of number, `citizen` or `foreigner`,
+    R9); `account_locks` (`account_locked` events, R7) and `lock_kind:<kind>` (them by
+    `temporary` or `permanent`); `account_unlocks` (`account_unlocked` events).
     """
 
     def __init__(self, since: float | None = None, until: float | None = None) -> None:
@@ -127,8 +130,16 @@ class ReportCounter:
                 self._inc("guardian_managed")
             if _flag(rec.get("commercial_livestream")):
                 self._inc("commercial_livestream")
+            if rec.get("id_type"):
+                self._inc(f"id_type:{rec['id_type']}")
         if event in LOCKOUT_EVENTS:
             self._inc("lockouts")
+        if event == "account_locked":
+            self._inc("account_locks")
+            if rec.get("kind"):
+                self._inc(f"lock_kind:{rec['kind']}")
+        elif event == "account_unlocked":
+            self._inc("account_unlocks")
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(self._counts.items()))

@@ -5,24 +5,30 @@ attestation token of the platform names it in `"status": {"status_list": {"idx",
 with the index the store gave the token (`AttestationRecord.status_idx`). The URI comes from
 `StatusListNames` (the domain's naming, shared with the token signer), not from here.
 
-The list is the store's bitmap (`Store.status_bits`, 1 = revoked) put in the draft's bit
-order: the store keeps Redis SETBIT order (index 0 is the MOST significant bit of byte 0),
-the draft packs from the LEAST significant bit, so the bits of every byte are reversed. The
+The list has 2 bits per token (`bits` 2), with the draft's status values: 0 VALID, 1 INVALID
+(revoked), 2 SUSPENDED (the account is locked now, rule R7). It is built from the store's
+revocation bitmap (`Store.status_bits`, 1 = revoked) put in the draft's order: the store keeps
+Redis SETBIT order (index 0 is the MOST significant bit of byte 0), the draft packs from the
+LEAST significant bit, so the bits of every byte are reversed, then every entry widened to 2
+bits. The indexes of every token of an account whose lock holds at build time
+(`Store.locked_status_indexes`) are then set to SUSPENDED unless revoked (revocation is final
+and wins, as in the decision table). A temporary lock's end is thus seen by the first list
+built after it, and by an offline verifier within the list's `ttl`, like a revocation. The
 store's bitmap covers every index it has handed out (allocating an index writes a zero bit),
 so a token's index is always inside the list.
 
-Size, for herd privacy. The list is padded with zeros to a whole number of `CHUNK_BYTES`
-(16 KiB, 131,072 tokens), at least one chunk. A verifier fetching the list learns nothing
+Size, for herd privacy. The list is padded with zeros to a whole number of chunks of
+131,072 tokens (`CHUNK_BYTES` of the 1-bit bitmap, 32 KiB of the 2-bit list), at least one. A verifier fetching the list learns nothing
 from its length about how many tokens were issued below that grain, and every token of a
 platform hides among at least 131,072 entries (the herd privacy the draft's privacy
-considerations discuss). Zeros cost next to nothing once compressed: an empty chunk is 52
-characters of `lst`.
+considerations discuss). Zeros cost next to nothing once compressed: an empty chunk is under
+a hundred characters of `lst`.
 
 Signing. The active attestation key signs the list (`typ` statuslist+jwt, EdDSA), `iss` the
 service's issuer, `sub` the list's URI, `ttl` XACTHUC_STATUS_LIST_TTL_SECONDS and `exp` two
 ttls later. A signed list is kept in process for `cache_seconds` (5 s by default, never more
-than the ttl) so a burst of fetches costs one Redis read and one signature; a revocation made
-through this process drops the copy at once. Concurrent misses of a platform share one build.
+than the ttl) so a burst of fetches costs two Redis reads and one signature; a revocation,
+lock or unlock made through this process drops the copy at once. Concurrent misses of a platform share one build.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import asyncio
 from collections.abc import Callable
 
 from xacthuc.domain.clock import Clock
-from xacthuc.domain.statuslist import LIST_NO, StatusList, StatusListNames
+from xacthuc.domain.statuslist import LIST_NO, SUSPENDED, VALID, StatusList, StatusListNames
 from xacthuc.domain.tokens import SigningKey
 from xacthuc.ports.store import Store
 
@@ -42,11 +48,35 @@ CACHE_SECONDS = 5.0
 _REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 
 
+# Widening 1-bit entries to 2 bits: byte b's entries 0-3 go to the low output byte, 4-7 to the
+# high one, each entry i of a half at bit 2i (a set bit becomes the value 1, INVALID).
+_LOW = bytes(sum(1 << 2 * i for i in range(4) if b >> i & 1) for b in range(256))
+_HIGH = bytes(sum(1 << 2 * i for i in range(4) if b >> (i + 4) & 1) for b in range(256))
+
+
 def draft_order(redis_bits: bytes, *, chunk: int = CHUNK_BYTES) -> bytes:
-    """The store's bitmap as the draft's byte array: each byte's bits reversed, padded with
-    zero bytes to a whole number of `chunk`s (at least one)."""
+    """The store's bitmap as the draft's 1-bit byte array: each byte's bits reversed, padded
+    with zero bytes to a whole number of `chunk`s (at least one)."""
     size = max(chunk, -(-len(redis_bits) // chunk) * chunk)
     return redis_bits.translate(_REVERSED) + bytes(size - len(redis_bits))
+
+
+def widen(one_bit: bytes) -> bytes:
+    """A draft-order 1-bit array as the 2-bit array of the same entries (1 stays 1)."""
+    out = bytearray(2 * len(one_bit))
+    out[0::2] = one_bit.translate(_LOW)
+    out[1::2] = one_bit.translate(_HIGH)
+    return bytes(out)
+
+
+def build_list(redis_bits: bytes, locked: list[int], *, chunk: int = CHUNK_BYTES) -> StatusList:
+    """The published 2-bit list: revoked entries INVALID, `locked` ones SUSPENDED unless
+    revoked, every other entry VALID."""
+    sl = StatusList.from_bytes(widen(draft_order(redis_bits, chunk=chunk)), bits=2)
+    for idx in locked:
+        if 0 <= idx < len(sl) and sl.get(idx) == VALID:
+            sl.set(idx, SUSPENDED)
+    return sl
 
 
 class StatusListPublisher:
@@ -90,7 +120,7 @@ class StatusListPublisher:
         return self._names.uri(platform)
 
     def invalidate(self, platform: str) -> None:
-        """Forget the cached list (a revocation went through this process)."""
+        """Forget the cached list (a revocation, lock or unlock went through this process)."""
         self._cached.pop(platform, None)
         self._versions[platform] = self._versions.get(platform, 0) + 1
 
@@ -107,7 +137,8 @@ class StatusListPublisher:
                 return hit
             version = self._versions.get(platform, 0)
             bits = await self._store.status_bits(platform)
-            token = StatusList.from_bytes(draft_order(bits)).sign(
+            locked = await self._store.locked_status_indexes(platform, now)
+            token = build_list(bits, locked).sign(
                 self._signing_key(),
                 issuer=self._issuer,
                 uri=self.uri(platform),

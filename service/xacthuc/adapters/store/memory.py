@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from xacthuc.adapters.store.memory_guardian import GuardianOps
 from xacthuc.adapters.store.memory_identity import IdentityOps
+from xacthuc.adapters.store.memory_locks import LockOps
 from xacthuc.adapters.store.memory_phone import PhoneOps
 from xacthuc.domain.errors import (
     AttestationNotFound,
@@ -16,7 +17,7 @@ from xacthuc.domain.errors import (
 from xacthuc.domain.records import AttestationRecord, check_revocation_reason
 
 
-class MemoryStore(PhoneOps, IdentityOps, GuardianOps):
+class MemoryStore(PhoneOps, IdentityOps, GuardianOps, LockOps):
     """The `Store` contract in process memory (the embedded default)."""
 
     async def revoke_attestation(

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.locks import AccountLock
 from xacthuc.domain.records import AttestationRecord, audit_record
 
 _WINDOWS = {"phone_15m": 900, "phone_day": 86_400, "platform_hour": 3600, "client_ip_hour": 3600}
@@ -95,6 +96,10 @@ class _Platform:
     # The status list (issue 5): the next index, and the bitmap in Redis SETBIT bit order.
     status_next: int = 0
     status_bits: bytearray = field(default_factory=bytearray)
+    # Account locks (R7): each account's latest lock, and every status index issued to each
+    # account (a lock marks all of them in the published list).
+    locks: dict[str, AccountLock] = field(default_factory=dict)
+    account_idxs: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
 
 
 _OVER_16 = frozenset({"adult", "16_17"})  # age bands the registry proved
@@ -159,6 +164,8 @@ class MemoryBase:
         if subject:
             p.subject_accounts[subject].add(record.account_id)
         p.attestations[record.account_id] = (record, subject)
+        if record.status_idx >= 0:
+            p.account_idxs[record.account_id].add(record.status_idx)
 
     @staticmethod
     def _next_status_idx(p: _Platform) -> int:

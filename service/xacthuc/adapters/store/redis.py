@@ -21,6 +21,10 @@ Key layout, all under one hash tag per platform so a platform lives in one clust
                                             their 16th birthday
     <ns>:{<platform>}:sl:next               string: the next status-list index (INCR)
     <ns>:{<platform>}:sl:bits               string: the status bitmap (SETBIT; 1 = revoked)
+    <ns>:{<platform>}:acctsl:<account>      set: every status index issued to the account
+    <ns>:{<platform>}:lock:<account>        hash: the account's latest lock (R7), kept once lifted
+    <ns>:{<platform>}:locks                 zset: accounts with a lock, scored by its end
+                                            (+inf when permanent); lifted ones are removed
 
 Guardian links, the status list and attestations do not expire (P10 retention is the
 operator's). Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
@@ -77,6 +81,7 @@ from xacthuc.domain.errors import (
     StoreUnavailable,
     XacthucError,
 )
+from xacthuc.domain.locks import AccountLock, LockRequest
 from xacthuc.domain.records import (
     AUDIT_FORMAT_VERSION,
     AgingOut,
@@ -107,6 +112,9 @@ _SCRIPTS = (
     "sweep_aged_out",
     "list_aging_out",
     "revoke_attestation",
+    "lock_account",
+    "unlock_account",
+    "locked_status_indexes",
 )
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
@@ -231,6 +239,22 @@ def _record(h: dict[str, str]) -> AttestationRecord:
         link_id=h.get("link_id", ""),
         status_idx=int(h.get("status_idx") or -1),
         revoked_at=float(revoked_at) if revoked_at and h["status"] == "revoked" else None,
+    )
+
+
+def _lock(h: dict[str, str]) -> AccountLock:
+    """A lock hash as the record."""
+    until, ended_at = h.get("lock_until", ""), h.get("ended_at", "")
+    return AccountLock(
+        account_id=h["account_id"],
+        kind=h["kind"],
+        locked_at=float(h["locked_at"]),
+        until=float(until) if until else None,
+        reason=h["reason"],
+        request_reference=h["request_reference"],
+        temporary_locks=int(h.get("temporary_locks") or 0),
+        ended_at=float(ended_at) if ended_at else None,
+        unlock_reason=h.get("unlock_reason", ""),
     )
 
 
@@ -545,6 +569,59 @@ class RedisStore:
             "revoke_attestation", [f"{pre}acct:{account_id}", f"{pre}audit"], params
         )
         return _record(_pairs(reply[1:]))
+
+    # ---- account locks (R7) -------------------------------------------------------------
+
+    async def lock_account(self, request: LockRequest) -> tuple[AccountLock, bool]:
+        pre = self._prefix(request.platform)
+        params = self._common(request.platform, request.now) | {
+            "account": request.account_id,
+            "account_j": _j(request.account_id),
+            "kind": request.kind.value,
+            "lock_until": "" if request.until is None else _time(request.until),
+            "reason": request.reason,
+            "reason_j": _j(request.reason),
+            "request_reference": request.request_reference,
+            "request_j": _j(request.request_reference),
+        }
+        keys = [f"{pre}lock:{request.account_id}", f"{pre}locks", f"{pre}audit"]
+        reply = await self._run("lock_account", keys, params)
+        return _lock(_pairs(reply[2:])), reply[1] == "1"
+
+    async def unlock_account(
+        self, platform: str, account_id: str, now: float, reason: str
+    ) -> AccountLock | None:
+        pre = self._prefix(platform)
+        params = self._common(platform, now) | {
+            "account": account_id,
+            "account_j": _j(account_id),
+            "reason": reason,
+            "reason_j": _j(reason),
+        }
+        keys = [f"{pre}lock:{account_id}", f"{pre}locks", f"{pre}audit"]
+        reply = await self._run("unlock_account", keys, params)
+        return _lock(_pairs(reply[1:])) if len(reply) > 1 else None
+
+    async def account_state(
+        self, platform: str, account_id: str
+    ) -> tuple[AttestationRecord | None, AccountLock | None]:
+        pre = self._prefix(platform)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(f"{pre}acct:{account_id}")
+                pipe.hgetall(f"{pre}lock:{account_id}")
+                acct, lock = await pipe.execute()
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable() from e
+        a = {_text(k): _text(v) for k, v in acct.items()}
+        lk = {_text(k): _text(v) for k, v in lock.items()}
+        return (_record(a) if a else None), (_lock(lk) if lk else None)
+
+    async def locked_status_indexes(self, platform: str, now: float) -> list[int]:
+        pre = self._prefix(platform)
+        params = self._common(platform, now)
+        reply = await self._run("locked_status_indexes", [f"{pre}locks"], params)
+        return sorted(int(i) for i in reply[1:])
 
     async def status_bits(self, platform: str) -> bytes:
         key = f"{self._prefix(platform)}sl:bits"

@@ -45,9 +45,9 @@ end
 local AUDIT_FIELDS = {
   "account", "age_band", "attempt", "attempts_remaining", "challenge", "client",
   "commercial_livestream", "event", "expires", "guardian", "guardian_account",
-  "guardian_managed", "link", "lock_level", "lock_seconds", "method", "outcome", "party",
-  "personal_id", "phone", "platform", "purpose", "reason", "refunded", "relationship", "scope",
-  "seq", "status_idx", "time", "token_id", "v",
+  "guardian_managed", "id_type", "kind", "link", "lock_level", "lock_seconds", "lock_until",
+  "method", "outcome", "party", "personal_id", "phone", "platform", "purpose", "reason",
+  "refunded", "relationship", "request", "scope", "seq", "status_idx", "time", "token_id", "v",
 }
 -- Fields audit_record() always writes; the others (extras) are left out when they are "".
 local AUDIT_BASE = {
@@ -136,6 +136,11 @@ local function attest(acct_key, account, subject, fields)
   end
   redis.call("DEL", acct_key)
   redis.call("HSET", acct_key, unpack(fields))
+  -- Every index issued to the account, for its locks (R7: a lock marks all of them).
+  local idx = tonumber(redis.call("HGET", acct_key, "status_idx")) or -1
+  if idx >= 0 then
+    redis.call("SADD", PREFIX .. "acctsl:" .. account, int(idx))
+  end
 end
 
 -- A hash as a table (empty when the key does not exist).
