@@ -14,10 +14,12 @@ from xacthuc.client.offline import (
     attestation_state,
     authorize_offline,
     authorize_token,
+    from_status,
     verify_for_decision,
 )
 from xacthuc.client.verify import AttestationVerifier, TokenInvalid
 from xacthuc.domain.decisions import ACTIONS, AttestationState, Decision, decide
+from xacthuc.domain.locks import AccountLock
 from xacthuc.domain.records import AttestationRecord
 from xacthuc.domain.tokens import TOKEN_TYPE, SigningKey, TokenSigner
 
@@ -203,3 +205,38 @@ def test_the_servers_own_view_agrees_with_the_real_token(case: str, action: str)
     verified = verify_for_decision(VERIFIER, SIGNER.sign("alpha", rec), now=NOW)
     offline = authorize_offline(verified, action, now=NOW, revoked=rec.status == "revoked")
     assert decide(state_of(rec), action, NOW) == offline
+
+
+LOCKS = {
+    "unlocked": None,
+    "temporary": AccountLock("acct-1", "temporary", NOW - DAY, NOW + 6 * DAY, "r", "ref", 1),
+    "ran-out": AccountLock("acct-1", "temporary", NOW - 8 * DAY, NOW, "r", "ref", 1),
+    "lifted": AccountLock("acct-1", "permanent", NOW - DAY, None, "r", "ref", 0, NOW - 1, "x"),
+    "permanent": AccountLock("acct-1", "permanent", NOW - DAY, None, "r", "ref", 0),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "lock", "action"), list(itertools.product(SERVER_CASES, LOCKS, ACTIONS))
+)
+def test_locks_agree_online_and_offline(case: str, lock: str, action: str) -> None:
+    """R7: the server's state_of(record, lock) against the token plus the status value the
+    publisher puts in the list for it (revoked wins; a holding lock is SUSPENDED)."""
+    from xacthuc.server.verification import state_of
+    from xacthuc.verifiers.status_publisher import build_list
+
+    rec = replace(SERVER_CASES[case], status_idx=9)
+    held = LOCKS[lock]
+    redis_bits = bytes([0, 0x40]) if rec.status == "revoked" else bytes(2)  # index 9
+    listed = build_list(redis_bits, [9] if held is not None and held.holds(NOW) else [])
+    revoked, locked = from_status(listed.get(9))
+    verified = verify_for_decision(VERIFIER, SIGNER.sign("alpha", rec), now=NOW)
+    offline = authorize_offline(verified, action, now=NOW, revoked=revoked, locked=locked)
+    assert decide(state_of(rec, held, NOW), action, NOW) == offline
+
+
+def test_unknown_status_values_fail_closed() -> None:
+    """A status this SDK does not know (3) reads as revoked; SUSPENDED as locked."""
+    assert [(False, False), (True, False), (False, True), (True, False)] == [
+        from_status(v) for v in (0, 1, 2, 3)
+    ]

@@ -130,7 +130,7 @@ def test_locked_entries_are_suspended_unless_revoked() -> None:
 
 async def test_the_published_list_marks_the_locks_holding_at_build_time(world) -> None:  # type: ignore[no-untyped-def]
     """The store is asked for the locks holding at the clock's now, at every build."""
-    publisher, store, now = world
+    publisher, store, _ = world
     store.locked["alpha"] = [7]
     token = read_status_list_token(
         await publisher.token("alpha"), JWKS, expected_uri=publisher.uri("alpha"), now=NOW
