@@ -266,12 +266,27 @@ async def test_match_over_mutual_tls(registry: Registry, make: Any) -> None:
 
     assert 1 == registry.hits
     request = registry.requests[0]
-    expected = {"personal_id": NUMBER, "full_name": NAME, "date_of_birth": "1985-03-14"}
+    expected = {
+        "personal_id": NUMBER,
+        "id_type": "citizen",
+        "full_name": NAME,
+        "date_of_birth": "1985-03-14",
+    }
     assert expected == request["json"]
     assert True is unicodedata.is_normalized("NFC", request["json"]["full_name"])
     assert "application/json" == request["headers"]["content-type"]
     assert 16 == len(request["headers"]["x-request-id"])
     assert ((("commonName", CLIENT_CN),),) == request["peer"]["subject"]
+
+
+async def test_a_foreigners_number_travels_with_its_type(registry: Registry, make: Any) -> None:
+    """R9: the wire says which kind of number it is, so the provider looks among foreigners."""
+    query = RegistryQuery("8400123456", NAME, DOB, id_type="foreigner")
+    assert RegistryAnswer.MATCH == await closing(make(registry.base_url), query)
+    assert ("8400123456", "foreigner") == (
+        registry.requests[0]["json"]["personal_id"],
+        registry.requests[0]["json"]["id_type"],
+    )
 
 
 async def test_no_match(registry: Registry, make: Any) -> None:

@@ -23,6 +23,7 @@ from xacthuc.domain.personal_id import (
     PROVINCE_CODES,
     PersonalIdNumber,
     Sex,
+    parse_foreigner_id,
     parse_personal_id,
 )
 
@@ -357,3 +358,37 @@ def test_generated_sex_mismatches_are_rejected(
         parse(raw, dob, other)
 
     assert_no_leak(caught.value, raw, dob.isoformat())
+
+
+# --- a foreigner's identification number (R9) ------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["123456", " 3920071154 ", "0" * 20, "001085336181"])
+def test_foreigner_number_is_6_to_20_ascii_digits(raw: str) -> None:
+    """Only the form is checked (no structure is published): trimmed, 6-20 ASCII digits."""
+    assert raw.strip() == parse_foreigner_id(raw)
+
+
+@pytest.mark.parametrize("raw", ["12345", "1" * 21, "12345x", "１２３４５６", "123 456", ""])
+def test_foreigner_number_of_another_form_is_malformed(raw: str) -> None:
+    """Anything else is PERSONAL_ID_MALFORMED, with a message that names the rule, not the value."""
+    with pytest.raises(PersonalIdMalformed) as e:
+        parse_foreigner_id(raw)
+    assert "6-20 ASCII digits" in e.value.message
+    assert raw.strip() == "" or raw.strip() not in e.value.message
+
+
+def test_the_two_kinds_of_number_have_different_pseudonyms() -> None:
+    """Equal digits of a citizen and a foreigner are two subjects; a citizen's pseudonym is the
+    one it always had; both start `id_` (the stores key P8 slots by that prefix)."""
+    from xacthuc.domain.keyed import Pseudonymizer
+
+    p = Pseudonymizer(b"k" * 32)
+    citizen, foreigner = p.personal_id("001085336181"), p.personal_id("001085336181", "foreigner")
+    assert citizen != foreigner
+    assert citizen == p._make("id", "001085336181")
+    assert (True, True, 35) == (
+        citizen.startswith("id_"),
+        foreigner.startswith("id_"),
+        len(foreigner),
+    )

@@ -26,9 +26,18 @@ AN = {"personal_id": "001085336181", "full_name": "Nguyễn Văn An", "date_of_b
 HA = {"personal_id": "079195518144", "full_name": "Phạm Thị Thu Hà", "date_of_birth": "1995-01-30"}
 
 
-def shipped_records() -> list[dict[str, str]]:
+def shipped_all() -> list[dict[str, str]]:
     lines = SANDBOX_CITIZENS_PATH.read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def shipped_records() -> list[dict[str, str]]:
+    """The shipped citizens (records without `id_type` or with `citizen`)."""
+    return [r for r in shipped_all() if r.get("id_type", "citizen") == "citizen"]
+
+
+def shipped_foreigners() -> list[dict[str, str]]:
+    return [r for r in shipped_all() if r.get("id_type") == "foreigner"]
 
 
 def age_on(born: datetime.date, day: datetime.date) -> int:
@@ -217,11 +226,12 @@ async def test_sandbox_from_file_with_own_data(tmp_path: Path) -> None:
 
 
 def test_shipped_file_loads() -> None:
-    """The shipped file holds about thirty citizens and loads by default."""
+    """The shipped file holds about thirty citizens and five foreigners; it loads by default."""
     registry = SandboxRegistry.from_file()
 
-    assert len(shipped_records()) == len(registry)
-    assert True is (25 <= len(registry) <= 40)
+    assert len(shipped_all()) == len(registry)
+    assert True is (25 <= len(shipped_records()) <= 40)
+    assert 5 == len(shipped_foreigners())
 
 
 def test_every_shipped_citizen_passes_structural_validation() -> None:
@@ -267,3 +277,45 @@ async def test_every_shipped_citizen_matches_itself() -> None:
         answers.add(await registry.match(query))
 
     assert {RegistryAnswer.MATCH} == answers
+
+
+# --- foreigners (R9) ----------------------------------------------------------------------
+
+
+async def test_every_shipped_foreigner_matches_only_as_a_foreigner() -> None:
+    """Each shipped foreigner is MATCH with id_type foreigner and NO_MATCH as a citizen; the
+    foreigner whose digits equal the citizen An's is a different person (kinds are apart)."""
+    registry = SandboxRegistry.from_file()
+    as_foreigner, as_citizen = set(), set()
+    for record in shipped_foreigners():
+        born = D.fromisoformat(record["date_of_birth"])
+        number, name = record["personal_id"], record["full_name"]
+        as_foreigner.add(await registry.match(RegistryQuery(number, name, born, "foreigner")))
+        as_citizen.add(await registry.match(RegistryQuery(number, name, born, "citizen")))
+    assert ({RegistryAnswer.MATCH}, {RegistryAnswer.NO_MATCH}) == (as_foreigner, as_citizen)
+    an = RegistryQuery(AN["personal_id"], AN["full_name"], D(1985, 3, 14), "foreigner")
+    assert RegistryAnswer.NO_MATCH == await registry.match(an)
+    assert AN["personal_id"] in registry.numbers("foreigner") & registry.numbers("citizen")
+
+
+def test_shipped_foreigners_cover_the_age_cases() -> None:
+    """Adults, one aged 16-17 and one child under 16 on the integration tests' date."""
+    day = D(2027, 1, 15)
+    ages = sorted(age_on(D.fromisoformat(r["date_of_birth"]), day) for r in shipped_foreigners())
+    assert (True, True, True) == (ages[0] < 16, any(16 <= a < 18 for a in ages), ages[-1] >= 18)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({**AN, "id_type": "tourist"}, "id_type"),
+        ({**AN, "id_type": "foreigner", "personal_id": "12345"}, "6-20 ASCII digits"),
+        ({**AN, "id_type": "foreigner", "personal_id": "1" * 21}, "6-20 ASCII digits"),
+        ({**AN, "id_type": "foreigner", "personal_id": "12345x"}, "6-20 ASCII digits"),
+        ({**AN, "personal_id": "1234567890"}, "12 ASCII digits"),
+    ],
+)
+def test_sandbox_checks_the_form_of_each_kind(record: dict[str, str], message: str) -> None:
+    """A foreigner's number is 6-20 ASCII digits, a citizen's 12; the type is one of two."""
+    with pytest.raises(ValueError, match=message):
+        SandboxRegistry.from_records([record])

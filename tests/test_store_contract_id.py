@@ -350,3 +350,51 @@ async def test_a_capped_number_and_an_unknown_one_answer_a_non_match_alike(store
             )
         )
     assert refusals[0] == refusals[1]
+
+
+# --- the kind of number (R9) ----------------------------------------------------------------
+
+
+async def test_the_kind_of_number_is_kept_and_audited(store: Store) -> None:
+    """A foreigner's attempt says `id_type` in every record; the attestation keeps it."""
+    a = IdAttempt(
+        platform=PLATFORM,
+        attempt_id="at-1",
+        account_id="acc-1",
+        subject=NUMBER,
+        client=CLIENT,
+        purpose="no_vietnamese_mobile",
+        now=NOW,
+        id_type="foreigner",
+    )
+    await store.begin_id_check(a, LIMITS)
+    given = PendingAttestation(
+        token_id="tok-f",
+        issued_at=NOW,
+        expires_at=NOW + YEAR,
+        method="personal_id",
+        age_band="adult",
+        id_type="foreigner",
+    )
+    record = await store.finish_id_check(a, "match", given, LIMITS)
+
+    assert "foreigner" == record.id_type
+    assert record == await store.get_attestation(PLATFORM, "acc-1")
+    assert [
+        id_rec(0, "id_check_started", "ok", id_type="foreigner"),
+        id_rec(1, "id_check", "ok", id_type="foreigner"),
+        audit_record(
+            seq=2,
+            now=NOW,
+            platform=PLATFORM,
+            account="acc-1",
+            event="attestation_issued",
+            outcome="ok",
+            token_id="tok-f",
+            method="personal_id",
+            expires=int(NOW + YEAR),
+            commercial_livestream=1,
+            age_band="adult",
+            id_type="foreigner",
+        ),
+    ] == await store.audit_records(PLATFORM)

@@ -86,6 +86,7 @@ class Provider:
             body["personal_id"],
             body["full_name"],
             datetime.date.fromisoformat(body["date_of_birth"]),
+            body["id_type"],
         )
         return web.json_response({"result": (await self.people.match(query)).value})
 

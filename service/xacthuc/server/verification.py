@@ -13,7 +13,7 @@ from xacthuc.domain.clock import Clock
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide
 from xacthuc.domain.errors import AttestationNotFound, FieldInvalid
 from xacthuc.domain.locks import AccountLock, LockKind, check_lock, check_lock_reason
-from xacthuc.domain.personal_id import Sex
+from xacthuc.domain.personal_id import IdType, Sex
 from xacthuc.domain.records import AttestationRecord, check_revocation_reason
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Caller, Role
@@ -30,6 +30,16 @@ _SEXES = {verification_pb2.SEX_MALE: Sex.MALE, verification_pb2.SEX_FEMALE: Sex.
 _PURPOSES = {
     verification_pb2.PERSONAL_ID_PURPOSE_NO_VIETNAMESE_MOBILE: Purpose.NO_VIETNAMESE_MOBILE,
     verification_pb2.PERSONAL_ID_PURPOSE_COMMERCIAL_LIVESTREAM: Purpose.COMMERCIAL_LIVESTREAM,
+}
+# R9: an unspecified type is a citizen's number, as before the field existed.
+_ID_TYPES = {
+    verification_pb2.PERSONAL_ID_TYPE_UNSPECIFIED: IdType.CITIZEN,
+    verification_pb2.PERSONAL_ID_TYPE_CITIZEN: IdType.CITIZEN,
+    verification_pb2.PERSONAL_ID_TYPE_FOREIGNER: IdType.FOREIGNER,
+}
+_ID_TYPES_OUT = {
+    "citizen": verification_pb2.PERSONAL_ID_TYPE_CITIZEN,
+    "foreigner": verification_pb2.PERSONAL_ID_TYPE_FOREIGNER,
 }
 _RELATIONSHIPS = {
     verification_pb2.GUARDIAN_RELATIONSHIP_PARENT: Relationship.PARENT,
@@ -92,6 +102,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             commercial_livestream=record.commercial_livestream,
             age_band=record.age_band,
             guardian_ref=record.guardian_ref if record.guardian_managed else "",
+            personal_id_type=_ID_TYPES_OUT.get(
+                record.id_type, verification_pb2.PERSONAL_ID_TYPE_UNSPECIFIED
+            ),
         )
 
     def _revoked(self, platform: str) -> None:
@@ -165,6 +178,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             purpose=_PURPOSES.get(request.purpose),
             declared_no_vietnamese_mobile=request.declared_no_vietnamese_mobile,
             client_ip=request.client_ip,
+            id_type=_ID_TYPES.get(request.personal_id_type),
         )
         return verification_pb2.VerifyPersonalIdResponse(
             attestation=self._attestation(caller.platform, record)

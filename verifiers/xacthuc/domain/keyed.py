@@ -31,8 +31,13 @@ class Pseudonymizer:
     def phone(self, e164: str) -> str:
         return self._make("ph", e164)
 
-    def personal_id(self, number: str) -> str:
-        return self._make("id", number)
+    def personal_id(self, number: str, id_type: str = "citizen") -> str:
+        """A citizen's number keeps the pseudonym it always had; a foreigner's identification
+        number (R9) is keyed under its own domain, so equal digits of the two kinds never share
+        a pseudonym (nor counters, locks or account slots). Both start `id_`."""
+        if id_type == "citizen":
+            return self._make("id", number)
+        return f"id_{_hmac(self._key, 'id', id_type, number)[:16].hex()}"
 
     def client_ip(self, ip: str) -> str:
         """Pseudonym of the send-budget bucket of an address: the address for IPv4, its /64 for IPv6."""

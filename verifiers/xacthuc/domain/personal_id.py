@@ -20,6 +20,14 @@ Layout (DOMAIN part C):
 5. the encoded birth year equals `date_of_birth.year`     -> `PERSONAL_ID_BIRTH_YEAR_MISMATCH`
 6. when a sex is declared, it equals the encoded sex      -> `PERSONAL_ID_SEX_MISMATCH`
 
+A foreigner's identification number (R9, `IdType.FOREIGNER`) is another kind: Decree
+59/2022/ND-CP Art. 3(13), carried over by Decree 69/2024/ND-CP, defines it only as "a unique
+string of natural numbers established by the electronic identification and authentication
+system to manage the e-identity of a foreigner"; no length, layout or checksum is published.
+`parse_foreigner_id` therefore checks only its form, 6-20 ASCII digits after trimming
+(`FOREIGNER_ID_LENGTHS`, our bound, generous on purpose) -> `PERSONAL_ID_MALFORMED`, and the
+registry decides. Nothing in it is cross-checked with the declared date of birth or sex.
+
 Passing these checks is NOT authentication: only a registry match is (DOMAIN A, P5).
 No error message, `repr` or `str` produced here contains the number or the date of birth
 (P9): the errors carry fixed messages and `PersonalIdNumber` redacts itself.
@@ -44,10 +52,13 @@ from xacthuc.domain.errors import (
 
 __all__ = [
     "COUNTRY_CODES",
+    "FOREIGNER_ID_LENGTHS",
     "PROVINCE_CODES",
+    "IdType",
     "PersonalIdNumber",
     "Sex",
     "birth_year_of",
+    "parse_foreigner_id",
     "parse_personal_id",
 ]
 
@@ -127,6 +138,16 @@ COUNTRY_CODES: frozenset[str] = frozenset(f"{code:03d}" for code in range(101, 2
 
 _ASCII_DIGITS = frozenset("0123456789")
 
+# A foreigner's identification number: digits of unpublished length (see the module doc).
+FOREIGNER_ID_LENGTHS = range(6, 21)
+
+
+class IdType(enum.Enum):
+    """Which kind of personal identification number (R3, R9)."""
+
+    CITIZEN = "citizen"  # the 12-digit number of a Vietnamese citizen (DOMAIN C)
+    FOREIGNER = "foreigner"  # a foreigner's identification number in the e-ID system
+
 
 class Sex(enum.Enum):
     """Sex as encoded in digit 4 of the number (odd = female) or as declared by the user."""
@@ -195,3 +216,15 @@ def parse_personal_id(
         birth_year=birth_year,
         sex=encoded_sex,
     )
+
+
+def parse_foreigner_id(raw: str) -> str:
+    """A foreigner's identification number (R9): 6-20 ASCII digits after trimming, else
+    PERSONAL_ID_MALFORMED. Its structure is not published, so nothing else is checked here:
+    the registry decides (see the module doc)."""
+    number = raw.strip() if isinstance(raw, str) else ""
+    if len(number) not in FOREIGNER_ID_LENGTHS or not _ASCII_DIGITS.issuperset(number):
+        raise PersonalIdMalformed(
+            "personal_id_number must be 6-20 ASCII digits for a foreigner's identification number"
+        )
+    return number

@@ -93,6 +93,9 @@ class PendingAttestation:
     method: str
     # "" unknown (phone route), "adult" (18+), "16_17", "under_16" (guardian-managed).
     age_band: str = ""
+    # Personal-ID route: the kind of number the registry matched, "citizen" or "foreigner"
+    # (R9); "" for the other methods.
+    id_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,7 @@ class AttestationRecord:
     link_id: str = ""  # guardian-managed: the link the attestation was issued under
     status_idx: int = -1  # the token's index in the platform's status list; -1 none
     revoked_at: float | None = None  # when status became "revoked"
+    id_type: str = ""  # personal-ID: "citizen" or "foreigner" (R9); "" otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ class IdAttempt:
     client: str  # pseudonym of the client-IP bucket
     purpose: str  # "no_vietnamese_mobile" or "commercial_livestream"
     now: float
+    id_type: str = ""  # "citizen" or "foreigner" (R9), audited with the attempt
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ JOSE libraries (PyJWT, jwcrypto, npm jose) verify the output in the tests. `alg`
 renames it `Ed25519`); `kid` is the key's RFC 7638 thumbprint, so it needs no bookkeeping.
 A token never carries a phone number, ID number, name or date of birth: a child's token says
 `guardian_managed`, an `age_band` and a platform-scoped `guardian_ref`, and `exp_reason`
-`age_16` when it expires at the 16th birthday (so an offline verifier can say AGED_OUT).
+`age_16` when it expires at the 16th birthday (so an offline verifier can say AGED_OUT); a
+personal-ID token says `id_type` `citizen` or `foreigner` (R9), never the number.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class TokenSigner:
         }
         if record.age_band:
             claims["age_band"] = record.age_band
+        if record.id_type:  # personal-ID: which kind of number matched (R9), never the number
+            claims["id_type"] = record.id_type
         if record.guardian_managed:
             claims["guardian_ref"] = record.guardian_ref
             if record.aged_out_at is not None and record.expires_at >= record.aged_out_at:

@@ -1,4 +1,9 @@
-"""The identity-registry port: does (number, full name, date of birth) name a real citizen? (P5)
+"""The identity-registry port: does (number, full name, date of birth) name a real person? (P5)
+
+The number is of one of two kinds (`RegistryQuery.id_type`): a citizen's 12-digit personal
+identification number, or a foreigner's identification number in the e-ID system (R9). The
+kind travels with the query, and an adapter must send it: the same digits may be a citizen's
+number and a foreigner's, naming two people.
 
 Electronic authentication means matching an identity against the National Population
 Database through the e-identification system (DOMAIN A); a structural check of the number
@@ -44,11 +49,13 @@ class RegistryUnavailableError(Exception):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class RegistryQuery:
-    """What is matched: a structurally valid number, the full name and the date of birth."""
+    """What is matched: a structurally valid number of kind `id_type` ("citizen" or
+    "foreigner"), the full name and the date of birth."""
 
     number: str
     full_name: str
     date_of_birth: datetime.date
+    id_type: str = "citizen"
 
     def __repr__(self) -> str:
         return "RegistryQuery(<redacted>)"
@@ -60,7 +67,8 @@ class IdentityRegistry(Protocol):
     """A source of truth for citizens' identities (see the module doc for the contract)."""
 
     async def match(self, query: RegistryQuery) -> RegistryAnswer:
-        """MATCH when a citizen has exactly this number, name and date of birth, else NO_MATCH.
+        """MATCH when a person has exactly this number (of this kind), name and date of birth,
+        else NO_MATCH.
 
         Raises `RegistryUnavailableError` when no answer could be had.
         """

@@ -6,7 +6,9 @@ The order of checks is the policy:
    Vietnamese mobile number (R3; otherwise PHONE_ROUTE_REQUIRED);
 2. the holder is 16 or over on today's date in Vietnam (R1: a child is registered by a
    guardian, GUARDIAN_REQUIRED; P7: no commercial livestream for a child);
-3. the number's structure agrees with the declared date of birth and sex (DOMAIN C);
+3. the number's structure: a citizen's agrees with the declared date of birth and sex
+   (DOMAIN C); a foreigner's identification number (R9) has only its form checked, as its
+   structure is not published (see `xacthuc.domain.personal_id`);
 4. the store reserves the attempt in the account's and the number's hourly budgets (and
    refuses during a lock after consecutive non-matches) before the registry is asked: no
    oracle, and attempts in flight count;
@@ -19,7 +21,10 @@ The order of checks is the policy:
    per number is checked only after a match (PERSONAL_ID_ACCOUNT_LIMIT, no retry-after).
 
 A refusal before step 4 is audited too (`id_check_started`, outcome `refused`). Nothing here
-keeps or logs the number, the name or the date of birth: only the number's pseudonym.
+keeps or logs the number, the name or the date of birth: only the number's pseudonym (keyed
+per kind of number, so a foreigner's number and a citizen's with the same digits are two
+subjects). Every record of the attempt and the token say the kind (`id_type`). Foreigners
+follow the same ages, guardian rules, attempt limits and account caps as citizens.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from xacthuc.domain.errors import (
     XacthucError,
 )
 from xacthuc.domain.keyed import Pseudonymizer
-from xacthuc.domain.personal_id import Sex, parse_personal_id
+from xacthuc.domain.personal_id import IdType, Sex, parse_foreigner_id, parse_personal_id
 from xacthuc.domain.records import AttestationRecord, IdAttempt, Limits, PendingAttestation
 from xacthuc.ports.registry import (
     IdentityRegistry,
@@ -94,16 +99,19 @@ class PersonalIdVerifier:
         purpose: Purpose | None,
         declared_no_vietnamese_mobile: bool,
         client_ip: str,
+        id_type: IdType | None = IdType.CITIZEN,
     ) -> AttestationRecord:
         check_account_id(account_id)
         client = self._pseudonyms.client_ip(check_client_ip(client_ip))
         if purpose is None:
             raise FieldInvalid("purpose", "must be NO_VIETNAMESE_MOBILE or COMMERCIAL_LIVESTREAM")
+        if id_type is None:
+            raise FieldInvalid("personal_id_type", "must be CITIZEN or FOREIGNER")
         name = clean_name(full_name) if isinstance(full_name, str) else ""
         if not 1 <= len(name) <= MAX_NAME:
             raise FieldInvalid("full_name", f"must be 1-{MAX_NAME} characters")
         now = self._clock.now()
-        subject = self._pseudonyms.personal_id(number.strip())
+        subject = self._pseudonyms.personal_id(number.strip(), id_type.value)
         attempt = IdAttempt(
             platform=platform,
             attempt_id="ia_" + secrets.token_urlsafe(12),
@@ -112,10 +120,17 @@ class PersonalIdVerifier:
             client=client,
             purpose=purpose.value,
             now=now,
+            id_type=id_type.value,
         )
         try:
             parsed = self._precheck(
-                number, date_of_birth, sex, purpose, declared_no_vietnamese_mobile, local_date(now)
+                number,
+                id_type,
+                date_of_birth,
+                sex,
+                purpose,
+                declared_no_vietnamese_mobile,
+                local_date(now),
             )
         except XacthucError as e:
             await self._store.append_audit(
@@ -129,11 +144,14 @@ class PersonalIdVerifier:
                 personal_id=subject,
                 client=client,
                 purpose=purpose.value,
+                id_type=id_type.value,
             )
             raise
         await self._store.begin_id_check(attempt, self._limits)
         assert date_of_birth is not None  # checked by _precheck
-        query = RegistryQuery(number=parsed, full_name=name, date_of_birth=date_of_birth)
+        query = RegistryQuery(
+            number=parsed, full_name=name, date_of_birth=date_of_birth, id_type=id_type.value
+        )
         # The registry's answer and its record must land together even if the caller leaves.
         return await shielded(
             self._ask_and_record(attempt, query),
@@ -143,6 +161,7 @@ class PersonalIdVerifier:
     def _precheck(
         self,
         number: str,
+        id_type: IdType,
         date_of_birth: datetime.date | None,
         sex: Sex | None,
         purpose: Purpose,
@@ -157,6 +176,8 @@ class PersonalIdVerifier:
             if purpose is Purpose.COMMERCIAL_LIVESTREAM:
                 raise GuardianManagedNoCommercialLivestream()
             raise GuardianRequired()
+        if id_type is IdType.FOREIGNER:
+            return parse_foreigner_id(number)
         return parse_personal_id(number, date_of_birth=date_of_birth, sex=sex, today=today).number
 
     async def _ask_and_record(self, attempt: IdAttempt, query: RegistryQuery) -> AttestationRecord:
@@ -174,6 +195,7 @@ class PersonalIdVerifier:
             # The registry matched this date of birth: the token may say the band (P6), never
             # the date. "16_17" keeps such a holder from acting as a guardian (GUARDIAN_UNDER_18).
             age_band=age_band(query.date_of_birth, local_date(now)),
+            id_type=query.id_type,
         )
         assert answer in {RegistryAnswer.MATCH.value, RegistryAnswer.NO_MATCH.value, "unavailable"}
         return await self._store.finish_id_check(attempt, answer, pending, self._limits)

@@ -6,8 +6,13 @@ Wire contract, one request per attempt:
     Content-Type: application/json
     X-Request-Id: <random hex, identical on every retry of one match>
 
-    {"personal_id": "<12 digits>", "full_name": "<NFC, single spaces>",
-     "date_of_birth": "YYYY-MM-DD"}
+    {"personal_id": "<digits>", "id_type": "citizen" | "foreigner",
+     "full_name": "<NFC, single spaces>", "date_of_birth": "YYYY-MM-DD"}
+
+`id_type` says which kind of number `personal_id` is (R9): a citizen's 12-digit personal
+identification number, or a foreigner's identification number in the e-ID system (Decree
+69/2024/ND-CP), which may have the same digits as some citizen's number and names another
+person: a provider must look it up among foreigners' e-identities only.
 
 The provider answers `200` with `{"result": "match"}` or `{"result": "no_match"}` (an
 unknown number is `no_match` too). Anything else is "unavailable":
@@ -227,6 +232,7 @@ class HttpRegistry:
     ) -> RegistryAnswer:
         body = {
             "personal_id": query.number,
+            "id_type": query.id_type,
             "full_name": clean_name(query.full_name),
             "date_of_birth": query.date_of_birth.isoformat(),
         }

@@ -88,6 +88,7 @@ class IdentityOps(MemoryBase):
             personal_id=attempt.subject,
             client=attempt.client,
             purpose=attempt.purpose,
+            id_type=attempt.id_type,
             **extra,
         )
 
@@ -167,6 +168,7 @@ class IdentityOps(MemoryBase):
             commercial_livestream=True,
             age_band=pending.age_band,
             status_idx=self._next_status_idx(p),
+            id_type=pending.id_type,
         )
         self._attest(p, record, attempt.subject)
         self._id_audit(p, attempt, "id_check", "ok", "", refunded=REFUNDED_MATCH)
@@ -182,5 +184,6 @@ class IdentityOps(MemoryBase):
             expires=int(pending.expires_at),
             commercial_livestream=1,
             age_band=pending.age_band,
+            id_type=pending.id_type,
         )
         return record

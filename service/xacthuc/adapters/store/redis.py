@@ -239,6 +239,7 @@ def _record(h: dict[str, str]) -> AttestationRecord:
         link_id=h.get("link_id", ""),
         status_idx=int(h.get("status_idx") or -1),
         revoked_at=float(revoked_at) if revoked_at and h["status"] == "revoked" else None,
+        id_type=h.get("id_type", ""),
     )
 
 
@@ -385,6 +386,8 @@ class RedisStore:
             "expires": str(int(a.expires_at)),
             "age_band": a.age_band,
             "age_band_j": _j(a.age_band),
+            "id_type": a.id_type,
+            "id_type_j": _j(a.id_type),
         }
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
@@ -424,6 +427,7 @@ class RedisStore:
             "client_j": _j(attempt.client),
             "purpose": attempt.purpose,
             "purpose_j": _j(attempt.purpose),
+            "id_type_j": _j(attempt.id_type),
         }
 
     async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
@@ -468,6 +472,7 @@ class RedisStore:
             commercial_livestream=True,
             age_band=pending.age_band,
             status_idx=int(idx),
+            id_type=pending.id_type,
         )
 
     async def attestation_subject(

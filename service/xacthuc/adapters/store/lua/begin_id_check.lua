@@ -14,7 +14,7 @@ local function record(outcome, reason)
   audit(audit_key, {
     account = P.account_j, event = q("id_check_started"), outcome = q(outcome),
     reason = q(reason), attempt = P.attempt_j, personal_id = P.subject_j, client = P.client_j,
-    purpose = P.purpose_j,
+    purpose = P.purpose_j, id_type = P.id_type_j,
   })
 end
 

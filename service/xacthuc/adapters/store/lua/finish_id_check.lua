@@ -4,7 +4,8 @@
 -- KEYS[4] acct:<account>      KEYS[5] audit
 -- KEYS[6] idatt:acct:<account> KEYS[7] idatt:id:<number>  (the hourly windows)
 -- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at, status_idx} or a refusal.
--- The attestation carries the holder's age band (P6) and a new status-list index (issue 5).
+-- The attestation carries the holder's age band (P6), the kind of number matched (`id_type`,
+-- R9) and a new status-list index (issue 5).
 --
 -- What an attempt costs (audit field `refunded`): no registry answer costs nothing (both
 -- windows give the place begin_id_check reserved back); a match costs the account, not the
@@ -19,6 +20,7 @@ local function record(event, outcome, reason, extra)
   local f = {
     account = P.account_j, event = q(event), outcome = q(outcome), reason = q(reason),
     attempt = P.attempt_j, personal_id = P.subject_j, client = P.client_j, purpose = P.purpose_j,
+    id_type = P.id_type_j,
   }
   for k, v in pairs(extra or {}) do
     f[k] = v
@@ -83,11 +85,12 @@ attest(KEYS[4], P.account, P.subject, {
   "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
   "guardian_managed", "0", "commercial_livestream", "1", "personal_id", P.subject,
   "age_band", a.age_band, "status_idx", idx, "token_id_j", a.token_id_j,
+  "id_type", a.id_type,
 })
 record("id_check", "ok", "", { refunded = q("personal_id") })
 audit(audit_key, {
   account = P.account_j, event = q("attestation_issued"), outcome = q("ok"),
   token_id = a.token_id_j, method = a.method_j, expires = a.expires,
-  commercial_livestream = "1", age_band = a.age_band_j,
+  commercial_livestream = "1", age_band = a.age_band_j, id_type = a.id_type_j,
 })
 return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at, idx }
