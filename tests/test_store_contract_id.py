@@ -382,7 +382,7 @@ async def test_the_kind_of_number_is_kept_and_audited(store: Store) -> None:
     assert record == await store.get_attestation(PLATFORM, "acc-1")
     assert [
         id_rec(0, "id_check_started", "ok", id_type="foreigner"),
-        id_rec(1, "id_check", "ok", id_type="foreigner"),
+        id_rec(1, "id_check", "ok", id_type="foreigner", refunded="personal_id"),
         audit_record(
             seq=2,
             now=NOW,
