@@ -53,9 +53,7 @@ _LENGTHS = {"citizen": range(12, 13), "foreigner": range(6, 21)}
 class SandboxRegistry:
     """An in-memory `IdentityRegistry` over a fixed set of synthetic citizens."""
 
-    def __init__(
-        self, citizens: Mapping[tuple[str, str] | str, tuple[str, datetime.date]]
-    ) -> None:
+    def __init__(self, citizens: Mapping[tuple[str, str] | str, tuple[str, datetime.date]]) -> None:
         # (id type, number) -> (normalised name, date of birth); a bare number is a citizen's.
         self._citizens = {
             (key if isinstance(key, tuple) else ("citizen", key)): value
@@ -113,9 +111,7 @@ class SandboxRegistry:
         return f"SandboxRegistry({len(self._citizens)} citizens)"
 
 
-def _parse_record(
-    record: Mapping[str, object], index: int
-) -> tuple[str, str, str, datetime.date]:
+def _parse_record(record: Mapping[str, object], index: int) -> tuple[str, str, str, datetime.date]:
     if set(record) - {"id_type"} != _FIELDS:
         raise ValueError(
             f"sandbox citizens: record {index} must have exactly the fields {sorted(_FIELDS)}"
