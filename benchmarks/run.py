@@ -40,8 +40,9 @@ Echo is timed first and again last; the better of the two is the yardstick, so t
 of unrelated load during one of them does not flatter every ratio.
 
 Authorize is measured after confirm, on the accounts the confirm phases verified (each call
-asks for "post" on the next of them, round robin): one Redis read (HGETALL) and the decision
-table, as a platform calls it before every post.
+asks for "post" on the next of them, round robin): one Redis round trip (the attestation and
+the account's lock, two pipelined HGETALLs) and the decision table, as a platform calls it
+before every post.
 
 VerifyPersonalId is measured next, against the dev-mode identity registry: the in-process
 sandbox (`SandboxRegistry`), loaded from a temporary JSON Lines file of synthetic citizens

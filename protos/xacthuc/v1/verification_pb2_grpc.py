@@ -274,8 +274,9 @@ class VerificationServiceServicer:
     def IntrospectAttestation(self, request, context):
         """Tells the state of an account's attestation as the server sees it now:
         active, revoked, expired, aged out or none, with the token id and the
-        token's place in the status list. Never fails for an account without an
-        attestation (status `none`). One store read; safe to retry.
+        token's place in the status list, and the account's lock while one holds
+        (R7). Never fails for an account without an attestation (status `none`).
+        One store round trip; safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -147,8 +147,9 @@ class VerificationServiceStub:
     IntrospectAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.IntrospectAttestationRequest, _verification_pb2.IntrospectAttestationResponse]
     """Tells the state of an account's attestation as the server sees it now:
     active, revoked, expired, aged out or none, with the token id and the
-    token's place in the status list. Never fails for an account without an
-    attestation (status `none`). One store read; safe to retry.
+    token's place in the status list, and the account's lock while one holds
+    (R7). Never fails for an account without an attestation (status `none`).
+    One store round trip; safe to retry.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetJwksRequest, _verification_pb2.GetJwksResponse]
     """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
@@ -305,8 +306,9 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     IntrospectAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.IntrospectAttestationRequest, _verification_pb2.IntrospectAttestationResponse]  # type: ignore[assignment]
     """Tells the state of an account's attestation as the server sees it now:
     active, revoked, expired, aged out or none, with the token id and the
-    token's place in the status list. Never fails for an account without an
-    attestation (status `none`). One store read; safe to retry.
+    token's place in the status list, and the account's lock while one holds
+    (R7). Never fails for an account without an attestation (status `none`).
+    One store round trip; safe to retry.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetJwksRequest, _verification_pb2.GetJwksResponse]  # type: ignore[assignment]
     """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
@@ -526,8 +528,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_verification_pb2.IntrospectAttestationResponse, _abc.Awaitable[_verification_pb2.IntrospectAttestationResponse]]:
         """Tells the state of an account's attestation as the server sees it now:
         active, revoked, expired, aged out or none, with the token id and the
-        token's place in the status list. Never fails for an account without an
-        attestation (status `none`). One store read; safe to retry.
+        token's place in the status list, and the account's lock while one holds
+        (R7). Never fails for an account without an attestation (status `none`).
+        One store round trip; safe to retry.
         """
 
     @_abc_1.abstractmethod

