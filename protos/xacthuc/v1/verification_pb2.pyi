@@ -1342,7 +1342,7 @@ class UnlockAccountRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's account id."""
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
     reason: _builtins.str
     """Why (for example `request_withdrawn`, `appeal_upheld`): 1-64 characters of
     `a-z 0-9 _`. Recorded in the audit log.

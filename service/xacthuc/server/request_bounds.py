@@ -55,6 +55,9 @@ MAX_LENGTHS: Final[dict[str, int]] = {
         "RevokeAttestationRequest": {"account_id": ACCOUNT_ID, "reason": 64},
         "IntrospectAttestationRequest": {"account_id": ACCOUNT_ID},
         "QueryAuditRecordsRequest": {"account_id": ACCOUNT_ID, "event": 64, "page_token": 128},
+        # R7 account locks
+        "LockAccountRequest": {"account_id": ACCOUNT_ID, "reason": 64, "request_reference": 128},
+        "UnlockAccountRequest": {"account_id": ACCOUNT_ID, "reason": 64},
     }.items()
     for field, limit in fields.items()
     for name in (f"{message}.{field}",)
