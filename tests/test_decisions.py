@@ -28,6 +28,7 @@ def state(
     commercial_livestream: bool = False,
     revoked: bool = False,
     aged_out_at: float | None = None,
+    locked: bool = False,
 ) -> AttestationState:
     return AttestationState(
         method=method,
@@ -36,6 +37,7 @@ def state(
         commercial_livestream=commercial_livestream,
         revoked=revoked,
         aged_out_at=aged_out_at,
+        locked=locked,
     )
 
 

@@ -8,6 +8,7 @@ import base64
 import datetime
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -47,7 +48,7 @@ LUCAS: dict[str, Any] = {  # 12 on the harness's date
 
 
 async def as_foreigner(
-    client: AsyncClient, person: dict[str, Any], account: str = "acc-f", **kw: Any
+    client: AsyncClient, person: Mapping[str, Any], account: str = "acc-f", **kw: Any
 ) -> Any:
     args = {
         "purpose": "no_vietnamese_mobile",
