@@ -31,6 +31,7 @@ from xacthuc.domain.errors import (
     PhoneLocked,
     ResendTooSoon,
     SendLimitExceeded,
+    StartInProgress,
     StoreUnavailable,
     XacthucError,
 )
@@ -204,13 +205,90 @@ async def test_start_creates_a_challenge_and_audits_it(store: Store) -> None:
 
 
 async def test_replay_with_the_same_idempotency_key_changes_nothing(store: Store) -> None:
-    """A retry with the same key returns the first challenge, replayed, and audits nothing."""
-    await store.start_challenge(new("ch-1", key="k-1"), LIMITS)
+    """A retry with the same key returns the first (sent) challenge, replayed, audits nothing."""
+    await sent(store, new("ch-1", key="k-1"))
 
     again = await store.start_challenge(new("ch-2", now=NOW + 5, key="k-1"), LIMITS)
 
     assert ChallengeView("ch-1", NOW + TTL, NOW + 60, True) == again
-    assert [started(0, NOW)] == await store.audit_records(PLATFORM)
+    assert [started(0, NOW), code_sent(1, NOW)] == await store.audit_records(PLATFORM)
+
+
+def code_sent(seq: int, now: float, challenge_id: str = "ch-1") -> str:
+    return rec(seq, now, "code_sent", "ok", challenge=challenge_id, phone=PHONE)
+
+
+def start_refused(seq: int, now: float, reason: str, account: str = "acc-1") -> str:
+    return rec(
+        seq,
+        now,
+        "verification_started",
+        "refused",
+        reason,
+        account=account,
+        phone=PHONE,
+        client=CLIENT,
+        method="phone_otp",
+    )
+
+
+async def test_a_start_still_sending_is_never_replayed(store: Store) -> None:
+    """Issue 13 (6): while the first start with a key has not recorded its send, a retry is
+    START_IN_PROGRESS (audited, nothing charged), not a replay of a code that may never
+    have been sent; once the send is confirmed the retry replays it."""
+    limits = Limits(resend_cooldown_seconds=0, sends_per_phone_15m=1)
+    await store.start_challenge(new("ch-1", key="k-1"), limits)
+
+    with pytest.raises(StartInProgress) as refused:
+        await store.start_challenge(new("ch-2", now=NOW + 59, key="k-1"), limits)
+    assert (1.0, "UNAVAILABLE") == (refused.value.retry_after, refused.value.code)
+    with pytest.raises(IdempotencyKeyReused):  # other fields: the key's usual answer
+        await store.start_challenge(new("ch-2", now=NOW + 59, account="acc-2", key="k-1"), limits)
+    await store.confirm_sent(PLATFORM, "ch-1", NOW + 59)
+    again = await store.start_challenge(new("ch-3", now=NOW + 59, key="k-1"), limits)
+
+    assert ChallengeView("ch-1", NOW + TTL, NOW, True) == again
+    assert [
+        started(0, NOW),
+        start_refused(1, NOW + 59, "START_IN_PROGRESS"),
+        start_refused(2, NOW + 59, "IDEMPOTENCY_KEY_REUSED", account="acc-2"),
+        code_sent(3, NOW + 59),
+    ] == await store.audit_records(PLATFORM)
+
+
+async def test_an_abandoned_start_is_undone_and_started_afresh_charged_once(
+    store: Store,
+) -> None:
+    """Issue 13 (6): a challenge still "sending" when its send lease has passed belongs to a
+    start that died between the store step and its send; the retry undoes it (audited
+    `code_send_abandoned`) and starts a new challenge in the same step: one budget entry,
+    the cooldown from the new start, the key naming the new challenge."""
+    limits = Limits(sends_per_phone_15m=1, send_lease_seconds=60)
+    await store.start_challenge(new("ch-1", key="k-1"), limits)
+
+    view = await store.start_challenge(new("ch-2", now=NOW + 60, key="k-1"), limits)
+
+    assert ChallengeView("ch-2", NOW + 60 + TTL, NOW + 120, False) == view
+    with pytest.raises(ResendTooSoon):  # the cooldown runs from the new start
+        await store.start_challenge(new("ch-3", now=NOW + 119, key="k-2"), limits)
+    with pytest.raises(SendLimitExceeded):  # one send charged in the 15 minutes, not two
+        await store.start_challenge(new("ch-3", now=NOW + 120, key="k-2"), limits)
+    await store.confirm_sent(PLATFORM, "ch-1", NOW + 121)  # the dead start, late: no effect
+    await store.abort_challenge(PLATFORM, "ch-1", NOW + 121)
+    with pytest.raises(ChallengeNotFound):
+        await store.check_code(check("ch-1", now=NOW + 122), limits)
+    await store.confirm_sent(PLATFORM, "ch-2", NOW + 123)
+    replay = await store.start_challenge(new("ch-4", now=NOW + 124, key="k-1"), limits)
+    assert ChallengeView("ch-2", NOW + 60 + TTL, NOW + 120, True) == replay
+    assert [
+        started(0, NOW),
+        rec(1, NOW + 60, "code_send_abandoned", "failed", challenge="ch-1", phone=PHONE),
+        started(2, NOW + 60, "ch-2"),
+        start_refused(3, NOW + 119, "RESEND_TOO_SOON"),
+        start_refused(4, NOW + 120, "SEND_LIMIT_EXCEEDED"),
+        rec(5, NOW + 122, "check_failed", "refused", "CHALLENGE_NOT_FOUND", challenge="ch-1"),
+        code_sent(6, NOW + 123, "ch-2"),
+    ] == await store.audit_records(PLATFORM)
 
 
 async def test_same_idempotency_key_for_another_account_is_refused(store: Store) -> None:
@@ -964,6 +1042,7 @@ async def test_random_histories_agree_with_memory(
         sends_per_client_ip_hour=rnd.randint(2, 8),
         max_accounts_per_phone=rnd.randint(1, 3),
         challenge_retention_seconds=rnd.choice([10, 100]),
+        send_lease_seconds=rnd.choice([1, 60]),
     )
     memory, redis_store = MemoryStore(), RedisStore(redis_url, namespace=redis_namespace)
     backends = (memory, redis_store)

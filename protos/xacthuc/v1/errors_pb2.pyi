@@ -112,6 +112,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     the deadline, or its circuit breaker is open). The attempt is not charged to
     the account's or the number's attempt budget: retry later with the same data.
     """
+    ERROR_REASON_START_IN_PROGRESS: _ErrorReason.ValueType  # 53
+    """UNAVAILABLE: an earlier start with the same idempotency key is still handing
+    its code to the SMS gateway; no second code was sent and no budget charged.
+    Retry with the same key (carries retry-after): it answers `replayed` once the
+    code was sent, or starts afresh if that start never finished.
+    """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 60
     """INTERNAL: an unexpected fault; the message is fixed and the details are in
     the server log under the request id.
@@ -321,6 +327,12 @@ ERROR_REASON_REGISTRY_UNAVAILABLE: ErrorReason.ValueType  # 52
 """UNAVAILABLE: the identity registry gave no answer (an error, no answer within
 the deadline, or its circuit breaker is open). The attempt is not charged to
 the account's or the number's attempt budget: retry later with the same data.
+"""
+ERROR_REASON_START_IN_PROGRESS: ErrorReason.ValueType  # 53
+"""UNAVAILABLE: an earlier start with the same idempotency key is still handing
+its code to the SMS gateway; no second code was sent and no budget charged.
+Retry with the same key (carries retry-after): it answers `replayed` once the
+code was sent, or starts afresh if that start never finished.
 """
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 60
 """INTERNAL: an unexpected fault; the message is fixed and the details are in

@@ -331,8 +331,12 @@ class StartPhoneVerificationRequest(_message.Message):
     idempotency_key: _builtins.str
     """Optional, recommended: 1-128 printable ASCII characters chosen by the
     platform. A retry with the same key and the same fields returns the same
-    challenge without sending another SMS; with other fields it fails with
-    IDEMPOTENCY_KEY_REUSED. Keys are remembered for the challenge's lifetime.
+    challenge without sending another SMS once its code was sent; while that
+    start is still handing the code to the gateway, START_IN_PROGRESS (nothing
+    sent, nothing charged). A start that never finished sending (the service
+    stopped mid-way) is abandoned after the send lease (60 s by default): the
+    retry then starts a new challenge with a new code. With other fields it fails
+    with IDEMPOTENCY_KEY_REUSED. Keys are remembered for the challenge's lifetime.
     """
     def __init__(
         self,
@@ -366,7 +370,9 @@ class StartPhoneVerificationResponse(_message.Message):
     masked_phone_number: _builtins.str
     """The number in masked form for display to the user, for example `+84 91*****78`."""
     replayed: _builtins.bool
-    """True when this response replays an earlier start with the same idempotency key."""
+    """True when this response replays an earlier start with the same idempotency
+    key; only a start whose code was handed to the SMS gateway is replayed.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the code stops being valid."""

@@ -128,8 +128,9 @@ class VerificationServiceServicer:
 
     def StartPhoneVerification(self, request, context):
         """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
-        Retrying with the same idempotency key returns the same challenge and sends
-        no second SMS. An account linked to a guardian (a child under 16) cannot
+        Retrying with the same idempotency key returns the same challenge (`replayed`)
+        once its code was sent, and sends no second SMS; while the first start is still
+        sending, START_IN_PROGRESS (retry shortly with the same key). An account linked to a guardian (a child under 16) cannot
         verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

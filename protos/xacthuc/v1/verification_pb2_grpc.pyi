@@ -41,8 +41,9 @@ class VerificationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> VerificationServiceAsyncStub: ...
     StartPhoneVerification: _grpc.UnaryUnaryMultiCallable[_verification_pb2.StartPhoneVerificationRequest, _verification_pb2.StartPhoneVerificationResponse]
     """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
-    Retrying with the same idempotency key returns the same challenge and sends
-    no second SMS. An account linked to a guardian (a child under 16) cannot
+    Retrying with the same idempotency key returns the same challenge (`replayed`)
+    once its code was sent, and sends no second SMS; while the first start is still
+    sending, START_IN_PROGRESS (retry shortly with the same key). An account linked to a guardian (a child under 16) cannot
     verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
     """
     ConfirmPhoneVerification: _grpc.UnaryUnaryMultiCallable[_verification_pb2.ConfirmPhoneVerificationRequest, _verification_pb2.ConfirmPhoneVerificationResponse]
@@ -200,8 +201,9 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartPhoneVerification: _aio.UnaryUnaryMultiCallable[_verification_pb2.StartPhoneVerificationRequest, _verification_pb2.StartPhoneVerificationResponse]  # type: ignore[assignment]
     """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
-    Retrying with the same idempotency key returns the same challenge and sends
-    no second SMS. An account linked to a guardian (a child under 16) cannot
+    Retrying with the same idempotency key returns the same challenge (`replayed`)
+    once its code was sent, and sends no second SMS; while the first start is still
+    sending, START_IN_PROGRESS (retry shortly with the same key). An account linked to a guardian (a child under 16) cannot
     verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
     """
     ConfirmPhoneVerification: _aio.UnaryUnaryMultiCallable[_verification_pb2.ConfirmPhoneVerificationRequest, _verification_pb2.ConfirmPhoneVerificationResponse]  # type: ignore[assignment]
@@ -362,8 +364,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.StartPhoneVerificationResponse, _abc.Awaitable[_verification_pb2.StartPhoneVerificationResponse]]:
         """Sends a 6-digit one-time code by SMS to a Vietnamese mobile number (R2, P1-P4).
-        Retrying with the same idempotency key returns the same challenge and sends
-        no second SMS. An account linked to a guardian (a child under 16) cannot
+        Retrying with the same idempotency key returns the same challenge (`replayed`)
+        once its code was sent, and sends no second SMS; while the first start is still
+        sending, START_IN_PROGRESS (retry shortly with the same key). An account linked to a guardian (a child under 16) cannot
         verify on its own: GUARDIAN_REQUIRED (R1), here and at confirmation.
         """
 

@@ -103,6 +103,7 @@ def limits_from(settings: Settings) -> Limits:
         id_lock_max_seconds=settings.id_lock_max_seconds,
         max_accounts_per_personal_id=settings.max_accounts_per_personal_id,
         max_children_per_guardian=settings.max_children_per_guardian,
+        send_lease_seconds=settings.sms_send_lease_seconds,
     )
 
 

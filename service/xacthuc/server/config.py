@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     sms_http_auth_header: SecretStr | None = None
     sms_http_timeout_seconds: float = Field(5.0, gt=0, le=60)
     sms_http_retries: int = Field(2, ge=0, le=5)
+    # How long a start owns its challenge while the SMS is being handed over (Limits); the
+    # HTTP sender's worst case (every attempt timing out, 5 s Retry-After between) must fit
+    # in half of it.
+    sms_send_lease_seconds: int = Field(60, ge=10, le=3600)
     sms_template: str = (
         "Ma xac thuc cua ban la {code}. Hieu luc {minutes} phut. Khong chia se ma nay."
     )
@@ -217,6 +221,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "XACTHUC_SMS_HTTP_URL must be an http(s) URL when XACTHUC_SMS_BACKEND=http"
             )
+        if self.sms_backend is SmsBackend.HTTP:
+            attempts = 1 + self.sms_http_retries
+            worst = attempts * self.sms_http_timeout_seconds + self.sms_http_retries * 5.0
+            if worst > self.sms_send_lease_seconds / 2:
+                raise ValueError(
+                    f"XACTHUC_SMS_SEND_LEASE_SECONDS must be at least {2 * worst:g}: twice "
+                    "the SMS gateway's worst case (every attempt timing out)"
+                )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("XACTHUC_TLS_CERT_FILE and XACTHUC_TLS_KEY_FILE go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -257,6 +257,14 @@ class SmsDeliveryFailed(Unavailable):
     default_message = "the SMS gateway did not accept the message; retry later"
 
 
+class StartInProgress(Unavailable):
+    reason = "START_IN_PROGRESS"
+    default_message = (
+        "the start with this idempotency key is still sending its code; retry shortly with "
+        "the same key"
+    )
+
+
 class StoreUnavailable(Unavailable):
     reason = "STORE_UNAVAILABLE"
     default_message = "the store is unavailable; retry later"

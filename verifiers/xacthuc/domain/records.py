@@ -43,6 +43,12 @@ class Limits:
     max_children_per_guardian: int = 5
     # How long a challenge is remembered after it expires (replays, clear NOT_FOUND vs EXPIRED).
     challenge_retention_seconds: int = 3600
+    # How long a new challenge belongs to the start that made it while its code is being sent
+    # (state "sending"). A start with the same idempotency key meanwhile is START_IN_PROGRESS;
+    # after it, a challenge still "sending" is taken for abandoned (that start died between
+    # the store step and confirming the send) and the retry starts afresh. The flow gives the
+    # gateway at most half of it, the other half is margin for clocks of replicas.
+    send_lease_seconds: int = 60
 
     def lock_seconds(self, level: int) -> int:
         """Growing back-off (P2): base, 2x base, 4x base ... capped."""

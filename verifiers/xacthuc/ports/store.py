@@ -35,7 +35,11 @@ class Store(Protocol):
         Raises GuardianRequired (the account has an active guardian link and the child has
         not turned 16: R1), ResendTooSoon, SendLimitExceeded, PhoneLocked, PhoneAccountLimit
         or IdempotencyKeyReused (each audited as a refused start). A replay returns the
-        existing challenge with `replayed=True` and changes nothing.
+        existing challenge with `replayed=True` and changes nothing, but only once its code
+        was sent (`confirm_sent`): a live key naming a challenge still "sending" raises
+        StartInProgress (retry after 1 s, audited) until `limits.send_lease_seconds` after
+        its creation; after that the challenge is undone as by `abort_challenge` (audited
+        `code_send_abandoned`) and the start goes on as a new one, in the same step.
         """
         ...
 

@@ -4,10 +4,19 @@ The flow: validate and pseudonymise the input, let the store reserve a challenge
 atomic step (idempotency, lockout, cooldown and send budgets checked together), send the
 SMS, then record the outcome. A gateway failure rolls the reservation back completely, so
 the platform can simply retry. Confirmation is a single atomic store step.
+
+Idempotent retries. From the store step to the recorded outcome the start runs shielded from
+its caller, so a caller that gives up does not stop it halfway. A retry with the same key is
+answered `replayed` only once the code was sent (the challenge is "pending"); while the first
+start is still sending it is START_IN_PROGRESS (no second code, no second charge); and if that
+start died before recording its outcome (the process stopped), the challenge is taken for
+abandoned once its send lease (`Limits.send_lease_seconds`) has passed: the store undoes it and
+starts afresh in the same atomic step, so the retry sends a new code, charged once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import secrets
@@ -110,33 +119,42 @@ class PhoneOtpVerifier:
         now = self._clock.now()
         challenge_id = "ch_" + secrets.token_urlsafe(16)
         code = f"{secrets.randbelow(1_000_000):06d}"
-        view = await self._store.start_challenge(
-            NewChallenge(
-                platform=platform,
-                challenge_id=challenge_id,
-                account_id=account_id,
-                phone=self._pseudonyms.phone(e164),
-                client=client,
-                code_mac=self._mac.mac(challenge_id, code),
-                idempotency_key=idempotency_key,
-                now=now,
-                expires_at=now + self._otp_ttl,
-            ),
-            self._limits,
+        new = NewChallenge(
+            platform=platform,
+            challenge_id=challenge_id,
+            account_id=account_id,
+            phone=self._pseudonyms.phone(e164),
+            client=client,
+            code_mac=self._mac.mac(challenge_id, code),
+            idempotency_key=idempotency_key,
+            now=now,
+            expires_at=now + self._otp_ttl,
         )
-        if not view.replayed:
-            text = self._template.format(code=code, minutes=self._otp_ttl // 60)
-            # Shielded: a caller that gives up mid-send must not leave a half-made challenge.
-            await shielded(
-                self._deliver(platform, SmsMessage(e164, text, challenge_id)),
-                what=f"SMS send of challenge {challenge_id}",
-            )
+        text = self._template.format(code=code, minutes=self._otp_ttl // 60)
+        # Shielded from the store step on: a caller that gives up (its deadline, a dropped
+        # connection) must not leave a challenge whose code was never sent. The store step and
+        # the send run to the end without it; the caller's retry then replays the sent code.
+        view = await shielded(
+            self._start(new, SmsMessage(e164, text, challenge_id)),
+            what=f"start of challenge {challenge_id}",
+        )
         return StartedChallenge(view, mask(e164))
 
+    async def _start(self, new: NewChallenge, message: SmsMessage) -> ChallengeView:
+        view = await self._store.start_challenge(new, self._limits)
+        if not view.replayed:
+            await self._deliver(new.platform, message)
+        return view
+
     async def _deliver(self, platform: str, message: SmsMessage) -> None:
+        """Hand the code to the gateway within half the send lease (the other half is margin
+        for replicas' clocks), so a retry takes the challenge for abandoned only once this send
+        has ended. A send cut off at that bound counts as refused (SMS_DELIVERY_FAILED, the
+        challenge undone): should the gateway still deliver it, its code is already dead."""
         try:
-            await self._sms.send(message)
-        except SmsDeliveryError:
+            async with asyncio.timeout(self._limits.send_lease_seconds / 2):
+                await self._sms.send(message)
+        except (SmsDeliveryError, TimeoutError):
             await self._store.abort_challenge(platform, message.message_id, self._clock.now())
             raise SmsDeliveryFailed() from None
         except BaseException:

@@ -26,6 +26,7 @@ from xacthuc.domain.errors import (
     PhoneLocked,
     ResendTooSoon,
     SendLimitExceeded,
+    StartInProgress,
     XacthucError,
 )
 from xacthuc.domain.records import AttestationRecord, ChallengeView, CodeCheck, Limits, NewChallenge
@@ -53,16 +54,19 @@ class PhoneOps(MemoryBase):
         if self._starts % self._PURGE_EVERY == 0:
             self._purge(p, now, limits)
         if new.idempotency_key and new.idempotency_key in p.idempotency:
-            existing = p.challenges.get(p.idempotency[new.idempotency_key])
+            existing_id = p.idempotency[new.idempotency_key]
+            existing = p.challenges.get(existing_id)
             if existing is not None and existing.expires_at > now:
                 if existing.fingerprint != new.fingerprint:
                     self._refuse_start(p, new, IdempotencyKeyReused())
-                return ChallengeView(
-                    p.idempotency[new.idempotency_key],
-                    existing.expires_at,
-                    existing.resend_not_before,
-                    True,
-                )
+                if existing.state != "sending":  # only a code that was sent is replayed
+                    return ChallengeView(
+                        existing_id, existing.expires_at, existing.resend_not_before, True
+                    )
+                if now < existing.created + limits.send_lease_seconds:
+                    self._refuse_start(p, new, StartInProgress(retry_after=1.0))
+                # Its start died before confirming the send: forget it, start afresh.
+                self._unsend(p, new.platform, existing_id, now, "code_send_abandoned")
         try:
             self._check_send_allowed(p, new, limits)
         except XacthucError as e:
@@ -169,7 +173,14 @@ class PhoneOps(MemoryBase):
         ch = p.challenges.get(challenge_id)
         if ch is None or ch.state != "sending":
             return
-        del p.challenges[challenge_id]
+        self._unsend(p, platform, challenge_id, now, "code_send_failed")
+
+    def _unsend(
+        self, p: _Platform, platform: str, challenge_id: str, now: float, event: str
+    ) -> None:
+        """Undo a "sending" challenge's start as if it never happened: the challenge, its
+        idempotency key, its budget entries and the cooldown; audit `event`."""
+        ch = p.challenges.pop(challenge_id)
         if ch.idempotency_key and p.idempotency.get(ch.idempotency_key) == challenge_id:
             del p.idempotency[ch.idempotency_key]
         phone = p.phones[ch.phone]
@@ -182,9 +193,9 @@ class PhoneOps(MemoryBase):
             platform,
             now,
             account=ch.account_id,
-            event="code_send_failed",
+            event=event,
             outcome="failed",
-            reason="SMS_DELIVERY_FAILED",
+            reason="SMS_DELIVERY_FAILED" if event == "code_send_failed" else "",
             challenge=challenge_id,
             phone=ch.phone,
         )

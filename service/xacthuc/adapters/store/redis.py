@@ -5,7 +5,8 @@ keys, encodes the parameters and turns the scripts' replies into results or exce
 
 Key layout, all under one hash tag per platform so a platform lives in one cluster slot:
 
-    <ns>:{<platform>}:ch:<challenge id>     hash: the challenge (and its result once consumed)
+    <ns>:{<platform>}:ch:<challenge id>     hash: the challenge (state sending -> pending ->
+                                            consumed)
     <ns>:{<platform>}:idem:<key>            string: idempotency key -> challenge id
     <ns>:{<platform>}:ph:<phone>            hash: fails, lock_level, locked_until, last_send
     <ns>:{<platform>}:sends:ph:<phone>      zset: challenge id scored by send time (P3)
@@ -78,6 +79,7 @@ from xacthuc.domain.errors import (
     RegistryUnavailable,
     ResendTooSoon,
     SendLimitExceeded,
+    StartInProgress,
     StoreUnavailable,
     XacthucError,
 )
@@ -149,6 +151,7 @@ _REFUSALS: dict[str, type[XacthucError]] = {
         PhoneLocked,
         ResendTooSoon,
         SendLimitExceeded,
+        StartInProgress,
     )
 }
 

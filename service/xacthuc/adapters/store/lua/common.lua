@@ -201,3 +201,36 @@ local function end_link(l, reason, reason_j, audit_key)
     link = l.link_j, guardian = l.guardian_j,
   })
 end
+
+-- Undo the start of the "sending" challenge `id` (JSON text `id_j`, its hash as a table `c`)
+-- as if it never happened: the challenge, its idempotency key, its budget entries and the
+-- cooldown; audit `event` ("code_send_failed": the gateway refused it; "code_send_abandoned": its start died
+-- before confirming the send). The keys named by the challenge are built from PREFIX and the
+-- stored pseudonyms; they carry the platform's hash tag, so they live in the caller's slot.
+local function unsend(id, id_j, c, event, audit_key)
+  redis.call("DEL", PREFIX .. "ch:" .. id)
+  if c.idempotency_key and c.idempotency_key ~= "" then
+    local idem_key = PREFIX .. "idem:" .. c.idempotency_key
+    if redis.call("GET", idem_key) == id then
+      redis.call("DEL", idem_key)
+    end
+  end
+  local sends_phone = PREFIX .. "sends:ph:" .. c.phone
+  redis.call("ZREM", sends_phone, id)
+  redis.call("ZREM", PREFIX .. "sends:platform", id)
+  redis.call("ZREM", PREFIX .. "sends:ip:" .. c.client, id)
+  -- The cooldown runs from the latest send that is left (none: no cooldown).
+  local ph_key = PREFIX .. "ph:" .. c.phone
+  local latest = redis.call("ZRANGE", sends_phone, -1, -1, "WITHSCORES")
+  if latest[2] then
+    redis.call("HSET", ph_key, "last_send", latest[2])
+    keep_phone(ph_key, tonumber(redis.call("HGET", ph_key, "locked_until")) or 0)
+  else
+    redis.call("HDEL", ph_key, "last_send")
+  end
+  audit(audit_key, {
+    account = c.account_j, event = q(event), outcome = q("failed"),
+    reason = (event == "code_send_failed") and q("SMS_DELIVERY_FAILED") or '""',
+    challenge = id_j, phone = c.phone_j,
+  })
+end

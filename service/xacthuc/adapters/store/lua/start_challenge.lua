@@ -1,5 +1,7 @@
 -- start_challenge: idempotency, R1 (no linked child), P2 lock, P8 accounts, P3 cooldown and
--- budgets, then create.
+-- budgets, then create. A key naming a challenge whose code was sent replays it; one still
+-- "sending" is START_IN_PROGRESS within the send lease, and abandoned (undone, audited
+-- `code_send_abandoned`) after it, so the retry starts afresh.
 --
 -- KEYS[1] ch:<id>            KEYS[2] ph:<phone>           KEYS[3] sends:ph:<phone>
 -- KEYS[4] sends:platform     KEYS[5] sends:ip:<client>    KEYS[6] phacct:<phone>
@@ -24,13 +26,19 @@ if idem_key then
   if existing then
     -- The key names an earlier challenge whose id only the stored value knows, so its key is
     -- built here; it shares the {platform} hash tag, hence the slot, of every key above.
-    local e = redis.call("HMGET", PREFIX .. "ch:" .. existing,
-      "expires_at", "fingerprint", "resend_not_before")
-    if e[1] and tonumber(e[1]) > NOW then
-      if e[2] ~= P.fingerprint then
+    local e = hash_of(PREFIX .. "ch:" .. existing)
+    if e.expires_at and tonumber(e.expires_at) > NOW then
+      if e.fingerprint ~= P.fingerprint then
         return refuse("IDEMPOTENCY_KEY_REUSED")
       end
-      return { "replay", existing, e[1], e[3] }
+      if e.state ~= "sending" then -- only a code that was sent is replayed
+        return { "replay", existing, e.expires_at, e.resend_not_before }
+      end
+      if NOW < tonumber(e.created) + L.send_lease_seconds then
+        return refuse("START_IN_PROGRESS", "1")
+      end
+      -- Its start died before confirming the send: forget it, start afresh.
+      unsend(existing, e.challenge_j or q(existing), e, "code_send_abandoned", audit_key)
     end
   end
 end
@@ -74,6 +82,7 @@ local resend_not_before = fmt(NOW + L.resend_cooldown_seconds)
 local keep = ms_until(tonumber(P.expires_at) + L.challenge_retention_seconds)
 redis.call("DEL", ch_key)
 redis.call("HSET", ch_key,
+  "challenge_j", P.challenge_j,
   "account", P.account, "account_j", P.account_j, "phone", P.phone, "phone_j", P.phone_j,
   "client", P.client, "mac", P.code_mac, "idempotency_key", P.idempotency_key,
   "fingerprint", P.fingerprint, "created", P.now, "expires_at", P.expires_at,
