@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.domain.status_index import permuted_index
 from xacthuc.ports.store import Store
 
 
@@ -40,14 +42,39 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
             client.delete(key)
 
 
+# Contract stores draw no random status-index key and use small blocks, so a test knows the
+# index of a platform's n-th token (nth_index) and sees blocks open after a few tokens.
+STATUS_KEY = "5a" * 32
+STATUS_BLOCK = 64
+
+
+def nth_index(n: int) -> int:
+    """The status-list index of a contract store's n-th token (from 0) on one platform."""
+    return permuted_index(STATUS_KEY, n, STATUS_BLOCK)
+
+
+def memory_store() -> MemoryStore:
+    return MemoryStore(status_block=STATUS_BLOCK, status_keys=lambda: STATUS_KEY)
+
+
+def redis_store(url: str, namespace: str, client: aioredis.Redis | None = None) -> RedisStore:
+    return RedisStore(
+        url,
+        namespace=namespace,
+        client=client,
+        status_block=STATUS_BLOCK,
+        status_keys=lambda: STATUS_KEY,
+    )
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """Each storage backend in turn, empty; the contract suite runs once per backend."""
     if request.param == "memory":
-        yield MemoryStore()
+        yield memory_store()
         return
-    backend = RedisStore(
-        request.getfixturevalue("redis_url"), namespace=request.getfixturevalue("redis_namespace")
+    backend = redis_store(
+        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_namespace")
     )
     yield backend
     await backend.aclose()

@@ -46,6 +46,8 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.store import Store
 
+from .conftest import memory_store, nth_index, redis_store
+
 NOW = 1_800_000_000.0
 TTL = 300.0
 YEAR = 365 * 86_400.0
@@ -131,9 +133,9 @@ def check(
 
 
 def attestation(
-    account: str = "acc-1", *, now: float, token_id: str = TOKEN, status_idx: int = 0
+    account: str = "acc-1", *, now: float, token_id: str = TOKEN, token_no: int = 0
 ) -> AttestationRecord:
-    """The record of a phone attestation; `status_idx` counts the platform's tokens from 0."""
+    """The record of a phone attestation, the platform's `token_no`-th token (from 0)."""
     return AttestationRecord(
         account_id=account,
         method="phone_otp",
@@ -141,7 +143,7 @@ def attestation(
         verified_at=now,
         issued_at=now,
         expires_at=now + YEAR,
-        status_idx=status_idx,
+        status_idx=nth_index(token_no),
     )
 
 
@@ -777,7 +779,7 @@ async def test_an_account_moving_to_another_number_frees_its_slot(store: Store) 
     view = await store.start_challenge(new("ch-3", now=NOW + 60, account="acc-2"), limits)
 
     assert "ch-3" == view.challenge_id
-    moved = attestation(now=NOW + 3, token_id="tok-2", status_idx=1)
+    moved = attestation(now=NOW + 3, token_id="tok-2", token_no=1)
     assert moved == await store.get_attestation(PLATFORM, "acc-1")
 
 
@@ -920,7 +922,7 @@ async def test_each_redis_operation_is_one_round_trip(
 ) -> None:
     """Every store operation sends exactly one command; the scripted ones send EVALSHA."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    store = RedisStore(redis_url, namespace=redis_namespace, client=client)
+    store = redis_store(redis_url, redis_namespace, client=client)
     commands: list[str] = []
     execute: Callable[..., Awaitable[object]] = client.execute_command
 
@@ -964,7 +966,7 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
     redis_url: str, redis_namespace: str
 ) -> None:
     """All keys carry the {platform} hash tag; all but the durable ones expire."""
-    store = RedisStore(redis_url, namespace=redis_namespace)
+    store = redis_store(redis_url, redis_namespace)
     await sent(store, new(key="k-1"))
     await store.check_code(check(now=NOW + 1), LIMITS)
     await store.aclose()
@@ -988,6 +990,7 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
             "acct:acc-1",
             "audit",
             "sl:next",
+            "sl:key",
             "sl:bits",
             "acctsl:acc-1",
         )
@@ -998,7 +1001,15 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
     assert 0 < ttl[f"{pre}sends:ph:{PHONE}"] <= 86_400_000
     assert 0 < ttl[f"{pre}sends:platform"] <= 3_600_000
     assert 0 < ttl[f"{pre}sends:ip:{CLIENT}"] <= 3_600_000
-    durable = (f"phacct:{PHONE}", "acct:acc-1", "audit", "sl:next", "sl:bits", "acctsl:acc-1")
+    durable = (
+        f"phacct:{PHONE}",
+        "acct:acc-1",
+        "audit",
+        "sl:next",
+        "sl:key",
+        "sl:bits",
+        "acctsl:acc-1",
+    )
     assert [-1] * len(durable) == [ttl[f"{pre}{k}"] for k in durable]
 
 
@@ -1044,8 +1055,8 @@ async def test_random_histories_agree_with_memory(
         challenge_retention_seconds=rnd.choice([10, 100]),
         send_lease_seconds=rnd.choice([1, 60]),
     )
-    memory, redis_store = MemoryStore(), RedisStore(redis_url, namespace=redis_namespace)
-    backends = (memory, redis_store)
+    memory, redis_backend = memory_store(), redis_store(redis_url, redis_namespace)
+    backends = (memory, redis_backend)
     now = NOW + rnd.random()
     challenges: list[NewChallenge] = []
     calls: list[Awaitable[object]]
@@ -1090,13 +1101,15 @@ async def test_random_histories_agree_with_memory(
             expected, actual = [await outcome(call) for call in calls]
             assert expected == actual, f"step {step}"
         for platform in (PLATFORM, OTHER_PLATFORM):
-            assert await memory.audit_records(platform) == await redis_store.audit_records(platform)
+            assert await memory.audit_records(platform) == await redis_backend.audit_records(
+                platform
+            )
             for account in "abcd":
                 assert await memory.get_attestation(platform, account) == (
-                    await redis_store.get_attestation(platform, account)
+                    await redis_backend.get_attestation(platform, account)
                 )
     finally:
-        await redis_store.aclose()
+        await redis_backend.aclose()
 
 
 async def test_memory_store_forgets_challenges_after_retention() -> None:

@@ -11,8 +11,6 @@ from collections.abc import Awaitable
 import pytest
 import redis.asyncio as aioredis
 
-from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain.errors import (
     AttestationNotFound,
     ChildAlreadyLinked,
@@ -38,6 +36,7 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.store import Store
 
+from .conftest import STATUS_BLOCK, memory_store, nth_index, redis_store
 from .test_store_contract import LIMITS, NOW, PHONE, PHONE_2, PLATFORM, check, new, phone_n, sent
 
 OTHER = "beta"
@@ -177,7 +176,7 @@ async def test_a_link_issues_the_childs_guardian_managed_attestation(store: Stor
         guardian_ref=REF,
         aged_out_at=AGED,
         link_id=f"gl-kid-1-{NOW + 10}",
-        status_idx=1,
+        status_idx=nth_index(1),
     )
     assert (f"gl-kid-1-{NOW + 10}", expected, False) == (
         result.link_id,
@@ -354,7 +353,10 @@ async def test_the_same_guardian_linking_again_renews_and_revokes_the_old_token(
     again = await store.link_guardian(link(now=NOW + 20, relationship="legal_guardian"), limits)
 
     assert (first.link_id, True) == (again.link_id, again.renewed)
-    assert (first.attestation.status_idx + 1) == again.attestation.status_idx
+    assert (nth_index(1), nth_index(2)) == (
+        first.attestation.status_idx,
+        again.attestation.status_idx,
+    )
     assert again.attestation == await store.get_attestation(PLATFORM, "kid-1")
     bits = await store.status_bits(PLATFORM)
     assert (1, 0) == (
@@ -609,28 +611,40 @@ async def test_paging_through_many_children_born_the_same_day(store: Store) -> N
 
 
 async def test_every_attestation_gets_the_next_status_index_per_platform(store: Store) -> None:
-    """check_code, finish_id_check and link_guardian share one counter per platform."""
+    """check_code, finish_id_check and link_guardian share one counter per platform; the
+    counter's n-th value is index nth_index(n) (a keyed permutation, issue 13)."""
     phone = await phone_guardian(store)
     other = await phone_guardian(store, platform=OTHER)
     by_id = await id_guardian(store)
     child = (await store.link_guardian(link(), LIMITS)).attestation
-    assert [0, 0, 1, 2] == [r.status_idx for r in (phone, other, by_id, child)]
+    assert [nth_index(0), nth_index(0), nth_index(1), nth_index(2)] == [
+        r.status_idx for r in (phone, other, by_id, child)
+    ]
     assert by_id == await store.get_attestation(PLATFORM, "dad")
     assert "adult" == by_id.age_band
 
 
 async def test_the_status_bitmap_covers_every_index_handed_out(store: Store) -> None:
-    """Allocating an index writes its zero bit, so a list published from the bitmap holds the
-    index of every token issued, revoked or not (check_code, finish_id_check, link_guardian)."""
+    """Opening a block of indices writes the whole block's zero bits, so a list published from
+    the bitmap holds the index of every token issued, revoked or not (check_code,
+    finish_id_check, link_guardian), and its length tells only how many blocks are open."""
+    block = STATUS_BLOCK // 8 * b"\x00"
     assert b"" == await store.status_bits(PLATFORM)
-    await phone_guardian(store)  # "mum", index 0
-    for n in range(1, 8):
-        await phone_guardian(store, f"acc-{n}", phone=phone_n(n), now=NOW + n)
-    assert b"\x00" == await store.status_bits(PLATFORM)
-    dad = await id_guardian(store)
-    assert (8, b"\x00\x00") == (dad.status_idx, await store.status_bits(PLATFORM))
-    child = (await store.link_guardian(link(), LIMITS)).attestation
-    assert (9, b"\x00\x00") == (child.status_idx, await store.status_bits(PLATFORM))
+    await phone_guardian(store)  # "mum", the first token
+    assert block == await store.status_bits(PLATFORM)
+    for n in range(1, STATUS_BLOCK - 1):  # 200 s apart: within the client's hourly budget
+        await phone_guardian(store, f"acc-{n}", phone=phone_n(n), now=NOW + 200 * n)
+    dad = await id_guardian(store)  # the block's last token
+    assert (nth_index(STATUS_BLOCK - 1), block) == (
+        dad.status_idx,
+        await store.status_bits(PLATFORM),
+    )
+    child = (await store.link_guardian(link(), LIMITS)).attestation  # opens the next block
+    assert (nth_index(STATUS_BLOCK), 2 * block) == (
+        child.status_idx,
+        await store.status_bits(PLATFORM),
+    )
+    assert STATUS_BLOCK <= child.status_idx < 2 * STATUS_BLOCK
     assert b"" == await store.status_bits(OTHER)
 
 
@@ -644,10 +658,16 @@ async def test_revocation_sets_the_status_bit_and_is_idempotent(store: Store) ->
     ninth = await store.revoke_attestation(PLATFORM, "acc-9", NOW + 2001, "fraud")
     again = await store.revoke_attestation(PLATFORM, "acc-0", NOW + 2002, "fraud")
 
-    assert ("revoked", 0, 9) == (first.status, first.status_idx, ninth.status_idx)
+    assert ("revoked", nth_index(0), nth_index(9)) == (
+        first.status,
+        first.status_idx,
+        ninth.status_idx,
+    )
     assert first == again == await store.get_attestation(PLATFORM, "acc-0")
     assert NOW + 2000 == again.revoked_at  # the first revocation's time, kept
-    assert b"\x80\x40" == await store.status_bits(PLATFORM)
+    bits = await store.status_bits(PLATFORM)
+    revoked = {i for i in range(len(bits) * 8) if bit(bits, i)}
+    assert ({nth_index(0), nth_index(9)}, STATUS_BLOCK // 8) == (revoked, len(bits))
     assert b"" == await store.status_bits(OTHER)
     assert [
         rec(
@@ -658,7 +678,7 @@ async def test_revocation_sets_the_status_bit_and_is_idempotent(store: Store) ->
             "account_deleted",
             account="acc-0",
             token_id="tok-acc-0",
-            status_idx=0,
+            status_idx=nth_index(0),
         ),
         rec(
             start + 1,
@@ -668,7 +688,7 @@ async def test_revocation_sets_the_status_bit_and_is_idempotent(store: Store) ->
             "fraud",
             account="acc-9",
             token_id="tok-acc-9",
-            status_idx=9,
+            status_idx=nth_index(9),
         ),
     ] == await store.audit_records(PLATFORM, start)
 
@@ -694,7 +714,7 @@ async def test_redis_guardian_keys_share_the_platform_slot_and_are_durable(
 ) -> None:
     """Links, pointers, the children set, the aging-out index and the status list live under
     {platform} and never expire."""
-    store = RedisStore(redis_url, namespace=redis_namespace)
+    store = redis_store(redis_url, redis_namespace)
     await phone_guardian(store)
     result = await store.link_guardian(link(), LIMITS)
     await store.revoke_attestation(PLATFORM, "mum", NOW + 20, "fraud")
@@ -719,7 +739,7 @@ async def test_redis_guardian_keys_share_the_platform_slot_and_are_durable(
 async def test_both_stores_write_the_same_bytes(redis_url: str, redis_namespace: str) -> None:
     """A history of links, refusals, renewals, withdrawals, sweeps and revocations gives the
     same audit log, the same records and the same status bits in memory and in Redis."""
-    stores: list[Store] = [MemoryStore(), RedisStore(redis_url, namespace=redis_namespace)]
+    stores: list[Store] = [memory_store(), redis_store(redis_url, redis_namespace)]
     results = []
     limits = Limits(max_children_per_guardian=2)
     for s in stores:
@@ -767,14 +787,14 @@ async def test_random_histories_agree_between_memory_and_redis(
 ) -> None:
     """Random interleavings of every guardian and revocation operation: same outcomes, same
     audit bytes, same attestations and status bits."""
-    memory, redis_store = MemoryStore(), RedisStore(redis_url, namespace=redis_namespace)
+    memory, redis_backend = memory_store(), redis_store(redis_url, redis_namespace)
     rnd = random.Random(147)
     limits = Limits(max_children_per_guardian=2)
     guardians = {"g-1": PHONE, "g-2": PHONE_2}
     children = [f"c-{n}" for n in range(5)]
     link_ids: list[str] = ["gl-missing"]
     try:
-        for s in (memory, redis_store):
+        for s in (memory, redis_backend):
             for account, phone in guardians.items():
                 await phone_guardian(s, account, phone=phone, limits=limits)
         now = NOW + 10
@@ -795,17 +815,17 @@ async def test_random_histories_agree_between_memory_and_redis(
                     child_consent=rnd.random() < 0.7,
                 )
                 link_ids.append(lk.link_id)
-                calls = [s.link_guardian(lk, limits) for s in (memory, redis_store)]
+                calls = [s.link_guardian(lk, limits) for s in (memory, redis_backend)]
             elif kind < 0.6:
                 lid = rnd.choice(link_ids)
-                calls = [s.end_guardian_link(PLATFORM, lid, now) for s in (memory, redis_store)]
+                calls = [s.end_guardian_link(PLATFORM, lid, now) for s in (memory, redis_backend)]
             elif kind < 0.7:
                 n = rnd.randint(1, 3)
-                calls = [s.sweep_aged_out(PLATFORM, now, n) for s in (memory, redis_store)]
+                calls = [s.sweep_aged_out(PLATFORM, now, n) for s in (memory, redis_backend)]
             elif kind < 0.8:
                 who = rnd.choice([*children, "g-1"])
                 calls = [
-                    s.revoke_attestation(PLATFORM, who, now, "r") for s in (memory, redis_store)
+                    s.revoke_attestation(PLATFORM, who, now, "r") for s in (memory, redis_backend)
                 ]
             elif kind < 0.9:
                 lo = now + rnd.choice([-100, 0, 50])
@@ -814,25 +834,25 @@ async def test_random_histories_agree_between_memory_and_redis(
                 if rnd.random() < 0.5:
                     after = AgingOut(rnd.choice(children), lo + rnd.choice([0, 100]))
                 calls = [
-                    s.list_aging_out(PLATFORM, lo, hi, size, after) for s in (memory, redis_store)
+                    s.list_aging_out(PLATFORM, lo, hi, size, after) for s in (memory, redis_backend)
                 ]
             else:
                 child = rnd.choice(children)
                 nc = new(f"ch-{step}", now=now, account=child, phone=PHONE_2)
                 calls = [
                     s.start_challenge(nc, Limits(resend_cooldown_seconds=0))
-                    for s in (memory, redis_store)
+                    for s in (memory, redis_backend)
                 ]
             expected, actual = [await _outcome(c) for c in calls]
             assert expected == actual, f"step {step}"
-        assert await memory.audit_records(PLATFORM) == await redis_store.audit_records(PLATFORM)
-        assert await memory.status_bits(PLATFORM) == await redis_store.status_bits(PLATFORM)
+        assert await memory.audit_records(PLATFORM) == await redis_backend.audit_records(PLATFORM)
+        assert await memory.status_bits(PLATFORM) == await redis_backend.status_bits(PLATFORM)
         for account in [*children, *guardians]:
             assert await memory.get_attestation(PLATFORM, account) == (
-                await redis_store.get_attestation(PLATFORM, account)
+                await redis_backend.get_attestation(PLATFORM, account)
             )
     finally:
-        await redis_store.aclose()
+        await redis_backend.aclose()
 
 
 async def _outcome(call: Awaitable[object]) -> tuple[str, object]:

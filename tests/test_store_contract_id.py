@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain.errors import (
     AccountNotAuthenticated,
     IdAttemptsExceeded,
@@ -22,6 +20,7 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.store import Store
 
+from .conftest import memory_store, redis_store
 from .test_store_contract import LIMITS, NOW, PLATFORM, check, sent
 from .test_store_contract import new as new_challenge
 
@@ -238,7 +237,7 @@ async def test_moving_from_phone_to_personal_id_frees_the_phone_slot(store: Stor
 
 async def test_both_stores_write_the_same_bytes(redis_url: str, redis_namespace: str) -> None:
     """The same history gives byte-identical audit logs in memory and in Redis."""
-    stores: list[Store] = [MemoryStore(), RedisStore(redis_url, namespace=redis_namespace)]
+    stores: list[Store] = [memory_store(), redis_store(redis_url, redis_namespace)]
     logs = []
     for s in stores:
         await sent(s, new_challenge(now=NOW))

@@ -55,7 +55,8 @@ class Store(Protocol):
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
         """Count the attempt, compare in constant time, consume atomically (single use: a
         consumed challenge refuses even the right code), record the attestation and audit it
-        all. The attestation gets the platform's next status-list index. Raises
+        all. The attestation gets the platform's next status-list index (a keyed permutation
+        of the platform's token counter, never reused: `xacthuc.domain.status_index`). Raises
         ChallengeNotFound, ChallengeAccountMismatch, ChallengeAlreadyUsed, OtpExpired,
         OtpAttemptsExceeded, PhoneLocked, GuardianRequired (a linked child, before any attempt
         is counted), PhoneAccountLimit or OtpIncorrect."""
@@ -154,8 +155,9 @@ class Store(Protocol):
         is Redis SETBIT's: index 0 is the MOST significant bit of byte 0 (index i is bit
         7 - i % 8 of byte i // 8). The IETF Token Status List packs LEAST significant bit
         first, so a publisher must reverse the bits of each byte. The bitmap covers every
-        index handed out so far (allocating an index writes its zero bit), so a list built
-        from it holds every issued token's index."""
+        index handed out so far: it is a whole number of index blocks long (opening a block
+        writes its zero bits), so a list built from it holds every issued token's index and
+        its length tells only how many blocks are open."""
         ...
 
     # ---- account locks (R7) -----------------------------------------------------------------

@@ -14,15 +14,23 @@ bits. The indexes of every token of an account whose lock holds at build time
 (`Store.locked_status_indexes`) are then set to SUSPENDED unless revoked (revocation is final
 and wins, as in the decision table). A temporary lock's end is thus seen by the first list
 built after it, and by an offline verifier within the list's `ttl`, like a revocation. The
-store's bitmap covers every index it has handed out (allocating an index writes a zero bit),
-so a token's index is always inside the list.
+store's bitmap covers every index it has handed out (opening a block of indices writes the
+block's zero bits), so a token's index is always inside the list.
 
-Size, for herd privacy. The list is padded with zeros to a whole number of chunks of
-131,072 tokens (`CHUNK_BYTES` of the 1-bit bitmap, 32 KiB of the 2-bit list), at least one. A verifier fetching the list learns nothing
-from its length about how many tokens were issued below that grain, and every token of a
-platform hides among at least 131,072 entries (the herd privacy the draft's privacy
-considerations discuss). Zeros cost next to nothing once compressed: an empty chunk is under
-a hundred characters of `lst`.
+Indices reveal no order (issue 13; `xacthuc.domain.status_index`). The store hands out
+indices in blocks of 131,072, each block a keyed pseudorandom permutation of the platform's
+token counter, so neither a token's index nor the positions of the non-valid entries tell
+when a token was issued within its block, and no index is ever reused.
+
+Size, for herd privacy. The list is padded with zeros to a whole number of chunks of 131,072
+tokens (`CHUNK_BYTES` of the 1-bit bitmap, 32 KiB of the 2-bit list; one index block), at
+least one chunk; the store's bitmap is itself whole blocks long. What the length reveals: how
+many blocks the platform has opened, that is its issued tokens to within 131,072, and nothing
+finer; every token of a platform hides among at least 131,072 entries (the herd privacy the
+draft's privacy considerations discuss). The number of non-valid entries is the number of
+revoked or suspended tokens of the platform, and comparing two fetches shows how many changed
+between them; only decoy entries could blur that (not done). Zeros cost next to nothing once
+compressed.
 
 Signing. The active attestation key signs the list (`typ` statuslist+jwt, EdDSA), `iss` the
 service's issuer, `sub` the list's URI, `ttl` XACTHUC_STATUS_LIST_TTL_SECONDS and `exp` two
@@ -37,11 +45,12 @@ import asyncio
 from collections.abc import Callable
 
 from xacthuc.domain.clock import Clock
+from xacthuc.domain.status_index import INDEX_BLOCK
 from xacthuc.domain.statuslist import LIST_NO, SUSPENDED, VALID, StatusList, StatusListNames
 from xacthuc.domain.tokens import SigningKey
 from xacthuc.ports.store import Store
 
-CHUNK_BYTES = 16 * 1024  # lists grow by 131,072 entries at a time
+CHUNK_BYTES = INDEX_BLOCK // 8  # 16 KiB of the 1-bit bitmap: lists grow by one index block
 CACHE_SECONDS = 5.0
 
 # Bit reversal of every byte value: Redis SETBIT order -> the draft's order.

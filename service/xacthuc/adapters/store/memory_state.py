@@ -9,12 +9,21 @@ store contract; `redis.py` mirrors it in Lua.
 from __future__ import annotations
 
 import json
+import secrets
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from xacthuc.domain.clock import rfc3339
 from xacthuc.domain.locks import AccountLock
 from xacthuc.domain.records import AttestationRecord, audit_record
+from xacthuc.domain.status_index import (
+    INDEX_BLOCK,
+    KEY_HEX_CHARS,
+    check_block,
+    first_counter,
+    permuted_index,
+)
 
 _WINDOWS = {"phone_15m": 900, "phone_day": 86_400, "platform_hour": 3600, "client_ip_hour": 3600}
 
@@ -93,8 +102,11 @@ class _Platform:
     child_links: dict[str, str] = field(default_factory=dict)
     guardian_children: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     aging: dict[str, float] = field(default_factory=dict)
-    # The status list (issue 5): the next index, and the bitmap in Redis SETBIT bit order.
+    # The status list (issue 5): the token counter, the index key and block size (set at the
+    # first allocation, issue 13), and the bitmap in Redis SETBIT bit order.
     status_next: int = 0
+    status_key: str = ""
+    status_block: int = 0
     status_bits: bytearray = field(default_factory=bytearray)
     # Account locks (R7): each account's latest lock, and every status index issued to each
     # account (a lock marks all of them in the published list).
@@ -120,9 +132,18 @@ def _recent(entries: list[tuple[float, str]], now: float, window: float) -> list
 
 
 class MemoryBase:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        status_block: int = INDEX_BLOCK,
+        status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
+    ) -> None:
+        """`status_block` and `status_keys` (a source of random index keys) are fixed for the
+        life of the store; tests pass their own to make indices predictable."""
         self._platforms: dict[str, _Platform] = defaultdict(_Platform)
         self._starts = 0
+        self._status_block = check_block(status_block)
+        self._status_keys = status_keys
 
     def _audit(
         self,
@@ -167,14 +188,23 @@ class MemoryBase:
         if record.status_idx >= 0:
             p.account_idxs[record.account_id].add(record.status_idx)
 
-    @staticmethod
-    def _next_status_idx(p: _Platform) -> int:
-        """The next index; the bitmap grows to cover it (a zero bit), as SETBIT does."""
-        idx = p.status_next
+    def _next_status_idx(self, p: _Platform) -> int:
+        """The platform's next token's index (status_index.py): pseudorandom within its block,
+        never one handed out before. The first allocation fixes the platform's key and block
+        size (a store that handed out sequential indices before goes on at the next whole
+        block); opening a block grows the bitmap to cover all of it with zero bits, so its
+        length tells only how many blocks are open."""
+        if not p.status_key:
+            p.status_key = self._status_keys()
+            p.status_block = self._status_block
+            p.status_next = first_counter(p.status_next, p.status_block)
+        counter = p.status_next
         p.status_next += 1
-        if len(p.status_bits) <= idx // 8:
-            p.status_bits.extend(bytes(idx // 8 + 1 - len(p.status_bits)))
-        return idx
+        block = p.status_block
+        need = (counter // block + 1) * block // 8
+        if len(p.status_bits) < need:
+            p.status_bits.extend(bytes(need - len(p.status_bits)))
+        return permuted_index(p.status_key, counter, block)
 
     @staticmethod
     def _set_status_bit(p: _Platform, idx: int) -> None:

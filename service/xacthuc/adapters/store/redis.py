@@ -20,8 +20,12 @@ Key layout, all under one hash tag per platform so a platform lives in one clust
     <ns>:{<platform>}:gkids:<pseudonym>     set: children with an active link, per guardian
     <ns>:{<platform>}:agingout              zset: children with an active link, scored by
                                             their 16th birthday
-    <ns>:{<platform>}:sl:next               string: the next status-list index (INCR)
-    <ns>:{<platform>}:sl:bits               string: the status bitmap (SETBIT; 1 = revoked)
+    <ns>:{<platform>}:sl:next               string: the token counter (INCR)
+    <ns>:{<platform>}:sl:key                hash: key, block: the status-index permutation's
+                                            key and block size (status_index.py), fixed at
+                                            the first allocation
+    <ns>:{<platform>}:sl:bits               string: the status bitmap (SETBIT; 1 = revoked),
+                                            whole blocks long
     <ns>:{<platform>}:acctsl:<account>      set: every status index issued to the account
     <ns>:{<platform>}:lock:<account>        hash: the account's latest lock (R7), kept once lifted
     <ns>:{<platform>}:locks                 zset: accounts with a lock, scored by its end
@@ -39,7 +43,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
@@ -100,6 +105,7 @@ from xacthuc.domain.records import (
     check_revocation_reason,
     split_audit_record,
 )
+from xacthuc.domain.status_index import INDEX_BLOCK, KEY_HEX_CHARS, check_block
 
 _SCRIPTS = (
     "start_challenge",
@@ -296,8 +302,16 @@ class RedisStore:
     """
 
     def __init__(
-        self, url: str, *, namespace: str = "xacthuc", client: aioredis.Redis | None = None
+        self,
+        url: str,
+        *,
+        namespace: str = "xacthuc",
+        client: aioredis.Redis | None = None,
+        status_block: int = INDEX_BLOCK,
+        status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
     ) -> None:
+        """`status_block` and `status_keys` as for MemoryStore: the first allocation of a
+        platform's status index keeps them in Redis, so later values change nothing."""
         self._owns_client = client is None
         self._redis: aioredis.Redis = (
             client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
@@ -305,6 +319,12 @@ class RedisStore:
         self._namespace = namespace
         self._scripts = {name: _Script(_lua(name)) for name in _SCRIPTS}
         self._scripts |= {name: _Script(_lua(name, prelude=False)) for name in _BARE_SCRIPTS}
+        self._status_block = check_block(status_block)
+        self._status_keys = status_keys
+
+    def _status_params(self) -> dict[str, str]:
+        """What a platform's first status-index allocation fixes (a fresh random key)."""
+        return {"sl_key": self._status_keys(), "sl_block": str(self._status_block)}
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "xacthuc") -> RedisStore:
@@ -409,6 +429,7 @@ class RedisStore:
             "account_j": _j(check.account_id),
             "candidates": list(check.candidates),
             "attestation": self._pending(check.attestation),
+            **self._status_params(),
         }
         _, method, token_id, verified_at, issued_at, expires_at, idx = await self._run(
             "check_code", keys, params
@@ -467,6 +488,7 @@ class RedisStore:
         params = self._id_params(attempt, limits) | {
             "answer": answer,
             "attestation": self._pending(pending),
+            **self._status_params(),
         }
         _, method, token_id, verified_at, issued_at, expires_at, idx = await self._run(
             "finish_id_check", keys, params
@@ -520,6 +542,7 @@ class RedisStore:
             "child_consent": "1" if link.child_consent else "0",
             "aged_out_at": _time(link.aged_out_at),
             "attestation": self._pending(link.attestation),
+            **self._status_params(),
         }
         reply = await self._run("link_guardian", keys, params)
         return LinkResult(reply[1], _record(_pairs(reply[3:])), reply[2] == "1")

@@ -97,8 +97,6 @@ redis.call("HSET", ch_key, "state", "consumed")
 redis.call("HSET", ph_key, "fails", "0", "lock_level", "0") -- success resets P2
 keep_phone(ph_key, locked_until)
 local idx = int(next_status_idx())
--- The bitmap covers every index handed out (a zero bit), so a published list holds it.
-redis.call("SETBIT", PREFIX .. "sl:bits", idx, 0)
 attest(acct_key, P.account, c.phone, {
   "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
   "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",

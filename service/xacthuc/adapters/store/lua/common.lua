@@ -156,9 +156,61 @@ end
 -- An attestation hash as a table (empty when the account has none).
 local attestation_of = hash_of
 
--- The status list (issue 5): a per-platform counter hands every new token its index.
+-- HMAC-SHA1 (hex) of `msg` under the 64-byte `key` (SHA-1's block size: used as is).
+local function hmac_sha1_hex(ipad, opad, msg)
+  local inner = redis.sha1hex(ipad .. msg)
+  local raw = string.gsub(inner, "..", function(h)
+    return string.char(tonumber(h, 16))
+  end)
+  return redis.sha1hex(opad .. raw)
+end
+
+-- The status list (issues 5 and 13): the platform's next token's index, pseudorandom within
+-- its block and never one handed out before; status_index.py, line for line. The first
+-- allocation fixes the platform's key and block size from P.sl_key and P.sl_block (a store
+-- that handed out sequential indices before goes on at the next whole block); opening a
+-- block grows the bitmap to cover all of it with zero bits (only when it is shorter, so no
+-- revoked bit is ever cleared).
 local function next_status_idx()
-  return redis.call("INCR", PREFIX .. "sl:next") - 1
+  local conf_key, next_key = PREFIX .. "sl:key", PREFIX .. "sl:next"
+  local conf = redis.call("HMGET", conf_key, "key", "block")
+  local key, block = conf[1], tonumber(conf[2])
+  if not key then
+    key, block = P.sl_key, tonumber(P.sl_block)
+    redis.call("HSET", conf_key, "key", key, "block", int(block))
+    local legacy = tonumber(redis.call("GET", next_key)) or 0
+    redis.call("SET", next_key, int(math.ceil(legacy / block) * block))
+  end
+  local counter = redis.call("INCR", next_key) - 1
+  local block_no = math.floor(counter / block)
+  local bits_key = PREFIX .. "sl:bits"
+  local need = (block_no + 1) * block / 8
+  if redis.call("STRLEN", bits_key) < need then
+    redis.call("SETBIT", bits_key, need * 8 - 1, 0)
+  end
+  local ipad, opad = {}, {}
+  for i = 1, #key do
+    local k = string.byte(key, i)
+    ipad[i] = string.char(bit.bxor(k, 0x36))
+    opad[i] = string.char(bit.bxor(k, 0x5c))
+  end
+  ipad, opad = table.concat(ipad), table.concat(opad)
+  local h = 0 -- ceil(log2(block) / 2)
+  while 2 ^ (2 * h) < block do
+    h = h + 1
+  end
+  local modulus = 2 ^ h
+  local x = counter % block
+  repeat -- cycle walking: ends, since x's cycle under the permutation returns to x
+    local left, right = math.floor(x / modulus), x % modulus
+    for r = 0, 7 do -- ROUNDS
+      local hex = hmac_sha1_hex(ipad, opad, int(block_no) .. ":" .. int(r) .. ":" .. int(right))
+      local f = tonumber(string.sub(hex, 1, 8), 16) % modulus
+      left, right = right, bit.bxor(left, f)
+    end
+    x = left * modulus + right
+  until x < block
+  return block_no * block + x
 end
 
 -- Revoke the attestation in `acct_key` (its current fields `a`, from attestation_of): status

@@ -78,8 +78,6 @@ for _, g in ipairs(guards) do
   redis.call("HSET", g[2], "fails", "0", "lock_level", "0")
 end
 local idx = int(next_status_idx())
--- The bitmap covers every index handed out (a zero bit), so a published list holds it.
-redis.call("SETBIT", PREFIX .. "sl:bits", idx, 0)
 attest(KEYS[4], P.account, P.subject, {
   "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
   "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",

@@ -89,8 +89,6 @@ if active(c) then -- at most one live token per child: the one replaced is revok
   revoke(c_key, audit_key, P.account_j, c, q("superseded"))
 end
 local idx = int(next_status_idx())
--- The bitmap covers every index handed out (a zero bit), so a published list holds it.
-redis.call("SETBIT", PREFIX .. "sl:bits", idx, 0)
 attest(c_key, P.account, "", {
   "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
   "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
