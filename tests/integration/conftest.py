@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 from collections.abc import AsyncIterator
@@ -31,15 +32,21 @@ class Citizen(TypedDict):
 
 
 class CapturingSms:
-    """An SMS channel that keeps what it is given, and can be told to fail."""
+    """An SMS channel that keeps what it is given, can be told to fail, or to hold each
+    message until `hold` is set (`entered` is set once a message is being held)."""
 
     def __init__(self) -> None:
         self.messages: list[SmsMessage] = []
         self.fail = False
+        self.hold: asyncio.Event | None = None
+        self.entered = asyncio.Event()
 
     async def send(self, message: SmsMessage) -> None:
         if self.fail:
             raise SmsDeliveryError("gateway down (test)")
+        self.entered.set()
+        if self.hold is not None:
+            await self.hold.wait()
         self.messages.append(message)
 
     async def aclose(self) -> None:

@@ -231,6 +231,27 @@ async def test_idempotent_start_sends_one_sms(harness: Harness) -> None:
         await start(harness, key="req-42", account="someone-else")
 
 
+async def test_a_retry_while_the_code_is_being_sent_is_start_in_progress(
+    harness: Harness,
+) -> None:
+    """Issue 13 (6): a second start with the same key while the first is in the gateway gets
+    UNAVAILABLE START_IN_PROGRESS with a 1 s retry hint, not a replay of a code not yet
+    sent; once it is sent, the retry replays it. One SMS in all."""
+    harness.sms.hold = asyncio.Event()
+    first = asyncio.create_task(start(harness, key="req-9"))
+    await harness.sms.entered.wait()
+
+    with pytest.raises(errors.StartInProgress) as e:
+        await start(harness, key="req-9")
+    harness.sms.hold.set()
+    a = await first
+    b = await start(harness, key="req-9")
+
+    assert (Code.UNAVAILABLE, "1") == (e.value.code, e.value.metadata["retry_after_seconds"])
+    assert (a.challenge_id, True) == (b.challenge_id, b.replayed)
+    assert [a.challenge_id] == [m.message_id for m in harness.sms.messages]
+
+
 async def test_gateway_failure_is_unavailable_and_leaves_nothing(harness: Harness) -> None:
     """A refused SMS gives UNAVAILABLE; the same start then succeeds at once (no cooldown, no challenge)."""
     harness.sms.fail = True
