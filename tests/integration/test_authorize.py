@@ -400,7 +400,7 @@ async def test_revocation_is_seen_online_and_through_the_status_list(az: AzHarne
 
 async def test_an_independent_jose_library_reads_what_the_server_serves(az: AzHarness) -> None:
     """jwcrypto, knowing nothing of xacthuc, verifies the attestation token and the status
-    list fetched from the well-known listener, and reads the revoked bit LSB-first."""
+    list fetched from the well-known listener, and reads the revoked entry (2 bits, LSB first)."""
     from jwcrypto import jwk as jc_jwk
     from jwcrypto import jwt as jc_jwt
 
@@ -414,11 +414,14 @@ async def test_an_independent_jose_library_reads_what_the_server_serves(az: AzHa
     token = jc_jwt.JWT(jwt=att.token, key=keyset, algs=["EdDSA"], check_claims={"aud": "alpha"})
     assert "acc-1" == json.loads(token.claims)["sub"]
     status = jc_jwt.JWT(jwt=listed, key=keyset, algs=["EdDSA"], check_claims={"sub": ref["uri"]})
-    lst = json.loads(status.claims)["status_list"]["lst"]
+    status_list = json.loads(status.claims)["status_list"]
+    bits, lst = status_list["bits"], status_list["lst"]
     raw = zlib.decompress(base64.urlsafe_b64decode(lst + "=" * (-len(lst) % 4)))
-    assert ("statuslist+jwt", 1) == (
+    at = ref["idx"] * bits  # the draft: entry i at bits [i*bits, (i+1)*bits), LSB first
+    assert ("statuslist+jwt", 2, 1) == (
         json.loads(status.header)["typ"],
-        raw[ref["idx"] // 8] >> (ref["idx"] % 8) & 1,
+        bits,
+        raw[at // 8] >> (at % 8) & ((1 << bits) - 1),
     )
 
 
