@@ -4,6 +4,7 @@ and the channel's service config (gRPC's own retry policy)."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -251,12 +252,15 @@ def channel_options(retries: int) -> list[tuple[str, Any]]:
     return [("grpc.service_config", service_config(retries)), ("grpc.enable_retries", 1)]
 
 
-def decode_error(err: grpc.RpcError) -> XacthucError:
+def decode_error(err: grpc.RpcError, request_id: str | None = None) -> XacthucError:
     """The typed exception for a failed call, rebuilt from its status details: a subclass of
-    the status's family (`errors.BY_STATUS`) for every status, the call's own deadline too."""
+    the status's family (`errors.BY_STATUS`) for every status, the call's own deadline too.
+    Its `request_id` is the server's (ErrorInfo, else the `x-request-id` trailer), else the
+    one this client sent (a call that never reached the server, a deadline)."""
     code: grpc.StatusCode = err.code()
     message: str = err.details() or ""
     reason, metadata = None, None
+    trailer_id = None
     key: str
     value: str | bytes
     # Ignored below: grpc-stubs declare the items of RpcError.trailing_metadata() a plain
@@ -270,9 +274,26 @@ def decode_error(err: grpc.RpcError) -> XacthucError:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
                     reason, metadata = info.reason, dict(info.metadata)
+        elif key == REQUEST_ID_HEADER and isinstance(value, str):
+            trailer_id = value
+    metadata = metadata or {}
+    if "request_id" not in metadata and (trailer_id or request_id):
+        metadata["request_id"] = trailer_id or request_id or ""
     error = error_for_reason(Code(code.name), reason, message, metadata)
     error.__cause__ = None
     return error
+
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def with_request_id(
+    metadata: tuple[tuple[str, str], ...],
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The call's metadata with a new `x-request-id` (the server adopts it; gRPC's retries
+    send the same), and that id."""
+    request_id = secrets.token_hex(16)
+    return (*metadata, (REQUEST_ID_HEADER, request_id)), request_id
 
 
 def call_metadata(api_key: str) -> tuple[tuple[str, str], ...]:

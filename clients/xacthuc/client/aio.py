@@ -80,14 +80,15 @@ class AsyncClient:
         # Retries (idempotent calls, UNAVAILABLE only) are gRPC's, from the channel's service
         # config: every attempt runs within this one deadline.
         method = getattr(self._stubs[rpc.service], rpc.name)
+        metadata, request_id = w.with_request_id(self._metadata)
         try:
             response = await method(
                 request,
-                metadata=self._metadata,
+                metadata=metadata,
                 timeout=timeout if timeout is not None else self._timeout,
             )
         except grpc.RpcError as e:
-            raise w.decode_error(e) from None
+            raise w.decode_error(e, request_id) from None
         return rpc.parse(response)
 
     async def start_phone_verification(
@@ -309,15 +310,16 @@ class AsyncClient:
         """The audit log as JSON Lines chunks (whole lines each), records [from_index,
         to_index), the whole log when to_index is 0. Not retried: restart from the last
         index received. `timeout` bounds the whole stream."""
+        metadata, request_id = w.with_request_id(self._metadata)
         call = self._stubs["audit"].ExportAuditRecords(
             w.export_request(from_index, to_index),
-            metadata=self._metadata,
+            metadata=metadata,
             timeout=timeout if timeout is not None else self._timeout,
         )
         try:
             async for response in call:
                 yield response.jsonl
         except grpc.RpcError as e:
-            raise w.decode_error(e) from None
+            raise w.decode_error(e, request_id) from None
         finally:
             call.cancel()  # the caller stopped early: end the stream on the server too

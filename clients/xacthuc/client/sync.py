@@ -74,14 +74,15 @@ class Client:
         # Retries (idempotent calls, UNAVAILABLE only) are gRPC's, from the channel's service
         # config: every attempt runs within this one deadline.
         method = getattr(self._stubs[rpc.service], rpc.name)
+        metadata, request_id = w.with_request_id(self._metadata)
         try:
             response = method(
                 request,
-                metadata=self._metadata,
+                metadata=metadata,
                 timeout=timeout if timeout is not None else self._timeout,
             )
         except grpc.RpcError as e:
-            raise w.decode_error(e) from None
+            raise w.decode_error(e, request_id) from None
         return rpc.parse(response)
 
     def start_phone_verification(
@@ -283,15 +284,16 @@ class Client:
         self, *, from_index: int = 0, to_index: int = 0, timeout: float | None = None
     ) -> Iterator[bytes]:
         """See AsyncClient.export_audit_records."""
+        metadata, request_id = w.with_request_id(self._metadata)
         call = self._stubs["audit"].ExportAuditRecords(
             w.export_request(from_index, to_index),
-            metadata=self._metadata,
+            metadata=metadata,
             timeout=timeout if timeout is not None else self._timeout,
         )
         try:
             for response in call:
                 yield response.jsonl
         except grpc.RpcError as e:
-            raise w.decode_error(e) from None
+            raise w.decode_error(e, request_id) from None
         finally:
             call.cancel()  # the caller stopped early: end the stream on the server too

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -19,9 +18,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"xacthuc: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from xacthuc.server.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.effective_log_format)
     from xacthuc.adapters.keyring import KeyringError
     from xacthuc.server.app import DEMO_PLATFORM, build_app
     from xacthuc.server.runtime import serve

@@ -11,9 +11,11 @@ from xacthuc.adapters.registry.http import HttpRegistry
 from xacthuc.adapters.registry.sandbox import SandboxRegistry
 from xacthuc.adapters.sms.console import ConsoleSmsSender
 from xacthuc.adapters.sms.http import HttpSmsSender
+from xacthuc.adapters.sms.none import DiscardingSmsSender
 from xacthuc.adapters.store.checkpoints import checkpoint_store_for
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.clock import Clock, SystemClock
+from xacthuc.domain.fictional import TestNumbers
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.records import Limits
 from xacthuc.domain.statuslist import StatusListNames
@@ -125,7 +127,9 @@ def make_sms(settings: Settings, clock: Clock) -> SmsSender:
             retries=settings.sms_http_retries,
             clock=clock,
         )
-    return ConsoleSmsSender()
+    if settings.sms_backend is SmsBackend.CONSOLE:
+        return ConsoleSmsSender()
+    return DiscardingSmsSender()
 
 
 def make_registry(settings: Settings) -> IdentityRegistry:
@@ -244,6 +248,8 @@ def build_app(
         otp_ttl_seconds=settings.otp_ttl_seconds,
         token_ttl_seconds=settings.token_ttl_seconds,
         sms_template=settings.sms_template,
+        # Settings refuse test numbers in production mode.
+        test_numbers=TestNumbers(settings.test_number_code) if settings.test_numbers else None,
     )
     registry = registry or make_registry(settings)
     personal_id = PersonalIdVerifier(

@@ -14,6 +14,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from xacthuc.domain.fictional import TEST_NUMBERS_DESCRIPTION
+from xacthuc.server.logs import LEVELS, LogFormat
+
 
 class Mode(StrEnum):
     DEV = "dev"
@@ -21,7 +24,8 @@ class Mode(StrEnum):
 
 
 class SmsBackend(StrEnum):
-    CONSOLE = "console"
+    NONE = "none"  # dev default: messages go nowhere (use test numbers, or console)
+    CONSOLE = "console"  # dev, chosen explicitly: prints each SMS, code included, to stdout
     HTTP = "http"
 
 
@@ -52,6 +56,8 @@ class Settings(BaseSettings):
     mode: Mode = Mode.DEV
     listen: str = "127.0.0.1:50051"
     log_level: str = "INFO"
+    # Unset: console lines in dev mode, JSON lines in production.
+    log_format: LogFormat | None = None
     metrics_listen: str = ""  # host:port for Prometheus /metrics; empty = off
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
     # TLS for the gRPC port (PEM files); both or neither. A client CA turns on mutual TLS.
@@ -93,7 +99,7 @@ class Settings(BaseSettings):
     status_list_ttl_seconds: int = Field(300, ge=1, le=86_400)
 
     # SMS.
-    sms_backend: SmsBackend = SmsBackend.CONSOLE
+    sms_backend: SmsBackend = SmsBackend.NONE
     sms_http_url: str = ""
     sms_http_auth_header: SecretStr | None = None
     sms_http_timeout_seconds: float = Field(5.0, gt=0, le=60)
@@ -105,6 +111,11 @@ class Settings(BaseSettings):
     sms_template: str = (
         "Ma xac thuc cua ban la {code}. Hieu luc {minutes} phut. Khong chia se ma nay."
     )
+
+    # Test numbers (dev mode only; see xacthuc.domain.fictional): never texted, and their
+    # code is this fixed one.
+    test_numbers: bool = False
+    test_number_code: str = Field("000000", pattern=r"^[0-9]{6}$")
 
     # P1: codes.
     otp_ttl_seconds: int = Field(300, ge=60, le=600)  # NIST 800-63B / ASVS cap: 10 min
@@ -154,6 +165,19 @@ class Settings(BaseSettings):
     checkpoint_every_seconds: int = Field(60, ge=1, le=86_400)
 
     _split_keys = field_validator("otp_hmac_keys", mode="before")(_secrets)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.upper() not in LEVELS:
+            raise ValueError(f"must be one of {', '.join(LEVELS)}")
+        return v.upper()
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return LogFormat.JSON if self.mode is Mode.PRODUCTION else LogFormat.CONSOLE
 
     @field_validator("listen", "metrics_listen", "wellknown_listen")
     @classmethod
@@ -259,6 +283,13 @@ class Settings(BaseSettings):
         dev_parts = []
         if self.sms_backend is SmsBackend.CONSOLE:
             dev_parts.append("XACTHUC_SMS_BACKEND=console prints codes; use http")
+        if self.sms_backend is SmsBackend.NONE:
+            dev_parts.append("XACTHUC_SMS_BACKEND=none sends no SMS; use http")
+        if self.test_numbers:
+            dev_parts.append(
+                f"XACTHUC_TEST_NUMBERS=true would accept the fixed code for {TEST_NUMBERS_DESCRIPTION}"
+                " without sending an SMS; test numbers are for dev and tests only"
+            )
         if self.signing_key_file is None and self.signing_keys_dir is None:
             dev_parts.append(
                 "neither XACTHUC_SIGNING_KEYS_DIR nor XACTHUC_SIGNING_KEY_FILE is set (a "

@@ -3,7 +3,8 @@
 An `XacthucError` goes on the wire as its status code and message, with a `google.rpc.Status`
 in the `grpc-status-details-bin` trailer holding `ErrorInfo` (stable reason, domain,
 metadata) and, for rate limits, `RetryInfo`. Anything else is a bug: the client gets
-INTERNAL with a fixed message and a request id, the traceback goes to the log, nothing leaks.
+INTERNAL with a fixed message and the request id, the traceback goes to the log, nothing leaks.
+Every error's ErrorInfo metadata carries the call's `request_id` (see `request_ids`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from xacthuc.domain.errors import ERROR_DOMAIN, InternalError, XacthucError
 log = logging.getLogger("xacthuc.server.rpc")
 
 
-def to_status(error: XacthucError) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+def to_status(error: XacthucError, request_id: str | None = None) -> grpc.Status:
+    metadata = (
+        error.metadata if request_id is None else {**error.metadata, "request_id": request_id}
     )
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     details: list[Message] = [info]
     if error.retry_after is not None:
         seconds = max(0, math.ceil(error.retry_after))
@@ -44,10 +46,10 @@ def to_status(error: XacthucError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def internal(method: str, exc: BaseException) -> grpc.Status:
-    request_id = secrets.token_hex(8)
+def internal(method: str, exc: BaseException, request_id: str | None = None) -> grpc.Status:
+    request_id = request_id or secrets.token_hex(8)
     log.error("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
-    return to_status(InternalError(f"internal error (request id {request_id})"))
+    return to_status(InternalError(f"internal error (request id {request_id})"), request_id)
 
 
 assert grpc.StatusCode.INTERNAL.value[0] == code_pb2.INTERNAL  # the two enums agree

@@ -33,6 +33,7 @@ from xacthuc.domain.errors import (
 from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.grpc_errors import internal, to_status
 from xacthuc.server.request_bounds import check_request, plan
+from xacthuc.server.request_ids import begin_call, bind_platform, trailer
 
 RPC_TOTAL = Counter("xacthuc_rpc_total", "RPCs by method and outcome reason", ["method", "reason"])
 RPC_SECONDS = Histogram("xacthuc_rpc_seconds", "RPC latency", ["method"])
@@ -128,6 +129,7 @@ async def _admit(
     """The caller and request of a call that may reach its handler: authenticated, of
     `role`, with a request that decoded and keeps its bounds."""
     caller = self.api_keys.authenticate(_authorization(context))
+    bind_platform(caller.platform)
     if caller.role is not role:
         raise RoleNotAllowed()
     try:
@@ -160,22 +162,25 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
             context: grpc.aio.ServicerContext[Any, Any],
         ) -> Resp:
             started = time.perf_counter()
+            request_id = begin_call(context, method)
             try:
                 caller, admitted = await _admit(self, role, method, request, context)
                 response = await fn(self, caller, admitted)
             except XacthucError as e:
-                status, reason = to_status(e), e.reason
+                status, reason = to_status(e, request_id), e.reason
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                status, reason = internal(method, e), "INTERNAL"
+                status, reason = internal(method, e, request_id), "INTERNAL"
             else:
                 ok.inc()
                 seconds.observe(time.perf_counter() - started)
                 return response
             RPC_TOTAL.labels(method, reason).inc()
             seconds.observe(time.perf_counter() - started)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await context.abort(
+                status.code, status.details, trailer(request_id, status.trailing_metadata)
+            )
             raise AssertionError("unreachable: abort raises")
 
         setattr(handler, _KIND, "unary")
@@ -199,23 +204,26 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
             self: EdgeServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Resp]:
             started = time.perf_counter()
+            request_id = begin_call(context, method)
             try:
                 caller, admitted = await _admit(self, role, method, request, context)
                 async for response in fn(self, caller, admitted):
                     yield response
             except XacthucError as e:
-                status, reason = to_status(e), e.reason
+                status, reason = to_status(e, request_id), e.reason
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                status, reason = internal(method, e), "INTERNAL"
+                status, reason = internal(method, e, request_id), "INTERNAL"
             else:
                 ok.inc()
                 seconds.observe(time.perf_counter() - started)
                 return
             RPC_TOTAL.labels(method, reason).inc()
             seconds.observe(time.perf_counter() - started)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await context.abort(
+                status.code, status.details, trailer(request_id, status.trailing_metadata)
+            )
 
         setattr(handler, _KIND, "stream")
         return handler

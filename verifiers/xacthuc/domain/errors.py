@@ -65,8 +65,15 @@ class XacthucError(Exception):
             self.metadata.setdefault("retry_after_seconds", str(max(0, round(retry_after))))
         super().__init__(self.message)
 
+    @property
+    def request_id(self) -> str | None:
+        """The id of the failed call (ErrorInfo metadata `request_id`), as the server logged
+        it: quote it to the operator's support to find the call."""
+        return self.metadata.get("request_id")
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.reason}: {self.message!r})"
+        request = f", request_id={self.request_id!r}" if self.request_id else ""
+        return f"{type(self).__name__}({self.reason}: {self.message!r}{request})"
 
 
 # Status-level bases: catch these to handle a whole family.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from xacthuc.domain.clock import Clock
 from xacthuc.domain.errors import FieldInvalid, OtpMalformed, SmsDeliveryFailed
+from xacthuc.domain.fictional import TestNumbers
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.phone import mask, normalize_vn_mobile
 from xacthuc.domain.records import (
@@ -72,6 +73,10 @@ def check_client_ip(value: str) -> str:
         raise FieldInvalid("client_ip", "must be an IPv4 or IPv6 address") from None
 
 
+def _new_code() -> str:
+    return f"{secrets.randbelow(1_000_000):06d}"
+
+
 @dataclass(frozen=True, slots=True)
 class StartedChallenge:
     view: ChallengeView
@@ -91,6 +96,7 @@ class PhoneOtpVerifier:
         otp_ttl_seconds: int,
         token_ttl_seconds: int,
         sms_template: str,
+        test_numbers: TestNumbers | None = None,
     ) -> None:
         self._store = store
         self._sms = sms
@@ -101,6 +107,7 @@ class PhoneOtpVerifier:
         self._otp_ttl = otp_ttl_seconds
         self._token_ttl = token_ttl_seconds
         self._template = sms_template
+        self._test_numbers = test_numbers  # dev mode only (XACTHUC_TEST_NUMBERS)
 
     async def start(
         self,
@@ -118,7 +125,9 @@ class PhoneOtpVerifier:
             raise FieldInvalid("idempotency_key", "must be 1-128 printable ASCII characters")
         now = self._clock.now()
         challenge_id = "ch_" + secrets.token_urlsafe(16)
-        code = f"{secrets.randbelow(1_000_000):06d}"
+        fixed = self._test_numbers
+        test_code = fixed.code if fixed is not None and e164 in fixed else None
+        code = test_code or _new_code()
         new = NewChallenge(
             platform=platform,
             challenge_id=challenge_id,
@@ -135,15 +144,21 @@ class PhoneOtpVerifier:
         # connection) must not leave a challenge whose code was never sent. The store step and
         # the send run to the end without it; the caller's retry then replays the sent code.
         view = await shielded(
-            self._start(new, SmsMessage(e164, text, challenge_id)),
+            self._start(new, SmsMessage(e164, text, challenge_id), texted=test_code is None),
             what=f"start of challenge {challenge_id}",
         )
         return StartedChallenge(view, mask(e164))
 
-    async def _start(self, new: NewChallenge, message: SmsMessage) -> ChallengeView:
+    async def _start(
+        self, new: NewChallenge, message: SmsMessage, *, texted: bool
+    ) -> ChallengeView:
         view = await self._store.start_challenge(new, self._limits)
-        if not view.replayed:
+        if view.replayed:
+            return view
+        if texted:
             await self._deliver(new.platform, message)
+        else:  # a test number is never texted: the challenge counts as sent, with the fixed code
+            await self._store.confirm_sent(new.platform, new.challenge_id, self._clock.now())
         return view
 
     async def _deliver(self, platform: str, message: SmsMessage) -> None:

@@ -1,1 +1,1 @@
-"""SMS adapters: the development console and the HTTP gateway."""
+"""SMS adapters: the HTTP gateway, and for dev mode the console and the discarding sender."""

@@ -1,0 +1,88 @@
+"""Structured logs: one JSON object per line (or a readable console line in dev), set up once.
+
+structlog renders both its own loggers and the standard library's (every module of ours
+logs through `logging`), so there is one pipeline: the call's context (request id, method,
+platform; bound by `xacthuc.server.rpc` with contextvars), level, logger name, `extra`
+fields, the traceback as text, then `redaction.redact` over all of it, a UTC timestamp, and
+the renderer. Nothing reaches the output without passing redaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import StrEnum
+from typing import TextIO
+
+import structlog
+from structlog.typing import Processor
+
+from xacthuc.server.redaction import redact
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LogFormat(StrEnum):
+    JSON = "json"  # one JSON object per line: for log shippers (production default)
+    CONSOLE = "console"  # aligned, coloured when a terminal: for people (dev default)
+
+
+def _processors(fmt: LogFormat) -> tuple[list[Processor], list[Processor]]:
+    """The chain shared by structlog and stdlib records, and the one that renders."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt is LogFormat.JSON
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    final: list[Processor] = [
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        structlog.processors.format_exc_info,  # the traceback as text, so it is redacted too
+        redact,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        renderer,
+    ]
+    return shared, final
+
+
+def configure_logging(
+    level: str = "INFO", fmt: LogFormat = LogFormat.JSON, stream: TextIO | None = None
+) -> logging.Handler:
+    """Route every log record, stdlib and structlog, through one redacting handler on the
+    root logger (replacing the handlers there). Returns the handler."""
+    shared, final = _processors(fmt)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=final,
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    return handler
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structlog logger that goes through the same pipeline (`log.info("event", key=value)`)."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger
