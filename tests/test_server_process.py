@@ -53,10 +53,13 @@ def test_bad_values_are_reported_one_line_each() -> None:
 
 
 def test_production_mode_refuses_dev_only_parts() -> None:
-    """Production refuses console SMS, a generated signing key and the in-process store."""
+    """Production refuses console SMS, test numbers, a generated signing key and the in-process
+    store."""
     run = subprocess.run(
         [*XACTHUC, "serve"],
-        env=_env(XACTHUC_MODE="production"),
+        env=_env(
+            XACTHUC_MODE="production", XACTHUC_SMS_BACKEND="console", XACTHUC_TEST_NUMBERS="true"
+        ),
         capture_output=True,
         text=True,
         timeout=60,
@@ -64,6 +67,7 @@ def test_production_mode_refuses_dev_only_parts() -> None:
     assert 2 == run.returncode
     for part in (
         "XACTHUC_SMS_BACKEND=console",
+        "XACTHUC_TEST_NUMBERS=true would accept the fixed code for the test numbers +84 95x",
         "neither XACTHUC_SIGNING_KEYS_DIR nor XACTHUC_SIGNING_KEY_FILE is set",
         "XACTHUC_STORE_URL=memory://",
     ):

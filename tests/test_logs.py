@@ -1,0 +1,195 @@
+"""Structured logs: JSON lines, the call's context, and redaction of every kind of personal data."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from xacthuc.server.config import Settings
+from xacthuc.server.logs import LogFormat, configure_logging, get_logger
+from xacthuc.server.redaction import scrub_text
+
+from .logcapture import Captured, capture_logs
+
+# One of each kind of secret, in the formats a developer might log them in.
+PHONES = (
+    "0912345678",
+    "091 234 5678",
+    "091.234.5678",
+    "+84912345678",
+    "+84 91 234 5678",
+    "84912345678",
+    "0084912345678",
+)
+PERSONAL_IDS = ("001099012345", "001 099 012 345")
+CODES = ("482913", "750316")
+NAME = "Nguyễn Văn An"
+DATES = ("2010-05-17", "17/05/2010", "17.05.2010")
+SECRETS = (*PHONES, *PERSONAL_IDS, *CODES, NAME, *DATES, "Nguyễn", "2010, 5, 17")
+DIGITS_OF_SECRETS = ("912345678", "234 5678", "099012345", "012 345", "482913", "750316")
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    """JSON logging into a buffer, as the server configures it."""
+    with capture_logs() as logs:
+        yield logs
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in (*SECRETS, *DIGITS_OF_SECRETS):
+        assert secret not in text, f"{secret!r} leaked into the log: {text}"
+
+
+def test_stdlib_logger_secrets_in_message_args_and_extra_are_redacted(
+    captured: Captured,
+) -> None:
+    """A stdlib logger call with every kind of secret in the message, its %-args and `extra`
+    writes none of them, and keeps what is not personal data."""
+    log = logging.getLogger("xacthuc.test.stdlib")
+    log.warning(
+        "verify account=u1 phone %s alt=%s id %s code=%s otp: %s full_name=%s dob=%s born %s "
+        "and %s; SMS text: Ma xac thuc cua ban la %s",
+        PHONES[0],
+        PHONES[1],
+        PERSONAL_IDS[0],
+        CODES[0],
+        CODES[1],
+        NAME,
+        DATES[0],
+        DATES[1],
+        datetime.date(2010, 5, 17),
+        CODES[0],
+        extra={
+            "phone_number": PHONES[3],
+            "full_name": NAME,
+            "date_of_birth": datetime.date(2010, 5, 17),
+            "dob": DATES[2],
+            "code": CODES[1],
+            "note": f"called from {PHONES[4]} and {PHONES[5]} / {PHONES[6]} / {PHONES[2]}",
+            "ids": [PERSONAL_IDS[1]],
+            "account_id": "u1",
+        },
+    )
+    (line,) = captured.lines()
+    assert_no_secret(captured.text)
+    assert "warning" == line["level"]
+    assert "xacthuc.test.stdlib" == line["logger"]
+    assert "u1" == line["account_id"]
+    assert "[REDACTED]" == line["full_name"] == line["phone_number"] == line["code"]
+    assert line["event"].startswith("verify account=u1 phone [PHONE] alt=[PHONE] id [PERSONAL_ID]")
+    assert "timestamp" in line
+
+
+def test_structlog_logger_secrets_in_event_args_and_fields_are_redacted(
+    captured: Captured,
+) -> None:
+    """A structlog logger call with every kind of secret, in the event, positional args and
+    key-value fields, nested too, writes none of them."""
+    log = get_logger("xacthuc.test.structlog")
+    log.info(
+        "confirm %s with %s for %s",
+        PHONES[6],
+        CODES[0],
+        NAME,
+        full_name=NAME,
+        name=NAME,
+        birth=DATES[0],
+        phone=PHONES[2],
+        personal_id_number=PERSONAL_IDS[0],
+        request={"code": CODES[1], "child": {"date_of_birth": DATES[1]}, "to": PHONES[4]},
+        text=f"Ma xac thuc cua ban la {CODES[1]}. Gui toi {PHONES[5]}, CCCD {PERSONAL_IDS[1]}",
+        when=datetime.date(2010, 5, 17),
+        attempts=3,
+    )
+    (line,) = captured.lines()
+    assert_no_secret(captured.text)
+    assert 3 == line["attempts"]
+    assert "[DATE]" == line["when"]
+    assert "confirm [PHONE] with [OTP] for " in line["event"]
+
+
+def test_a_traceback_is_redacted_too(captured: Captured) -> None:
+    """An exception whose message holds personal data is logged with its traceback scrubbed."""
+    log = logging.getLogger("xacthuc.test.exc")
+    try:
+        raise ValueError(f"bad input phone={PHONES[0]} id {PERSONAL_IDS[0]} dob {DATES[0]}")
+    except ValueError:
+        log.exception("failed")
+    (line,) = captured.lines()
+    assert_no_secret(captured.text)
+    assert "ValueError: bad input phone=[REDACTED] id [PERSONAL_ID] dob [DATE]" in line["exception"]
+
+
+def test_console_format_is_redacted_as_well() -> None:
+    """The dev console renderer goes through the same redaction."""
+    with capture_logs("INFO", LogFormat.CONSOLE) as logs:
+        logging.getLogger("xacthuc.test.console").info("sent %s to %s", CODES[0], PHONES[0])
+    assert "sent [OTP] to [PHONE]" in logs.text
+    assert_no_secret(logs.text)
+
+
+def test_bound_context_goes_on_stdlib_and_structlog_lines(captured: Captured) -> None:
+    """Values bound with contextvars (the call's request id) appear on every line."""
+    with structlog.contextvars.bound_contextvars(request_id="req-1", method="GetJwks"):
+        logging.getLogger("a").info("one")
+        get_logger("b").info("two")
+    logging.getLogger("a").info("three")
+    one, two, three = captured.lines()
+    assert ("req-1", "GetJwks") == (one["request_id"], one["method"])
+    assert ("req-1", "GetJwks") == (two["request_id"], two["method"])
+    assert "request_id" not in three
+
+
+def test_log_level_is_applied(captured: Captured) -> None:
+    """Records under the configured level are dropped."""
+    configure_logging("WARNING", LogFormat.JSON, captured.stream)
+    logging.getLogger("x").info("quiet")
+    get_logger("x").info("quiet too")
+    logging.getLogger("x").warning("loud")
+    assert ["loud"] == [line["event"] for line in captured.lines()]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("took 0.123456789 s", "took 0.123456789 s"),
+        ("at 2026-11-29T09:00:00Z", "at 2026-11-29T09:00:00Z"),
+        ("at 2026-11-29 09:00:00", "at 2026-11-29 09:00:00"),
+        (
+            "request id 3fa2b1c4d5e6f708a1b2c3d4e5f60718",
+            "request id 3fa2b1c4d5e6f708a1b2c3d4e5f60718",
+        ),
+        ("listening on 127.0.0.1:50051", "listening on 127.0.0.1:50051"),
+        ("client 203.0.113.7", "client 203.0.113.7"),
+        (
+            "reason=OTP_INCORRECT method=ConfirmPhoneVerification",
+            "reason=OTP_INCORRECT method=ConfirmPhoneVerification",
+        ),
+        ("challenge ch_AbCdEfGhIjKlMnOpQrStUv", "challenge ch_AbCdEfGhIjKlMnOpQrStUv"),
+        ("code=123456 for account u1", "code=[REDACTED] for account u1"),
+        ('{"code": "123456"}', '{"code": [REDACTED]}'),
+        ("{'dob': datetime.date(2010, 5, 17)}", "{'dob': [REDACTED]}"),
+        ("name: Trần Thị B, phone_number=0987654321", "name: [REDACTED], phone_number=[REDACTED]"),
+        ("guardian_date_of_birth=17/05/1980 ok", "guardian_date_of_birth=[REDACTED] ok"),
+        ("(+84) 912-345-678", "[PHONE]"),
+    ],
+)
+def test_scrub_text_keeps_what_is_not_personal(text: str, expected: str) -> None:
+    """Timestamps, ids, addresses and reasons stay; secrets in every shape go."""
+    assert expected == scrub_text(text)
+
+
+def test_log_settings_are_validated() -> None:
+    """XACTHUC_LOG_LEVEL must be a level; the format follows the mode unless set."""
+    from xacthuc.server.config import ConfigError
+
+    with pytest.raises(ConfigError, match="XACTHUC_LOG_LEVEL: must be one of DEBUG"):
+        Settings.load(log_level="LOUD")
+    assert LogFormat.CONSOLE == Settings.load().effective_log_format
+    assert LogFormat.JSON == Settings.load(log_format="json").effective_log_format
+    assert "DEBUG" == Settings.load(log_level="debug").log_level
