@@ -15,7 +15,7 @@ from xacthuc.adapters.sms.none import DiscardingSmsSender
 from xacthuc.adapters.store.checkpoints import checkpoint_store_for
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.clock import Clock, SystemClock
-from xacthuc.domain.fictional import TestNumbers
+from xacthuc.domain.fictional import TEST_NUMBERS_DESCRIPTION, TestNumbers
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.records import Limits
 from xacthuc.domain.statuslist import StatusListNames
@@ -214,6 +214,11 @@ def build_app(
         log.warning(
             "dev mode: random OTP/pseudonym keys for this run (set XACTHUC_OTP_HMAC_KEYS, "
             "XACTHUC_PSEUDONYM_KEY to keep pseudonyms stable across restarts)"
+        )
+    if settings.test_numbers:  # dev mode only: production settings refuse them
+        log.warning(
+            "dev mode: XACTHUC_TEST_NUMBERS is on: %s are never texted and accept the fixed code",
+            TEST_NUMBERS_DESCRIPTION,
         )
     demo_keys: dict[Role, str] = {}
     if api_keys is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -102,7 +102,9 @@ def scrub_value(value: Any) -> Any:
     return scrub_text(repr(value))
 
 
-def redact(logger: object, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact(
+    logger: object, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: scrub every field of the event (message, arguments already
     formatted into it, extra fields, the rendered traceback)."""
     for key, value in event_dict.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
 import grpc
 import structlog
@@ -23,7 +24,7 @@ def new_request_id() -> str:
     return secrets.token_hex(16)
 
 
-def request_id_of(context: grpc.aio.ServicerContext) -> str:
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller's id if well formed (first `x-request-id` only), otherwise a new one."""
     for key, value in context.invocation_metadata() or ():
         if key == HEADER:
@@ -33,7 +34,7 @@ def request_id_of(context: grpc.aio.ServicerContext) -> str:
     return new_request_id()
 
 
-def begin_call(context: grpc.aio.ServicerContext, method: str) -> str:
+def begin_call(context: grpc.aio.ServicerContext[Any, Any], method: str) -> str:
     """The call's request id, bound to every log line written from now on in this call (grpc.aio
     runs each call in a task of its own, so the binding ends with it) and set as the trailing
     metadata of a success (an abort replaces it: see `trailer`)."""
