@@ -58,7 +58,9 @@ async def test_the_callers_request_id_comes_back_on_success(harness: Harness) ->
         assert "support-4f2a:1" == _trailer_id(await call.trailing_metadata())
 
 
-@pytest.mark.parametrize("sent", [None, "", "has space", "x" * 65, "-leading-dash", "a/b", "a;b=c", "{\"json\": 1}"])
+@pytest.mark.parametrize(
+    "sent", [None, "", "has space", "x" * 65, "-leading-dash", "a/b", "a;b=c", '{"json": 1}']
+)
 async def test_a_missing_or_malformed_request_id_is_replaced(
     harness: Harness, sent: str | None
 ) -> None:
