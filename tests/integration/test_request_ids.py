@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+import structlog
 from google.rpc import error_details_pb2, status_pb2
 
 from xacthuc.adapters.sms.none import DiscardingSmsSender
@@ -16,6 +17,7 @@ from xacthuc.client import AsyncClient
 from xacthuc.domain import errors
 from xacthuc.domain.records import AttestationRecord
 from xacthuc.server.auth import Role
+from xacthuc.server.request_ids import begin_call
 from xacthuc.server.runtime import Server, start_server
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 
@@ -175,3 +177,23 @@ async def test_every_log_line_of_a_call_carries_its_request_id(
         line["platform"],
     )
     assert "912345678" not in logs.text
+
+
+async def test_a_call_starts_with_no_context_of_an_earlier_call(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call's log context starts empty: no request id or platform carries over from the
+    call before it on the same connection (grpc.aio runs each call in a fresh context)."""
+    from xacthuc.server import rpc
+
+    inherited: list[dict[str, object]] = []
+
+    def spy(context: grpc.aio.ServicerContext[object, object], method: str) -> str:
+        inherited.append(dict(structlog.contextvars.get_contextvars()))
+        return begin_call(context, method)
+
+    monkeypatch.setattr(rpc, "begin_call", spy)
+    client = await harness.client()
+    for _ in range(3):
+        await client.get_jwks()
+    assert [{}, {}, {}] == inherited
