@@ -31,6 +31,7 @@ class AuditServiceStub:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+    Request ids (`x-request-id`) work as described in verification.proto.
 
     The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
     SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
@@ -84,6 +85,7 @@ class AuditServiceServicer:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+    Request ids (`x-request-id`) work as described in verification.proto.
 
     The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
     SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
@@ -188,6 +190,7 @@ class AuditService:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+    Request ids (`x-request-id`) work as described in verification.proto.
 
     The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
     SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service

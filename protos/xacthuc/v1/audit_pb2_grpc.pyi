@@ -32,6 +32,7 @@ class AuditServiceStub:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+    Request ids (`x-request-id`) work as described in verification.proto.
 
     The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
     SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
@@ -76,6 +77,7 @@ class AuditServiceAsyncStub(AuditServiceStub):
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+    Request ids (`x-request-id`) work as described in verification.proto.
 
     The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
     SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service
@@ -116,6 +118,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `auditor` role; an auditor sees only its own platform's log. Records hold
     pseudonyms only: never a phone number, ID number, name, date of birth or code.
+    Request ids (`x-request-id`) work as described in verification.proto.
 
     The log is an append-only RFC 6962 Merkle tree per platform: leaf `i` is
     SHA-256(0x00 || the UTF-8 bytes of record `i` exactly as stored). The service

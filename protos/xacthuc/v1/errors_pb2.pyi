@@ -235,6 +235,8 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     `ERROR_REASON_` prefix (for example `OTP_EXPIRED`). Reasons are stable: a reason
     is never renamed or reused for another meaning. Rate-limit reasons also carry a
     `google.rpc.RetryInfo` detail and `retry_after_seconds` in the ErrorInfo metadata.
+    Every ErrorInfo also carries `request_id` in its metadata: the call's request id
+    (see the `x-request-id` metadata in verification.proto), to quote to support.
     The gRPC status code of each reason is given in its comment.
     """
 

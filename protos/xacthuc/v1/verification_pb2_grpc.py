@@ -32,6 +32,12 @@ class VerificationServiceStub:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `platform` role. A platform sees only its own accounts and challenges. Errors
     carry a stable reason (see ErrorReason in errors.proto).
+
+    Every call has a request id: the caller's `x-request-id` metadata when it is 1-64
+    characters of A-Z a-z 0-9 . _ : - starting with a letter or digit, otherwise one
+    the server makes (32 hex digits). It is returned in the `x-request-id` trailing
+    metadata of every call, success or failure, is in the ErrorInfo metadata
+    (`request_id`) of every error, and is on every server log line of the call.
     """
 
     def __init__(self, channel):
@@ -124,6 +130,12 @@ class VerificationServiceServicer:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `platform` role. A platform sees only its own accounts and challenges. Errors
     carry a stable reason (see ErrorReason in errors.proto).
+
+    Every call has a request id: the caller's `x-request-id` metadata when it is 1-64
+    characters of A-Z a-z 0-9 . _ : - starting with a letter or digit, otherwise one
+    the server makes (32 hex digits). It is returned in the `x-request-id` trailing
+    metadata of every call, success or failure, is in the ErrorInfo metadata
+    (`request_id`) of every error, and is on every server log line of the call.
     """
 
     def StartPhoneVerification(self, request, context):
@@ -427,6 +439,12 @@ class VerificationService:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `platform` role. A platform sees only its own accounts and challenges. Errors
     carry a stable reason (see ErrorReason in errors.proto).
+
+    Every call has a request id: the caller's `x-request-id` metadata when it is 1-64
+    characters of A-Z a-z 0-9 . _ : - starting with a letter or digit, otherwise one
+    the server makes (32 hex digits). It is returned in the `x-request-id` trailing
+    metadata of every call, success or failure, is in the ErrorInfo metadata
+    (`request_id`) of every error, and is on every server log line of the call.
     """
 
     @staticmethod

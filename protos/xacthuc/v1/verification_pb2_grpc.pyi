@@ -33,6 +33,12 @@ class VerificationServiceStub:
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `platform` role. A platform sees only its own accounts and challenges. Errors
     carry a stable reason (see ErrorReason in errors.proto).
+
+    Every call has a request id: the caller's `x-request-id` metadata when it is 1-64
+    characters of A-Z a-z 0-9 . _ : - starting with a letter or digit, otherwise one
+    the server makes (32 hex digits). It is returned in the `x-request-id` trailing
+    metadata of every call, success or failure, is in the ErrorInfo metadata
+    (`request_id`) of every error, and is on every server log line of the call.
     """
 
     @_typing.overload
@@ -196,6 +202,12 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `platform` role. A platform sees only its own accounts and challenges. Errors
     carry a stable reason (see ErrorReason in errors.proto).
+
+    Every call has a request id: the caller's `x-request-id` metadata when it is 1-64
+    characters of A-Z a-z 0-9 . _ : - starting with a letter or digit, otherwise one
+    the server makes (32 hex digits). It is returned in the `x-request-id` trailing
+    metadata of every call, success or failure, is in the ErrorInfo metadata
+    (`request_id`) of every error, and is on every server log line of the call.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -355,6 +367,12 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
     Every call needs `authorization: Bearer <api key>` metadata of a key with the
     `platform` role. A platform sees only its own accounts and challenges. Errors
     carry a stable reason (see ErrorReason in errors.proto).
+
+    Every call has a request id: the caller's `x-request-id` metadata when it is 1-64
+    characters of A-Z a-z 0-9 . _ : - starting with a letter or digit, otherwise one
+    the server makes (32 hex digits). It is returned in the `x-request-id` trailing
+    metadata of every call, success or failure, is in the ErrorInfo metadata
+    (`request_id`) of every error, and is on every server log line of the call.
     """
 
     @_abc_1.abstractmethod
