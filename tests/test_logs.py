@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -193,3 +201,33 @@ def test_log_settings_are_validated() -> None:
     assert LogFormat.CONSOLE == Settings.load().effective_log_format
     assert LogFormat.JSON == Settings.load(log_format="json").effective_log_format
     assert "DEBUG" == Settings.load(log_level="debug").log_level
+
+
+def test_xacthuc_serve_writes_json_lines(tmp_path: Path) -> None:
+    """`xacthuc serve` configures logging once at start: with XACTHUC_LOG_FORMAT=json every
+    line it writes to stderr is a JSON object, from start to graceful stop."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XACTHUC_")}
+    env.update(XACTHUC_LOG_FORMAT="json", XACTHUC_LISTEN=f"127.0.0.1:{port}")
+    err = tmp_path / "stderr"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xacthuc.cli", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            for _ in range(600):
+                if "xacthuc listening" in err.read_text():
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert 0 == proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    lines = [json.loads(line) for line in err.read_text().splitlines()]
+    assert "stopped" == lines[-1]["event"]
+    assert {"event", "level", "logger", "timestamp"} <= set(lines[0])
