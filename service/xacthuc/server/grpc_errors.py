@@ -43,8 +43,7 @@ def to_status(error: XacthucError, request_id: str | None = None) -> grpc.Status
     status = status_pb2.Status(
         code=grpc.StatusCode[error.code].value[0], message=error.message, details=packed
     )
-    wire: grpc.Status = rpc_status.to_status(status)
-    return wire
+    return rpc_status.to_status(status)
 
 
 def internal(method: str, exc: BaseException, request_id: str | None = None) -> grpc.Status:
