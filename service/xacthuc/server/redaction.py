@@ -38,13 +38,12 @@ _NAME_KEY = re.compile(r"(?:^|_)(?:full_?name|name|names|ho_?ten)$", re.IGNORECA
 _OWN_KEYS = frozenset({"level", "logger", "timestamp"})
 
 _DATE_REPR = re.compile(r"datetime\.date\(\s*\d{1,4}\s*,\s*\d{1,2}\s*,\s*\d{1,2}\s*\)")
-# `key=value`, `key: value`, `"key": "value"`, `'key': 'value'` for a sensitive key only.
-_KEY_VALUE = re.compile(
-    rf"""(?P<key>["']?(?<![A-Za-z0-9_])(?P<name>(?:[A-Za-z0-9]+_)*(?:{_SENSITIVE_WORDS}))"""
-    r"""(?![A-Za-z0-9_])["']?\s*[=:]\s*)"""
+# `key=value`, `key: value`, `"key": "value"`, `'key': 'value'`: every key is found, the
+# value of a sensitive one replaced (`_key_values`).
+_KEY = re.compile(r"""(?<![A-Za-z0-9_])["']?(?P<name>[A-Za-z_][A-Za-z0-9_]*)["']?\s*[=:]\s*""")
+_VALUE = re.compile(
     r"""(?P<value>\[[A-Z_]+\]|"[^"]*"|'[^']*'|[^\s,;&)\]}]+)"""
-    r"""(?P<more>(?:[ \t]+[^\W\d_][^\s,;&)\]}=:]*+(?![=:]))*)""",
-    re.IGNORECASE,
+    r"""(?P<more>(?:[ \t]+[^\W\d_][^\s,;&)\]}=:]*+(?![=:]))*)"""
 )
 _PHONE = re.compile(
     r"(?<![\w+])(?:\(?\+\s?84\)?[ .-]?|0084[ .-]?|84[ .-]?|0)(?:\(0\)[ .-]?)?\d(?:[ .-]?\d){8,9}(?!\w)"
@@ -56,6 +55,7 @@ _DATE = re.compile(
 )
 _SIX_DIGITS = re.compile(r"(?<![\w.])\d{6}(?!\w|\.\d)")
 _MAYBE = re.compile(r"[0-9=:]")
+_DIGIT = re.compile(r"[0-9]")
 
 
 def sensitive_key(key: str) -> bool:
@@ -63,20 +63,33 @@ def sensitive_key(key: str) -> bool:
     return bool(_SENSITIVE_KEY.search(key))
 
 
-def _key_value(m: re.Match[str]) -> str:
-    more = m.group("more")
-    if more and not _NAME_KEY.search(m.group("name")):
-        # Only a name spans several words: the words after a one-token value stay.
-        return m.group("key") + REDACTED + more
-    return m.group("key") + REDACTED
+def _key_values(text: str) -> str:
+    """`text` with the value after each sensitive key replaced (a name: all its words)."""
+    parts: list[str] = []
+    done = 0
+    for key in _KEY.finditer(text):
+        if key.start() < done or not sensitive_key(key.group("name")):
+            continue
+        value = _VALUE.match(text, key.end())
+        if value is None:
+            continue
+        multiword = _NAME_KEY.search(key.group("name")) is not None
+        end = value.end() if multiword else value.end("value")
+        parts += [text[done : key.end()], REDACTED]
+        done = end
+    return "".join(parts) + text[done:] if parts else text
 
 
 def scrub_text(text: str) -> str:
     """`text` with every personal-data shape replaced by a placeholder."""
     if not _MAYBE.search(text):
         return text  # nothing of a secret's shape: the common case, kept cheap
+    if "=" in text or ":" in text:
+        text = _DATE_REPR.sub("[DATE]", text)
+        text = _key_values(text)
+    if not _DIGIT.search(text):
+        return text
     text = _DATE_REPR.sub("[DATE]", text)
-    text = _KEY_VALUE.sub(_key_value, text)
     text = _PHONE.sub("[PHONE]", text)
     text = _PERSONAL_ID.sub("[PERSONAL_ID]", text)
     text = _DATE.sub("[DATE]", text)
