@@ -40,7 +40,7 @@ root=$(mktemp -d /var/tmp/xacthuc-base.XXXXXX)
 cleanup() {
   # debootstrap mounts /proc and /sys inside the target while it runs; never leave one behind.
   for m in proc sys dev/pts dev; do
-    mountpoint -q "$root/$m" 2>/dev/null && umount -l "$root/$m" || true
+    if mountpoint -q "$root/$m" 2>/dev/null; then umount -l "$root/$m" || true; fi
   done
   rm -rf --one-file-system "$root"
 }

@@ -95,6 +95,7 @@ fi
 podman image exists "$image" || fail "no image $image (build it, or drop --no-build)"
 
 # ---- what the image says about itself ------------------------------------------------------
+img_user="" img_workdir="" img_size=0 img_env=() img_entrypoint=() img_cmd=() img_health=()
 eval "$(podman image inspect "$image" | python3 -c '
 import json, shlex, sys
 d = json.load(sys.stdin)[0]
@@ -131,7 +132,7 @@ if ! [[ $group =~ ^[0-9]+$ ]]; then
   group=$(awk -F: -v g="$group" '$1 == g { print $3 }' "$root/etc/group")
 fi
 [[ $user =~ ^[0-9]+$ && $group =~ ^[0-9]+$ ]] || fail "cannot resolve USER '$img_user' in the image"
-[ "$user" != 0 ] && [ "$group" != 0 ] || fail "the image runs as root (USER '$img_user')"
+if [ "$user" = 0 ] || [ "$group" = 0 ]; then fail "the image runs as root (USER '$img_user')"; fi
 for leftover in src wheels opt/xacthuc/bin/pip; do
   [ ! -e "$root/$leftover" ] || fail "the image carries /$leftover (the build stage leaked)"
 done
@@ -149,8 +150,10 @@ image_argv() {
   shift
   local argv=("$@")
   if [ -n "$img_workdir" ] && [ "$img_workdir" != / ]; then
+    # shellcheck disable=SC2016  # expanded by that shell, in the image
     argv=(/bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$img_workdir" "${argv[@]}")
   fi
+  # shellcheck disable=SC2016  # expanded by that shell, in the namespace
   run=(env -i "${img_env[@]}" "${vars[@]}" "$UNSHARE" --mount --propagation private -- /bin/sh -c '
     set -e
     r=$1 u=$2 ro=$3
@@ -221,7 +224,7 @@ run_phase() {
   if [ "$key_source" = log ]; then
     for _ in $(seq 600); do
       api_key=$(sed -n "s/^dev mode: demo platform 'demo' platform key: //p" "$log")
-      [ -z "$api_key" ] && kill -0 "$server_pid" 2>/dev/null || break
+      if [ -n "$api_key" ] || ! kill -0 "$server_pid" 2>/dev/null; then break; fi
       sleep 0.1
     done
     [ -n "$api_key" ] || { cat "$log" >&2; fail "[$name] no demo key printed (the server's output is above)"; }
