@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
     --image) image=$2; shift ;;
     --suite) suite=$2; shift ;;
     --mirror) mirror=$2; shift ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "base-image.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift

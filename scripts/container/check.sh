@@ -7,7 +7,8 @@
 #                and a log signing key, all made with the image's own `xacthuc keys` commands
 # Each run: health SERVING (the image's HEALTHCHECK command as the image states it, and a
 # probe client run with the image's python), reflection, real RPCs (GetJwks, Authorize) with
-# an API key, a wrong key refused, the well-known HTTP listener; then SIGTERM and exit 0.
+# an API key, a wrong key refused, the well-known HTTP listener, the metrics endpoint; then
+# SIGTERM and exit 0.
 #
 # No container is started (these machines cannot): the image's filesystem is mounted with
 # `podman create` + `podman mount`, and the entrypoint runs under `chroot --userspec` in a
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
     --base-image) base=$2; shift ;;
     --image) image=$2; shift ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "check.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -204,10 +205,12 @@ fi
 run_phase() {
   local name=$1 key_source=$2
   shift 2
-  local vars=("$@") log="$work/$name.log" port wport ca="" api_key=""
+  local vars=("$@") log="$work/$name.log" port wport mport ca="" api_key=""
   port=$(free_port)
   wport=$(free_port)
-  vars+=("XACTHUC_LISTEN=127.0.0.1:$port" "XACTHUC_WELLKNOWN_LISTEN=127.0.0.1:$wport")
+  mport=$(free_port)
+  vars+=("XACTHUC_LISTEN=127.0.0.1:$port" "XACTHUC_WELLKNOWN_LISTEN=127.0.0.1:$wport"
+    "XACTHUC_METRICS_LISTEN=127.0.0.1:$mport")
   [ "$name" != production ] || vars+=("XACTHUC_PUBLIC_BASE_URL=http://127.0.0.1:$wport")
   for v in "${vars[@]}"; do
     [[ $v != XACTHUC_TLS_CERT_FILE=* ]] || ca=${v#*=}
@@ -232,7 +235,7 @@ run_phase() {
     api_key=$key_source
   fi
   if ! probe check "127.0.0.1:$port" --api-key "$api_key" --wellknown "127.0.0.1:$wport" \
-    ${ca:+--ca "$ca"} --wait 90; then
+    --metrics "127.0.0.1:$mport" ${ca:+--ca "$ca"} --wait 90; then
     cat "$log" >&2
     fail "[$name] the probe failed (the server's output is above)"
   fi

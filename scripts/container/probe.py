@@ -3,11 +3,12 @@ as the image's user, in a chroot of the image's filesystem). Standard library, g
 xacthuc SDK only: everything it uses is what the image ships.
 
     python - cert DIR                      self-signed certificate for 127.0.0.1 (cert.pem, key.pem)
-    python - check TARGET [--ca PEM] [--api-key KEY] [--wellknown HOST:PORT] [--wait SECONDS]
+    python - check TARGET [--ca PEM] [--api-key KEY] [--wellknown HOST:PORT]
+                          [--metrics HOST:PORT] [--wait SECONDS]
 
 `check` waits until the server's health says SERVING, then checks every health service,
 the reflection list, real RPCs (GetJwks, Authorize) with the key, a wrong key refused, the
-well-known HTTP listener, and that the process cannot write the installed code. One line per
+well-known HTTP listener, the metrics endpoint, and that the process cannot write the installed code. One line per
 check; the first failure exits 1 with what was expected and what came.
 """
 
@@ -134,6 +135,10 @@ def check(args: argparse.Namespace) -> None:
         rpcs(target, ca, args.api_key)
     if args.wellknown:
         wellknown(args.wellknown)
+    if args.metrics:
+        with urllib.request.urlopen(f"http://{args.metrics}/metrics", timeout=5) as r:
+            body = r.read().decode()
+        expect(r.status == 200 and "xacthuc_" in body, f"GET /metrics: {r.status}, xacthuc_*")
 
 
 def rpcs(target: str, ca: Path | None, api_key: str) -> None:
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--ca", type=Path)
     k.add_argument("--api-key", default="")
     k.add_argument("--wellknown", default="")
+    k.add_argument("--metrics", default="")
     k.add_argument("--wait", type=float, default=60.0)
     args = p.parse_args(argv)
     try:
