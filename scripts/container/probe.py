@@ -25,8 +25,8 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 SERVICES = ("xacthuc.v1.VerificationService", "xacthuc.v1.AuditService")
 
@@ -91,15 +91,24 @@ def channel(target: str, ca: Path | None) -> grpc.Channel:
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(ca.read_bytes()))
 
 
+def health_check(
+    ch: grpc.Channel,
+) -> grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]:
+    # Through the channel itself: the generated stubs' methods are missing from their type stubs.
+    return ch.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+
+
 def wait_serving(target: str, ca: Path | None, wait: float) -> None:
     deadline = time.monotonic() + wait
     last = "no answer"
     while time.monotonic() < deadline:
         with channel(target, ca) as ch:
             try:
-                reply = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=2
-                )
+                reply = health_check(ch)(health_pb2.HealthCheckRequest(service=""), timeout=2)
             except grpc.RpcError as e:
                 last = e.code().name if isinstance(e, grpc.Call) else type(e).__name__
             else:
@@ -120,12 +129,17 @@ def check(args: argparse.Namespace) -> None:
     )
     wait_serving(target, ca, args.wait)
     with channel(target, ca) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
+        check_health = health_check(ch)
         for service in ("", *SERVICES):
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            reply = check_health(health_pb2.HealthCheckRequest(service=service), timeout=5)
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             expect(status == "SERVING", f"health {service or '(server)'}: {status}")
-        answers = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+        reflect = ch.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        answers = reflect(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
         )
         listed = {s.name for a in answers for s in a.list_services_response.service}
