@@ -1,8 +1,19 @@
-"""Prometheus series of the use cases (the `xacthuc.ports.metrics` ports)."""
+"""Prometheus series of the use cases (the `xacthuc.ports.metrics` ports) and of the shell's
+own components: the store's latency, the registry's circuit breaker.
+
+docs/grafana/xacthuc.json charts exactly these series (tests/test_metrics.py keeps it so).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from xacthuc.ports.store import Store
 
 TREE_SIZE = Gauge("xacthuc_audit_tree_size", "Records in the audit log, by platform", ["platform"])
 CHECKPOINTS_SIGNED = Counter(
@@ -32,3 +43,101 @@ class PrometheusLogMetrics:
 
     def leaf_mismatch(self, platform: str) -> None:
         LEAF_MISMATCHES.labels(platform).inc()
+
+
+# The verification flows (`xacthuc.ports.metrics.FlowMetrics`). Labels stay bounded: platform
+# ids come from the configured API keys, outcomes and reasons from fixed sets.
+SMS_SENDS = Counter(
+    "xacthuc_sms_sends_total",
+    "SMS handed to the channel, by platform and outcome (sent, failed, error)",
+    ["platform", "outcome"],
+)
+SMS_SECONDS = Histogram(
+    "xacthuc_sms_send_seconds",
+    "Time the SMS channel took per message, retries included, by platform and outcome",
+    ["platform", "outcome"],
+)
+REGISTRY_CALLS = Counter(
+    "xacthuc_registry_calls_total",
+    "Questions to the identity registry, by platform and outcome (match, no_match, unavailable)",
+    ["platform", "outcome"],
+)
+REGISTRY_SECONDS = Histogram(
+    "xacthuc_registry_call_seconds",
+    "Time the identity registry took per question, retries included, by platform and outcome",
+    ["platform", "outcome"],
+)
+REFUSALS = Counter(
+    "xacthuc_refusals_total",
+    "Requests refused by a budget or a lock, by platform and reason",
+    ["platform", "reason"],
+)
+# The shell's own series.
+STORE_SECONDS = Histogram(
+    "xacthuc_store_operation_seconds",
+    "Latency of each store operation (one atomic step), by operation",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+CIRCUIT_STATE = Gauge(
+    "xacthuc_registry_circuit_state",
+    "Circuit breaker of each identity registry: 0 closed, 1 half-open, 2 open",
+    ["registry"],
+)
+_CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class PrometheusFlowMetrics:
+    def sms_send(self, platform: str, outcome: str, seconds: float) -> None:
+        SMS_SENDS.labels(platform, outcome).inc()
+        SMS_SECONDS.labels(platform, outcome).observe(seconds)
+
+    def registry_call(self, platform: str, outcome: str, seconds: float) -> None:
+        REGISTRY_CALLS.labels(platform, outcome).inc()
+        REGISTRY_SECONDS.labels(platform, outcome).observe(seconds)
+
+    def refused(self, platform: str, reason: str) -> None:
+        REFUSALS.labels(platform, reason).inc()
+
+
+def watch_circuit(registry: str, state: Callable[[], str]) -> None:
+    """Expose a registry's circuit state, read at each scrape: an open circuit turns
+    half-open by the passing of time alone, with no call to report it."""
+    CIRCUIT_STATE.labels(registry).set_function(lambda: _CIRCUIT_VALUES.get(state(), -1.0))
+
+
+def time_store_operations(store: Store) -> Store:
+    """Times every operation of the `Store` contract on this instance (`aclose` aside), by
+    operation name. The instance keeps its class (`checkpoint_store_for` looks at it); its
+    bound methods are replaced by timed ones, once however often it is called."""
+    if not getattr(store, _TIMED, False):
+        for name in STORE_OPERATIONS:
+            setattr(store, name, _timed(name, getattr(store, name)))
+        setattr(store, _TIMED, True)
+    return store
+
+
+_TIMED = "_xacthuc_store_timed"
+
+
+STORE_OPERATIONS = tuple(
+    name
+    for name, member in vars(Store).items()
+    if inspect.iscoroutinefunction(member) and name != "aclose"
+)
+
+
+def _timed(
+    operation: str, method: Callable[..., Awaitable[object]]
+) -> Callable[..., Awaitable[object]]:
+    histogram = STORE_SECONDS.labels(operation)  # bound once: labels() takes a lock per call
+
+    @functools.wraps(method)
+    async def timed(*args: object, **kwargs: object) -> object:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            histogram.observe(time.perf_counter() - started)
+
+    return timed

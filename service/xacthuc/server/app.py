@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
 
-from xacthuc.adapters.metrics import PrometheusLogMetrics
+from xacthuc.adapters.metrics import (
+    PrometheusFlowMetrics,
+    PrometheusLogMetrics,
+    time_store_operations,
+    watch_circuit,
+)
 from xacthuc.adapters.registry.http import HttpRegistry
 from xacthuc.adapters.registry.sandbox import SandboxRegistry
 from xacthuc.adapters.sms.console import ConsoleSmsSender
@@ -27,6 +33,7 @@ from xacthuc.server.auth import ApiKeys, Role, new_key
 from xacthuc.server.config import Mode, RegistryBackend, Settings, SmsBackend
 from xacthuc.server.health import Probe
 from xacthuc.server.signing import SigningKeys
+from xacthuc.server.telemetry import Telemetry, telemetry_from, untraced
 from xacthuc.verifiers.age_out import AgeOutSweeper
 from xacthuc.verifiers.auditlog import AuditLog
 from xacthuc.verifiers.guardian_flow import GuardianLinker
@@ -70,6 +77,8 @@ class App:
     probes: dict[str, Probe]
     # Keys made up at start in dev mode, to print once: role -> key.
     demo_keys: dict[Role, str] = field(default_factory=dict)
+    # Traces (xacthuc.server.telemetry); None when off.
+    telemetry: Telemetry | None = None
 
     def start(self) -> None:
         """Start the background tasks: the audit log's checkpointer and the age-out sweep
@@ -84,6 +93,8 @@ class App:
         await self.sms.aclose()
         await self.registry.aclose()
         await self.store.aclose()
+        if self.telemetry is not None:  # flushes the spans left, off the event loop
+            await asyncio.to_thread(self.telemetry.shutdown)
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -117,7 +128,7 @@ def make_store(settings: Settings) -> Store:
     return RedisStore(settings.store_url, namespace=settings.store_namespace)
 
 
-def make_sms(settings: Settings, clock: Clock) -> SmsSender:
+def make_sms(settings: Settings, clock: Clock, telemetry: Telemetry | None = None) -> SmsSender:
     if settings.sms_backend is SmsBackend.HTTP:
         auth = settings.sms_http_auth_header
         return HttpSmsSender(
@@ -126,13 +137,14 @@ def make_sms(settings: Settings, clock: Clock) -> SmsSender:
             timeout=settings.sms_http_timeout_seconds,
             retries=settings.sms_http_retries,
             clock=clock,
+            trace_configs=telemetry.http() if telemetry else (),
         )
     if settings.sms_backend is SmsBackend.CONSOLE:
         return ConsoleSmsSender()
     return DiscardingSmsSender()
 
 
-def make_registry(settings: Settings) -> IdentityRegistry:
+def make_registry(settings: Settings, telemetry: Telemetry | None = None) -> IdentityRegistry:
     if settings.registry_backend is RegistryBackend.HTTP:
         cert = (
             (settings.registry_client_cert_file, settings.registry_client_key_file)
@@ -148,6 +160,7 @@ def make_registry(settings: Settings) -> IdentityRegistry:
             deadline=settings.registry_deadline_seconds,
             failure_threshold=settings.registry_breaker_failures,
             reset_timeout=settings.registry_breaker_reset_seconds,
+            trace_configs=telemetry.http() if telemetry else (),
         )
     if settings.registry_sandbox_file:
         return SandboxRegistry.from_file(settings.registry_sandbox_file)
@@ -175,6 +188,20 @@ def make_audit_log(settings: Settings, store: Store, clock: Clock, api_keys: Api
     )
 
 
+def observe(store: Store, registry: IdentityRegistry, telemetry: Telemetry | None) -> None:
+    """Metrics and traces of the built components: the store's operations are timed, an HTTP
+    registry's circuit breaker is a gauge, and with tracing on the Redis client is traced
+    (the SMS and registry adapters get their trace configs where they are made)."""
+    time_store_operations(store)
+    if isinstance(registry, HttpRegistry):
+        watch_circuit(registry.name, lambda: registry.circuit_state.value)
+    if telemetry is not None:
+        from xacthuc.adapters.store.redis import RedisStore  # loaded already when in use
+
+        if isinstance(store, RedisStore):
+            telemetry.redis(store.client)
+
+
 def public_base_url(settings: Settings, wellknown_port: int | None = None) -> str:
     """The base of the status list URIs: XACTHUC_PUBLIC_BASE_URL; else the well-known
     listener's own address (with the port it bound, when known); else the issuer."""
@@ -196,12 +223,15 @@ def build_app(
     clock: Clock | None = None,
     api_keys: ApiKeys | None = None,
     registry: IdentityRegistry | None = None,
+    telemetry: Telemetry | None = None,
 ) -> App:
-    """Build the service. Tests pass their own store, SMS sender, clock or keys."""
+    """Build the service. Tests pass their own store, SMS sender, clock, keys or tracing."""
     dev = settings.mode is Mode.DEV
     clock = clock or SystemClock()
+    telemetry = telemetry or telemetry_from(settings)
     store = store or make_store(settings)
-    sms = sms or make_sms(settings, clock)
+    sms = sms or make_sms(settings, clock, telemetry)
+    flow_metrics = PrometheusFlowMetrics()
     otp_keys = [k.get_secret_value().encode() for k in settings.otp_hmac_keys] or [
         secrets.token_bytes(32)
     ]
@@ -255,8 +285,10 @@ def build_app(
         sms_template=settings.sms_template,
         # Settings refuse test numbers in production mode.
         test_numbers=TestNumbers(settings.test_number_code) if settings.test_numbers else None,
+        metrics=flow_metrics,
     )
-    registry = registry or make_registry(settings)
+    registry = registry or make_registry(settings, telemetry)
+    observe(store, registry, telemetry)
     personal_id = PersonalIdVerifier(
         store=store,
         registry=registry,
@@ -267,6 +299,7 @@ def build_app(
         # HttpRegistry keeps the deadline itself (attempts and back-off); the flow's own
         # timeout, a little later, only guards against a registry that overruns it.
         registry_deadline_seconds=settings.registry_deadline_seconds + REGISTRY_DEADLINE_GRACE,
+        metrics=flow_metrics,
     )
     return App(
         settings=settings,
@@ -286,6 +319,7 @@ def build_app(
             store, clock, api_keys.platforms, interval_seconds=settings.age_out_sweep_seconds
         ),
         audit_log=make_audit_log(settings, store, clock, api_keys),
-        probes={"store": store.ping},
+        probes={"store": untraced(store.ping)},
         demo_keys=demo_keys,
+        telemetry=telemetry,
     )

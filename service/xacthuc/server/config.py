@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Unset: console lines in dev mode, JSON lines in production.
     log_format: LogFormat | None = None
     metrics_listen: str = ""  # host:port for Prometheus /metrics; empty = off
+    # OTLP/gRPC collector for traces (e.g. http://otel-collector:4317); empty = tracing off
+    # unless OTEL_EXPORTER_OTLP_ENDPOINT is set (xacthuc.server.telemetry).
+    otlp_endpoint: str = ""
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
     # TLS for the gRPC port (PEM files); both or neither. A client CA turns on mutual TLS.
     tls_cert_file: Path | None = None

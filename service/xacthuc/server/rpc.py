@@ -23,6 +23,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from xacthuc.domain.errors import (
@@ -149,6 +150,36 @@ def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
+# gRPC statuses that mark a server span as failed (OTel semantic conventions for RPC servers).
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _trace_caller(caller: Caller) -> None:
+    """Names the platform on the RPC's span (`xacthuc.server.telemetry`), if one records."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("xacthuc.platform", caller.platform)
+
+
+def _trace_outcome(reason: str, code: grpc.StatusCode) -> None:
+    """The outcome on the RPC's span: the stable reason and the gRPC status, nothing else."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("xacthuc.reason", reason)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in _SERVER_FAULTS:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, reason))
+
+
 def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
     def wrap(fn: Handler[Req, Resp]) -> Callable[..., Awaitable[Resp]]:
         method = fn.__name__
@@ -165,6 +196,7 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
             request_id = begin_call(context, method)
             try:
                 caller, admitted = await _admit(self, role, method, request, context)
+                _trace_caller(caller)
                 response = await fn(self, caller, admitted)
             except XacthucError as e:
                 status, reason = to_status(e, request_id), e.reason
@@ -175,9 +207,11 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
             else:
                 ok.inc()
                 seconds.observe(time.perf_counter() - started)
+                _trace_outcome("OK", grpc.StatusCode.OK)
                 return response
             RPC_TOTAL.labels(method, reason).inc()
             seconds.observe(time.perf_counter() - started)
+            _trace_outcome(reason, status.code)
             await context.abort(
                 status.code, status.details, trailer(request_id, status.trailing_metadata)
             )
@@ -207,6 +241,7 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
             request_id = begin_call(context, method)
             try:
                 caller, admitted = await _admit(self, role, method, request, context)
+                _trace_caller(caller)
                 async for response in fn(self, caller, admitted):
                     yield response
             except XacthucError as e:
@@ -218,9 +253,11 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
             else:
                 ok.inc()
                 seconds.observe(time.perf_counter() - started)
+                _trace_outcome("OK", grpc.StatusCode.OK)
                 return
             RPC_TOTAL.labels(method, reason).inc()
             seconds.observe(time.perf_counter() - started)
+            _trace_outcome(reason, status.code)
             await context.abort(
                 status.code, status.details, trailer(request_id, status.trailing_metadata)
             )

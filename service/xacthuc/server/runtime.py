@@ -93,7 +93,9 @@ async def start_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
+        # A span per RPC only when tracing is on (xacthuc.server.telemetry): none otherwise.
+        interceptors=[app.telemetry.interceptor()] if app.telemetry is not None else None,
     )
     add_service(
         server,

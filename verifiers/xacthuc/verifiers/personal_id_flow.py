@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import secrets
+import time
 from enum import StrEnum
 
 from xacthuc.domain.age import CHILD_UNDER, age_band, age_on, local_date
@@ -47,6 +48,7 @@ from xacthuc.domain.errors import (
 from xacthuc.domain.keyed import Pseudonymizer
 from xacthuc.domain.personal_id import IdType, Sex, parse_foreigner_id, parse_personal_id
 from xacthuc.domain.records import AttestationRecord, IdAttempt, Limits, PendingAttestation
+from xacthuc.ports.metrics import FlowMetrics, NoFlowMetrics
 from xacthuc.ports.registry import (
     IdentityRegistry,
     RegistryAnswer,
@@ -55,7 +57,7 @@ from xacthuc.ports.registry import (
     clean_name,
 )
 from xacthuc.ports.store import Store
-from xacthuc.verifiers.phone_otp import check_account_id, check_client_ip
+from xacthuc.verifiers.phone_otp import check_account_id, check_client_ip, counting_refusals
 from xacthuc.verifiers.shielded import shielded
 
 METHOD = "personal_id"
@@ -78,8 +80,10 @@ class PersonalIdVerifier:
         limits: Limits,
         token_ttl_seconds: int,
         registry_deadline_seconds: float = 10.0,
+        metrics: FlowMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or NoFlowMetrics()
         self._registry = registry
         self._clock = clock
         self._pseudonyms = pseudonyms
@@ -147,7 +151,8 @@ class PersonalIdVerifier:
                 id_type=id_type.value,
             )
             raise
-        await self._store.begin_id_check(attempt, self._limits)
+        with counting_refusals(self._metrics, platform):
+            await self._store.begin_id_check(attempt, self._limits)
         assert date_of_birth is not None  # checked by _precheck
         query = RegistryQuery(
             number=parsed, full_name=name, date_of_birth=date_of_birth, id_type=id_type.value
@@ -181,11 +186,13 @@ class PersonalIdVerifier:
         return parse_personal_id(number, date_of_birth=date_of_birth, sex=sex, today=today).number
 
     async def _ask_and_record(self, attempt: IdAttempt, query: RegistryQuery) -> AttestationRecord:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._deadline):
                 answer = (await self._registry.match(query)).value
         except (RegistryUnavailableError, TimeoutError):
             answer = "unavailable"
+        self._metrics.registry_call(attempt.platform, answer, time.perf_counter() - started)
         now = self._clock.now()
         pending = PendingAttestation(
             token_id="at_" + secrets.token_urlsafe(16),
@@ -198,4 +205,5 @@ class PersonalIdVerifier:
             id_type=query.id_type,
         )
         assert answer in {RegistryAnswer.MATCH.value, RegistryAnswer.NO_MATCH.value, "unavailable"}
-        return await self._store.finish_id_check(attempt, answer, pending, self._limits)
+        with counting_refusals(self._metrics, attempt.platform):
+            return await self._store.finish_id_check(attempt, answer, pending, self._limits)

@@ -17,13 +17,21 @@ starts afresh in the same atomic step, so the retry sends a new code, charged on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import secrets
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xacthuc.domain.clock import Clock
-from xacthuc.domain.errors import FieldInvalid, OtpMalformed, SmsDeliveryFailed
+from xacthuc.domain.errors import (
+    FieldInvalid,
+    OtpMalformed,
+    ResourceExhausted,
+    SmsDeliveryFailed,
+)
 from xacthuc.domain.fictional import TestNumbers
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.phone import mask, normalize_vn_mobile
@@ -35,6 +43,7 @@ from xacthuc.domain.records import (
     NewChallenge,
     PendingAttestation,
 )
+from xacthuc.ports.metrics import FlowMetrics, NoFlowMetrics
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage, SmsSender
 from xacthuc.ports.store import Store
 from xacthuc.verifiers.shielded import shielded
@@ -77,6 +86,16 @@ def _new_code() -> str:
     return f"{secrets.randbelow(1_000_000):06d}"
 
 
+@contextlib.contextmanager
+def counting_refusals(metrics: FlowMetrics, platform: str) -> Iterator[None]:
+    """Reports a budget or lock refusal (any RESOURCE_EXHAUSTED reason) raised inside."""
+    try:
+        yield
+    except ResourceExhausted as e:
+        metrics.refused(platform, e.reason)
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class StartedChallenge:
     view: ChallengeView
@@ -97,8 +116,10 @@ class PhoneOtpVerifier:
         token_ttl_seconds: int,
         sms_template: str,
         test_numbers: TestNumbers | None = None,
+        metrics: FlowMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or NoFlowMetrics()
         self._sms = sms
         self._clock = clock
         self._pseudonyms = pseudonyms
@@ -152,7 +173,8 @@ class PhoneOtpVerifier:
     async def _start(
         self, new: NewChallenge, message: SmsMessage, *, texted: bool
     ) -> ChallengeView:
-        view = await self._store.start_challenge(new, self._limits)
+        with counting_refusals(self._metrics, new.platform):
+            view = await self._store.start_challenge(new, self._limits)
         if view.replayed:
             return view
         if texted:
@@ -166,15 +188,19 @@ class PhoneOtpVerifier:
         for replicas' clocks), so a retry takes the challenge for abandoned only once this send
         has ended. A send cut off at that bound counts as refused (SMS_DELIVERY_FAILED, the
         challenge undone): should the gateway still deliver it, its code is already dead."""
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._limits.send_lease_seconds / 2):
                 await self._sms.send(message)
         except (SmsDeliveryError, TimeoutError):
+            self._metrics.sms_send(platform, "failed", time.perf_counter() - started)
             await self._store.abort_challenge(platform, message.message_id, self._clock.now())
             raise SmsDeliveryFailed() from None
         except BaseException:
+            self._metrics.sms_send(platform, "error", time.perf_counter() - started)
             await self._store.abort_challenge(platform, message.message_id, self._clock.now())
             raise
+        self._metrics.sms_send(platform, "sent", time.perf_counter() - started)
         await self._store.confirm_sent(platform, message.message_id, self._clock.now())
 
     async def confirm(
@@ -186,19 +212,18 @@ class PhoneOtpVerifier:
         if not CODE.fullmatch(code):
             raise OtpMalformed()
         now = self._clock.now()
-        return await self._store.check_code(
-            CodeCheck(
-                platform=platform,
-                challenge_id=challenge_id,
-                account_id=account_id,
-                candidates=tuple(self._mac.candidates(challenge_id, code)),
-                now=now,
-                attestation=PendingAttestation(
-                    token_id="at_" + secrets.token_urlsafe(16),
-                    issued_at=now,
-                    expires_at=now + self._token_ttl,
-                    method=METHOD,
-                ),
+        check = CodeCheck(
+            platform=platform,
+            challenge_id=challenge_id,
+            account_id=account_id,
+            candidates=tuple(self._mac.candidates(challenge_id, code)),
+            now=now,
+            attestation=PendingAttestation(
+                token_id="at_" + secrets.token_urlsafe(16),
+                issued_at=now,
+                expires_at=now + self._token_ttl,
+                method=METHOD,
             ),
-            self._limits,
         )
+        with counting_refusals(self._metrics, platform):
+            return await self._store.check_code(check, self._limits)

@@ -38,7 +38,8 @@ chain PEM, private key PEM) when given.
 Transport: one `aiohttp.ClientSession` over that context (a keep-alive pool of up to 100
 connections), made on the first `match` because a session belongs to the event loop it is
 made in and the adapter may be built before the loop runs. A forward proxy named by the
-environment (`HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) is used, read once at construction.
+environment (`HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) is used, read once at construction,
+and so are `trace_configs` (tracing: `xacthuc.server.telemetry`, which records no body).
 
 Circuit breaker: every `match` that ends without an answer is one failure, whether it raised
 `RegistryUnavailableError` or was cut short by its caller (cancelled, for example by the
@@ -63,7 +64,7 @@ import logging
 import math
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,7 @@ class HttpRegistry:
         reset_timeout: float = 30.0,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         try:
             url = URL(base_url)
@@ -170,8 +172,14 @@ class HttpRegistry:
         # Built now, so a missing or unreadable certificate fails at start, not at first match.
         self._ssl = build_ssl_context(client_cert=client_cert, ca_file=ca_file)
         self._proxy = proxy_from_environment(self._url)
+        self._trace_configs = list(trace_configs)
         self._client: aiohttp.ClientSession | None = None
         self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The provider's host: names this registry in metrics (bounded, no personal data)."""
+        return self._url.host or "registry"
 
     @property
     def circuit_state(self) -> CircuitState:
@@ -224,6 +232,7 @@ class HttpRegistry:
                 connector=aiohttp.TCPConnector(ssl=self._ssl),
                 timeout=self._client_timeout,
                 proxy=self._proxy,
+                trace_configs=self._trace_configs or None,
             )
         return self._client
 

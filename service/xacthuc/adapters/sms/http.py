@@ -32,7 +32,8 @@ Transport: one `aiohttp.ClientSession` (a keep-alive pool of up to 100 connectio
 passed in by the caller or created by the sender on its first send: a session belongs to the
 event loop it is made in, and the sender may be built before the loop runs. A forward proxy
 named by the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) is used
-by the sender's own session, read once when the sender is built.
+by the sender's own session, read once when the sender is built, and so are `trace_configs`
+(tracing: `xacthuc.server.telemetry`, which records no body and no query string).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
@@ -77,6 +78,7 @@ class HttpSmsSender:
         client: aiohttp.ClientSession | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Clock | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         try:
             parsed = URL(url)
@@ -98,6 +100,7 @@ class HttpSmsSender:
         self._owns_client = client is None
         self._client = client
         self._proxy = proxy_from_environment(parsed) if client is None else None
+        self._trace_configs = list(trace_configs)
         self._closed = False
 
     async def send(self, message: SmsMessage) -> None:
@@ -147,7 +150,11 @@ class HttpSmsSender:
             if self._closed:
                 raise RuntimeError("HttpSmsSender is closed")
             # Made here, inside the running loop, not in __init__ (see the module doc).
-            self._client = aiohttp.ClientSession(timeout=self._client_timeout, proxy=self._proxy)
+            self._client = aiohttp.ClientSession(
+                timeout=self._client_timeout,
+                proxy=self._proxy,
+                trace_configs=self._trace_configs or None,
+            )
         return self._client
 
     async def _post(

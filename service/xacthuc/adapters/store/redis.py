@@ -330,6 +330,11 @@ class RedisStore:
     def from_url(cls, url: str, *, namespace: str = "xacthuc") -> RedisStore:
         return cls(url, namespace=namespace)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The redis-py client in use (for instrumentation at composition)."""
+        return self._redis
+
     def _prefix(self, platform: str) -> str:
         return f"{self._namespace}:{{{platform}}}:"
 
