@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from xacthuc.adapters.sms.http import HttpSmsSender
+from xacthuc.adapters.sms.http import HttpSmsSender, failure_kind
 from xacthuc.domain.clock import FixedClock
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
 
@@ -428,3 +428,34 @@ def test_invalid_configuration_is_rejected(kwargs: dict[str, Any]) -> None:
     settings: dict[str, Any] = {"url": "https://gateway.example/sms", "auth_header": None}
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         HttpSmsSender(**{**settings, **kwargs})
+
+
+async def test_every_failed_attempt_is_reported_by_kind(
+    gateway: Gateway, sleeps: list[float]
+) -> None:
+    """Each failed attempt is reported, retried ones included, by a bounded kind; a
+    successful attempt is not."""
+    kinds: list[str] = []
+    gateway.replies = [Reply(429), Reply(503), Reply(200)]
+    await send(make_sender(gateway.url, sleeps, on_failed_attempt=kinds.append))
+    gateway.replies = [Reply(404)]
+    with pytest.raises(SmsDeliveryError):
+        await send(make_sender(gateway.url, sleeps, on_failed_attempt=kinds.append))
+    assert ["HTTP 429", "HTTP 5xx", "HTTP 4xx"] == kinds
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        ("HTTP 429", "HTTP 429"),
+        ("HTTP 503", "HTTP 5xx"),
+        ("HTTP 500", "HTTP 5xx"),
+        ("HTTP 404", "HTTP 4xx"),
+        ("HTTP 302", "HTTP 3xx"),
+        ("TimeoutError", "TimeoutError"),
+        ("ConnectError", "ConnectError"),
+    ],
+)
+def test_failure_kinds_are_bounded(failure: str, kind: str) -> None:
+    """HTTP statuses fold into classes (429 apart), so the metric's label set stays small."""
+    assert kind == failure_kind(failure)

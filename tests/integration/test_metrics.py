@@ -19,7 +19,8 @@ from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain import errors
 from xacthuc.domain.clock import FixedClock
-from xacthuc.server.app import build_app
+from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
+from xacthuc.server.app import build_app, make_sms
 from xacthuc.server.runtime import start_server
 
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
@@ -34,6 +35,7 @@ FLOW_SERIES = (
     "xacthuc_registry_circuit_state",
     "xacthuc_store_operation_seconds_bucket",
     "xacthuc_refusals_total",
+    "xacthuc_sms_gateway_attempt_failures_total",
 )
 SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -111,6 +113,29 @@ async def run_every_flow(h: Harness) -> None:
         )
 
 
+async def fail_one_gateway_attempt() -> None:
+    """The SMS sender the composition root makes, against a gateway that is not there."""
+    settings = make_settings(
+        sms_backend="http",
+        sms_http_url=f"http://127.0.0.1:{closed_port()}/sms",
+        sms_http_retries=0,
+    )
+    sender = make_sms(settings, FixedClock(START))
+    try:
+        with pytest.raises(SmsDeliveryError):
+            await sender.send(SmsMessage("+84912345678", "code 123456", "msg-metrics-1"))
+    finally:
+        await sender.aclose()
+
+
+async def test_the_composed_sms_sender_counts_failed_attempts() -> None:
+    """Gateway attempts that fail are counted by kind (here no connection could be made)."""
+    before = value("xacthuc_sms_gateway_attempt_failures_total", failure="ConnectError")
+    await fail_one_gateway_attempt()
+    after = value("xacthuc_sms_gateway_attempt_failures_total", failure="ConnectError")
+    assert 1.0 == after - before
+
+
 async def test_flow_series_count_per_platform_and_outcome(metered: Harness) -> None:
     """Sends by outcome, refusals by reason, registry calls by outcome (with latency), store
     latency by operation and the registry's circuit state, all labelled by platform."""
@@ -171,7 +196,7 @@ async def test_no_series_is_labelled_by_account(metered: Harness) -> None:
     """Label cardinality stays bounded: no xacthuc series has an account (or any other
     per-user) label."""
     await run_every_flow(metered)
-    allowed = {"platform", "outcome", "reason", "operation", "registry", "method", "le"}
+    allowed = {"platform", "outcome", "reason", "operation", "registry", "method", "failure", "le"}
     assert {} == {k: v - allowed for k, v in labels_in_use().items() if v - allowed}
 
 
@@ -203,6 +228,7 @@ async def test_dashboard_queries_only_series_that_exist(metered: Harness) -> Non
     """Every metric name in the dashboard's PromQL exists in the registry after a server run,
     the flow series among them have samples, and the dashboard charts every flow series."""
     await run_every_flow(metered)
+    await fail_one_gateway_attempt()
     used = {name for q in dashboard_queries() for name in re.findall(r"\bxacthuc_\w+", q)}
     assert set() == used - series_names()
     with_samples = {sample.name for family in REGISTRY.collect() for sample in family.samples}

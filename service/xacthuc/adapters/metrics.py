@@ -57,6 +57,12 @@ SMS_SECONDS = Histogram(
     "Time the SMS channel took per message, retries included, by platform and outcome",
     ["platform", "outcome"],
 )
+SMS_GATEWAY_ATTEMPT_FAILURES = Counter(
+    "xacthuc_sms_gateway_attempt_failures_total",
+    "Failed attempts at the SMS gateway, retried ones included, by kind "
+    "(HTTP 429, HTTP 4xx, HTTP 5xx, TimeoutError, ConnectError, ...)",
+    ["failure"],
+)
 REGISTRY_CALLS = Counter(
     "xacthuc_registry_calls_total",
     "Questions to the identity registry, by platform and outcome (match, no_match, unavailable)",
@@ -98,6 +104,11 @@ class PrometheusFlowMetrics:
 
     def refused(self, platform: str, reason: str) -> None:
         REFUSALS.labels(platform, reason).inc()
+
+
+def count_gateway_failure(kind: str) -> None:
+    """A failed attempt at the SMS gateway (`HttpSmsSender(on_failed_attempt=...)`)."""
+    SMS_GATEWAY_ATTEMPT_FAILURES.labels(kind).inc()
 
 
 def watch_circuit(registry: str, state: Callable[[], str]) -> None:

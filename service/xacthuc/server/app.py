@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from xacthuc.adapters.metrics import (
     PrometheusFlowMetrics,
     PrometheusLogMetrics,
+    count_gateway_failure,
     time_store_operations,
     watch_circuit,
 )
@@ -138,6 +139,7 @@ def make_sms(settings: Settings, clock: Clock, telemetry: Telemetry | None = Non
             retries=settings.sms_http_retries,
             clock=clock,
             trace_configs=telemetry.http() if telemetry else (),
+            on_failed_attempt=count_gateway_failure,
         )
     if settings.sms_backend is SmsBackend.CONSOLE:
         return ConsoleSmsSender()

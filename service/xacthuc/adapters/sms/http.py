@@ -53,7 +53,7 @@ from xacthuc.domain.backoff import check_retry_options, full_jitter
 from xacthuc.domain.clock import Clock, SystemClock
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
 
-__all__ = ["HttpSmsSender"]
+__all__ = ["HttpSmsSender", "failure_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class HttpSmsSender:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Clock | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        on_failed_attempt: Callable[[str], object] | None = None,
     ) -> None:
         try:
             parsed = URL(url)
@@ -101,6 +102,9 @@ class HttpSmsSender:
         self._client = client
         self._proxy = proxy_from_environment(parsed) if client is None else None
         self._trace_configs = list(trace_configs)
+        # Told the kind of every failed attempt, retried or not (metrics: retries that end in
+        # success would otherwise hide a failing gateway).
+        self._on_failed_attempt = on_failed_attempt or (lambda kind: None)
         self._closed = False
 
     async def send(self, message: SmsMessage) -> None:
@@ -121,6 +125,7 @@ class HttpSmsSender:
                 failure = f"HTTP {status}"
                 permanent = status != 429 and status < 500
                 retry_after = _parse_retry_after(retry_after_header, self._clock.now())
+            self._on_failed_attempt(failure_kind(failure))
             if permanent:
                 # Raised outside any `except`, so the error has no __context__: aiohttp's
                 # exceptions hold the request (URL, headers) and must not travel with it.
@@ -187,6 +192,15 @@ class HttpSmsSender:
             message.message_id,
             failure,
         )
+
+
+def failure_kind(failure: str) -> str:
+    """A failed attempt's kind, from a bounded set: "HTTP 429", "HTTP 4xx", "HTTP 5xx",
+    "HTTP 3xx", or the error's name (`TimeoutError`, `ConnectError`, aiohttp's classes)."""
+    if not failure.startswith("HTTP "):
+        return failure
+    status = failure.removeprefix("HTTP ")
+    return failure if status == "429" else f"HTTP {status[:1]}xx"
 
 
 def _classify(exc: aiohttp.ClientError | TimeoutError) -> tuple[str, bool]:
