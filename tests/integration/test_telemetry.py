@@ -53,6 +53,14 @@ TRACE_ID = 0x5B8EFFF798038103D269B633813FC60C
 CALLER_SPAN_ID = 0xEEE19B7EC3C1B174
 
 
+def with_traceparent(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add("traceparent", f"00-{TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01")
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, True
+    )
+
+
 class Traceparent(grpc.aio.UnaryUnaryClientInterceptor):
     """What a platform's own tracing adds to each call: a W3C traceparent header."""
 
@@ -62,14 +70,19 @@ class Traceparent(grpc.aio.UnaryUnaryClientInterceptor):
         details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add("traceparent", f"00-{TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01")
-        return await continuation(
-            grpc.aio.ClientCallDetails(
-                details.method, details.timeout, metadata, details.credentials, True
-            ),
-            request,
-        )
+        return await continuation(with_traceparent(details), request)
+
+
+class StreamTraceparent(grpc.aio.UnaryStreamClientInterceptor):
+    """The same for server-streaming calls (grpc.aio files an interceptor under one kind)."""
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(with_traceparent(details), request)
 
 
 @dataclass
@@ -79,6 +92,7 @@ class Traced:
     spans: InMemorySpanExporter
     client: AsyncClient
     api_key: str
+    auditor: AsyncClient
 
 
 @pytest.fixture
@@ -123,8 +137,13 @@ async def traced(
     api_key = raw[("alpha", Role.PLATFORM)]
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", interceptors=[Traceparent()])
     client = AsyncClient(channel, api_key=api_key, timeout=10)
-    yield Traced(server, gateway, exporter, client, api_key)
+    auditor_channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}", interceptors=[Traceparent(), StreamTraceparent()]
+    )
+    auditor = AsyncClient(auditor_channel, api_key=raw[("alpha", Role.AUDITOR)], timeout=10)
+    yield Traced(server, gateway, exporter, client, api_key, auditor)
     await client.close()
+    await auditor.close()
     await server.stop(grace=0)
     await runner.cleanup()
 
@@ -210,6 +229,25 @@ async def test_each_rpc_is_a_server_span_under_the_callers_trace(traced: Traced)
         assert TRACE_ID == span.context.trace_id
 
 
+async def test_a_streaming_rpc_is_a_server_span_too(traced: Traced) -> None:
+    """ExportAuditRecords (server streaming) gets its span under the caller's trace, ended
+    when the stream ends, with the auditor's platform and OK."""
+    await start_and_confirm(traced)
+    chunks = [chunk async for chunk in traced.auditor.export_audit_records()]
+    assert chunks
+    spans = traced.spans.get_finished_spans()
+    export = server_span(spans, "ExportAuditRecords")
+    assert export.parent is not None
+    assert CALLER_SPAN_ID == export.parent.span_id
+    attributes = dict(export.attributes or {})
+    assert ("alpha", "OK", 0) == (
+        attributes["xacthuc.platform"],
+        attributes["xacthuc.reason"],
+        attributes["rpc.grpc.status_code"],
+    )
+    assert any(s.name in ("EVALSHA", "LRANGE") for s in children(spans, export))
+
+
 async def test_redis_and_the_sms_gateway_are_child_spans(traced: Traced) -> None:
     """Start's span has the Redis scripts and the gateway POST as children; Confirm's has
     its Redis script. Redis statements are the command name only."""
@@ -284,8 +322,13 @@ async def test_no_span_carries_personal_data(traced: Traced) -> None:
 
 
 def test_tracing_is_off_unless_an_endpoint_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No endpoint, no tracing; XACTHUC_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turn it on."""
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    """No endpoint, no tracing; XACTHUC_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turn it
+    on, and OTEL_SDK_DISABLED=true off again."""
+    for name in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SDK_DISABLED",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert telemetry_from(make_settings()) is None
     on = telemetry_from(make_settings(otlp_endpoint="http://127.0.0.1:1"))
@@ -295,6 +338,8 @@ def test_tracing_is_off_unless_an_endpoint_is_configured(monkeypatch: pytest.Mon
     from_env = telemetry_from(Settings.load(otp_hmac_keys="k" * 32, pseudonym_key="p" * 32))
     assert from_env is not None
     from_env.shutdown()
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert telemetry_from(make_settings(otlp_endpoint="http://127.0.0.1:1")) is None
 
 
 async def test_without_tracing_the_server_has_no_interceptor(

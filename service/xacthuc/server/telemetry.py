@@ -2,8 +2,8 @@
 
 Off by default. Tracing turns on when an OTLP endpoint is configured: XACTHUC_OTLP_ENDPOINT,
 or the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT (then the
-OTel SDK also reads the other OTEL_EXPORTER_OTLP_* variables: headers, certificates). Off
-means off: no interceptor on the server, no instrumented client, nothing done per call.
+OTel SDK also reads the other OTEL_EXPORTER_OTLP_* variables: headers, certificates), unless
+OTEL_SDK_DISABLED=true. Off means off: no interceptor on the server, no instrumented client, nothing done per call.
 
 What is traced, all under one `TracerProvider` (`Telemetry`):
 
@@ -86,6 +86,8 @@ def telemetry_from(settings: Settings) -> Telemetry | None:
     """Tracing with an OTLP/gRPC exporter when an endpoint is configured, else None (off)."""
     endpoint = settings.otlp_endpoint or None
     if endpoint is None and not any(os.environ.get(name) for name in _ENV_ENDPOINTS):
+        return None
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":  # the SDK's switch
         return None
     # Loaded only when tracing is on: the exporter pulls in its own gRPC stubs.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -199,7 +201,7 @@ def _unexpected(span: trace.Span, error: BaseException) -> None:
     """A call that ended other than by `context.abort` (whose status `rpc` already set)."""
     if isinstance(error, grpc.aio.AbortError):
         return
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):  # the caller left
         span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.CANCELLED.value[0])
         return
     span.set_status(Status(StatusCode.ERROR, type(error).__name__))
