@@ -209,6 +209,16 @@ async def test_each_rpc_is_a_server_span_under_the_callers_trace(traced: Traced)
     assert CALLER_SPAN_ID == start.parent.span_id
     assert start.parent.is_remote
     attributes = dict(start.attributes or {})
+    for span in spans:
+        if span.kind is SpanKind.SERVER:  # ours: nothing about the caller beyond these
+            assert set(span.attributes or {}) <= {
+                "rpc.system",
+                "rpc.service",
+                "rpc.method",
+                "xacthuc.platform",
+                "xacthuc.reason",
+                "rpc.grpc.status_code",
+            }
     assert "StartPhoneVerification" == attributes["rpc.method"]
     assert "xacthuc.v1.VerificationService" == attributes["rpc.service"]
     assert "alpha" == attributes["xacthuc.platform"]
