@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.errors import (
+    GuardianChildLimit,
     IdAttemptsExceeded,
     PersonalIdNotMatched,
     RegistryUnavailable,
@@ -18,9 +20,11 @@ from xacthuc.domain.errors import (
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.records import Limits
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
+from xacthuc.verifiers.guardian_flow import GuardianLinker
 from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier, Purpose
 from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
 
+from .test_guardian_flow import NOW, link, verified_guardian
 from .test_personal_id_flow import AN, UNKNOWN, FlakyRegistry
 
 START = 1_800_000_000.0
@@ -139,3 +143,20 @@ async def test_personal_id_flow_reports_registry_calls_and_refusals() -> None:
         ("registry", "alpha", "match"),
         ("refused", "alpha", "ID_ATTEMPTS_EXCEEDED"),
     ] == metrics.events
+
+
+async def test_guardian_flow_reports_the_children_cap() -> None:
+    """A guardian at the cap of children is a refusal by its reason (GUARDIAN_CHILD_LIMIT)."""
+    metrics, store = Recorded(), MemoryStore()
+    await verified_guardian(store)
+    guardian = GuardianLinker(
+        store=store,
+        clock=FixedClock(NOW),
+        limits=Limits(max_children_per_guardian=1),
+        token_ttl_seconds=86_400,
+        metrics=metrics,
+    )
+    await link(guardian, "kid-1", dt.date(2018, 5, 1))
+    with pytest.raises(GuardianChildLimit):
+        await link(guardian, "kid-2", dt.date(2019, 6, 2))
+    assert [("refused", "alpha", "GUARDIAN_CHILD_LIMIT")] == metrics.events

@@ -315,7 +315,11 @@ def build_app(
         phone=phone,
         personal_id=personal_id,
         guardian=GuardianLinker(
-            store=store, clock=clock, limits=limits, token_ttl_seconds=settings.token_ttl_seconds
+            store=store,
+            clock=clock,
+            limits=limits,
+            token_ttl_seconds=settings.token_ttl_seconds,
+            metrics=flow_metrics,
         ),
         age_out=AgeOutSweeper(
             store, clock, api_keys.platforms, interval_seconds=settings.age_out_sweep_seconds

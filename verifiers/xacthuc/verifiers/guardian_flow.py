@@ -56,8 +56,9 @@ from xacthuc.domain.errors import (
     XacthucError,
 )
 from xacthuc.domain.records import AgingOut, GuardianLink, Limits, LinkResult, PendingAttestation
+from xacthuc.ports.metrics import FlowMetrics, NoFlowMetrics
 from xacthuc.ports.store import Store
-from xacthuc.verifiers.phone_otp import check_account_id
+from xacthuc.verifiers.phone_otp import check_account_id, counting_refusals
 
 LINK_ID = re.compile(r"gl_[A-Za-z0-9_-]{22}")
 MAX_PAGE = 1000
@@ -90,11 +91,13 @@ class GuardianLinker:
         clock: Clock,
         limits: Limits,
         token_ttl_seconds: int,
+        metrics: FlowMetrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._limits = limits
         self._token_ttl = token_ttl_seconds
+        self._metrics = metrics or NoFlowMetrics()
 
     async def link(
         self,
@@ -143,29 +146,28 @@ class GuardianLinker:
         found = await self._store.attestation_subject(platform, guardian_account_id)
         guardian, subject = found if found else (None, "")
         aged_out_at = turns_at(child_date_of_birth, CHILD_UNDER)
-        return await self._store.link_guardian(
-            GuardianLink(
-                platform=platform,
-                link_id="gl_" + secrets.token_urlsafe(16),
-                child_account_id=child_account_id,
-                guardian_account_id=guardian_account_id,
-                guardian_subject=subject,
-                guardian_token_id=guardian.token_id if guardian else "",
-                guardian_ref=guardian_ref(platform, subject),
-                relationship=relationship.value,
-                child_consent=child_consent,
-                aged_out_at=aged_out_at,
-                now=now,
-                attestation=PendingAttestation(
-                    token_id="at_" + secrets.token_urlsafe(16),
-                    issued_at=now,
-                    expires_at=min(now + self._token_ttl, aged_out_at),
-                    method=guardian.method if guardian else "",
-                    age_band="under_16",
-                ),
+        link = GuardianLink(
+            platform=platform,
+            link_id="gl_" + secrets.token_urlsafe(16),
+            child_account_id=child_account_id,
+            guardian_account_id=guardian_account_id,
+            guardian_subject=subject,
+            guardian_token_id=guardian.token_id if guardian else "",
+            guardian_ref=guardian_ref(platform, subject),
+            relationship=relationship.value,
+            child_consent=child_consent,
+            aged_out_at=aged_out_at,
+            now=now,
+            attestation=PendingAttestation(
+                token_id="at_" + secrets.token_urlsafe(16),
+                issued_at=now,
+                expires_at=min(now + self._token_ttl, aged_out_at),
+                method=guardian.method if guardian else "",
+                age_band="under_16",
             ),
-            self._limits,
         )
+        with counting_refusals(self._metrics, platform):  # GUARDIAN_CHILD_LIMIT
+            return await self._store.link_guardian(link, self._limits)
 
     async def withdraw(self, *, platform: str, link_id: str) -> float:
         """End the link now; the child's attestation is revoked at once. Returns the time."""
