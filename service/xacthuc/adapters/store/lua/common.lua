@@ -122,6 +122,13 @@ local function subject_accounts_key(subject)
   return PREFIX .. "phacct:" .. subject
 end
 
+-- Tell every process that caches account state (adapters/store/cached.py) that `key`, an
+-- acct:<account> or lock:<account> key, changed: published on "<namespace>:inv" in the same
+-- atomic step as the change (redis_invalidations.py listens).
+local function invalidate(key)
+  redis.call("PUBLISH", PREFIX:sub(1, PREFIX:find("{", 1, true) - 2) .. ":inv", key)
+end
+
 -- Make the account's attestation hash `fields`, moving its P8 slot to `subject` (none when
 -- `subject` is "": a guardian-managed child takes no slot of the guardian's).
 local function attest(acct_key, account, subject, fields)
@@ -136,6 +143,7 @@ local function attest(acct_key, account, subject, fields)
   end
   redis.call("DEL", acct_key)
   redis.call("HSET", acct_key, unpack(fields))
+  invalidate(acct_key)
   -- Every index issued to the account, for its locks (R7: a lock marks all of them).
   local idx = tonumber(redis.call("HGET", acct_key, "status_idx")) or -1
   if idx >= 0 then
@@ -218,6 +226,7 @@ end
 -- significant bit of byte 0), audited `attestation_revoked` with `reason_j`.
 local function revoke(acct_key, audit_key, account_j, a, reason_j)
   redis.call("HSET", acct_key, "status", "revoked", "revoked_at", P.now)
+  invalidate(acct_key)
   local idx = tonumber(a.status_idx) or -1
   if idx >= 0 then
     redis.call("SETBIT", PREFIX .. "sl:bits", idx, 1)

@@ -37,6 +37,7 @@ redis.call("DEL", lock_key)
 redis.call("HSET", lock_key, "account_id", P.account, "kind", P.kind, "locked_at", P.now,
   "lock_until", P.lock_until, "reason", P.reason, "request_reference", P.request_reference,
   "temporary_locks", int(temporary), "ended_at", "", "unlock_reason", "")
+invalidate(lock_key)
 redis.call("ZREMRANGEBYSCORE", locks_key, "-inf", P.now) -- temporary locks that ran out
 redis.call("ZADD", locks_key, P.lock_until == "" and "+inf" or P.lock_until, P.account)
 audit(audit_key, {

@@ -16,6 +16,7 @@ for _, child in ipairs(due) do
     local c = redis.call("HMGET", c_key, "link_id", "status")
     if c[1] == link_id and c[2] == "active" then
       redis.call("HSET", c_key, "status", "aged_out")
+      invalidate(c_key)
     end
   else -- not reachable: every indexed child has its pointer
     redis.call("ZREM", aging_key, child)

@@ -10,6 +10,7 @@ if not l.kind or (l.ended_at or "") ~= "" or ((l.lock_until or "") ~= "" and NOW
   return { "ok" }
 end
 redis.call("HSET", lock_key, "ended_at", P.now, "unlock_reason", P.reason)
+invalidate(lock_key)
 redis.call("ZREM", locks_key, P.account)
 audit(audit_key, {
   account = P.account_j, event = q("account_unlocked"), outcome = q("ok"), reason = P.reason_j,
