@@ -22,8 +22,14 @@ import redis.asyncio as aioredis
 from xacthuc.adapters.store.cached import CachedStore, State
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.adapters.store.redis_invalidations import RedisInvalidationFeed
+from xacthuc.client import AsyncClient
+from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.locks import LockKind, LockRequest
+from xacthuc.server.app import build_app, make_store
+from xacthuc.server.auth import Role
+from xacthuc.server.runtime import start_server
 
+from .integration.conftest import make_keys, make_settings
 from .test_store_contract import LIMITS, NOW, PLATFORM, check, sent
 from .test_store_contract import new as new_challenge
 from .test_store_contract_guardian import AGED, link, phone_guardian
@@ -335,3 +341,48 @@ async def test_a_replica_that_cannot_subscribe_never_serves_from_its_cache(
         assert 5 == store.cache.stats.bypasses
     finally:
         await store.aclose()
+
+
+async def test_the_redis_store_is_composed_with_the_cache_unless_turned_off(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """make_store: a Redis URL gets the cache in front (0 entries: none); memory gets none."""
+    on = make_store(make_settings(store_url=redis_url, store_namespace=redis_namespace))
+    off = make_store(
+        make_settings(store_url=redis_url, store_namespace=redis_namespace, state_cache_entries=0)
+    )
+    try:
+        assert isinstance(on, CachedStore)
+        assert isinstance(on.backend, RedisStore)
+        assert type(off) is RedisStore
+        assert not isinstance(make_store(make_settings()), CachedStore)
+    finally:
+        await on.aclose()
+        await off.aclose()
+
+
+async def test_repeated_authorize_calls_read_redis_once(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """Through the gRPC server: twenty Authorize calls for one account, one Redis read; a
+    RevokeAttestation through the same server is seen by the very next call."""
+    r = replica(redis_url, redis_namespace)
+    keys, raw = make_keys()
+    app = build_app(make_settings(), store=r.store, api_keys=keys, clock=FixedClock(NOW + 200))
+    server = await start_server(app, "127.0.0.1:0")
+    client = await AsyncClient.connect(
+        f"127.0.0.1:{server.port}", api_key=raw[("alpha", Role.PLATFORM)], timeout=10
+    )
+    try:
+        await verify(r, "acc-1", 1)
+        await listening(r)
+        await cached_on(r, "acc-1")
+        before = r.backend.reads
+        for _ in range(20):
+            assert (await client.authorize(account_id="acc-1", action="post")).allowed
+        assert before == r.backend.reads
+        await client.revoke_attestation(account_id="acc-1", reason="user_request")
+        assert not (await client.authorize(account_id="acc-1", action="post")).allowed
+    finally:
+        await client.close()
+        await server.stop(grace=0)

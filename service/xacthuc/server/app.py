@@ -19,6 +19,7 @@ from xacthuc.adapters.registry.sandbox import SandboxRegistry
 from xacthuc.adapters.sms.console import ConsoleSmsSender
 from xacthuc.adapters.sms.http import HttpSmsSender
 from xacthuc.adapters.sms.none import DiscardingSmsSender
+from xacthuc.adapters.store.cached import CachedStore
 from xacthuc.adapters.store.checkpoints import checkpoint_store_for
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.clock import Clock, SystemClock
@@ -122,11 +123,28 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def make_store(settings: Settings) -> Store:
+    """The store the settings name: in memory, or Redis with each process's cache of account
+    state in front (issue 11: Authorize without a round trip) unless it is turned off."""
     if settings.store_url.startswith("memory://"):
-        return MemoryStore()
-    from xacthuc.adapters.store.redis import RedisStore  # only production needs redis-py loaded
+        return MemoryStore()  # in the process already: nothing to cache
+    # Only production needs redis-py loaded.
+    from xacthuc.adapters.store.redis import RedisStore
+    from xacthuc.adapters.store.redis_invalidations import RedisInvalidationFeed
 
-    return RedisStore(settings.store_url, namespace=settings.store_namespace)
+    store = RedisStore(settings.store_url, namespace=settings.store_namespace)
+    if settings.state_cache_entries == 0:
+        return store
+    feed = RedisInvalidationFeed(
+        settings.store_url,
+        namespace=settings.store_namespace,
+        max_staleness=settings.state_cache_max_staleness_seconds,
+    )
+    return CachedStore(
+        store,
+        feed,
+        max_entries=settings.state_cache_entries,
+        ttl=settings.state_cache_ttl_seconds,
+    )
 
 
 def make_sms(settings: Settings, clock: Clock, telemetry: Telemetry | None = None) -> SmsSender:

@@ -24,6 +24,7 @@ from collections import defaultdict
 from importlib import resources
 from typing import Any
 
+from xacthuc.adapters.store.cached import CachedStore
 from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
 from xacthuc.ports.store import Store
@@ -104,7 +105,9 @@ def _text(value: Any) -> str:
 
 def checkpoint_store_for(store: Store) -> CheckpointStore:
     """The checkpoint store that lives where `store` keeps the audit log: the same Redis
-    connection and namespace for a RedisStore, in process otherwise."""
+    connection and namespace for a RedisStore (cached or not), in process otherwise."""
+    if isinstance(store, CachedStore):
+        store = store.backend
     redis_module = sys.modules.get("xacthuc.adapters.store.redis")  # not loaded: not a RedisStore
     if redis_module is not None and isinstance(store, redis_module.RedisStore):
         return RedisCheckpointStore(store._redis, namespace=store._namespace)
