@@ -250,8 +250,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
     async def Authorize(
         self, caller: Caller, request: verification_pb2.AuthorizeRequest
     ) -> verification_pb2.AuthorizeResponse:
-        """R4-R7, P6, P7: the decision table over the stored attestation and lock (one store
-        round trip)."""
+        """R4-R7, P6, P7: the decision table over the stored attestation and lock (at most one
+        store round trip: none when the state cache holds the account)."""
         check_account_id(request.account_id)
         action = _ACTIONS.get(request.action)
         if action is None:
