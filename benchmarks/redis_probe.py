@@ -41,6 +41,9 @@ SCRIPT_CALL_NAMES = frozenset(name.upper() for name in SCRIPT_CALLS)
 HANDSHAKE = frozenset({"HELLO", "CLIENT", "SELECT", "AUTH"})
 # Keys the server's background checkpointer works on (see the module docstring).
 BACKGROUND_KEYS = (":audit", ":checkpoints")
+# Commands sent by the server's state-cache invalidation feed on its own connection
+# (a PING every max_staleness / 4, whatever the load): background work, not per call.
+BACKGROUND_COMMANDS = frozenset({"PING", "SUBSCRIBE"})
 
 
 class RedisUnreachable(Exception):
@@ -98,7 +101,7 @@ class RoundTrips:
             reads = ", ".join(
                 f"{k} {v / self.calls:.3f}" for k, v in sorted(self.background.items())
             )
-            text += f"; not counted, background audit-log work per call: {reads}"
+            text += f"; not counted, background work (audit log, cache feed) per call: {reads}"
         return text
 
 
@@ -179,7 +182,7 @@ class RedisProbe:
             current = client
             if client not in server or name in HANDSHAKE:
                 continue
-            if key.endswith(BACKGROUND_KEYS):
+            if key.endswith(BACKGROUND_KEYS) or name in BACKGROUND_COMMANDS:
                 result.background[name] += 1
             else:
                 result.sent[name] += 1
