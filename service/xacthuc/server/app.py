@@ -218,8 +218,9 @@ def observe(store: Store, registry: IdentityRegistry, telemetry: Telemetry | Non
     if telemetry is not None:
         from xacthuc.adapters.store.redis import RedisStore  # loaded already when in use
 
-        if isinstance(store, RedisStore):
-            telemetry.redis(store.client)
+        backend = store.backend if isinstance(store, CachedStore) else store
+        if isinstance(backend, RedisStore):
+            telemetry.redis(backend.client)
 
 
 def public_base_url(settings: Settings, wellknown_port: int | None = None) -> str:
