@@ -255,7 +255,9 @@ class VerificationServiceServicer:
         personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
         (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
         only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-        One store round trip; safe to retry.
+        At most one store round trip: each server process caches account state, and
+        a change made through any replica is seen by every one within 100 ms (the
+        replica that made it: at once). Safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,7 +291,8 @@ class VerificationServiceServicer:
         active, revoked, expired, aged out or none, with the token id and the
         token's place in the status list, and the account's lock while one holds
         (R7). Never fails for an account without an attestation (status `none`).
-        One store round trip; safe to retry.
+        At most one store round trip (the state cache, as for Authorize); safe to
+        retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -134,7 +134,9 @@ class VerificationServiceStub:
     personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
     (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
     only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-    One store round trip; safe to retry.
+    At most one store round trip: each server process caches account state, and
+    a change made through any replica is seen by every one within 100 ms (the
+    replica that made it: at once). Safe to retry.
     """
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]
     """Returns the account's current attestation (its token, signed again with the
@@ -156,7 +158,8 @@ class VerificationServiceStub:
     active, revoked, expired, aged out or none, with the token id and the
     token's place in the status list, and the account's lock while one holds
     (R7). Never fails for an account without an attestation (status `none`).
-    One store round trip; safe to retry.
+    At most one store round trip (the state cache, as for Authorize); safe to
+    retry.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetJwksRequest, _verification_pb2.GetJwksResponse]
     """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
@@ -300,7 +303,9 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
     (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
     only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-    One store round trip; safe to retry.
+    At most one store round trip: each server process caches account state, and
+    a change made through any replica is seen by every one within 100 ms (the
+    replica that made it: at once). Safe to retry.
     """
     GetAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]  # type: ignore[assignment]
     """Returns the account's current attestation (its token, signed again with the
@@ -322,7 +327,8 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     active, revoked, expired, aged out or none, with the token id and the
     token's place in the status list, and the account's lock while one holds
     (R7). Never fails for an account without an attestation (status `none`).
-    One store round trip; safe to retry.
+    At most one store round trip (the state cache, as for Authorize); safe to
+    retry.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetJwksRequest, _verification_pb2.GetJwksResponse]  # type: ignore[assignment]
     """Returns the public keys that verify attestation tokens, as a JWKS (RFC 7517):
@@ -511,7 +517,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         personal-ID attestation (PERSONAL_ID_REQUIRED, R4); anything else is allowed
         (AUTHENTICATED, R5). A refusal is an answer, not an error: the call fails
         only for a malformed `account_id` or an unspecified `action` (FIELD_INVALID).
-        One store round trip; safe to retry.
+        At most one store round trip: each server process caches account state, and
+        a change made through any replica is seen by every one within 100 ms (the
+        replica that made it: at once). Safe to retry.
         """
 
     @_abc_1.abstractmethod
@@ -551,7 +559,8 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         active, revoked, expired, aged out or none, with the token id and the
         token's place in the status list, and the account's lock while one holds
         (R7). Never fails for an account without an attestation (status `none`).
-        One store round trip; safe to retry.
+        At most one store round trip (the state cache, as for Authorize); safe to
+        retry.
         """
 
     @_abc_1.abstractmethod
