@@ -11,6 +11,19 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 
+# Chromium for the compliance console's browser tests (Playwright drives Debian's build;
+# Playwright's own browser download is not used).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing Debian's chromium for the console's browser tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "test.sh: FAILED: /usr/bin/chromium is needed (as root: apt-get install chromium chromium-driver)" >&2
+    exit 1
+  fi
+fi
+
 # Redis: use the one at XACTHUC_TEST_REDIS_URL (default 127.0.0.1:6379), or start one.
 export XACTHUC_TEST_REDIS_URL=${XACTHUC_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 redis_up() { .venv/bin/python -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()" "$1" 2>/dev/null; }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -93,18 +94,25 @@ def make_wellknown_app(
     return app
 
 
-async def start_wellknown(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve `app` on host:port (0 picks a free port: see `bound_port`). Stop with
-    `stop_wellknown`."""
+async def start_wellknown(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    name: str = "well-known endpoints",
+    ssl_context: ssl.SSLContext | None = None,
+) -> web.AppRunner:
+    """Serve `app` on host:port (0 picks a free port: see `bound_port`), over TLS with
+    `ssl_context`, without an access log. Stop with `stop_wellknown`."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("well-known endpoints listening on %s", ", ".join(map(str, runner.addresses)))
+    log.info("%s listening on %s", name, ", ".join(map(str, runner.addresses)))
     return runner
 
 

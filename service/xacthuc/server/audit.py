@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,7 +28,105 @@ from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.request_bounds import timestamp_seconds
 from xacthuc.server.rpc import EdgeServicer, rpc, rpc_stream
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc
-from xacthuc.verifiers.auditlog import AuditLog
+from xacthuc.verifiers.auditlog import AuditLog, record_time
+
+
+class AuditedCalls:
+    """Appends the `auditor_<method>` record of every auditor call, for the gRPC edge and the
+    console's HTTP API alike (`extra` parameters, such as the console's `channel`, go into
+    every record)."""
+
+    def __init__(self, store: Store, clock: Clock, **extra: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._extra = extra
+
+    @contextlib.asynccontextmanager
+    async def audited(
+        self, caller: Caller, method: str, params: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Audit the call in the block: `ok` when it ends normally, `refused` with the reason
+        when it raises; the block may add results to `params`."""
+        try:
+            yield params
+        except XacthucError as e:
+            if not isinstance(e, StoreUnavailable):
+                await self.append(caller, method, "refused", e.reason, params)
+            raise
+        await self.append(caller, method, "ok", "", params)
+
+    async def append(
+        self, caller: Caller, method: str, outcome: str, reason: str, params: dict[str, Any]
+    ) -> None:
+        await self._store.append_audit(
+            caller.platform,
+            self._clock.now(),
+            account="",
+            event=f"auditor_{method}",
+            outcome=outcome,
+            reason=reason,
+            key_id=caller.key_id,
+            **self._extra,
+            **params,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FoundRecord:
+    """A record of a query: its index and its text exactly as stored, with its fields."""
+
+    index: int
+    raw: str
+    fields: dict[str, Any]
+
+
+async def find_records(
+    store: Store,
+    audit_log: AuditLog,
+    platform: str,
+    *,
+    account: str = "",
+    event: str = "",
+    since: float | None = None,
+    until: float | None = None,
+    page_size: int = 0,
+    page_token: str = "",
+    batch: int = 1000,
+) -> tuple[list[FoundRecord], str]:
+    """A page of the records matching the filter, oldest first, and the next page's token
+    ("" at the end): QueryAuditRecords and the console's account history."""
+    page_size = page_size or 100
+    if not 1 <= page_size <= 1000:
+        raise FieldInvalid("page_size", "must be 1-1000")
+    start, end = _decode_page_token(page_token)
+    if end is None:
+        # Pages walk the log as it was at the first page: the records appended since,
+        # such as this very query's own audit record, wait for the next query.
+        end = (await audit_log.sync(platform)).size
+    found: list[FoundRecord] = []
+    index = start
+    while len(found) < page_size:
+        records = await store.audit_records(platform, index, min(index + batch, end))
+        if not records:
+            break
+        for offset, raw in enumerate(records):
+            rec = json.loads(raw)
+            t = record_time(rec["time"])
+            if (
+                (not account or rec["account"] == account)
+                and (not event or rec["event"] == event)
+                and (since is None or t >= since)
+                and (until is None or t < until)
+            ):
+                found.append(FoundRecord(index + offset, raw, rec))
+                if len(found) == page_size:
+                    index += offset + 1
+                    break
+        else:
+            index += len(records)
+            continue
+        break
+    return found, _encode_page_token(index, end) if index < end else ""
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
@@ -45,38 +144,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
         self._store = store
         self._log = audit_log
         self._clock = clock
-
-    @contextlib.asynccontextmanager
-    async def _audited(
-        self, caller: Caller, method: str, params: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Audit the call in the block: `ok` when it ends normally, `refused` with the reason
-        when it raises; the block may add results to `params`."""
-        try:
-            yield params
-        except XacthucError as e:
-            if not isinstance(e, StoreUnavailable):
-                await self._append(caller, method, "refused", e.reason, params)
-            raise
-        await self._append(caller, method, "ok", "", params)
+        self._calls = AuditedCalls(store, clock)
+        self._audited = self._calls.audited
 
     async def refused_at_edge(self, caller: Caller, method: str, error: XacthucError) -> None:
         params = {"field": error.metadata["field"]} if "field" in error.metadata else {}
-        await self._append(caller, _snake_case(method), "refused", error.reason, params)
-
-    async def _append(
-        self, caller: Caller, method: str, outcome: str, reason: str, params: dict[str, Any]
-    ) -> None:
-        await self._store.append_audit(
-            caller.platform,
-            self._clock.now(),
-            account="",
-            event=f"auditor_{method}",
-            outcome=outcome,
-            reason=reason,
-            key_id=caller.key_id,
-            **params,
-        )
+        await self._calls.append(caller, _snake_case(method), "refused", error.reason, params)
 
     @rpc(Role.AUDITOR)
     async def QueryAuditRecords(
@@ -97,54 +170,32 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
     async def _query(
         self, caller: Caller, request: audit_pb2.QueryAuditRecordsRequest
     ) -> audit_pb2.QueryAuditRecordsResponse:
-        page_size = request.page_size or 100
-        if not 1 <= page_size <= 1000:
-            raise FieldInvalid("page_size", "must be 1-1000")
-        start, end = _decode_page_token(request.page_token)
-        if end is None:
-            # Pages walk the log as it was at the first page: the records appended since,
-            # such as this very query's own audit record, wait for the next query.
-            end = (await self._log.sync(caller.platform)).size
-        since = timestamp_seconds(request, "from_time")
-        until = timestamp_seconds(request, "to_time")
-        found: list[audit_pb2.AuditRecord] = []
-        index = start
-        while len(found) < page_size:
-            batch = await self._store.audit_records(
-                caller.platform, index, min(index + self._BATCH, end)
-            )
-            if not batch:
-                break
-            for offset, raw in enumerate(batch):
-                rec = json.loads(raw)
-                ts = Timestamp()
-                ts.FromJsonString(rec["time"])
-                t = ts.ToNanoseconds() / 1e9
-                if (
-                    (not request.account_id or rec["account"] == request.account_id)
-                    and (not request.event or rec["event"] == request.event)
-                    and (since is None or t >= since)
-                    and (until is None or t < until)
-                ):
-                    found.append(
-                        audit_pb2.AuditRecord(
-                            index=index + offset,
-                            record_json=raw,
-                            event=rec["event"],
-                            account_id=rec["account"],
-                            time=ts,
-                        )
-                    )
-                    if len(found) == page_size:
-                        index += offset + 1
-                        break
-            else:
-                index += len(batch)
-                continue
-            break
-        return audit_pb2.QueryAuditRecordsResponse(
-            records=found, next_page_token=_encode_page_token(index, end) if index < end else ""
+        found, token = await find_records(
+            self._store,
+            self._log,
+            caller.platform,
+            account=request.account_id,
+            event=request.event,
+            since=timestamp_seconds(request, "from_time"),
+            until=timestamp_seconds(request, "to_time"),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            batch=self._BATCH,
         )
+        records = []
+        for r in found:
+            ts = Timestamp()
+            ts.FromJsonString(r.fields["time"])
+            records.append(
+                audit_pb2.AuditRecord(
+                    index=r.index,
+                    record_json=r.raw,
+                    event=r.fields["event"],
+                    account_id=r.fields["account"],
+                    time=ts,
+                )
+            )
+        return audit_pb2.QueryAuditRecordsResponse(records=records, next_page_token=token)
 
     @rpc(Role.AUDITOR)
     async def GetCheckpoint(

@@ -7,6 +7,7 @@ sees all problems at once instead of a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -46,6 +47,16 @@ def _secrets(value: object) -> object:
     if isinstance(value, str):
         return [s.strip() for s in value.split(",") if s.strip()]
     return value
+
+
+def _loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -106,6 +117,11 @@ class Settings(BaseSettings):
     jwks_ttl_seconds: int = Field(300, ge=1, le=86_400)  # Cache-Control max-age of the JWKS
     # The status list token's `ttl` (how long verifiers may cache it) and Cache-Control.
     status_list_ttl_seconds: int = Field(300, ge=1, le=86_400)
+
+    # The compliance console (auditor keys only) on its own HTTP listener; empty = off. Over
+    # HTTPS with XACTHUC_TLS_CERT_FILE / XACTHUC_TLS_KEY_FILE when they are set (browsers
+    # give the page WebCrypto only over HTTPS or on a loopback address).
+    console_listen: str = ""
 
     # SMS.
     sms_backend: SmsBackend = SmsBackend.NONE
@@ -188,7 +204,7 @@ class Settings(BaseSettings):
             return self.log_format
         return LogFormat.JSON if self.mode is Mode.PRODUCTION else LogFormat.CONSOLE
 
-    @field_validator("listen", "metrics_listen", "wellknown_listen")
+    @field_validator("listen", "metrics_listen", "wellknown_listen", "console_listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
         if v == "":
@@ -331,6 +347,15 @@ class Settings(BaseSettings):
             dev_parts.append(
                 "XACTHUC_PUBLIC_BASE_URL is unset while XACTHUC_WELLKNOWN_LISTEN is on (tokens "
                 "would name the listener's bind address as their status-list URL)"
+            )
+        if (
+            self.console_listen
+            and self.tls_cert_file is None
+            and not _loopback(self.console_listen)
+        ):
+            dev_parts.append(
+                "XACTHUC_CONSOLE_LISTEN is not a loopback address and XACTHUC_TLS_CERT_FILE is "
+                "unset (auditor keys would cross the network in clear)"
             )
         if dev_parts:
             raise ValueError("production mode refuses dev-only parts: " + "; ".join(dev_parts))

@@ -4,6 +4,9 @@ Beside the gRPC port, when XACTHUC_WELLKNOWN_LISTEN is set, a small HTTP listene
 JWKS and the status lists (`xacthuc.adapters.wellknown`); it starts before the gRPC port opens, so the
 status list URI every token carries names a port that answers.
 
+When XACTHUC_CONSOLE_LISTEN is set, a second HTTP listener serves the compliance console
+for auditors (`xacthuc.server.console`).
+
 Health tells the truth (`xacthuc.server.health`): while a dependency (the store) does not
 answer, the overall status and every xacthuc service are NOT_SERVING.
 
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 import grpc
 from aiohttp import web
@@ -33,6 +37,7 @@ from xacthuc.adapters.wellknown import (
 )
 from xacthuc.server.app import App
 from xacthuc.server.audit import AuditServicer
+from xacthuc.server.console import ConsoleApi, make_console_app
 from xacthuc.server.health import HealthMonitor
 from xacthuc.server.rpc import add_service
 from xacthuc.server.verification import VerificationServicer
@@ -57,6 +62,7 @@ class Server:
         port: int,
         wellknown: web.AppRunner | None = None,
         monitor: HealthMonitor | None = None,
+        console: web.AppRunner | None = None,
     ) -> None:
         self.app = app
         self.port = port
@@ -66,6 +72,9 @@ class Server:
         self._wellknown = wellknown
         # The well-known listener's port (0 when it is off).
         self.wellknown_port = bound_port(wellknown) if wellknown is not None else 0
+        self._console = console
+        # The compliance console's port (0 when it is off).
+        self.console_port = bound_port(console) if console is not None else 0
 
     async def stop(self, grace: float | None = None) -> None:
         if self._monitor is not None:
@@ -74,9 +83,10 @@ class Server:
         await self._server.stop(
             self.app.settings.shutdown_grace_seconds if grace is None else grace
         )
-        if self._wellknown is not None:
-            await stop_wellknown(self._wellknown)
-            self._wellknown = None
+        for runner in (self._wellknown, self._console):
+            if runner is not None:
+                await stop_wellknown(runner)
+        self._wellknown = self._console = None
         await self.app.aclose()
 
     async def wait(self) -> None:
@@ -84,10 +94,15 @@ class Server:
 
 
 async def start_server(
-    app: App, listen: str | None = None, *, wellknown_listen: str | None = None
+    app: App,
+    listen: str | None = None,
+    *,
+    wellknown_listen: str | None = None,
+    console_listen: str | None = None,
 ) -> Server:
     """Start the gRPC server on `listen` (XACTHUC_LISTEN) and, when `wellknown_listen`
-    (XACTHUC_WELLKNOWN_LISTEN) is not empty, the well-known HTTP listener."""
+    (XACTHUC_WELLKNOWN_LISTEN) is not empty, the well-known HTTP listener; when
+    `console_listen` (XACTHUC_CONSOLE_LISTEN) is not empty, the compliance console."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -136,11 +151,14 @@ async def start_server(
         raise OSError(f"cannot listen on {listen or app.settings.listen}")
     await app.store.ping()
     wellknown = await _start_wellknown(app, wellknown_listen)
+    console = None
     try:
+        console = await _start_console(app, console_listen)
         await server.start()
     except BaseException:
-        if wellknown is not None:
-            await stop_wellknown(wellknown)
+        for runner in (wellknown, console):
+            if runner is not None:
+                await stop_wellknown(runner)
         raise
     app.start()  # the audit log's checkpointer, the age-out sweep
     for name in ("", *SERVICE_NAMES):
@@ -153,7 +171,7 @@ async def start_server(
         timeout=app.settings.health_probe_timeout_seconds,
     )
     monitor.start()
-    return Server(app, server, health, port, wellknown, monitor)
+    return Server(app, server, health, port, wellknown, monitor, console)
 
 
 async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None:
@@ -175,6 +193,34 @@ async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None
         bound = bound_port(runner)
         app.status_lists.names.base_url = f"http://{host}:{bound}"
     return runner
+
+
+async def _start_console(app: App, listen: str | None) -> web.AppRunner | None:
+    """The compliance console (`xacthuc.server.console`), over TLS when the gRPC port has
+    a certificate."""
+    s = app.settings
+    address = s.console_listen if listen is None else listen
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    context = None
+    if s.tls_cert_file is not None and s.tls_key_file is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+    api = ConsoleApi(
+        api_keys=app.api_keys,
+        store=app.store,
+        audit_log=app.audit_log,
+        guardian=app.guardian,
+        clock=app.clock,
+    )
+    return await start_wellknown(
+        make_console_app(api),
+        host.strip("[]"),
+        int(port),
+        name="compliance console",
+        ssl_context=context,
+    )
 
 
 def _bind(server: grpc.aio.Server, app: App, address: str) -> int:
@@ -199,6 +245,14 @@ async def serve(app: App) -> None:
         app.settings.mode.value,
         app.settings.store_url.split("://")[0],
     )
+    if running.console_port:
+        log.info(
+            "compliance console on port %d: %s://%s:%d/console/ (auditor keys only)",
+            running.console_port,
+            "https" if app.settings.tls_cert_file else "http",
+            app.settings.console_listen.rpartition(":")[0],
+            running.console_port,
+        )
     if running.wellknown_port:
         log.info(
             "JWKS and status lists served over HTTP on port %d; status lists named %s",

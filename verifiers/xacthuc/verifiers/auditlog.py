@@ -55,6 +55,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from xacthuc.domain.age import local_date
 from xacthuc.domain.checkpoint import Checkpoint, format_vkey, sign_note
 from xacthuc.domain.clock import Clock
 from xacthuc.domain.merkle import EMPTY_ROOT, MerkleCache, ProofError, leaf_hash, verify_consistency
@@ -235,6 +236,10 @@ class AuditLog:
         async with self._lock(platform):
             return await self._checkpoint_locked(platform, on_demand, retry=True)
 
+    async def checkpoint_history(self, platform: str) -> list[StoredCheckpoint]:
+        """Every stored checkpoint of the platform's log, oldest first."""
+        return await self._checkpoints.history(platform)
+
     async def current_checkpoint(self, platform: str) -> StoredCheckpoint:
         """What GetCheckpoint returns: the latest checkpoint, signed on demand if due; for an
         empty log a checkpoint of the empty tree (signed, not stored: it binds nothing)."""
@@ -383,11 +388,55 @@ class AuditLog:
         self, platform: str, since: float | None, until: float | None
     ) -> dict[str, int]:
         counter = ReportCounter(since, until)
+        async for _, record in self._records(platform):
+            counter.add(record)
+        return counter.counts()
+
+    async def daily_report(
+        self, platform: str, since: float, until: float
+    ) -> tuple[dict[str, int], list[tuple[str, dict[str, int]]]]:
+        """The counts of `report` over [since, until), and the same counts for each calendar
+        day in Vietnam (`YYYY-MM-DD`) that has records in the range, oldest first. The days'
+        counts add up to the total."""
+        total = ReportCounter(since, until)
+        days: dict[str, ReportCounter] = {}
+        async for _, record in self._records(platform):
+            t = record_time(json.loads(record)["time"])
+            if since <= t < until:
+                total.add(record)
+                day = local_date(t).isoformat()
+                days.setdefault(day, ReportCounter(since, until)).add(record)
+        return total.counts(), [(day, days[day].counts()) for day in sorted(days)]
+
+    async def index_range(
+        self, platform: str, since: float | None, until: float | None, stop: int
+    ) -> tuple[int, int]:
+        """[first, end) of the records of [0, stop) whose `time` is in [since, until).
+        Records are appended in time order (`xacthuc audit verify` checks it), so they are
+        consecutive; an empty range is (n, n)."""
+        first: int | None = None
+        end = 0
+        async for index, record in self._records(platform, stop):
+            t = record_time(json.loads(record)["time"])
+            if until is not None and t >= until:
+                break
+            if since is None or t >= since:
+                if first is None:
+                    first = index
+                end = index + 1
+        return (end, end) if first is None else (first, end)
+
+    async def _records(
+        self, platform: str, stop: int | None = None
+    ) -> AsyncIterator[tuple[int, str]]:
+        """(index, stored record) of the log from 0 to `stop` (its end when None), read in
+        batches."""
         index = 0
-        while True:
-            batch = await self._store.audit_records(platform, index, index + self._read_batch)
-            for record in batch:
-                counter.add(record)
+        while stop is None or index < stop:
+            asked = self._read_batch if stop is None else min(self._read_batch, stop - index)
+            batch = await self._store.audit_records(platform, index, index + asked)
+            for offset, record in enumerate(batch):
+                yield index + offset, record
             index += len(batch)
-            if len(batch) < self._read_batch:
-                return counter.counts()
+            if len(batch) < asked:
+                return
