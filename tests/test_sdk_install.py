@@ -81,6 +81,9 @@ def test_the_wheel_alone_verifies_tokens_offline(tmp_path: Path) -> None:
         "xacthuc/v1/py.typed",
         "xacthuc/server/py.typed",
     } <= names
+    console = {n for n in names if n.startswith("xacthuc/server/console_static/")}
+    shipped = ROOT / "service/xacthuc/server/console_static"
+    assert {f"xacthuc/server/console_static/{p.name}" for p in shipped.iterdir()} == console
     lua = {n for n in names if n.endswith(".lua")}
     assert len(lua) == len(list((ROOT / "service/xacthuc/adapters/store/lua").glob("*.lua")))
     assert not any(n == "xacthuc/__init__.py" for n in names)  # one PEP 420 namespace

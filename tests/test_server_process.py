@@ -192,6 +192,29 @@ def test_production_needs_a_public_base_url_for_the_wellknown_listener() -> None
     assert any("XACTHUC_PUBLIC_BASE_URL is unset" in p for p in e.value.problems)
 
 
+@pytest.mark.parametrize(
+    ("listen", "tls", "refused"),
+    [
+        ("0.0.0.0:8443", False, True),
+        ("10.1.2.3:8443", False, True),
+        ("127.0.0.1:8443", False, False),
+        ("[::1]:8443", False, False),
+        ("localhost:8443", False, False),
+        ("0.0.0.0:8443", True, False),
+    ],
+)
+def test_production_refuses_the_console_in_clear_off_loopback(
+    listen: str, tls: bool, refused: bool, tmp_path: Path
+) -> None:
+    """Auditor keys never cross a network in clear: the console needs TLS off loopback."""
+    from xacthuc.server.config import ConfigError, Settings
+
+    files = {"tls_cert_file": tmp_path / "c.pem", "tls_key_file": tmp_path / "k.pem"} if tls else {}
+    with pytest.raises(ConfigError) as e:
+        Settings.load(mode="production", console_listen=listen, **files)
+    assert refused == any("XACTHUC_CONSOLE_LISTEN" in p for p in e.value.problems)
+
+
 def test_production_refuses_placeholder_issuer_and_log_origin() -> None:
     """Tokens and checkpoints must not name the .invalid placeholders in production."""
     from xacthuc.server.config import ConfigError, Settings

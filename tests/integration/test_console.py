@@ -31,7 +31,7 @@ from xacthuc.domain.checkpoint import Checkpoint, format_vkey, sign_note
 from xacthuc.domain.clock import FixedClock
 from xacthuc.server.app import build_app
 from xacthuc.server.auth import Role
-from xacthuc.server.console import CSP
+from xacthuc.server.console import CSP, STATIC_DIR, STATIC_FILES
 from xacthuc.server.runtime import start_server
 
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
@@ -502,6 +502,7 @@ async def test_the_api_needs_an_auditor_key_in_the_header_and_audits_every_call(
         for name in ("app.js", "verify.js", "console.css"):
             assert 200 == (await http.get(f"{c.base}/console/static/{name}")).status_code
         assert 404 == (await http.get(f"{c.base}/console/static/../console.py")).status_code
+        assert {"index.html", *STATIC_FILES} == {p.name for p in STATIC_DIR.iterdir()}
 
     auditor = await c.h.client("alpha", Role.AUDITOR)
     audited = [

@@ -33,6 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
     for role, key in app.demo_keys.items():
         # Dev mode only: a throwaway key for the demo platform, shown once so it can be used.
         print(f"dev mode: demo platform '{DEMO_PLATFORM}' {role.value} key: {key}", flush=True)
+    if app.demo_keys:
+        # The log key of this run, for the console's pinned key (`xacthuc audit log-key`
+        # prints it from a key file; a dev run's key exists only in memory).
+        vkey = app.audit_log.verifier_key(DEMO_PLATFORM)
+        print(f"dev mode: demo platform '{DEMO_PLATFORM}' log verifier key: {vkey}", flush=True)
     if settings.metrics_listen:
         from prometheus_client import start_http_server
 
