@@ -9,6 +9,7 @@ as a screenshot under var/console-screenshots/ (gitignored).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -518,3 +519,121 @@ async def test_the_api_needs_an_auditor_key_in_the_header_and_audits_every_call(
     assert {c.h.app.api_keys.authenticate(auth["Authorization"]).key_id} == {
         r["key_id"] for r in audited
     }
+
+
+# ------------------------------------------------------- the page's verifier, against ours
+
+
+@pytest.fixture
+async def bare_console() -> AsyncIterator[str]:
+    """A console over an empty memory store: only its files are used."""
+    from xacthuc.adapters.store.memory import MemoryStore
+
+    app = build_app(make_settings(), store=MemoryStore(), api_keys=make_keys()[0])
+    server = await start_server(app, "127.0.0.1:0", console_listen="127.0.0.1:0")
+    try:
+        yield f"http://127.0.0.1:{server.console_port}"
+    finally:
+        await server.stop(grace=0)
+
+
+VERIFY_JS = """async ([cases, notes]) => {
+  const v = await import("./static/verify.js");
+  const proofs = [];
+  for (const c of cases) {
+    const leaf = await v.leafHash(c.record);
+    proofs.push(await v.verifyInclusion(leaf, c.index, c.size, c.proof.map(v.b64decode),
+                                        v.b64decode(c.root)));
+  }
+  const opened = [];
+  for (const n of notes) {
+    try {
+      const cp = await v.verifyCheckpoint(n.note, n.key);
+      opened.push(`ok ${cp.origin} ${cp.size} ${v.b64encode(cp.root)}`);
+    } catch (e) {
+      opened.push(e.code || String(e));
+    }
+  }
+  return [proofs, opened];
+}"""
+
+
+async def test_the_page_verifies_as_the_python_verifier_does(
+    bare_console: str, browser: Browser
+) -> None:
+    """verify.js, run in Chromium, agrees with xacthuc.domain.merkle and checkpoint on every
+    inclusion proof of trees of 1-33 records and on good and bad signed notes."""
+    from xacthuc.domain import merkle
+    from xacthuc.domain.b64 import b64_encode
+
+    records = [json.dumps({"seq": i, "note": "bản ghi"}, ensure_ascii=False) for i in range(33)]
+    leaves = [merkle.leaf_hash(r.encode()) for r in records]
+    cases: list[dict[str, Any]] = []
+    for size in range(1, 34):
+        root = b64_encode(merkle.root_from_leaf_hashes(leaves[:size]))
+        for index in range(size):
+            proof = [b64_encode(p) for p in merkle.inclusion_proof(leaves, index, size)]
+            good = {"record": records[index], "index": index, "size": size, "root": root}
+            cases.append({**good, "proof": proof})
+            # One proof hash changed, a neighbour's record, another size, a short proof.
+            cases.append({**good, "proof": [*proof[:-1], b64_encode(bytes(32))]})
+            cases.append({**good, "proof": proof, "record": records[index - 1]})
+            cases.append({**good, "proof": proof, "size": size + 1})
+            cases.append({**good, "proof": proof[:-1]})
+
+    def python_says(case: dict[str, Any]) -> bool:
+        try:
+            merkle.verify_inclusion(
+                merkle.leaf_hash(case["record"].encode()),
+                case["index"],
+                case["size"],
+                [base64.b64decode(p) for p in case["proof"]],
+                base64.b64decode(case["root"]),
+            )
+        except merkle.ProofError:
+            return False
+        return True
+
+    expected = [python_says(c) for c in cases]
+    assert all(expected[0::5])  # the genuine proofs
+    assert not any(expected[1::5] + expected[2::5])  # a changed hash, another record
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    origin = "xacthuc.example/log/alpha"
+    body = Checkpoint(origin, 33, merkle.root_from_leaf_hashes(leaves)).body()
+    note = sign_note(body, origin, key)
+    vkey = format_vkey(origin, key.public_key())
+    by_other = sign_note(body, origin, other)
+    both = by_other + note[note.rindex("\n\n") + 2 :]  # a second signature line, by the key
+    forged_sig = (
+        note[: note.rindex(" ") + 1]
+        + b64_encode(bytes.fromhex(vkey.split("+")[1]) + bytes(64))
+        + "\n"
+    )
+    notes = [
+        {"note": note, "key": vkey},
+        {"note": both, "key": vkey},  # another key's signature is ignored
+        {"note": by_other, "key": vkey},
+        {"note": forged_sig, "key": vkey},
+        {"note": note.replace("\n33\n", "\n34\n"), "key": vkey},
+        {
+            "note": sign_note(Checkpoint("other/log", 33, bytes(32)).body(), origin, key),
+            "key": vkey,
+        },
+        {"note": note, "key": vkey[:-4] + "AAA="},
+        {"note": note, "key": ""},
+    ]
+    page = await browser.new_page()
+    await page.goto(bare_console + "/console/")
+    proofs, opened = await page.evaluate(VERIFY_JS, [cases, notes])
+    assert expected == proofs
+    root = b64_encode(merkle.root_from_leaf_hashes(leaves))
+    assert [
+        f"ok {origin} 33 {root}",
+        f"ok {origin} 33 {root}",
+        "no_signature",
+        "bad_signature",
+        "bad_signature",
+        "wrong_origin",
+        "bad_key",
+        "no_key",
+    ] == opened
