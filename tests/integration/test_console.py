@@ -381,6 +381,57 @@ async def test_a_checkpoint_signed_by_another_key_is_not_verified(
     no_leaks(c)
 
 
+async def test_a_rewritten_or_rolled_back_log_is_not_verified(
+    console: Console, browser: Browser
+) -> None:
+    """Even signed by the right key, a checkpoint that does not extend the one this browser
+    verified before (a rewritten history, a shorter log) is not verified."""
+    c = console
+    page = await open_page(c, browser)
+    await sign_in(page, c.key(), c.vkey)
+    await ready(page, "overview")
+    await page.goto(c.base + "/console/#/log")
+    await ready(page, "log")
+    assert "verified" == await page.get_attribute("#verdict", "data-state")
+    seen = int(await page.get_attribute('[data-count="tree_size"]', "data-value") or "0")
+    assert seen > 30
+    log = c.h.app.audit_log
+    size = (await log.sync("alpha")).size
+
+    async def serve(note: str) -> None:
+        async def fulfill(route: Any) -> None:
+            response = await route.fetch()
+            body = await response.json()
+            await route.fulfill(response=response, json={**body, "note": note})
+
+        await page.unroute("**/console/api/checkpoint")
+        await page.route("**/console/api/checkpoint", fulfill)
+
+    rewritten = log.sign("alpha", size, bytes(range(32)))  # the right key, another history
+    await serve(rewritten.note)
+    await page.goto(c.base + "/console/#/overview")
+    await ready(page, "overview")
+    await page.goto(c.base + "/console/#/log")
+    await ready(page, "log")
+    assert "not-verified" == await page.get_attribute("#verdict", "data-state")
+    assert "rewritten" in await page.inner_text("#verdict")
+    await shot(page, "rewritten-log")
+
+    tree = await log.sync("alpha")
+    await serve(log.sign("alpha", seen - 1, tree.root(seen - 1)).note)
+    await page.goto(c.base + "/console/#/account/acc-1")
+    await ready(page, "account")
+    assert "not-verified" == await page.get_attribute("#verdict", "data-state")
+    assert "rolled back" in await page.inner_text("#verdict")
+
+    await page.unroute("**/console/api/checkpoint")
+    await page.goto(c.base + "/console/#/log")
+    await ready(page, "log")
+    assert "verified" == await page.get_attribute("#verdict", "data-state")
+    assert f"checkpoint of {seen} records" in await page.inner_text("#consistency")
+    no_leaks(c)
+
+
 async def test_platform_and_wrong_keys_are_refused(console: Console, browser: Browser) -> None:
     c = console
     page = await open_page(c, browser)
@@ -537,8 +588,13 @@ async def bare_console() -> AsyncIterator[str]:
         await server.stop(grace=0)
 
 
-VERIFY_JS = """async ([cases, notes]) => {
+VERIFY_JS = """async ([cases, notes, extensions]) => {
   const v = await import("./static/verify.js");
+  const consistent = [];
+  for (const c of extensions) {
+    consistent.push(await v.verifyConsistency(c.size1, c.size2, c.proof.map(v.b64decode),
+                                              v.b64decode(c.root1), v.b64decode(c.root2)));
+  }
   const proofs = [];
   for (const c of cases) {
     const leaf = await v.leafHash(c.record);
@@ -554,7 +610,7 @@ VERIFY_JS = """async ([cases, notes]) => {
       opened.push(e.code || String(e));
     }
   }
-  return [proofs, opened];
+  return [proofs, opened, consistent];
 }"""
 
 
@@ -562,7 +618,8 @@ async def test_the_page_verifies_as_the_python_verifier_does(
     bare_console: str, browser: Browser
 ) -> None:
     """verify.js, run in Chromium, agrees with xacthuc.domain.merkle and checkpoint on every
-    inclusion proof of trees of 1-33 records and on good and bad signed notes."""
+    inclusion proof of trees of 1-33 records, every consistency proof between trees of 1-21,
+    each also changed in several ways, and on good and bad signed notes."""
     from xacthuc.domain import merkle
     from xacthuc.domain.b64 import b64_encode
 
@@ -622,10 +679,44 @@ async def test_the_page_verifies_as_the_python_verifier_does(
         {"note": note, "key": vkey[:-4] + "AAA="},
         {"note": note, "key": ""},
     ]
+    extensions: list[dict[str, Any]] = []
+    for size2 in range(1, 22):
+        root2 = b64_encode(merkle.root_from_leaf_hashes(leaves[:size2]))
+        for size1 in range(1, size2 + 1):
+            root1 = b64_encode(merkle.root_from_leaf_hashes(leaves[:size1]))
+            proof = [b64_encode(p) for p in merkle.consistency_proof(leaves, size1, size2)]
+            good = {"size1": size1, "size2": size2, "root1": root1, "root2": root2}
+            extensions.append({**good, "proof": proof})
+            # A rewritten old tree, a changed proof hash, another new size, a short proof.
+            extensions.append({**good, "proof": proof, "root1": root2 if size1 < size2 else ""})
+            extensions.append({**good, "proof": [*proof[:-1], b64_encode(bytes(32))]})
+            extensions.append({**good, "proof": proof, "size2": size2 + 1})
+            extensions.append({**good, "proof": proof[:-1]})
+    for e in extensions:
+        e["root1"] = e["root1"] or b64_encode(bytes(32))
+
+    def python_extends(case: dict[str, Any]) -> bool:
+        try:
+            merkle.verify_consistency(
+                case["size1"],
+                case["size2"],
+                [base64.b64decode(p) for p in case["proof"]],
+                base64.b64decode(case["root1"]),
+                base64.b64decode(case["root2"]),
+            )
+        except merkle.ProofError:
+            return False
+        return True
+
+    extends = [python_extends(c) for c in extensions]
+    assert all(extends[0::5])
+    assert not any(extends[1::5])
+
     page = await browser.new_page()
     await page.goto(bare_console + "/console/")
-    proofs, opened = await page.evaluate(VERIFY_JS, [cases, notes])
+    proofs, opened, consistent = await page.evaluate(VERIFY_JS, [cases, notes, extensions])
     assert expected == proofs
+    assert extends == consistent
     root = b64_encode(merkle.root_from_leaf_hashes(leaves))
     assert [
         f"ok {origin} 33 {root}",

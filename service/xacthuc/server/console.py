@@ -11,6 +11,7 @@ public well-known listener, so it can be kept on an internal network:
     GET /console/api/records           QueryAuditRecords, each record with its inclusion
                                        proof against `tree_size` (the checkpoint on screen)
     GET /console/api/checkpoint        GetCheckpoint: the latest signed checkpoint
+    GET /console/api/consistency       GetConsistencyProof: from_size -> to_size
     GET /console/api/log               the signed tree sizes over [from, to), one per day
     GET /console/api/export            the records of [from, to) as JSON Lines (an export)
 
@@ -24,8 +25,10 @@ HTTP status of the gRPC code; anything unexpected is a 500 with a request id, th
 goes to the log.
 
 The page verifies what it shows itself, in the browser (WebCrypto SHA-256 and Ed25519): the
-checkpoint's signature against the verifier key the auditor pinned, and each record's
-inclusion proof against that checkpoint. The server's word is never the verdict. Every
+checkpoint's signature against the verifier key the auditor pinned, each record's inclusion
+proof against that checkpoint, and that the checkpoint extends the last one this browser
+verified (a consistency proof: a log rewritten or rolled back since, even when re-signed
+with the right key, shows). The server's word is never the verdict. Every
 response carries a strict Content-Security-Policy (scripts and styles from the page's own
 origin only, no inline code, no eval, Trusted Types, no framing) and no third-party
 resource exists to load. WebCrypto needs a secure context: serve the console over HTTPS
@@ -261,6 +264,28 @@ class ConsoleApi:
             }
         )
 
+    async def consistency(self, request: web.Request) -> web.StreamResponse:
+        caller = self._caller(request)
+        q = request.query
+        params: dict[str, Any] = {
+            "from_size": q.get("from_size", "")[:20],
+            "to_size": q.get("to_size", "")[:20],
+        }
+        async with self._calls.audited(caller, "get_consistency_proof", params):
+            from_size = _int(q, "from_size", 0, 2**63)
+            to_size = _int(q, "to_size", 0, 2**63)
+            tree = await self._log.sync(caller.platform)
+            if from_size == 0:
+                raise FieldInvalid(
+                    "from_size", "must be at least 1 (the empty tree proves nothing)"
+                )
+            if to_size < from_size:
+                raise FieldInvalid("to_size", f"must not be below from_size ({from_size})")
+            if to_size > tree.size:
+                raise FieldInvalid("to_size", f"is beyond the end of the log ({tree.size} records)")
+            proof = tree.consistency_proof(from_size, to_size)
+        return _json({"proof": [b64_encode(h) for h in proof]})
+
     async def log_history(self, request: web.Request) -> web.StreamResponse:
         caller = self._caller(request)
         q = request.query
@@ -431,6 +456,7 @@ def make_console_app(api: ConsoleApi) -> web.Application:
         "aging-out": api.aging_out,
         "records": api.records,
         "checkpoint": api.checkpoint,
+        "consistency": api.consistency,
         "log": api.log_history,
         "export": api.export,
     }

@@ -4,7 +4,7 @@ import { ApiError, getBlob, getJson, session } from "./api.js";
 import { barChart, lineChart } from "./charts.js";
 import { clear, h } from "./dom.js";
 import { addDays, dateTime, dayStart, has, language, number, setLanguage, t, vnDay } from "./i18n.js";
-import { VerifyError, verifyCheckpoint, verifyRecord } from "./verify.js";
+import { VerifyError, b64decode, b64encode, verifyCheckpoint, verifyConsistency, verifyRecord } from "./verify.js";
 
 const root = document.getElementById("app");
 let me = null; // the session: platform, key id, server time, origin
@@ -63,14 +63,43 @@ function reasonOf(e) {
   return t("why_no_crypto");
 }
 
-/** Fetch the latest checkpoint and verify it against the pinned key, in this browser. */
+// The last checkpoint this browser verified, per log: a later one must extend it.
+const SEEN = "xacthuc.seen:";
+
+/** Whether `checkpoint` extends the last one verified here (RFC 9162 consistency proof);
+ * remembers it when it does. Throws VerifyError("rollback" | "fork") when it does not. */
+async function consistentWithSeen(checkpoint) {
+  const key = SEEN + checkpoint.origin;
+  const seen = JSON.parse(localStorage.getItem(key) || "null");
+  if (seen) {
+    const root = b64decode(seen.root);
+    if (checkpoint.size < seen.size) throw new VerifyError("rollback");
+    let ok;
+    if (checkpoint.size === seen.size) {
+      ok = await verifyConsistency(seen.size, checkpoint.size, [], root, checkpoint.root);
+    } else {
+      const { proof } = await getJson("consistency", { from_size: seen.size, to_size: checkpoint.size });
+      ok = await verifyConsistency(seen.size, checkpoint.size, proof.map(b64decode), root, checkpoint.root);
+    }
+    if (!ok) throw new VerifyError("fork");
+  }
+  if (checkpoint.size > 0 && (!seen || checkpoint.size > seen.size)) {
+    localStorage.setItem(key, JSON.stringify({ size: checkpoint.size, root: b64encode(checkpoint.root), at: new Date().toISOString() }));
+  }
+  return seen && seen.size > 0 ? seen : null;
+}
+
+/** Fetch the latest checkpoint and verify it in this browser: its signature by the pinned
+ * key, and that it extends the last checkpoint verified here. */
 async function checkedCheckpoint() {
   const served = await getJson("checkpoint");
   try {
     const checkpoint = await verifyCheckpoint(served.note, session.pinned());
-    return { served, checkpoint, why: "" };
+    const seen = await consistentWithSeen(checkpoint);
+    return { served, checkpoint, seen, why: "" };
   } catch (e) {
-    return { served, checkpoint: null, why: reasonOf(e) };
+    if (e instanceof ApiError) throw e;
+    return { served, checkpoint: null, seen: null, why: reasonOf(e) };
   }
 }
 
@@ -278,21 +307,26 @@ async function logPage(main) {
   });
   main.append(head, form, out);
   try {
-    const { served, checkpoint, why } = await checkedCheckpoint();
+    const { served, checkpoint, seen, why } = await checkedCheckpoint();
     const pinned = session.pinned();
+    // What the verified note says; the server's own fields only when it did not verify.
+    const shown = checkpoint
+      ? { origin: checkpoint.origin, size: checkpoint.size, root: b64encode(checkpoint.root) }
+      : { origin: served.origin, size: served.tree_size, root: served.root_hash };
     clear(head).append(
       checkpoint
         ? verdict("verified", t("verdict_ok_cp", { size: number(checkpoint.size) }))
         : verdict("not-verified", t("verdict_bad", { why })),
+      ...(checkpoint && seen ? [h("p", { class: "note", id: "consistency" }, t("consistent_with", { size: number(seen.size), at: dateTime(seen.at) }))] : []),
       h(
         "dl",
         { class: "facts" },
         h("dt", {}, t("origin")),
-        h("dd", {}, code(served.origin)),
+        h("dd", {}, code(shown.origin)),
         h("dt", {}, t("tree_size")),
-        h("dd", { "data-count": "tree_size", "data-value": served.tree_size }, number(served.tree_size)),
+        h("dd", { "data-count": "tree_size", "data-value": shown.size }, number(shown.size)),
         h("dt", {}, t("root_hash")),
-        h("dd", {}, code(served.root_hash)),
+        h("dd", {}, code(shown.root)),
         h("dt", {}, t("signed_at")),
         h("dd", {}, dateTime(served.signed_at)),
         h("dt", {}, t("pinned_key")),

@@ -187,3 +187,40 @@ export async function verifyRecord(record, checkpoint) {
     return false;
   }
 }
+
+/** RFC 9162 section 2.1.4.2, as merkle.verify_consistency (stricter: size1 0 is refused):
+ * true when the tree of `size2` leaves with `root2` extends the tree of `size1` with `root1`. */
+export async function verifyConsistency(size1, size2, proof, root1, root2) {
+  if (!(Number.isSafeInteger(size1) && Number.isSafeInteger(size2)) || size1 < 1 || size1 > size2) {
+    return false;
+  }
+  if (root1.length !== 32 || root2.length !== 32 || proof.some((p) => p.length !== 32)) return false;
+  if (size1 === size2) return proof.length === 0 && equal(root1, root2);
+  if (proof.length === 0) return false;
+  const path = [...proof];
+  if (Number.isInteger(Math.log2(size1))) path.unshift(root1); // the old root is a node
+  let fn = size1 - 1;
+  let sn = size2 - 1;
+  while (fn % 2 === 1) {
+    fn = Math.floor(fn / 2);
+    sn = Math.floor(sn / 2);
+  }
+  let fr = path[0];
+  let sr = path[0];
+  for (const c of path.slice(1)) {
+    if (sn === 0) return false; // too long
+    if (fn % 2 === 1 || fn === sn) {
+      fr = await nodeHash(c, fr);
+      sr = await nodeHash(c, sr);
+      while (fn % 2 === 0 && fn !== 0) {
+        fn = Math.floor(fn / 2);
+        sn = Math.floor(sn / 2);
+      }
+    } else {
+      sr = await nodeHash(sr, c);
+    }
+    fn = Math.floor(fn / 2);
+    sn = Math.floor(sn / 2);
+  }
+  return sn === 0 && equal(fr, root1) && equal(sr, root2);
+}
