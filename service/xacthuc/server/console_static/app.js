@@ -56,6 +56,11 @@ function code(text) {
   return h("code", {}, text);
 }
 
+/** A message whose `backquoted` parts are commands or names: shown as code. */
+function rich(text) {
+  return text.split("`").map((part, i) => (i % 2 ? code(part) : part));
+}
+
 // --------------------------------------------------------------------------- verdicts
 
 function reasonOf(e) {
@@ -128,7 +133,7 @@ async function overview(main) {
       showError(out, e);
     }
   });
-  main.append(form, h("p", { class: "note" }, t("server_counts_note")), out);
+  main.append(form, h("p", { class: "note" }, rich(t("server_counts_note"))), out);
   run();
 }
 
@@ -170,7 +175,7 @@ function renderReport(out, report, days) {
 }
 
 async function agingOut(main) {
-  main.append(h("h1", {}, t("aging_title")), h("p", { class: "note" }, t("aging_note")));
+  main.append(h("h1", {}, t("aging_title")), h("p", { class: "note" }, rich(t("aging_note"))));
   const out = h("div", { id: "aging" });
   const first = today();
   const { form, run } = periodForm(first, addDays(first, 30), async (period) => {
@@ -355,7 +360,7 @@ function download(blob, name) {
 }
 
 async function exportPage(main) {
-  main.append(h("h1", {}, t("export_title")), h("p", { class: "note" }, t("export_note")));
+  main.append(h("h1", {}, t("export_title")), h("p", { class: "note" }, rich(t("export_note"))));
   const status = h("div", { id: "export-status" });
   const last = today();
   const { form } = periodForm(addDays(last, -6), last, async (period) => {
@@ -422,7 +427,7 @@ function signIn(error) {
     "form",
     { class: "sign-in", id: "sign-in" },
     h("label", {}, t("api_key"), key, h("small", {}, t("api_key_hint"))),
-    h("label", {}, t("vkey"), vkey, h("small", {}, t("vkey_hint"))),
+    h("label", {}, t("vkey"), vkey, h("small", {}, rich(t("vkey_hint")))),
     h("button", { type: "submit" }, t("sign_in")),
     message,
   );
