@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Browser, Page, Request, async_playwright
+from prometheus_client import REGISTRY
 
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain import errors
@@ -516,6 +517,10 @@ async def test_the_api_needs_an_auditor_key_in_the_header_and_audits_every_call(
     c = console
     auth = {"Authorization": f"Bearer {c.key()}"}
     period = {"from": local(D1).isoformat(), "to": local(D1 + dt.timedelta(days=3)).isoformat()}
+    labels = {"endpoint": "report", "reason": "OK"}
+    ok_before = REGISTRY.get_sample_value("xacthuc_console_requests_total", labels) or 0.0
+    labels = {"endpoint": "report", "reason": "FIELD_INVALID"}
+    invalid_before = REGISTRY.get_sample_value("xacthuc_console_requests_total", labels) or 0.0
     async with httpx.AsyncClient(base_url=c.base + "/console/api") as http:
         for headers, params, status, reason in (
             ({}, {}, 401, "CREDENTIAL_MISSING"),
@@ -555,6 +560,12 @@ async def test_the_api_needs_an_auditor_key_in_the_header_and_audits_every_call(
             assert 200 == (await http.get(f"{c.base}/console/static/{name}")).status_code
         assert 404 == (await http.get(f"{c.base}/console/static/../console.py")).status_code
         assert {"index.html", *STATIC_FILES} == {p.name for p in STATIC_DIR.iterdir()}
+
+    sample = REGISTRY.get_sample_value
+    assert (ok_before + 1, invalid_before + 1) == (
+        sample("xacthuc_console_requests_total", {"endpoint": "report", "reason": "OK"}),
+        sample("xacthuc_console_requests_total", {"endpoint": "report", "reason": "FIELD_INVALID"}),
+    )
 
     auditor = await c.h.client("alpha", Role.AUDITOR)
     audited = [

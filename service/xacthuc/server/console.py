@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from xacthuc.domain.age import VIETNAM
 from xacthuc.domain.b64 import b64_encode
@@ -65,6 +66,12 @@ from xacthuc.verifiers.guardian_flow import GuardianLinker
 from xacthuc.verifiers.phone_otp import check_account_id
 
 log = logging.getLogger("xacthuc.server.console")
+
+CONSOLE_TOTAL = Counter(
+    "xacthuc_console_requests_total",
+    "Compliance console API calls by endpoint and outcome reason (OK, or the refusal's)",
+    ["endpoint", "reason"],
+)
 
 STATIC_DIR = Path(__file__).with_name("console_static")
 CONSOLE = "/console/"
@@ -407,11 +414,13 @@ def _error(error: XacthucError) -> web.Response:
 async def _guard(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Security headers on every response; errors as JSON, never a traceback."""
+    """Security headers on every response; errors as JSON, never a traceback; API calls
+    counted (`xacthuc_console_requests_total`)."""
+    reason = "OK"
     try:
         response = await handler(request)
     except XacthucError as e:
-        response = _error(e)
+        response, reason = _error(e), e.reason
     except web.HTTPException as e:  # no such route or method
         code = "NOT_FOUND" if e.status == 404 else "INVALID_ARGUMENT"
         response = _json({"code": code, "reason": "", "message": e.reason}, e.status)
@@ -419,6 +428,10 @@ async def _guard(
         request_id = secrets.token_hex(8)
         log.exception("unexpected error in %s (request id %s)", request.path, request_id)
         response = _error(InternalError(f"internal error (request id {request_id})"))
+        reason = "INTERNAL"
+    endpoint = request.match_info.route.name
+    if endpoint is not None and endpoint.startswith("api:"):
+        CONSOLE_TOTAL.labels(endpoint[4:], reason).inc()
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
     return response
@@ -461,5 +474,5 @@ def make_console_app(api: ConsoleApi) -> web.Application:
         "export": api.export,
     }
     for name, handler in routes.items():
-        app.router.add_get(f"{API}/{name}", handler)
+        app.router.add_get(f"{API}/{name}", handler, name=f"api:{name}")
     return app
