@@ -517,9 +517,9 @@ async def test_the_api_needs_an_auditor_key_in_the_header_and_audits_every_call(
     c = console
     auth = {"Authorization": f"Bearer {c.key()}"}
     period = {"from": local(D1).isoformat(), "to": local(D1 + dt.timedelta(days=3)).isoformat()}
-    labels = {"endpoint": "report", "reason": "OK"}
+    labels = {"method": "report", "reason": "OK"}
     ok_before = REGISTRY.get_sample_value("xacthuc_console_requests_total", labels) or 0.0
-    labels = {"endpoint": "report", "reason": "FIELD_INVALID"}
+    labels = {"method": "report", "reason": "FIELD_INVALID"}
     invalid_before = REGISTRY.get_sample_value("xacthuc_console_requests_total", labels) or 0.0
     async with httpx.AsyncClient(base_url=c.base + "/console/api") as http:
         for headers, params, status, reason in (
@@ -563,8 +563,8 @@ async def test_the_api_needs_an_auditor_key_in_the_header_and_audits_every_call(
 
     sample = REGISTRY.get_sample_value
     assert (ok_before + 1, invalid_before + 1) == (
-        sample("xacthuc_console_requests_total", {"endpoint": "report", "reason": "OK"}),
-        sample("xacthuc_console_requests_total", {"endpoint": "report", "reason": "FIELD_INVALID"}),
+        sample("xacthuc_console_requests_total", {"method": "report", "reason": "OK"}),
+        sample("xacthuc_console_requests_total", {"method": "report", "reason": "FIELD_INVALID"}),
     )
 
     auditor = await c.h.client("alpha", Role.AUDITOR)

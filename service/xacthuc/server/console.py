@@ -69,8 +69,8 @@ log = logging.getLogger("xacthuc.server.console")
 
 CONSOLE_TOTAL = Counter(
     "xacthuc_console_requests_total",
-    "Compliance console API calls by endpoint and outcome reason (OK, or the refusal's)",
-    ["endpoint", "reason"],
+    "Compliance console API calls by method (the endpoint) and outcome reason (OK, or the refusal's)",
+    ["method", "reason"],
 )
 
 STATIC_DIR = Path(__file__).with_name("console_static")
