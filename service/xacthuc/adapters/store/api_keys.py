@@ -1,0 +1,24 @@
+"""`api_key_store_for(store)`: the API key store that lives next to a given store's audit
+log (the same Redis connection and namespace for a RedisStore, in process otherwise)."""
+
+from __future__ import annotations
+
+import sys
+
+from xacthuc.adapters.store.memory_api_keys import MemoryApiKeyStore
+from xacthuc.ports.api_keys import ApiKeyStore
+from xacthuc.ports.store import Store
+
+
+def api_key_store_for(store: Store) -> ApiKeyStore:
+    redis_module = sys.modules.get("xacthuc.adapters.store.redis")  # not loaded: not a RedisStore
+    if redis_module is not None and isinstance(store, redis_module.RedisStore):
+        from xacthuc.adapters.store.redis_api_keys import RedisApiKeyStore
+
+        return RedisApiKeyStore(store.client, namespace=store._namespace)
+    return MemoryApiKeyStore(store)
+
+
+def shared_across_processes(keys: ApiKeyStore) -> bool:
+    """Whether another process (the CLI, another replica) sees this store's keys."""
+    return not isinstance(keys, MemoryApiKeyStore)
