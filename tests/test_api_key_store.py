@@ -46,7 +46,8 @@ async def test_a_created_key_is_listed_audited_and_bumps_the_version(
         0, NOW, "api_key_created", "ok", account="", key_id="0123456789ab", role="platform"
     )
     assert [expected] == await store.audit_records(PLATFORM)
-    assert SHA not in expected and "ops team" not in expected
+    assert SHA not in expected
+    assert "ops team" not in expected
 
 
 async def test_a_key_id_is_created_once(store: Store, keys: ApiKeyStore) -> None:

@@ -52,6 +52,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
+    if args.file is None:  # the key store, as the servers read it
+        from xacthuc.cli import api_keys as cli_api_keys
+
+        return cli_api_keys.create(args)
+    if args.label:
+        print("xacthuc: --label is kept by the key store only, not with --file", file=sys.stderr)
+        return 2
     try:
         key, entry = new_key(args.platform, Role(args.role))
     except ValueError as e:
@@ -95,18 +102,27 @@ def parser() -> argparse.ArgumentParser:
     cli_audit.register(sub)
     keys = sub.add_parser("keys", help="manage API keys and signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    create = ksub.add_parser("create", help="create a platform API key; prints it once")
+    create = ksub.add_parser(
+        "create",
+        help="create a platform API key in the key store (every server takes it within "
+        "seconds) or, with --file, in the keys file; prints it once",
+    )
     create.add_argument("--platform", required=True, help="platform id (a-z 0-9 _ -)")
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.PLATFORM.value)
+    create.add_argument("--label", default="", help="a note kept with the key (store only)")
     create.add_argument(
-        "--file", type=Path, required=True, help="keys file (XACTHUC_API_KEYS_FILE)"
+        "--file",
+        type=Path,
+        help="write the read-only keys file (XACTHUC_API_KEYS_FILE, read at start) instead",
     )
     create.set_defaults(func=_keys_create)
     sk = ksub.add_parser("signing-key", help="generate an Ed25519 signing key (PEM)")
     sk.add_argument("--out", type=Path, required=True)
     sk.set_defaults(func=_signing_key)
+    from xacthuc.cli import api_keys as cli_api_keys
     from xacthuc.cli import keys as cli_keys
 
+    cli_api_keys.register(ksub)
     cli_keys.register(ksub)
     return p
 

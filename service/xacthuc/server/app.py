@@ -19,6 +19,7 @@ from xacthuc.adapters.registry.sandbox import SandboxRegistry
 from xacthuc.adapters.sms.console import ConsoleSmsSender
 from xacthuc.adapters.sms.http import HttpSmsSender
 from xacthuc.adapters.sms.none import DiscardingSmsSender
+from xacthuc.adapters.store.api_keys import api_key_store_for
 from xacthuc.adapters.store.cached import CachedStore
 from xacthuc.adapters.store.checkpoints import checkpoint_store_for
 from xacthuc.adapters.store.memory import MemoryStore
@@ -28,10 +29,11 @@ from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.records import Limits
 from xacthuc.domain.statuslist import StatusListNames
 from xacthuc.domain.tokens import SigningKey
+from xacthuc.ports.api_keys import ApiKeyStore
 from xacthuc.ports.registry import IdentityRegistry
 from xacthuc.ports.sms import SmsSender
 from xacthuc.ports.store import Store
-from xacthuc.server.auth import ApiKeys, Role, new_key
+from xacthuc.server.auth import ApiKeys, KeyWatcher, Role, new_key
 from xacthuc.server.config import Mode, RegistryBackend, Settings, SmsBackend
 from xacthuc.server.health import Probe
 from xacthuc.server.signing import SigningKeys
@@ -62,6 +64,9 @@ class App:
     registry: IdentityRegistry
     clock: Clock
     api_keys: ApiKeys
+    # Keeps `api_keys` in step with the key store (`xacthuc keys create|revoke`): loaded
+    # before the server serves, then polled.
+    key_watcher: KeyWatcher
     # The attestation signer in use, following the keyring on disk (issue 5).
     signing: SigningKeys
     # Each platform's signed status list (issue 5): named by every token, served by RPC
@@ -84,12 +89,14 @@ class App:
 
     def start(self) -> None:
         """Start the background tasks: the audit log's checkpointer and the age-out sweep
-        (P6). The server calls it once it serves."""
+        (P6), the API key poll. The server calls it once it serves."""
         self.audit_log.start()
         self.age_out.start()
+        self.key_watcher.start()
 
     async def aclose(self) -> None:
         """Stop the background tasks, then close the outbound connections and the store."""
+        await self.key_watcher.stop()
         await self.age_out.stop()
         await self.audit_log.stop()
         await self.sms.aclose()
@@ -245,8 +252,11 @@ def build_app(
     api_keys: ApiKeys | None = None,
     registry: IdentityRegistry | None = None,
     telemetry: Telemetry | None = None,
+    api_key_store: ApiKeyStore | None = None,
 ) -> App:
-    """Build the service. Tests pass their own store, SMS sender, clock, keys or tracing."""
+    """Build the service. Tests pass their own store, SMS sender, clock, keys or tracing.
+    `api_keys` are the fixed keys (else the keys file, or dev-mode demo keys); the key
+    store (else the one next to `store`) adds to them and wins over them."""
     dev = settings.mode is Mode.DEV
     clock = clock or SystemClock()
     telemetry = telemetry or telemetry_from(settings)
@@ -329,6 +339,11 @@ def build_app(
         registry=registry,
         clock=clock,
         api_keys=api_keys,
+        key_watcher=KeyWatcher(
+            api_keys,
+            api_key_store or api_key_store_for(store),
+            interval=settings.api_keys_poll_seconds,
+        ),
         signing=signing,
         status_lists=status_lists,
         phone=phone,

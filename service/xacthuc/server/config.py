@@ -92,8 +92,11 @@ class Settings(BaseSettings):
     state_cache_ttl_seconds: float = Field(30.0, gt=0, le=3600)
     state_cache_max_staleness_seconds: float = Field(0.1, ge=0.01, le=1.0)
 
-    # API keys of the platforms (JSON file of hashed keys; see `xacthuc keys create`).
+    # API keys of the platforms: a read-only JSON file of hashed keys (`xacthuc keys create
+    # --file`), and the key store next to XACTHUC_STORE_URL (`xacthuc keys create|revoke`),
+    # which every server polls this often (a revoked key is refused within about that).
     api_keys_file: Path | None = None
+    api_keys_poll_seconds: float = Field(1.0, ge=0.1, le=5)
 
     # Keys for keyed hashes. Comma-separated; the first signs new values, all are accepted
     # when checking (rotation). Dev mode generates random ones when empty.
@@ -328,8 +331,6 @@ class Settings(BaseSettings):
             dev_parts.append("XACTHUC_OTP_HMAC_KEYS is unset")
         if self.pseudonym_key is None:
             dev_parts.append("XACTHUC_PSEUDONYM_KEY is unset")
-        if self.api_keys_file is None:
-            dev_parts.append("XACTHUC_API_KEYS_FILE is unset")
         if self.log_signing_key_file is None:
             dev_parts.append(
                 "XACTHUC_LOG_SIGNING_KEY_FILE is unset (checkpoints signed by a generated key "

@@ -150,6 +150,7 @@ async def start_server(
     if port == 0:
         raise OSError(f"cannot listen on {listen or app.settings.listen}")
     await app.store.ping()
+    await app.key_watcher.refresh()  # the key store's keys, before the first call
     wellknown = await _start_wellknown(app, wellknown_listen)
     console = None
     try:
