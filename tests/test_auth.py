@@ -115,6 +115,7 @@ async def test_the_watcher_follows_the_memory_store() -> None:
     watcher = KeyWatcher(keys, store, interval=1)
     key, record = new_stored_key("net-1", Role.AUDITOR, STORE_NOW, "label")
     assert await watcher.refresh()  # version 0: the (empty) full table
+    assert not await watcher.refresh()  # still empty: nothing to apply, headers kept
     with pytest.raises(errors.CredentialInvalid):
         keys.authenticate(f"Bearer {key}")
     await store.create(record)

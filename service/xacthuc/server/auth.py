@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from xacthuc.domain.api_keys import PLATFORM_ID, ApiKeyChanges, StoredApiKey
+from xacthuc.domain.api_keys import PLATFORM_ID as PLATFORM_ID
+from xacthuc.domain.api_keys import ApiKeyChanges, StoredApiKey
 from xacthuc.domain.errors import CredentialInvalid, CredentialMissing
 from xacthuc.ports.api_keys import ApiKeyStore
 
@@ -211,13 +212,17 @@ class KeyWatcher:
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._loaded = False
 
     async def refresh(self) -> bool:
         """Apply the store's changes since the table's version; whether anything changed."""
         changes = await self._store.changes_since(self.keys.version)
-        if not changes.full and not changes.keys and changes.version == self.keys.version:
+        # An answer "from version 0" is always full: after the first one, an empty store
+        # at the same version changes nothing (and the remembered headers stay).
+        if self._loaded and changes.version == self.keys.version and not changes.keys:
             return False
         self.keys.apply(changes)
+        self._loaded = True
         # Key ids and counts only: never a key, never a hash.
         log.info(
             "api keys: version %d (%s %d keys: %s)",
