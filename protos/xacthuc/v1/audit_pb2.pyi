@@ -38,7 +38,9 @@ class AuditRecord(_message.Message):
     `event`, `outcome`, `reason`, and where relevant `challenge`, `phone`
     (keyed-HMAC pseudonym), `client` (pseudonym of the client IP), `token_id`,
     `method`; an auditor call's record (`auditor_<method>`) carries the caller's
-    `key_id` and the call's parameters.
+    `key_id` and the call's parameters; an API key's creation or revocation by the
+    operator (`api_key_created`, `api_key_revoked`, account "") its `key_id` and `role`
+    (never the key).
     """
     event: _builtins.str
     """The `event` field, repeated for filtering."""

@@ -202,7 +202,7 @@ class ApiKeys:
 
 
 class KeyWatcher:
-    """Keeps an ApiKeys table in step with a key store: `load` once before serving, then a
+    """Keeps an ApiKeys table in step with a key store: `refresh` once before serving, then a
     poll every `interval` seconds (one cheap call while nothing changed, then only the keys
     that did). A store that does not answer leaves the table as it is until it does."""
 
