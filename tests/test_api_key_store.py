@@ -172,3 +172,25 @@ async def test_audit_times_never_go_backwards(store: Store, keys: ApiKeyStore) -
     await keys.revoke(key().key_id, NOW - 10, "leaked")
     times = [json.loads(r)["time"] for r in await store.audit_records(PLATFORM)]
     assert times[0] == times[1]
+
+
+async def test_the_key_store_is_the_shared_one_behind_the_state_cache(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """The servers' store (Redis behind the cache of account state) gives the Redis key
+    store, which another process sees; the memory store gives the in-process one."""
+    from xacthuc.adapters.store.api_keys import shared_across_processes
+    from xacthuc.adapters.store.cached import CachedStore
+    from xacthuc.adapters.store.redis_api_keys import RedisApiKeyStore
+    from xacthuc.server.app import make_store
+    from xacthuc.server.config import Settings
+
+    store = make_store(Settings.load(store_url=redis_url, store_namespace=redis_namespace))
+    try:
+        assert isinstance(store, CachedStore)
+        assert isinstance(api_key_store_for(store), RedisApiKeyStore)
+        assert shared_across_processes(api_key_store_for(store))
+    finally:
+        await store.aclose()
+    memory = make_store(Settings.load(store_url="memory://"))
+    assert not shared_across_processes(api_key_store_for(memory))
