@@ -161,7 +161,7 @@ async def start_server(
             if runner is not None:
                 await stop_wellknown(runner)
         raise
-    app.start()  # the audit log's checkpointer, the age-out sweep
+    app.start()  # the audit log's checkpointer, the age-out sweep, the API key poll
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     monitor = HealthMonitor(
