@@ -284,3 +284,71 @@ async def test_a_bad_timestamp_on_an_auditor_call_is_audited_without_its_values(
         first["field"],
     )
     assert "query_account" not in first
+
+
+def _request_enum_fields() -> list[tuple[MethodDescriptor, Role, str, FieldDescriptor]]:
+    return [
+        (m, role, path, f)
+        for m, role in METHODS
+        for path, f in _fields(m.input_type)
+        if f.enum_type is not None
+    ]
+
+
+def test_requests_have_the_enum_fields_the_walk_must_find() -> None:
+    """The descriptor walk sees the request enums (it is the walk the tests trust)."""
+    assert {
+        ("VerifyPersonalId", "sex"),
+        ("VerifyPersonalId", "purpose"),
+        ("VerifyPersonalId", "personal_id_type"),
+        ("LinkGuardian", "relationship"),
+        ("Authorize", "action"),
+        ("LockAccount", "kind"),
+    } <= {(m.name, path) for m, _, path, _ in _request_enum_fields()}
+
+
+async def test_an_enum_value_the_contract_does_not_define_is_field_invalid_naming_the_field(
+    harness: Harness,
+) -> None:
+    """Proto3 enums are open: a client can put any int32 on the wire. Every enum field of
+    every request holding a number its enum does not define answers FIELD_INVALID naming the
+    field, before any handler runs (an undeclared `sex` was once taken as "not declared" and
+    verified the account)."""
+    outcomes = {}
+    expected = {}
+    for method, role, path, field in _request_enum_fields():
+        assert field.enum_type is not None
+        undefined = max(v.number for v in field.enum_type.values) + 1
+        for value in (undefined, -1, 2**31 - 1):
+            request = _request(method)
+            holder, name = _leaf(request, path)
+            setattr(holder, name, value)
+            error = await _call_raw(harness, method, role, request.SerializeToString())
+            outcomes[(method.name, path, value)] = (
+                None if error is None else (type(error).__name__, error.metadata.get("field"))
+            )
+            expected[(method.name, path, value)] = ("FieldInvalid", path)
+    assert expected == outcomes
+
+
+async def test_an_undefined_sex_does_not_verify(harness: Harness) -> None:
+    """A match with every other field right is refused when `sex` is no Sex value, and the
+    registry is not asked (nothing is charged)."""
+    client = await harness.client()
+    request = verification_pb2.VerifyPersonalIdRequest(
+        account_id="acc-sex",
+        personal_id_number="001085336181",
+        full_name="Nguyễn Văn An",
+        date_of_birth=verification_pb2.Date(year=1985, month=3, day=14),
+        purpose=verification_pb2.PERSONAL_ID_PURPOSE_NO_VIETNAMESE_MOBILE,
+        declared_no_vietnamese_mobile=True,
+        client_ip="203.0.113.7",
+        sex=7,  # type: ignore[arg-type]
+    )
+    method = verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].methods_by_name[
+        "VerifyPersonalId"
+    ]
+    error = await _call_raw(harness, method, Role.PLATFORM, request.SerializeToString())
+    assert isinstance(error, errors.FieldInvalid)
+    assert "sex" == error.metadata["field"]
+    assert (await client.introspect_attestation(account_id="acc-sex")).status == "none"

@@ -58,7 +58,10 @@ class _SexEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sex.ValueType], _
     """Female."""
 
 class Sex(_Sex, metaclass=_SexEnumTypeWrapper):
-    """Biological sex as declared, used only to cross-check the ID number's sex digit."""
+    """Biological sex as declared, used only to cross-check the ID number's sex digit.
+    In every request, an enum field holding a number its enum does not define is
+    FIELD_INVALID naming the field, whatever the enum.
+    """
 
 SEX_UNSPECIFIED: Sex.ValueType  # 0
 """Not declared; the sex digit is not cross-checked."""

@@ -2,10 +2,12 @@
 
 One table gives the maximum length of every string field of every request, as its proto
 comment documents it; Timestamps and Durations must lie in the range their well-known types
-define (RFC 3339 years 0001-9999; +-10000 years). `check_request` walks a decoded request by
-its descriptor, so a field added to the contract is checked without code here, and a string
-field the table lacks stops the server at start (`plan`), not a request at run time. Each
-violation is FIELD_INVALID naming the field; a value is never echoed.
+define (RFC 3339 years 0001-9999; +-10000 years); an enum field must hold one of the values
+its enum defines (proto3 enums are open: the wire carries any int32). `check_request` walks
+a decoded request by its descriptor, so a field added to the contract is checked without
+code here, and a string field the table lacks stops the server at start (`plan`), not a
+request at run time. Each violation is FIELD_INVALID naming the field; a value is never
+echoed.
 
 The bounds are outer limits that make every later check cheap and keep unbounded input out
 of logs, stores and the audit log; each field's own rules (formats, ranges) stay with the
@@ -84,9 +86,13 @@ _DURATION_RULE = (
 class _Check:
     field: FieldDescriptor
     path: str  # the name in FIELD_INVALID's `field`: dotted for nested messages
-    kind: str  # "string", "timestamp", "duration" or "message"
+    kind: str  # "string", "enum", "timestamp", "duration" or "message"
     limit: int = 0
     nested: tuple[_Check, ...] = ()
+    # For an enum: the numbers the contract defines (proto3 enums are open, so the wire
+    # carries any int32; one the contract does not define means nothing to any handler).
+    numbers: frozenset[int] = frozenset()
+    rule: str = ""
 
 
 _plans: dict[str, tuple[_Check, ...]] = {}
@@ -110,6 +116,17 @@ def _build(descriptor: Descriptor, prefix: str) -> tuple[_Check, ...]:
             if f.full_name not in MAX_LENGTHS:
                 raise KeyError(f"request field {f.full_name} has no maximum length in MAX_LENGTHS")
             checks.append(_Check(f, path, "string", MAX_LENGTHS[f.full_name]))
+        elif f.enum_type is not None:
+            names = [v.name for v in f.enum_type.values]
+            checks.append(
+                _Check(
+                    f,
+                    path,
+                    "enum",
+                    numbers=frozenset(v.number for v in f.enum_type.values),
+                    rule=f"must be one of {', '.join(names)}",
+                )
+            )
         elif f.message_type is None:
             continue
         elif f.message_type.full_name == _TIMESTAMP:
@@ -132,7 +149,7 @@ def _check(message: Message, checks: tuple[_Check, ...]) -> None:
     for c in checks:
         if c.field.is_repeated:
             values = list(getattr(message, c.field.name))
-        elif c.kind == "string" or message.HasField(c.field.name):
+        elif c.kind in ("string", "enum") or message.HasField(c.field.name):
             values = [getattr(message, c.field.name)]
         else:
             continue
@@ -140,6 +157,9 @@ def _check(message: Message, checks: tuple[_Check, ...]) -> None:
             if c.kind == "string":
                 if len(value) > c.limit:
                     raise FieldInvalid(c.path, f"must be at most {c.limit} characters")
+            elif c.kind == "enum":
+                if value not in c.numbers:
+                    raise FieldInvalid(c.path, c.rule)
             elif c.kind == "timestamp":
                 _check_timestamp(c.path, value)
             elif c.kind == "duration":
