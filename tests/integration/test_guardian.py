@@ -370,6 +370,17 @@ async def test_consent_of_a_child_of_7_or_over_is_required(
             errors.DateOfBirthInvalid,
             "guardian_date_of_birth",
         ),
+        # The Date message's range is 1900-9999: a guardian "born" in year 1 is no one.
+        (
+            {"guardian_date_of_birth": D(1, 1, 1)},
+            errors.DateOfBirthInvalid,
+            "guardian_date_of_birth",
+        ),
+        (
+            {"guardian_date_of_birth": D(1899, 12, 31)},
+            errors.DateOfBirthInvalid,
+            "guardian_date_of_birth",
+        ),
     ],
 )
 async def test_malformed_requests_are_refused(

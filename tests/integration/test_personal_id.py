@@ -229,6 +229,7 @@ async def test_unknown_number_looks_exactly_like_no_match(idh: IdHarness) -> Non
         ({"personal_id_number": "001086336181"}, errors.PersonalIdBirthYearMismatch),
         ({"sex": "female"}, errors.PersonalIdSexMismatch),
         ({"date_of_birth": datetime.date(2030, 1, 1)}, errors.DateOfBirthInvalid),
+        ({"date_of_birth": datetime.date(1899, 12, 31)}, errors.DateOfBirthInvalid),
         ({"full_name": "   "}, errors.FieldInvalid),
     ],
 )

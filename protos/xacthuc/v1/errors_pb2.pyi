@@ -147,8 +147,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     `sex` (checked only when a sex is declared) (DOMAIN C).
     """
     ERROR_REASON_DATE_OF_BIRTH_INVALID: _ErrorReason.ValueType  # 75
-    """INVALID_ARGUMENT: `date_of_birth` is missing, not a real date, or in the
-    future (Asia/Ho_Chi_Minh).
+    """INVALID_ARGUMENT: `date_of_birth` is missing, not a real date, before
+    1900 (the Date message's range), or in the future (Asia/Ho_Chi_Minh).
     """
     ERROR_REASON_PERSONAL_ID_NOT_MATCHED: _ErrorReason.ValueType  # 80
     """INVALID_ARGUMENT: the identity registry has no citizen with this number,
@@ -365,8 +365,8 @@ ERROR_REASON_PERSONAL_ID_SEX_MISMATCH: ErrorReason.ValueType  # 74
 `sex` (checked only when a sex is declared) (DOMAIN C).
 """
 ERROR_REASON_DATE_OF_BIRTH_INVALID: ErrorReason.ValueType  # 75
-"""INVALID_ARGUMENT: `date_of_birth` is missing, not a real date, or in the
-future (Asia/Ho_Chi_Minh).
+"""INVALID_ARGUMENT: `date_of_birth` is missing, not a real date, before
+1900 (the Date message's range), or in the future (Asia/Ho_Chi_Minh).
 """
 ERROR_REASON_PERSONAL_ID_NOT_MATCHED: ErrorReason.ValueType  # 80
 """INVALID_ARGUMENT: the identity registry has no citizen with this number,

@@ -469,7 +469,7 @@ class Date(_message.Message):
     MONTH_FIELD_NUMBER: _builtins.int
     DAY_FIELD_NUMBER: _builtins.int
     year: _builtins.int
-    """Year, 1900-9999."""
+    """Year, 1900-9999 (an earlier year is DATE_OF_BIRTH_INVALID)."""
     month: _builtins.int
     """Month, 1-12."""
     day: _builtins.int

@@ -412,7 +412,15 @@ def state_of(
     )
 
 
+# The Date message's documented range of years (verification.proto): a date of birth before
+# it is no date of a living person, and is refused like any other impossible date.
+MIN_YEAR = 1900
+
+
 def _date(d: verification_pb2.Date) -> datetime.date | None:
+    """The date, or None (DATE_OF_BIRTH_INVALID) when it is no real date of 1900-9999."""
+    if d.year < MIN_YEAR:
+        return None
     try:
         return datetime.date(d.year, d.month, d.day)
     except ValueError:
