@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
 
 from xacthuc.client._wire import decode_error
 from xacthuc.domain import errors
@@ -352,3 +353,49 @@ async def test_an_undefined_sex_does_not_verify(harness: Harness) -> None:
     assert isinstance(error, errors.FieldInvalid)
     assert "sex" == error.metadata["field"]
     assert (await client.introspect_attestation(account_id="acc-sex")).status == "none"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/xacthuc.v1.VerificationService/NoSuchMethod",
+        "/xacthuc.v1.AuditService/NoSuchMethod",
+        "/xacthuc.v2.VerificationService/Authorize",
+        "/nope",
+    ],
+)
+async def test_a_method_not_served_is_unimplemented_with_its_reason(
+    harness: Harness, path: str
+) -> None:
+    """A method the server does not serve (a newer contract's, a typo) answers UNIMPLEMENTED
+    with ErrorInfo NOT_IMPLEMENTED and the request id, like every other error, not gRPC's
+    bare 'Method not found!'."""
+    metadata = (
+        ("authorization", f"Bearer {harness.keys[('alpha', Role.PLATFORM)]}"),
+        ("x-request-id", "req-not-served-1"),
+    )
+    async with grpc.aio.insecure_channel(harness.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await channel.unary_unary(path, _raw, _raw)(b"", metadata=metadata, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            async for _ in channel.unary_stream(path, _raw, _raw)(
+                b"", metadata=metadata, timeout=10
+            ):
+                pass
+    for raised in (e.value, streamed.value):
+        error = decode_error(raised)
+        assert isinstance(error, errors.NotImplementedYet)
+        assert grpc.StatusCode.UNIMPLEMENTED == raised.code()
+        assert "req-not-served-1" == error.metadata["request_id"]
+
+
+async def test_the_served_services_still_answer_beside_the_catch_all(harness: Harness) -> None:
+    """The health service is served as before (the catch-all comes last)."""
+    async with grpc.aio.insecure_channel(harness.target) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        reply = await check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert health_pb2.HealthCheckResponse.SERVING == reply.status

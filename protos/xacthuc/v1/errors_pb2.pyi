@@ -123,8 +123,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     the server log under the request id.
     """
     ERROR_REASON_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 61
-    """UNIMPLEMENTED: the RPC is part of the contract but not served by this
-    version yet.
+    """UNIMPLEMENTED: the method is not served by this server: not part of the
+    contract it implements (a newer version's method, a misspelt name), or part
+    of the contract but not served by this version yet.
     """
     ERROR_REASON_PERSONAL_ID_MALFORMED: _ErrorReason.ValueType  # 70
     """INVALID_ARGUMENT: the personal identification number is not exactly 12
@@ -237,7 +238,9 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     `google.rpc.RetryInfo` detail and `retry_after_seconds` in the ErrorInfo metadata.
     Every ErrorInfo also carries `request_id` in its metadata: the call's request id
     (see the `x-request-id` metadata in verification.proto), to quote to support.
-    The gRPC status code of each reason is given in its comment.
+    The gRPC status code of each reason is given in its comment. The one status
+    without an ErrorInfo is the one gRPC itself gives before any xacthuc code runs:
+    RESOURCE_EXHAUSTED for a request message over 1 MiB.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
@@ -341,8 +344,9 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 60
 the server log under the request id.
 """
 ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 61
-"""UNIMPLEMENTED: the RPC is part of the contract but not served by this
-version yet.
+"""UNIMPLEMENTED: the method is not served by this server: not part of the
+contract it implements (a newer version's method, a misspelt name), or part
+of the contract but not served by this version yet.
 """
 ERROR_REASON_PERSONAL_ID_MALFORMED: ErrorReason.ValueType  # 70
 """INVALID_ARGUMENT: the personal identification number is not exactly 12

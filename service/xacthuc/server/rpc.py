@@ -27,6 +27,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from xacthuc.domain.errors import (
+    NotImplementedYet,
     RequestMalformed,
     RoleNotAllowed,
     XacthucError,
@@ -118,6 +119,29 @@ def add_service(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+class _NotServed(grpc.GenericRpcHandler):
+    """The last handler: any method no other handler serves answers UNIMPLEMENTED with
+    ErrorInfo NOT_IMPLEMENTED and the request id, like every other error (gRPC's own answer
+    is a bare 'Method not found!'). A stream-stream handler takes a call of any kind."""
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.stream_stream_rpc_method_handler(_not_served)
+
+
+async def _not_served(requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    request_id = begin_call(context, "not_served")
+    status = to_status(NotImplementedYet(), request_id)
+    RPC_TOTAL.labels("not_served", NotImplementedYet.reason).inc()
+    await context.abort(status.code, status.details, trailer(request_id, status.trailing_metadata))
+
+
+def add_not_served(server: grpc.aio.Server) -> None:
+    """Register the catch-all for methods not served; after every service."""
+    server.add_generic_rpc_handlers((_NotServed(),))
 
 
 async def _admit(

@@ -39,7 +39,7 @@ from xacthuc.server.app import App
 from xacthuc.server.audit import AuditServicer
 from xacthuc.server.console import ConsoleApi, make_console_app
 from xacthuc.server.health import HealthMonitor
-from xacthuc.server.rpc import add_service
+from xacthuc.server.rpc import add_not_served, add_service
 from xacthuc.server.verification import VerificationServicer
 from xacthuc.v1 import audit_pb2, verification_pb2
 
@@ -146,6 +146,7 @@ async def start_server(
         ),
         server,
     )
+    add_not_served(server)  # last: methods no service above serves
     port = _bind(server, app, listen or app.settings.listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen or app.settings.listen}")
