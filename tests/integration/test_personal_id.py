@@ -231,6 +231,12 @@ async def test_unknown_number_looks_exactly_like_no_match(idh: IdHarness) -> Non
         ({"date_of_birth": datetime.date(2030, 1, 1)}, errors.DateOfBirthInvalid),
         ({"date_of_birth": datetime.date(1899, 12, 31)}, errors.DateOfBirthInvalid),
         ({"full_name": "   "}, errors.FieldInvalid),
+        # Control, format (bidi overrides) and private-use characters are in no registered
+        # name; sent on, they could make a provider fail (and open the breaker for everyone).
+        ({"full_name": "Nguyễn\x00Văn An"}, errors.FieldInvalid),
+        ({"full_name": "Nguyễn Văn An\x1b[2J"}, errors.FieldInvalid),
+        ({"full_name": "Nguyễn \u202eVăn An"}, errors.FieldInvalid),
+        ({"full_name": "Nguyễn Văn An\ue000"}, errors.FieldInvalid),
     ],
 )
 async def test_structural_refusals_never_reach_the_registry(

@@ -516,7 +516,9 @@ class VerifyPersonalIdRequest(_message.Message):
     full_name: _builtins.str
     """Full name as registered, in Vietnamese with diacritics: 1-200 characters once
     in Unicode NFC with runs of whitespace collapsed, and at most 1024 characters
-    as sent (decomposed letters take up to three). FIELD_INVALID otherwise.
+    as sent (decomposed letters take up to three), without control, format
+    (bidirectional overrides; the zero-width joiner and non-joiner are allowed)
+    or private-use characters. FIELD_INVALID otherwise; the registry is not asked.
     """
     sex: Global___Sex.ValueType
     """Optional declared sex, cross-checked with the number."""

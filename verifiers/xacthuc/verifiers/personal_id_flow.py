@@ -33,6 +33,7 @@ import asyncio
 import datetime
 import secrets
 import time
+import unicodedata
 from enum import StrEnum
 
 from xacthuc.domain.age import CHILD_UNDER, age_band, age_on, local_date
@@ -62,6 +63,16 @@ from xacthuc.verifiers.shielded import shielded
 
 METHOD = "personal_id"
 MAX_NAME = 200
+# Unicode categories no registered name holds: controls, format characters (bidirectional
+# overrides, invisible marks) and private-use or surrogate code points. Whitespace controls
+# (tab, newline) are collapsed to a space before. The zero-width non-joiner and joiner are
+# kept: some scripts spell names with them.
+_NOT_IN_NAMES = frozenset({"Cc", "Cf", "Co", "Cs"})
+_JOINERS = frozenset({"\u200c", "\u200d"})
+
+
+def _odd_character(name: str) -> bool:
+    return any(unicodedata.category(ch) in _NOT_IN_NAMES and ch not in _JOINERS for ch in name)
 
 
 class Purpose(StrEnum):
@@ -114,6 +125,10 @@ class PersonalIdVerifier:
         name = clean_name(full_name) if isinstance(full_name, str) else ""
         if not 1 <= len(name) <= MAX_NAME:
             raise FieldInvalid("full_name", f"must be 1-{MAX_NAME} characters")
+        if _odd_character(name):
+            raise FieldInvalid(
+                "full_name", "must not contain control, format or private-use characters"
+            )
         now = self._clock.now()
         subject = self._pseudonyms.personal_id(number.strip(), id_type.value)
         attempt = IdAttempt(
