@@ -142,6 +142,26 @@ async def test_conditional_get_is_304(served: tuple[str, Published]) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "if_none_match",
+    ["W/{etag}", '"other", {etag}', "*", '"other", W/{etag}'],
+    ids=["weak", "in-a-list", "any", "weak-in-a-list"],
+)
+async def test_if_none_match_compares_weakly_and_star_matches(
+    served: tuple[str, Published], if_none_match: str
+) -> None:
+    """RFC 9110 13.1.2: If-None-Match uses the weak comparison (a cache that stored the tag as
+    `W/"..."` still revalidates) and `*` matches any current representation: 304."""
+    base, _ = served
+    async with httpx.AsyncClient() as http:
+        first = await http.get(f"{base}/.well-known/jwks.json")
+        header = if_none_match.format(etag=first.headers["etag"])
+        again = await http.get(f"{base}/.well-known/jwks.json", headers={"If-None-Match": header})
+        other = await http.get(f"{base}/.well-known/jwks.json", headers={"If-None-Match": '"x"'})
+    assert (304, b"") == (again.status_code, again.content)
+    assert 200 == other.status_code
+
+
 async def test_jwks_follows_a_rotation(served: tuple[str, Published]) -> None:
     """After the keyring rotates, the listener serves the new JWKS (and a new ETag)."""
     base, published = served

@@ -51,7 +51,11 @@ def _public(request: web.Request, body: bytes, content_type: str, max_age: int) 
         "Access-Control-Allow-Origin": "*",
         "X-Content-Type-Options": "nosniff",
     }
-    if etag in {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}:
+    # RFC 9110 13.1.2: weak comparison (W/ ignored), and "*" matches any representation.
+    tags = {
+        t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")
+    }
+    if etag in tags or "*" in tags:
         return web.Response(status=304, headers=headers)
     response = web.Response(body=body, headers=headers)
     response.content_type = content_type
