@@ -425,6 +425,41 @@ async def test_leaves_hold_pseudonyms_only(harness: Harness) -> None:
     assert [True] == [p.startswith("ph_") for p in phones]
 
 
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"account_id": "Nguyễn Văn An 0912345678"}, "account_id"),
+        ({"account_id": "acc\x00"}, "account_id"),
+        ({"event": "dob 1985-03-14"}, "event"),
+        ({"event": "*"}, "event"),
+    ],
+    ids=["account-name-phone", "account-nul", "event-dob", "event-star"],
+)
+async def test_a_query_filter_that_is_no_account_id_or_event_is_refused_and_stays_out_of_the_log(
+    harness: Harness, filters: dict[str, str], field: str
+) -> None:
+    """The filters of QueryAuditRecords are written into the (append-only) log with the call's
+    record, so only an account id or an event name may be one: anything else (a name, a
+    number, a date, control characters) is FIELD_INVALID naming the field, audited as refused
+    with the field only, and its value is in no leaf."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    with pytest.raises(errors.FieldInvalid) as e:
+        await auditor.query_audit_records(**filters)  # type: ignore[arg-type]
+    assert field == e.value.metadata["field"]
+    exported = b"".join([c async for c in auditor.export_audit_records()]).decode()
+    value = next(iter(filters.values()))
+    assert value not in exported
+    assert json.dumps(value)[1:-1] not in exported
+    last = json.loads(json.loads(exported.splitlines()[-1])["record"])
+    assert ("auditor_query_audit_records", "refused", "FIELD_INVALID", field) == (
+        last["event"],
+        last["outcome"],
+        last["reason"],
+        last["field"],
+    )
+
+
 async def test_report_counts_match_the_log_and_the_offline_report(
     harness: Harness, tmp_path: Path
 ) -> None:

@@ -80,10 +80,13 @@ class QueryAuditRecordsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """Only records of this account, when set; at most 128 characters."""
+    """Only records of this account, when set: an account id, 1-128 characters of
+    `A-Z a-z 0-9 . _ : @ -` (FIELD_INVALID otherwise). The filters are recorded
+    in this call's own audit record.
+    """
     event: _builtins.str
-    """Only records of this event type, when set (for example `check_ok`); at most
-    64 characters.
+    """Only records of this event type, when set (for example `check_ok`): 1-64
+    characters of `a-z 0-9 _` (FIELD_INVALID otherwise).
     """
     page_size: _builtins.int
     """Page size, 1-1000; 100 when 0."""

@@ -3,9 +3,9 @@
 Every call is itself audited: after it succeeds, or when it is refused, a record
 `auditor_<method>` (account "", the caller's `key_id`, the call's non-personal parameters,
 outcome `ok` or `refused` with its reason) is appended to the caller's platform log. A call
-refused at the edge before its handler runs (undecodable bytes, a field out of its bounds) is
-audited as `refused` with the reason and the `field` only: its values broke their bounds and
-stay out of the log. If that record cannot be written the call fails: no unaudited access to
+refused at the edge before its handler runs (undecodable bytes, a field out of its bounds), or
+by its handler for a malformed field (FIELD_INVALID), is audited as `refused` with the reason
+and the `field` only: its values broke their rules and stay out of the log. If that record cannot be written the call fails: no unaudited access to
 the log.
 """
 
@@ -29,6 +29,10 @@ from xacthuc.server.request_bounds import timestamp_seconds
 from xacthuc.server.rpc import EdgeServicer, rpc, rpc_stream
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc
 from xacthuc.verifiers.auditlog import AuditLog, record_time
+from xacthuc.verifiers.phone_otp import check_account_id
+
+# An event name, as the log writes them (`check_ok`, `auditor_get_report`).
+_EVENT = re.compile(r"[a-z0-9_]{1,64}")
 
 
 class AuditedCalls:
@@ -50,6 +54,13 @@ class AuditedCalls:
         try:
             yield params
         except XacthucError as e:
+            if isinstance(e, FieldInvalid):
+                # A text that broke its rule (a filter holding a name or a phone number, say)
+                # stays out of the append-only log: the refusal keeps the numbers and names
+                # the field.
+                params = {k: v for k, v in params.items() if not isinstance(v, str)}
+                if "field" in e.metadata:
+                    params["field"] = e.metadata["field"]
             if not isinstance(e, StoreUnavailable):
                 await self.append(caller, method, "refused", e.reason, params)
             raise
@@ -94,7 +105,13 @@ async def find_records(
     batch: int = 1000,
 ) -> tuple[list[FoundRecord], str]:
     """A page of the records matching the filter, oldest first, and the next page's token
-    ("" at the end): QueryAuditRecords and the console's account history."""
+    ("" at the end): QueryAuditRecords and the console's account history. The filters are
+    an account id and an event name (FIELD_INVALID `account_id`, `event` otherwise): they
+    go into the call's own audit record."""
+    if account:
+        check_account_id(account)
+    if event and not _EVENT.fullmatch(event):
+        raise FieldInvalid("event", "must be 1-64 characters of a-z 0-9 _")
     page_size = page_size or 100
     if not 1 <= page_size <= 1000:
         raise FieldInvalid("page_size", "must be 1-1000")
