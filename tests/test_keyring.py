@@ -365,3 +365,15 @@ def test_cli_rotate_refuses_a_young_next_key(
     assert 2 == cli("keys", "rotate", "--dir", str(tmp_path))
     assert "verifiers may not have it yet" in capsys.readouterr().err
     assert 1 == Keyring.load(tmp_path).generation
+
+
+def test_cli_rotate_without_a_keyring_fails_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys rotate` on a directory with no keyring (a mistyped path) exits 2 pointing at
+    `keys init`, and creates neither the directory nor keys: servers read the real one, so a
+    silent new keyring would look like a rotation that never reached them."""
+    missing = tmp_path / "typo"
+    assert 2 == cli("keys", "rotate", "--dir", str(missing), "--min-next-age", "0")
+    assert "keys init" in capsys.readouterr().err
+    assert not missing.exists()

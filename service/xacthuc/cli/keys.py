@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xacthuc.adapters.keyring import DEFAULT_LEEWAY, Keyring, KeyringError
+from xacthuc.adapters.keyring import DEFAULT_LEEWAY, MANIFEST, Keyring, KeyringError
 
 DEFAULT_TOKEN_TTL = 365 * 86_400  # the longest attestation lifetime a key may have signed
 # Two rotations in a row would let a key sign moments after it was first published: refuse
@@ -84,6 +84,15 @@ def _init(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     if args.token_ttl < 0 or args.leeway < 0:
         print("xacthuc: --token-ttl and --leeway must not be negative", file=sys.stderr)
+        return 2
+    if not (Path(args.dir) / MANIFEST).is_file():
+        # Rotation means an existing keyring: a mistyped --dir must not quietly create a new
+        # one that no server reads.
+        print(
+            f"xacthuc: no keyring at {args.dir} (create one with `xacthuc keys init --dir "
+            f"{args.dir}`)",
+            file=sys.stderr,
+        )
         return 2
     try:
         ring = Keyring.rotate_dir(
