@@ -399,3 +399,26 @@ async def test_the_served_services_still_answer_beside_the_catch_all(harness: Ha
         )
         reply = await check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     assert health_pb2.HealthCheckResponse.SERVING == reply.status
+
+
+async def test_two_authorization_values_are_credential_invalid(harness: Harness) -> None:
+    """A call with two `authorization` metadata values is refused CREDENTIAL_INVALID: which
+    one a proxy in front checked and which one the server would use could differ."""
+    good = f"Bearer {harness.keys[('alpha', Role.PLATFORM)]}"
+    method = verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].methods_by_name[
+        "Authorize"
+    ]
+    request = verification_pb2.AuthorizeRequest(
+        account_id="acc-1", action=verification_pb2.ACTION_READ
+    ).SerializeToString()
+    async with grpc.aio.insecure_channel(harness.target) as channel:
+        call = channel.unary_unary(_path(method), _raw, _raw)
+        for second in (good, "Bearer xk_someone_else"):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(
+                    request,
+                    metadata=(("authorization", good), ("authorization", second)),
+                    timeout=10,
+                )
+            assert isinstance(decode_error(e.value), errors.CredentialInvalid)
+        assert await call(request, metadata=(("authorization", good),), timeout=10)

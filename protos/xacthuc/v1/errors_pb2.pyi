@@ -27,7 +27,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_CREDENTIAL_MISSING: _ErrorReason.ValueType  # 1
     """UNAUTHENTICATED: no `authorization` metadata, or not of the form `Bearer <key>`."""
     ERROR_REASON_CREDENTIAL_INVALID: _ErrorReason.ValueType  # 2
-    """UNAUTHENTICATED: the API key is unknown, revoked or malformed."""
+    """UNAUTHENTICATED: the API key is unknown, revoked or malformed, or the call
+    carries more than one `authorization` value.
+    """
     ERROR_REASON_ROLE_NOT_ALLOWED: _ErrorReason.ValueType  # 3
     """PERMISSION_DENIED: the key's role may not call this RPC (for example a
     `platform` key calling an audit RPC).
@@ -248,7 +250,9 @@ ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 ERROR_REASON_CREDENTIAL_MISSING: ErrorReason.ValueType  # 1
 """UNAUTHENTICATED: no `authorization` metadata, or not of the form `Bearer <key>`."""
 ERROR_REASON_CREDENTIAL_INVALID: ErrorReason.ValueType  # 2
-"""UNAUTHENTICATED: the API key is unknown, revoked or malformed."""
+"""UNAUTHENTICATED: the API key is unknown, revoked or malformed, or the call
+carries more than one `authorization` value.
+"""
 ERROR_REASON_ROLE_NOT_ALLOWED: ErrorReason.ValueType  # 3
 """PERMISSION_DENIED: the key's role may not call this RPC (for example a
 `platform` key calling an audit RPC).

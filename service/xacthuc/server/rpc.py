@@ -27,6 +27,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from xacthuc.domain.errors import (
+    CredentialInvalid,
     NotImplementedYet,
     RequestMalformed,
     RoleNotAllowed,
@@ -168,10 +169,11 @@ async def _admit(
 
 
 def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else None
-    return None
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    if len(values) > 1:
+        # Ambiguous: a proxy in front may have checked another value than the one used here.
+        raise CredentialInvalid("more than one 'authorization' metadata value")
+    return values[0] if values and isinstance(values[0], str) else None
 
 
 # gRPC statuses that mark a server span as failed (OTel semantic conventions for RPC servers).
