@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -458,6 +459,27 @@ async def test_a_query_filter_that_is_no_account_id_or_event_is_refused_and_stay
         last["reason"],
         last["field"],
     )
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "i:99999999999999999998:99999999999999999999",  # beyond Redis's 64-bit integers
+        "i:9223372036854775000:9223372036854775807",  # an index + a batch would overflow
+        "i:0:18446744073709551616",
+    ],
+)
+async def test_a_forged_page_token_past_any_log_is_field_invalid(
+    harness: Harness, token: str
+) -> None:
+    """A page token naming indexes no log can reach is FIELD_INVALID `page_token`, not
+    INTERNAL (Redis refused the out-of-range integers)."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    forged = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    with pytest.raises(errors.FieldInvalid) as e:
+        await auditor.query_audit_records(page_token=forged)
+    assert "page_token" == e.value.metadata["field"]
 
 
 async def test_report_counts_match_the_log_and_the_offline_report(

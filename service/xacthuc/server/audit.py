@@ -312,6 +312,10 @@ def _encode_page_token(index: int, end: int) -> str:
     return b64url_encode(f"i:{index}:{end}".encode())
 
 
+# No log reaches 2**53 records; a token beyond is forged (and Redis takes 64-bit integers only).
+_MAX_INDEX = 2**53
+
+
 def _decode_page_token(token: str) -> tuple[int, int | None]:
     """(next index, end of the log at the first page); the end is None on a first page."""
     if not token:
@@ -320,7 +324,7 @@ def _decode_page_token(token: str) -> tuple[int, int | None]:
         # Unpadded base64url; tokens of earlier versions were padded, and still read.
         kind, *values = b64url_decode(token.rstrip("=")).decode().split(":")
         numbers = [int(v) for v in values]
-        if kind != "i" or len(numbers) != 2 or not 0 <= numbers[0] <= numbers[1]:
+        if kind != "i" or len(numbers) != 2 or not 0 <= numbers[0] <= numbers[1] <= _MAX_INDEX:
             raise ValueError
     except ValueError:
         raise FieldInvalid("page_token", "is not a token from a previous response") from None
