@@ -4,6 +4,7 @@ and the channel's service config (gRPC's own retry policy)."""
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -297,7 +298,20 @@ def with_request_id(
 
 
 def call_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
+    """The metadata of every call; ValueError (not naming the key) for a key that is no
+    header value: whitespace, control or non-ASCII characters (a newline pasted from a file
+    would make every call fail inside gRPC). An empty key is sent, and the server answers
+    CREDENTIAL_MISSING."""
+    if not all("!" <= ch <= "~" for ch in api_key):
+        raise ValueError("api_key must be printable ASCII characters without spaces")
     return (("authorization", f"Bearer {api_key}"),)
+
+
+def check_timeout(timeout: float) -> float:
+    """The default deadline of a client's calls: a finite number of seconds above 0."""
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError("timeout must be a finite number of seconds above 0")
+    return float(timeout)
 
 
 def attestation_request(account_id: str) -> verification_pb2.GetAttestationRequest:

@@ -35,7 +35,7 @@ class AsyncClient:
     def __init__(self, channel: grpc.aio.Channel, *, api_key: str, timeout: float) -> None:
         self._channel = channel
         self._metadata = w.call_metadata(api_key)
-        self._timeout = timeout
+        self._timeout = w.check_timeout(timeout)
         self._stubs: dict[str, Any] = {
             "verification": verification_pb2_grpc.VerificationServiceStub(channel),
             "audit": audit_pb2_grpc.AuditServiceStub(channel),
@@ -56,6 +56,8 @@ class AsyncClient:
         own: one deadline for all of the call's attempts. `retries` (0-4) applies only to
         UNAVAILABLE on calls that are safe to repeat, done by gRPC itself (the channel's
         service config, `_wire.service_config`), with back-off and retry throttling."""
+        w.call_metadata(api_key)
+        w.check_timeout(timeout)
         options = w.channel_options(retries)
         if tls is True:
             channel = grpc.aio.secure_channel(

@@ -35,7 +35,7 @@ class Client:
     def __init__(self, channel: grpc.Channel, *, api_key: str, timeout: float) -> None:
         self._channel = channel
         self._metadata = w.call_metadata(api_key)
-        self._timeout = timeout
+        self._timeout = w.check_timeout(timeout)
         self._stubs: dict[str, Any] = {
             "verification": verification_pb2_grpc.VerificationServiceStub(channel),
             "audit": audit_pb2_grpc.AuditServiceStub(channel),
@@ -52,6 +52,8 @@ class Client:
         retries: int = 2,
     ) -> Client:
         """See AsyncClient.connect."""
+        w.call_metadata(api_key)
+        w.check_timeout(timeout)
         options = w.channel_options(retries)
         if tls is True:
             channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
