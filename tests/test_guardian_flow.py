@@ -11,6 +11,7 @@ import pytest
 
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.age import start_of_day, turns_at
+from xacthuc.domain.b64 import b64url_encode
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.errors import FieldInvalid
 from xacthuc.domain.records import (
@@ -222,3 +223,30 @@ async def test_the_sweeper_runs_in_the_background_until_stopped() -> None:
     got = await store.get_attestation("alpha", "kid-1")
     assert got is not None
     assert "aged_out" == got.status
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"a": "kid-0", "s": NaN, "f": %(f)r, "t": %(t)r}',
+        '{"a": "kid-0", "s": Infinity, "f": %(f)r, "t": %(t)r}',
+        '{"a": "kid-0", "s": -Infinity, "f": %(f)r, "t": %(t)r}',
+        '{"a": 7, "s": 1.0, "f": %(f)r, "t": %(t)r}',
+        '{"a": "bad id", "s": 1.0, "f": %(f)r, "t": %(t)r}',
+    ],
+    ids=["nan", "inf", "-inf", "number-account", "malformed-account"],
+)
+async def test_a_forged_page_token_is_field_invalid(body: str) -> None:
+    """A token of the right window whose position is no birthday instant (NaN, infinities) or
+    no account id is FIELD_INVALID `page_token`: it came from no response."""
+    store, clock = MemoryStore(), FixedClock(NOW)
+    await verified_guardian(store)
+    g = linker(store, clock)
+    await link(g, "kid-0", dt.date(2012, 1, 1))
+    frm, to = turns_at(dt.date(2012, 1, 1), 16), turns_at(dt.date(2012, 1, 6), 16)
+    token = b64url_encode((body % {"f": frm, "t": to}).encode())
+    with pytest.raises(FieldInvalid) as e:
+        await g.aging_out(
+            platform="alpha", from_time=frm, to_time=to, page_size=1, page_token=token
+        )
+    assert "page_token" == e.value.metadata["field"]

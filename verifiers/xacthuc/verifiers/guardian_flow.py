@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -225,9 +226,14 @@ def _make_token(last: AgingOut, from_time: float, to_time: float) -> str:
 def _read_token(token: str, from_time: float, to_time: float) -> AgingOut:
     try:
         body = json.loads(b64url_decode(token))
-        after = AgingOut(str(body["a"]), float(body["s"]))
+        account, birthday = body["a"], float(body["s"])
+        # Only what a response writes: an account id and a finite instant.
+        if not isinstance(account, str) or not math.isfinite(birthday):
+            raise ValueError
+        check_account_id(account)
+        after = AgingOut(account, birthday)
         same_query = float(body["f"]) == from_time and float(body["t"]) == to_time
-    except (ValueError, KeyError, TypeError):  # binascii, JSON and UTF-8 errors are ValueErrors
+    except (ValueError, KeyError, TypeError, FieldInvalid):  # binascii, JSON, UTF-8: ValueError
         raise FieldInvalid("page_token", "is not a token from this query") from None
     if not same_query:
         raise FieldInvalid("page_token", "belongs to another window")
