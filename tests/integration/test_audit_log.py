@@ -482,6 +482,20 @@ async def test_a_forged_page_token_past_any_log_is_field_invalid(
     assert "page_token" == e.value.metadata["field"]
 
 
+async def test_a_query_window_that_ends_before_it_starts_is_field_invalid(
+    harness: Harness,
+) -> None:
+    """QueryAuditRecords refuses `to_time` not after `from_time`, as GetReport does, instead
+    of answering an empty page as if no record matched."""
+    await verify_phone(harness, "acc-1")
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    t = datetime.fromtimestamp(START, UTC)
+    for later in (t, t.replace(year=t.year - 1)):
+        with pytest.raises(errors.FieldInvalid) as e:
+            await auditor.query_audit_records(from_time=t, to_time=later)
+        assert "to_time" == e.value.metadata["field"]
+
+
 async def test_report_counts_match_the_log_and_the_offline_report(
     harness: Harness, tmp_path: Path
 ) -> None:

@@ -98,7 +98,9 @@ class QueryAuditRecordsRequest(_message.Message):
 
     @_builtins.property
     def to_time(self) -> _timestamp_pb2.Timestamp:
-        """Only records before this time, when set."""
+        """Only records before this time, when set; FIELD_INVALID when not after
+        `from_time`.
+        """
 
     def __init__(
         self,

@@ -112,6 +112,8 @@ async def find_records(
         check_account_id(account)
     if event and not _EVENT.fullmatch(event):
         raise FieldInvalid("event", "must be 1-64 characters of a-z 0-9 _")
+    if since is not None and until is not None and until <= since:
+        raise FieldInvalid("to_time", "must be after from_time")
     page_size = page_size or 100
     if not 1 <= page_size <= 1000:
         raise FieldInvalid("page_size", "must be 1-1000")
