@@ -111,6 +111,7 @@ from citizens import Citizen, make_citizens, write_citizens
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from loadgen import CpuMeter, Exhausted, Op, PhaseResult, closed_loop
 from redis.exceptions import RedisError
+from redis_memory import GOAL_BYTES, Footprint, measure, private_redis
 from redis_probe import (
     SCRIPT_CALLS,
     SERVER_CLIENT_NAME,
@@ -279,6 +280,7 @@ class Benchmark:
         self.citizen_count = 0
         self.registry_file: Path | None = None
         self.offline: dict[str, float] | None = None
+        self.memory: Footprint | None = None
         self._serial = itertools.count()
         self.rows: dict[str, Row] = {}
         self.check_failures: list[str] = []
@@ -585,6 +587,17 @@ class Benchmark:
             f"  SDK {self.offline['sdk_per_s']:,.0f}/s, raw {self.offline['raw_per_s']:,.0f}/s, "
             f"ratio {self.offline['ratio']:.3f}"
         )
+        if self.args.memory_starts:
+            log(
+                f"Redis memory: {self.args.memory_starts:,} starts on a private redis-server "
+                "(redis_memory.py)"
+            )
+            with private_redis() as url:
+                self.memory = await measure(url, self.args.memory_starts)
+            log(
+                f"  {self.memory.without_audit:,.0f} B per pending challenge, "
+                f"{self.memory.with_audit:,.0f} B with its audit records"
+            )
 
     async def measure_offline(self) -> dict[str, float]:
         """Verifications per second of one real token: the SDK's whole check, and the bare
@@ -760,6 +773,19 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             f"; offline verify >= {GOAL_OFFLINE_RATIO:.0%} of raw Ed25519: "
             f"{'PASS' if offline >= GOAL_OFFLINE_RATIO else 'FAIL'} ({offline:.1%})"
         )
+    if bench.memory is not None:
+        per = bench.memory.without_audit
+        goal += (
+            f"; Redis <= {GOAL_BYTES} B per pending challenge: "
+            f"{'PASS' if per <= GOAL_BYTES else 'FAIL'} ({per:.0f} B)"
+        )
+        lines.insert(
+            -1,
+            f"memory:   {per:,.0f} B of Redis per pending challenge, "
+            f"{bench.memory.with_audit:,.0f} B with its two audit records while the audit log "
+            f"is in Redis ({bench.memory.starts:,} starts, distinct numbers and IPs, private "
+            "redis-server, INFO used_memory)",
+        )
     lines.append(goal)
     if bench.offline is not None:
         lines.insert(
@@ -793,6 +819,9 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         }
     if bench.offline is not None:
         summary["offline_verify"] = dict(bench.offline)
+    if bench.memory is not None:
+        summary |= bench.memory.as_json() | {"redis_memory_starts": bench.memory.starts}
+        del summary["starts"]
     return "\n".join(lines), summary
 
 
@@ -810,13 +839,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", choices=("redis", "memory"), default="redis")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument(
+        "--memory-starts",
+        type=int,
+        default=20_000,
+        help="starts of the Redis memory phase, on a private redis-server (20000; 0: skip)",
+    )
+    p.add_argument(
         "--raw-stub",
         action="store_true",
         help="also time confirm through the generated stub, without AsyncClient",
     )
     args = p.parse_args(argv)
-    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
-        p.error("--duration must be > 0, --warmup >= 0 and --concurrency >= 1")
+    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.memory_starts < 0:
+        p.error(
+            "--duration must be > 0, --warmup >= 0, --concurrency >= 1 and --memory-starts >= 0"
+        )
     return args
 
 

@@ -5,13 +5,19 @@ keys, encodes the parameters and turns the scripts' replies into results or exce
 
 Key layout, all under one hash tag per platform so a platform lives in one cluster slot:
 
-    <ns>:{<platform>}:ch:<challenge id>     hash: the challenge (state sending -> pending ->
-                                            consumed)
-    <ns>:{<platform>}:idem:<key>            string: idempotency key -> challenge id
-    <ns>:{<platform>}:ph:<phone>            hash: fails, lock_level, locked_until, last_send
-    <ns>:{<platform>}:sends:ph:<phone>      zset: challenge id scored by send time (P3)
-    <ns>:{<platform>}:sends:ip:<client>     zset: the same per client-IP bucket
-    <ns>:{<platform>}:sends:platform        zset: the same for the whole platform
+    <ns>:{<platform>}:c:<challenge id>      string: the challenge, packed (common.lua,
+                                            challenge_of: state sending -> pending ->
+                                            consumed, attempts, times, account, pseudonyms,
+                                            MAC)
+    <ns>:{<platform>}:k:<key digest>        string: idempotency key -> challenge id (the key's
+                                            SHA-256, 16 bytes, base64url)
+    <ns>:{<platform>}:p:<phone>             string: the number's P2 state (fails, lock_level,
+                                            locked_until), last_send and its send times of
+                                            the last day (P3), packed (phone_of)
+    <ns>:{<platform>}:i:<client>            string: the send times of the client-IP bucket's
+                                            last hour, packed
+    <ns>:{<platform>}:pl                    list: the platform's send times of the last hour,
+                                            oldest first, one packed double each
     <ns>:{<platform>}:phacct:<phone>        set: accounts attested with the number (P8)
     <ns>:{<platform>}:acct:<account>        hash: the account's current attestation
     <ns>:{<platform>}:audit                 list: the platform's audit records
@@ -34,12 +40,19 @@ Key layout, all under one hash tag per platform so a platform lives in one clust
 Guardian links, the status list and attestations do not expire (P10 retention is the
 operator's). Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
 does, send windows after their window, phone state a day after its last activity or lock.
+
+Memory (issue 11): a pending challenge costs four small keys and one list entry; Redis spends
+~150 bytes on a key whatever its value, so values are packed (times as 8-byte doubles, hex
+pseudonyms and MACs as bytes) and nothing is stored twice. `benchmarks/run.py` prints the bytes
+per pending challenge; tests/test_redis_memory.py holds the bound. The send logs keep times only,
+not challenge ids: undoing a send removes one entry of its time, which leaves the same counts.
 Expiry only reclaims memory: every rule is decided from the caller's `now`, as in memory.
 The namespace and platform must not contain `{` or `}`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -169,6 +182,14 @@ def _lua(name: str, *, prelude: bool = True) -> str:
     folder = resources.files("xacthuc.adapters.store") / "lua"
     files = ("common.lua", f"{name}.lua") if prelude else (f"{name}.lua",)
     return "\n".join((folder / f).read_text("utf-8") for f in files)
+
+
+def _digest(idempotency_key: str) -> str:
+    """The name an idempotency key is stored under: fixed-size (22 characters) whatever the
+    key's length (up to 128), and no way back to the key."""
+    return base64.urlsafe_b64encode(hashlib.sha256(idempotency_key.encode()).digest()[:16])[
+        :22
+    ].decode()
 
 
 def _text(value: Any) -> Any:
@@ -362,16 +383,15 @@ class RedisStore:
     async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
         pre = self._prefix(new.platform)
         keys = [
-            f"{pre}ch:{new.challenge_id}",
-            f"{pre}ph:{new.phone}",
-            f"{pre}sends:ph:{new.phone}",
-            f"{pre}sends:platform",
-            f"{pre}sends:ip:{new.client}",
+            f"{pre}c:{new.challenge_id}",
+            f"{pre}p:{new.phone}",
+            f"{pre}pl",
+            f"{pre}i:{new.client}",
             f"{pre}phacct:{new.phone}",
             f"{pre}audit",
         ]
         if new.idempotency_key:
-            keys.append(f"{pre}idem:{new.idempotency_key}")
+            keys.append(f"{pre}k:{_digest(new.idempotency_key)}")
         params = self._common(new.platform, new.now) | {
             "limits": _limits_json(limits),
             "challenge_id": new.challenge_id,
@@ -383,8 +403,6 @@ class RedisStore:
             "client": new.client,
             "client_j": _j(new.client),
             "code_mac": new.code_mac,
-            "idempotency_key": new.idempotency_key,
-            "fingerprint": new.fingerprint,
             "expires_at": _time(new.expires_at),
         }
         status, challenge_id, expires_at, resend_not_before = await self._run(
@@ -397,11 +415,11 @@ class RedisStore:
     async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
         pre = self._prefix(platform)
         params = self._common(platform, now) | {"challenge_j": _j(challenge_id)}
-        await self._run("confirm_sent", [f"{pre}ch:{challenge_id}", f"{pre}audit"], params)
+        await self._run("confirm_sent", [f"{pre}c:{challenge_id}", f"{pre}audit"], params)
 
     async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
         pre = self._prefix(platform)
-        keys = [f"{pre}ch:{challenge_id}", f"{pre}sends:platform", f"{pre}audit"]
+        keys = [f"{pre}c:{challenge_id}", f"{pre}pl", f"{pre}audit"]
         params = self._common(platform, now) | {
             "challenge_id": challenge_id,
             "challenge_j": _j(challenge_id),
@@ -426,7 +444,7 @@ class RedisStore:
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
         pre = self._prefix(check.platform)
-        keys = [f"{pre}ch:{check.challenge_id}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
+        keys = [f"{pre}c:{check.challenge_id}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
         params = self._common(check.platform, check.now) | {
             "limits": _limits_json(limits),
             "challenge_j": _j(check.challenge_id),

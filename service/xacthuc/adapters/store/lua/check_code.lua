@@ -1,11 +1,11 @@
 -- check_code: count the attempt, compare in constant time, consume, attest; P1, P2, P8.
 --
--- KEYS[1] ch:<id>   KEYS[2] acct:<account>   KEYS[3] audit
+-- KEYS[1] c:<id>   KEYS[2] acct:<account>   KEYS[3] audit
 -- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at, status_idx} or a refusal.
 -- Single use: a consumed challenge refuses even the right code (CHALLENGE_ALREADY_USED).
 -- An account with an active guardian link (a child under 16) is refused (GUARDIAN_REQUIRED).
 --
--- The phone's keys (ph:<phone>, phacct:<phone>, and phacct:<previous phone> of an account
+-- The phone's keys (p:<phone>, phacct:<phone>, and phacct:<previous phone> of an account
 -- that moves) are named by stored state the caller cannot know, so they are built here from
 -- PREFIX; they carry the same {platform} hash tag as KEYS, so they live in the same slot.
 
@@ -13,11 +13,7 @@ local ch_key, acct_key, audit_key = KEYS[1], KEYS[2], KEYS[3]
 local L = P.limits
 local a = P.attestation
 
-local c = {}
-local raw = redis.call("HGETALL", ch_key)
-for i = 1, #raw, 2 do
-  c[raw[i]] = raw[i + 1]
-end
+local c = challenge_of(ch_key) or {}
 
 local function refuse(reason, phone_j, retry_after)
   audit(audit_key, {
@@ -27,7 +23,7 @@ local function refuse(reason, phone_j, retry_after)
   return refusal(reason, retry_after)
 end
 
-local expires_at = tonumber(c.expires_at)
+local expires_at = c.expires_at
 if not expires_at or NOW >= expires_at + L.challenge_retention_seconds then
   return refuse("CHALLENGE_NOT_FOUND")
 end
@@ -40,13 +36,13 @@ end
 if NOW >= expires_at then
   return refuse("OTP_EXPIRED", c.phone_j)
 end
-local attempts = tonumber(c.attempts)
+local attempts = c.attempts
 if attempts >= L.otp_max_attempts then
   return refuse("OTP_ATTEMPTS_EXCEEDED", c.phone_j)
 end
-local ph_key = PREFIX .. "ph:" .. c.phone
-local ph = redis.call("HMGET", ph_key, "fails", "lock_level", "locked_until")
-local fails, level, locked_until = tonumber(ph[1]) or 0, tonumber(ph[2]) or 0, tonumber(ph[3]) or 0
+local ph_key = PREFIX .. "p:" .. c.phone
+local ph = phone_of(ph_key)
+local fails, level, locked_until = ph.fails, ph.level, ph.locked_until
 if locked_until > NOW then
   return refuse("PHONE_LOCKED", c.phone_j, fmt(locked_until - NOW))
 end
@@ -55,7 +51,7 @@ if linked_child(P.account) then -- R1: a linked child verifies through the guard
 end
 
 attempts = attempts + 1 -- counted before comparing
-redis.call("HSET", ch_key, "attempts", int(attempts))
+set_challenge_attempts(ch_key, attempts)
 
 if not mac_matches(c.mac, P.candidates) then
   fails = fails + 1
@@ -70,9 +66,8 @@ if not mac_matches(c.mac, P.candidates) then
     local seconds = math.floor(math.min(
       L.phone_lock_base_seconds * 2 ^ math.max(0, level - 1), L.phone_lock_max_seconds))
     locked_until = NOW + seconds
-    redis.call("HSET", ph_key, "fails", "0", "lock_level", int(level),
-      "locked_until", fmt(locked_until))
-    keep_phone(ph_key, locked_until)
+    ph.fails, ph.level, ph.locked_until = 0, level, locked_until
+    put_phone(ph_key, ph)
     audit(audit_key, failed)
     audit(audit_key, {
       account = P.account_j, event = q("phone_locked"), outcome = q("locked"),
@@ -81,8 +76,8 @@ if not mac_matches(c.mac, P.candidates) then
     })
     return refusal("PHONE_LOCKED", fmt(seconds))
   end
-  redis.call("HSET", ph_key, "fails", int(fails))
-  keep_phone(ph_key, locked_until)
+  ph.fails = fails
+  put_phone(ph_key, ph)
   audit(audit_key, failed)
   return refusal("OTP_INCORRECT", "", remaining)
 end
@@ -93,9 +88,9 @@ if redis.call("SISMEMBER", accounts_key, P.account) == 0
   return refuse("PHONE_ACCOUNT_LIMIT", c.phone_j)
 end
 
-redis.call("HSET", ch_key, "state", "consumed")
-redis.call("HSET", ph_key, "fails", "0", "lock_level", "0") -- success resets P2
-keep_phone(ph_key, locked_until)
+set_challenge_state(ch_key, "consumed")
+ph.fails, ph.level = 0, 0 -- success resets P2
+put_phone(ph_key, ph)
 local idx = int(next_status_idx())
 attest(acct_key, P.account, c.phone, {
   "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,

@@ -36,11 +36,6 @@ local function ms_until(deadline)
   return ms
 end
 
--- Phone state is kept while the number is locked and for a day after its last activity.
-local function keep_phone(key, locked_until)
-  redis.call("PEXPIRE", key, ms_until(math.max(locked_until, NOW) + DAY))
-end
-
 -- Every field an audit record may carry, in Python's sorted-key order.
 local AUDIT_FIELDS = {
   "account", "age_band", "attempt", "attempts_remaining", "challenge", "client",
@@ -263,32 +258,245 @@ local function end_link(l, reason, reason_j, audit_key)
   })
 end
 
--- Undo the start of the "sending" challenge `id` (JSON text `id_j`, its hash as a table `c`)
--- as if it never happened: the challenge, its idempotency key, its budget entries and the
--- cooldown; audit `event` ("code_send_failed": the gateway refused it; "code_send_abandoned": its start died
--- before confirming the send). The keys named by the challenge are built from PREFIX and the
--- stored pseudonyms; they carry the platform's hash tag, so they live in the caller's slot.
-local function unsend(id, id_j, c, event, audit_key)
-  redis.call("DEL", PREFIX .. "ch:" .. id)
-  if c.idempotency_key and c.idempotency_key ~= "" then
-    local idem_key = PREFIX .. "idem:" .. c.idempotency_key
-    if redis.call("GET", idem_key) == id then
-      redis.call("DEL", idem_key)
+-- ---- compact challenge state (issue 11: bytes per pending challenge) ------------------
+-- A pending challenge costs four small keys (c:, k:, p:, i:) and one entry of the platform's
+-- send list; each value is packed: times as 8-byte doubles (struct ">d", the caller's exact
+-- doubles), hex pseudonyms and MACs as raw bytes. Redis spends ~150 bytes on a key whatever
+-- its value, so every field is as short as it can be and nothing is stored twice.
+
+-- Hex text (optionally after "ph_" or "ip_") packs to its bytes behind a tag byte; any other
+-- text is kept behind tag 0, so every string round-trips exactly.
+local PACK_KINDS = { "ph_", "ip_", "" }
+local function pack_text(s)
+  for i, kind in ipairs(PACK_KINDS) do
+    local rest = string.sub(s, #kind + 1)
+    if string.sub(s, 1, #kind) == kind and #rest > 0 and #rest % 2 == 0
+        and not string.find(rest, "[^0-9a-f]") then
+      return string.char(i) .. string.gsub(rest, "..", function(h)
+        return string.char(tonumber(h, 16))
+      end)
     end
   end
-  local sends_phone = PREFIX .. "sends:ph:" .. c.phone
-  redis.call("ZREM", sends_phone, id)
-  redis.call("ZREM", PREFIX .. "sends:platform", id)
-  redis.call("ZREM", PREFIX .. "sends:ip:" .. c.client, id)
-  -- The cooldown runs from the latest send that is left (none: no cooldown).
-  local ph_key = PREFIX .. "ph:" .. c.phone
-  local latest = redis.call("ZRANGE", sends_phone, -1, -1, "WITHSCORES")
-  if latest[2] then
-    redis.call("HSET", ph_key, "last_send", latest[2])
-    keep_phone(ph_key, tonumber(redis.call("HGET", ph_key, "locked_until")) or 0)
-  else
-    redis.call("HDEL", ph_key, "last_send")
+  return "\0" .. s
+end
+
+local function unpack_text(b)
+  local tag = string.byte(b, 1)
+  if tag == 0 then
+    return string.sub(b, 2)
   end
+  return PACK_KINDS[tag] .. string.gsub(string.sub(b, 2), ".", function(c)
+    return string.format("%02x", string.byte(c))
+  end)
+end
+
+-- One length byte, then the bytes.
+local function field(s)
+  if #s > 255 then
+    error("challenge field too long")
+  end
+  return string.char(#s) .. s
+end
+
+-- The JSON text of a stored name: kept only when q() would not give it (never, for the ids
+-- and pseudonyms the service makes).
+local function json_of(s, s_j)
+  return (s_j ~= "") and s_j or q(s)
+end
+local function json_kept(s, s_j)
+  return (s_j == q(s)) and "" or s_j
+end
+
+local STATES = { s = "sending", p = "pending", c = "consumed" }
+
+-- The challenge in `key` as a table (nil when there is none). Layout: state (1 byte s/p/c),
+-- attempts (1 byte), created, expires_at, resend_not_before (doubles), then account,
+-- account_j, phone, phone_j, client (a length byte each; _j empty when q() gives it), and the
+-- packed MAC to the end.
+local function challenge_of(key)
+  local raw = redis.call("GET", key)
+  if not raw then
+    return nil
+  end
+  local state, attempts, created, expires_at, resend, pos = struct.unpack(">c1Bddd", raw)
+  local f = {}
+  for i = 1, 5 do
+    local n = string.byte(raw, pos)
+    f[i] = string.sub(raw, pos + 1, pos + n)
+    pos = pos + 1 + n
+  end
+  local phone = unpack_text(f[3])
+  return {
+    state = STATES[state], attempts = attempts, created = created, expires_at = expires_at,
+    resend_not_before = resend, account = f[1], account_j = json_of(f[1], f[2]),
+    phone = phone, phone_j = json_of(phone, f[4]), client = unpack_text(f[5]),
+    mac = unpack_text(string.sub(raw, pos)),
+  }
+end
+
+local function challenge_bytes(state, created, expires_at, resend, account, account_j, phone,
+                               phone_j, client, mac)
+  return struct.pack(">c1Bddd", state, 0, created, expires_at, resend)
+    .. field(account) .. field(json_kept(account, account_j)) .. field(pack_text(phone))
+    .. field(json_kept(phone, phone_j)) .. field(pack_text(client)) .. pack_text(mac)
+end
+
+-- In-place updates (SETRANGE keeps the key's expiry): the state byte, the attempts byte.
+local function set_challenge_state(key, state)
+  redis.call("SETRANGE", key, 0, string.sub(state, 1, 1))
+end
+local function set_challenge_attempts(key, attempts)
+  if attempts > 255 then
+    error("attempts out of range")
+  end
+  redis.call("SETRANGE", key, 1, string.char(attempts))
+end
+
+-- A list of send times packed as doubles (one string), and back.
+local function times_of(raw, pos)
+  local t = {}
+  pos = pos or 1
+  while pos <= #raw do
+    t[#t + 1], pos = struct.unpack(">d", raw, pos)
+  end
+  return t
+end
+local function times_bytes(t)
+  local parts = {}
+  for i, v in ipairs(t) do
+    parts[i] = struct.pack(">d", v)
+  end
+  return table.concat(parts)
+end
+
+-- Sends strictly after `since`.
+local function recent(t, since)
+  local r = {}
+  for _, v in ipairs(t) do
+    if v > since then
+      r[#r + 1] = v
+    end
+  end
+  return r
+end
+
+-- Without one entry equal to `v` (the first), if any.
+local function without(t, v)
+  local r, done = {}, false
+  for _, x in ipairs(t) do
+    if x == v and not done then
+      done = true
+    else
+      r[#r + 1] = x
+    end
+  end
+  return r
+end
+
+-- Phone state (P2, P3) in `key`: one string: a flag byte (1 when the failure and lock state
+-- follows: locked_until, fails, lock_level as doubles), last_send (a double; -inf: none),
+-- then the number's send times of the last day.
+local function phone_of(key)
+  local ph = { locked_until = 0, fails = 0, level = 0, last_send = -math.huge, sends = {} }
+  local raw = redis.call("GET", key)
+  if not raw then
+    return ph
+  end
+  local pos = 2
+  if string.byte(raw, 1) == 1 then
+    ph.locked_until, ph.fails, ph.level, pos = struct.unpack(">ddd", raw, 2)
+  end
+  ph.last_send, pos = struct.unpack(">d", raw, pos)
+  ph.sends = times_of(raw, pos)
+  return ph
+end
+
+-- Write the phone state; kept while the number is locked and for a day after now
+-- (`keep_ttl`: the expiry stays as it is).
+local function put_phone(key, ph, keep_ttl)
+  local head = "\0"
+  if ph.locked_until ~= 0 or ph.fails ~= 0 or ph.level ~= 0 then
+    head = struct.pack(">Bddd", 1, ph.locked_until, ph.fails, ph.level)
+  end
+  local value = head .. struct.pack(">d", ph.last_send) .. times_bytes(ph.sends)
+  if keep_ttl then
+    redis.call("SET", key, value, "KEEPTTL")
+  else
+    redis.call("SET", key, value, "PX", ms_until(math.max(ph.locked_until, NOW) + DAY))
+  end
+end
+
+-- The platform's send list: times as doubles, oldest first (kept sorted: a stepped-back clock
+-- inserts in place), so the sends in a window are its tail.
+local function list_count_after(key, since)
+  -- Binary search for the first entry after `since`.
+  local lo, hi = 0, redis.call("LLEN", key)
+  local n = hi
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if struct.unpack(">d", redis.call("LINDEX", key, mid)) > since then
+      hi = mid
+    else
+      lo = mid + 1
+    end
+  end
+  return n - lo
+end
+
+local function list_insert(key, t)
+  local later = {}
+  while true do
+    local tail = redis.call("LINDEX", key, -1)
+    if not tail or struct.unpack(">d", tail) <= t then
+      break
+    end
+    later[#later + 1] = redis.call("RPOP", key)
+  end
+  redis.call("RPUSH", key, struct.pack(">d", t))
+  for i = #later, 1, -1 do
+    redis.call("RPUSH", key, later[i])
+  end
+end
+
+local function list_trim(key, through)
+  while true do
+    local head = redis.call("LINDEX", key, 0)
+    if not head or struct.unpack(">d", head) > through then
+      break
+    end
+    redis.call("LPOP", key)
+  end
+end
+
+-- Undo the start of the "sending" challenge `id` (JSON text `id_j`, its table `c` from
+-- challenge_of) as if it never happened: the challenge, its budget entries and the cooldown;
+-- audit `event` ("code_send_failed": the gateway refused it; "code_send_abandoned": its start
+-- died before confirming the send). Its idempotency key is left to expire: it names a
+-- challenge that no longer exists, which reads as no challenge at all. The keys named by the
+-- challenge are built from PREFIX and the stored pseudonyms; they carry the platform's hash
+-- tag, so they live in the caller's slot.
+local function unsend(id, id_j, c, event, audit_key)
+  redis.call("DEL", PREFIX .. "c:" .. id)
+  redis.call("LREM", PREFIX .. "pl", -1, struct.pack(">d", c.created))
+  local ip_key = PREFIX .. "i:" .. c.client
+  local ip = redis.call("GET", ip_key)
+  if ip then
+    local rest = without(times_of(ip), c.created)
+    if #rest > 0 then
+      redis.call("SET", ip_key, times_bytes(rest), "KEEPTTL")
+    else
+      redis.call("DEL", ip_key)
+    end
+  end
+  -- The cooldown runs from the latest send that is left (none: no cooldown).
+  local ph_key = PREFIX .. "p:" .. c.phone
+  local ph = phone_of(ph_key)
+  ph.sends = without(ph.sends, c.created)
+  ph.last_send = -math.huge
+  for _, t in ipairs(ph.sends) do
+    ph.last_send = math.max(ph.last_send, t)
+  end
+  put_phone(ph_key, ph, #ph.sends == 0)
   audit(audit_key, {
     account = c.account_j, event = q(event), outcome = q("failed"),
     reason = (event == "code_send_failed") and q("SMS_DELIVERY_FAILED") or '""',

@@ -1,16 +1,16 @@
 -- confirm_sent: the gateway accepted the SMS; a "sending" challenge becomes "pending".
 --
--- KEYS[1] ch:<id>   KEYS[2] audit
+-- KEYS[1] c:<id>   KEYS[2] audit
 -- Reply: {"ok"} (also when there is nothing to confirm).
 
 local ch_key, audit_key = KEYS[1], KEYS[2]
-local c = redis.call("HMGET", ch_key, "state", "account_j", "phone_j")
-if c[1] ~= "sending" then
+local c = challenge_of(ch_key)
+if not c or c.state ~= "sending" then
   return { "ok" }
 end
-redis.call("HSET", ch_key, "state", "pending")
+set_challenge_state(ch_key, "pending")
 audit(audit_key, {
-  account = c[2], event = q("code_sent"), outcome = q("ok"), challenge = P.challenge_j,
-  phone = c[3],
+  account = c.account_j, event = q("code_sent"), outcome = q("ok"), challenge = P.challenge_j,
+  phone = c.phone_j,
 })
 return { "ok" }

@@ -1,0 +1,164 @@
+"""Redis bytes per pending phone challenge (issue 11 item 5), measured on a private redis-server.
+
+    .venv/bin/python benchmarks/redis_memory.py [--starts 20000]
+
+The measurement: a redis-server of its own on a free loopback port (no persistence, nothing
+else connected), `INFO memory` `used_memory` read before and after N starts, each through the
+real start path (`PhoneOtpVerifier.start`: the store's start script, the SMS hand-off, then
+`confirm_sent`, so each challenge ends "pending" as in production) with a distinct number,
+account, idempotency key and client IP per start, and the send budgets raised so none refuses.
+That is the worst case for memory: nothing is shared between two starts (a number's or an
+address's key holds one send). One challenge is started before the first reading, so the
+scripts, the platform's send list and its audit list already exist.
+
+Two figures per challenge: everything the starts added (`with_audit`: the challenge state and
+the two audit records each start writes, `verification_started` and `code_sent`, while the
+audit log lives in Redis), and the challenge state alone (`without_audit`: the same minus what
+the audit list grew by, `MEMORY USAGE` of the list before and after, exact with SAMPLES 0).
+`benchmarks/run.py` runs it as its last phase; tests/test_redis_memory.py holds the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+
+from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.domain.clock import SystemClock
+from xacthuc.domain.keyed import OtpMac, Pseudonymizer
+from xacthuc.domain.records import Limits
+from xacthuc.ports.sms import SmsMessage
+from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
+
+PLATFORM = "bench"
+NAMESPACE = "xacthuc"
+# The bound issue 11 sets for the challenge state (everything but the audit records).
+GOAL_BYTES = 700
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    starts: int
+    with_audit: float  # bytes per pending challenge, audit records in Redis included
+    without_audit: float  # the same without the audit list's growth: the challenge state
+
+    def as_json(self) -> dict[str, float | int]:
+        return {
+            "starts": self.starts,
+            "redis_bytes_per_pending_challenge": round(self.without_audit, 1),
+            "redis_bytes_per_pending_challenge_with_audit": round(self.with_audit, 1),
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of our own on a free port (never the shared one); its URL."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        proc = subprocess.Popen(
+            [
+                *("redis-server", "--bind", "127.0.0.1", "--port", str(port)),
+                *("--save", "", "--appendonly", "no", "--dir", folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with redis.Redis(port=port, socket_connect_timeout=1) as client:
+                        client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+class _Accepted:
+    """An SMS gateway that takes every message (the code is not needed here)."""
+
+    async def send(self, message: SmsMessage) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def measure(url: str, starts: int) -> Footprint:
+    """Bytes per pending challenge after `starts` starts on the empty Redis at `url`."""
+    store = RedisStore(url, namespace=NAMESPACE)
+    verifier = PhoneOtpVerifier(
+        store=store,
+        sms=_Accepted(),
+        clock=SystemClock(),
+        pseudonyms=Pseudonymizer(b"p" * 32),
+        otp_mac=OtpMac([b"o" * 32]),
+        limits=Limits(sends_per_platform_hour=starts + 10, sends_per_client_ip_hour=20),
+        otp_ttl_seconds=300,
+        token_ttl_seconds=86_400,
+        sms_template="{code}",
+    )
+    audit_key = f"{NAMESPACE}:{{{PLATFORM}}}:audit"
+
+    async def start(n: int) -> None:
+        await verifier.start(
+            platform=PLATFORM,
+            account_id=f"acct-{n}",
+            phone_number=f"09{n:08d}",
+            client_ip=f"10.{(n >> 16) & 0xFF}.{(n >> 8) & 0xFF}.{n & 0xFF}",
+            idempotency_key=f"bench-{n}",
+        )
+
+    async with aioredis.Redis.from_url(url) as admin:
+        try:
+            await start(starts)  # scripts loaded, the platform's list and audit list exist
+            used_before = (await admin.info("memory"))["used_memory"]
+            audit_before = await admin.memory_usage(audit_key, samples=0) or 0
+            for n in range(starts):
+                await start(n)
+            used_after = (await admin.info("memory"))["used_memory"]
+            audit_after = await admin.memory_usage(audit_key, samples=0) or 0
+        finally:
+            await store.aclose()
+    grown = used_after - used_before
+    return Footprint(starts, grown / starts, (grown - (audit_after - audit_before)) / starts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--starts", type=int, default=20_000, help="starts to measure (20000)")
+    args = p.parse_args()
+    with private_redis() as url:
+        figure = asyncio.run(measure(url, args.starts))
+    print(
+        f"{figure.without_audit:.0f} bytes of Redis per pending challenge "
+        f"({figure.with_audit:.0f} with its audit records in Redis), {figure.starts} starts"
+    )
+    print(json.dumps(figure.as_json()))
+
+
+if __name__ == "__main__":
+    main()
