@@ -7,7 +7,6 @@ audit records. Times are fixed; every value a store sees is already a pseudonym 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -37,6 +36,8 @@ from xacthuc.domain.errors import (
     XacthucError,
 )
 from xacthuc.domain.records import (
+    CHALLENGE_PREFIX,
+    SLOT_CHARS,
     AttestationRecord,
     ChallengeView,
     CodeCheck,
@@ -44,6 +45,7 @@ from xacthuc.domain.records import (
     NewChallenge,
     PendingAttestation,
     audit_record,
+    idempotency_slot,
 )
 from xacthuc.ports.store import Store
 
@@ -87,6 +89,12 @@ def client_n(n: int) -> str:
     return pseudonym(f"198.51.100.{n}")
 
 
+def cid(name: str, key: str) -> str:
+    """The id of the challenge `name` started with idempotency key `key`: the service's form,
+    beginning with the key's slot (records.py)."""
+    return CHALLENGE_PREFIX + idempotency_slot(key) + name.ljust(SLOT_CHARS, "_")
+
+
 def new(
     challenge_id: str = "ch-1",
     *,
@@ -100,7 +108,7 @@ def new(
 ) -> NewChallenge:
     return NewChallenge(
         platform=platform,
-        challenge_id=challenge_id,
+        challenge_id=cid(challenge_id, key) if key else challenge_id,
         account_id=account,
         phone=phone,
         client=client,
@@ -213,8 +221,9 @@ async def test_replay_with_the_same_idempotency_key_changes_nothing(store: Store
 
     again = await store.start_challenge(new("ch-2", now=NOW + 5, key="k-1"), LIMITS)
 
-    assert ChallengeView("ch-1", NOW + TTL, NOW + 60, True) == again
-    assert [started(0, NOW), code_sent(1, NOW)] == await store.audit_records(PLATFORM)
+    first = cid("ch-1", "k-1")
+    assert ChallengeView(first, NOW + TTL, NOW + 60, True) == again
+    assert [started(0, NOW, first), code_sent(1, NOW, first)] == await store.audit_records(PLATFORM)
 
 
 def code_sent(seq: int, now: float, challenge_id: str = "ch-1") -> str:
@@ -247,15 +256,16 @@ async def test_a_start_still_sending_is_never_replayed(store: Store) -> None:
     assert (1.0, "UNAVAILABLE") == (refused.value.retry_after, refused.value.code)
     with pytest.raises(IdempotencyKeyReused):  # other fields: the key's usual answer
         await store.start_challenge(new("ch-2", now=NOW + 59, account="acc-2", key="k-1"), limits)
-    await store.confirm_sent(PLATFORM, "ch-1", NOW + 59)
+    first = cid("ch-1", "k-1")
+    await store.confirm_sent(PLATFORM, first, NOW + 59)
     again = await store.start_challenge(new("ch-3", now=NOW + 59, key="k-1"), limits)
 
-    assert ChallengeView("ch-1", NOW + TTL, NOW, True) == again
+    assert ChallengeView(first, NOW + TTL, NOW, True) == again
     assert [
-        started(0, NOW),
+        started(0, NOW, first),
         start_refused(1, NOW + 59, "START_IN_PROGRESS"),
         start_refused(2, NOW + 59, "IDEMPOTENCY_KEY_REUSED", account="acc-2"),
-        code_sent(3, NOW + 59),
+        code_sent(3, NOW + 59, first),
     ] == await store.audit_records(PLATFORM)
 
 
@@ -271,26 +281,27 @@ async def test_an_abandoned_start_is_undone_and_started_afresh_charged_once(
 
     view = await store.start_challenge(new("ch-2", now=NOW + 60, key="k-1"), limits)
 
-    assert ChallengeView("ch-2", NOW + 60 + TTL, NOW + 120, False) == view
+    first, second = cid("ch-1", "k-1"), cid("ch-2", "k-1")
+    assert ChallengeView(second, NOW + 60 + TTL, NOW + 120, False) == view
     with pytest.raises(ResendTooSoon):  # the cooldown runs from the new start
         await store.start_challenge(new("ch-3", now=NOW + 119, key="k-2"), limits)
     with pytest.raises(SendLimitExceeded):  # one send charged in the 15 minutes, not two
         await store.start_challenge(new("ch-3", now=NOW + 120, key="k-2"), limits)
-    await store.confirm_sent(PLATFORM, "ch-1", NOW + 121)  # the dead start, late: no effect
-    await store.abort_challenge(PLATFORM, "ch-1", NOW + 121)
+    await store.confirm_sent(PLATFORM, first, NOW + 121)  # the dead start, late: no effect
+    await store.abort_challenge(PLATFORM, first, NOW + 121)
     with pytest.raises(ChallengeNotFound):
-        await store.check_code(check("ch-1", now=NOW + 122), limits)
-    await store.confirm_sent(PLATFORM, "ch-2", NOW + 123)
+        await store.check_code(check(first, now=NOW + 122), limits)
+    await store.confirm_sent(PLATFORM, second, NOW + 123)
     replay = await store.start_challenge(new("ch-4", now=NOW + 124, key="k-1"), limits)
-    assert ChallengeView("ch-2", NOW + 60 + TTL, NOW + 120, True) == replay
+    assert ChallengeView(second, NOW + 60 + TTL, NOW + 120, True) == replay
     assert [
-        started(0, NOW),
-        rec(1, NOW + 60, "code_send_abandoned", "failed", challenge="ch-1", phone=PHONE),
-        started(2, NOW + 60, "ch-2"),
+        started(0, NOW, first),
+        rec(1, NOW + 60, "code_send_abandoned", "failed", challenge=first, phone=PHONE),
+        started(2, NOW + 60, second),
         start_refused(3, NOW + 119, "RESEND_TOO_SOON"),
         start_refused(4, NOW + 120, "SEND_LIMIT_EXCEEDED"),
-        rec(5, NOW + 122, "check_failed", "refused", "CHALLENGE_NOT_FOUND", challenge="ch-1"),
-        code_sent(6, NOW + 123, "ch-2"),
+        rec(5, NOW + 122, "check_failed", "refused", "CHALLENGE_NOT_FOUND", challenge=first),
+        code_sent(6, NOW + 123, second),
     ] == await store.audit_records(PLATFORM)
 
 
@@ -312,16 +323,19 @@ async def test_same_idempotency_key_for_another_account_is_refused(store: Store)
         client=CLIENT,
         method="phone_otp",
     )
-    assert [started(0, NOW), expected] == await store.audit_records(PLATFORM)
+    assert [started(0, NOW, cid("ch-1", "k-1")), expected] == await store.audit_records(PLATFORM)
 
 
 async def test_idempotency_key_of_an_expired_challenge_starts_a_new_one(store: Store) -> None:
-    """Once its challenge has expired, the key starts a fresh challenge."""
-    await store.start_challenge(new("ch-1", key="k-1"), LIMITS)
+    """Once its challenge has expired, the key starts a fresh challenge, which replaces the
+    expired one: a check of the expired id finds no challenge (issue 11: one record)."""
+    await sent(store, new("ch-1", key="k-1"))
 
     view = await store.start_challenge(new("ch-2", now=NOW + TTL, key="k-1"), LIMITS)
 
-    assert ChallengeView("ch-2", NOW + 2 * TTL, NOW + TTL + 60, False) == view
+    assert ChallengeView(cid("ch-2", "k-1"), NOW + 2 * TTL, NOW + TTL + 60, False) == view
+    with pytest.raises(ChallengeNotFound):
+        await store.check_code(check(cid("ch-1", "k-1"), now=NOW + TTL + 1), LIMITS)
 
 
 async def test_resend_inside_the_cooldown_is_refused_with_the_time_left(store: Store) -> None:
@@ -430,27 +444,28 @@ async def test_confirm_sent_audits_code_sent_once(store: Store) -> None:
 async def test_abort_removes_the_challenge_and_refunds_everything(store: Store) -> None:
     """abort_challenge forgets the challenge, its key, its budget and cooldown; audits it."""
     limits = Limits(sends_per_phone_15m=1)
+    first, second = cid("ch-1", "k-1"), cid("ch-2", "k-1")
     await store.start_challenge(new("ch-1", key="k-1"), limits)
 
-    await store.abort_challenge(PLATFORM, "ch-1", NOW + 1)
+    await store.abort_challenge(PLATFORM, first, NOW + 1)
 
     with pytest.raises(ChallengeNotFound):
-        await store.check_code(check("ch-1", now=NOW + 2), limits)
+        await store.check_code(check(first, now=NOW + 2), limits)
     view = await store.start_challenge(new("ch-2", now=NOW + 3, key="k-1"), limits)
-    assert ChallengeView("ch-2", NOW + 3 + TTL, NOW + 63, False) == view
+    assert ChallengeView(second, NOW + 3 + TTL, NOW + 63, False) == view
     expected = [
-        started(0, NOW),
+        started(0, NOW, first),
         rec(
             1,
             NOW + 1,
             "code_send_failed",
             "failed",
             "SMS_DELIVERY_FAILED",
-            challenge="ch-1",
+            challenge=first,
             phone=PHONE,
         ),
-        rec(2, NOW + 2, "check_failed", "refused", "CHALLENGE_NOT_FOUND", challenge="ch-1"),
-        started(3, NOW + 3, "ch-2"),
+        rec(2, NOW + 2, "check_failed", "refused", "CHALLENGE_NOT_FOUND", challenge=first),
+        started(3, NOW + 3, second),
     ]
     assert expected == await store.audit_records(PLATFORM)
 
@@ -969,12 +984,12 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
     """All keys carry the {platform} hash tag; all but the durable ones expire."""
     store = redis_store(redis_url, redis_namespace)
     await sent(store, new(key="k-1"))
-    await store.check_code(check(now=NOW + 1), LIMITS)
+    await store.check_code(check(cid("ch-1", "k-1"), now=NOW + 1), LIMITS)
     await store.aclose()
     pre = f"{redis_namespace}:{{{PLATFORM}}}:"
     retention_ms = (TTL + LIMITS.challenge_retention_seconds) * 1000
-    # The idempotency key is stored under its digest: 16 bytes of SHA-256, base64url.
-    idem = base64.urlsafe_b64encode(hashlib.sha256(b"k-1").digest()[:16])[:22].decode()
+    # One record for the challenge and its idempotency key, named by the key's slot.
+    slot = CHALLENGE_PREFIX + idempotency_slot("k-1")
 
     async with aioredis.Redis.from_url(redis_url, decode_responses=True) as client:
         keys = [key async for key in client.scan_iter(f"{redis_namespace}:*")]
@@ -983,8 +998,7 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
     assert {
         f"{pre}{kind}"
         for kind in (
-            "c:ch-1",
-            f"k:{idem}",
+            f"c:{slot}",
             f"p:{PHONE}",
             "pl",
             f"i:{CLIENT}",
@@ -997,8 +1011,7 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
             "acctsl:acc-1",
         )
     } == set(ttl)
-    assert retention_ms - 60_000 < ttl[f"{pre}c:ch-1"] <= retention_ms
-    assert retention_ms - 60_000 < ttl[f"{pre}k:{idem}"] <= retention_ms
+    assert retention_ms - 60_000 < ttl[f"{pre}c:{slot}"] <= retention_ms
     assert 0 < ttl[f"{pre}p:{PHONE}"] <= 86_400_000
     assert 0 < ttl[f"{pre}pl"] <= 3_600_000
     assert 0 < ttl[f"{pre}i:{CLIENT}"] <= 3_600_000
@@ -1069,14 +1082,15 @@ async def test_random_histories_agree_with_memory(
             )
             kind = rnd.random()
             if kind < 0.3 or not challenges:
+                key = rnd.choice(["", "", "k1"])
                 nc = NewChallenge(
                     platform=rnd.choice([PLATFORM, PLATFORM, OTHER_PLATFORM]),
-                    challenge_id=f"ch-{step}",
+                    challenge_id=cid(f"ch-{step}", key) if key else f"ch-{step}",
                     account_id=rnd.choice("abcd"),
                     phone=rnd.choice([PHONE, PHONE_2]),
                     client=rnd.choice([CLIENT, client_n(1)]),
                     code_mac=rnd.choice(["m1", "m2"]),
-                    idempotency_key=rnd.choice(["", "", "k1"]),
+                    idempotency_key=key,
                     now=now,
                     expires_at=now + rnd.choice([50, 300]),
                 )
@@ -1124,4 +1138,5 @@ async def test_memory_store_forgets_challenges_after_retention() -> None:
             Limits(sends_per_client_ip_hour=10_000),
         )
     platform = store._platforms[PLATFORM]
-    assert (False, False) == ("old" in platform.challenges, "k-old" in platform.idempotency)
+    old = cid("old", "k-old")
+    assert (False, False) == (old in platform.challenges, "k-old" in platform.idempotency)

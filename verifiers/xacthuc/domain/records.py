@@ -6,6 +6,7 @@ Values are already pseudonymised: none of them holds a raw phone number, IP addr
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -63,6 +64,22 @@ class Limits:
         )
 
 
+# A challenge id is "ch_" and 22 base64url characters. One started with an idempotency key
+# begins with the key's slot (11 characters, 66 bits of SHA-256 of the key), then 11 random
+# ones; one without a key is random throughout. A store keeps a challenge under its id's first
+# 14 characters, so the challenge and its idempotency key are one record (issue 11: Redis
+# memory), found from the challenge id and from the key alike. A new challenge under a key
+# replaces the key's earlier one: a check of the earlier id then finds no challenge.
+CHALLENGE_PREFIX = "ch_"
+SLOT_CHARS = 11
+
+
+def idempotency_slot(idempotency_key: str) -> str:
+    """The first characters of every challenge id started with `idempotency_key`."""
+    digest = hashlib.sha256(b"xacthuc idempotency\x1f" + idempotency_key.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:SLOT_CHARS]
+
+
 @dataclass(frozen=True, slots=True)
 class NewChallenge:
     platform: str
@@ -74,6 +91,11 @@ class NewChallenge:
     idempotency_key: str  # "" when the platform sent none
     now: float
     expires_at: float
+
+    def __post_init__(self) -> None:
+        slot = CHALLENGE_PREFIX + idempotency_slot(self.idempotency_key)
+        if self.idempotency_key and not self.challenge_id.startswith(slot):
+            raise ValueError("a challenge started with an idempotency key begins with its slot")
 
     @property
     def fingerprint(self) -> str:

@@ -36,12 +36,14 @@ from xacthuc.domain.fictional import TestNumbers
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.phone import mask, normalize_vn_mobile
 from xacthuc.domain.records import (
+    CHALLENGE_PREFIX,
     AttestationRecord,
     ChallengeView,
     CodeCheck,
     Limits,
     NewChallenge,
     PendingAttestation,
+    idempotency_slot,
 )
 from xacthuc.ports.metrics import FlowMetrics, NoFlowMetrics
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage, SmsSender
@@ -145,7 +147,13 @@ class PhoneOtpVerifier:
         if idempotency_key and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise FieldInvalid("idempotency_key", "must be 1-128 printable ASCII characters")
         now = self._clock.now()
-        challenge_id = "ch_" + secrets.token_urlsafe(16)
+        # With a key, the id begins with the key's slot (records.py): the store keeps the
+        # challenge and its key as one record.
+        challenge_id = CHALLENGE_PREFIX + (
+            idempotency_slot(idempotency_key) + secrets.token_urlsafe(8)
+            if idempotency_key
+            else secrets.token_urlsafe(16)
+        )
         fixed = self._test_numbers
         test_code = fixed.code if fixed is not None and e164 in fixed else None
         code = test_code or _new_code()

@@ -85,6 +85,11 @@ class PhoneOps(MemoryBase):
             resend_not_before=resend_not_before,
         )
         if new.idempotency_key:
+            # The key's earlier challenge (expired, or undone) is replaced: Redis keeps the two
+            # as one record (records.py, idempotency_slot).
+            earlier = p.idempotency.get(new.idempotency_key)
+            if earlier is not None and earlier != new.challenge_id:
+                p.challenges.pop(earlier, None)
             p.idempotency[new.idempotency_key] = new.challenge_id
         phone.last_send = now
         entry = (now, new.challenge_id)

@@ -5,12 +5,13 @@ keys, encodes the parameters and turns the scripts' replies into results or exce
 
 Key layout, all under one hash tag per platform so a platform lives in one cluster slot:
 
-    <ns>:{<platform>}:c:<challenge id>      string: the challenge, packed (common.lua,
+    <ns>:{<platform>}:c:<id head>           string: the challenge, packed (common.lua,
                                             challenge_of: state sending -> pending ->
-                                            consumed, attempts, times, account, pseudonyms,
-                                            MAC)
-    <ns>:{<platform>}:k:<key digest>        string: idempotency key -> challenge id (the key's
-                                            SHA-256, 16 bytes, base64url)
+                                            consumed, attempts, times, the rest of its id,
+                                            account, pseudonyms, MAC), named by its id's first
+                                            14 characters: with an idempotency key, the key's
+                                            slot (records.py), so the record is also the
+                                            key's: one key per challenge, not two
     <ns>:{<platform>}:p:<phone>             string: the number's P2 state (fails, lock_level,
                                             locked_until), last_send and its send times of
                                             the last day (P3), packed (phone_of)
@@ -41,7 +42,7 @@ Guardian links, the status list and attestations do not expire (P10 retention is
 operator's). Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
 does, send windows after their window, phone state a day after its last activity or lock.
 
-Memory (issue 11): a pending challenge costs four small keys and one list entry; Redis spends
+Memory (issue 11): a pending challenge costs three small keys and one list entry; Redis spends
 ~150 bytes on a key whatever its value, so values are packed (times as 8-byte doubles, hex
 pseudonyms and MACs as bytes) and nothing is stored twice. `benchmarks/run.py` prints the bytes
 per pending challenge; tests/test_redis_memory.py holds the bound. The send logs keep times only,
@@ -52,7 +53,6 @@ The namespace and platform must not contain `{` or `}`.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -104,6 +104,8 @@ from xacthuc.domain.errors import (
 from xacthuc.domain.locks import AccountLock, LockRequest
 from xacthuc.domain.records import (
     AUDIT_FORMAT_VERSION,
+    CHALLENGE_PREFIX,
+    SLOT_CHARS,
     AgingOut,
     AttestationRecord,
     ChallengeView,
@@ -184,12 +186,16 @@ def _lua(name: str, *, prelude: bool = True) -> str:
     return "\n".join((folder / f).read_text("utf-8") for f in files)
 
 
-def _digest(idempotency_key: str) -> str:
-    """The name an idempotency key is stored under: fixed-size (22 characters) whatever the
-    key's length (up to 128), and no way back to the key."""
-    return base64.urlsafe_b64encode(hashlib.sha256(idempotency_key.encode()).digest()[:16])[
-        :22
-    ].decode()
+_HEAD = len(CHALLENGE_PREFIX) + SLOT_CHARS
+
+
+def _split_id(challenge_id: str) -> tuple[str, str]:
+    """The part of a challenge id its record is named by, and the rest, kept in the record:
+    an id of the service's form ("ch_" + 22) splits after its slot (records.py), so a
+    challenge and its idempotency key are one record; any other id is a name of its own."""
+    if challenge_id.startswith(CHALLENGE_PREFIX) and len(challenge_id) > _HEAD:
+        return challenge_id[:_HEAD], challenge_id[_HEAD:]
+    return challenge_id, ""
 
 
 def _text(value: Any) -> Any:
@@ -382,17 +388,19 @@ class RedisStore:
 
     async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
         pre = self._prefix(new.platform)
+        head, tail = _split_id(new.challenge_id)
         keys = [
-            f"{pre}c:{new.challenge_id}",
+            f"{pre}c:{head}",
             f"{pre}p:{new.phone}",
             f"{pre}pl",
             f"{pre}i:{new.client}",
             f"{pre}phacct:{new.phone}",
             f"{pre}audit",
         ]
-        if new.idempotency_key:
-            keys.append(f"{pre}k:{_digest(new.idempotency_key)}")
         params = self._common(new.platform, new.now) | {
+            "head": head,
+            "tail": tail,
+            "keyed": "1" if new.idempotency_key else "",
             "limits": _limits_json(limits),
             "challenge_id": new.challenge_id,
             "challenge_j": _j(new.challenge_id),
@@ -414,16 +422,15 @@ class RedisStore:
 
     async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
         pre = self._prefix(platform)
-        params = self._common(platform, now) | {"challenge_j": _j(challenge_id)}
-        await self._run("confirm_sent", [f"{pre}c:{challenge_id}", f"{pre}audit"], params)
+        head, tail = _split_id(challenge_id)
+        params = self._common(platform, now) | {"challenge_j": _j(challenge_id), "tail": tail}
+        await self._run("confirm_sent", [f"{pre}c:{head}", f"{pre}audit"], params)
 
     async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
         pre = self._prefix(platform)
-        keys = [f"{pre}c:{challenge_id}", f"{pre}pl", f"{pre}audit"]
-        params = self._common(platform, now) | {
-            "challenge_id": challenge_id,
-            "challenge_j": _j(challenge_id),
-        }
+        head, tail = _split_id(challenge_id)
+        keys = [f"{pre}c:{head}", f"{pre}pl", f"{pre}audit"]
+        params = self._common(platform, now) | {"challenge_j": _j(challenge_id), "tail": tail}
         await self._run("abort_challenge", keys, params)
 
     @staticmethod
@@ -444,8 +451,10 @@ class RedisStore:
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
         pre = self._prefix(check.platform)
-        keys = [f"{pre}c:{check.challenge_id}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
+        head, tail = _split_id(check.challenge_id)
+        keys = [f"{pre}c:{head}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
         params = self._common(check.platform, check.now) | {
+            "tail": tail,
             "limits": _limits_json(limits),
             "challenge_j": _j(check.challenge_id),
             "account": check.account_id,

@@ -1,6 +1,6 @@
 -- abort_challenge: the gateway refused the SMS; undo the start as if it never happened.
 --
--- KEYS[1] c:<id>   KEYS[2] pl (the platform's send list)   KEYS[3] audit
+-- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)   KEYS[2] pl (the platform's send list)   KEYS[3] audit
 -- Reply: {"ok"} (also when there is nothing to abort).
 --
 -- The caller knows only the challenge id, so the keys named by the challenge (its phone, its
@@ -8,9 +8,9 @@
 -- same {platform} hash tag as KEYS, so they live in the same slot.
 
 local ch_key, audit_key = KEYS[1], KEYS[3]
-local c = challenge_of(ch_key)
+local c = challenge_of(ch_key, P.tail)
 if not c or c.state ~= "sending" then
   return { "ok" }
 end
-unsend(P.challenge_id, P.challenge_j, c, "code_send_failed", audit_key)
+unsend(ch_key, P.challenge_j, c, "code_send_failed", audit_key)
 return { "ok" }

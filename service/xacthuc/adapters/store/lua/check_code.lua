@@ -1,6 +1,6 @@
 -- check_code: count the attempt, compare in constant time, consume, attest; P1, P2, P8.
 --
--- KEYS[1] c:<id>   KEYS[2] acct:<account>   KEYS[3] audit
+-- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)   KEYS[2] acct:<account>   KEYS[3] audit
 -- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at, status_idx} or a refusal.
 -- Single use: a consumed challenge refuses even the right code (CHALLENGE_ALREADY_USED).
 -- An account with an active guardian link (a child under 16) is refused (GUARDIAN_REQUIRED).
@@ -13,7 +13,7 @@ local ch_key, acct_key, audit_key = KEYS[1], KEYS[2], KEYS[3]
 local L = P.limits
 local a = P.attestation
 
-local c = challenge_of(ch_key) or {}
+local c = challenge_of(ch_key, P.tail) or {}
 
 local function refuse(reason, phone_j, retry_after)
   audit(audit_key, {

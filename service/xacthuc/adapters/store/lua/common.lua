@@ -259,7 +259,7 @@ local function end_link(l, reason, reason_j, audit_key)
 end
 
 -- ---- compact challenge state (issue 11: bytes per pending challenge) ------------------
--- A pending challenge costs four small keys (c:, k:, p:, i:) and one entry of the platform's
+-- A pending challenge costs three small keys (c:, p:, i:) and one entry of the platform's
 -- send list; each value is packed: times as 8-byte doubles (struct ">d", the caller's exact
 -- doubles), hex pseudonyms and MACs as raw bytes. Redis spends ~150 bytes on a key whatever
 -- its value, so every field is as short as it can be and nothing is stored twice.
@@ -309,16 +309,24 @@ end
 
 local STATES = { s = "sending", p = "pending", c = "consumed" }
 
--- The challenge in `key` as a table (nil when there is none). Layout: state (1 byte s/p/c),
--- attempts (1 byte), created, expires_at, resend_not_before (doubles), then account,
--- account_j, phone, phone_j, client (a length byte each; _j empty when q() gives it), and the
--- packed MAC to the end.
-local function challenge_of(key)
+-- The challenge in `key` as a table (nil when there is none, or when `tail` is given and the
+-- record holds another challenge of the same slot). A record is named by its id's first 14
+-- characters (records.py: the idempotency key's slot), so it keeps the rest, `tail`. Layout:
+-- state (1 byte s/p/c), attempts (1 byte), created, expires_at, resend_not_before (doubles),
+-- then tail, account, account_j, phone, phone_j, client (a length byte each; _j empty when
+-- q() gives it), and the packed MAC to the end.
+local function challenge_of(key, tail)
   local raw = redis.call("GET", key)
   if not raw then
     return nil
   end
   local state, attempts, created, expires_at, resend, pos = struct.unpack(">c1Bddd", raw)
+  local n = string.byte(raw, pos)
+  local stored_tail = string.sub(raw, pos + 1, pos + n)
+  if tail and stored_tail ~= tail then
+    return nil
+  end
+  pos = pos + 1 + n
   local f = {}
   for i = 1, 5 do
     local n = string.byte(raw, pos)
@@ -327,16 +335,17 @@ local function challenge_of(key)
   end
   local phone = unpack_text(f[3])
   return {
-    state = STATES[state], attempts = attempts, created = created, expires_at = expires_at,
+    tail = stored_tail, state = STATES[state], attempts = attempts, created = created,
+    expires_at = expires_at,
     resend_not_before = resend, account = f[1], account_j = json_of(f[1], f[2]),
     phone = phone, phone_j = json_of(phone, f[4]), client = unpack_text(f[5]),
     mac = unpack_text(string.sub(raw, pos)),
   }
 end
 
-local function challenge_bytes(state, created, expires_at, resend, account, account_j, phone,
-                               phone_j, client, mac)
-  return struct.pack(">c1Bddd", state, 0, created, expires_at, resend)
+local function challenge_bytes(state, created, expires_at, resend, tail, account, account_j,
+                               phone, phone_j, client, mac)
+  return struct.pack(">c1Bddd", state, 0, created, expires_at, resend) .. field(tail)
     .. field(account) .. field(json_kept(account, account_j)) .. field(pack_text(phone))
     .. field(json_kept(phone, phone_j)) .. field(pack_text(client)) .. pack_text(mac)
 end
@@ -468,15 +477,14 @@ local function list_trim(key, through)
   end
 end
 
--- Undo the start of the "sending" challenge `id` (JSON text `id_j`, its table `c` from
--- challenge_of) as if it never happened: the challenge, its budget entries and the cooldown;
--- audit `event` ("code_send_failed": the gateway refused it; "code_send_abandoned": its start
--- died before confirming the send). Its idempotency key is left to expire: it names a
--- challenge that no longer exists, which reads as no challenge at all. The keys named by the
--- challenge are built from PREFIX and the stored pseudonyms; they carry the platform's hash
--- tag, so they live in the caller's slot.
-local function unsend(id, id_j, c, event, audit_key)
-  redis.call("DEL", PREFIX .. "c:" .. id)
+-- Undo the start of the "sending" challenge in `ch_key` (JSON text of its id `id_j`, its table
+-- `c` from challenge_of) as if it never happened: the challenge (and so its idempotency key,
+-- the same record), its budget entries and the cooldown; audit `event` ("code_send_failed":
+-- the gateway refused it; "code_send_abandoned": its start died before confirming the send).
+-- The keys named by the challenge are built from PREFIX and the stored pseudonyms; they carry
+-- the platform's hash tag, so they live in the caller's slot.
+local function unsend(ch_key, id_j, c, event, audit_key)
+  redis.call("DEL", ch_key)
   redis.call("LREM", PREFIX .. "pl", -1, struct.pack(">d", c.created))
   local ip_key = PREFIX .. "i:" .. c.client
   local ip = redis.call("GET", ip_key)

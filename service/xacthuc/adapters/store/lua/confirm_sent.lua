@@ -1,10 +1,10 @@
 -- confirm_sent: the gateway accepted the SMS; a "sending" challenge becomes "pending".
 --
--- KEYS[1] c:<id>   KEYS[2] audit
+-- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)   KEYS[2] audit
 -- Reply: {"ok"} (also when there is nothing to confirm).
 
 local ch_key, audit_key = KEYS[1], KEYS[2]
-local c = challenge_of(ch_key)
+local c = challenge_of(ch_key, P.tail)
 if not c or c.state ~= "sending" then
   return { "ok" }
 end

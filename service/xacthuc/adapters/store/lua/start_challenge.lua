@@ -3,14 +3,16 @@
 -- "sending" is START_IN_PROGRESS within the send lease, and abandoned (undone, audited
 -- `code_send_abandoned`) after it, so the retry starts afresh.
 --
--- KEYS[1] c:<id>          KEYS[2] p:<phone>      KEYS[3] pl (the platform's send list)
+-- KEYS[1] c:<slot>        KEYS[2] p:<phone>      KEYS[3] pl (the platform's send list)
 -- KEYS[4] i:<client>      KEYS[5] phacct:<phone> KEYS[6] audit
--- KEYS[7] k:<digest of the idempotency key> (only when the platform sent a key)
 -- Reply: {"ok"|"replay", challenge id, expires_at, resend_not_before} or a refusal.
+--
+-- KEYS[1] is named by the new id's first 14 characters (P.head; the rest is P.tail): with an
+-- idempotency key, the key's slot (records.py), so it holds the key's earlier challenge, if
+-- any, which the new one replaces.
 
 local ch_key, ph_key, sends_platform, ip_key, accounts_key, audit_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local idem_key = KEYS[7]
 local L = P.limits
 
 local function refuse(reason, retry_after, extra)
@@ -21,13 +23,11 @@ local function refuse(reason, retry_after, extra)
   return refusal(reason, retry_after, extra)
 end
 
-if idem_key then
-  local existing = redis.call("GET", idem_key)
-  if existing then
-    -- The key names an earlier challenge whose id only the stored value knows, so its key is
-    -- built here; it shares the {platform} hash tag, hence the slot, of every key above.
-    local e = challenge_of(PREFIX .. "c:" .. existing)
-    if e and e.expires_at > NOW then
+if P.keyed == "1" then
+  local e = challenge_of(ch_key)
+  if e then
+    local existing = P.head .. e.tail
+    if e.expires_at > NOW then
       -- The same request repeats the account and the number (NewChallenge.fingerprint).
       if e.account ~= P.account or e.phone ~= P.phone then
         return refuse("IDEMPOTENCY_KEY_REUSED")
@@ -39,7 +39,7 @@ if idem_key then
         return refuse("START_IN_PROGRESS", "1")
       end
       -- Its start died before confirming the send: forget it, start afresh.
-      unsend(existing, q(existing), e, "code_send_abandoned", audit_key)
+      unsend(ch_key, q(existing), e, "code_send_abandoned", audit_key)
     end
   end
 end
@@ -90,11 +90,8 @@ end
 local expires_at = tonumber(P.expires_at)
 local resend_not_before = NOW + L.resend_cooldown_seconds
 local keep = ms_until(expires_at + L.challenge_retention_seconds)
-redis.call("SET", ch_key, challenge_bytes("s", NOW, expires_at, resend_not_before, P.account,
-  P.account_j, P.phone, P.phone_j, P.client, P.code_mac), "PX", keep)
-if idem_key then
-  redis.call("SET", idem_key, P.challenge_id, "PX", keep)
-end
+redis.call("SET", ch_key, challenge_bytes("s", NOW, expires_at, resend_not_before, P.tail,
+  P.account, P.account_j, P.phone, P.phone_j, P.client, P.code_mac), "PX", keep)
 phone.last_send = NOW
 phone.sends = recent(phone.sends, NOW - DAY)
 phone.sends[#phone.sends + 1] = NOW
