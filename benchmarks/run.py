@@ -78,6 +78,11 @@ runs a thousand of each RPC under MONITOR and counts, exactly, the commands sent
 xacthuc server's own connections, and those its scripts ran (see `redis_probe.py`); the
 server's background work on its audit log (the checkpointer) is shown apart.
 
+Redis memory (issue 11), last: `redis_memory.py` on a private redis-server of its own (free
+port, nothing else connected, so `INFO memory` is exact): `--memory-starts` starts through
+the real start path with nothing shared between them, bytes per pending challenge with and
+without the audit list's growth; the goal is at most 700 B for the challenge state.
+
 Output: the table (rps, p50/p99 latency, rps as a fraction of echo's, Redis round trips,
 CPU), then, as the last line, one JSON object. Exit status 1 if any timed call failed or
 something could not start (the reason is printed), 130 on Ctrl-C; the child processes are
