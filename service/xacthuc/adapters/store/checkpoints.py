@@ -69,7 +69,10 @@ class RedisCheckpointStore:
         source = (
             resources.files("xacthuc.adapters.store") / "lua" / "append_checkpoint.lua"
         ).read_text("utf-8")
-        self._append = client.register_script(source)
+        from xacthuc.adapters.store.redis import LuaScript
+
+        # A compare-and-set: sent once even on a client that retries (see `call_once`).
+        self._append = LuaScript(source)
 
     def _key(self, platform: str) -> str:
         return f"{self._namespace}:{{{platform}}}:checkpoints"
@@ -83,9 +86,10 @@ class RedisCheckpointStore:
 
     async def append(self, platform: str, checkpoint: StoredCheckpoint, *, after: int) -> bool:
         try:
-            stored, _ = await self._append(
-                keys=[self._key(platform)],
-                args=[str(after), str(checkpoint.tree_size), checkpoint.to_json()],
+            stored, _ = await self._append.run(
+                self._redis,
+                [self._key(platform)],
+                [str(after), str(checkpoint.tree_size), checkpoint.to_json()],
             )
         except self._unavailable as e:
             raise StoreUnavailable() from e

@@ -65,7 +65,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
-from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -142,6 +142,9 @@ _SCRIPTS = (
 # Read-only scripts that need nothing of the prelude (no parameters, no audit): run bare, as
 # cheap as a single command (the prelude's JSON decoding and definitions cost per call).
 _BARE_SCRIPTS = ("account_state",)
+# Scripts that only read: safe to run again, so they keep the client's retries. Every other
+# script changes state and is sent at most once (`call_once`).
+_READ_ONLY = frozenset({"account_state", "list_aging_out", "locked_status_indexes"})
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
 _REFUSALS: dict[str, type[XacthucError]] = {
@@ -233,21 +236,55 @@ def _j(value: str) -> str:
     return f'"{value}"' if _PLAIN.fullmatch(value) else json.dumps(value)
 
 
-class _Script:
+async def call_once(client: aioredis.Redis, *args: Any) -> Any:
+    """Send one command exactly once, whatever `Retry` the client was built with.
+
+    redis-py (6 and later) retries a failed command, three times by default, and a command
+    whose reply was lost may have run: a code consumed or a budget charged twice. So a
+    state-changing script goes out here, on a connection of the client's own pool, sent and
+    read without the retry loop of `execute_command`. The connection may still be (re)opened
+    with retries: nothing was sent yet. A failure other than an error reply leaves the
+    connection's state unknown (a reply may be on its way), so it is closed, never reused."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: untyped
+    try:
+        await conn.send_command(*args)
+        return await client.parse_response(conn, str(args[0]))
+    except ResponseError:
+        raise  # the server answered: the connection is in step
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+class LuaScript:
     """A Lua script run by EVALSHA, loaded again after a NOSCRIPT reply (a restarted or
     failed-over Redis forgets scripts). redis-py's Script object does the same with more
-    bookkeeping per call; this path was measurably cheaper on the hot RPCs."""
+    bookkeeping per call; this path was measurably cheaper on the hot RPCs.
 
-    def __init__(self, source: str) -> None:
+    `once` (every script that changes state) sends it with `call_once`: a NOSCRIPT reply
+    means it did not run, so loading it and sending it again is no second run."""
+
+    def __init__(self, source: str, *, once: bool = True) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324  (Redis names scripts by SHA-1)
+        self.once = once
 
     async def run(self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await self._evalsha(client, keys, args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await self._evalsha(client, keys, args)
+
+    async def _evalsha(
+        self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[str]
+    ) -> Any:
+        if self.once:
+            return await call_once(client, "EVALSHA", self.sha, len(keys), *keys, *args)
+        return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _time(value: float) -> str:
@@ -323,9 +360,11 @@ class RedisStore:
     """The `Store` contract on Redis 7 (or a cluster: one platform, one slot).
 
     A given `client` is used as is and left open by `aclose`; without one, the store opens
-    its own from `url`. redis-py does not retry a command by default, and that matters: a
-    script whose reply was lost may have run, so it must not run twice; the caller gets
-    StoreUnavailable and retries with its idempotency key.
+    its own from `url`. Whatever `Retry` the client has (redis-py retries three times by
+    default), a script that changes state is sent once (`call_once`): one whose reply was
+    lost may have run, so it must not run twice; the caller gets StoreUnavailable and
+    retries with its idempotency key. Reads (plain commands, read-only scripts) keep the
+    client's retries.
     """
 
     def __init__(
@@ -344,8 +383,13 @@ class RedisStore:
             client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
         )
         self._namespace = namespace
-        self._scripts = {name: _Script(_lua(name)) for name in _SCRIPTS}
-        self._scripts |= {name: _Script(_lua(name, prelude=False)) for name in _BARE_SCRIPTS}
+        self._scripts = {
+            name: LuaScript(_lua(name), once=name not in _READ_ONLY) for name in _SCRIPTS
+        }
+        self._scripts |= {
+            name: LuaScript(_lua(name, prelude=False), once=name not in _READ_ONLY)
+            for name in _BARE_SCRIPTS
+        }
         self._status_block = check_block(status_block)
         self._status_keys = status_keys
 
