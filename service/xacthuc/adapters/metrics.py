@@ -15,7 +15,21 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from xacthuc.ports.store import Store
 
-TREE_SIZE = Gauge("xacthuc_audit_tree_size", "Records in the audit log, by platform", ["platform"])
+# Gauges say how they combine over the workers of `xacthuc serve --workers N` (prometheus_client
+# multiprocess mode); a single process ignores it.
+TREE_SIZE = Gauge(
+    "xacthuc_audit_tree_size",
+    "Records in the audit log, by platform",
+    ["platform"],
+    multiprocess_mode="mostrecent",
+)
+SERVING = Gauge(
+    "xacthuc_serving",
+    "1 while the process serves; background_jobs: whether it runs the background jobs "
+    "(checkpointer, age-out sweep). With several workers, one series per live worker (pid)",
+    ["background_jobs"],
+    multiprocess_mode="liveall",
+)
 CHECKPOINTS_SIGNED = Counter(
     "xacthuc_audit_checkpoints_signed_total", "Checkpoints signed and stored", ["platform"]
 )

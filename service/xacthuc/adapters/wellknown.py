@@ -105,12 +105,15 @@ async def start_wellknown(
     *,
     name: str = "well-known endpoints",
     ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> web.AppRunner:
     """Serve `app` on host:port (0 picks a free port: see `bound_port`), over TLS with
-    `ssl_context`, without an access log. Stop with `stop_wellknown`."""
+    `ssl_context`, without an access log. Stop with `stop_wellknown`. `reuse_port`: the
+    port is shared with other processes (SO_REUSEPORT), the workers of `xacthuc serve
+    --workers N`."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
     try:
         await site.start()
     except BaseException:

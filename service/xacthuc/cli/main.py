@@ -22,6 +22,25 @@ def _serve(args: argparse.Namespace) -> int:
     from xacthuc.server.logs import configure_logging
 
     configure_logging(settings.log_level, settings.effective_log_format)
+    from xacthuc.server import workers
+
+    worker = None
+    if args.worker_index is not None:  # started by the supervisor below
+        worker = workers.Worker(args.worker_index, args.parent_fd)
+    else:
+        count = args.workers or settings.workers
+        problems = workers.sharing_problems(settings)
+        if count is None:
+            count = 1 if problems else workers.default_workers()
+        elif count > 1 and problems:
+            print(
+                f"xacthuc: --workers {count} needs a configuration every worker shares:\n"
+                + "\n".join(f"  {p}" for p in problems),
+                file=sys.stderr,
+            )
+            return 2
+        if count > 1:
+            return workers.run_supervisor(settings, count, args.listen)
     from xacthuc.adapters.keyring import KeyringError
     from xacthuc.server.app import DEMO_PLATFORM, build_app
     from xacthuc.server.runtime import serve
@@ -39,17 +58,23 @@ def _serve(args: argparse.Namespace) -> int:
         # prints it from a key file; a dev run's key exists only in memory).
         vkey = app.audit_log.verifier_key(DEMO_PLATFORM)
         print(f"dev mode: demo platform '{DEMO_PLATFORM}' log verifier key: {vkey}", flush=True)
-    if settings.metrics_listen:
+    if settings.metrics_listen and worker is None:  # workers: the parent serves /metrics
         from prometheus_client import start_http_server
 
         host, _, port = settings.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host)
     try:
-        asyncio.run(serve(app))
+        asyncio.run(serve(app, worker))
     except OSError as e:
         print(f"xacthuc: cannot serve: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 256")
+    return int(text)
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -94,6 +119,16 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server (configured by XACTHUC_* variables)")
     serve.add_argument("--listen", help="HOST:PORT (overrides XACTHUC_LISTEN)")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="server processes sharing the port (overrides XACTHUC_WORKERS; default: one "
+        "per core when the configuration can be shared, else 1)",
+    )
+    # Internal: how the supervisor starts a worker (xacthuc.server.workers).
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     from xacthuc.cli import audit as cli_audit
     from xacthuc.cli import health as cli_health

@@ -87,11 +87,14 @@ class App:
     # Traces (xacthuc.server.telemetry); None when off.
     telemetry: Telemetry | None = None
 
-    def start(self) -> None:
+    def start(self, *, background_jobs: bool = True) -> None:
         """Start the background tasks: the audit log's checkpointer and the age-out sweep
-        (P6), the API key poll. The server calls it once it serves."""
-        self.audit_log.start()
-        self.age_out.start()
+        (P6), the API key poll. The server calls it once it serves. `background_jobs`
+        False (the workers of `xacthuc serve --workers N` but worker 0) starts only what
+        every process needs for itself: the API key poll."""
+        if background_jobs:
+            self.audit_log.start()
+            self.age_out.start()
         self.key_watcher.start()
 
     async def aclose(self) -> None:

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # unless OTEL_EXPORTER_OTLP_ENDPOINT is set (xacthuc.server.telemetry).
     otlp_endpoint: str = ""
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
+    # Server processes sharing the port (`xacthuc serve --workers N`, xacthuc.server.workers).
+    # Unset: one per core when the configuration can be shared (a Redis store, key files),
+    # else 1. 1: a single process, no parent.
+    workers: int | None = Field(None, ge=1, le=256)
     # TLS for the gRPC port (PEM files); both or neither. A client CA turns on mutual TLS.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from xacthuc.adapters.metrics import SERVING
 from xacthuc.adapters.wellknown import (
     bound_port,
     make_wellknown_app,
@@ -41,6 +42,7 @@ from xacthuc.server.console import ConsoleApi, make_console_app
 from xacthuc.server.health import HealthMonitor
 from xacthuc.server.rpc import add_not_served, add_service
 from xacthuc.server.verification import VerificationServicer
+from xacthuc.server.workers import Worker
 from xacthuc.v1 import audit_pb2, verification_pb2
 
 log = logging.getLogger("xacthuc")
@@ -99,15 +101,22 @@ async def start_server(
     *,
     wellknown_listen: str | None = None,
     console_listen: str | None = None,
+    reuse_port: bool = False,
+    background: bool = True,
 ) -> Server:
     """Start the gRPC server on `listen` (XACTHUC_LISTEN) and, when `wellknown_listen`
     (XACTHUC_WELLKNOWN_LISTEN) is not empty, the well-known HTTP listener; when
-    `console_listen` (XACTHUC_CONSOLE_LISTEN) is not empty, the compliance console."""
+    `console_listen` (XACTHUC_CONSOLE_LISTEN) is not empty, the compliance console.
+
+    `reuse_port` (the workers of `xacthuc serve --workers N`) binds every port with
+    SO_REUSEPORT, shared with the other workers; a single server binds them alone, so a
+    second server on a port in use fails instead of silently sharing it. `background`
+    False (every worker but worker 0) leaves the background jobs to another process."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         # A span per RPC only when tracing is on (xacthuc.server.telemetry): none otherwise.
         interceptors=[app.telemetry.interceptor()] if app.telemetry is not None else None,
@@ -152,17 +161,18 @@ async def start_server(
         raise OSError(f"cannot listen on {listen or app.settings.listen}")
     await app.store.ping()
     await app.key_watcher.refresh()  # the key store's keys, before the first call
-    wellknown = await _start_wellknown(app, wellknown_listen)
+    wellknown = await _start_wellknown(app, wellknown_listen, reuse_port=reuse_port)
     console = None
     try:
-        console = await _start_console(app, console_listen)
+        console = await _start_console(app, console_listen, reuse_port=reuse_port)
         await server.start()
     except BaseException:
         for runner in (wellknown, console):
             if runner is not None:
                 await stop_wellknown(runner)
         raise
-    app.start()  # the audit log's checkpointer, the age-out sweep, the API key poll
+    # The API key poll in every process; the checkpointer and the age-out sweep in one.
+    app.start(background_jobs=background)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     monitor = HealthMonitor(
@@ -173,10 +183,13 @@ async def start_server(
         timeout=app.settings.health_probe_timeout_seconds,
     )
     monitor.start()
+    SERVING.labels("1" if background else "0").set(1)
     return Server(app, server, health, port, wellknown, monitor, console)
 
 
-async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None:
+async def _start_wellknown(
+    app: App, listen: str | None, *, reuse_port: bool = False
+) -> web.AppRunner | None:
     """The JWKS and status list listener; it also fixes the status list URIs' base when
     XACTHUC_PUBLIC_BASE_URL is unset (the port bound may have been 0)."""
     s = app.settings
@@ -190,14 +203,16 @@ async def _start_wellknown(app: App, listen: str | None) -> web.AppRunner | None
         jwks_ttl=s.jwks_ttl_seconds,
         status_ttl=s.status_list_ttl_seconds,
     )
-    runner = await start_wellknown(http, host.strip("[]"), int(port))
+    runner = await start_wellknown(http, host.strip("[]"), int(port), reuse_port=reuse_port)
     if not s.public_base_url:
         bound = bound_port(runner)
         app.status_lists.names.base_url = f"http://{host}:{bound}"
     return runner
 
 
-async def _start_console(app: App, listen: str | None) -> web.AppRunner | None:
+async def _start_console(
+    app: App, listen: str | None, *, reuse_port: bool = False
+) -> web.AppRunner | None:
     """The compliance console (`xacthuc.server.console`), over TLS when the gRPC port has
     a certificate."""
     s = app.settings
@@ -222,6 +237,7 @@ async def _start_console(app: App, listen: str | None) -> web.AppRunner | None:
         int(port),
         name="compliance console",
         ssl_context=context,
+        reuse_port=reuse_port,
     )
 
 
@@ -238,9 +254,15 @@ def _bind(server: grpc.aio.Server, app: App, address: str) -> int:
     return int(server.add_secure_port(address, credentials))
 
 
-async def serve(app: App) -> None:
-    """Run until SIGTERM/SIGINT, then stop gracefully."""
-    running = await start_server(app)
+async def serve(app: App, worker: Worker | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully. A `worker` of `xacthuc serve
+    --workers N` (xacthuc.server.workers) shares the ports, runs the background jobs only
+    as worker 0, and also stops when its parent is gone."""
+    running = await (
+        start_server(app)
+        if worker is None
+        else start_server(app, reuse_port=True, background=worker.runs_background_jobs)
+    )
     log.info(
         "xacthuc listening on %s (mode %s, store %s)",
         app.settings.listen,
@@ -266,6 +288,8 @@ async def serve(app: App) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if worker is not None:
+        worker.serving(stop.set)
     await stop.wait()
     log.info(
         "shutting down: refusing new calls, %.0fs for calls in flight",
