@@ -103,6 +103,7 @@ import os
 import platform
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -165,6 +166,18 @@ SERVER_SETTINGS: dict[str, Any] = {
     "sends_per_platform_hour": 100_000_000,
     "sends_per_client_ip_hour": 1_000_000,
 }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_ms_per_call(row: Row) -> float | None:
+    """Server CPU per call (ms): the figure that carries over between machines."""
+    cpu, rps = row.cpu.get("server"), row.result.rps
+    return None if cpu is None or not rps else cpu / 100 / rps * 1000
 
 
 def base64url(text: str) -> bytes:
@@ -289,6 +302,10 @@ class Benchmark:
         self._serial = itertools.count()
         self.rows: dict[str, Row] = {}
         self.check_failures: list[str] = []
+        # --workers N: the same RPCs against N worker processes sharing one port.
+        self.workers: list[Child] = []
+        self.scaled: dict[str, Row] = {}
+        self.sms_url = ""
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -305,7 +322,7 @@ class Benchmark:
                     "Start Redis, pass --redis-url, or use --store memory."
                 ) from None
             stack.push_async_callback(self._delete_namespace)  # runs after the server stopped
-        sms_url = await self.gateway.start()
+        sms_url = self.sms_url = await self.gateway.start()
         stack.push_async_callback(self.gateway.close)
         self._write_registry(
             Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xacthuc-bench-")))
@@ -334,7 +351,9 @@ class Benchmark:
         """The sandbox registry's people, on a temporary file the server loads at start."""
         self.citizen_count = max(
             CITIZENS_MIN,
-            MONITOR_CALLS + math.ceil(CITIZENS_RPS_BOUND * (self.args.warmup + self.args.duration)),
+            MONITOR_CALLS
+            + math.ceil(CITIZENS_RPS_BOUND * (self.args.warmup + self.args.duration))
+            * (2 if self.args.workers > 1 else 1),  # a second VerifyPersonalId phase
         )
         began = time.perf_counter()
         people = make_citizens(self.citizen_count)
@@ -456,29 +475,34 @@ class Benchmark:
             log(f"  warm-up of {name}: {result.error_count} failed calls {dict(result.errors)}")
         return result
 
-    async def timed(self, name: str, op: Op, server: Child) -> Row:
-        """One timed phase, with CPU and Redis counters read around it."""
-        self.echo.check_alive()
-        self.server.check_alive()
+    async def timed(
+        self, name: str, op: Op, server: Child | list[Child], rows: dict[str, Row] | None = None
+    ) -> Row:
+        """One timed phase, with CPU and Redis counters read around it. `server` may be
+        several processes (workers sharing a port): their CPU is summed."""
+        servers = server if isinstance(server, list) else [server]
+        for child in (self.echo, *servers):
+            child.check_alive()
         meter = CpuMeter(
-            {
-                "server": server.pid,
-                "driver": os.getpid(),
-                "redis": self.probe.pid if self.probe else None,
-            }
+            {f"server#{i}": child.pid for i, child in enumerate(servers)}
+            | {"driver": os.getpid(), "redis": self.probe.pid if self.probe else None}
         )
         before = await self.probe.command_calls() if self.probe else None
         foreign = await self.probe.foreign_clients() if self.probe else 0
         meter.start()
         result = await closed_loop(name, op, concurrency=self.n, duration=self.args.duration)
-        row = Row(name, result, meter.stop(), foreign_redis_clients=foreign)
+        cpu = meter.stop()
+        parts = [cpu.pop(f"server#{i}") for i in range(len(servers))]
+        cpu["server"] = None if None in parts else sum(p for p in parts if p is not None)
+        row = Row(name, result, cpu, foreign_redis_clients=foreign)
         if self.probe and before is not None:
             used = await self.probe.command_calls() - before
             scripts = sum(count for cmd, count in used.items() if cmd in SCRIPT_CALLS)
             row.script_calls_per_call = scripts / max(1, result.calls)
             row.foreign_redis_clients = max(foreign, await self.probe.foreign_clients())
-        server.check_alive()
-        self.rows[name] = row
+        for child in servers:
+            child.check_alive()
+        (self.rows if rows is None else rows)[name] = row
         log(
             f"  {name}: {result.calls} calls, {result.rps:,.0f} rps, "
             f"p50 {result.percentile_ms(50):.2f} ms, p99 {result.percentile_ms(99):.2f} ms"
@@ -498,7 +522,13 @@ class Benchmark:
             )
         log(f"  prepared {count} challenges in {time.perf_counter() - began:.1f} s (untimed)")
 
-    async def confirm_phase(self, name: str, op: Op) -> None:
+    async def confirm_phase(
+        self,
+        name: str,
+        op: Op,
+        server: Child | list[Child] | None = None,
+        rows: dict[str, Row] | None = None,
+    ) -> None:
         await self.prepare(20 * self.n - len(self.challenges))
         warm = await self.warm_up(name, op)
         rate = len(warm.latencies) / warm.elapsed if warm.elapsed else 0.0
@@ -508,7 +538,7 @@ class Benchmark:
             f"want {need}"
         )
         await self.prepare(need - len(self.challenges))
-        row = await self.timed(name, op, self.server)
+        row = await self.timed(name, op, server or self.server, rows)
         if row.result.exhausted:
             row.note = "ran out of prepared challenges: the phase ended early"
 
@@ -603,6 +633,52 @@ class Benchmark:
                 f"  {self.memory.without_audit:,.0f} B per pending challenge, "
                 f"{self.memory.with_audit:,.0f} B with its audit records"
             )
+        if self.args.workers > 1:
+            await self.scale_out(self.args.workers)
+
+    async def scale_out(self, count: int) -> None:
+        """The RPCs again, against `count` worker processes sharing one port (SO_REUSEPORT),
+        started as `xacthuc serve --workers N` starts them; the single server is stopped
+        first, so the machine runs one xacthuc setup at a time."""
+        await self.server.stop()
+        port = free_port()
+        config = self._server_config(self.sms_url)
+        self.workers = [
+            Child(
+                f"xacthuc worker {i}",
+                ["xacthuc", json.dumps(config | {"worker": {"index": i, "port": port}})],
+            )
+            for i in range(count)
+        ]
+        try:
+            await asyncio.gather(*(w.start() for w in self.workers))
+            single = self.clients
+            self.clients = [
+                AsyncClient(
+                    self._channel(port, channel_options(retries=2)),
+                    api_key=self.api_key,
+                    timeout=CALL_TIMEOUT,
+                )
+                for _ in range(self.channel_count)
+            ]
+            log(f"{count} xacthuc workers on :{port} (pids {[w.pid for w in self.workers]})")
+            self.challenges.clear()
+            for name, op in ((JWKS, self.op_jwks), (START, self.op_start)):
+                log(f"phase: {name} [{count} workers]")
+                await self.warm_up(name, op)
+                await self.timed(name, op, self.workers, self.scaled)
+            log(f"phase: {CONFIRM} [{count} workers]")
+            await self.confirm_phase(CONFIRM, self.op_confirm, self.workers, self.scaled)
+            for name, op in ((AUTHORIZE, self.op_authorize), (VERIFY_ID, self.op_verify_id)):
+                log(f"phase: {name} [{count} workers]")
+                await self.warm_up(name, op)
+                await self.timed(name, op, self.workers, self.scaled)
+            for client in self.clients:
+                await client.close()
+            self.clients = single
+        finally:
+            for w in self.workers:
+                await w.stop()
 
     async def measure_offline(self) -> dict[str, float]:
         """Verifications per second of one real token: the SDK's whole check, and the bare
@@ -701,7 +777,7 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
     ]
     header = (
         f"{'rpc':<36}{'calls':>7}{'err':>5}{'rps':>8}{'p50_ms':>8}{'p99_ms':>8}{'vs_echo':>8}"
-        f"{'redis_rt':>9}{'evalsha':>8}  cpu% srv/drv/redis/other"
+        f"{'redis_rt':>9}{'evalsha':>8}{'srv_ms':>8}  cpu% srv/drv/redis/other"
     )
     lines += [header, "-" * len(header)]
 
@@ -715,7 +791,8 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             f"{r.percentile_ms(50):>8.2f}{r.percentile_ms(99):>8.2f}"
             f"{'' if row.name.startswith(ECHO) else fmt(r.rps / echo.rps, '.3f'):>8}"
             f"{fmt(row.round_trips.per_call() if row.round_trips else None, '.2f'):>9}"
-            f"{'' if row.name.startswith(ECHO) else fmt(row.script_calls_per_call, '.2f'):>8}  "
+            f"{'' if row.name.startswith(ECHO) else fmt(row.script_calls_per_call, '.2f'):>8}"
+            f"{fmt(server_ms_per_call(row), '.3f'):>8}  "
             + "/".join(fmt(row.cpu[k], ".0f") for k in ("server", "driver", "redis", "other"))
         )
     lines += [
@@ -725,15 +802,37 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         "exactly under MONITOR (untimed check; the background checkpointer's commands not counted).",
         "evalsha:  script calls (EVALSHA/EVAL) per call during the timed phase, from INFO "
         "commandstats (server-wide: other clients count too).",
+        "srv_ms:   CPU time of the server process(es) per call, in ms: the portable figure.",
         "cpu%:     share of one core used in the timed phase (100 = one core busy) by the server "
         "measured, the driver, redis-server and everything else.",
     ]
+    if bench.scaled:
+        count = args.workers
+        lines += [
+            "",
+            f"1 vs {count} workers (processes sharing one port; the echo yardstick is one process)",
+            f"{'rpc':<36}{'rps 1':>8}{f'rps {count}':>8}{'x':>6}{'srv_ms 1':>10}"
+            f"{f'srv_ms {count}':>10}  cpu% srv/other ({count})",
+        ]
+        for name, scaled in bench.scaled.items():
+            one = bench.rows[name]
+            gain = scaled.result.rps / one.result.rps if one.result.rps else float("nan")
+            lines.append(
+                f"{name:<36}{one.result.rps:>8.0f}{scaled.result.rps:>8.0f}{gain:>6.2f}"
+                f"{fmt(server_ms_per_call(one), '.3f'):>10}"
+                f"{fmt(server_ms_per_call(scaled), '.3f'):>10}  "
+                f"{fmt(scaled.cpu.get('server'), '.0f')}/{fmt(scaled.cpu.get('other'), '.0f')}"
+            )
     for row in bench.rows.values():
         if row.round_trips is not None:
             lines.append(f"redis {row.name}: {row.round_trips.describe()}")
     warnings = []
     busy = [
         row.name for row in bench.rows.values() if (row.cpu.get("other") or 0) > OTHER_LOAD_WARN
+    ] + [
+        f"{row.name} [{args.workers} workers]"
+        for row in bench.scaled.values()
+        if (row.cpu.get("other") or 0) > OTHER_LOAD_WARN
     ]
     if busy:
         warnings.append(
@@ -746,10 +845,11 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             f"{foreign} other Redis client(s) connected during the timed phases: "
             "the evalsha column may include their commands"
         )
-    warnings += [f"{row.name}: {row.note}" for row in bench.rows.values() if row.note]
+    every_row = [*bench.rows.values(), *bench.scaled.values()]
+    warnings += [f"{row.name}: {row.note}" for row in every_row if row.note]
     warnings += [
         f"{row.name}: failed calls {dict(row.result.errors)}"
-        for row in bench.rows.values()
+        for row in every_row
         if row.result.errors
     ]
     warnings += bench.check_failures
@@ -821,6 +921,19 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             if row.round_trips
             else None,
             "redis_script_calls_per_call_timed": _round(row.script_calls_per_call, 2),
+            "server_cpu_ms_per_call": _round(server_ms_per_call(row), 4),
+        }
+    if bench.scaled:
+        summary["workers"] = {
+            str(args.workers): {
+                name: {
+                    "rps": _round(row.result.rps, 1),
+                    "ratio_vs_echo": _round(row.result.rps / echo.rps, 3) if echo.rps else None,
+                    "server_cpu_ms_per_call": _round(server_ms_per_call(row), 4),
+                    "p99_ms": _round(row.result.percentile_ms(99), 3),
+                }
+                for name, row in bench.scaled.items()
+            }
         }
     if bench.offline is not None:
         summary["offline_verify"] = dict(bench.offline)
@@ -842,6 +955,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per RPC (2)")
     p.add_argument("--concurrency", type=int, default=32, help="calls in flight (32)")
     p.add_argument("--store", choices=("redis", "memory"), default="redis")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also time the RPCs against this many worker processes sharing one port, as "
+        "`xacthuc serve --workers N` runs them (2; 1 = single process only)",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument(
         "--memory-starts",
@@ -855,10 +975,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time confirm through the generated stub, without AsyncClient",
     )
     args = p.parse_args(argv)
-    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.memory_starts < 0:
+    if (
+        args.duration <= 0
+        or args.warmup < 0
+        or args.concurrency < 1
+        or args.memory_starts < 0
+        or args.workers < 1
+    ):
         p.error(
-            "--duration must be > 0, --warmup >= 0, --concurrency >= 1 and --memory-starts >= 0"
+            "--duration must be > 0, --warmup >= 0, --concurrency and --workers >= 1 and "
+            "--memory-starts >= 0"
         )
+    if args.workers > 1 and args.store == "memory":
+        p.error("--workers > 1 needs --store redis (workers share the store)")
     return args
 
 
@@ -877,6 +1006,10 @@ async def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary), flush=True)
     failed = [
         name for name, row in bench.rows.items() if row.result.errors or not row.result.latencies
+    ] + [
+        f"{name} [{args.workers} workers]"
+        for name, row in bench.scaled.items()
+        if row.result.errors or not row.result.latencies
     ]
     if failed or bench.check_failures:
         log(

@@ -8,7 +8,11 @@ returns the request bytes unchanged: no protobuf, no auth, no store. It is the c
 Python grpc.aio service can reach on this machine, the yardstick for the xacthuc numbers.
 
 `xacthuc` builds the real service exactly as production does (`build_app` + `start_server`)
-from the Settings overrides, API key entry and SMS gateway URL given in CONFIG_JSON.
+from the Settings overrides, API key entry and SMS gateway URL given in CONFIG_JSON. With
+`"worker": {"index": i, "port": p}` in CONFIG_JSON it is one of several processes sharing
+port p (SO_REUSEPORT), started as `xacthuc serve --workers N` starts its workers: only
+index 0 runs the background jobs. The supervisor itself is not on the call path, so the
+driver starts the workers directly and measures their CPU.
 
 Each prints `READY <port>` on stdout once it serves, and stops on SIGTERM or SIGINT or when
 its stdin reaches end-of-file, which happens when the parent dies however it dies, so a
@@ -92,7 +96,16 @@ async def serve_xacthuc(config: dict[str, Any]) -> None:
     settings = Settings.load(**config["settings"])
     entry = KeyEntry(**{**config["api_key_entry"], "role": Role(config["api_key_entry"]["role"])})
     app = build_app(settings, api_keys=ApiKeys([entry]))
-    server = await start_server(app, "127.0.0.1:0")
+    worker = config.get("worker")  # {"index": i, "port": p}: one of several sharing a port
+    if worker is None:
+        server = await start_server(app, "127.0.0.1:0")
+    else:  # as `xacthuc serve --workers N` starts each worker (xacthuc.server.workers)
+        server = await start_server(
+            app,
+            f"127.0.0.1:{worker['port']}",
+            reuse_port=True,
+            background=worker["index"] == 0,
+        )
     _ready(server.port)
     await stop.wait()
     await server.stop(grace=1.0)
