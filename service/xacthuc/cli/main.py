@@ -26,6 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     worker = None
     if args.worker_index is not None:  # started by the supervisor below
+        if args.parent_fd is None:
+            print("xacthuc: --worker-index needs --parent-fd (set by the parent)", file=sys.stderr)
+            return 2
         worker = workers.Worker(args.worker_index, args.parent_fd)
     else:
         count = args.workers or settings.workers

@@ -3,7 +3,9 @@
 One grpc.aio process uses one core. N worker processes bind the same gRPC port (and the
 same well-known HTTP port) with SO_REUSEPORT; the kernel spreads new connections over them.
 A gRPC client keeps its connection, so one client's calls stay on one worker, and many
-clients (or many connections) are spread.
+clients (or many connections) are spread. The well-known listener (JWKS, status lists) is
+served by every worker, not by worker 0 alone: verifiers fetching keys and lists are not
+left without an answer while worker 0 restarts, and the lists' signing is spread too.
 
 The parent binds no service port. It starts the workers (`xacthuc serve --worker-index I`,
 fresh interpreters: nothing of grpc's state crosses a fork), restarts one that exits
@@ -18,14 +20,13 @@ it, and reads end-of-file when the parent is gone (even SIGKILLed), then stops g
 
 Background jobs. The parent gives each worker an index; only worker 0 runs the background
 jobs (the audit log's checkpointer, the age-out sweep), and the replacement of a dead worker
-0 gets index 0 and takes them over. That is enough on one machine: there is one signer per
-index 0 at a time, apart from the moment a replacement starts while the dead one's last
-store call may still be in Redis, and every job is safe against a second runner anyway (the
-checkpoint is a compare-and-set on the latest tree size: a second signer re-reads the
-winner's checkpoint and checks it instead of forking the log; a sweep ends each link in one
-script that checks it is still active). Several machines rely on exactly those guarantees
-of the store, not on this index: each machine's worker 0 runs the jobs, which is redundant
-work but never a fork. Status lists have no background job: each worker signs a platform's
+0 gets index 0 and takes them over. That is enough on one machine: the parent starts the
+replacement only after it reaped the dead worker, so there is one signer at a time, and
+every job is safe against a second runner anyway (the checkpoint is a compare-and-set on the
+latest tree size: a second signer re-reads the winner's checkpoint and checks it instead of
+forking the log; the age-out sweep is one atomic script that takes each due link off the
+list as it ends it). Several machines rely on exactly those guarantees of the store, not on
+this index: each machine's worker 0 runs the jobs, which is redundant work but never a fork. Status lists have no background job: each worker signs a platform's
 list on demand and keeps it `CACHE_SECONDS` (5 s), so N workers sign at most N lists per
 platform per 5 s, and a revocation made through one worker shows in the others' lists within
 those 5 s (verifiers cache the list for its `ttl` anyway).
@@ -261,7 +262,10 @@ class Supervisor:
             theirs.close()
             ours.setblocking(False)
             loop = asyncio.get_running_loop()
-            served = await loop.sock_recv(ours, 1) == _SERVING
+            try:
+                served = await loop.sock_recv(ours, 1) == _SERVING
+            except OSError:  # the worker is gone
+                served = False
             if served:
                 log.info("worker %d (pid %d) serving", slot.index, process.pid)
             code = await process.wait()
