@@ -266,3 +266,23 @@ def test_the_worker_count_is_checked(value: str) -> None:
     )
     assert 2 == run.returncode
     assert "--workers: must be a whole number from 1 to 256" in run.stderr
+
+
+def test_the_circuit_state_reaches_the_aggregate_of_several_workers(tmp_path: Path) -> None:
+    """In multiprocess mode a read-at-scrape gauge would never be read: a worker writes the
+    registry's circuit state for the parent's /metrics."""
+    script = """
+import time
+from xacthuc.adapters.metrics import watch_circuit
+watch_circuit("registry.example", lambda: "open")
+time.sleep(0.5)
+"""
+    env = _env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    text = generate_latest(registry).decode()
+    assert 'xacthuc_registry_circuit_state{registry="registry.example"} 2.0' in text

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -103,7 +105,9 @@ CIRCUIT_STATE = Gauge(
     "xacthuc_registry_circuit_state",
     "Circuit breaker of each identity registry: 0 closed, 1 half-open, 2 open",
     ["registry"],
+    multiprocess_mode="livemax",  # each worker has its own breaker: the worst one shows
 )
+CIRCUIT_REFRESH_SECONDS = 1.0
 _CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
@@ -127,8 +131,27 @@ def count_gateway_failure(kind: str) -> None:
 
 def watch_circuit(registry: str, state: Callable[[], str]) -> None:
     """Expose a registry's circuit state, read at each scrape: an open circuit turns
-    half-open by the passing of time alone, with no call to report it."""
-    CIRCUIT_STATE.labels(registry).set_function(lambda: _CIRCUIT_VALUES.get(state(), -1.0))
+    half-open by the passing of time alone, with no call to report it.
+
+    In a worker of `xacthuc serve --workers N` (prometheus_client multiprocess mode) the
+    parent answers the scrape from what the workers wrote, and a read-at-scrape function is
+    never called: a daemon thread writes the state every `CIRCUIT_REFRESH_SECONDS` instead
+    (the state is a read of two fields and the clock)."""
+
+    def value() -> float:
+        return _CIRCUIT_VALUES.get(state(), -1.0)
+
+    child = CIRCUIT_STATE.labels(registry)
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        child.set_function(value)
+        return
+
+    def refresh() -> None:
+        while True:
+            child.set(value())
+            time.sleep(CIRCUIT_REFRESH_SECONDS)
+
+    threading.Thread(target=refresh, name=f"circuit-state-{registry}", daemon=True).start()
 
 
 def time_store_operations(store: Store) -> Store:
