@@ -937,8 +937,8 @@ async def test_each_redis_operation_is_one_round_trip(
     redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every store operation sends exactly one command; the scripted ones send EVALSHA.
-    Counted where every command goes out, on the connection (state-changing scripts do not
-    go through `execute_command`: see `call_once`)."""
+    Counted where every command goes out, on the connection (state-changing scripts go
+    through a second client over the same connections: see `without_retries`)."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     store = redis_store(redis_url, redis_namespace, client=client)
     commands: list[str] = []

@@ -53,7 +53,9 @@ class MemoryCheckpointStore:
 class RedisCheckpointStore:
     """Checkpoints in Redis, next to the audit list they commit to (same hash tag)."""
 
-    def __init__(self, client: Any, *, namespace: str) -> None:
+    def __init__(self, client: Any, *, namespace: str, once_client: Any = None) -> None:
+        """`once_client` sends each command once (`without_retries(client)` when not given):
+        the compare-and-set runs on it, never twice however `client` retries."""
         from redis.exceptions import BusyLoadingError, ReadOnlyError
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -69,9 +71,9 @@ class RedisCheckpointStore:
         source = (
             resources.files("xacthuc.adapters.store") / "lua" / "append_checkpoint.lua"
         ).read_text("utf-8")
-        from xacthuc.adapters.store.redis import LuaScript
+        from xacthuc.adapters.store.redis import LuaScript, without_retries
 
-        # A compare-and-set: sent once even on a client that retries (see `call_once`).
+        self._once = once_client if once_client is not None else without_retries(client)
         self._append = LuaScript(source)
 
     def _key(self, platform: str) -> str:
@@ -87,7 +89,7 @@ class RedisCheckpointStore:
     async def append(self, platform: str, checkpoint: StoredCheckpoint, *, after: int) -> bool:
         try:
             stored, _ = await self._append.run(
-                self._redis,
+                self._once,
                 [self._key(platform)],
                 [str(after), str(checkpoint.tree_size), checkpoint.to_json()],
             )
@@ -114,5 +116,7 @@ def checkpoint_store_for(store: Store) -> CheckpointStore:
         store = store.backend
     redis_module = sys.modules.get("xacthuc.adapters.store.redis")  # not loaded: not a RedisStore
     if redis_module is not None and isinstance(store, redis_module.RedisStore):
-        return RedisCheckpointStore(store._redis, namespace=store._namespace)
+        return RedisCheckpointStore(
+            store.client, namespace=store._namespace, once_client=store.once_client
+        )
     return MemoryCheckpointStore()

@@ -64,8 +64,10 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
-from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -143,7 +145,7 @@ _SCRIPTS = (
 # cheap as a single command (the prelude's JSON decoding and definitions cost per call).
 _BARE_SCRIPTS = ("account_state",)
 # Scripts that only read: safe to run again, so they keep the client's retries. Every other
-# script changes state and is sent at most once (`call_once`).
+# script changes state and is sent at most once (`without_retries`).
 _READ_ONLY = frozenset({"account_state", "list_aging_out", "locked_status_indexes"})
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
@@ -236,55 +238,61 @@ def _j(value: str) -> str:
     return f'"{value}"' if _PLAIN.fullmatch(value) else json.dumps(value)
 
 
-async def call_once(client: aioredis.Redis, *args: Any) -> Any:
-    """Send one command exactly once, whatever `Retry` the client was built with.
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
+class _NoRetryPool:
+    """The connection pool of a client, handing out its connections with no command retry.
 
     redis-py (6 and later) retries a failed command, three times by default, and a command
-    whose reply was lost may have run: a code consumed or a budget charged twice. So a
-    state-changing script goes out here, on a connection of the client's own pool, sent and
-    read without the retry loop of `execute_command`. The connection may still be (re)opened
-    with retries: nothing was sent yet. A failure other than an error reply leaves the
-    connection's state unknown (a reply may be on its way), so it is closed, never reused."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: untyped
-    try:
-        await conn.send_command(*args)
-        return await client.parse_response(conn, str(args[0]))
-    except ResponseError:
-        raise  # the server answered: the connection is in step
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
+    whose reply was lost may have run: a code consumed or a budget charged twice. A client
+    over this view of the pool (`without_retries`) sends each command once, on the same
+    connections as the client it came from: a connection checked out here has its `Retry`
+    replaced until it is released. The pool has already (re)connected it by then, with the
+    client's retries: nothing was sent yet. A failed command disconnects its connection, as
+    redis-py does, so a reply still on its way is never read by the next command."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        conn = await self._pool.get_connection()
+        conn._xacthuc_retry, conn.retry = conn.retry, _NO_RETRY
+        return conn
+
+    async def release(self, conn: Any) -> None:
+        conn.retry = conn.__dict__.pop("_xacthuc_retry", conn.retry)
+        await self._pool.release(conn)
+
+
+def without_retries(client: aioredis.Redis) -> aioredis.Redis:
+    """A client that sends every command once, over `client`'s connections (its pool: its
+    address, credentials and TLS), whatever `Retry` `client` was built with. Closing it
+    leaves the shared pool open."""
+    pool: Any = _NoRetryPool(client.connection_pool)
+    return aioredis.Redis(connection_pool=pool)
 
 
 class LuaScript:
     """A Lua script run by EVALSHA, loaded again after a NOSCRIPT reply (a restarted or
     failed-over Redis forgets scripts). redis-py's Script object does the same with more
-    bookkeeping per call; this path was measurably cheaper on the hot RPCs.
+    bookkeeping per call; this path was measurably cheaper on the hot RPCs. A script that
+    changes state is run on a `without_retries` client: a NOSCRIPT reply means it did not
+    run, so loading it and sending it again is no second run."""
 
-    `once` (every script that changes state) sends it with `call_once`: a NOSCRIPT reply
-    means it did not run, so loading it and sending it again is no second run."""
-
-    def __init__(self, source: str, *, once: bool = True) -> None:
+    def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324  (Redis names scripts by SHA-1)
-        self.once = once
 
     async def run(self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
-            return await self._evalsha(client, keys, args)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await self._evalsha(client, keys, args)
-
-    async def _evalsha(
-        self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[str]
-    ) -> Any:
-        if self.once:
-            return await call_once(client, "EVALSHA", self.sha, len(keys), *keys, *args)
-        return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _time(value: float) -> str:
@@ -361,7 +369,7 @@ class RedisStore:
 
     A given `client` is used as is and left open by `aclose`; without one, the store opens
     its own from `url`. Whatever `Retry` the client has (redis-py retries three times by
-    default), a script that changes state is sent once (`call_once`): one whose reply was
+    default), a script that changes state is sent once (`without_retries`): one whose reply was
     lost may have run, so it must not run twice; the caller gets StoreUnavailable and
     retries with its idempotency key. Reads (plain commands, read-only scripts) keep the
     client's retries.
@@ -383,12 +391,12 @@ class RedisStore:
             client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
         )
         self._namespace = namespace
-        self._scripts = {
-            name: LuaScript(_lua(name), once=name not in _READ_ONLY) for name in _SCRIPTS
-        }
-        self._scripts |= {
-            name: LuaScript(_lua(name, prelude=False), once=name not in _READ_ONLY)
-            for name in _BARE_SCRIPTS
+        # State-changing scripts go out once (see `without_retries`), reads keep the retries.
+        self._once = without_retries(self._redis)
+        self._scripts = {name: LuaScript(_lua(name)) for name in _SCRIPTS}
+        self._scripts |= {name: LuaScript(_lua(name, prelude=False)) for name in _BARE_SCRIPTS}
+        self._script_client = {
+            name: self._redis if name in _READ_ONLY else self._once for name in self._scripts
         }
         self._status_block = check_block(status_block)
         self._status_keys = status_keys
@@ -406,6 +414,12 @@ class RedisStore:
         """The redis-py client in use (for instrumentation at composition)."""
         return self._redis
 
+    @property
+    def once_client(self) -> aioredis.Redis:
+        """The client of the state-changing scripts: `client`'s connections, each command
+        sent once (`without_retries`). Instrument it too."""
+        return self._once
+
     def _prefix(self, platform: str) -> str:
         return f"{self._namespace}:{{{platform}}}:"
 
@@ -422,7 +436,7 @@ class RedisStore:
         """One EVALSHA; a refusal becomes its exception, a lost connection StoreUnavailable."""
         args = [_encode_params(params)]
         try:
-            reply = await self._scripts[name].run(self._redis, keys, args)
+            reply = await self._scripts[name].run(self._script_client[name], keys, args)
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
         reply = [_text(part) for part in reply]
