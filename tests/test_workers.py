@@ -138,6 +138,7 @@ async def test_two_workers_serve_one_port_and_a_killed_one_is_replaced(
 ) -> None:
     env, api_key = _shared_config(tmp_path, redis_url, redis_namespace)
     port, metrics_port, wellknown_port = _free_port(), _free_port(), _free_port()
+    console_port = _free_port()
     proc = await asyncio.create_subprocess_exec(
         *XACTHUC,
         "serve",
@@ -149,6 +150,7 @@ async def test_two_workers_serve_one_port_and_a_killed_one_is_replaced(
             **env,
             XACTHUC_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
             XACTHUC_WELLKNOWN_LISTEN=f"127.0.0.1:{wellknown_port}",
+            XACTHUC_CONSOLE_LISTEN=f"127.0.0.1:{console_port}",
         ),
     )
     target = f"127.0.0.1:{port}"
@@ -179,6 +181,8 @@ async def test_two_workers_serve_one_port_and_a_killed_one_is_replaced(
                     f"http://127.0.0.1:{wellknown_port}/.well-known/jwks.json"
                 ) as r:
                     assert 200 == r.status
+                async with http.get(f"http://127.0.0.1:{console_port}/console/") as r:
+                    assert 200 == r.status  # and so does the compliance console
 
         os.kill(first, signal.SIGKILL)
         for client in clients:  # calls keep succeeding (a lost connection is reopened)

@@ -5,7 +5,8 @@ same well-known HTTP port) with SO_REUSEPORT; the kernel spreads new connections
 A gRPC client keeps its connection, so one client's calls stay on one worker, and many
 clients (or many connections) are spread. The well-known listener (JWKS, status lists) is
 served by every worker, not by worker 0 alone: verifiers fetching keys and lists are not
-left without an answer while worker 0 restarts, and the lists' signing is spread too.
+left without an answer while worker 0 restarts, and the lists' signing is spread too. So is
+the compliance console (XACTHUC_CONSOLE_LISTEN), which keeps nothing between requests.
 
 The parent binds no service port. It starts the workers (`xacthuc serve --worker-index I`,
 fresh interpreters: nothing of grpc's state crosses a fork), restarts one that exits
@@ -101,6 +102,7 @@ def sharing_problems(settings: Settings) -> list[str]:
     for name, address in (
         ("XACTHUC_LISTEN", settings.listen),
         ("XACTHUC_WELLKNOWN_LISTEN", settings.wellknown_listen),
+        ("XACTHUC_CONSOLE_LISTEN", settings.console_listen),
     ):
         if address and address.rpartition(":")[2] == "0":
             problems.append(f"{name} port 0 would give each worker its own port")
