@@ -251,7 +251,8 @@ def test_several_workers_need_a_shared_configuration() -> None:
 
 
 async def test_only_the_worker_with_background_jobs_starts_them() -> None:
-    """A worker other than 0 serves but starts neither the checkpointer nor the sweep."""
+    """A worker other than 0 serves but starts neither the checkpointer nor the sweep; every
+    worker polls the API key store."""
     settings = Settings.load(listen="127.0.0.1:0")
     for background in (False, True):
         app = build_app(settings)
@@ -259,6 +260,7 @@ async def test_only_the_worker_with_background_jobs_starts_them() -> None:
         try:
             running = (app.audit_log._task is not None, app.age_out._task is not None)
             assert (background, background) == running
+            assert app.key_watcher._task is not None
         finally:
             await server.stop(0)
 

@@ -59,7 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
-from xacthuc.server.config import Settings
+from xacthuc.server.config import Mode, Settings
 
 log = logging.getLogger("xacthuc.workers")
 
@@ -97,8 +97,11 @@ def sharing_problems(settings: Settings) -> list[str]:
         problems.append("set XACTHUC_OTP_HMAC_KEYS")
     if settings.pseudonym_key is None:
         problems.append("set XACTHUC_PSEUDONYM_KEY")
-    if settings.api_keys_file is None:
-        problems.append("set XACTHUC_API_KEYS_FILE (generated demo keys are per process)")
+    if settings.mode is Mode.DEV and settings.api_keys_file is None:
+        problems.append(
+            "dev mode without XACTHUC_API_KEYS_FILE makes demo API keys per process; set it "
+            "(keys in the key store, `xacthuc keys create`, are shared anyway)"
+        )
     for name, address in (
         ("XACTHUC_LISTEN", settings.listen),
         ("XACTHUC_WELLKNOWN_LISTEN", settings.wellknown_listen),

@@ -19,7 +19,9 @@ def api_key_store_for(store: Store) -> ApiKeyStore:
     if redis_module is not None and isinstance(store, redis_module.RedisStore):
         from xacthuc.adapters.store.redis_api_keys import RedisApiKeyStore
 
-        return RedisApiKeyStore(store.client, namespace=store._namespace)
+        return RedisApiKeyStore(
+            store.client, namespace=store._namespace, once_client=store.once_client
+        )
     return MemoryApiKeyStore(store)
 
 

@@ -23,13 +23,14 @@ import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.redis import (
     _UNAVAILABLE,
+    LuaScript,
     _encode_params,
     _j,
     _lua,
     _pairs,
-    _Script,
     _text,
     _time,
+    without_retries,
 )
 from xacthuc.domain.api_keys import (
     API_KEY_CREATED,
@@ -63,15 +64,24 @@ def _key(h: dict[str, str]) -> StoredApiKey:
 
 
 class RedisApiKeyStore:
-    def __init__(self, client: aioredis.Redis, *, namespace: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        namespace: str,
+        once_client: aioredis.Redis | None = None,
+    ) -> None:
         """`client` and `namespace`: those of the RedisStore whose audit log records the
-        changes (decode_responses on)."""
+        changes (decode_responses on). The writes (create, revoke) run on `once_client`,
+        each sent once however `client` retries (`without_retries(client)` when not
+        given); the read of changes keeps `client`'s retries."""
         self._redis = client
+        self._once = once_client if once_client is not None else without_retries(client)
         self._namespace = namespace
         self._base = f"{namespace}:{TAG}:"
-        self._create = _Script(_lua("api_key_create"))
-        self._revoke = _Script(_lua("api_key_revoke"))
-        self._changes = _Script(_lua("api_key_changes", prelude=False))
+        self._create = LuaScript(_lua("api_key_create"))
+        self._revoke = LuaScript(_lua("api_key_revoke"))
+        self._changes = LuaScript(_lua("api_key_changes", prelude=False))
 
     def _keys(self, key_id: str, platform: str) -> list[str]:
         return [
@@ -110,9 +120,9 @@ class RedisApiKeyStore:
             "label": key.label,
         }
 
-    async def _run(self, script: _Script, keys: list[str], params: dict[str, Any]) -> list[Any]:
+    async def _run(self, script: LuaScript, keys: list[str], params: dict[str, Any]) -> list[Any]:
         try:
-            reply = await script.run(self._redis, keys, [_encode_params(params)])
+            reply = await script.run(self._once, keys, [_encode_params(params)])
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
         return [_text(part) for part in reply]
