@@ -369,8 +369,8 @@ async def test_503_then_match_succeeds_on_retry(registry: Registry, make: Any) -
 @pytest.mark.parametrize(
     "reply",
     [
-        Reply(404, body={"result": "match"}),
-        Reply(400, body={"error": "bad"}),
+        Reply(408, body={"result": "match"}),
+        Reply(429, body={"error": "slow down"}),
         Reply(302, body={}),
         Reply(200, body={"result": "maybe"}),
         Reply(200, body={"result": True}),
@@ -390,6 +390,31 @@ async def test_other_answers_are_unavailable_without_retry(
 
     assert 1 == registry.hits
     assert [] == sleeps
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 422, 451])
+async def test_a_rejecting_4xx_is_a_non_match_not_an_outage(
+    registry: Registry,
+    make: Any,
+    sleeps: list[float],
+    status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 4xx (not 408/429) is the provider's answer about this query: NO_MATCH, one request,
+    no retry, no breaker failure however often, and one WARNING naming the status only."""
+    caplog.set_level(logging.DEBUG, logger="xacthuc.adapters.registry.http")
+    registry.replies = [Reply(status, body={"error": "bad full_name Nguyễn 001085336181"})]
+    client = make(registry.base_url, failure_threshold=2)
+    try:
+        for _ in range(5):
+            assert RegistryAnswer.NO_MATCH == await client.match(QUERY)
+        assert (5, [], CircuitState.CLOSED) == (registry.hits, sleeps, client.circuit_state)
+    finally:
+        await client.aclose()
+    lines = [r for r in caplog.records if r.name == "xacthuc.adapters.registry.http"]
+    assert [logging.WARNING] * 5 == [r.levelno for r in lines]
+    assert all(f"HTTP {status}" in r.getMessage() for r in lines)
+    assert [] == [m for r in lines for m in leaked(r.getMessage())]
 
 
 # --- circuit breaker ---------------------------------------------------------------------

@@ -73,6 +73,7 @@ class Provider:
     status: int = 200
     hits: int = 0
     seen: list[dict[str, str]] = field(default_factory=list)
+    rejects: str | None = None  # a full name the provider refuses with 400
 
     async def match(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -82,6 +83,8 @@ class Provider:
             await asyncio.sleep(self.delay)
         if self.status != 200:
             return web.Response(status=self.status)
+        if body["full_name"] == self.rejects:
+            return web.json_response({"error": f"bad name {body['full_name']}"}, status=400)
         query = RegistryQuery(
             body["personal_id"],
             body["full_name"],
@@ -366,6 +369,67 @@ async def test_eleventh_account_on_one_number_is_refused(idh: IdHarness) -> None
     with pytest.raises(errors.PersonalIdNotMatched) as unknown:
         await by_id(client, {**AN, "personal_id_number": "001085999999"}, account="probe-2")
     assert shape(known.value) == shape(unknown.value)
+
+
+async def test_queries_the_provider_rejects_do_not_open_the_circuit_for_everyone(
+    idh: IdHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 400 is the provider's answer about that query, not an outage: sent more times than
+    the breaker's threshold (5), each is a non-match (one request, no retry), and another
+    user still gets the registry's answer. Logged once per call, the status only."""
+    idh.provider.rejects = "Trần Thị Bị Từ Chối"
+    client = await idh.client()
+    caplog.set_level(logging.DEBUG, logger="xacthuc.adapters.registry.http")
+    for n in range(6):  # each on its own number and account: no budget runs out
+        person: Person = {**AN, "personal_id_number": f"00108599999{n}"}
+        with pytest.raises(errors.PersonalIdNotMatched):
+            await by_id(client, {**person, "full_name": "Trần Thị Bị Từ Chối"}, account=f"p-{n}")
+    assert 6 == idh.provider.hits
+
+    assert "personal_id" == (await by_id(client, NGOC, account="someone-else")).method
+    rejected = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert [logging.WARNING] * 6 == [r.levelno for r in rejected]
+    assert all("HTTP 400" in r.getMessage() for r in rejected)
+    assert [] == [
+        r for r in caplog.records if "Từ Chối" in r.getMessage() or "bad name" in r.getMessage()
+    ]
+
+
+async def test_a_query_the_provider_rejects_answers_exactly_like_a_non_match(
+    idh: IdHarness,
+) -> None:
+    """No oracle: the 4xx answer has the status, reason, message and metadata of a wrong name,
+    and costs the attempt the same way (audited alike, nothing refunded)."""
+    idh.provider.rejects = "Nguyễn Văn Từ Chối"
+    client = await idh.client()
+    with pytest.raises(errors.PersonalIdNotMatched) as rejected:
+        await by_id(client, {**AN, "full_name": "Nguyễn Văn Từ Chối"}, account="acc-1")
+    with pytest.raises(errors.PersonalIdNotMatched) as wrong:
+        await by_id(client, {**AN, "full_name": "Nguyễn Văn Bình"}, account="acc-2")
+    assert shape(rejected.value) == shape(wrong.value)
+    auditor = await idh.client("alpha", Role.AUDITOR)
+    checks = (await auditor.query_audit_records(event="id_check")).records
+    assert 2 == len(checks)
+    strip = ("account", "attempt", "seq", "time", "prev", "leaf")
+
+    def kept(r: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in r.items() if k not in strip}
+
+    assert kept(checks[0].record) == kept(checks[1].record)
+
+
+async def test_a_5xx_storm_still_opens_the_circuit(idh: IdHarness) -> None:
+    """Outages stay outages: five calls answered 503 open the circuit for everyone."""
+    idh.provider.status = 503
+    client = await idh.client()
+    for n in range(5):
+        with pytest.raises(errors.RegistryUnavailable):
+            await by_id(client, AN, account=f"acc-{n}")
+    idh.provider.status = 200
+    hits = idh.provider.hits
+    with pytest.raises(errors.RegistryUnavailable):
+        await by_id(client, NGOC, account="someone-else")
+    assert hits == idh.provider.hits
 
 
 async def test_a_registry_outage_costs_the_user_no_attempt(idh: IdHarness) -> None:

@@ -12,7 +12,9 @@ citizens for development and tests) and `HttpRegistry` (a licensed e-ID provider
 
 Two answers only. An unknown number and a known number whose name or date of birth differ
 are BOTH `NO_MATCH`, so the registry cannot be used as an oracle to learn which numbers
-exist. Anything that prevents an answer (network, timeout, a malformed reply, an open
+exist. A source's definite refusal of the query itself (the provider's HTTP 4xx) is a
+`NO_MATCH` too, never an outage one user could repeat to trip the breaker for all.
+Anything that prevents an answer (network, timeout, a malformed reply, an open
 circuit breaker) raises `RegistryUnavailableError`; the service maps it to the
 `REGISTRY_UNAVAILABLE` reason. No adapter may put the number, the name or the date of
 birth in a log line or an error message (P9).

@@ -15,7 +15,11 @@ identification number, or a foreigner's identification number in the e-ID system
 person: a provider must look it up among foreigners' e-identities only.
 
 The provider answers `200` with `{"result": "match"}` or `{"result": "no_match"}` (an
-unknown number is `no_match` too). Anything else is "unavailable":
+unknown number is `no_match` too). A 4xx other than 408 and 429 is the provider refusing THIS
+query (it found something in it to reject), not an outage: it is answered `NO_MATCH`, exactly
+like a non-match (it costs the user an attempt, is not retried and is no breaker failure;
+otherwise one user repeating a query the provider rejects would open the circuit for every
+user), and logged once at WARNING with the status only. Anything else is "unavailable":
 
 * connect errors, dropped connections, timeouts (each attempt is bounded by `timeout`
   seconds as a whole) and 5xx are retried, at most `retries` times, with full-jitter
@@ -26,8 +30,8 @@ unknown number is `no_match` too). Anything else is "unavailable":
   before it, and an attempt only when it does, otherwise `match` gives up at once (so with
   a hanging provider it ends within `deadline` however high `retries` is);
 * TLS failures (the provider's certificate does not verify, our client certificate is
-  refused), other statuses (redirects are not followed) and a 200 whose body is not one of
-  the two answers are not retried;
+  refused), other statuses (408, 429, 1xx, redirects, which are not followed) and a 200
+  whose body is not one of the two answers are not retried;
 
 and once the attempts are spent `match` raises `RegistryUnavailableError`.
 
@@ -43,7 +47,7 @@ and so are `trace_configs` (tracing: `xacthuc.server.telemetry`, which records n
 
 Circuit breaker: every `match` that ends without an answer is one failure, whether it raised
 `RegistryUnavailableError` or was cut short by its caller (cancelled, for example by the
-caller's own deadline); a `MATCH` or `NO_MATCH` resets the count. After `failure_threshold` consecutive failures the
+caller's own deadline); a `MATCH` or `NO_MATCH` (a rejecting 4xx included) resets the count. After `failure_threshold` consecutive failures the
 circuit opens: for `reset_timeout` seconds (read from the injected `clock`) every `match`
 fails at once without touching the network. Then the circuit is half-open: exactly one
 caller makes a single trial attempt (no retries) while the others still fail fast; success
@@ -96,6 +100,17 @@ class CircuitState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+# 4xx statuses that say nothing about the query: the provider timed out or is shedding load.
+_OUTAGE_4XX = frozenset({408, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    """The provider refused this very query with a 4xx: a definite answer, a non-match."""
+
+    status: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +272,15 @@ class HttpRegistry:
             outcome = await self._attempt(session, body, headers)
             if isinstance(outcome, RegistryAnswer):
                 return outcome
+            if isinstance(outcome, _Rejected):
+                # The status only: a provider's 4xx body may echo the query (P9).
+                logger.warning(
+                    "identity registry rejected the query with HTTP %d, answered as a "
+                    "non-match: request_id=%s",
+                    outcome.status,
+                    request_id,
+                )
+                return RegistryAnswer.NO_MATCH
             delay = full_jitter(attempt, base=self._backoff, cap=MAX_BACKOFF_SECONDS)
             if not outcome.retryable or attempt == total:
                 next_step = "giving up"
@@ -284,7 +308,7 @@ class HttpRegistry:
 
     async def _attempt(
         self, session: aiohttp.ClientSession, body: dict[str, str], headers: dict[str, str]
-    ) -> RegistryAnswer | _Failure:
+    ) -> RegistryAnswer | _Rejected | _Failure:
         try:
             async with (
                 asyncio.timeout(self._timeout),
@@ -302,6 +326,8 @@ class HttpRegistry:
             return _classify(exc)
         if status >= 500:
             return _Failure(f"HTTP {status}", retryable=True)
+        if 400 <= status < 500 and status not in _OUTAGE_4XX:
+            return _Rejected(status)
         if status != 200:
             return _Failure(f"HTTP {status}", retryable=False)
         if content is None:
