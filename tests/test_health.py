@@ -423,3 +423,24 @@ def test_a_missing_certificate_file_is_unhealthy_not_a_crash(
     err = capsys.readouterr().err
     assert "health check not run" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["health", "--no-such-flag"], ["health", "--timeout", "soon"], ["health", "extra"]],
+)
+def test_a_bad_health_command_line_exits_1_not_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Docker reserves exit status 2 in HEALTHCHECK: argparse's usage error exits 1 here."""
+    assert 1 == main(argv)
+    err = capsys.readouterr().err
+    assert ("usage: xacthuc", "error:") == tuple(
+        s for s in ("usage: xacthuc", "error:") if s in err
+    )
+
+
+def test_other_commands_keep_argparse_exit_2() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["keys", "--no-such-flag"])
+    assert 2 == e.value.code

@@ -2,7 +2,8 @@
 
 Exit 0 when the service asked for (--service; "" is the whole server) is SERVING, 1 for
 anything else: NOT_SERVING, an unknown service, no answer, a TLS failure, a certificate
-file that cannot be read (Docker reserves exit code 2 in HEALTHCHECK). Every option has an environment
+file that cannot be read, a command line argparse refuses (Docker reserves exit code 2 in
+HEALTHCHECK). Every option has an environment
 default, so the image's HEALTHCHECK needs no arguments:
 
     XACTHUC_HEALTH_TARGET        HOST:PORT to ask; default: the port of XACTHUC_LISTEN on
