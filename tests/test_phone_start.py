@@ -16,7 +16,12 @@ from typing import cast
 import pytest
 
 from xacthuc.domain.clock import FixedClock
-from xacthuc.domain.errors import SendLimitExceeded, SmsDeliveryFailed, StartInProgress
+from xacthuc.domain.errors import (
+    SendLimitExceeded,
+    SmsDeliveryFailed,
+    StartInProgress,
+    XacthucError,
+)
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.records import (
     AttestationRecord,
@@ -229,3 +234,42 @@ def test_the_send_lease_must_cover_twice_the_gateways_worst_case() -> None:
     assert any("XACTHUC_SMS_SEND_LEASE_SECONDS" in p and "140" in p for p in e.value.problems)
     settings = Settings.load(**http, sms_http_timeout_seconds=20, sms_send_lease_seconds=140)
     assert 140 == limits_from(settings).send_lease_seconds
+
+
+@pytest.mark.parametrize(
+    ("number", "ip", "reason"),
+    [
+        ("091234567x", IP, "PHONE_MALFORMED"),
+        ("+14155552671", IP, "PHONE_NOT_VIETNAMESE"),
+        (PHONE, "999.1.1.1", "FIELD_INVALID"),
+    ],
+)
+async def test_a_start_refused_on_its_input_is_audited_alike_on_both_stores(
+    store: Store, number: str, ip: str, reason: str
+) -> None:
+    """One `verification_started` refused record with the reason, the client's pseudonym
+    when its IP is valid, and nothing of the number; the same fields on memory and Redis."""
+    flow = verifier(cast(Interleaved, store), Gateway(), FixedClock(NOW), Limits())
+    with pytest.raises(XacthucError) as e:
+        await flow.start(
+            platform=PLATFORM,
+            account_id="acc-1",
+            phone_number=number,
+            client_ip=ip,
+            idempotency_key="",
+        )
+    assert reason == e.value.reason
+    records = [json.loads(r) for r in await store.audit_records(PLATFORM)]
+    kept = {"event", "outcome", "reason", "account", "method", "time"}
+    expected = {
+        "event": "verification_started",
+        "outcome": "refused",
+        "reason": reason,
+        "account": "acc-1",
+        "method": "phone_otp",
+        "time": "2027-01-15T08:00:00.000Z",  # NOW
+    }
+    assert [expected] == [{k: v for k, v in r.items() if k in kept} for r in records]
+    assert ("client" in records[0]) == (ip == IP)
+    assert [] == sorted(set(records[0]) - kept - {"client", "platform", "seq", "v"})
+    assert PLATFORM == records[0]["platform"]

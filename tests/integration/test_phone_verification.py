@@ -184,6 +184,43 @@ async def test_bad_numbers_are_refused_with_their_reason(
 
 
 @pytest.mark.parametrize(
+    ("number", "key", "reason"),
+    [
+        ("+14155552671", "", "PHONE_NOT_VIETNAMESE"),
+        ("024 3825 3825", "", "PHONE_NOT_VIETNAMESE_MOBILE"),
+        ("01234567890", "", "PHONE_RETIRED_FORMAT"),
+        ("091234567x", "", "PHONE_MALFORMED"),
+        ("0912345678", "bad key\n", "FIELD_INVALID"),
+    ],
+)
+async def test_a_refused_start_is_audited_without_the_number(
+    harness: Harness, number: str, key: str, reason: str
+) -> None:
+    """A start refused for its number or a field leaves exactly one `verification_started`
+    record, outcome refused, with the reason, and no trace of the number (not even its
+    pseudonym): nothing personal."""
+    with pytest.raises(errors.XacthucError) as e:
+        await start(harness, phone=number, key=key)
+    assert reason == e.value.reason
+    auditor = await harness.client("alpha", Role.AUDITOR)
+    records = (await auditor.query_audit_records()).records
+    assert [("verification_started", "refused", reason, "acc-1", "phone_otp")] == [
+        (
+            r.record["event"],
+            r.record["outcome"],
+            r.record.get("reason"),
+            r.record["account"],
+            r.record.get("method"),
+        )
+        for r in records
+    ]
+    assert "phone" not in records[0].record
+    digits = "".join(c for c in number if c.isdigit())
+    assert digits not in records[0].raw
+    assert [] == [v for v in records[0].record.values() if str(v).startswith("ph_")]
+
+
+@pytest.mark.parametrize(
     "number",
     [
         "0912345678",

@@ -1,6 +1,8 @@
 """Phone verification by SMS one-time code (Decree 147 R2; policies P1-P4, P8).
 
-The flow: validate and pseudonymise the input, let the store reserve a challenge in one
+The flow: validate and pseudonymise the input (a refusal there is audited, `verification_started`
+refused, without the number: only a malformed account id is not, having no account to name),
+let the store reserve a challenge in one
 atomic step (idempotency, lockout, cooldown and send budgets checked together), send the
 SMS, then record the outcome. A gateway failure rolls the reservation back completely, so
 the platform can simply retry. Confirmation is a single atomic store step.
@@ -31,6 +33,7 @@ from xacthuc.domain.errors import (
     OtpMalformed,
     ResourceExhausted,
     SmsDeliveryFailed,
+    XacthucError,
 )
 from xacthuc.domain.fictional import TestNumbers
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
@@ -141,11 +144,15 @@ class PhoneOtpVerifier:
         client_ip: str,
         idempotency_key: str,
     ) -> StartedChallenge:
-        check_account_id(account_id)
-        e164 = normalize_vn_mobile(phone_number)
-        client = self._pseudonyms.client_ip(check_client_ip(client_ip))
-        if idempotency_key and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
-            raise FieldInvalid("idempotency_key", "must be 1-128 printable ASCII characters")
+        check_account_id(account_id)  # unaudited, as in every flow: no account to name
+        try:
+            e164 = normalize_vn_mobile(phone_number)
+            client = self._pseudonyms.client_ip(check_client_ip(client_ip))
+            if idempotency_key and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+                raise FieldInvalid("idempotency_key", "must be 1-128 printable ASCII characters")
+        except XacthucError as e:
+            await self._refuse_start(platform, account_id, client_ip, e)
+            raise
         now = self._clock.now()
         # With a key, the id begins with the key's slot (records.py): the store keeps the
         # challenge and its key as one record.
@@ -177,6 +184,25 @@ class PhoneOtpVerifier:
             what=f"start of challenge {challenge_id}",
         )
         return StartedChallenge(view, mask(e164))
+
+    async def _refuse_start(
+        self, platform: str, account_id: str, client_ip: str, error: XacthucError
+    ) -> None:
+        """Audit a start refused before the store step, as the store audits its own refusals,
+        but without the number or its pseudonym: it did not pass validation, and a typo of
+        someone's number is still personal data. The client's pseudonym when its IP is valid."""
+        extra: dict[str, str] = {"method": "phone_otp"}
+        with contextlib.suppress(XacthucError):
+            extra["client"] = self._pseudonyms.client_ip(check_client_ip(client_ip))
+        await self._store.append_audit(
+            platform,
+            self._clock.now(),
+            account=account_id,
+            event="verification_started",
+            outcome="refused",
+            reason=error.reason,
+            **extra,
+        )
 
     async def _start(
         self, new: NewChallenge, message: SmsMessage, *, texted: bool
