@@ -3,6 +3,7 @@ in every error's ErrorInfo, on the call's log lines, and on the SDK's exceptions
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 
@@ -150,7 +151,11 @@ async def test_an_internal_error_and_its_log_line_share_the_request_id(
     request_id = caught.value.request_id
     assert request_id is not None
     assert request_id in caught.value.message
-    (line,) = [line for line in logs.lines() if line.get("request_id") == request_id]
+    (line,) = [
+        line
+        for line in logs.lines()
+        if line.get("request_id") == request_id and line["logger"] != "xacthuc.access"
+    ]
     assert "error" == line["level"]
     assert ("GetAttestation", "alpha") == (line["method"], line["platform"])
     assert "RuntimeError: disk on fire" in line["exception"]
@@ -197,3 +202,80 @@ async def test_a_call_starts_with_no_context_of_an_earlier_call(
     for _ in range(3):
         await client.get_jwks()
     assert [{}, {}, {}] == inherited
+
+
+def _access_lines(lines: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [line for line in lines if line["logger"] == "xacthuc.access"]
+
+
+async def _serve_and_call(
+    request_id: str, access_log: bool, **fields: str
+) -> list[dict[str, object]]:
+    from xacthuc.server.app import build_app
+
+    keys, raw = make_keys()
+    app = build_app(
+        make_settings(access_log=access_log),
+        store=MemoryStore(),
+        sms=DiscardingSmsSender(),
+        api_keys=keys,
+    )
+    server = await start_server(app, "127.0.0.1:0")
+    try:
+        with capture_logs(level="INFO") as logs:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = verification_pb2_grpc.VerificationServiceStub(channel)
+                request = verification_pb2.StartPhoneVerificationRequest(
+                    account_id="u1", phone_number="0912345678", client_ip="203.0.113.7"
+                )
+                for key, value in fields.items():
+                    setattr(request, key, value)
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await stub.StartPhoneVerification(
+                        request, metadata=_metadata(raw[("alpha", Role.PLATFORM)], request_id)
+                    )
+                assert grpc.StatusCode.INVALID_ARGUMENT == e.value.code()
+            return logs.lines()
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_one_access_line_per_call_with_its_request_id_status_and_reason() -> None:
+    """A call with x-request-id abc: exactly one access line (INFO, `xacthuc.access`) naming
+    the method, the platform, the gRPC status, the reason, the duration and abc, and nothing
+    from the request body."""
+    lines = await _serve_and_call("abc", True, phone_number="+14155552671")
+    (line,) = _access_lines(lines)
+    assert (
+        "info",
+        "StartPhoneVerification",
+        "alpha",
+        "INVALID_ARGUMENT",
+        "PHONE_NOT_VIETNAMESE",
+        "abc",
+    ) == (
+        line["level"],
+        line["method"],
+        line["platform"],
+        line["grpc_status"],
+        line["reason"],
+        line["request_id"],
+    )
+    assert isinstance(line["duration_ms"], float)
+    assert line["duration_ms"] >= 0
+    text = json.dumps(line)
+    assert [] == [secret for secret in ("4155552671", "203.0.113.7") if secret in text]
+    assert "u1" not in line.values()
+
+
+async def test_the_access_line_is_redacted_like_any_other() -> None:
+    """A request id shaped like a phone number is well formed, but redacted in the access line."""
+    lines = await _serve_and_call("0912345678", True, phone_number="+14155552671")
+    (line,) = _access_lines(lines)
+    assert "[PHONE]" == line["request_id"]
+    assert "0912345678" not in json.dumps(line)
+
+
+async def test_the_access_log_can_be_turned_off() -> None:
+    lines = await _serve_and_call("abc", False, phone_number="+14155552671")
+    assert [] == _access_lines(lines)

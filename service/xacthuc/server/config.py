@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Unset: console lines in dev mode, JSON lines in production.
     log_format: LogFormat | None = None
+    # One INFO line per RPC on `xacthuc.access` (method, platform, status, reason, duration,
+    # request id); off: none.
+    access_log: bool = True
     metrics_listen: str = ""  # host:port for Prometheus /metrics; empty = off
     # OTLP/gRPC collector for traces (e.g. http://otel-collector:4317); empty = tracing off
     # unless OTEL_EXPORTER_OTLP_ENDPOINT is set (xacthuc.server.telemetry).

@@ -5,6 +5,8 @@ logs through `logging`), so there is one pipeline: the call's context (request i
 platform; bound by `xacthuc.server.rpc` with contextvars), level, logger name, `extra`
 fields, the traceback as text, then `redaction.redact` over all of it, a UTC timestamp, and
 the renderer. Nothing reaches the output without passing redaction.
+
+`access` writes the one access line per RPC (`xacthuc.server.rpc`; XACTHUC_ACCESS_LOG).
 """
 
 from __future__ import annotations
@@ -80,6 +82,38 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     return handler
+
+
+ACCESS_LOGGER = "xacthuc.access"
+_access = logging.getLogger(ACCESS_LOGGER)
+
+
+def access(
+    *, method: str, platform: str, grpc_status: str, reason: str, seconds: float, request_id: str
+) -> None:
+    """The access line of one RPC, at INFO on `xacthuc.access`: the method, the caller's
+    platform ("" before authentication), the gRPC status, the stable reason ("OK" on
+    success), the duration and the request id, as fields and in the message. Nothing from
+    the request body; like every line it passes redaction (a request id shaped like a phone
+    number is redacted)."""
+    if not _access.isEnabledFor(logging.INFO):
+        return
+    duration_ms = round(seconds * 1000, 3)
+    _access.info(
+        "%s %s %s %.3f ms",
+        method,
+        grpc_status,
+        reason,
+        duration_ms,
+        extra={
+            "method": method,
+            "platform": platform,
+            "grpc_status": grpc_status,
+            "reason": reason,
+            "duration_ms": duration_ms,
+            "request_id": request_id,
+        },
+    )
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -49,6 +49,11 @@ def bind_platform(platform: str) -> None:
     structlog.contextvars.bind_contextvars(platform=platform)
 
 
+def bound_platform() -> str:
+    """The platform bound to this call's log lines, "" before authentication."""
+    return str(structlog.contextvars.get_contextvars().get("platform", ""))
+
+
 def trailer(
     request_id: str, metadata: tuple[tuple[str, str | bytes], ...] | None
 ) -> tuple[tuple[str, str | bytes], ...]:

@@ -5,7 +5,8 @@ bounds, error mapping, metrics.
 method authenticates the caller from its `authorization` metadata, refuses other roles,
 refuses a request whose bytes did not decode (REQUEST_MALFORMED) or whose fields break
 their bounds (`request_bounds`, FIELD_INVALID), turns exceptions into statuses through
-`grpc_errors` (the one place) and counts the call. `add_service` registers a servicer's
+`grpc_errors` (the one place), counts the call and writes its access line (one per call,
+`xacthuc.server.logs.access`, unless the servicer's `access_log` is off). `add_service` registers a servicer's
 methods from the service descriptor with a decoder that never raises: gRPC itself would
 answer a decode error UNKNOWN ("Unexpected DecodeError") and log a traceback.
 """
@@ -35,8 +36,9 @@ from xacthuc.domain.errors import (
 )
 from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.grpc_errors import internal, to_status
+from xacthuc.server.logs import access
 from xacthuc.server.request_bounds import check_request, plan
-from xacthuc.server.request_ids import begin_call, bind_platform, trailer
+from xacthuc.server.request_ids import begin_call, bind_platform, bound_platform, trailer
 
 RPC_TOTAL = Counter("xacthuc_rpc_total", "RPCs by method and outcome reason", ["method", "reason"])
 RPC_SECONDS = Histogram("xacthuc_rpc_seconds", "RPC latency", ["method"])
@@ -57,6 +59,7 @@ class EdgeServicer:
     authenticated caller is refused before its handler runs (by default nothing)."""
 
     api_keys: ApiKeys
+    access_log: bool = True  # one access line per call (XACTHUC_ACCESS_LOG)
 
     async def refused_at_edge(self, caller: Caller, method: str, error: XacthucError) -> None:
         return None
@@ -112,9 +115,15 @@ def method_handlers(
 
 
 def add_service(
-    server: grpc.aio.Server, servicer: EdgeServicer, service: ServiceDescriptor
+    server: grpc.aio.Server,
+    servicer: EdgeServicer,
+    service: ServiceDescriptor,
+    *,
+    access_log: bool = True,
 ) -> None:
-    """Serve `service` by `servicer` (in place of the generated `add_*_to_server`)."""
+    """Serve `service` by `servicer` (in place of the generated `add_*_to_server`), with an
+    access line per call or none."""
+    servicer.access_log = access_log
     handlers = method_handlers(servicer, service)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
@@ -127,22 +136,51 @@ class _NotServed(grpc.GenericRpcHandler):
     ErrorInfo NOT_IMPLEMENTED and the request id, like every other error (gRPC's own answer
     is a bare 'Method not found!'). A stream-stream handler takes a call of any kind."""
 
+    def __init__(self, access_log: bool) -> None:
+        self._handler: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(
+            _not_served if access_log else _not_served_quietly
+        )
+
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.stream_stream_rpc_method_handler(_not_served)
+        return self._handler
 
 
-async def _not_served(requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+async def _not_served(
+    requests: object, context: grpc.aio.ServicerContext[Any, Any], *, logged: bool = True
+) -> None:
+    started = time.perf_counter()
     request_id = begin_call(context, "not_served")
     status = to_status(NotImplementedYet(), request_id)
     RPC_TOTAL.labels("not_served", NotImplementedYet.reason).inc()
+    if logged:
+        _log_access("not_served", status.code, NotImplementedYet.reason, started, request_id)
     await context.abort(status.code, status.details, trailer(request_id, status.trailing_metadata))
 
 
-def add_not_served(server: grpc.aio.Server) -> None:
+async def _not_served_quietly(
+    requests: object, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    await _not_served(requests, context, logged=False)
+
+
+def add_not_served(server: grpc.aio.Server, *, access_log: bool = True) -> None:
     """Register the catch-all for methods not served; after every service."""
-    server.add_generic_rpc_handlers((_NotServed(),))
+    server.add_generic_rpc_handlers((_NotServed(access_log),))
+
+
+def _log_access(
+    method: str, code: grpc.StatusCode, reason: str, started: float, request_id: str
+) -> None:
+    access(
+        method=method,
+        platform=bound_platform(),
+        grpc_status=code.name,
+        reason=reason,
+        seconds=time.perf_counter() - started,
+        request_id=request_id,
+    )
 
 
 async def _admit(
@@ -227,6 +265,8 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
             except XacthucError as e:
                 status, reason = to_status(e, request_id), e.reason
             except asyncio.CancelledError:
+                if self.access_log:
+                    _log_access(method, grpc.StatusCode.CANCELLED, "CANCELLED", started, request_id)
                 raise
             except Exception as e:
                 status, reason = internal(method, e, request_id), "INTERNAL"
@@ -234,10 +274,14 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
                 ok.inc()
                 seconds.observe(time.perf_counter() - started)
                 _trace_outcome("OK", grpc.StatusCode.OK)
+                if self.access_log:
+                    _log_access(method, grpc.StatusCode.OK, "OK", started, request_id)
                 return response
             RPC_TOTAL.labels(method, reason).inc()
             seconds.observe(time.perf_counter() - started)
             _trace_outcome(reason, status.code)
+            if self.access_log:
+                _log_access(method, status.code, reason, started, request_id)
             await context.abort(
                 status.code, status.details, trailer(request_id, status.trailing_metadata)
             )
@@ -273,6 +317,8 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
             except XacthucError as e:
                 status, reason = to_status(e, request_id), e.reason
             except asyncio.CancelledError:
+                if self.access_log:
+                    _log_access(method, grpc.StatusCode.CANCELLED, "CANCELLED", started, request_id)
                 raise
             except Exception as e:
                 status, reason = internal(method, e, request_id), "INTERNAL"
@@ -280,10 +326,14 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
                 ok.inc()
                 seconds.observe(time.perf_counter() - started)
                 _trace_outcome("OK", grpc.StatusCode.OK)
+                if self.access_log:
+                    _log_access(method, grpc.StatusCode.OK, "OK", started, request_id)
                 return
             RPC_TOTAL.labels(method, reason).inc()
             seconds.observe(time.perf_counter() - started)
             _trace_outcome(reason, status.code)
+            if self.access_log:
+                _log_access(method, status.code, reason, started, request_id)
             await context.abort(
                 status.code, status.details, trailer(request_id, status.trailing_metadata)
             )

@@ -134,6 +134,7 @@ async def start_server(
             status_lists=app.status_lists,
         ),
         VERIFICATION_SERVICE,
+        access_log=app.settings.access_log,
     )
     add_service(
         server,
@@ -144,6 +145,7 @@ async def start_server(
             clock=app.clock,
         ),
         AUDIT_SERVICE,
+        access_log=app.settings.access_log,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -155,7 +157,9 @@ async def start_server(
         ),
         server,
     )
-    add_not_served(server)  # last: methods no service above serves
+    add_not_served(
+        server, access_log=app.settings.access_log
+    )  # last: methods no service above serves
     port = _bind(server, app, listen or app.settings.listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen or app.settings.listen}")
