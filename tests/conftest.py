@@ -1,16 +1,23 @@
-"""Shared fixtures: a real Redis (required, never skipped) and a store per backend."""
+"""Shared fixtures: a real Redis and a real PostgreSQL (both required, never skipped) and a
+store per backend."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import redis
 import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.postgres import Database, migrate
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain.status_index import permuted_index
 from xacthuc.ports.store import Store
@@ -40,6 +47,122 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
     with redis.Redis.from_url(redis_url) as client:
         for key in client.scan_iter(match=f"{namespace}:*", count=1000):
             client.delete(key)
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on its own loop in another thread (from a sync fixture,
+    whatever loop the test has)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro()).result()
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` naming the database `name` instead."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def database_admin_url() -> str:
+    """A PostgreSQL server where the tests may create databases (XACTHUC_TEST_DATABASE_URL,
+    default the trust-auth server on 127.0.0.1:5432); the run fails when it does not answer."""
+    url = os.environ.get(
+        "XACTHUC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+
+    async def ping() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        await conn.close()
+
+    try:
+        run_sync(ping)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        pytest.fail(
+            f"PostgreSQL is required at {url} for these tests ({e}): start it or set "
+            "XACTHUC_TEST_DATABASE_URL (scripts/test.sh starts one when it can)",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def new_database(database_admin_url: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty databases (no schema); every one is dropped at the end."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = "xacthuc_t" + secrets.token_hex(6)
+
+        async def create() -> None:
+            conn = await asyncpg.connect(database_admin_url, timeout=5)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        run_sync(create)
+        made.append(name)
+        return with_database(database_admin_url, name)
+
+    yield make
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(database_admin_url, timeout=5)
+        try:
+            for name in made:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    run_sync(drop)
+
+
+@pytest.fixture(scope="session")
+def database_url(new_database: Callable[[], str]) -> str:
+    """This run's database, migrated to this build's schema (fresh per test session)."""
+    url = new_database()
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    run_sync(setup)
+    return url
+
+
+async def emptied_database(url: str) -> Database:
+    """The migrated database at `url`, every table emptied, as an open pool (close it)."""
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename <> 'schema_migrations'"
+        )
+        if tables:
+            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
+            await conn.execute(f"TRUNCATE {names}")
+    finally:
+        await conn.close()
+    db = Database(url, min_size=0, max_size=4)
+    await db.open()
+    return db
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """The migrated database, every table emptied, as a pool for one test. (An async
+    fixture that picks backends by parameter uses `emptied_database(database_url)`.)"""
+    db = await emptied_database(database_url)
+    yield db
+    await db.aclose()
 
 
 # Contract stores draw no random status-index key and use small blocks, so a test knows the

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from xacthuc.adapters.metrics import PrometheusLogMetrics
 from xacthuc.adapters.store.checkpoints import (
     MemoryCheckpointStore,
+    PostgresCheckpointStore,
     RedisCheckpointStore,
     checkpoint_store_for,
 )
@@ -38,6 +39,8 @@ from xacthuc.verifiers.auditlog import (
     ReportCounter,
     export_line,
 )
+
+from .conftest import emptied_database
 
 T0 = 1_800_000_000.0
 P = "alpha"
@@ -292,11 +295,16 @@ async def test_replica_that_loses_the_race_adopts_the_winners_checkpoint(store: 
 # ------------------------------------------------------------------- checkpoint stores
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "postgres"])
 async def checkpoints(request: pytest.FixtureRequest) -> AsyncIterator[CheckpointStore]:
     """Each checkpoint store backend in turn, empty."""
     if request.param == "memory":
         yield MemoryCheckpointStore()
+        return
+    if request.param == "postgres":
+        db = await emptied_database(request.getfixturevalue("database_url"))
+        yield PostgresCheckpointStore(db)
+        await db.aclose()
         return
     import redis.asyncio as aioredis
 

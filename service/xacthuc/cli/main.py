@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         if count > 1:
             return workers.run_supervisor(settings, count, args.listen)
     from xacthuc.adapters.keyring import KeyringError
+    from xacthuc.adapters.store.postgres import SchemaMismatch
     from xacthuc.server.app import DEMO_PLATFORM, build_app
     from xacthuc.server.runtime import serve
 
@@ -68,6 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
         start_http_server(int(port), addr=host)
     try:
         asyncio.run(serve(app, worker))
+    except SchemaMismatch as e:
+        print(f"xacthuc: cannot start: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"xacthuc: cannot serve: {e}", file=sys.stderr)
         return 1
@@ -134,9 +138,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     from xacthuc.cli import audit as cli_audit
+    from xacthuc.cli import db as cli_db
     from xacthuc.cli import health as cli_health
 
     cli_health.register(sub)
+    cli_db.register(sub)
 
     cli_audit.register(sub)
     keys = sub.add_parser("keys", help="manage API keys and signing keys")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from xacthuc.adapters.metrics import (
     PrometheusFlowMetrics,
@@ -45,6 +46,9 @@ from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier
 from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
 from xacthuc.verifiers.status_publisher import StatusListPublisher
 
+if TYPE_CHECKING:  # asyncpg is loaded only when a database is configured
+    from xacthuc.adapters.store.postgres import Database
+
 log = logging.getLogger("xacthuc")
 
 DEMO_PLATFORM = "demo"
@@ -79,13 +83,28 @@ class App:
     age_out: AgeOutSweeper
     # The verifiable audit log: Merkle trees, signed checkpoints (issue 6).
     audit_log: AuditLog
-    # The dependencies health follows (name -> probe): the store; add others (a database)
-    # here, where they are built.
+    # The dependencies health follows (name -> probe): the store and, when configured, the
+    # database; add others here, where they are built.
     probes: dict[str, Probe]
     # Keys made up at start in dev mode, to print once: role -> key.
     demo_keys: dict[Role, str] = field(default_factory=dict)
     # Traces (xacthuc.server.telemetry); None when off.
     telemetry: Telemetry | None = None
+    # The system of record (XACTHUC_DATABASE_URL), when configured (issue 10).
+    database: Database | None = None
+
+    async def open(self) -> None:
+        """Connect to the database and check its schema before serving: raises OSError
+        naming the database when it cannot be reached, SchemaMismatch (a ValueError) when
+        its schema is not this build's."""
+        if self.database is None:
+            return
+        from xacthuc.domain.errors import StoreUnavailable
+
+        try:
+            await self.database.open()
+        except StoreUnavailable as e:
+            raise OSError(f"cannot reach the database {self.database!r}") from e
 
     def start(self, *, background_jobs: bool = True) -> None:
         """Start the background tasks: the audit log's checkpointer and the age-out sweep
@@ -105,6 +124,8 @@ class App:
         await self.sms.aclose()
         await self.registry.aclose()
         await self.store.aclose()
+        if self.database is not None:
+            await self.database.aclose()
         if self.telemetry is not None:  # flushes the spans left, off the event loop
             await asyncio.to_thread(self.telemetry.shutdown)
 
@@ -157,6 +178,19 @@ def make_store(settings: Settings) -> Store:
     )
 
 
+def make_database(settings: Settings) -> Database | None:
+    if settings.database_url is None:
+        return None
+    from xacthuc.adapters.store.postgres import Database  # loads asyncpg
+
+    return Database(
+        settings.database_url.get_secret_value(),
+        min_size=settings.database_pool_min_size,
+        max_size=settings.database_pool_max_size,
+        timeout=settings.database_timeout_seconds,
+    )
+
+
 def make_sms(settings: Settings, clock: Clock, telemetry: Telemetry | None = None) -> SmsSender:
     if settings.sms_backend is SmsBackend.HTTP:
         auth = settings.sms_http_auth_header
@@ -197,7 +231,13 @@ def make_registry(settings: Settings, telemetry: Telemetry | None = None) -> Ide
     return SandboxRegistry.from_file()
 
 
-def make_audit_log(settings: Settings, store: Store, clock: Clock, api_keys: ApiKeys) -> AuditLog:
+def make_audit_log(
+    settings: Settings,
+    store: Store,
+    clock: Clock,
+    api_keys: ApiKeys,
+    database: Database | None = None,
+) -> AuditLog:
     if settings.log_signing_key_file:
         key = SigningKey.from_pem_file(settings.log_signing_key_file)
     else:
@@ -207,7 +247,7 @@ def make_audit_log(settings: Settings, store: Store, clock: Clock, api_keys: Api
         key = SigningKey.generate()
     return AuditLog(
         store,
-        checkpoint_store_for(store),
+        checkpoint_store_for(store, database),
         key.private_key,
         clock,
         origin=settings.log_origin,
@@ -257,14 +297,19 @@ def build_app(
     registry: IdentityRegistry | None = None,
     telemetry: Telemetry | None = None,
     api_key_store: ApiKeyStore | None = None,
+    database: Database | None = None,
 ) -> App:
-    """Build the service. Tests pass their own store, SMS sender, clock, keys or tracing.
-    `api_keys` are the fixed keys (else the keys file, or dev-mode demo keys); the key
-    store (else the one next to `store`) adds to them and wins over them."""
+    """Build the service. Tests pass their own store, SMS sender, clock, keys, tracing or
+    database. `api_keys` are the fixed keys (else the keys file, or dev-mode demo keys); the
+    key store (else the one next to `store`) adds to them and wins over them."""
     dev = settings.mode is Mode.DEV
     clock = clock or SystemClock()
     telemetry = telemetry or telemetry_from(settings)
     store = store or make_store(settings)
+    database = database or make_database(settings)
+    probes: dict[str, Probe] = {"store": untraced(store.ping)}
+    if database is not None:
+        probes["database"] = database.ping
     sms = sms or make_sms(settings, clock, telemetry)
     flow_metrics = PrometheusFlowMetrics()
     otp_keys = [k.get_secret_value().encode() for k in settings.otp_hmac_keys] or [
@@ -362,8 +407,9 @@ def build_app(
         age_out=AgeOutSweeper(
             store, clock, api_keys.platforms, interval_seconds=settings.age_out_sweep_seconds
         ),
-        audit_log=make_audit_log(settings, store, clock, api_keys),
-        probes={"store": untraced(store.ping)},
+        audit_log=make_audit_log(settings, store, clock, api_keys, database),
+        probes=probes,
         demo_keys=demo_keys,
         telemetry=telemetry,
+        database=database,
     )

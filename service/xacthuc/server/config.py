@@ -98,6 +98,16 @@ class Settings(BaseSettings):
     state_cache_entries: int = Field(100_000, ge=0, le=10_000_000)
     state_cache_ttl_seconds: float = Field(30.0, gt=0, le=3600)
     state_cache_max_staleness_seconds: float = Field(0.1, ge=0.01, le=1.0)
+    # The system of record (issue 10): PostgreSQL, `postgresql://user@host:port/db`, TLS by
+    # libpq's query options (`?sslmode=verify-full&sslrootcert=/path/ca.pem`). Empty: none
+    # (dev mode; what it would hold stays in the store above). Its schema must be this
+    # build's (`xacthuc db migrate`), or the server refuses to start.
+    database_url: SecretStr | None = None
+    database_pool_min_size: int = Field(1, ge=0, le=100)
+    database_pool_max_size: int = Field(10, ge=1, le=1000)
+    # Bounds connecting, waiting for a pooled connection and each statement; past it the
+    # call answers UNAVAILABLE (STORE_UNAVAILABLE).
+    database_timeout_seconds: float = Field(5.0, gt=0, le=120)
 
     # API keys of the platforms: a read-only JSON file of hashed keys (`xacthuc keys create
     # --file`), and the key store next to XACTHUC_STORE_URL (`xacthuc keys create|revoke`),
@@ -247,6 +257,17 @@ class Settings(BaseSettings):
             raise ValueError("must start with memory://, redis://, rediss:// or unix://")
         return v
 
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        if v.get_secret_value() == "":
+            return None
+        if not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return v
+
     @field_validator("otp_hmac_keys")
     @classmethod
     def _key_length(cls, v: list[SecretStr]) -> list[SecretStr]:
@@ -306,6 +327,10 @@ class Settings(BaseSettings):
                     "XACTHUC_REGISTRY_DEADLINE_SECONDS must be at least "
                     "XACTHUC_REGISTRY_TIMEOUT_SECONDS (one whole attempt)"
                 )
+        if self.database_pool_min_size > self.database_pool_max_size:
+            raise ValueError(
+                "XACTHUC_DATABASE_POOL_MIN_SIZE must not exceed XACTHUC_DATABASE_POOL_MAX_SIZE"
+            )
         if self.sends_per_phone_15m > self.sends_per_phone_day:
             raise ValueError(
                 "XACTHUC_SENDS_PER_PHONE_15M must not exceed XACTHUC_SENDS_PER_PHONE_DAY"

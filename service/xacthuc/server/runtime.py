@@ -163,6 +163,7 @@ async def start_server(
     port = _bind(server, app, listen or app.settings.listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen or app.settings.listen}")
+    await app.open()  # the database's schema is this build's, or no start
     await app.store.ping()
     await app.key_watcher.refresh()  # the key store's keys, before the first call
     wellknown = await _start_wellknown(app, wellknown_listen, reuse_port=reuse_port)
