@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: venv + pinned installs, Redis, lint, pytest.
+# The whole test suite on a fresh machine: venv + pinned installs, Redis, PostgreSQL, lint, pytest.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,10 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+cleanups=()
+cleanup() { for c in "${cleanups[@]}"; do eval "$c"; done; }
+trap cleanup EXIT
+
 # Redis: use the one at XACTHUC_TEST_REDIS_URL (default 127.0.0.1:6379), or start one.
 export XACTHUC_TEST_REDIS_URL=${XACTHUC_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 redis_up() { .venv/bin/python -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()" "$1" 2>/dev/null; }
@@ -34,12 +38,47 @@ if ! redis_up "$XACTHUC_TEST_REDIS_URL"; then
     echo "test.sh: no Redis at $XACTHUC_TEST_REDIS_URL; starting redis-server on 127.0.0.1:$port"
     redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
       --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid"
-    trap 'kill "$(cat "$dir/redis.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+    cleanups+=("kill \"\$(cat '$dir/redis.pid' 2>/dev/null)\" 2>/dev/null || true")
     export XACTHUC_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
     for _ in $(seq 50); do redis_up "$XACTHUC_TEST_REDIS_URL" && break; sleep 0.1; done
   fi
   redis_up "$XACTHUC_TEST_REDIS_URL" || {
     echo "test.sh: FAILED: Redis is required (none at $XACTHUC_TEST_REDIS_URL and redis-server is not installed: apt-get install redis-server)" >&2
+    exit 1
+  }
+fi
+
+# PostgreSQL: the tests create (and drop) their own database on the server at
+# XACTHUC_TEST_DATABASE_URL (default: trust auth on 127.0.0.1:5432), or on one started here.
+export XACTHUC_TEST_DATABASE_URL=${XACTHUC_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
+pg_up() { .venv/bin/python - "$1" 2>/dev/null <<'PY'
+import asyncio, sys
+import asyncpg
+async def up() -> None:
+    await (await asyncpg.connect(sys.argv[1], timeout=3)).close()
+asyncio.run(up())
+PY
+}
+if ! pg_up "$XACTHUC_TEST_DATABASE_URL"; then
+  pgbin=$(dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)")
+  if [ -x "$pgbin/initdb" ] && [ -x "$pgbin/pg_ctl" ]; then
+    port=${XACTHUC_TEST_PG_PORT:-5439}
+    pgdir=$(mktemp -d)
+    as=()
+    if [ "$(id -u)" = 0 ]; then  # initdb refuses to run as root
+      id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+      chown postgres "$pgdir"
+      as=(runuser -u postgres --)
+    fi
+    echo "test.sh: no PostgreSQL at $XACTHUC_TEST_DATABASE_URL; starting one on 127.0.0.1:$port"
+    "${as[@]}" "$pgbin/initdb" -D "$pgdir/data" -U postgres --auth=trust >"$pgdir/initdb.log"
+    "${as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/pg.log" -w \
+      -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+    cleanups+=("${as[*]} '$pgbin/pg_ctl' -D '$pgdir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$pgdir'")
+    export XACTHUC_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$port/postgres"
+  fi
+  pg_up "$XACTHUC_TEST_DATABASE_URL" || {
+    echo "test.sh: FAILED: PostgreSQL is required (none at $XACTHUC_TEST_DATABASE_URL and no initdb/pg_ctl to start one: apt-get install postgresql)" >&2
     exit 1
   }
 fi
@@ -61,4 +100,4 @@ else
 fi
 
 echo "test.sh: pytest"
-exec .venv/bin/pytest "$@"
+.venv/bin/pytest "$@"
