@@ -37,7 +37,6 @@ TABLES = {
     "schema_migrations",
     "log_heads",
     "audit_records",
-    "merkle_tiles",
     "checkpoint_heads",
     "checkpoints",
 }

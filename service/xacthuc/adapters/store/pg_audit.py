@@ -1,0 +1,196 @@
+"""The audit log in PostgreSQL (issue 10; docs/design/system-of-record.md).
+
+Records are rendered exactly as the other stores render them (`audit_record`, sorted keys),
+around their index, which PostgreSQL assigns: `xacthuc_append_audit` (migration 0001) locks
+the platform's `log_heads` row, numbers the records from its `size`, moves each record's
+time up to the previous one's when earlier, stores each with its RFC 6962 leaf hash and
+advances the head, in one statement. The row lock is held until the transaction commits, so
+concurrent writers (tasks, processes, replicas) get gap-free, unique, commit-ordered indices;
+a rolled-back append gives its indices back.
+
+`append(..., conn=...)` joins the caller's transaction: the durable effect of an operation
+and its records commit together or not at all. Reads never load the whole log: ranges,
+leaf hashes and queries by account pseudonym, event and time go through the primary key and
+the indexes of migration 0001; `export` streams through a server-side cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+
+from xacthuc.adapters.store.postgres import Conn, Database
+from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.records import audit_record, split_audit_record
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """One record to append (its index and final time are assigned by the append)."""
+
+    now: float
+    account: str
+    event: str
+    outcome: str
+    reason: str = ""
+    extra: Mapping[str, str | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """A stored record: its index, its text (None once erased) and its leaf hash."""
+
+    index: int
+    body: str | None
+    leaf_hash: bytes
+
+
+_ROW = "SELECT idx, body, leaf_hash FROM audit_records WHERE platform = $1"
+
+
+def _row(r: asyncpg.Record) -> AuditRow:
+    return AuditRow(int(r["idx"]), r["body"], bytes(r["leaf_hash"]))
+
+
+class PostgresAuditLog:
+    """Every platform's audit log, kept in PostgreSQL."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def append(
+        self, platform: str, records: Sequence[NewRecord], *, conn: Conn | None = None
+    ) -> int:
+        """Append `records` in order; return the index of the first. With `conn`, inside the
+        caller's transaction; otherwise in a transaction of its own (one round trip)."""
+        heads, tails, times, events, accounts = [], [], [], [], []
+        for r in records:
+            text = audit_record(
+                seq=0,
+                now=r.now,
+                platform=platform,
+                account=r.account,
+                event=r.event,
+                outcome=r.outcome,
+                reason=r.reason,
+                **r.extra,
+            )
+            head, tail = split_audit_record(text)
+            heads.append(head)
+            tails.append(tail)
+            times.append(f'"{rfc3339(r.now)}"')
+            events.append(r.event)
+            accounts.append(r.account)
+        query = "SELECT xacthuc_append_audit($1, $2, $3, $4, $5, $6)"
+        args = (platform, heads, tails, times, events, accounts)
+        if conn is not None:
+            first = await conn.fetchval(query, *args)
+        else:
+            async with self._db.connection() as own:
+                first = await own.fetchval(query, *args)
+        return int(first)
+
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int:
+        """One record (the Store port's `append_audit`); returns its index."""
+        return await self.append(platform, [NewRecord(now, account, event, outcome, reason, extra)])
+
+    async def size(self, platform: str) -> int:
+        async with self._db.connection() as conn:
+            size = await conn.fetchval("SELECT size FROM log_heads WHERE platform = $1", platform)
+        return 0 if size is None else int(size)
+
+    async def rows(self, platform: str, start: int, stop: int) -> list[AuditRow]:
+        """Stored records [start, stop), by index."""
+        async with self._db.connection() as conn:
+            found = await conn.fetch(
+                _ROW + " AND idx >= $2 AND idx < $3 ORDER BY idx", platform, start, stop
+            )
+        return [_row(r) for r in found]
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        """The Store port's `audit_records`: texts [start, stop) (Python slice bounds)."""
+        if start < 0 or stop is None or stop < 0:
+            size = await self.size(platform)
+            start, stop, _ = slice(start, stop).indices(size)
+        if stop <= start:
+            return []
+        return [
+            r.body if r.body is not None else "" for r in await self.rows(platform, start, stop)
+        ]
+
+    async def leaf_hashes(self, platform: str, start: int, stop: int) -> list[bytes]:
+        async with self._db.connection() as conn:
+            found = await conn.fetch(
+                "SELECT leaf_hash FROM audit_records WHERE platform = $1 AND idx >= $2"
+                " AND idx < $3 ORDER BY idx",
+                platform,
+                start,
+                stop,
+            )
+        return [bytes(r["leaf_hash"]) for r in found]
+
+    async def query(
+        self,
+        platform: str,
+        *,
+        account: str | None = None,
+        event: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after: int = -1,
+        limit: int = 100,
+    ) -> list[AuditRow]:
+        """Records naming `account` (a pseudonym), of `event`, with time in [since, until),
+        index after `after`, in index order, at most `limit` (each filter optional; each
+        served by an index)."""
+        sql = [_ROW, "AND idx > $2"]
+        args: list[object] = [platform, after]
+        for column, op, value in (
+            ("account", "=", account),
+            ("event", "=", event),
+            ("recorded_at", ">=", _ts(since)),
+            ("recorded_at", "<", _ts(until)),
+        ):
+            if value is not None:
+                args.append(value)
+                sql.append(f"AND {column} {op} ${len(args)}")
+        args.append(limit)
+        sql.append(f"ORDER BY idx LIMIT ${len(args)}")
+        async with self._db.connection() as conn:
+            found = await conn.fetch(" ".join(sql), *args)
+        return [_row(r) for r in found]
+
+    async def export(
+        self, platform: str, start: int, stop: int, *, prefetch: int = 1000
+    ) -> AsyncIterator[AuditRow]:
+        """Records [start, stop) through a server-side cursor, `prefetch` rows at a time,
+        from one snapshot (a read-only repeatable-read transaction)."""
+        async with self._db.transaction(isolation="repeatable_read", readonly=True) as conn:
+            cursor = conn.cursor(
+                _ROW + " AND idx >= $2 AND idx < $3 ORDER BY idx",
+                platform,
+                start,
+                stop,
+                prefetch=prefetch,
+            )
+            async for r in cursor:
+                yield _row(r)
+
+
+def _ts(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
