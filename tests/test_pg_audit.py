@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
+from xacthuc.adapters.store import pg_audit
 from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.pg_audit import NewRecord, PostgresAuditLog
-from xacthuc.adapters.store.postgres import Database
+from xacthuc.adapters.store.pg_audit import NODES_QUERY, NewRecord, PostgresAuditLog, PostgresMerkle
+from xacthuc.adapters.store.postgres import Conn, Database
 from xacthuc.domain import merkle
 from xacthuc.domain.clock import rfc3339
 
@@ -153,3 +156,71 @@ async def test_export_streams_through_a_cursor_in_index_order(database: Database
     streamed = [r async for r in log.export(P, 3, 20, prefetch=4)]
     assert await log.rows(P, 3, 20) == streamed
     assert list(range(3, 20)) == [r.index for r in streamed]
+
+
+async def test_roots_and_proofs_from_stored_hashes_equal_the_in_memory_tree(
+    database: Database,
+) -> None:
+    """Extended in uneven steps (a batch smaller than the step too), the stored subtrees give
+    the same roots and proofs as `MerkleCache` over the same leaves, and they verify."""
+    log = PostgresAuditLog(database)
+    tree = PostgresMerkle(database, batch=7)
+    cache = merkle.MerkleCache()
+    total = 0
+    for step in (1, 4, 11, 1, 33, 14):
+        await log.append(P, [NewRecord(T0 + total + i, f"a{i}", "e", "ok") for i in range(step)])
+        total += step
+        assert total == await tree.extend(P)
+        assert total == await tree.extend(P)  # nothing new: nothing stored twice
+        for leaf in await log.leaf_hashes(P, cache.size, total):
+            cache.append(leaf)
+        for size in {1, total // 2 or 1, total - 1 or 1, total}:
+            root = await tree.root(P, size)
+            assert cache.root(size) == root
+            for index in {0, size // 3, size - 1}:
+                proof = await tree.inclusion_proof(P, index, size)
+                assert cache.inclusion_proof(index, size) == proof
+                merkle.verify_inclusion(cache.leaf(index), index, size, proof, root)
+            for older in {1, size // 2 or 1, size}:
+                proof = await tree.consistency_proof(P, older, size)
+                assert cache.consistency_proof(older, size) == proof
+                merkle.verify_consistency(older, size, proof, cache.root(older), root)
+    with pytest.raises(ValueError, match="beyond the hashed part"):
+        await tree.root(P, total + 1)
+    async with database.connection() as conn:
+        stored = await conn.fetchval("SELECT count(*) FROM merkle_nodes WHERE platform = $1", P)
+    assert total - bin(total).count("1") == stored  # every complete subtree above the leaves
+
+
+async def test_a_proof_reads_a_logarithmic_number_of_hashes_by_index(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proof asks for O(log n) stored hashes, in one query that the planner answers
+    through the primary keys: the whole log is never read."""
+    log = PostgresAuditLog(database)
+    tree = PostgresMerkle(database)
+    n = 1000
+    await log.append(P, [NewRecord(T0, f"a{i}", "e", "ok") for i in range(n)])
+    await tree.extend(P)
+    asked: list[int] = []
+    fetch = pg_audit._fetch_nodes
+
+    async def counting(conn: Conn, platform: str, keys: Sequence[tuple[int, int]]) -> Any:
+        asked.append(len(keys))
+        return await fetch(conn, platform, keys)
+
+    monkeypatch.setattr(pg_audit, "_fetch_nodes", counting)
+    await tree.inclusion_proof(P, 517, n)
+    await tree.consistency_proof(P, 300, n)
+    await tree.root(P, n)
+    assert 3 == len(asked)  # one query each
+    assert all(k <= 2 * n.bit_length() for k in asked), asked
+    async with database.connection() as conn:
+        await conn.execute("ANALYZE audit_records, merkle_nodes")
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch("EXPLAIN " + NODES_QUERY, P, [516, 517], [1, 2, 3], [1, 2, 3])
+        )
+    assert "Seq Scan" not in plan, plan
+    assert "audit_records_pkey" in plan
+    assert "merkle_nodes_pkey" in plan

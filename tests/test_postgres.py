@@ -38,6 +38,8 @@ TABLES = {
     "log_heads",
     "audit_records",
     "checkpoint_heads",
+    "merkle_heads",
+    "merkle_nodes",
     "checkpoints",
 }
 

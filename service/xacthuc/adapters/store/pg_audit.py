@@ -24,6 +24,7 @@ import asyncpg
 
 from xacthuc.adapters.store.postgres import Conn, Database
 from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.merkle import EMPTY_ROOT, consistency_ranges, inclusion_ranges, node_hash
 from xacthuc.domain.records import audit_record, split_audit_record
 
 
@@ -194,3 +195,148 @@ class PostgresAuditLog:
 
 def _ts(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+def _pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """The complete aligned subtrees (level, index) that make up [start, end), largest first
+    (the subtrees a proof needs are aligned: `merkle.inclusion_ranges`)."""
+    pieces = []
+    pos, n = start, end - start
+    for level in range(n.bit_length() - 1, -1, -1):
+        if n >> level & 1:
+            if pos & ((1 << level) - 1):
+                raise ValueError(f"range {start}..{end} is not aligned")
+            pieces.append((level, pos >> level))
+            pos += 1 << level
+    return pieces
+
+
+class PostgresMerkle:
+    """Each platform's Merkle tree from the hashes PostgreSQL holds: the leaf hashes stored
+    with the records and the complete subtrees `extend` stores (`merkle_nodes`). A root or a
+    proof reads O(log n) hashes in one query; no process holds or reads the whole log."""
+
+    def __init__(self, database: Database, *, batch: int = 4096) -> None:
+        self._db = database
+        self._batch = batch
+
+    async def size(self, platform: str) -> int:
+        """How many leaves the stored subtrees cover (proofs up to this tree size)."""
+        async with self._db.connection() as conn:
+            size = await conn.fetchval(
+                "SELECT size FROM merkle_heads WHERE platform = $1", platform
+            )
+        return 0 if size is None else int(size)
+
+    async def extend(self, platform: str) -> int:
+        """Store the complete subtrees over the leaves appended since the last call (one
+        extender at a time: the platform's `merkle_heads` row is locked); return the size
+        now covered."""
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO merkle_heads (platform) VALUES ($1) ON CONFLICT DO NOTHING", platform
+            )
+            have = int(
+                await conn.fetchval(
+                    "SELECT size FROM merkle_heads WHERE platform = $1 FOR UPDATE", platform
+                )
+            )
+            target = await conn.fetchval("SELECT size FROM log_heads WHERE platform = $1", platform)
+            target = 0 if target is None else int(target)
+            if target <= have:
+                return have
+            waiting = [(lv, (have >> lv) - 1) for lv in range(have.bit_length()) if have >> lv & 1]
+            found = await _fetch_nodes(conn, platform, waiting)
+            pending = {lv: found[(lv, i)] for lv, i in waiting}
+            index = have
+            while index < target:
+                stop = min(index + self._batch, target)
+                leaves = await conn.fetch(
+                    "SELECT idx, leaf_hash FROM audit_records WHERE platform = $1"
+                    " AND idx >= $2 AND idx < $3 ORDER BY idx",
+                    platform,
+                    index,
+                    stop,
+                )
+                if len(leaves) != stop - index:
+                    raise RuntimeError(f"audit log {platform}: records {index}..{stop} missing")
+                new: list[tuple[str, int, int, bytes]] = []
+                for row in leaves:
+                    level, i, h = 0, int(row["idx"]), bytes(row["leaf_hash"])
+                    while i & 1:
+                        h = node_hash(pending.pop(level), h)
+                        level, i = level + 1, i >> 1
+                        new.append((platform, level, i, h))
+                    pending[level] = h
+                if new:
+                    await conn.copy_records_to_table(
+                        "merkle_nodes", records=new, columns=["platform", "level", "idx", "hash"]
+                    )
+                index = stop
+            await conn.execute(
+                "UPDATE merkle_heads SET size = $2 WHERE platform = $1", platform, target
+            )
+            return target
+
+    async def _ranges(self, platform: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """MTH of each aligned range, from one query."""
+        needed = [_pieces(a, b) for a, b in ranges]
+        async with self._db.connection() as conn:
+            found = await _fetch_nodes(conn, platform, [p for ps in needed for p in ps])
+        roots = []
+        for (a, b), ps in zip(ranges, needed, strict=True):
+            if a == b:
+                roots.append(EMPTY_ROOT)
+                continue
+            hashes = [found[p] for p in ps]
+            root = hashes[-1]
+            for h in reversed(hashes[:-1]):
+                root = node_hash(h, root)
+            roots.append(root)
+        return roots
+
+    async def _covered(self, platform: str, size: int) -> None:
+        if size > await self.size(platform):
+            raise ValueError(f"tree size {size} is beyond the hashed part of the log")
+
+    async def root(self, platform: str, tree_size: int) -> bytes:
+        await self._covered(platform, tree_size)
+        return (await self._ranges(platform, [(0, tree_size)]))[0]
+
+    async def inclusion_proof(self, platform: str, index: int, tree_size: int) -> list[bytes]:
+        await self._covered(platform, tree_size)
+        return await self._ranges(platform, inclusion_ranges(index, tree_size))
+
+    async def consistency_proof(self, platform: str, size1: int, size2: int) -> list[bytes]:
+        await self._covered(platform, size2)
+        return await self._ranges(platform, consistency_ranges(size1, size2))
+
+
+# Stored hashes of given nodes: leaves ($2) from the records, the others ($3 levels, $4
+# indices) from merkle_nodes; both through their primary keys.
+NODES_QUERY = (
+    "SELECT 0 AS level, idx, leaf_hash AS hash FROM audit_records"
+    " WHERE platform = $1 AND idx = ANY($2::bigint[])"
+    " UNION ALL SELECT level, n.idx, hash FROM merkle_nodes n"
+    " JOIN unnest($3::smallint[], $4::bigint[]) AS k(l, i) ON n.level = k.l AND n.idx = k.i"
+    " WHERE n.platform = $1"
+)
+
+
+async def _fetch_nodes(
+    conn: Conn, platform: str, keys: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """Stored hashes of nodes (level, index): level 0 from the records, others from
+    merkle_nodes. Raises RuntimeError naming a node that is not stored."""
+    rows = await conn.fetch(
+        NODES_QUERY,
+        platform,
+        [i for lv, i in keys if lv == 0],
+        [lv for lv, _ in keys if lv > 0],
+        [i for lv, i in keys if lv > 0],
+    )
+    found = {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise RuntimeError(f"audit log {platform}: Merkle nodes not stored: {missing[:3]}")
+    return found

@@ -70,6 +70,22 @@ BEGIN
 END
 $$;
 
+-- Hashes of the complete subtrees of each platform's tree, level >= 1 (level 0, the leaf
+-- hashes, are in audit_records): node (level, idx) is MTH(D[idx * 2^level, (idx+1) * 2^level)).
+-- `merkle_heads.size` is how many leaves they cover; one extender at a time (row lock).
+-- Any proof or root is O(log n) of these, read in one query.
+CREATE TABLE merkle_heads (
+    platform text PRIMARY KEY,
+    size     bigint NOT NULL DEFAULT 0 CHECK (size >= 0)
+);
+CREATE TABLE merkle_nodes (
+    platform text NOT NULL,
+    level    smallint NOT NULL CHECK (level >= 1),
+    idx      bigint NOT NULL CHECK (idx >= 0),
+    hash     bytea NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (platform, level, idx)
+);
+
 -- Signed checkpoints. `checkpoint_heads.size` is the compare-and-set cell: a checkpoint is
 -- stored only by the transaction that moves it from the size the signer built on.
 CREATE TABLE checkpoint_heads (
