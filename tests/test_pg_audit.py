@@ -14,10 +14,17 @@ import pytest
 
 from xacthuc.adapters.store import pg_audit
 from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.pg_audit import NODES_QUERY, NewRecord, PostgresAuditLog, PostgresMerkle
+from xacthuc.adapters.store.pg_audit import (
+    NODES_QUERY,
+    GroupAppender,
+    NewRecord,
+    PostgresAuditLog,
+    PostgresMerkle,
+)
 from xacthuc.adapters.store.postgres import Conn, Database
 from xacthuc.domain import merkle
 from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.errors import StoreUnavailable
 
 T0 = 1_800_000_000.0
 P = "alpha"
@@ -224,3 +231,48 @@ async def test_a_proof_reads_a_logarithmic_number_of_hashes_by_index(
     assert "Seq Scan" not in plan, plan
     assert "audit_records_pkey" in plan
     assert "merkle_nodes_pkey" in plan
+
+
+async def test_group_commit_sends_concurrent_appends_together(database: Database) -> None:
+    """64 concurrent calls, far fewer statements; each call gets its own consecutive
+    indices and its records are where it was told."""
+    log = PostgresAuditLog(database)
+    group = GroupAppender(log, max_records=50)
+
+    async def call(c: int) -> tuple[int, int]:
+        records = [NewRecord(T0, f"c{c}", "e", "ok", extra={"k": k}) for k in range(c % 3 + 1)]
+        return await group.append(P, records), len(records)
+
+    got = await asyncio.gather(*(call(c) for c in range(64)))
+    total = sum(n for _, n in got)
+    assert list(range(total)) == sorted(i for first, n in got for i in range(first, first + n))
+    assert group.commits < 64 // 4
+    stored = [json.loads(r) for r in await log.audit_records(P)]
+    for c, (first, n) in enumerate(got):
+        assert [(f"c{c}", k) for k in range(n)] == [
+            (r["account"], r["k"]) for r in stored[first : first + n]
+        ]
+
+
+async def test_group_commit_fails_a_whole_batch_with_unavailable_and_writes_nothing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = PostgresAuditLog(database)
+    group = GroupAppender(log)
+    fail = True
+    append = log.append
+
+    async def flaky(platform: str, records: Sequence[NewRecord], **kw: Any) -> int:
+        if fail:
+            raise StoreUnavailable()
+        return await append(platform, records, **kw)
+
+    monkeypatch.setattr(log, "append", flaky)
+    results = await asyncio.gather(
+        *(group.append(P, [NewRecord(T0, "a", "e", "ok")]) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+    assert 0 == await log.size(P)
+    fail = False
+    assert 0 == await group.append(P, [NewRecord(T0, "a", "e", "ok")])  # serves again

@@ -16,6 +16,7 @@ the indexes of migration 0001; `export` streams through a server-side cursor.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -340,3 +341,59 @@ async def _fetch_nodes(
     if missing:
         raise RuntimeError(f"audit log {platform}: Merkle nodes not stored: {missing[:3]}")
     return found
+
+
+class GroupAppender:
+    """Group commit of audit appends: concurrent callers' records for one platform go to
+    PostgreSQL together, one statement (one round trip, one lock of the head row) per
+    batch, each caller awaiting its own indices.
+
+    No waiting is added: the first caller commits at once; callers arriving while a commit
+    is in flight queue up and go together in the next one (at most `max_records` records;
+    a call's records are never split). A failed commit fails every call of its batch with
+    the same error (StoreUnavailable when PostgreSQL is out of reach): nothing of the batch
+    was written, so each may be retried.
+    """
+
+    def __init__(self, log: PostgresAuditLog, *, max_records: int = 512) -> None:
+        self._log = log
+        self._max = max_records
+        self._queues: dict[str, list[tuple[Sequence[NewRecord], asyncio.Future[int]]]] = {}
+        self._flushing: dict[str, asyncio.Task[None]] = {}
+        self.commits = 0  # statements sent, for measurements and tests
+
+    async def append(self, platform: str, records: Sequence[NewRecord]) -> int:
+        """Append `records` (in order, together); return the index of the first."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(platform, []).append((records, future))
+        if platform not in self._flushing:
+            self._flushing[platform] = asyncio.create_task(self._flush(platform))
+        return await future
+
+    async def _flush(self, platform: str) -> None:
+        try:
+            queue = self._queues[platform]
+            while queue:
+                batch: list[tuple[Sequence[NewRecord], asyncio.Future[int]]] = []
+                count = 0
+                while queue and (not batch or count + len(queue[0][0]) <= self._max):
+                    item = queue.pop(0)
+                    batch.append(item)
+                    count += len(item[0])
+                together = [r for records, _ in batch for r in records]
+                try:
+                    self.commits += 1
+                    first = await self._log.append(platform, together)
+                except BaseException as e:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for records, future in batch:
+                    if not future.done():
+                        future.set_result(first)
+                    first += len(records)
+        finally:
+            self._flushing.pop(platform, None)
