@@ -196,6 +196,16 @@ def test_database_url_is_checked_and_secret() -> None:
     assert None is Settings.load(database_url="").database_url
 
 
+def test_production_refuses_to_start_without_postgres() -> None:
+    def problems(**kw: object) -> str:
+        with pytest.raises(ConfigError) as e:  # other dev-only parts are refused too
+            Settings.load(mode="production", **kw)
+        return " ".join(e.value.problems)
+
+    assert "XACTHUC_DATABASE_URL is unset" in problems()
+    assert "XACTHUC_DATABASE_URL" not in problems(database_url="postgresql://db.example/x")
+
+
 def xacthuc(*args: str, url: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XACTHUC_")}
     if url is not None:

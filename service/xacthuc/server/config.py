@@ -359,6 +359,11 @@ class Settings(BaseSettings):
             dev_parts.append(
                 "XACTHUC_STORE_URL=memory:// keeps nothing across restarts; use redis://"
             )
+        if self.database_url is None:
+            dev_parts.append(
+                "XACTHUC_DATABASE_URL is unset (PostgreSQL keeps what must outlive a Redis "
+                "failure: the audit log's checkpoints)"
+            )
         if not self.otp_hmac_keys:
             dev_parts.append("XACTHUC_OTP_HMAC_KEYS is unset")
         if self.pseudonym_key is None:
