@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -161,13 +162,25 @@ def test_the_stack_is_xacthuc_redis_and_postgres_each_with_a_healthcheck(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    assert set(services) == {"xacthuc", "redis", "postgres"}
-    assert all(s["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"} for s in services.values())
+    assert set(services) == {"xacthuc", "migrate", "redis", "postgres"}
+    assert all(
+        s["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
+        for name, s in services.items()
+        if name != "migrate"  # a one-shot job
+    )
     xacthuc = services["xacthuc"]
     assert xacthuc["build"]["context"] == "."
     assert substituted(xacthuc["build"]["args"]["BASE_IMAGE"]) == "python:3.11-slim"
     assert xacthuc["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert "postgres" not in xacthuc.get("depends_on", {})  # not used by xacthuc yet
+    # The schema is migrated, by the same image, before xacthuc starts (it refuses another).
+    migrate = services["migrate"]
+    assert xacthuc["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert (migrate["image"], migrate["build"]) == (xacthuc["image"], xacthuc["build"])
+    assert ["db", "migrate"] == migrate["command"]
+    database = xacthuc["environment"]["XACTHUC_DATABASE_URL"]
+    assert database == migrate["environment"]["XACTHUC_DATABASE_URL"]
+    assert database.startswith("postgresql://xacthuc@postgres:5432/")
     # Only loopback: nothing of the dev stack is reachable from the network.
     assert all(
         str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", [])
@@ -204,7 +217,10 @@ def test_every_xacthuc_name_in_compose_is_a_setting_and_the_stack_loads(
         if "SecretStr" in str(field.annotation)
     }
     assert secret
-    assert not secret & set(environment)
+    # The database URL may carry a password; here it carries none (trust on the stack's own
+    # network).
+    assert not (secret - {"XACTHUC_DATABASE_URL"}) & set(environment)
+    assert None is urlsplit(environment["XACTHUC_DATABASE_URL"]).password
     for name in [n for n in os.environ if n.startswith("XACTHUC_")]:
         monkeypatch.delenv(name)
     for name, value in environment.items():
@@ -213,6 +229,7 @@ def test_every_xacthuc_name_in_compose_is_a_setting_and_the_stack_loads(
     assert settings.mode.value == "dev"
     assert settings.store_url == "redis://redis:6379/0"
     assert not settings.store_url.startswith("memory")
+    assert settings.database_url is not None
 
 
 @pytest.mark.parametrize(

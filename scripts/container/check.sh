@@ -3,8 +3,9 @@
 # reachable), then run the image's own ENTRYPOINT + CMD, as the image's USER, with the image's
 # ENV, from the image's filesystem, and check that it serves. Two runs:
 #   dev          the image's defaults (dev mode, memory store, plain gRPC) on a free port
-#   production   production mode with TLS, a private Redis, a signing keyring, an API keys file
-#                and a log signing key, all made with the image's own `xacthuc keys` commands
+#   production   production mode with TLS, a private Redis, a scratch PostgreSQL database
+#                migrated by the image's own `xacthuc db migrate`, a signing keyring, an API keys
+#                file and a log signing key, all made with the image's own `xacthuc keys` commands
 # Each run: health SERVING (the image's HEALTHCHECK command as the image states it, and a
 # probe client run with the image's python), reflection, real RPCs (GetJwks, Authorize) with
 # an API key, a wrong key refused, the well-known HTTP listener, the metrics endpoint; then
@@ -21,7 +22,9 @@
 #                 builds it when missing); python:3.11-slim where a registry is reachable
 #   --image       the tag built and checked (default localhost/xacthuc:check)
 #   --no-build    check IMAGE as it is
-# Needs root, podman, unshare and chroot (util-linux, coreutils), python3, redis-server.
+# Needs root, podman, unshare and chroot (util-linux, coreutils), python3, redis-server, and
+# psql with a PostgreSQL server where it may create a database (XACTHUC_CHECK_DATABASE_URL,
+# default postgresql://postgres@127.0.0.1:5432/postgres, trust auth).
 # The build mounts the host's CA bundle for pip (a TLS-inspecting proxy); XACTHUC_BUILD_CA=''
 # turns that off.
 set -euo pipefail
@@ -57,8 +60,13 @@ work=$(mktemp -d /tmp/xacthuc-check.XXXXXX)
 ctr=""
 server_pid=""
 redis_pid=""
+check_db=""
+admin_db=${XACTHUC_CHECK_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 cleanup() {
   set +e
+  if [ -n "$check_db" ]; then
+    psql "$admin_db" -q -c "DROP DATABASE IF EXISTS \"$check_db\" WITH (FORCE)" >/dev/null 2>&1
+  fi
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     kill -KILL "$server_pid"
     wait "$server_pid" 2>/dev/null
@@ -287,7 +295,15 @@ in_image -- "${img_entrypoint[@]}" keys signing-key --out "$secrets/log.pem" >/d
 prod_key=$(in_image -- "${img_entrypoint[@]}" keys create --platform check --file "$secrets/api-keys.json" 2>/dev/null) ||
   fail "xacthuc keys create in the image"
 rand() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+# The system of record: a scratch database (dropped at exit), migrated by the image's CLI.
+check_db=xacthuc_check_$(python3 -c 'import secrets; print(secrets.token_hex(4))')
+psql "$admin_db" -q -c "CREATE DATABASE \"$check_db\"" >/dev/null ||
+  fail "cannot create a database at $admin_db (set XACTHUC_CHECK_DATABASE_URL)"
+db_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$admin_db" "$check_db")
+in_image "XACTHUC_DATABASE_URL=$db_url" -- "${img_entrypoint[@]}" db migrate >/dev/null ||
+  fail "xacthuc db migrate in the image"
 run_phase production "$prod_key" \
+  "XACTHUC_DATABASE_URL=$db_url" \
   XACTHUC_MODE=production \
   "XACTHUC_TLS_CERT_FILE=$secrets/tls/cert.pem" "XACTHUC_TLS_KEY_FILE=$secrets/tls/key.pem" \
   "XACTHUC_HEALTH_CA_FILE=$secrets/tls/cert.pem" \
