@@ -108,7 +108,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     the start may be retried with the same idempotency key.
     """
     ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 51
-    """UNAVAILABLE: the store (Redis) could not be reached."""
+    """UNAVAILABLE: the store (Redis or PostgreSQL) could not be reached."""
     ERROR_REASON_REGISTRY_UNAVAILABLE: _ErrorReason.ValueType  # 52
     """UNAVAILABLE: the identity registry gave no answer (an error, no answer within
     the deadline, or its circuit breaker is open). The attempt is not charged to
@@ -331,7 +331,7 @@ ERROR_REASON_SMS_DELIVERY_FAILED: ErrorReason.ValueType  # 50
 the start may be retried with the same idempotency key.
 """
 ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 51
-"""UNAVAILABLE: the store (Redis) could not be reached."""
+"""UNAVAILABLE: the store (Redis or PostgreSQL) could not be reached."""
 ERROR_REASON_REGISTRY_UNAVAILABLE: ErrorReason.ValueType  # 52
 """UNAVAILABLE: the identity registry gave no answer (an error, no answer within
 the deadline, or its circuit breaker is open). The attempt is not charged to
