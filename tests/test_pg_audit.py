@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xacthuc.adapters.store import pg_audit
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.pg_audit import (
     NODES_QUERY,
+    AuditRow,
     GroupAppender,
     NewRecord,
     PostgresAuditLog,
@@ -23,8 +25,11 @@ from xacthuc.adapters.store.pg_audit import (
 )
 from xacthuc.adapters.store.postgres import Conn, Database
 from xacthuc.domain import merkle
+from xacthuc.domain.audit_verify import verify_export
+from xacthuc.domain.checkpoint import Checkpoint, format_vkey, sign_note
 from xacthuc.domain.clock import rfc3339
 from xacthuc.domain.errors import StoreUnavailable
+from xacthuc.verifiers.auditlog import erased_line, export_line
 
 T0 = 1_800_000_000.0
 P = "alpha"
@@ -276,3 +281,74 @@ async def test_group_commit_fails_a_whole_batch_with_unavailable_and_writes_noth
     assert 0 == await log.size(P)
     fail = False
     assert 0 == await group.append(P, [NewRecord(T0, "a", "e", "ok")])  # serves again
+
+
+def export_of(rows: Sequence[AuditRow]) -> list[bytes]:
+    """Export lines as the service writes them, erased records as their hash and marker."""
+    return [
+        export_line(r.index, r.body, r.leaf_hash)
+        if r.body is not None
+        else erased_line(r.index, r.leaf_hash)
+        for r in rows
+    ]
+
+
+async def test_erasing_an_account_keeps_the_tree_and_the_export_verifies(
+    database: Database,
+) -> None:
+    """Law 91/2025: the records naming the account lose their contents, keep their leaf
+    hashes; the erasure is audited; the export, erased lines marked, still verifies against
+    a checkpoint signed before the erasure, and the verdict counts them."""
+    log = PostgresAuditLog(database)
+    tree = PostgresMerkle(database)
+    await log.append(P, [NewRecord(T0 + i, f"acc-{i % 3}", "code_sent", "ok") for i in range(12)])
+    await tree.extend(P)
+    key = Ed25519PrivateKey.generate()
+    origin = f"xacthuc.test/log/{P}"
+    note = sign_note(Checkpoint(origin, 12, await tree.root(P, 12)).body(), origin, key)
+    vkey = format_vkey(origin, key.public_key())
+
+    assert 4 == await log.erase_account(P, "acc-1", T0 + 100, request="ticket-7")
+    assert 0 == await log.erase_account(P, "acc-1", T0 + 101)  # nothing left: not audited
+    rows = await log.rows(P, 0, 13)
+    assert [1, 4, 7, 10] == [r.index for r in rows if r.body is None]
+    assert all("acc-1" not in (r.body or "") for r in rows)
+    erasure = json.loads(rows[12].body or "")
+    assert ("records_erased", "", 4, "ticket-7") == (
+        erasure["event"],
+        erasure["account"],
+        erasure["count"],
+        erasure["request"],
+    )
+    async with database.connection() as conn:
+        assert 4 == await conn.fetchval(
+            "SELECT count(*) FROM audit_records WHERE erased_at IS NOT NULL"
+        )
+    verdict = verify_export(export_of(rows[:12]), note, vkey)
+    assert verdict.ok, verdict.summary
+    assert 4 == verdict.erased
+    assert any("4 erased record(s)" in n for n in verdict.notes)
+    # An erased line whose leaf hash was changed breaks the root; one without it, its line.
+    forged = export_of(rows[:12])
+    forged[4] = erased_line(4, bytes(32))
+    assert not verify_export(forged, note, vkey).ok
+    forged[4] = b'{"index":4,"erased":true}\n'
+    bad = verify_export(forged, note, vkey)
+    assert (False, 4) == (bad.ok, bad.first_bad_index)
+    assert "lacks its 32-byte `leaf_hash`" in bad.summary
+
+
+async def test_retention_erases_records_older_than_the_cut_off(database: Database) -> None:
+    log = PostgresAuditLog(database)
+    await log.append(P, [NewRecord(T0 + i * 86_400, "a", "e", "ok") for i in range(5)])
+    assert 2 == await log.erase_before(P, T0 + 2 * 86_400, T0 + 10 * 86_400)
+    rows = await log.rows(P, 0, 6)
+    assert [None, None] == [r.body for r in rows[:2]]
+    assert all(r.body is not None for r in rows[2:])
+    expired = json.loads(rows[5].body or "")
+    assert ("records_expired", 2, rfc3339(T0 + 2 * 86_400)) == (
+        expired["event"],
+        expired["count"],
+        expired["before"],
+    )
+    assert 0 == await log.erase_before(P, T0 + 2 * 86_400, T0 + 11 * 86_400)

@@ -23,6 +23,12 @@ One streaming pass, O(log n) memory (a `CompactRange` per root to rebuild):
    - its `time` (RFC 3339) is not before the previous record's: the service never writes a
      record older than the one before it, so a backdated record shows here, with its index,
      even when its leaf hash was rewritten to match.
+   An ERASED record (P10 retention or an erasure request, Law 91/2025) is exported as
+   `{"index", "leaf_hash", "erased": true}` without its record: only its position is
+   checked and its leaf hash is taken as given (the content it hashed is gone, which is the
+   point); it has no time, so the time order is checked across it. The verdict counts
+   erased records (`Verdict.erased`) and says how many there were: an erasure is itself an
+   audit record (`records_erased`), so the export shows who erased what and when.
 3. The leaf hashes are folded into the tree; at each checkpoint's tree size the root is
    compared with the signed one. An export shorter than the checkpoint is truncated: the
    first missing index is reported.
@@ -75,7 +81,8 @@ class Verdict:
     """The outcome: `ok`, and when not, the first bad record's index if it is known.
 
     `first_uncovered_index` is the checkpoint's tree size when the export holds records past
-    it; `unverified` lists them when they were allowed (`allow_unverified_tail`)."""
+    it; `unverified` lists them when they were allowed (`allow_unverified_tail`). `erased`
+    counts the records exported as erased (their leaf hashes only)."""
 
     ok: bool
     summary: str
@@ -86,6 +93,7 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     first_uncovered_index: int | None = None
     unverified: list[str] = field(default_factory=list)
+    erased: int = 0
 
     def text(self) -> str:
         return "\n".join([self.summary, *self.notes, *self.unverified])
@@ -144,16 +152,23 @@ def _time(fields: dict[str, Any], position: int) -> datetime:
     return when
 
 
-def _check_line(position: int, line: bytes, platform: str) -> tuple[bytes, str, dict[str, Any]]:
-    """The leaf hash, record and record fields of a self-consistent line at `position`;
-    raises _BadLine otherwise."""
+def _check_line(
+    position: int, line: bytes, platform: str
+) -> tuple[bytes, str, dict[str, Any]] | bytes:
+    """The leaf hash, record and record fields of a self-consistent line at `position`, or
+    only the leaf hash of an erased record; raises _BadLine otherwise."""
     try:
         obj = json.loads(line)
     except ValueError:
         raise _BadLine(f"line {position + 1} is not a JSON object (cut or changed)") from None
     index = obj.get("index") if isinstance(obj, dict) else None
+    erased = isinstance(obj, dict) and obj.get("erased") is True and "record" not in obj
     record = obj.get("record") if isinstance(obj, dict) else None
-    if not isinstance(index, int) or isinstance(index, bool) or not isinstance(record, str):
+    if (
+        not isinstance(index, int)
+        or isinstance(index, bool)
+        or not (erased or isinstance(record, str))
+    ):
         raise _BadLine(f"line {position + 1} lacks an integer `index` or a string `record`")
     if index > position:
         raise _BadLine(f"record {position} is missing: line {position + 1} holds record {index}")
@@ -162,6 +177,16 @@ def _check_line(position: int, line: bytes, platform: str) -> tuple[bytes, str, 
             f"line {position + 1} holds record {index} again or out of order, "
             f"where record {position} belongs"
         )
+    if erased:
+        given = obj.get("leaf_hash")
+        try:
+            leaf = bytes.fromhex(given) if isinstance(given, str) else b""
+        except ValueError:
+            leaf = b""
+        if len(leaf) != 32:
+            raise _BadLine(f"erased record {position} lacks its 32-byte `leaf_hash`")
+        return leaf
+    assert isinstance(record, str)
     try:
         leaf = leaf_hash(record.encode("utf-8"))
     except UnicodeEncodeError:
@@ -227,12 +252,33 @@ def verify_export(
     ]
     compact = CompactRange()
     count = 0
+    erased = 0
     previous: tuple[datetime, str] | None = None
     unverified: list[str] = []
+
+    def _fold(position: int, leaf: bytes) -> None:
+        """A covered leaf into the roots and proofs being rebuilt."""
+        if position >= size:
+            return
+        compact.append(leaf)
+        for acc in accumulators:
+            if acc is not None:
+                acc.add(position, leaf)
+        if compact.size in probe_sizes:
+            prefix_roots[compact.size] = compact.root()
+
     for position, raw in enumerate(lines):
         line = raw[:-1] if raw.endswith(b"\n") else raw
         try:
-            leaf, record, fields = _check_line(position, line, platform)
+            checked = _check_line(position, line, platform)
+            if isinstance(checked, bytes):  # an erased record: its leaf hash only
+                _fold(position, checked)
+                erased += 1
+                count += 1
+                if position >= size and allow_unverified_tail and list_unverified:
+                    unverified.append(f"UNVERIFIED erased record {position} (past the checkpoint)")
+                continue
+            leaf, record, fields = checked
             when = _time(fields, position)
             if previous is not None and when < previous[0]:
                 raise _BadLine(
@@ -250,13 +296,8 @@ def verify_export(
             )
         previous = (when, fields["time"])
         count += 1
+        _fold(position, leaf)
         if position < size:
-            compact.append(leaf)
-            for acc in accumulators:
-                if acc is not None:
-                    acc.add(position, leaf)
-            if compact.size in probe_sizes:
-                prefix_roots[compact.size] = compact.root()
             if on_covered is not None:
                 on_covered(position, record)
         elif allow_unverified_tail and list_unverified:
@@ -270,7 +311,12 @@ def verify_export(
         root = prefix_roots.get(c.tree_size)
         return None if root is None else root == c.root_hash
 
-    verdict = Verdict(True, "", records=count, tree_size=size, origin=name)
+    verdict = Verdict(True, "", records=count, tree_size=size, origin=name, erased=erased)
+    if erased:
+        verdict.notes.append(
+            f"{erased} erased record(s): their contents were removed (retention or an erasure "
+            "request, each itself an audit record); their leaf hashes still bind the tree"
+        )
     if not matches(newest):
         signed = [newest, *olders]
         bad = sorted(c.tree_size for c in signed if c.tree_size and matches(c) is False)

@@ -78,6 +78,12 @@ def export_line(index: int, record: str, leaf: bytes) -> bytes:
     )
 
 
+def erased_line(index: int, leaf: bytes) -> bytes:
+    """One line of an export for a record whose contents were erased (P10 retention, an
+    erasure request): its index and leaf hash, which still bind the tree, and the marker."""
+    return f'{{"index":{index},"leaf_hash":"{leaf.hex()}","erased":true}}\n'.encode()
+
+
 def record_time(text: str) -> float:
     """Seconds since the epoch of a record's `time` (RFC 3339, UTC)."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -50,6 +50,16 @@ class AuditRow:
     leaf_hash: bytes
 
 
+_ERASE_ACCOUNT = (
+    "WITH e AS (UPDATE audit_records SET body = NULL, erased_at = now()"
+    " WHERE platform = $1 AND account = $2 AND body IS NOT NULL RETURNING 1)"
+    " SELECT count(*) FROM e"
+)
+_ERASE_BEFORE = (
+    "WITH e AS (UPDATE audit_records SET body = NULL, erased_at = now()"
+    " WHERE platform = $1 AND recorded_at < $2 AND body IS NOT NULL RETURNING 1)"
+    " SELECT count(*) FROM e"
+)
 _ROW = "SELECT idx, body, leaf_hash FROM audit_records WHERE platform = $1"
 
 
@@ -108,6 +118,40 @@ class PostgresAuditLog:
     ) -> int:
         """One record (the Store port's `append_audit`); returns its index."""
         return await self.append(platform, [NewRecord(now, account, event, outcome, reason, extra)])
+
+    async def erase_account(
+        self, platform: str, account: str, now: float, *, request: str = ""
+    ) -> int:
+        """Erase the contents of every record of `platform` naming `account` (an erasure
+        request, Law 91/2025): the text goes, the leaf hash and index stay, so the tree and
+        every checkpoint still verify. In the same transaction, audit `records_erased`
+        (naming no account: the count, the platform's `request` reference). Returns how many
+        records were erased (0: none left, and nothing is audited)."""
+        return await self._erase(
+            platform,
+            _ERASE_ACCOUNT,
+            account,
+            NewRecord(now, "", "records_erased", "ok", extra={"request": request}),
+        )
+
+    async def erase_before(self, platform: str, before: float, now: float) -> int:
+        """Erase the contents of the records older than `before` (P10 retention), audited
+        `records_expired` with the count and the cut-off time. Returns how many."""
+        return await self._erase(
+            platform,
+            _ERASE_BEFORE,
+            _ts(before),
+            NewRecord(now, "", "records_expired", "ok", extra={"before": rfc3339(before)}),
+        )
+
+    async def _erase(self, platform: str, query: str, value: object, audit: NewRecord) -> int:
+        async with self._db.transaction() as conn:
+            erased = await conn.fetchval(query, platform, value)
+            if erased:
+                extra = {**audit.extra, "count": int(erased)}
+                record = NewRecord(audit.now, audit.account, audit.event, audit.outcome, "", extra)
+                await self.append(platform, [record], conn=conn)
+        return int(erased)
 
     async def size(self, platform: str) -> int:
         async with self._db.connection() as conn:
