@@ -17,8 +17,9 @@ import redis
 import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
 from xacthuc.adapters.store.postgres import Database, migrate
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.redis import AuditSink, RedisStore
 from xacthuc.domain.status_index import permuted_index
 from xacthuc.ports.store import Store
 
@@ -180,24 +181,41 @@ def memory_store() -> MemoryStore:
     return MemoryStore(status_block=STATUS_BLOCK, status_keys=lambda: STATUS_KEY)
 
 
-def redis_store(url: str, namespace: str, client: aioredis.Redis | None = None) -> RedisStore:
+def redis_store(
+    url: str,
+    namespace: str,
+    client: aioredis.Redis | None = None,
+    *,
+    audit: AuditSink | None = None,
+) -> RedisStore:
     return RedisStore(
         url,
         namespace=namespace,
         client=client,
         status_block=STATUS_BLOCK,
         status_keys=lambda: STATUS_KEY,
+        audit=audit,
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis+postgres"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """Each storage backend in turn, empty; the contract suite runs once per backend."""
+    """Each storage backend in turn, empty; the contract suite runs once per backend.
+    "redis+postgres": Redis with the audit log in PostgreSQL (issue 10)."""
     if request.param == "memory":
         yield memory_store()
         return
+    db = None
+    audit = None
+    if request.param == "redis+postgres":
+        db = await emptied_database(request.getfixturevalue("database_url"))
+        audit = GroupAppender(PostgresAuditLog(db))
     backend = redis_store(
-        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_namespace")
+        request.getfixturevalue("redis_url"),
+        request.getfixturevalue("redis_namespace"),
+        audit=audit,
     )
     yield backend
     await backend.aclose()
+    if db is not None:
+        await db.aclose()

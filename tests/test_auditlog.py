@@ -24,6 +24,8 @@ from xacthuc.adapters.store.checkpoints import (
     checkpoint_store_for,
 )
 from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.pg_audit import GroupAppender
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain import merkle
 from xacthuc.domain.audit_verify import UsageError, verify_export
@@ -79,9 +81,26 @@ async def append(store: Store, n: int, platform: str = P, event: str = "code_sen
         await store.append_audit(platform, T0 + i, account=f"acc-{i}", event=event, outcome="ok")
 
 
+def audit_database(store: Store) -> Database | None:
+    """The database holding the store's audit log (the redis+postgres pair), if any."""
+    if isinstance(store, RedisStore) and isinstance(store._audit, GroupAppender):
+        return store._audit._log._db
+    return None
+
+
 async def rewrite(store: Store, index: int, record: str, platform: str = P) -> None:
-    """Change a stored record behind the store's back (what an intruder in Redis could do)."""
-    if isinstance(store, RedisStore):
+    """Change a stored record behind the store's back (what an intruder in Redis or in
+    PostgreSQL could do)."""
+    db = audit_database(store)
+    if db is not None:
+        async with db.connection() as conn:
+            await conn.execute(
+                "UPDATE audit_records SET body = $3 WHERE platform = $1 AND idx = $2",
+                platform,
+                index,
+                record,
+            )
+    elif isinstance(store, RedisStore):
         await store._redis.lset(f"{store._namespace}:{{{platform}}}:audit", index, record)
     else:
         assert isinstance(store, MemoryStore)
@@ -89,7 +108,16 @@ async def rewrite(store: Store, index: int, record: str, platform: str = P) -> N
 
 
 async def drop_last(store: Store, platform: str = P) -> None:
-    if isinstance(store, RedisStore):
+    db = audit_database(store)
+    if db is not None:
+        async with db.transaction() as conn:
+            size = await conn.fetchval(
+                "UPDATE log_heads SET size = size - 1 WHERE platform = $1 RETURNING size", platform
+            )
+            await conn.execute(
+                "DELETE FROM audit_records WHERE platform = $1 AND idx = $2", platform, size
+            )
+    elif isinstance(store, RedisStore):
         await store._redis.rpop(f"{store._namespace}:{{{platform}}}:audit")
     else:
         assert isinstance(store, MemoryStore)

@@ -126,10 +126,12 @@ async def test_an_older_database_is_refused_until_migrated(new_database: Callabl
 
 
 async def test_the_server_refuses_to_start_on_an_unmigrated_database(
-    new_database: Callable[[], str],
+    new_database: Callable[[], str], redis_url: str, redis_namespace: str
 ) -> None:
     url = new_database()
-    app = build_app(Settings.load(database_url=url))
+    app = build_app(
+        Settings.load(database_url=url, store_url=redis_url, store_namespace=redis_namespace)
+    )
     assert "database" in app.probes
     with pytest.raises(SchemaMismatch, match="xacthuc db migrate"):
         await app.open()
@@ -142,7 +144,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_postgres_out_of_reach_is_store_unavailable() -> None:
+async def test_postgres_out_of_reach_is_store_unavailable(
+    redis_url: str, redis_namespace: str
+) -> None:
     """Refused connections answer STORE_UNAVAILABLE (UNAVAILABLE), never something else."""
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/xacthuc"
     db = Database(url, timeout=2)
@@ -152,7 +156,14 @@ async def test_postgres_out_of_reach_is_store_unavailable() -> None:
         await db.ping()
     with pytest.raises(StoreUnavailable):
         await PostgresCheckpointStore(db).latest("alpha")
-    app = build_app(Settings.load(database_url=url, database_timeout_seconds=2))
+    app = build_app(
+        Settings.load(
+            database_url=url,
+            database_timeout_seconds=2,
+            store_url=redis_url,
+            store_namespace=redis_namespace,
+        )
+    )
     with pytest.raises(OSError, match="cannot reach the database"):
         await app.open()
     await app.aclose()
@@ -188,7 +199,12 @@ def test_database_url_is_checked_and_secret() -> None:
         Settings.load(database_url="mysql://x")
     with pytest.raises(ConfigError, match="POOL_MIN_SIZE must not exceed"):
         Settings.load(database_pool_min_size=5, database_pool_max_size=2)
-    s = Settings.load(database_url="postgresql://u:hunter2@db.example:5432/x?sslmode=verify-full")
+    with pytest.raises(ConfigError, match="XACTHUC_DATABASE_URL needs a Redis store"):
+        Settings.load(database_url="postgresql://db.example/x")  # memory:// by default
+    s = Settings.load(
+        database_url="postgresql://u:hunter2@db.example:5432/x?sslmode=verify-full",
+        store_url="redis://127.0.0.1:6379/0",
+    )
     assert "hunter2" not in repr(s)
     assert "postgresql://u:***@db.example:5432/x" == redact(
         "postgresql://u:hunter2@db.example:5432/x"
@@ -203,7 +219,9 @@ def test_production_refuses_to_start_without_postgres() -> None:
         return " ".join(e.value.problems)
 
     assert "XACTHUC_DATABASE_URL is unset" in problems()
-    assert "XACTHUC_DATABASE_URL" not in problems(database_url="postgresql://db.example/x")
+    assert "XACTHUC_DATABASE_URL" not in problems(
+        database_url="postgresql://db.example/x", store_url="redis://127.0.0.1:6379/0"
+    )
 
 
 def xacthuc(*args: str, url: str | None) -> subprocess.CompletedProcess[str]:

@@ -1,12 +1,14 @@
 """What must outlive a Redis failure does (issue 10), against a real PostgreSQL and a
 redis-server this test owns and restarts empty (never the shared one).
 
-So far: the audit log's checkpoints. With them in PostgreSQL, a log that lost records with
-Redis is never checkpointed smaller again: the checkpointer refuses instead of forking (the
-failure seen: a checkpoint of size 17 signed after one of size 39)."""
+So far: the audit log and its checkpoints. With checkpoints in PostgreSQL, a log that lost
+records with Redis is never checkpointed smaller again: the checkpointer refuses instead of
+forking (the failure seen: a checkpoint of size 17 signed after one of size 39). With the
+records in PostgreSQL too (the redis+postgres pair), none is lost at all."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +21,11 @@ from xacthuc.adapters.store.checkpoints import (
     RedisCheckpointStore,
     checkpoint_store_for,
 )
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.locks import LockKind, LockRequest
 from xacthuc.ports.checkpoints import CheckpointStore
 from xacthuc.server.app import build_app
 from xacthuc.server.config import Settings
@@ -41,13 +45,15 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.kill()
 
 
-def audit_log(store: RedisStore, checkpoints: CheckpointStore, key: Ed25519PrivateKey) -> AuditLog:
-    """A fresh process's view of the log (nothing cached)."""
+def audit_log(
+    store: RedisStore, checkpoints: CheckpointStore, key: Ed25519PrivateKey, at: float = 3600
+) -> AuditLog:
+    """A fresh process's view of the log (nothing cached), `at` seconds after T0."""
     return AuditLog(
         store,
         checkpoints,
         key,
-        FixedClock(T0 + 3600),
+        FixedClock(T0 + at),
         origin="xacthuc.test/log",
         platforms=lambda: [P],
         metrics=PrometheusLogMetrics(),
@@ -112,13 +118,19 @@ async def test_checkpoints_kept_in_redis_would_fork(own_redis: OwnRedis) -> None
         await store.aclose()
 
 
-async def test_with_a_database_the_service_keeps_checkpoints_in_postgres(
-    database_url: str,
+async def test_with_a_database_the_service_keeps_its_audit_log_in_postgres(
+    database_url: str, redis_url: str, redis_namespace: str
 ) -> None:
-    app = build_app(Settings.load(database_url=database_url))
+    app = build_app(
+        Settings.load(
+            database_url=database_url, store_url=redis_url, store_namespace=redis_namespace
+        )
+    )
     try:
         await app.open()
         assert isinstance(app.audit_log._checkpoints, PostgresCheckpointStore)
+        assert isinstance(app.store, RedisStore)
+        assert isinstance(app.store._audit, GroupAppender)
         assert {"store", "database"} == set(app.probes)
         await app.probes["database"]()
     finally:
@@ -127,3 +139,49 @@ async def test_with_a_database_the_service_keeps_checkpoints_in_postgres(
     assert None is dev.database
     assert {"store"} == set(dev.probes)
     await dev.aclose()
+
+
+async def test_with_the_audit_log_in_postgres_a_redis_restarted_empty_loses_no_record(
+    own_redis: OwnRedis, database: Database
+) -> None:
+    """The redis+postgres pair: records written by the scripts (a lock) and by the service
+    (append_audit) are in PostgreSQL, none in Redis; Redis restarted empty, the log goes on
+    at the next index, nothing is lost, and the next checkpoint extends the old one."""
+    key = Ed25519PrivateKey.generate()
+    checkpoints = PostgresCheckpointStore(database)
+
+    def pair() -> RedisStore:
+        return RedisStore(
+            own_redis.url, namespace="sor", audit=GroupAppender(PostgresAuditLog(database))
+        )
+
+    store = pair()
+    try:
+        await append(store, 38)
+        lock = LockRequest(P, "acc-x", LockKind.PERMANENT, None, "court_order", "ref-1", T0 + 50)
+        await store.lock_account(lock)
+        assert [] == [k async for k in store._redis.scan_iter(match="sor:*audit*")]
+        first = await audit_log(store, checkpoints, key).current_checkpoint(P)
+        assert 39 == first.tree_size
+        before = await store.audit_records(P)
+        assert "account_locked" == json.loads(before[38])["event"]
+    finally:
+        await store.aclose()
+
+    own_redis.stop()
+    own_redis.start()
+
+    store = pair()
+    try:
+        assert before == await store.audit_records(P)  # nothing lost
+        await append(store, 17)
+        records = await store.audit_records(P)
+        assert 56 == len(records)
+        assert list(range(56)) == [json.loads(r)["seq"] for r in records]  # no restart at 0
+        log = audit_log(store, checkpoints, key, at=7200)  # a checkpoint is due
+        latest = await log.current_checkpoint(P)
+        assert None is log.problem(P)
+        assert [39, 56] == [c.tree_size for c in await checkpoints.history(P)]
+        assert 56 == latest.tree_size  # consistent with 39: checked before it was signed
+    finally:
+        await store.aclose()

@@ -153,16 +153,23 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
-def make_store(settings: Settings) -> Store:
+def make_store(settings: Settings, database: Database | None = None) -> Store:
     """The store the settings name: in memory, or Redis with each process's cache of account
-    state in front (issue 11: Authorize without a round trip) unless it is turned off."""
+    state in front (issue 11: Authorize without a round trip) unless it is turned off; with
+    a database (settings keep it to a Redis store), Redis keeps its audit log in PostgreSQL,
+    concurrent calls' records committed together (issue 10)."""
     if settings.store_url.startswith("memory://"):
         return MemoryStore()  # in the process already: nothing to cache
     # Only production needs redis-py loaded.
     from xacthuc.adapters.store.redis import RedisStore
     from xacthuc.adapters.store.redis_invalidations import RedisInvalidationFeed
 
-    store = RedisStore(settings.store_url, namespace=settings.store_namespace)
+    audit = None
+    if database is not None:
+        from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
+
+        audit = GroupAppender(PostgresAuditLog(database))
+    store = RedisStore(settings.store_url, namespace=settings.store_namespace, audit=audit)
     if settings.state_cache_entries == 0:
         return store
     feed = RedisInvalidationFeed(
@@ -305,8 +312,8 @@ def build_app(
     dev = settings.mode is Mode.DEV
     clock = clock or SystemClock()
     telemetry = telemetry or telemetry_from(settings)
-    store = store or make_store(settings)
     database = database or make_database(settings)
+    store = store or make_store(settings, database)
     probes: dict[str, Probe] = {"store": untraced(store.ping)}
     if database is not None:
         probes["database"] = database.ping

@@ -327,6 +327,11 @@ class Settings(BaseSettings):
                     "XACTHUC_REGISTRY_DEADLINE_SECONDS must be at least "
                     "XACTHUC_REGISTRY_TIMEOUT_SECONDS (one whole attempt)"
                 )
+        if self.database_url is not None and self.store_url.startswith("memory://"):
+            raise ValueError(
+                "XACTHUC_DATABASE_URL needs a Redis store (XACTHUC_STORE_URL=redis://...): "
+                "the in-memory store keeps its audit log in the process"
+            )
         if self.database_pool_min_size > self.database_pool_max_size:
             raise ValueError(
                 "XACTHUC_DATABASE_POOL_MIN_SIZE must not exceed XACTHUC_DATABASE_POOL_MAX_SIZE"

@@ -17,6 +17,7 @@ the indexes of migration 0001; `export` streams through a server-side cursor.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,19 @@ _ERASE_BEFORE = (
 _ROW = "SELECT idx, body, leaf_hash FROM audit_records WHERE platform = $1"
 
 
+def _render(platform: str, r: NewRecord) -> str:
+    return audit_record(
+        seq=0,
+        now=r.now,
+        platform=platform,
+        account=r.account,
+        event=r.event,
+        outcome=r.outcome,
+        reason=r.reason,
+        **r.extra,
+    )
+
+
 def _row(r: asyncpg.Record) -> AuditRow:
     return AuditRow(int(r["idx"]), r["body"], bytes(r["leaf_hash"]))
 
@@ -74,28 +88,26 @@ class PostgresAuditLog:
         self._db = database
 
     async def append(
-        self, platform: str, records: Sequence[NewRecord], *, conn: Conn | None = None
+        self,
+        platform: str,
+        records: Sequence[NewRecord | str],
+        *,
+        conn: Conn | None = None,
     ) -> int:
-        """Append `records` in order; return the index of the first. With `conn`, inside the
-        caller's transaction; otherwise in a transaction of its own (one round trip)."""
+        """Append `records` in order; return the index of the first. A record is a
+        NewRecord, or a record already rendered (`audit_record` format, any `seq`: the Redis
+        scripts' outbox). With `conn`, inside the caller's transaction; otherwise in a
+        transaction of its own (one round trip)."""
         heads, tails, times, events, accounts = [], [], [], [], []
         for r in records:
-            text = audit_record(
-                seq=0,
-                now=r.now,
-                platform=platform,
-                account=r.account,
-                event=r.event,
-                outcome=r.outcome,
-                reason=r.reason,
-                **r.extra,
-            )
+            text = _render(platform, r) if isinstance(r, NewRecord) else r
+            fields = json.loads(text)
             head, tail = split_audit_record(text)
             heads.append(head)
             tails.append(tail)
-            times.append(f'"{rfc3339(r.now)}"')
-            events.append(r.event)
-            accounts.append(r.account)
+            times.append(json.dumps(fields["time"]))
+            events.append(str(fields["event"]))
+            accounts.append(str(fields["account"]))
         query = "SELECT xacthuc_append_audit($1, $2, $3, $4, $5, $6)"
         args = (platform, heads, tails, times, events, accounts)
         if conn is not None:
@@ -402,11 +414,11 @@ class GroupAppender:
     def __init__(self, log: PostgresAuditLog, *, max_records: int = 512) -> None:
         self._log = log
         self._max = max_records
-        self._queues: dict[str, list[tuple[Sequence[NewRecord], asyncio.Future[int]]]] = {}
+        self._queues: dict[str, list[tuple[Sequence[NewRecord | str], asyncio.Future[int]]]] = {}
         self._flushing: dict[str, asyncio.Task[None]] = {}
         self.commits = 0  # statements sent, for measurements and tests
 
-    async def append(self, platform: str, records: Sequence[NewRecord]) -> int:
+    async def append(self, platform: str, records: Sequence[NewRecord | str]) -> int:
         """Append `records` (in order, together); return the index of the first."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(platform, []).append((records, future))
@@ -418,7 +430,7 @@ class GroupAppender:
         try:
             queue = self._queues[platform]
             while queue:
-                batch: list[tuple[Sequence[NewRecord], asyncio.Future[int]]] = []
+                batch: list[tuple[Sequence[NewRecord | str], asyncio.Future[int]]] = []
                 count = 0
                 while queue and (not batch or count + len(queue[0][0]) <= self._max):
                     item = queue.pop(0)
@@ -441,3 +453,23 @@ class GroupAppender:
                     first += len(records)
         finally:
             self._flushing.pop(platform, None)
+
+    # The audit sink of a RedisStore whose audit log is kept here (RedisStore(audit=...)).
+
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int:
+        return await self.append(platform, [NewRecord(now, account, event, outcome, reason, extra)])
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        return await self._log.audit_records(platform, start, stop)

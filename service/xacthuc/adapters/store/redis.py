@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -185,10 +185,26 @@ _REFUSALS: dict[str, type[XacthucError]] = {
 @cache
 def _lua(name: str, *, prelude: bool = True) -> str:
     """The prelude shared by all scripts (unless `prelude` is False), then the operation's
-    own body."""
+    own body. With the prelude, the body runs as a function, so that with `P.outbox` (the
+    audit log in PostgreSQL) the script answers {records, reply} whichever `return` of
+    the body answered."""
     folder = resources.files("xacthuc.adapters.store") / "lua"
-    files = ("common.lua", f"{name}.lua") if prelude else (f"{name}.lua",)
-    return "\n".join((folder / f).read_text("utf-8") for f in files)
+    body = (folder / f"{name}.lua").read_text("utf-8")
+    if not prelude:
+        return body
+    return "\n".join(
+        (
+            (folder / "common.lua").read_text("utf-8"),
+            "local function body()",
+            body,
+            "end",
+            "local reply = body()",
+            "if OUTBOX then",
+            "  return { OUTBOX, reply }",
+            "end",
+            "return reply",
+        )
+    )
 
 
 _HEAD = len(CHALLENGE_PREFIX) + SLOT_CHARS
@@ -364,8 +380,37 @@ def _refusal(reason: str, retry_after: str, extra: str) -> XacthucError:
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, BusyLoadingError)
 
 
+class AuditSink(Protocol):
+    """Where a RedisStore's audit log is kept when it is not kept in Redis: PostgreSQL
+    (`pg_audit.GroupAppender`). Records come rendered by the scripts, their `seq` to be
+    assigned by the sink."""
+
+    async def append(self, platform: str, records: Sequence[str]) -> int: ...
+
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int: ...
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]: ...
+
+
 class RedisStore:
     """The `Store` contract on Redis 7 (or a cluster: one platform, one slot).
+
+    With `audit` (issue 10), the audit log is not kept in Redis: each script hands back the
+    records it wrote (its outbox) and the call returns, or raises its refusal, only once
+    `audit` has stored them (PostgreSQL). A Redis lost then loses no record: the log goes on
+    from where it was.
 
     A given `client` is used as is and left open by `aclose`; without one, the store opens
     its own from `url`. Whatever `Retry` the client has (redis-py retries three times by
@@ -383,9 +428,11 @@ class RedisStore:
         client: aioredis.Redis | None = None,
         status_block: int = INDEX_BLOCK,
         status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
+        audit: AuditSink | None = None,
     ) -> None:
         """`status_block` and `status_keys` as for MemoryStore: the first allocation of a
         platform's status index keeps them in Redis, so later values change nothing."""
+        self._audit = audit
         self._owns_client = client is None
         self._redis: aioredis.Redis = (
             client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
@@ -424,21 +471,31 @@ class RedisStore:
         return f"{self._namespace}:{{{platform}}}:"
 
     def _common(self, platform: str, now: float) -> dict[str, Any]:
-        return {
+        common = {
             "prefix": self._prefix(platform),
             "now": _time(now),
             "time_j": _j(rfc3339(now)),
             "platform_j": _j(platform),
             "audit_version": str(AUDIT_FORMAT_VERSION),
         }
+        if self._audit is not None:
+            common["outbox"] = RawJson("true")
+            common["platform"] = platform
+        return common
 
     async def _run(self, name: str, keys: Sequence[str], params: dict[str, Any]) -> list[str]:
-        """One EVALSHA; a refusal becomes its exception, a lost connection StoreUnavailable."""
+        """One EVALSHA; a refusal becomes its exception, a lost connection StoreUnavailable.
+        With an audit sink, the records the script wrote are stored there first (a refusal
+        too is audited)."""
         args = [_encode_params(params)]
         try:
             reply = await self._scripts[name].run(self._script_client[name], keys, args)
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
+        if self._audit is not None and "outbox" in params:
+            outbox, reply = reply[0], (reply[1] if len(reply) > 1 else [])
+            if outbox:
+                await self._audit.append(params["platform"], [_text(r) for r in outbox])
         reply = [_text(part) for part in reply]
         if reply[0] == "err":
             raise _refusal(reply[1], reply[2], reply[3])
@@ -777,6 +834,10 @@ class RedisStore:
         reason: str = "",
         **extra: str | int,
     ) -> int:
+        if self._audit is not None:
+            return await self._audit.append_audit(
+                platform, now, account=account, event=event, outcome=outcome, reason=reason, **extra
+            )
         # Python renders the record; the script only inserts the sequence number it assigns.
         record = audit_record(
             seq=0,
@@ -800,6 +861,8 @@ class RedisStore:
     async def audit_records(
         self, platform: str, start: int = 0, stop: int | None = None
     ) -> list[str]:
+        if self._audit is not None:
+            return await self._audit.audit_records(platform, start, stop)
         key = f"{self._prefix(platform)}audit"
         try:
             if start >= 0 and (stop is None or stop >= 0):

@@ -69,16 +69,34 @@ local function audit_time(key)
   return P.time_j
 end
 
+-- With `P.outbox` (an audit log kept in PostgreSQL, issue 10), records are not appended
+-- here: they collect in OUTBOX, which the script returns with its reply ({OUTBOX, reply},
+-- see redis.py `_lua`), and PostgreSQL numbers them (seq 0 here), keeps their times from
+-- going backwards and stores them before the call answers.
+local OUTBOX = nil
+if P.outbox then
+  OUTBOX = {}
+end
+
 -- Append one record to the platform's audit list; `fields` maps names to JSON texts.
 local function audit(key, fields)
-  local f = { v = P.audit_version, platform = P.platform_j, time = audit_time(key), reason = '""' }
+  local f = { v = P.audit_version, platform = P.platform_j, reason = '""' }
+  if OUTBOX then
+    f.time = P.time_j
+  else
+    f.time = audit_time(key)
+  end
   for name, value in pairs(fields) do
     if not AUDIT_KNOWN[name] then
       error("unknown audit field " .. name)
     end
     f[name] = value
   end
-  f.seq = int(redis.call("LLEN", key))
+  if OUTBOX then
+    f.seq = "0"
+  else
+    f.seq = int(redis.call("LLEN", key))
+  end
   local parts = {}
   for _, name in ipairs(AUDIT_FIELDS) do
     local value = f[name]
@@ -86,7 +104,12 @@ local function audit(key, fields)
       parts[#parts + 1] = '"' .. name .. '":' .. value
     end
   end
-  redis.call("RPUSH", key, "{" .. table.concat(parts, ",") .. "}")
+  local record = "{" .. table.concat(parts, ",") .. "}"
+  if OUTBOX then
+    OUTBOX[#OUTBOX + 1] = record
+  else
+    redis.call("RPUSH", key, record)
+  end
 end
 
 -- A refusal as Python raises it: {"err", reason, retry_after seconds or "", extra or ""}.
