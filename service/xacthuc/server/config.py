@@ -367,7 +367,7 @@ class Settings(BaseSettings):
         if self.database_url is None:
             dev_parts.append(
                 "XACTHUC_DATABASE_URL is unset (PostgreSQL keeps what must outlive a Redis "
-                "failure: the audit log's checkpoints)"
+                "failure: the audit log and its checkpoints)"
             )
         if not self.otp_hmac_keys:
             dev_parts.append("XACTHUC_OTP_HMAC_KEYS is unset")
