@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--duration 10] [--concurrency 32] [--store redis|memory]
                                        [--redis-url redis://127.0.0.1:6379/0] [--warmup 2] [--raw-stub]
+                                       [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 Method
 ------
@@ -111,6 +112,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from citizens import Citizen, make_citizens, write_citizens
@@ -153,6 +155,7 @@ OFFLINE_ROUNDS = 6  # alternating SDK / raw rounds of the offline verification m
 # timed phase and MONITOR check), sized for a rate well above what the server can reach.
 CITIZENS_MIN = 50_000
 CITIZENS_RPS_BOUND = 5_000
+PG_STATS_DELAY = 1.2  # s: PostgreSQL backends report their statistics at most once a second
 OTHER_LOAD_WARN = 15  # % of one core used by unrelated processes before the report warns
 
 # Settings overrides of the xacthuc server (besides store, namespace and SMS gateway).
@@ -272,6 +275,7 @@ class Row:
     script_calls_per_call: float | None = None  # INFO commandstats; None without Redis
     foreign_redis_clients: int = 0
     round_trips: RoundTrips | None = None  # the MONITOR check
+    pg_transactions_per_call: float | None = None  # pg_stat_database; None without a database
     note: str = ""
 
 
@@ -306,6 +310,7 @@ class Benchmark:
         self.workers: list[Child] = []
         self.scaled: dict[str, Row] = {}
         self.sms_url = ""
+        self.database_url = ""  # the scratch database on --database-url's server, if any
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -322,6 +327,8 @@ class Benchmark:
                     "Start Redis, pass --redis-url, or use --store memory."
                 ) from None
             stack.push_async_callback(self._delete_namespace)  # runs after the server stopped
+        if self.args.database_url:
+            await self._make_database(stack)
         sms_url = self.sms_url = await self.gateway.start()
         stack.push_async_callback(self.gateway.close)
         self._write_registry(
@@ -346,6 +353,48 @@ class Benchmark:
             self.raw_stubs.append(verification_pb2_grpc.VerificationServiceStub(channel))
             self.channels += [echo_channel, channel]
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in self.channels)), 30)
+
+    async def _make_database(self, stack: contextlib.AsyncExitStack) -> None:
+        """A scratch database on --database-url's server, migrated; dropped at the end
+        (after the server stopped: the callback is pushed first)."""
+        import asyncpg
+
+        from xacthuc.adapters.store.postgres import migrate
+
+        name = self.namespace
+        admin = await asyncpg.connect(self.args.database_url, timeout=10)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+
+        async def drop() -> None:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
+        stack.push_async_callback(drop)
+        parts = urlsplit(self.args.database_url)
+        self.database_url = urlunsplit(parts._replace(path="/" + name))
+        conn = await asyncpg.connect(self.database_url, timeout=10)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        log(f"scratch database {name} migrated (the audit log and checkpoints go there)")
+
+    async def _pg_transactions(self) -> int | None:
+        """Committed transactions of the scratch database so far (each statement outside a
+        transaction block is one: a round trip at least)."""
+        if not self.database_url:
+            return None
+        import asyncpg
+
+        conn = await asyncpg.connect(self.args.database_url, timeout=10)
+        try:
+            value = await conn.fetchval(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+                self.namespace,
+            )
+        finally:
+            await conn.close()
+        return int(value or 0)
 
     def _write_registry(self, directory: Path) -> None:
         """The sandbox registry's people, on a temporary file the server loads at start."""
@@ -378,6 +427,8 @@ class Benchmark:
             "sms_http_url": sms_url,
             "registry_sandbox_file": str(self.registry_file),
         }
+        if self.database_url:
+            settings["database_url"] = self.database_url
         entry = dataclasses.asdict(self.key_entry) | {"role": self.key_entry.role.value}
         return {"settings": settings, "api_key_entry": entry}
 
@@ -489,12 +540,18 @@ class Benchmark:
         )
         before = await self.probe.command_calls() if self.probe else None
         foreign = await self.probe.foreign_clients() if self.probe else 0
+        pg_before = await self._pg_transactions()
         meter.start()
         result = await closed_loop(name, op, concurrency=self.n, duration=self.args.duration)
         cpu = meter.stop()
         parts = [cpu.pop(f"server#{i}") for i in range(len(servers))]
         cpu["server"] = None if None in parts else sum(p for p in parts if p is not None)
         row = Row(name, result, cpu, foreign_redis_clients=foreign)
+        if pg_before is not None:
+            await asyncio.sleep(PG_STATS_DELAY)  # backends report their counts at most 1/s
+            pg_after = await self._pg_transactions()
+            assert pg_after is not None
+            row.pg_transactions_per_call = (pg_after - pg_before) / max(1, result.calls)
         if self.probe and before is not None:
             used = await self.probe.command_calls() - before
             scripts = sum(count for cmd, count in used.items() if cmd in SCRIPT_CALLS)
@@ -777,7 +834,7 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
     ]
     header = (
         f"{'rpc':<36}{'calls':>7}{'err':>5}{'rps':>8}{'p50_ms':>8}{'p99_ms':>8}{'vs_echo':>8}"
-        f"{'redis_rt':>9}{'evalsha':>8}{'srv_ms':>8}  cpu% srv/drv/redis/other"
+        f"{'redis_rt':>9}{'evalsha':>8}{'srv_ms':>8}{'pg_tx':>7}  cpu% srv/drv/redis/other"
     )
     lines += [header, "-" * len(header)]
 
@@ -792,7 +849,8 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             f"{'' if row.name.startswith(ECHO) else fmt(r.rps / echo.rps, '.3f'):>8}"
             f"{fmt(row.round_trips.per_call() if row.round_trips else None, '.2f'):>9}"
             f"{'' if row.name.startswith(ECHO) else fmt(row.script_calls_per_call, '.2f'):>8}"
-            f"{fmt(server_ms_per_call(row), '.3f'):>8}  "
+            f"{fmt(server_ms_per_call(row), '.3f'):>8}"
+            f"{'' if row.name.startswith(ECHO) else fmt(row.pg_transactions_per_call, '.2f'):>7}  "
             + "/".join(fmt(row.cpu[k], ".0f") for k in ("server", "driver", "redis", "other"))
         )
     lines += [
@@ -803,6 +861,8 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         "evalsha:  script calls (EVALSHA/EVAL) per call during the timed phase, from INFO "
         "commandstats (server-wide: other clients count too).",
         "srv_ms:   CPU time of the server process(es) per call, in ms: the portable figure.",
+        "pg_tx:    PostgreSQL transactions per call during the timed phase (pg_stat_database of "
+        "the scratch database, --database-url; group commit makes it below 1; '-': no database).",
         "cpu%:     share of one core used in the timed phase (100 = one core busy) by the server "
         "measured, the driver, redis-server and everything else.",
     ]
@@ -922,6 +982,7 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             else None,
             "redis_script_calls_per_call_timed": _round(row.script_calls_per_call, 2),
             "server_cpu_ms_per_call": _round(server_ms_per_call(row), 4),
+            "postgres_transactions_per_call_timed": _round(row.pg_transactions_per_call, 3),
         }
     if bench.scaled:
         summary["workers"] = {
@@ -970,6 +1031,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="starts of the Redis memory phase, on a private redis-server (20000; 0: skip)",
     )
     p.add_argument(
+        "--database-url",
+        default="",
+        help="a PostgreSQL server (postgresql://postgres@127.0.0.1:5432/postgres) where a "
+        "scratch database is made: the server then keeps its audit log there (durability on)",
+    )
+    p.add_argument(
         "--raw-stub",
         action="store_true",
         help="also time confirm through the generated stub, without AsyncClient",
@@ -988,6 +1055,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.workers > 1 and args.store == "memory":
         p.error("--workers > 1 needs --store redis (workers share the store)")
+    if args.database_url and args.store != "redis":
+        p.error("--database-url needs --store redis")
     return args
 
 

@@ -141,6 +141,7 @@ def test_production_refuses_test_numbers() -> None:
         "sms_http_url": "https://sms.example/send",
         "signing_key_file": "/etc/xacthuc/signing.pem",
         "store_url": "redis://redis:6379/0",
+        "database_url": "postgresql://xacthuc@postgres:5432/xacthuc",
         "otp_hmac_keys": "k" * 32,
         "pseudonym_key": "p" * 32,
         "api_keys_file": "/etc/xacthuc/keys.json",
