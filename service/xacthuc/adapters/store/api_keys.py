@@ -20,7 +20,10 @@ def api_key_store_for(store: Store) -> ApiKeyStore:
         from xacthuc.adapters.store.redis_api_keys import RedisApiKeyStore
 
         return RedisApiKeyStore(
-            store.client, namespace=store._namespace, once_client=store.once_client
+            store.client,
+            namespace=store._namespace,
+            once_client=store.once_client,
+            audit=store._audit,
         )
     return MemoryApiKeyStore(store)
 

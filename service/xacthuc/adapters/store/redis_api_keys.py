@@ -9,7 +9,9 @@ Key layout, under the hash tag `{_apikeys}` (no platform id starts with `_`):
     <ns>:{_apikeys}:version        string: the table's version, INCR by every change
 
 Each write is one Lua script (`lua/api_key_create.lua`, `lua/api_key_revoke.lua`) that also
-appends the audit record to `<ns>:{<platform>}:audit`, in the same atomic step. That script
+appends the audit record to `<ns>:{<platform>}:audit`, in the same atomic step (with the
+audit log in PostgreSQL, issue 10, it hands the record back and the call returns once
+PostgreSQL stored it, as RedisStore's scripts do). That script
 touches two hash tags: fine on one Redis server (with replicas or Sentinel), not on Redis
 Cluster. Servers poll `lua/api_key_changes.lua`: one round trip returning the version and
 only the keys changed since theirs. Mirrors `memory_api_keys.py`.
@@ -23,7 +25,9 @@ import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.redis import (
     _UNAVAILABLE,
+    AuditSink,
     LuaScript,
+    RawJson,
     _encode_params,
     _j,
     _lua,
@@ -70,11 +74,14 @@ class RedisApiKeyStore:
         *,
         namespace: str,
         once_client: aioredis.Redis | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         """`client` and `namespace`: those of the RedisStore whose audit log records the
         changes (decode_responses on). The writes (create, revoke) run on `once_client`,
         each sent once however `client` retries (`without_retries(client)` when not
-        given); the read of changes keeps `client`'s retries."""
+        given); the read of changes keeps `client`'s retries. `audit`: the RedisStore's
+        audit sink when its log is kept in PostgreSQL."""
+        self._audit_sink = audit
         self._redis = client
         self._once = once_client if once_client is not None else without_retries(client)
         self._namespace = namespace
@@ -121,10 +128,18 @@ class RedisApiKeyStore:
         }
 
     async def _run(self, script: LuaScript, keys: list[str], params: dict[str, Any]) -> list[Any]:
+        """One script; with an audit sink, the record it wrote is stored there before the
+        call returns (RedisStore._run does the same)."""
+        if self._audit_sink is not None:
+            params = params | {"outbox": RawJson("true")}
         try:
             reply = await script.run(self._once, keys, [_encode_params(params)])
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
+        if self._audit_sink is not None:
+            outbox, reply = reply[0], (reply[1] if len(reply) > 1 else [])
+            if outbox:
+                await self._audit_sink.append(params["platform"], [_text(r) for r in outbox])
         return [_text(part) for part in reply]
 
     async def create(self, key: StoredApiKey) -> int:
