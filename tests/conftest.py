@@ -209,7 +209,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     audit = None
     if request.param == "redis+postgres":
         db = await emptied_database(request.getfixturevalue("database_url"))
-        audit = GroupAppender(PostgresAuditLog(db))
+        audit = GroupAppender(PostgresAuditLog(db), probe=db.ping)
     backend = redis_store(
         request.getfixturevalue("redis_url"),
         request.getfixturevalue("redis_namespace"),

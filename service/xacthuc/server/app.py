@@ -168,7 +168,7 @@ def make_store(settings: Settings, database: Database | None = None) -> Store:
     if database is not None:
         from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
 
-        audit = GroupAppender(PostgresAuditLog(database))
+        audit = GroupAppender(PostgresAuditLog(database), probe=database.ping)
     store = RedisStore(settings.store_url, namespace=settings.store_namespace, audit=audit)
     if settings.state_cache_entries == 0:
         return store

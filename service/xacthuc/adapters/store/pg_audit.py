@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 
 from xacthuc.adapters.store.postgres import Conn, Database
-from xacthuc.domain.clock import rfc3339
+from xacthuc.domain.clock import Clock, MonotonicClock, rfc3339
+from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.domain.merkle import EMPTY_ROOT, consistency_ranges, inclusion_ranges, node_hash
 from xacthuc.domain.records import audit_record, split_audit_record
 
@@ -411,12 +413,46 @@ class GroupAppender:
     was written, so each may be retried.
     """
 
-    def __init__(self, log: PostgresAuditLog, *, max_records: int = 512) -> None:
+    def __init__(
+        self,
+        log: PostgresAuditLog,
+        *,
+        max_records: int = 512,
+        probe: Callable[[], Awaitable[None]] | None = None,
+        probe_interval: float = 1.0,
+        clock: Clock | None = None,
+    ) -> None:
         self._log = log
         self._max = max_records
+        # While PostgreSQL is known to be out of reach, `ready()` refuses at once (after at
+        # most one probe per `probe_interval`), so a call fails BEFORE its Redis step instead
+        # of changing Redis state whose audit records could not be stored.
+        self._probe = probe
+        self._probe_interval = probe_interval
+        self._clock: Clock = clock or MonotonicClock()
+        self._down = False
+        self._probed_at = -math.inf
         self._queues: dict[str, list[tuple[Sequence[NewRecord | str], asyncio.Future[int]]]] = {}
         self._flushing: dict[str, asyncio.Task[None]] = {}
         self.commits = 0  # statements sent, for measurements and tests
+
+    async def ready(self) -> None:
+        """Raise StoreUnavailable while PostgreSQL is known to be out of reach: the last
+        commit failed with StoreUnavailable and a probe (at most one per interval) has not
+        answered since. Cheap when it is up (no round trip)."""
+        if not self._down:
+            return
+        now = self._clock.now()
+        if self._probe is None or now - self._probed_at < self._probe_interval:
+            raise StoreUnavailable()
+        self._probed_at = now
+        try:
+            await self._probe()
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            raise StoreUnavailable() from e
+        self._down = False
 
     async def append(self, platform: str, records: Sequence[NewRecord | str]) -> int:
         """Append `records` (in order, together); return the index of the first."""
@@ -441,6 +477,8 @@ class GroupAppender:
                     self.commits += 1
                     first = await self._log.append(platform, together)
                 except BaseException as e:
+                    if isinstance(e, StoreUnavailable):
+                        self._down, self._probed_at = True, self._clock.now()
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(e)

@@ -387,6 +387,10 @@ class AuditSink(Protocol):
 
     async def append(self, platform: str, records: Sequence[str]) -> int: ...
 
+    async def ready(self) -> None:
+        """Raise StoreUnavailable when the sink is known to be out of reach."""
+        ...
+
     async def append_audit(
         self,
         platform: str,
@@ -488,6 +492,10 @@ class RedisStore:
         With an audit sink, the records the script wrote are stored there first (a refusal
         too is audited)."""
         args = [_encode_params(params)]
+        if self._audit is not None and "outbox" in params:
+            # A state change whose records could not be stored must not happen: refuse
+            # before the Redis step while the system of record is known to be down.
+            await self._audit.ready()
         try:
             reply = await self._scripts[name].run(self._script_client[name], keys, args)
         except _UNAVAILABLE as e:
