@@ -22,7 +22,8 @@ What is traced, all under one `TracerProvider` (`Telemetry`):
   URL without credentials, query or fragment, and no body (the instrumentation records none).
 
 No span attribute carries personal data: no phone number, code, client IP, ID number, name or
-date of birth (tests/test_telemetry.py searches every attribute of every span for them).
+date of birth (tests/integration/test_telemetry.py searches every attribute of every span
+for them).
 
 One more instrumented client (PostgreSQL, say) is one more method here beside `redis`, e.g.
 `PsycopgInstrumentor().instrument_connection(conn, tracer_provider=self.provider)`.
