@@ -121,6 +121,17 @@ def test_structlog_logger_secrets_in_event_args_and_fields_are_redacted(
     assert "confirm [PHONE] with [OTP] for " in line["event"]
 
 
+def test_fields_named_with_a_leading_underscore_are_redacted_too(captured: Captured) -> None:
+    """A field whose name starts with `_` (stdlib `extra`, structlog key) is scrubbed like any
+    other: only structlog's own meta keys are dropped before redaction, nothing is exempt."""
+    logging.getLogger("xacthuc.test.underscore").info(
+        "sent", extra={"_otp": CODES[0], "_note": f"to {PHONES[0]} born {DATES[0]}"}
+    )
+    get_logger("xacthuc.test.underscore").info("sent", _code=CODES[1], _to=PHONES[3])
+    assert 2 == len(captured.lines())
+    assert_no_secret(captured.text)
+
+
 def test_a_traceback_is_redacted_too(captured: Captured) -> None:
     """An exception whose message holds personal data is logged with its traceback scrubbed."""
     log = logging.getLogger("xacthuc.test.exc")

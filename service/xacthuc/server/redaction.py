@@ -121,7 +121,7 @@ def redact(
     """structlog processor: scrub every field of the event (message, arguments already
     formatted into it, extra fields, the rendered traceback)."""
     for key, value in event_dict.items():
-        if key in _OWN_KEYS or key.startswith("_"):
+        if key in _OWN_KEYS:  # structlog's own `_record` meta is removed before this runs
             continue
         if key != "event" and sensitive_key(key):
             event_dict[key] = REDACTED
