@@ -132,6 +132,18 @@ def test_fields_named_with_a_leading_underscore_are_redacted_too(captured: Captu
     assert_no_secret(captured.text)
 
 
+def test_numbers_held_as_ints_are_redacted_by_shape(captured: Captured) -> None:
+    """A code or an 84-prefixed phone number logged as an int field is scrubbed as its digits
+    would be in text; other ints stay ints. (An int loses a number's leading 0, and with it
+    the shape of a local phone or a personal ID number: those are caught only as text.)"""
+    logging.getLogger("xacthuc.test.ints").info(
+        "sent", extra={"n": int(CODES[0]), "m": int(PHONES[5]), "count": 3}
+    )
+    (line,) = captured.lines()
+    assert_no_secret(captured.text)
+    assert ("[OTP]", "[PHONE]", 3) == (line["n"], line["m"], line["count"])
+
+
 def test_a_traceback_is_redacted_too(captured: Captured) -> None:
     """An exception whose message holds personal data is logged with its traceback scrubbed."""
     log = logging.getLogger("xacthuc.test.exc")

@@ -14,6 +14,7 @@ Two kinds of rule:
   numbers (also grouped by three), date-looking values without a time of day (`2010-05-17`,
   `17/05/2010`, `datetime.date(2010, 5, 17)`), and any standalone run of exactly six digits
   (the shape of a one-time code: a false positive costs a counter, a miss leaks a code).
+  An int field is matched by the same shapes as its digits (a code, an 84-prefixed number).
 """
 
 from __future__ import annotations
@@ -99,8 +100,12 @@ def scrub_text(text: str) -> str:
 def scrub_value(value: Any) -> Any:
     """A log value with personal data removed: text scrubbed, dates dropped, containers
     walked, any other object replaced by its scrubbed repr (JSON would repr it anyway)."""
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, bool | float):
         return value
+    if isinstance(value, int):  # a code or a number held as an int has the same digits
+        text = str(value)
+        scrubbed = scrub_text(text)
+        return value if scrubbed == text else scrubbed
     if isinstance(value, str):
         return scrub_text(value)
     if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
