@@ -88,6 +88,12 @@ ACCESS_LOGGER = "xacthuc.access"
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
+def access_enabled() -> bool:
+    """Whether `access` writes a line (its logger is on at INFO): callers skip gathering
+    its fields otherwise."""
+    return _access.isEnabledFor(logging.INFO)
+
+
 def access(
     *, method: str, platform: str, grpc_status: str, reason: str, seconds: float, request_id: str
 ) -> None:
@@ -96,7 +102,7 @@ def access(
     success), the duration and the request id, as fields and in the message. Nothing from
     the request body; like every line it passes redaction (a request id shaped like a phone
     number is redacted)."""
-    if not _access.isEnabledFor(logging.INFO):
+    if not access_enabled():
         return
     duration_ms = round(seconds * 1000, 3)
     _access.info(

@@ -17,7 +17,7 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -36,7 +36,7 @@ from xacthuc.domain.errors import (
 )
 from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.grpc_errors import internal, to_status
-from xacthuc.server.logs import access
+from xacthuc.server.logs import access, access_enabled
 from xacthuc.server.request_bounds import check_request, plan
 from xacthuc.server.request_ids import begin_call, bind_platform, bound_platform, trailer
 
@@ -155,7 +155,8 @@ async def _not_served(
     status = to_status(NotImplementedYet(), request_id)
     RPC_TOTAL.labels("not_served", NotImplementedYet.reason).inc()
     if logged:
-        _log_access("not_served", status.code, NotImplementedYet.reason, started, request_id)
+        elapsed = time.perf_counter() - started
+        _log_access("not_served", status.code, NotImplementedYet.reason, elapsed, request_id)
     await context.abort(status.code, status.details, trailer(request_id, status.trailing_metadata))
 
 
@@ -171,16 +172,17 @@ def add_not_served(server: grpc.aio.Server, *, access_log: bool = True) -> None:
 
 
 def _log_access(
-    method: str, code: grpc.StatusCode, reason: str, started: float, request_id: str
+    method: str, code: grpc.StatusCode, reason: str, seconds: float, request_id: str
 ) -> None:
-    access(
-        method=method,
-        platform=bound_platform(),
-        grpc_status=code.name,
-        reason=reason,
-        seconds=time.perf_counter() - started,
-        request_id=request_id,
-    )
+    if access_enabled():  # no platform look-up for a line that is not written
+        access(
+            method=method,
+            platform=bound_platform(),
+            grpc_status=code.name,
+            reason=reason,
+            seconds=seconds,
+            request_id=request_id,
+        )
 
 
 async def _admit(
@@ -244,11 +246,69 @@ def _trace_outcome(reason: str, code: grpc.StatusCode) -> None:
             span.set_status(trace.Status(trace.StatusCode.ERROR, reason))
 
 
+class _Outcomes:
+    """How one wrapped method ends, the same for unary and streaming calls: its metrics
+    (label children bound once: `labels()` takes a lock per call), the span's outcome, the
+    access line, and for an error the abort with the status and request id."""
+
+    __slots__ = ("method", "ok", "seconds")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.seconds = RPC_SECONDS.labels(method)
+        self.ok = RPC_TOTAL.labels(method, "OK")
+
+    def _log(
+        self,
+        servicer: EdgeServicer,
+        code: grpc.StatusCode,
+        reason: str,
+        elapsed: float,
+        request_id: str,
+    ) -> None:
+        if servicer.access_log:
+            _log_access(self.method, code, reason, elapsed, request_id)
+
+    def succeeded(self, servicer: EdgeServicer, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
+        self.ok.inc()
+        self.seconds.observe(elapsed)
+        _trace_outcome("OK", grpc.StatusCode.OK)
+        self._log(servicer, grpc.StatusCode.OK, "OK", elapsed, request_id)
+
+    def cancelled(self, servicer: EdgeServicer, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
+        self._log(servicer, grpc.StatusCode.CANCELLED, "CANCELLED", elapsed, request_id)
+
+    def status_of(self, error: Exception, request_id: str) -> tuple[grpc.Status, str]:
+        if isinstance(error, XacthucError):
+            return to_status(error, request_id), error.reason
+        return internal(self.method, error, request_id), "INTERNAL"
+
+    async def refuse(
+        self,
+        servicer: EdgeServicer,
+        context: grpc.aio.ServicerContext[Any, Any],
+        status: grpc.Status,
+        reason: str,
+        started: float,
+        request_id: str,
+    ) -> NoReturn:
+        elapsed = time.perf_counter() - started
+        RPC_TOTAL.labels(self.method, reason).inc()
+        self.seconds.observe(elapsed)
+        _trace_outcome(reason, status.code)
+        self._log(servicer, status.code, reason, elapsed, request_id)
+        await context.abort(
+            status.code, status.details, trailer(request_id, status.trailing_metadata)
+        )
+        raise AssertionError("unreachable: abort raises")
+
+
 def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
     def wrap(fn: Handler[Req, Resp]) -> Callable[..., Awaitable[Resp]]:
         method = fn.__name__
-        seconds = RPC_SECONDS.labels(method)
-        ok = RPC_TOTAL.labels(method, "OK")  # bound once: labels() takes a lock per call
+        outcomes = _Outcomes(method)
 
         @functools.wraps(fn)
         async def handler(
@@ -262,30 +322,15 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
                 caller, admitted = await _admit(self, role, method, request, context)
                 _trace_caller(caller)
                 response = await fn(self, caller, admitted)
-            except XacthucError as e:
-                status, reason = to_status(e, request_id), e.reason
             except asyncio.CancelledError:
-                if self.access_log:
-                    _log_access(method, grpc.StatusCode.CANCELLED, "CANCELLED", started, request_id)
+                outcomes.cancelled(self, started, request_id)
                 raise
             except Exception as e:
-                status, reason = internal(method, e, request_id), "INTERNAL"
+                status, reason = outcomes.status_of(e, request_id)
             else:
-                ok.inc()
-                seconds.observe(time.perf_counter() - started)
-                _trace_outcome("OK", grpc.StatusCode.OK)
-                if self.access_log:
-                    _log_access(method, grpc.StatusCode.OK, "OK", started, request_id)
+                outcomes.succeeded(self, started, request_id)
                 return response
-            RPC_TOTAL.labels(method, reason).inc()
-            seconds.observe(time.perf_counter() - started)
-            _trace_outcome(reason, status.code)
-            if self.access_log:
-                _log_access(method, status.code, reason, started, request_id)
-            await context.abort(
-                status.code, status.details, trailer(request_id, status.trailing_metadata)
-            )
-            raise AssertionError("unreachable: abort raises")
+            await outcomes.refuse(self, context, status, reason, started, request_id)
 
         setattr(handler, _KIND, "unary")
         return handler
@@ -300,8 +345,7 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
 
     def wrap(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., Any]:
         method = fn.__name__
-        seconds = RPC_SECONDS.labels(method)
-        ok = RPC_TOTAL.labels(method, "OK")  # bound once: labels() takes a lock per call
+        outcomes = _Outcomes(method)
 
         @functools.wraps(fn)
         async def handler(
@@ -314,29 +358,15 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
                 _trace_caller(caller)
                 async for response in fn(self, caller, admitted):
                     yield response
-            except XacthucError as e:
-                status, reason = to_status(e, request_id), e.reason
             except asyncio.CancelledError:
-                if self.access_log:
-                    _log_access(method, grpc.StatusCode.CANCELLED, "CANCELLED", started, request_id)
+                outcomes.cancelled(self, started, request_id)
                 raise
             except Exception as e:
-                status, reason = internal(method, e, request_id), "INTERNAL"
+                status, reason = outcomes.status_of(e, request_id)
             else:
-                ok.inc()
-                seconds.observe(time.perf_counter() - started)
-                _trace_outcome("OK", grpc.StatusCode.OK)
-                if self.access_log:
-                    _log_access(method, grpc.StatusCode.OK, "OK", started, request_id)
+                outcomes.succeeded(self, started, request_id)
                 return
-            RPC_TOTAL.labels(method, reason).inc()
-            seconds.observe(time.perf_counter() - started)
-            _trace_outcome(reason, status.code)
-            if self.access_log:
-                _log_access(method, status.code, reason, started, request_id)
-            await context.abort(
-                status.code, status.details, trailer(request_id, status.trailing_metadata)
-            )
+            await outcomes.refuse(self, context, status, reason, started, request_id)
 
         setattr(handler, _KIND, "stream")
         return handler
