@@ -107,6 +107,13 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             ),
         )
 
+    async def _decide(self, platform: str, account_id: str, action: Action) -> Decision:
+        """The decision table over the account's stored attestation and lock, now (at most one
+        store round trip: none when the state cache holds the account)."""
+        record, lock = await self._store.account_state(platform, account_id)
+        now = self._clock.now()
+        return decide(state_of(record, lock, now), action, now)
+
     def _revoked(self, platform: str) -> None:
         """A revocation went through: the cached status list of the platform is stale."""
         self._status_lists.invalidate(platform)
@@ -189,9 +196,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         self, caller: Caller, request: verification_pb2.GetCommercialLivestreamEligibilityRequest
     ) -> verification_pb2.GetCommercialLivestreamEligibilityResponse:
         check_account_id(request.account_id)
-        record, lock = await self._store.account_state(caller.platform, request.account_id)
-        now = self._clock.now()
-        decision = decide(state_of(record, lock, now), Action.COMMERCIAL_LIVESTREAM, now)
+        decision = await self._decide(
+            caller.platform, request.account_id, Action.COMMERCIAL_LIVESTREAM
+        )
         return verification_pb2.GetCommercialLivestreamEligibilityResponse(
             eligible=decision.allowed, reason="" if decision.allowed else decision.reason
         )
@@ -256,9 +263,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         action = _ACTIONS.get(request.action)
         if action is None:
             raise FieldInvalid("action", f"must be one of {', '.join(a.value for a in Action)}")
-        record, lock = await self._store.account_state(caller.platform, request.account_id)
-        now = self._clock.now()
-        decision = decide(state_of(record, lock, now), action, now)
+        decision = await self._decide(caller.platform, request.account_id, action)
         response = _DECISIONS.get(decision)
         if response is None:
             response = _DECISIONS[decision] = verification_pb2.AuthorizeResponse(
