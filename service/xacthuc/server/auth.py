@@ -156,9 +156,7 @@ class ApiKeys:
         self._seen[authorization] = caller
         return caller
 
-    def _check(self, authorization: str | None) -> Caller:
-        if not authorization:
-            raise CredentialMissing()
+    def _check(self, authorization: str) -> Caller:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise CredentialMissing()
