@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -24,10 +23,8 @@ from xacthuc.domain.errors import ERROR_DOMAIN, InternalError, XacthucError
 log = logging.getLogger("xacthuc.server.rpc")
 
 
-def to_status(error: XacthucError, request_id: str | None = None) -> grpc.Status:
-    metadata = (
-        error.metadata if request_id is None else {**error.metadata, "request_id": request_id}
-    )
+def to_status(error: XacthucError, request_id: str) -> grpc.Status:
+    metadata = {**error.metadata, "request_id": request_id}
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     details: list[Message] = [info]
     if error.retry_after is not None:
@@ -46,8 +43,7 @@ def to_status(error: XacthucError, request_id: str | None = None) -> grpc.Status
     return rpc_status.to_status(status)
 
 
-def internal(method: str, exc: BaseException, request_id: str | None = None) -> grpc.Status:
-    request_id = request_id or secrets.token_hex(8)
+def internal(method: str, exc: BaseException, request_id: str) -> grpc.Status:
     log.error("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
     return to_status(InternalError(f"internal error (request id {request_id})"), request_id)
 
