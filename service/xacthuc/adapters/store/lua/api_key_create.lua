@@ -17,15 +17,5 @@ redis.call(
   "sha256", P.sha256, "created_at", P.created_at, "label", P.label, "version", int(version)
 )
 redis.call("ZADD", changes_key, version, P.key_id)
-if OUTBOX then -- the audit log is kept in PostgreSQL (common.lua `audit`)
-  OUTBOX[#OUTBOX + 1] = P.head .. "0" .. P.tail
-else
-  local tail = P.tail
-  local time = audit_time(audit_key)
-  if time ~= P.time_j then
-    local i, j = string.find(tail, '"time":' .. P.time_j, 1, true)
-    tail = string.sub(tail, 1, i - 1) .. '"time":' .. time .. string.sub(tail, j + 1)
-  end
-  redis.call("RPUSH", audit_key, P.head .. int(redis.call("LLEN", audit_key)) .. tail)
-end
+audit_rendered(audit_key) -- or into OUTBOX (the audit log kept in PostgreSQL)
 return { "ok", int(version) }

@@ -112,6 +112,26 @@ local function audit(key, fields)
   end
 end
 
+-- Append a record Python rendered around its sequence number (P.head .. seq .. P.tail, byte
+-- for byte what the in-memory store writes) to the audit list `key`: with OUTBOX, seq 0 and
+-- PostgreSQL numbers it; here, the next index, and the record's time moved up to the last
+-- record's when it is earlier (audit_time). Returns the index (0 with OUTBOX).
+local function audit_rendered(key)
+  if OUTBOX then
+    OUTBOX[#OUTBOX + 1] = P.head .. "0" .. P.tail
+    return 0
+  end
+  local n = redis.call("LLEN", key)
+  local tail = P.tail
+  local time = audit_time(key)
+  if time ~= P.time_j then -- the record's time, in the tail after seq
+    local i, j = string.find(tail, '"time":' .. P.time_j, 1, true)
+    tail = string.sub(tail, 1, i - 1) .. '"time":' .. time .. string.sub(tail, j + 1)
+  end
+  redis.call("RPUSH", key, P.head .. int(n) .. tail)
+  return n
+end
+
 -- A refusal as Python raises it: {"err", reason, retry_after seconds or "", extra or ""}.
 local function refusal(reason, retry_after, extra)
   return { "err", reason, retry_after or "", extra or "" }
