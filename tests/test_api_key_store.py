@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from xacthuc.adapters.store.api_keys import api_key_store_for
 from xacthuc.domain.api_keys import ApiKeyExists, ApiKeyNotFound, StoredApiKey
+from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.ports.api_keys import ApiKeyStore
 from xacthuc.ports.store import Store
 
+from .conftest import redis_store
 from .test_store_contract import NOW, PLATFORM, rec
 
 SHA = hashlib.sha256(b"secret-of-the-key").hexdigest()
@@ -194,3 +198,51 @@ async def test_the_key_store_is_the_shared_one_behind_the_state_cache(
         await store.aclose()
     memory = make_store(Settings.load(store_url="memory://"))
     assert not shared_across_processes(api_key_store_for(memory))
+
+
+class _DownSink:
+    """An audit sink known to be out of reach (PostgreSQL down): `ready` refuses."""
+
+    appended: list[str]
+
+    def __init__(self) -> None:
+        self.appended = []
+
+    async def ready(self) -> None:
+        raise StoreUnavailable()
+
+    async def append(self, platform: str, records: Sequence[str]) -> int:
+        self.appended.extend(records)
+        raise StoreUnavailable()
+
+    async def append_audit(self, platform: str, now: float, **fields: Any) -> int:
+        raise StoreUnavailable()
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        raise StoreUnavailable()
+
+
+async def test_with_the_audit_log_known_down_a_key_change_is_refused_before_redis(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """A change whose audit record could not be stored must not happen: with the audit
+    log's PostgreSQL known to be out of reach, create and revoke are StoreUnavailable and
+    Redis keeps no trace of them (as RedisStore refuses its own state changes)."""
+    sink = _DownSink()
+    store = redis_store(redis_url, redis_namespace, audit=sink)
+    plain = api_key_store_for(redis_store(redis_url, redis_namespace))
+    keys = api_key_store_for(store)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await keys.create(key())
+        assert [] == await plain.list()
+        await plain.create(key())
+        with pytest.raises(StoreUnavailable):
+            await keys.revoke(key().key_id, NOW + 1, "compromised")
+        assert [key()] == await plain.list()
+        assert 1 == (await plain.changes_since(0)).version
+        assert [] == sink.appended
+    finally:
+        await store.aclose()

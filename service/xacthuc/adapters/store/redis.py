@@ -408,6 +408,31 @@ class AuditSink(Protocol):
     ) -> list[str]: ...
 
 
+async def run_script(
+    script: LuaScript,
+    client: aioredis.Redis,
+    keys: Sequence[str],
+    params: dict[str, Any],
+    audit: AuditSink | None,
+) -> list[str]:
+    """One EVALSHA of a prelude script; a lost connection is StoreUnavailable. With `audit`
+    and `params["outbox"]`, the records the script wrote are stored there before this
+    returns (a refusal too is audited), and while `audit` is known to be down the script is
+    not sent: a state change whose records could not be stored must not happen."""
+    sink = audit if "outbox" in params else None
+    if sink is not None:
+        await sink.ready()
+    try:
+        reply = await script.run(client, keys, [_encode_params(params)])
+    except _UNAVAILABLE as e:
+        raise StoreUnavailable() from e
+    if sink is not None:
+        records, reply = reply[0], (reply[1] if len(reply) > 1 else [])
+        if records:
+            await sink.append(params["platform"], [_text(r) for r in records])
+    return [_text(part) for part in reply]
+
+
 class RedisStore:
     """The `Store` contract on Redis 7 (or a cluster: one platform, one slot).
 
@@ -488,23 +513,9 @@ class RedisStore:
         return common
 
     async def _run(self, name: str, keys: Sequence[str], params: dict[str, Any]) -> list[str]:
-        """One EVALSHA; a refusal becomes its exception, a lost connection StoreUnavailable.
-        With an audit sink, the records the script wrote are stored there first (a refusal
-        too is audited)."""
-        args = [_encode_params(params)]
-        if self._audit is not None and "outbox" in params:
-            # A state change whose records could not be stored must not happen: refuse
-            # before the Redis step while the system of record is known to be down.
-            await self._audit.ready()
-        try:
-            reply = await self._scripts[name].run(self._script_client[name], keys, args)
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable() from e
-        if self._audit is not None and "outbox" in params:
-            outbox, reply = reply[0], (reply[1] if len(reply) > 1 else [])
-            if outbox:
-                await self._audit.append(params["platform"], [_text(r) for r in outbox])
-        reply = [_text(part) for part in reply]
+        """One EVALSHA (`run_script`); a refusal becomes its exception."""
+        script, client = self._scripts[name], self._script_client[name]
+        reply = await run_script(script, client, keys, params, self._audit)
         if reply[0] == "err":
             raise _refusal(reply[1], reply[2], reply[3])
         return reply

@@ -28,12 +28,12 @@ from xacthuc.adapters.store.redis import (
     AuditSink,
     LuaScript,
     RawJson,
-    _encode_params,
     _j,
     _lua,
     _pairs,
     _text,
     _time,
+    run_script,
     without_retries,
 )
 from xacthuc.domain.api_keys import (
@@ -127,20 +127,12 @@ class RedisApiKeyStore:
             "label": key.label,
         }
 
-    async def _run(self, script: LuaScript, keys: list[str], params: dict[str, Any]) -> list[Any]:
-        """One script; with an audit sink, the record it wrote is stored there before the
-        call returns (RedisStore._run does the same)."""
+    async def _run(self, script: LuaScript, keys: list[str], params: dict[str, Any]) -> list[str]:
+        """One script, as RedisStore runs its own (`run_script`): with an audit sink, refused
+        while it is known down, and the record it wrote stored there before the call returns."""
         if self._audit_sink is not None:
             params = params | {"outbox": RawJson("true")}
-        try:
-            reply = await script.run(self._once, keys, [_encode_params(params)])
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable() from e
-        if self._audit_sink is not None:
-            outbox, reply = reply[0], (reply[1] if len(reply) > 1 else [])
-            if outbox:
-                await self._audit_sink.append(params["platform"], [_text(r) for r in outbox])
-        return [_text(part) for part in reply]
+        return await run_script(script, self._once, keys, params, self._audit_sink)
 
     async def create(self, key: StoredApiKey) -> int:
         check_new_key(key)
