@@ -91,3 +91,19 @@ async def test_no_redis_change_while_the_database_is_known_down(
     assert view.challenge_id
     assert 2 == probe.calls
     assert log.appended > 0
+
+
+async def test_reads_still_answer_while_the_database_is_known_down(
+    world: tuple[RedisStore, FlakyLog, Probe, FixedClock],
+) -> None:
+    """Only a state change needs its audit records stored: the read-only scripts (accounts
+    aging out, the status indexes of locked accounts, which the status publisher needs to keep
+    revoking) answer from Redis while PostgreSQL is known down, as plain reads do."""
+    store, log, probe, _ = world
+    log.down = True
+    with pytest.raises(StoreUnavailable):
+        await store.start_challenge(new("ch-1"), LIMITS)
+    assert [] == await store.list_aging_out("alpha", 0.0, 1e10, 10)
+    assert [] == await store.locked_status_indexes("alpha", 0.0)
+    assert None is await store.get_attestation("alpha", "acct-1")
+    assert 0 == probe.calls

@@ -499,7 +499,9 @@ class RedisStore:
     def _prefix(self, platform: str) -> str:
         return f"{self._namespace}:{{{platform}}}:"
 
-    def _common(self, platform: str, now: float) -> dict[str, Any]:
+    def _common(self, platform: str, now: float, *, audited: bool = True) -> dict[str, Any]:
+        """The parameters every prelude script reads. `audited=False` for a read-only script:
+        it writes no record, so it neither waits for nor is refused by the audit sink."""
         common = {
             "prefix": self._prefix(platform),
             "now": _time(now),
@@ -507,7 +509,7 @@ class RedisStore:
             "platform_j": _j(platform),
             "audit_version": str(AUDIT_FORMAT_VERSION),
         }
-        if self._audit is not None:
+        if self._audit is not None and audited:
             common["outbox"] = RawJson("true")
             common["platform"] = platform
         return common
@@ -755,7 +757,7 @@ class RedisStore:
             "after_score": _time(after.aged_out_at if after else 0.0),
             "after_member": after.account_id if after else "",
         }
-        params |= self._common(platform, from_time)
+        params |= self._common(platform, from_time, audited=False)
         reply = await self._run("list_aging_out", [f"{self._prefix(platform)}agingout"], params)
         return [AgingOut(reply[i], float(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
 
@@ -823,7 +825,7 @@ class RedisStore:
 
     async def locked_status_indexes(self, platform: str, now: float) -> list[int]:
         pre = self._prefix(platform)
-        params = self._common(platform, now)
+        params = self._common(platform, now, audited=False)
         reply = await self._run("locked_status_indexes", [f"{pre}locks"], params)
         return sorted(int(i) for i in reply[1:])
 
