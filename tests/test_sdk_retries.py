@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -272,3 +274,32 @@ def test_every_exception_the_sdk_exports_has_one_root() -> None:
     bad = xacthuc.client.TokenInvalid("EXPIRED", "token has expired")
     assert ("EXPIRED", "EXPIRED: token has expired") == (bad.reason, str(bad))
     assert set(errors.Code) - {errors.Code.OK} == set(errors.BY_STATUS)
+
+
+def _unused_target() -> str:
+    """An address nothing listens on (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_a_call_that_never_reached_the_server_still_has_its_request_id() -> None:
+    """README, Logs and request ids: the exception holds the id the SDK sent "even when the
+    call never reached the server", for both clients, a fresh one each call."""
+    target, hex32 = _unused_target(), re.compile(r"[0-9a-f]{32}")
+    seen: list[str | None] = []
+    async with await AsyncClient.connect(target, api_key="k", retries=0, timeout=2) as client:
+        for _ in range(2):
+            with pytest.raises(errors.Unavailable) as caught:
+                await client.get_jwks()
+            seen.append(caught.value.request_id)
+
+    def blocking() -> str | None:
+        with Client.connect(target, api_key="k", retries=0, timeout=2) as client:
+            with pytest.raises(errors.Unavailable) as caught:
+                client.get_jwks()
+            return caught.value.request_id
+
+    seen.append(await asyncio.to_thread(blocking))
+    assert all(r is not None and hex32.fullmatch(r) for r in seen)
+    assert 3 == len(set(seen))
