@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -275,6 +276,64 @@ async def test_the_prober_ends_with_the_server(own_redis: OwnRedis) -> None:
     await r.server.stop(grace=0)
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert "xacthuc-health-monitor" not in names
+
+
+async def test_each_change_is_one_log_line_naming_the_dependency(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """README, Health: "the log has one line per change, naming the dependency": nothing while
+    the status holds, the failing dependency named by its error's type, never its message."""
+    health = RecordingHealth()
+    down = True
+
+    async def store() -> None:
+        if down:
+            raise ConnectionError("redis://user:hunter2@10.0.0.7 refused")
+
+    async def database() -> None:
+        return None
+
+    monitor = HealthMonitor(
+        health,
+        ["xacthuc.v1.VerificationService"],
+        {"store": store, "database": database},
+        interval=1,
+        timeout=1,
+    )
+    caplog.set_level(logging.INFO, logger="xacthuc")
+    for now_down in (True, True, True, False, False, True):
+        down = now_down
+        await monitor.update()
+    lines = [r.getMessage() for r in caplog.records if r.name == "xacthuc"]
+    assert 3 == len(lines), lines
+    assert "store: ConnectionError" in lines[0]
+    assert "database" not in lines[0]
+    assert "SERVING" in lines[1]
+    assert "NOT_SERVING" not in lines[1]
+    assert lines[0] == lines[2]
+    assert "hunter2" not in "".join(lines)
+
+
+async def test_stopping_turns_every_status_not_serving_for_good(own_redis: OwnRedis) -> None:
+    """README, Health: "On SIGTERM every status turns NOT_SERVING for good" (SIGTERM calls
+    Server.stop): Watch streams see it during the grace period, before they are closed, and no
+    prober is left to turn it back."""
+    r = await _serve(own_redis.url, health_probe_interval_seconds=0.05)
+    services = ("", *SERVICE_NAMES)
+    async with grpc.aio.insecure_channel(r.target) as channel:
+        watchers = [Watcher(channel, s) for s in services]
+        try:
+            for w in watchers:
+                await w.until(SERVING, WITHIN)
+            stopping = asyncio.create_task(r.server.stop(grace=1.5))
+            for w in watchers:
+                await w.until(NOT_SERVING, WITHIN)
+            await stopping
+            assert all(SERVING not in w.seen[w.seen.index(NOT_SERVING) :] for w in watchers)
+        finally:
+            for w in watchers:
+                w.close()
+    assert "xacthuc-health-monitor" not in {t.get_name() for t in asyncio.all_tasks()}
 
 
 # --- the health command over TLS -------------------------------------------------------------
