@@ -25,6 +25,7 @@ from xacthuc.server.app import build_app
 from xacthuc.server.auth import ApiKeys, Role, new_key
 from xacthuc.server.config import Settings
 from xacthuc.server.runtime import start_server
+from xacthuc.server.workers import Worker
 
 XACTHUC = [sys.executable, "-m", "xacthuc.cli"]
 
@@ -292,3 +293,38 @@ time.sleep(0.5)
     MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
     text = generate_latest(registry).decode()
     assert 'xacthuc_registry_circuit_state{registry="registry.example"} 2.0' in text
+
+
+async def test_a_single_server_binds_its_port_alone() -> None:
+    """README, Several processes: a single server "binds its port alone: a second one on the
+    same port fails instead of sharing it"; workers (reuse_port) do share one."""
+    settings = Settings.load()
+    alone, shared = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    first = await start_server(build_app(settings), alone, background=False)
+    try:
+        second = build_app(settings)
+        with pytest.raises(RuntimeError, match="Failed to bind"):  # grpc.aio says so
+            await start_server(second, alone, background=False)
+        await second.aclose()
+    finally:
+        await first.stop(0)
+    workers = [
+        await start_server(build_app(settings), shared, reuse_port=True, background=False)
+        for _ in range(2)
+    ]
+    for worker in workers:
+        await worker.stop(0)
+
+
+async def test_a_worker_stops_by_itself_once_its_parent_is_gone() -> None:
+    """README, Several processes: "A worker whose parent is gone (even killed) stops
+    gracefully by itself": the worker's link reads end-of-file when the parent's end closes
+    (as the kernel closes it for a SIGKILLed parent), and the worker is told to stop."""
+    parent, child = socket.socketpair()
+    gone = asyncio.Event()
+    Worker(1, child.detach()).serving(gone.set)
+    with parent:
+        assert parent.recv(16)  # the worker said it serves
+        await asyncio.sleep(0.05)
+        assert not gone.is_set()  # the parent is still there
+    await asyncio.wait_for(gone.wait(), 5)
