@@ -25,7 +25,7 @@ from xacthuc.server.app import build_app
 from xacthuc.server.auth import ApiKeys, Role, new_key
 from xacthuc.server.config import Settings
 from xacthuc.server.runtime import start_server
-from xacthuc.server.workers import Worker
+from xacthuc.server.workers import Supervisor, Worker, _Slot
 
 XACTHUC = [sys.executable, "-m", "xacthuc.cli"]
 
@@ -328,3 +328,20 @@ async def test_a_worker_stops_by_itself_once_its_parent_is_gone() -> None:
         await asyncio.sleep(0.05)
         assert not gone.is_set()  # the parent is still there
     await asyncio.wait_for(gone.wait(), 5)
+
+
+async def test_a_configuration_error_in_a_worker_makes_the_parent_give_up_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README, Several processes: the parent gives up, exiting 1 with the reason, when a
+    worker exits "once with status 2, a configuration error" before serving: no restart."""
+    started: list[int] = []
+
+    async def exits_2(self: Supervisor, slot: _Slot) -> tuple[int, bool]:
+        started.append(slot.index)
+        return 2, False
+
+    monkeypatch.setattr(Supervisor, "_run_worker", exits_2)
+    assert 1 == await asyncio.wait_for(Supervisor(Settings.load(), 1).run(), 30)
+    assert [0] == started
+    assert "exited with code 2 before serving, 1 time(s) in a row" in capsys.readouterr().err
