@@ -10,10 +10,11 @@ Entries are JSON: `{"size": n, "root": <base64>, "time": <unix seconds>, "note":
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from typing import Protocol
+
+from xacthuc.domain.b64 import b64_decode_canonical, b64_encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class StoredCheckpoint:
         return json.dumps(
             {
                 "size": self.tree_size,
-                "root": base64.b64encode(self.root_hash).decode(),
+                "root": b64_encode(self.root_hash),
                 "time": self.signed_at,
                 "note": self.note,
             },
@@ -39,7 +40,7 @@ class StoredCheckpoint:
     @classmethod
     def from_json(cls, text: str) -> StoredCheckpoint:
         d = json.loads(text)
-        return cls(int(d["size"]), base64.b64decode(d["root"]), float(d["time"]), d["note"])
+        return cls(int(d["size"]), b64_decode_canonical(d["root"]), float(d["time"]), d["note"])
 
 
 class CheckpointStore(Protocol):
