@@ -6,12 +6,12 @@ Values are already pseudonymised: none of them holds a raw phone number, IP addr
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 
+from xacthuc.domain.b64 import b64url_encode
 from xacthuc.domain.clock import rfc3339
 from xacthuc.domain.errors import FieldInvalid
 
@@ -77,7 +77,7 @@ SLOT_CHARS = 11
 def idempotency_slot(idempotency_key: str) -> str:
     """The first characters of every challenge id started with `idempotency_key`."""
     digest = hashlib.sha256(b"xacthuc idempotency\x1f" + idempotency_key.encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode()[:SLOT_CHARS]
+    return b64url_encode(digest)[:SLOT_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
