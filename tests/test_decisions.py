@@ -72,13 +72,13 @@ def test_row3_revoked_denies(action: Action) -> None:
 
 
 @pytest.mark.parametrize("action", NON_READ)
-def test_row4_aged_out_child_is_denied(action: Action) -> None:
+def test_row5_aged_out_child_is_denied(action: Action) -> None:
     """A guardian-managed child past the 16th birthday must verify in their own name (P6)."""
     subject = state(guardian_managed=True, aged_out_at=NOW - 1, expires_at=NOW - 1)
     assert Decision(False, "AGED_OUT", "P6") == decide(subject, action, NOW)
 
 
-def test_row4_aged_out_starts_exactly_at_the_birthday() -> None:
+def test_row5_aged_out_starts_exactly_at_the_birthday() -> None:
     """One second before the birthday the child may post; at the birthday they may not."""
     subject = state(guardian_managed=True, aged_out_at=NOW, expires_at=NOW)
     assert (True, False) == (
@@ -87,26 +87,26 @@ def test_row4_aged_out_starts_exactly_at_the_birthday() -> None:
     )
 
 
-def test_row4_needs_guardian_management() -> None:
+def test_row5_needs_guardian_management() -> None:
     """An aged_out_at on an adult's attestation is ignored: only children age out."""
     subject = state(aged_out_at=NOW - 1, expires_at=NOW + DAY)
     assert Decision(True, "AUTHENTICATED", "R5") == decide(subject, "post", NOW)
 
 
 @pytest.mark.parametrize("action", NON_READ)
-def test_row5_expired_denies(action: Action) -> None:
+def test_row6_expired_denies(action: Action) -> None:
     """An expired attestation denies every R5 action."""
     subject = state(method="personal_id", commercial_livestream=True, expires_at=NOW)
     assert Decision(False, "ATTESTATION_EXPIRED", "R5") == decide(subject, action, NOW)
 
 
-def test_row5_child_token_expired_before_the_birthday_is_expired_not_aged_out() -> None:
+def test_row6_child_token_expired_before_the_birthday_is_expired_not_aged_out() -> None:
     """A child's token that lapsed by its ttl, before 16, says EXPIRED."""
     subject = state(guardian_managed=True, aged_out_at=NOW + DAY, expires_at=NOW - 1)
     assert Decision(False, "ATTESTATION_EXPIRED", "R5") == decide(subject, "share", NOW)
 
 
-def test_row6_guardian_managed_never_livestreams_commercially() -> None:
+def test_row7_guardian_managed_never_livestreams_commercially() -> None:
     """A child may not livestream commercially, even with an ID-based attestation (P7)."""
     subject = state(method="personal_id", commercial_livestream=True, guardian_managed=True)
     expected = Decision(False, "GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM", "P7")
@@ -118,13 +118,13 @@ def test_row6_guardian_managed_never_livestreams_commercially() -> None:
     [PHONE, state(commercial_livestream=True), state(method="personal_id")],
     ids=["phone", "phone-with-flag", "id-without-flag"],
 )
-def test_row7_commercial_livestream_needs_personal_id(subject: AttestationState) -> None:
+def test_row8_commercial_livestream_needs_personal_id(subject: AttestationState) -> None:
     """Commercial livestream needs a personal-ID attestation with the entitlement (R4)."""
     expected = Decision(False, "PERSONAL_ID_REQUIRED", "R4")
     assert expected == decide(subject, "commercial_livestream", NOW)
 
 
-def test_row8_id_attested_adult_may_livestream_commercially() -> None:
+def test_row9_id_attested_adult_may_livestream_commercially() -> None:
     """An adult with a personal-ID attestation and the entitlement may (R4, R5)."""
     expected = Decision(True, "AUTHENTICATED", "R5")
     assert expected == decide(ID_COMMERCIAL, "commercial_livestream", NOW)
@@ -132,7 +132,7 @@ def test_row8_id_attested_adult_may_livestream_commercially() -> None:
 
 @pytest.mark.parametrize("action", ORDINARY)
 @pytest.mark.parametrize("subject", [PHONE, ID_COMMERCIAL, CHILD], ids=["phone", "id", "child"])
-def test_row8_authenticated_may_act(subject: AttestationState, action: Action) -> None:
+def test_row9_authenticated_may_act(subject: AttestationState, action: Action) -> None:
     """Any valid attestation, a child's included, allows post, comment, share, livestream."""
     assert Decision(True, "AUTHENTICATED", "R5") == decide(subject, action, NOW)
 
