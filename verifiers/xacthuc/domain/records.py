@@ -97,11 +97,6 @@ class NewChallenge:
         if self.idempotency_key and not self.challenge_id.startswith(slot):
             raise ValueError("a challenge started with an idempotency key begins with its slot")
 
-    @property
-    def fingerprint(self) -> str:
-        """What a retry with the same idempotency key must repeat."""
-        return hashlib.sha256(f"{self.account_id}\x1f{self.phone}".encode()).hexdigest()[:32]
-
 
 @dataclass(frozen=True, slots=True)
 class ChallengeView:

@@ -57,7 +57,8 @@ class PhoneOps(MemoryBase):
             existing_id = p.idempotency[new.idempotency_key]
             existing = p.challenges.get(existing_id)
             if existing is not None and existing.expires_at > now:
-                if existing.fingerprint != new.fingerprint:
+                # The same request repeats the account and the number.
+                if (existing.account_id, existing.phone) != (new.account_id, new.phone):
                     self._refuse_start(p, new, IdempotencyKeyReused())
                 if existing.state != "sending":  # only a code that was sent is replayed
                     return ChallengeView(
@@ -79,7 +80,6 @@ class PhoneOps(MemoryBase):
             client=new.client,
             mac=new.code_mac,
             idempotency_key=new.idempotency_key,
-            fingerprint=new.fingerprint,
             created=now,
             expires_at=new.expires_at,
             resend_not_before=resend_not_before,

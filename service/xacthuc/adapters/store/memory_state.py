@@ -35,7 +35,6 @@ class _Challenge:
     client: str
     mac: str
     idempotency_key: str
-    fingerprint: str
     created: float
     expires_at: float
     resend_not_before: float

@@ -28,7 +28,7 @@ if P.keyed == "1" then
   if e then
     local existing = P.head .. e.tail
     if e.expires_at > NOW then
-      -- The same request repeats the account and the number (NewChallenge.fingerprint).
+      -- The same request repeats the account and the number.
       if e.account ~= P.account or e.phone ~= P.phone then
         return refuse("IDEMPOTENCY_KEY_REUSED")
       end
