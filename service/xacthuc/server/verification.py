@@ -12,9 +12,9 @@ import datetime
 from xacthuc.domain.clock import Clock
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide
 from xacthuc.domain.errors import AttestationNotFound, FieldInvalid
-from xacthuc.domain.locks import AccountLock, LockKind, check_lock, check_lock_reason
+from xacthuc.domain.locks import AccountLock, LockKind, check_lock
 from xacthuc.domain.personal_id import IdType, Sex
-from xacthuc.domain.records import AttestationRecord, check_revocation_reason
+from xacthuc.domain.records import AttestationRecord, check_reason_code
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.request_bounds import timestamp_seconds
@@ -276,7 +276,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         self, caller: Caller, request: verification_pb2.RevokeAttestationRequest
     ) -> verification_pb2.RevokeAttestationResponse:
         check_account_id(request.account_id)
-        check_revocation_reason(request.reason)
+        check_reason_code(request.reason)
         now = self._clock.now()
         # One store call: revocation is idempotent and keeps the first revocation's time, so
         # an earlier time than this call's means it was revoked before.
@@ -338,7 +338,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         self, caller: Caller, request: verification_pb2.UnlockAccountRequest
     ) -> verification_pb2.UnlockAccountResponse:
         check_account_id(request.account_id)
-        check_lock_reason(request.reason)
+        check_reason_code(request.reason)
         ended = await self._store.unlock_account(
             caller.platform, request.account_id, self._clock.now(), request.reason
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from xacthuc.domain.errors import FieldInvalid
+from xacthuc.domain.records import check_reason_code
 
 DAY = 86_400
 MIN_TEMPORARY_DAYS = 7  # R7: a temporary lock lasts 7 to 30 days
@@ -27,7 +28,6 @@ MAX_TEMPORARY_DAYS = 30
 # "now + 7 days" a moment earlier must not be refused, so the lower bound allows this much.
 CLOCK_ALLOWANCE_SECONDS = 600
 
-LOCK_REASON = re.compile(r"[a-z0-9_]{1,64}")
 REQUEST_REFERENCE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 
@@ -72,13 +72,6 @@ class LockRequest:
     now: float
 
 
-def check_lock_reason(reason: str, field: str = "reason") -> str:
-    """A legal reason code: 1-64 of a-z 0-9 _ (no personal data fits in that)."""
-    if not isinstance(reason, str) or not LOCK_REASON.fullmatch(reason):
-        raise FieldInvalid(field, "must be 1-64 characters of a-z 0-9 _")
-    return reason
-
-
 def check_lock(
     *,
     platform: str,
@@ -106,7 +99,7 @@ def check_lock(
             )
     elif until is not None:
         raise FieldInvalid("until", "a permanent lock has no end: leave it unset")
-    check_lock_reason(reason)
+    check_reason_code(reason)
     if not isinstance(request_reference, str) or not REQUEST_REFERENCE.fullmatch(request_reference):
         raise FieldInvalid("request_reference", "must be 1-128 characters of A-Z a-z 0-9 . _ : / -")
     return LockRequest(platform, account_id, kind, until, reason, request_reference, now)

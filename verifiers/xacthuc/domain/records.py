@@ -206,13 +206,14 @@ class AgingOut:
     aged_out_at: float
 
 
-REVOCATION_REASON = re.compile(r"[a-z0-9_]{1,64}")
+REASON_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
 
-def check_revocation_reason(reason: str) -> str:
-    """A platform-given revocation code: 1-64 of a-z 0-9 _ (no personal data fits in that)."""
-    if not isinstance(reason, str) or not REVOCATION_REASON.fullmatch(reason):
-        raise FieldInvalid("reason", "must be 1-64 characters of a-z 0-9 _")
+def check_reason_code(reason: str, field: str = "reason") -> str:
+    """A platform-given reason code (revocation, lock, unlock): 1-64 of a-z 0-9 _ (no
+    personal data fits in that); FIELD_INVALID naming `field` otherwise."""
+    if not isinstance(reason, str) or not REASON_CODE.fullmatch(reason):
+        raise FieldInvalid(field, "must be 1-64 characters of a-z 0-9 _")
     return reason
 
 

@@ -145,7 +145,7 @@ class Store(Protocol):
         self, platform: str, account_id: str, now: float, reason: str
     ) -> AttestationRecord:
         """Revoke the account's attestation: status "revoked", its bit set in the platform's
-        status bitmap, audited `attestation_revoked` with `reason` (check_revocation_reason).
+        status bitmap, audited `attestation_revoked` with `reason` (check_reason_code).
         Raises AttestationNotFound when there is none; an already revoked one is returned
         unchanged, with no new audit record (idempotent)."""
         ...

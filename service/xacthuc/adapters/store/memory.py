@@ -14,7 +14,7 @@ from xacthuc.adapters.store.memory_phone import PhoneOps
 from xacthuc.domain.errors import (
     AttestationNotFound,
 )
-from xacthuc.domain.records import AttestationRecord, check_revocation_reason
+from xacthuc.domain.records import AttestationRecord, check_reason_code
 
 
 class MemoryStore(PhoneOps, IdentityOps, GuardianOps, LockOps):
@@ -23,7 +23,7 @@ class MemoryStore(PhoneOps, IdentityOps, GuardianOps, LockOps):
     async def revoke_attestation(
         self, platform: str, account_id: str, now: float, reason: str
     ) -> AttestationRecord:
-        check_revocation_reason(reason)
+        check_reason_code(reason)
         p = self._platforms[platform]
         found = p.attestations.get(account_id)
         if found is None:

@@ -119,7 +119,7 @@ from xacthuc.domain.records import (
     NewChallenge,
     PendingAttestation,
     audit_record,
-    check_revocation_reason,
+    check_reason_code,
     split_audit_record,
 )
 from xacthuc.domain.status_index import INDEX_BLOCK, KEY_HEX_CHARS, check_block
@@ -764,7 +764,7 @@ class RedisStore:
     async def revoke_attestation(
         self, platform: str, account_id: str, now: float, reason: str
     ) -> AttestationRecord:
-        check_revocation_reason(reason)
+        check_reason_code(reason)
         pre = self._prefix(platform)
         params = self._common(platform, now) | {
             "account_j": _j(account_id),
