@@ -25,6 +25,7 @@ def test_both_forms_round_trip(data: bytes) -> None:
         pytest.param("AQI D", id="space"),
         pytest.param("AQIDB", id="impossible-length"),
         pytest.param("AQ\u00e9", id="non-ascii"),
+        pytest.param("AB", id="unused-bits-set"),
     ],
 )
 def test_base64url_decoding_is_strict(text: str) -> None:

@@ -5,8 +5,9 @@
 * standard base64 with padding, canonical only (RFC 4648 section 4): signed notes and
   checkpoints (C2SP), where one value must have exactly one text.
 
-Decoding is strict: text outside the alphabet, padding where none belongs, or a length no
-encoder produces raises `ValueError` (never decoded "leniently" by skipping characters).
+Decoding is strict: text outside the alphabet, padding where none belongs, a length no
+encoder produces, or unused bits set (so each value has one text) raises `ValueError` (never
+decoded "leniently" by skipping characters).
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def b64url_decode(text: str) -> bytes:
     """base64url without padding, strictly; `ValueError` for anything else."""
     if not isinstance(text, str) or not _B64URL.fullmatch(text):
         raise ValueError("not unpadded base64url text")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # binascii.Error: ValueError
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # binascii.Error: ValueError
+    if b64url_encode(raw) != text:  # unused bits set: one value, one text
+        raise ValueError("non-canonical base64url text")
+    return raw
 
 
 def b64_encode(data: bytes) -> str:
