@@ -350,9 +350,7 @@ class Benchmark:
         stack.push_async_callback(self.echo.stop)
         stack.push_async_callback(self.server.stop)
         if self.args.store == "redis":
-            self.ceiling = Child(
-                "ceiling server", ["ceiling", self.args.redis_url, self.database_url]
-            )
+            self.ceiling = Child("ceiling server", ["ceiling", self.args.redis_url])
             stack.push_async_callback(self.ceiling.stop)
         await asyncio.gather(
             self.echo.start(),
@@ -959,7 +957,7 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
     goal = f"goals ({durable}, vs echo): " + "; ".join(parts)
     if CEILING in bench.rows:
         goal += (
-            f"; bare-handler ceiling (EVALSHA + sign{' + PG commit' if args.database_url else ''})"
+            "; bare-handler ceiling (EVALSHA + sign)"
             f" {ratio_of(CEILING):.1%} of echo, confirm at {ratio_of(CONFIRM) / ratio_of(CEILING):.0%}"
             " of it"
             if ratio_of(CEILING)
