@@ -8,7 +8,8 @@ real start path (`PhoneOtpVerifier.start`: the store's start script, the SMS han
 `confirm_sent`, so each challenge ends "pending" as in production) with a distinct number,
 account, idempotency key and client IP per start, and the send budgets raised so none refuses.
 That is the worst case for memory: nothing is shared between two starts (a number's or an
-address's key holds one send). One challenge is started before the first reading, so the
+address's key holds one send), and every account id is as long as a request may make it (128
+characters, request_bounds.py: the challenge keeps a digest of it, the audit records all of it). One challenge is started before the first reading, so the
 scripts, the platform's send list and its audit list already exist.
 
 Two figures per challenge: everything the starts added (`with_audit`: the challenge state and
@@ -39,6 +40,7 @@ from xacthuc.domain.clock import SystemClock
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.records import Limits
 from xacthuc.ports.sms import SmsMessage
+from xacthuc.server.request_bounds import ACCOUNT_ID
 from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
 
 PLATFORM = "bench"
@@ -107,8 +109,14 @@ class _Accepted:
         return None
 
 
-async def measure(url: str, starts: int) -> Footprint:
-    """Bytes per pending challenge after `starts` starts on the empty Redis at `url`."""
+def account_id(n: int, chars: int = ACCOUNT_ID) -> str:
+    """The `n`-th distinct account id, `chars` characters long."""
+    return f"acct-{n}-".ljust(chars, "x")
+
+
+async def measure(url: str, starts: int, account_chars: int = ACCOUNT_ID) -> Footprint:
+    """Bytes per pending challenge after `starts` starts on the empty Redis at `url`, with
+    account ids `account_chars` long (the longest a request may carry, by default)."""
     store = RedisStore(url, namespace=NAMESPACE)
     verifier = PhoneOtpVerifier(
         store=store,
@@ -126,7 +134,7 @@ async def measure(url: str, starts: int) -> Footprint:
     async def start(n: int) -> None:
         await verifier.start(
             platform=PLATFORM,
-            account_id=f"acct-{n}",
+            account_id=account_id(n, account_chars),
             phone_number=f"09{n:08d}",
             client_ip=f"10.{(n >> 16) & 0xFF}.{(n >> 8) & 0xFF}.{n & 0xFF}",
             idempotency_key=f"bench-{n}",

@@ -39,7 +39,7 @@ async def verified_guardian(
         ),
         LIMITS,
     )
-    await store.confirm_sent(platform, f"ch-{account}", NOW)
+    await store.confirm_sent(platform, f"ch-{account}", account, NOW)
     await store.check_code(
         CodeCheck(
             platform,

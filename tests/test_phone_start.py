@@ -81,12 +81,16 @@ class Interleaved:
             await self.reply_held.wait()
         return view
 
-    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
-        await self.inner.confirm_sent(platform, challenge_id, now)
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self.inner.confirm_sent(platform, challenge_id, account_id, now)
         self.confirmed.set()
 
-    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
-        await self.inner.abort_challenge(platform, challenge_id, now)
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self.inner.abort_challenge(platform, challenge_id, account_id, now)
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
         return await self.inner.check_code(check, limits)

@@ -193,7 +193,7 @@ def started(seq: int, now: float, challenge_id: str = "ch-1", **kw: str) -> str:
 async def sent(store: Store, nc: NewChallenge, limits: Limits = LIMITS) -> ChallengeView:
     """Start a challenge and confirm its SMS, as the service does on the happy path."""
     view = await store.start_challenge(nc, limits)
-    await store.confirm_sent(nc.platform, nc.challenge_id, nc.now)
+    await store.confirm_sent(nc.platform, nc.challenge_id, nc.account_id, nc.now)
     return view
 
 
@@ -257,7 +257,7 @@ async def test_a_start_still_sending_is_never_replayed(store: Store) -> None:
     with pytest.raises(IdempotencyKeyReused):  # other fields: the key's usual answer
         await store.start_challenge(new("ch-2", now=NOW + 59, account="acc-2", key="k-1"), limits)
     first = cid("ch-1", "k-1")
-    await store.confirm_sent(PLATFORM, first, NOW + 59)
+    await store.confirm_sent(PLATFORM, first, "acc-1", NOW + 59)
     again = await store.start_challenge(new("ch-3", now=NOW + 59, key="k-1"), limits)
 
     assert ChallengeView(first, NOW + TTL, NOW, True) == again
@@ -287,11 +287,11 @@ async def test_an_abandoned_start_is_undone_and_started_afresh_charged_once(
         await store.start_challenge(new("ch-3", now=NOW + 119, key="k-2"), limits)
     with pytest.raises(SendLimitExceeded):  # one send charged in the 15 minutes, not two
         await store.start_challenge(new("ch-3", now=NOW + 120, key="k-2"), limits)
-    await store.confirm_sent(PLATFORM, first, NOW + 121)  # the dead start, late: no effect
-    await store.abort_challenge(PLATFORM, first, NOW + 121)
+    await store.confirm_sent(PLATFORM, first, "acc-1", NOW + 121)  # the dead start, late: no effect
+    await store.abort_challenge(PLATFORM, first, "acc-1", NOW + 121)
     with pytest.raises(ChallengeNotFound):
         await store.check_code(check(first, now=NOW + 122), limits)
-    await store.confirm_sent(PLATFORM, second, NOW + 123)
+    await store.confirm_sent(PLATFORM, second, "acc-1", NOW + 123)
     replay = await store.start_challenge(new("ch-4", now=NOW + 124, key="k-1"), limits)
     assert ChallengeView(second, NOW + 60 + TTL, NOW + 120, True) == replay
     assert [
@@ -433,9 +433,9 @@ async def test_confirm_sent_audits_code_sent_once(store: Store) -> None:
     """confirm_sent audits code_sent once; repeats and unknown ids change nothing."""
     await store.start_challenge(new(), LIMITS)
 
-    await store.confirm_sent(PLATFORM, "ch-1", NOW + 1)
-    await store.confirm_sent(PLATFORM, "ch-1", NOW + 2)
-    await store.confirm_sent(PLATFORM, "ch-unknown", NOW + 3)
+    await store.confirm_sent(PLATFORM, "ch-1", "acc-1", NOW + 1)
+    await store.confirm_sent(PLATFORM, "ch-1", "acc-1", NOW + 2)
+    await store.confirm_sent(PLATFORM, "ch-unknown", "acc-1", NOW + 3)
 
     expected = [started(0, NOW), rec(1, NOW + 1, "code_sent", "ok", challenge="ch-1", phone=PHONE)]
     assert expected == await store.audit_records(PLATFORM)
@@ -447,7 +447,7 @@ async def test_abort_removes_the_challenge_and_refunds_everything(store: Store) 
     first, second = cid("ch-1", "k-1"), cid("ch-2", "k-1")
     await store.start_challenge(new("ch-1", key="k-1"), limits)
 
-    await store.abort_challenge(PLATFORM, first, NOW + 1)
+    await store.abort_challenge(PLATFORM, first, "acc-1", NOW + 1)
 
     with pytest.raises(ChallengeNotFound):
         await store.check_code(check(first, now=NOW + 2), limits)
@@ -475,7 +475,7 @@ async def test_abort_keeps_the_cooldown_of_an_earlier_send(store: Store) -> None
     limits = Limits(resend_cooldown_seconds=100)
     await sent(store, new("ch-1"), limits)
     await store.start_challenge(new("ch-2", now=NOW + 150), limits)
-    await store.abort_challenge(PLATFORM, "ch-2", NOW + 151)
+    await store.abort_challenge(PLATFORM, "ch-2", "acc-1", NOW + 151)
 
     with pytest.raises(ResendTooSoon):
         await store.start_challenge(new("ch-3", now=NOW + 99), limits)  # within ch-1's cooldown
@@ -488,12 +488,77 @@ async def test_abort_after_confirm_changes_nothing(store: Store) -> None:
     """A sent challenge cannot be aborted: it stays checkable and nothing is audited."""
     await sent(store, new())
 
-    await store.abort_challenge(PLATFORM, "ch-1", NOW + 1)
+    await store.abort_challenge(PLATFORM, "ch-1", "acc-1", NOW + 1)
 
     assert attestation(now=NOW + 2) == await store.check_code(check(now=NOW + 2), LIMITS)
     assert ["code_sent"] == [
         json.loads(r)["event"] for r in await store.audit_records(PLATFORM, 1, 2)
     ]
+
+
+async def test_confirm_and_abort_name_the_challenges_account(store: Store) -> None:
+    """confirm_sent and abort_challenge for another account than the challenge's change and
+    audit nothing (a store need not keep the account id: the caller passes it); for its own
+    account they go on as usual."""
+    await store.start_challenge(new("ch-1"), LIMITS)
+    await store.start_challenge(new("ch-2", phone=PHONE_2, client=client_n(1)), LIMITS)
+
+    await store.confirm_sent(PLATFORM, "ch-1", "acc-2", NOW + 1)
+    await store.abort_challenge(PLATFORM, "ch-1", "acc-2", NOW + 1)
+    await store.abort_challenge(PLATFORM, "ch-2", "acc-1x", NOW + 1)
+    await store.confirm_sent(PLATFORM, "ch-2", "acc-1", NOW + 2)
+    await store.abort_challenge(PLATFORM, "ch-1", "acc-1", NOW + 3)
+
+    with pytest.raises(ChallengeNotFound):
+        await store.check_code(check("ch-1", now=NOW + 4), LIMITS)
+    expected = [
+        started(0, NOW),
+        started(1, NOW, "ch-2", phone=PHONE_2, client=client_n(1)),
+        rec(2, NOW + 2, "code_sent", "ok", challenge="ch-2", phone=PHONE_2),
+        rec(
+            3,
+            NOW + 3,
+            "code_send_failed",
+            "failed",
+            "SMS_DELIVERY_FAILED",
+            challenge="ch-1",
+            phone=PHONE,
+        ),
+        rec(4, NOW + 4, "check_failed", "refused", "CHALLENGE_NOT_FOUND", challenge="ch-1"),
+    ]
+    assert expected == await store.audit_records(PLATFORM)
+
+
+async def test_the_longest_account_ids_are_told_apart(store: Store) -> None:
+    """Two 128-character account ids (the most request_bounds lets through) that differ in the
+    last character only: each is its own account to the challenge, whatever a store keeps of
+    it (the Redis store: a digest), for the idempotency key, confirm_sent and check_code."""
+    mine, other = "a" * 127 + "1", "a" * 127 + "2"
+    first = cid("ch-1", "k-1")
+    await store.start_challenge(new("ch-1", account=mine, key="k-1"), LIMITS)
+
+    with pytest.raises(IdempotencyKeyReused):
+        await store.start_challenge(new("ch-2", now=NOW + 1, account=other, key="k-1"), LIMITS)
+    await store.confirm_sent(PLATFORM, first, other, NOW + 2)  # not its challenge: nothing
+    with pytest.raises(StartInProgress):  # still "sending"
+        await store.start_challenge(new("ch-2", now=NOW + 2, account=mine, key="k-1"), LIMITS)
+    await store.confirm_sent(PLATFORM, first, mine, NOW + 3)
+    with pytest.raises(ChallengeAccountMismatch):
+        await store.check_code(check(first, now=NOW + 4, account=other), LIMITS)
+
+    assert attestation(mine, now=NOW + 5) == await store.check_code(
+        check(first, now=NOW + 5, account=mine), LIMITS
+    )
+    events = [json.loads(r) for r in await store.audit_records(PLATFORM)]
+    assert [
+        ("verification_started", "ok", mine),
+        ("verification_started", "refused", other),
+        ("verification_started", "refused", mine),
+        ("code_sent", "ok", mine),
+        ("check_failed", "refused", other),
+        ("check_ok", "ok", mine),
+        ("attestation_issued", "ok", mine),
+    ] == [(r["event"], r["outcome"], r["account"]) for r in events]
 
 
 # --- check_code: P1 ---------------------------------------------------------------------------
@@ -808,7 +873,7 @@ async def test_audit_never_holds_a_raw_number_address_or_code(store: Store) -> N
     await fail_checks(store, "ch-1", [NOW + 1])
     await store.check_code(check("ch-1", now=NOW + 2), LIMITS)
     await store.start_challenge(new("ch-2", now=NOW + 60, account="acc-2"), LIMITS)
-    await store.abort_challenge(PLATFORM, "ch-2", NOW + 61)
+    await store.abort_challenge(PLATFORM, "ch-2", "acc-2", NOW + 61)
 
     text = "\n".join(await store.audit_records(PLATFORM))
 
@@ -957,9 +1022,9 @@ async def test_each_redis_operation_is_one_round_trip(
         seen = []
         for operation in (
             lambda: store.start_challenge(new(f"a{offset}", now=t, phone=phone_n(1)), LIMITS),
-            lambda: store.abort_challenge(PLATFORM, f"a{offset}", t),
+            lambda: store.abort_challenge(PLATFORM, f"a{offset}", "acc-1", t),
             lambda: store.start_challenge(new(f"b{offset}", now=t, phone=phone_n(2)), LIMITS),
-            lambda: store.confirm_sent(PLATFORM, f"b{offset}", t),
+            lambda: store.confirm_sent(PLATFORM, f"b{offset}", "acc-1", t),
             lambda: store.check_code(check(f"b{offset}", now=t, code=WRONG), LIMITS),
             lambda: store.check_code(check(f"b{offset}", now=t), LIMITS),
             lambda: store.get_attestation(PLATFORM, "acc-1"),
@@ -1104,8 +1169,11 @@ async def test_random_histories_agree_with_memory(
                 nc = rnd.choice(challenges[-3:])
                 if kind < 0.45:
                     action = rnd.choice(["confirm_sent", "confirm_sent", "abort_challenge"])
+                    # Now and then another account: nothing to confirm or abort.
+                    account = nc.account_id if rnd.random() < 0.9 else rnd.choice("abcd")
                     calls = [
-                        getattr(s, action)(nc.platform, nc.challenge_id, now) for s in backends
+                        getattr(s, action)(nc.platform, nc.challenge_id, account, now)
+                        for s in backends
                     ]
                 else:
                     cc = CodeCheck(

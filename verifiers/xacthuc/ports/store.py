@@ -43,13 +43,21 @@ class Store(Protocol):
         """
         ...
 
-    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
-        """The gateway accepted the SMS: audit `code_sent`."""
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        """The gateway accepted the SMS: the challenge, still "sending", becomes "pending";
+        audit `code_sent` (for `account_id`). Nothing to confirm (no such challenge, one no
+        longer "sending", or one started for another account) changes nothing. The account
+        is the caller's: a store need not keep a challenge's account id in full."""
         ...
 
-    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
         """The gateway refused the SMS: remove the challenge, its idempotency key, its budget
-        entries and cooldown, as if it had never been started; audit `code_send_failed`."""
+        entries and cooldown, as if it had never been started; audit `code_send_failed` (for
+        `account_id`). Nothing to abort (as for `confirm_sent`) changes nothing."""
         ...
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:

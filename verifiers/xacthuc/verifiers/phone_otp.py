@@ -212,30 +212,33 @@ class PhoneOtpVerifier:
         if view.replayed:
             return view
         if texted:
-            await self._deliver(new.platform, message)
+            await self._deliver(new, message)
         else:  # a test number is never texted: the challenge counts as sent, with the fixed code
-            await self._store.confirm_sent(new.platform, new.challenge_id, self._clock.now())
+            await self._store.confirm_sent(
+                new.platform, new.challenge_id, new.account_id, self._clock.now()
+            )
         return view
 
-    async def _deliver(self, platform: str, message: SmsMessage) -> None:
+    async def _deliver(self, new: NewChallenge, message: SmsMessage) -> None:
         """Hand the code to the gateway within half the send lease (the other half is margin
         for replicas' clocks), so a retry takes the challenge for abandoned only once this send
         has ended. A send cut off at that bound counts as refused (SMS_DELIVERY_FAILED, the
         challenge undone): should the gateway still deliver it, its code is already dead."""
+        platform, challenge_id, account_id = new.platform, new.challenge_id, new.account_id
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._limits.send_lease_seconds / 2):
                 await self._sms.send(message)
         except (SmsDeliveryError, TimeoutError):
             self._metrics.sms_send(platform, "failed", time.perf_counter() - started)
-            await self._store.abort_challenge(platform, message.message_id, self._clock.now())
+            await self._store.abort_challenge(platform, challenge_id, account_id, self._clock.now())
             raise SmsDeliveryFailed() from None
         except BaseException:
             self._metrics.sms_send(platform, "error", time.perf_counter() - started)
-            await self._store.abort_challenge(platform, message.message_id, self._clock.now())
+            await self._store.abort_challenge(platform, challenge_id, account_id, self._clock.now())
             raise
         self._metrics.sms_send(platform, "sent", time.perf_counter() - started)
-        await self._store.confirm_sent(platform, message.message_id, self._clock.now())
+        await self._store.confirm_sent(platform, challenge_id, account_id, self._clock.now())
 
     async def confirm(
         self, *, platform: str, challenge_id: str, account_id: str, code: str

@@ -266,11 +266,15 @@ class CachedStore:
     async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
         return await self.backend.start_challenge(new, limits)
 
-    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
-        await self.backend.confirm_sent(platform, challenge_id, now)
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self.backend.confirm_sent(platform, challenge_id, account_id, now)
 
-    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
-        await self.backend.abort_challenge(platform, challenge_id, now)
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self.backend.abort_challenge(platform, challenge_id, account_id, now)
 
     async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
         await self.backend.begin_id_check(attempt, limits)

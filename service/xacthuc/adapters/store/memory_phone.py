@@ -156,27 +156,31 @@ class PhoneOps(MemoryBase):
         )
         raise error
 
-    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
         p = self._platforms[platform]
         ch = p.challenges.get(challenge_id)
-        if ch is None or ch.state != "sending":
+        if ch is None or ch.state != "sending" or ch.account_id != account_id:
             return
         ch.state = "pending"
         self._audit(
             p,
             platform,
             now,
-            account=ch.account_id,
+            account=account_id,
             event="code_sent",
             outcome="ok",
             challenge=challenge_id,
             phone=ch.phone,
         )
 
-    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
         p = self._platforms[platform]
         ch = p.challenges.get(challenge_id)
-        if ch is None or ch.state != "sending":
+        if ch is None or ch.state != "sending" or ch.account_id != account_id:
             return
         self._unsend(p, platform, challenge_id, now, "code_send_failed")
 

@@ -8,10 +8,11 @@ Key layout, all under one hash tag per platform so a platform lives in one clust
     <ns>:{<platform>}:c:<id head>           string: the challenge, packed (common.lua,
                                             challenge_of: state sending -> pending ->
                                             consumed, attempts, times, the rest of its id,
-                                            account, pseudonyms, MAC), named by its id's first
-                                            14 characters: with an idempotency key, the key's
-                                            slot (records.py), so the record is also the
-                                            key's: one key per challenge, not two
+                                            a 16-byte digest of its account, pseudonyms,
+                                            MAC), named by its id's first 14 characters: with
+                                            an idempotency key, the key's slot (records.py),
+                                            so the record is also the key's: one key per
+                                            challenge, not two
     <ns>:{<platform>}:p:<phone>             string: the number's P2 state (fails, lock_level,
                                             locked_until), last_send and its send times of
                                             the last day (P3), packed (phone_of)
@@ -42,11 +43,17 @@ Guardian links, the status list and attestations do not expire (P10 retention is
 operator's). Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
 does, send windows after their window, phone state a day after its last activity or lock.
 
-Memory (issue 11): a pending challenge costs three small keys and one list entry; Redis spends
-~150 bytes on a key whatever its value, so values are packed (times as 8-byte doubles, hex
-pseudonyms and MACs as bytes) and nothing is stored twice. `benchmarks/run.py` prints the bytes
-per pending challenge; tests/test_redis_memory.py holds the bound. The send logs keep times only,
-not challenge ids: undoing a send removes one entry of its time, which leaves the same counts.
+Memory (issue 11): a pending challenge costs three small keys and one list entry, about 650
+bytes whatever the account id's length (up to 128 characters); Redis spends ~150 bytes on a key
+whatever its value, so values are packed (times as 8-byte doubles, hex pseudonyms and MACs as
+bytes) and nothing is stored twice. The challenge keeps its account as a digest
+(`_account_digest`), not in full: every call naming a challenge (check_code, confirm_sent,
+abort_challenge) passes the account id, which the audit records take from the call. The
+challenge value is 124 bytes, which with its string header fills jemalloc's 128-byte class:
+one byte more costs 32. `benchmarks/run.py` prints the bytes per pending challenge (worst case:
+128-character account ids); tests/test_redis_memory.py holds the bound. The send logs keep
+times only, not challenge ids: undoing a send removes one entry of its time, which leaves the
+same counts.
 Expiry only reclaims memory: every rule is decided from the caller's `now`, as in memory.
 The namespace and platform must not contain `{` or `}`.
 """
@@ -217,6 +224,20 @@ def _split_id(challenge_id: str) -> tuple[str, str]:
     if challenge_id.startswith(CHALLENGE_PREFIX) and len(challenge_id) > _HEAD:
         return challenge_id[:_HEAD], challenge_id[_HEAD:]
     return challenge_id, ""
+
+
+def _account_digest(head: str, account_id: str) -> str:
+    """What a challenge record keeps of its account (hex; the record holds the 16 bytes): the
+    first 128 bits of SHA-256 over the record's name and the account id, so a 128-character
+    id costs no more than a short one (issue 11). Every call naming a challenge passes its
+    account, and the scripts compare digests. Matching another account's challenge takes a
+    second preimage of the victim's digest (~2^128 SHA-256), the name salting it so no table
+    serves two records; a birthday pair (~2^64) needs both ids chosen by one party, for a name
+    fixed in advance (an idempotency key's slot), and gets it nothing it has not got: the
+    code still goes to the number the start named, and check_code decides R1, P8 and the
+    number's lock for the account that checks."""
+    text = f"xacthuc challenge account\x1f{len(head)}\x1f{head}\x1f{account_id}"
+    return hashlib.sha256(text.encode()).digest()[:16].hex()
 
 
 def _text(value: Any) -> Any:
@@ -542,6 +563,7 @@ class RedisStore:
             "challenge_j": _j(new.challenge_id),
             "account": new.account_id,
             "account_j": _j(new.account_id),
+            "account_digest": _account_digest(head, new.account_id),
             "phone": new.phone,
             "phone_j": _j(new.phone),
             "client": new.client,
@@ -556,18 +578,32 @@ class RedisStore:
             challenge_id, float(expires_at), float(resend_not_before), status == "replay"
         )
 
-    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
-        pre = self._prefix(platform)
+    def _challenge_params(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> tuple[str, dict[str, Any]]:
+        """The name of the challenge's record (its id's head) and the parameters naming the
+        challenge and its account (confirm_sent, abort_challenge)."""
         head, tail = _split_id(challenge_id)
-        params = self._common(platform, now) | {"challenge_j": _j(challenge_id), "tail": tail}
+        return head, self._common(platform, now) | {
+            "challenge_j": _j(challenge_id),
+            "tail": tail,
+            "account_j": _j(account_id),
+            "account_digest": _account_digest(head, account_id),
+        }
+
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        pre = self._prefix(platform)
+        head, params = self._challenge_params(platform, challenge_id, account_id, now)
         await self._run("confirm_sent", [f"{pre}c:{head}", f"{pre}audit"], params)
 
-    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
         pre = self._prefix(platform)
-        head, tail = _split_id(challenge_id)
-        keys = [f"{pre}c:{head}", f"{pre}pl", f"{pre}audit"]
-        params = self._common(platform, now) | {"challenge_j": _j(challenge_id), "tail": tail}
-        await self._run("abort_challenge", keys, params)
+        head, params = self._challenge_params(platform, challenge_id, account_id, now)
+        await self._run("abort_challenge", [f"{pre}c:{head}", f"{pre}pl", f"{pre}audit"], params)
 
     @staticmethod
     def _pending(a: PendingAttestation) -> dict[str, str]:
@@ -595,6 +631,7 @@ class RedisStore:
             "challenge_j": _j(check.challenge_id),
             "account": check.account_id,
             "account_j": _j(check.account_id),
+            "account_digest": _account_digest(head, check.account_id),
             "candidates": list(check.candidates),
             "attestation": self._pending(check.attestation),
             **self._status_params(),

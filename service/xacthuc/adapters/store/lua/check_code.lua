@@ -27,7 +27,7 @@ local expires_at = c.expires_at
 if not expires_at or NOW >= expires_at + L.challenge_retention_seconds then
   return refuse("CHALLENGE_NOT_FOUND")
 end
-if c.account ~= P.account then
+if not for_account(c) then
   return refuse("CHALLENGE_ACCOUNT_MISMATCH", c.phone_j)
 end
 if c.state == "consumed" then

@@ -352,12 +352,24 @@ end
 
 local STATES = { s = "sending", p = "pending", c = "consumed" }
 
+-- The account a challenge was started for is kept as its digest (ACCOUNT_DIGEST_BYTES raw
+-- bytes: redis.py `_account_digest`, 16 bytes of SHA-256 salted with the record's name),
+-- never in full; every caller passes the account id with the challenge id, as P.account_digest
+-- (hex) and P.account_j for the audit records.
+local ACCOUNT_DIGEST_BYTES = 16
+local function unhex(h)
+  return (string.gsub(h, "..", function(x)
+    return string.char(tonumber(x, 16))
+  end))
+end
+
 -- The challenge in `key` as a table (nil when there is none, or when `tail` is given and the
 -- record holds another challenge of the same slot). A record is named by its id's first 14
 -- characters (records.py: the idempotency key's slot), so it keeps the rest, `tail`. Layout:
 -- state (1 byte s/p/c), attempts (1 byte), created, expires_at, resend_not_before (doubles),
--- then tail, account, account_j, phone, phone_j, client (a length byte each; _j empty when
--- q() gives it), and the packed MAC to the end.
+-- tail (a length byte first), the account's digest (ACCOUNT_DIGEST_BYTES), then phone,
+-- phone_j, client (a length byte each; phone_j empty when q() gives it), and the packed MAC to
+-- the end.
 local function challenge_of(key, tail)
   local raw = redis.call("GET", key)
   if not raw then
@@ -370,27 +382,37 @@ local function challenge_of(key, tail)
     return nil
   end
   pos = pos + 1 + n
+  local account_digest = string.sub(raw, pos, pos + ACCOUNT_DIGEST_BYTES - 1)
+  pos = pos + ACCOUNT_DIGEST_BYTES
   local f = {}
-  for i = 1, 5 do
+  for i = 1, 3 do
     local n = string.byte(raw, pos)
     f[i] = string.sub(raw, pos + 1, pos + n)
     pos = pos + 1 + n
   end
-  local phone = unpack_text(f[3])
+  local phone = unpack_text(f[1])
   return {
     tail = stored_tail, state = STATES[state], attempts = attempts, created = created,
-    expires_at = expires_at,
-    resend_not_before = resend, account = f[1], account_j = json_of(f[1], f[2]),
-    phone = phone, phone_j = json_of(phone, f[4]), client = unpack_text(f[5]),
+    expires_at = expires_at, resend_not_before = resend, account_digest = account_digest,
+    phone = phone, phone_j = json_of(phone, f[2]), client = unpack_text(f[3]),
     mac = unpack_text(string.sub(raw, pos)),
   }
 end
 
-local function challenge_bytes(state, created, expires_at, resend, tail, account, account_j,
-                               phone, phone_j, client, mac)
+-- The challenge `c` (from challenge_of) was started for the caller's account (P.account_digest).
+local function for_account(c)
+  return c.account_digest == unhex(P.account_digest)
+end
+
+local function challenge_bytes(state, created, expires_at, resend, tail, account_digest, phone,
+                               phone_j, client, mac)
+  local digest = unhex(account_digest)
+  if #digest ~= ACCOUNT_DIGEST_BYTES then
+    error("account digest of the wrong length")
+  end
   return struct.pack(">c1Bddd", state, 0, created, expires_at, resend) .. field(tail)
-    .. field(account) .. field(json_kept(account, account_j)) .. field(pack_text(phone))
-    .. field(json_kept(phone, phone_j)) .. field(pack_text(client)) .. pack_text(mac)
+    .. digest .. field(pack_text(phone)) .. field(json_kept(phone, phone_j))
+    .. field(pack_text(client)) .. pack_text(mac)
 end
 
 -- In-place updates (SETRANGE keeps the key's expiry): the state byte, the attempts byte.
@@ -521,12 +543,13 @@ local function list_trim(key, through)
 end
 
 -- Undo the start of the "sending" challenge in `ch_key` (JSON text of its id `id_j`, its table
--- `c` from challenge_of) as if it never happened: the challenge (and so its idempotency key,
--- the same record), its budget entries and the cooldown; audit `event` ("code_send_failed":
+-- `c` from challenge_of, JSON text of its account `account_j`) as if it never happened: the
+-- challenge (and so its idempotency key, the same record), its budget entries and the
+-- cooldown; audit `event` ("code_send_failed":
 -- the gateway refused it; "code_send_abandoned": its start died before confirming the send).
 -- The keys named by the challenge are built from PREFIX and the stored pseudonyms; they carry
 -- the platform's hash tag, so they live in the caller's slot.
-local function unsend(ch_key, id_j, c, event, audit_key)
+local function unsend(ch_key, id_j, c, account_j, event, audit_key)
   redis.call("DEL", ch_key)
   redis.call("LREM", PREFIX .. "pl", -1, struct.pack(">d", c.created))
   local ip_key = PREFIX .. "i:" .. c.client
@@ -549,7 +572,7 @@ local function unsend(ch_key, id_j, c, event, audit_key)
   end
   put_phone(ph_key, ph, #ph.sends == 0)
   audit(audit_key, {
-    account = c.account_j, event = q(event), outcome = q("failed"),
+    account = account_j, event = q(event), outcome = q("failed"),
     reason = (event == "code_send_failed") and q("SMS_DELIVERY_FAILED") or '""',
     challenge = id_j, phone = c.phone_j,
   })

@@ -29,7 +29,7 @@ if P.keyed == "1" then
     local existing = P.head .. e.tail
     if e.expires_at > NOW then
       -- The same request repeats the account and the number.
-      if e.account ~= P.account or e.phone ~= P.phone then
+      if not for_account(e) or e.phone ~= P.phone then
         return refuse("IDEMPOTENCY_KEY_REUSED")
       end
       if e.state ~= "sending" then -- only a code that was sent is replayed
@@ -39,7 +39,7 @@ if P.keyed == "1" then
         return refuse("START_IN_PROGRESS", "1")
       end
       -- Its start died before confirming the send: forget it, start afresh.
-      unsend(ch_key, q(existing), e, "code_send_abandoned", audit_key)
+      unsend(ch_key, q(existing), e, P.account_j, "code_send_abandoned", audit_key)
     end
   end
 end
@@ -91,7 +91,7 @@ local expires_at = tonumber(P.expires_at)
 local resend_not_before = NOW + L.resend_cooldown_seconds
 local keep = ms_until(expires_at + L.challenge_retention_seconds)
 redis.call("SET", ch_key, challenge_bytes("s", NOW, expires_at, resend_not_before, P.tail,
-  P.account, P.account_j, P.phone, P.phone_j, P.client, P.code_mac), "PX", keep)
+  P.account_digest, P.phone, P.phone_j, P.client, P.code_mac), "PX", keep)
 phone.last_send = NOW
 phone.sends = recent(phone.sends, NOW - DAY)
 phone.sends[#phone.sends + 1] = NOW
