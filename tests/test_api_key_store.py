@@ -1,27 +1,39 @@
-"""API key store contract (`xacthuc.ports.api_keys`), memory and Redis alike, down to the
-audit bytes: each change is one atomic step with its audit record, and bumps the version
-that servers poll."""
+"""API key store contract (`xacthuc.ports.api_keys`), memory and PostgreSQL alike, down to
+the audit bytes: each change is one atomic step with its audit record, and bumps the version
+that servers poll. Then what only PostgreSQL has to show: concurrent writers and pollers,
+the poll served by an index, a database out of reach."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
+from typing import Protocol
 
+import asyncpg
 import pytest
 
 from xacthuc.adapters.store.api_keys import api_key_store_for
-from xacthuc.domain.api_keys import ApiKeyExists, ApiKeyNotFound, StoredApiKey
+from xacthuc.adapters.store.memory_api_keys import MemoryApiKeyStore
+from xacthuc.adapters.store.pg_api_keys import PostgresApiKeyStore
+from xacthuc.adapters.store.pg_audit import PostgresAuditLog
+from xacthuc.adapters.store.postgres import Database
+from xacthuc.domain.api_keys import ApiKeyChanges, ApiKeyExists, ApiKeyNotFound, StoredApiKey
 from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.ports.api_keys import ApiKeyStore
-from xacthuc.ports.store import Store
 
-from .conftest import redis_store
+from .conftest import emptied_database, memory_store
 from .test_store_contract import NOW, PLATFORM, rec
 
 SHA = hashlib.sha256(b"secret-of-the-key").hexdigest()
+
+
+class AuditLog(Protocol):
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]: ...
 
 
 def key(
@@ -30,13 +42,32 @@ def key(
     return StoredApiKey(key_id, platform, role, SHA, NOW, "ops team A")
 
 
+@pytest.fixture(params=["memory", "postgres"])
+async def backend(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[ApiKeyStore, AuditLog]]:
+    """Each key store in turn, empty, with the audit log it writes to."""
+    if request.param == "memory":
+        store = memory_store()
+        yield MemoryApiKeyStore(store), store
+        return
+    db = await emptied_database(request.getfixturevalue("database_url"))
+    yield PostgresApiKeyStore(db), PostgresAuditLog(db)
+    await db.aclose()
+
+
 @pytest.fixture
-def keys(store: Store) -> ApiKeyStore:
-    return api_key_store_for(store)
+def keys(backend: tuple[ApiKeyStore, AuditLog]) -> ApiKeyStore:
+    return backend[0]
+
+
+@pytest.fixture
+def log(backend: tuple[ApiKeyStore, AuditLog]) -> AuditLog:
+    return backend[1]
 
 
 async def test_a_created_key_is_listed_audited_and_bumps_the_version(
-    store: Store, keys: ApiKeyStore
+    log: AuditLog, keys: ApiKeyStore
 ) -> None:
     """create stores the key, returns version 1 and audits api_key_created (id and role,
     never the hash); changes_since(0) is the whole table."""
@@ -49,22 +80,22 @@ async def test_a_created_key_is_listed_audited_and_bumps_the_version(
     expected = rec(
         0, NOW, "api_key_created", "ok", account="", key_id="0123456789ab", role="platform"
     )
-    assert [expected] == await store.audit_records(PLATFORM)
+    assert [expected] == await log.audit_records(PLATFORM)
     assert SHA not in expected
     assert "ops team" not in expected
 
 
-async def test_a_key_id_is_created_once(store: Store, keys: ApiKeyStore) -> None:
+async def test_a_key_id_is_created_once(log: AuditLog, keys: ApiKeyStore) -> None:
     """A second create of the same id is ApiKeyExists and changes nothing, audit included."""
     await keys.create(key())
     with pytest.raises(ApiKeyExists):
         await keys.create(key(role="auditor"))
     assert [key()] == await keys.list()
     assert 1 == (await keys.changes_since(0)).version
-    assert 1 == len(await store.audit_records(PLATFORM))
+    assert 1 == len(await log.audit_records(PLATFORM))
 
 
-async def test_revoke_is_stored_audited_and_idempotent(store: Store, keys: ApiKeyStore) -> None:
+async def test_revoke_is_stored_audited_and_idempotent(log: AuditLog, keys: ApiKeyStore) -> None:
     """revoke marks the key (time, reason), audits api_key_revoked once; a second revoke
     changes nothing and returns the key as revoked the first time."""
     await keys.create(key(role="auditor"))
@@ -85,7 +116,7 @@ async def test_revoke_is_stored_audited_and_idempotent(store: Store, keys: ApiKe
             key_id="0123456789ab",
             role="auditor",
         ),
-    ] == await store.audit_records(PLATFORM)
+    ] == await log.audit_records(PLATFORM)
 
 
 async def test_changes_since_a_version_are_only_the_keys_changed_after_it(
@@ -110,7 +141,7 @@ async def test_changes_since_a_version_are_only_the_keys_changed_after_it(
 
 
 async def test_revoke_of_an_unknown_key_is_not_found_unless_a_file_key_is_given(
-    store: Store, keys: ApiKeyStore
+    log: AuditLog, keys: ApiKeyStore
 ) -> None:
     """An id the store does not hold is ApiKeyNotFound; with the keys file's entry as
     fallback it is stored revoked (the store then wins over the file) and audited."""
@@ -134,7 +165,7 @@ async def test_revoke_of_an_unknown_key_is_not_found_unless_a_file_key_is_given(
             key_id="ffffffffffff",
             role="platform",
         )
-    ] == await store.audit_records(PLATFORM)
+    ] == await log.audit_records(PLATFORM)
 
 
 @pytest.mark.parametrize(
@@ -150,99 +181,158 @@ async def test_revoke_of_an_unknown_key_is_not_found_unless_a_file_key_is_given(
     ],
 )
 async def test_bad_keys_are_refused_before_anything_is_written(
-    store: Store, keys: ApiKeyStore, bad: StoredApiKey, message: str
+    log: AuditLog, keys: ApiKeyStore, bad: StoredApiKey, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         await keys.create(bad)
     assert [] == await keys.list()
     assert 0 == (await keys.changes_since(0)).version
-    assert [] == await store.audit_records(bad.platform if "{" not in bad.platform else PLATFORM)
+    assert [] == await log.audit_records(bad.platform if "{" not in bad.platform else PLATFORM)
 
 
 @pytest.mark.parametrize("reason", ["", "Has Space", "x" * 65, "leak\nfake"])
-async def test_a_revoke_reason_is_a_code(store: Store, keys: ApiKeyStore, reason: str) -> None:
+async def test_a_revoke_reason_is_a_code(log: AuditLog, keys: ApiKeyStore, reason: str) -> None:
     """The reason goes into the audit log: 1-64 of a-z 0-9 _, so no personal data fits."""
     await keys.create(key())
     with pytest.raises(ValueError, match="reason"):
         await keys.revoke(key().key_id, NOW, reason)
     assert [key()] == await keys.list()
-    assert 1 == len(await store.audit_records(PLATFORM))
+    assert 1 == len(await log.audit_records(PLATFORM))
 
 
-async def test_audit_times_never_go_backwards(store: Store, keys: ApiKeyStore) -> None:
+async def test_audit_times_never_go_backwards(log: AuditLog, keys: ApiKeyStore) -> None:
     """A change stamped before the log's last record takes that record's time (as every
     other append does)."""
     await keys.create(key())
     await keys.revoke(key().key_id, NOW - 10, "leaked")
-    times = [json.loads(r)["time"] for r in await store.audit_records(PLATFORM)]
+    times = [json.loads(r)["time"] for r in await log.audit_records(PLATFORM)]
     assert times[0] == times[1]
 
 
-async def test_the_key_store_is_the_shared_one_behind_the_state_cache(
-    redis_url: str, redis_namespace: str
+async def test_with_a_database_the_key_store_is_postgresql(database: Database) -> None:
+    """A deployment with a database keeps its keys there (every replica and the CLI see
+    them); without one, inside the process."""
+    assert isinstance(api_key_store_for(memory_store(), database), PostgresApiKeyStore)
+    assert isinstance(api_key_store_for(memory_store()), MemoryApiKeyStore)
+
+
+async def test_concurrent_changes_are_numbered_in_commit_order_and_no_poll_misses_one(
+    database: Database,
 ) -> None:
-    """The servers' store (Redis behind the cache of account state) gives the Redis key
-    store, which another process sees; the memory store gives the in-process one."""
-    from xacthuc.adapters.store.api_keys import shared_across_processes
-    from xacthuc.adapters.store.cached import CachedStore
-    from xacthuc.adapters.store.redis_api_keys import RedisApiKeyStore
-    from xacthuc.server.app import make_store
-    from xacthuc.server.config import Settings
+    """Writers on several connections while a server polls: versions 1..n, one per change,
+    and the poller's table, built only from `changes_since(its version)`, ends with every
+    key in its latest state (a change numbered below one already seen would be missed)."""
+    writers = [PostgresApiKeyStore(database) for _ in range(4)]
+    ids = [f"{i:012x}" for i in range(24)]
+    seen: dict[str, StoredApiKey] = {}
+    version = 0
+    done = False
 
-    store = make_store(Settings.load(store_url=redis_url, store_namespace=redis_namespace))
-    try:
-        assert isinstance(store, CachedStore)
-        assert isinstance(api_key_store_for(store), RedisApiKeyStore)
-        assert shared_across_processes(api_key_store_for(store))
-    finally:
-        await store.aclose()
-    memory = make_store(Settings.load(store_url="memory://"))
-    assert not shared_across_processes(api_key_store_for(memory))
+    async def poll() -> None:
+        nonlocal version
+        changes = await PostgresApiKeyStore(database).changes_since(version)
+        assert not changes.full or version == 0
+        seen.update({k.key_id: k for k in changes.keys})
+        version = changes.version
+
+    async def poller() -> None:
+        while not done:
+            await poll()
+            await asyncio.sleep(0)
+
+    async def write(n: int) -> None:
+        store = writers[n % len(writers)]
+        await store.create(key(ids[n]))
+        if n % 3 == 0:
+            await store.revoke(ids[n], NOW + 1, "leaked")
+
+    polling = asyncio.create_task(poller())
+    await asyncio.gather(*(write(n) for n in range(len(ids))))
+    done = True
+    await polling
+    await poll()
+    final = await writers[0].changes_since(0)
+    assert len(ids) + len(ids[::3]) == final.version
+    assert sorted(final.keys, key=lambda k: k.key_id) == sorted(
+        seen.values(), key=lambda k: k.key_id
+    )
+    assert {k.key_id for k in final.keys if k.revoked} == set(ids[::3])
+    records = await PostgresAuditLog(database).audit_records(PLATFORM)
+    assert len(ids) + len(ids[::3]) == len(records)
 
 
-class _DownSink:
-    """An audit sink known to be out of reach (PostgreSQL down): `ready` refuses."""
+async def test_a_poll_is_one_query_served_by_the_version_index(database: Database) -> None:
+    """What every server runs each XACTHUC_API_KEYS_POLL_SECONDS: one statement, the store's
+    version from the unique index on `version` and the keys above the caller's from a range
+    scan of it (sequential scans off, so the plan shows what the index can serve)."""
+    from xacthuc.adapters.store.pg_api_keys import _CHANGES
 
-    appended: list[str]
-
-    def __init__(self) -> None:
-        self.appended = []
-
-    async def ready(self) -> None:
-        raise StoreUnavailable()
-
-    async def append(self, platform: str, records: Sequence[str]) -> int:
-        self.appended.extend(records)
-        raise StoreUnavailable()
-
-    async def append_audit(self, platform: str, now: float, **fields: Any) -> int:
-        raise StoreUnavailable()
-
-    async def audit_records(
-        self, platform: str, start: int = 0, stop: int | None = None
-    ) -> list[str]:
-        raise StoreUnavailable()
+    store = PostgresApiKeyStore(database)
+    for n in range(3):
+        await store.create(key(f"{n:012x}"))
+    async with database.transaction() as conn:
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + _CHANGES, 2)
+    assert "Seq Scan" not in plan
+    assert "api_keys_version_key" in plan
+    changes = await store.changes_since(2)
+    assert (3, ("000000000002",), False) == (
+        changes.version,
+        tuple(k.key_id for k in changes.keys),
+        changes.full,
+    )
 
 
-async def test_with_the_audit_log_known_down_a_key_change_is_refused_before_redis(
-    redis_url: str, redis_namespace: str
-) -> None:
-    """A change whose audit record could not be stored must not happen: with the audit
-    log's PostgreSQL known to be out of reach, create and revoke are StoreUnavailable and
-    Redis keeps no trace of them (as RedisStore refuses its own state changes)."""
-    sink = _DownSink()
-    store = redis_store(redis_url, redis_namespace, audit=sink)
-    plain = api_key_store_for(redis_store(redis_url, redis_namespace))
-    keys = api_key_store_for(store)
-    try:
+async def _break_the_audit_log(database: Database, platform: str) -> None:
+    """Put a record where the platform's next one goes: its append fails (unique index)."""
+    async with database.connection() as conn:
+        size = await conn.fetchval("SELECT size FROM log_heads WHERE platform = $1", platform)
+        await conn.execute(
+            "INSERT INTO audit_records (platform, idx, recorded_at, event, body, leaf_hash)"
+            " VALUES ($1, $2, now(), 'squatter', '{}', sha256('x'))",
+            platform,
+            size or 0,
+        )
+
+
+async def test_a_key_change_whose_audit_record_fails_does_not_happen(database: Database) -> None:
+    """The key's row and its record commit together: when the record cannot be appended,
+    neither a create nor a revoke changes anything, version included."""
+    store = PostgresApiKeyStore(database)
+    await store.create(key())
+    await _break_the_audit_log(database, PLATFORM)
+    with pytest.raises(asyncpg.UniqueViolationError, match="audit_records_pkey"):
+        await store.create(key("bbbbbbbbbbbb"))
+    with pytest.raises(asyncpg.UniqueViolationError, match="audit_records_pkey"):
+        await store.revoke(key().key_id, NOW + 1, "leaked")
+    with pytest.raises(asyncpg.UniqueViolationError, match="audit_records_pkey"):
+        await store.revoke("ffffffffffff", NOW + 1, "leaked", fallback=key("ffffffffffff"))
+    assert [key()] == await store.list()
+    assert ApiKeyChanges(1, (key(),), True) == await store.changes_since(0)
+
+
+async def test_a_database_out_of_reach_is_store_unavailable() -> None:
+    """Nothing listens: every call is StoreUnavailable (UNAVAILABLE to a caller, the CLI's
+    'does not answer'), never another error."""
+    db = Database("postgresql://postgres@127.0.0.1:1/none", timeout=1)
+    store = PostgresApiKeyStore(db)
+    for call in (
+        store.create(key()),
+        store.revoke(key().key_id, NOW, "leaked"),
+        store.list(),
+        store.changes_since(0),
+    ):
         with pytest.raises(StoreUnavailable):
-            await keys.create(key())
-        assert [] == await plain.list()
-        await plain.create(key())
-        with pytest.raises(StoreUnavailable):
-            await keys.revoke(key().key_id, NOW + 1, "compromised")
-        assert [key()] == await plain.list()
-        assert 1 == (await plain.changes_since(0)).version
-        assert [] == sink.appended
-    finally:
-        await store.aclose()
+            await call
+    await db.aclose()
+
+
+async def test_only_hashes_are_stored(database: Database) -> None:
+    """The row holds the 32 bytes of the secret's SHA-256 (the key itself never reaches
+    the store), given back as the same hex."""
+    store = PostgresApiKeyStore(database)
+    await store.create(key())
+    async with database.connection() as conn:
+        stored = await conn.fetchval("SELECT sha256 FROM api_keys")
+    assert bytes.fromhex(SHA) == bytes(stored)
+    assert [SHA] == [k.sha256 for k in await store.list()]
