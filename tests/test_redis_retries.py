@@ -22,8 +22,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from xacthuc.adapters.store.checkpoints import RedisCheckpointStore
-from xacthuc.adapters.store.redis_api_keys import RedisApiKeyStore
-from xacthuc.domain.api_keys import StoredApiKey
 from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.ports.checkpoints import StoredCheckpoint
 
@@ -139,21 +137,3 @@ async def test_a_read_only_script_keeps_the_clients_retries(
         await store.append_audit("p1", 1000.0, account="a1", event="e", outcome="ok")
         assert 1 == len(await store.audit_records("p1"))
         await client.aclose()
-
-
-async def test_an_api_key_write_runs_once_on_a_retrying_client(
-    redis_url: str, redis_namespace: str
-) -> None:
-    """Creating a key (the key and its audit record, one script) through a retrying client
-    whose reply is lost: one record, not four."""
-    async with lossy_proxy(redis_url, drops=10) as proxy:
-        client = retrying_client(proxy.port)
-        keys = RedisApiKeyStore(client, namespace=redis_namespace)
-        key = StoredApiKey("0123456789ab", "p1", "platform", "ab" * 32, 1000.0)
-        with pytest.raises(StoreUnavailable):
-            await keys.create(key)
-        assert 1 == proxy.dropped
-        await client.aclose()
-    direct = redis_store(redis_url, redis_namespace)
-    assert 1 == len(await direct.audit_records("p1"))
-    await direct.aclose()

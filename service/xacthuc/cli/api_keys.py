@@ -1,6 +1,6 @@
-"""`xacthuc keys create|revoke|list` against the key store (XACTHUC_STORE_URL and
-XACTHUC_STORE_NAMESPACE, as the servers read them): every running server takes a change in
-within XACTHUC_API_KEYS_POLL_SECONDS, with no restart. Each change is audited in the key's
+"""`xacthuc keys create|revoke|list` against the key store in PostgreSQL (XACTHUC_DATABASE_URL,
+as the servers read it; Redis is not needed): every running server takes a change in within
+XACTHUC_API_KEYS_POLL_SECONDS, with no restart. Each change is audited in the key's
 platform's log (key id and role, never the key). `create` prints the key once; nothing prints
 a secret or a hash, only key ids.
 
@@ -25,11 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from xacthuc.adapters.store.api_keys import api_key_store_for, shared_across_processes
 from xacthuc.domain.api_keys import ApiKeyExists, ApiKeyNotFound, StoredApiKey
 from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.ports.api_keys import ApiKeyStore
-from xacthuc.server.app import make_store
+from xacthuc.server.app import make_database
 from xacthuc.server.auth import ApiKeys, Role, new_stored_key
 from xacthuc.server.config import ConfigError, Settings
 
@@ -43,22 +42,28 @@ def _fail(message: str, status: int = 2) -> int:
 
 
 def _with_store(action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
-    """Run `action` on the key store of the settings; ConfigError, ValueError for a store
-    that other processes would not see."""
+    """Run `action` on the key store of the settings (PostgreSQL); ConfigError, ValueError
+    without a database (the servers then keep keys inside each process) or with one whose
+    schema is not this build's (SchemaMismatch)."""
     settings = Settings.load()
+    database = make_database(settings)
+    if database is None:
+        raise ValueError(
+            "XACTHUC_DATABASE_URL is unset: without a database each server keeps its keys "
+            "inside its own process; set it as the servers have it, or use --file"
+        )
 
     async def run() -> T:
-        store = make_store(settings)
+        import asyncpg
+
+        from xacthuc.adapters.store.pg_api_keys import PostgresApiKeyStore
+
         try:
-            keys = api_key_store_for(store)
-            if not shared_across_processes(keys):
-                raise ValueError(
-                    f"XACTHUC_STORE_URL={settings.store_url} keeps keys inside each server "
-                    "process; manage keys with a shared store (redis://...), or use --file"
-                )
-            return await action(keys)
+            return await action(PostgresApiKeyStore(database))
+        except asyncpg.PostgresError as e:  # refused login, no such database, ...
+            raise ValueError(f"{database!r}: {type(e).__name__}: {e}") from e
         finally:
-            await store.aclose()
+            await database.aclose()
 
     return asyncio.run(run())
 

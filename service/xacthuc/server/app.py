@@ -308,7 +308,8 @@ def build_app(
 ) -> App:
     """Build the service. Tests pass their own store, SMS sender, clock, keys, tracing or
     database. `api_keys` are the fixed keys (else the keys file, or dev-mode demo keys); the
-    key store (else the one next to `store`) adds to them and wins over them."""
+    key store (else PostgreSQL's with a database, one in the process without) adds to them
+    and wins over them."""
     dev = settings.mode is Mode.DEV
     clock = clock or SystemClock()
     telemetry = telemetry or telemetry_from(settings)
@@ -397,7 +398,7 @@ def build_app(
         api_keys=api_keys,
         key_watcher=KeyWatcher(
             api_keys,
-            api_key_store or api_key_store_for(store),
+            api_key_store or api_key_store_for(store, database),
             interval=settings.api_keys_poll_seconds,
         ),
         signing=signing,

@@ -1,33 +1,23 @@
-"""`api_key_store_for(store)`: the API key store that lives next to a given store's audit
-log (the same Redis connection and namespace for a RedisStore, cached or not; in process
-otherwise)."""
+"""`api_key_store_for(store, database)`: the API key store of a deployment. With a database
+(XACTHUC_DATABASE_URL) the keys live in PostgreSQL, the system of record, shared by every
+replica and the CLI and kept whatever happens to Redis; without one, inside the server
+process (embedded and dev setups), audited in `store`'s log."""
 
 from __future__ import annotations
 
-import sys
+from typing import TYPE_CHECKING
 
-from xacthuc.adapters.store.cached import CachedStore
 from xacthuc.adapters.store.memory_api_keys import MemoryApiKeyStore
 from xacthuc.ports.api_keys import ApiKeyStore
 from xacthuc.ports.store import Store
 
+if TYPE_CHECKING:  # asyncpg is loaded only when a database is configured
+    from xacthuc.adapters.store.postgres import Database
 
-def api_key_store_for(store: Store) -> ApiKeyStore:
-    if isinstance(store, CachedStore):  # the cache of account state is not in the way here
-        store = store.backend
-    redis_module = sys.modules.get("xacthuc.adapters.store.redis")  # not loaded: not a RedisStore
-    if redis_module is not None and isinstance(store, redis_module.RedisStore):
-        from xacthuc.adapters.store.redis_api_keys import RedisApiKeyStore
 
-        return RedisApiKeyStore(
-            store.client,
-            namespace=store._namespace,
-            once_client=store.once_client,
-            audit=store._audit,
-        )
+def api_key_store_for(store: Store, database: Database | None = None) -> ApiKeyStore:
+    if database is not None:
+        from xacthuc.adapters.store.pg_api_keys import PostgresApiKeyStore
+
+        return PostgresApiKeyStore(database)
     return MemoryApiKeyStore(store)
-
-
-def shared_across_processes(keys: ApiKeyStore) -> bool:
-    """Whether another process (the CLI, another replica) sees this store's keys."""
-    return not isinstance(keys, MemoryApiKeyStore)

@@ -1,10 +1,10 @@
 """The in-process API key store (`xacthuc.ports.api_keys`): the embedded default, for dev and
 tests. It lives inside one server process, so only that process sees its changes; keys
-shared by replicas and managed from the shell need the Redis store (`redis_api_keys.py`).
+shared by replicas and managed from the shell live in PostgreSQL (`pg_api_keys.py`).
 
 Each write checks everything, appends its audit record to the store's audit log, then
 changes the table, with no suspension point in between: atomic on one event loop, like
-MemoryStore. `redis_api_keys.py` mirrors it in Lua.
+MemoryStore. `pg_api_keys.py` mirrors it in SQL.
 """
 
 from __future__ import annotations
