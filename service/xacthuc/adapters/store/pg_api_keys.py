@@ -6,7 +6,8 @@ Table `api_keys` (migration 0005): one row per key, the SHA-256 of its secret (n
 key), and `version`, the number of the key's latest change. Create and revoke are each one
 statement, one round trip (`xacthuc_create_api_key`, `xacthuc_revoke_api_key`): the key's row
 and its audit record (`api_key_created`, `api_key_revoked`, in the platform's audit log kept
-in PostgreSQL, rendered as every store renders it) commit together or not at all. Versions
+in PostgreSQL, rendered by `xacthuc_audit` as every store renders it) commit together or not
+at all. Versions
 are handed out in commit order (the migration says how), so a poll, `changes_since`, is one
 indexed query: the store's version and the keys changed after the caller's.
 
@@ -16,14 +17,11 @@ PostgreSQL out of reach: StoreUnavailable (`Database`), nothing written. Mirrors
 
 from __future__ import annotations
 
-import json
-
 import asyncpg
 
+from xacthuc.adapters.store.pg_state import time_j
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.api_keys import (
-    API_KEY_CREATED,
-    API_KEY_REVOKED,
     ApiKeyChanges,
     ApiKeyExists,
     ApiKeyNotFound,
@@ -31,7 +29,6 @@ from xacthuc.domain.api_keys import (
     check_new_key,
     check_revoke_reason,
 )
-from xacthuc.domain.records import audit_record, split_audit_record
 
 _KEYS = (
     "SELECT key_id, platform, role, sha256, created_at, label, revoked_at, revoke_reason"
@@ -39,7 +36,7 @@ _KEYS = (
 )
 _REVOKE = (
     "SELECT key_id, platform, role, sha256, created_at, label, revoked_at, revoke_reason"
-    " FROM xacthuc_revoke_api_key($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    " FROM xacthuc_revoke_api_key($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 )
 
 # The store's version and the keys changed after $1, in the order of their change; all of
@@ -53,10 +50,6 @@ _CHANGES = (
     " ON k.version > CASE WHEN $1 <= h.version THEN $1 ELSE 0 END"
     " ORDER BY k.version"
 )
-
-# In a revoke's record, the key's platform and role, which only PostgreSQL knows until it
-# has read the key: the function puts them in place of these.
-_UNKNOWN = "?"
 
 
 def _key(r: asyncpg.Record) -> StoredApiKey:
@@ -72,26 +65,6 @@ def _key(r: asyncpg.Record) -> StoredApiKey:
     )
 
 
-def _record(
-    key_id: str, platform: str, role: str, at: float, event: str, reason: str = ""
-) -> tuple[str, str, str]:
-    """The audit record as (head, tail, time JSON), split around its index (as every store
-    renders it: `audit_record`)."""
-    text = audit_record(
-        seq=0,
-        now=at,
-        platform=platform,
-        account="",
-        event=event,
-        outcome="ok",
-        reason=reason,
-        key_id=key_id,
-        role=role,
-    )
-    head, tail = split_audit_record(text)
-    return head, tail, json.dumps(json.loads(text)["time"])
-
-
 class PostgresApiKeyStore:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -100,21 +73,16 @@ class PostgresApiKeyStore:
         check_new_key(key)
         if key.revoked_at is not None:
             raise ValueError("a new key is not revoked")
-        head, tail, time = _record(
-            key.key_id, key.platform, key.role, key.created_at, API_KEY_CREATED
-        )
         async with self._db.connection() as conn:
             version = await conn.fetchval(
-                "SELECT xacthuc_create_api_key($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "SELECT xacthuc_create_api_key($1, $2, $3, $4, $5, $6, $7)",
                 key.key_id,
                 key.platform,
                 key.role,
                 bytes.fromhex(key.sha256),
                 key.created_at,
                 key.label,
-                head,
-                tail,
-                time,
+                time_j(key.created_at),
             )
         if version is None:
             raise ApiKeyExists(key.key_id)
@@ -128,16 +96,13 @@ class PostgresApiKeyStore:
             fallback = None  # another key's entry is no fallback for this one
         if fallback is not None:
             check_new_key(fallback)
-        head, tail, time = _record(key_id, _UNKNOWN, _UNKNOWN, at, API_KEY_REVOKED, reason)
         async with self._db.connection() as conn:
             row = await conn.fetchrow(
                 _REVOKE,
                 key_id,
                 at,
                 reason,
-                head,
-                tail,
-                time,
+                time_j(at),
                 None if fallback is None else fallback.platform,
                 None if fallback is None else fallback.role,
                 None if fallback is None else bytes.fromhex(fallback.sha256),

@@ -13,9 +13,8 @@
 -- Unlike the other tables this one does not lead with `platform`: a key is found by its id
 -- across platforms (with Citus: a reference table).
 CREATE TABLE api_keys (
+    -- The checks of domain/api_keys.check_new_key, which every writer applies first.
     key_id        text PRIMARY KEY CHECK (key_id ~ '^[0-9a-f]{12}$'),
-    -- platform and role go into audit records unescaped (xacthuc_revoke_api_key): these
-    -- checks keep them plain JSON string contents.
     platform      text NOT NULL CHECK (platform ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
     role          text NOT NULL CHECK (role IN ('platform', 'auditor')),
     sha256        bytea NOT NULL CHECK (length(sha256) = 32),
@@ -28,10 +27,10 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_platform ON api_keys (platform, created_at, key_id);
 
--- Store a new key and append its `api_key_created` record (rendered by the caller around
--- its index: p_head || <index> || p_tail, its time the JSON text p_time) to the platform's
--- audit log, in one statement. Returns the store's new version, NULL when the id is taken
--- (nothing written).
+-- Store a new key and append its `api_key_created` record (account "", the key id and role;
+-- never the hash or the label) to the platform's audit log (xacthuc_audit, 0002; p_time_j:
+-- the record's time as JSON text), in one statement. Returns the store's new version, NULL
+-- when the id is taken (nothing written).
 CREATE FUNCTION xacthuc_create_api_key(
     p_key_id     text,
     p_platform   text,
@@ -39,9 +38,7 @@ CREATE FUNCTION xacthuc_create_api_key(
     p_sha256     bytea,
     p_created_at double precision,
     p_label      text,
-    p_head       text,
-    p_tail       text,
-    p_time       text
+    p_time_j     text
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_version bigint;
@@ -53,17 +50,16 @@ BEGIN
     SELECT coalesce(max(version), 0) + 1 INTO v_version FROM api_keys;
     INSERT INTO api_keys (key_id, platform, role, sha256, created_at, label, version)
     VALUES (p_key_id, p_platform, p_role, p_sha256, p_created_at, p_label, v_version);
-    PERFORM xacthuc_append_audit(
-        p_platform, ARRAY[p_head], ARRAY[p_tail], ARRAY[p_time],
-        ARRAY['api_key_created'], ARRAY['']
+    PERFORM xacthuc_audit(
+        p_platform, p_time_j, '', 'api_key_created', 'ok', '',
+        jsonb_build_object('key_id', p_key_id, 'role', p_role)
     );
     RETURN v_version;
 END
 $$;
 
--- Revoke a key and append its `api_key_revoked` record, in one statement (one round trip).
--- The caller does not know the key's platform and role: its record arrives rendered with
--- "platform":"?" and "role":"?" in p_head, filled in here from the stored key. A key revoked
+-- Revoke a key and append its `api_key_revoked` record (with the reason), in one statement
+-- (one round trip: the caller need not read the key's platform and role first). A key revoked
 -- already is returned as it is (nothing written, nothing audited). A key not stored: with a
 -- fallback (p_platform not NULL: the keys file's entry) it is stored revoked, so the store's
 -- word wins over the file; without one, no row. Returns the key as now stored.
@@ -71,9 +67,7 @@ CREATE FUNCTION xacthuc_revoke_api_key(
     p_key_id     text,
     p_at         double precision,
     p_reason     text,
-    p_head       text,
-    p_tail       text,
-    p_time       text,
+    p_time_j     text,
     p_platform   text,
     p_role       text,
     p_sha256     bytea,
@@ -107,12 +101,9 @@ BEGIN
                 v_version)
         RETURNING * INTO k;
     END IF;
-    PERFORM xacthuc_append_audit(
-        k.platform,
-        ARRAY[replace(replace(p_head,
-            '"platform":"?"', '"platform":"' || k.platform || '"'),
-            '"role":"?"', '"role":"' || k.role || '"')],
-        ARRAY[p_tail], ARRAY[p_time], ARRAY['api_key_revoked'], ARRAY['']
+    PERFORM xacthuc_audit(
+        k.platform, p_time_j, '', 'api_key_revoked', 'ok', p_reason,
+        jsonb_build_object('key_id', k.key_id, 'role', k.role)
     );
     RETURN NEXT k;
 END
