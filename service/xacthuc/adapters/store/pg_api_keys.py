@@ -2,7 +2,7 @@
 accepts, managed from the shell (`xacthuc keys create|revoke|list`) without a restart, and
 kept in the system of record, so no key and no revocation is lost with Redis.
 
-Table `api_keys` (migration 0005): one row per key, the SHA-256 of its secret (never the
+Table `api_keys` (migration 0003): one row per key, the SHA-256 of its secret (never the
 key), and `version`, the number of the key's latest change. Create and revoke are each one
 statement, one round trip (`xacthuc_create_api_key`, `xacthuc_revoke_api_key`): the key's row
 and its audit record (`api_key_created`, `api_key_revoked`, in the platform's audit log kept

@@ -1,4 +1,4 @@
--- 0005: the platforms' API keys (issue 10; the key store of issue 12, `xacthuc keys
+-- 0003: the platforms' API keys (issue 10; the key store of issue 12, `xacthuc keys
 -- create|revoke|list`; service/xacthuc/adapters/store/pg_api_keys.py).
 --
 -- Only the SHA-256 of a key's secret is kept, never the key. Every change (a create, a
