@@ -20,16 +20,25 @@ The order of checks is the policy:
    holds non-matches only, alike for a real and an unknown number), and the P8 cap of accounts
    per number is checked only after a match (PERSONAL_ID_ACCOUNT_LIMIT, no retry-after).
 
-A refusal before step 4 is audited too (`id_check_started`, outcome `refused`). Nothing here
-keeps or logs the number, the name or the date of birth: only the number's pseudonym (keyed
-per kind of number, so a foreigner's number and a citizen's with the same digits are two
-subjects). Every record of the attempt and the token say the kind (`id_type`). Foreigners
+Every attempt is audited. A refusal before step 4 (steps 1-3, a bad client IP, a missing
+purpose or kind of number, an empty or odd full name included) is audited here
+(`id_check_started`, outcome `refused`, its reason) with what of the request was valid: the
+client's pseudonym, the purpose, the kind, and the number's pseudonym only if the number
+passes its structural check, so a refused number that did not validate leaves no trace.
+Two refusals leave no record, deliberately: a malformed account id (there is no account to
+name, as in every flow) and a request the gRPC edge refused for its shape before this flow
+ran (bytes that are no message, REQUEST_MALFORMED; a string over its bound, an out-of-range
+date or an undefined enum number, FIELD_INVALID from `xacthuc.server.request_bounds`).
+Nothing here keeps or logs the number, the name or the date of birth: only the number's
+pseudonym (keyed per kind of number, so a foreigner's number and a citizen's with the same
+digits are two subjects). Every record of the attempt and the token say the kind (`id_type`). Foreigners
 follow the same ages, guardian rules, attempt limits and account caps as citizens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import secrets
 import time
@@ -75,6 +84,36 @@ def _odd_character(name: str) -> bool:
     return any(unicodedata.category(ch) in _NOT_IN_NAMES and ch not in _JOINERS for ch in name)
 
 
+def _check_name(full_name: str) -> str:
+    name = clean_name(full_name) if isinstance(full_name, str) else ""
+    if not 1 <= len(name) <= MAX_NAME:
+        raise FieldInvalid("full_name", f"must be 1-{MAX_NAME} characters")
+    if _odd_character(name):
+        raise FieldInvalid(
+            "full_name", "must not contain control, format or private-use characters"
+        )
+    return name
+
+
+def _valid_number(
+    number: str,
+    id_type: IdType,
+    date_of_birth: datetime.date | None,
+    sex: Sex | None,
+    today: datetime.date,
+) -> str | None:
+    """The number when it passes its structural check (a citizen's against the declared
+    date of birth and sex, which must be valid), else None."""
+    try:
+        if id_type is IdType.FOREIGNER:
+            return parse_foreigner_id(number)
+        if date_of_birth is None:
+            return None
+        return parse_personal_id(number, date_of_birth=date_of_birth, sex=sex, today=today).number
+    except XacthucError:
+        return None
+
+
 class Purpose(StrEnum):
     NO_VIETNAMESE_MOBILE = "no_vietnamese_mobile"  # R3
     COMMERCIAL_LIVESTREAM = "commercial_livestream"  # R4
@@ -116,32 +155,18 @@ class PersonalIdVerifier:
         client_ip: str,
         id_type: IdType | None = IdType.CITIZEN,
     ) -> AttestationRecord:
-        check_account_id(account_id)
-        client = self._pseudonyms.client_ip(check_client_ip(client_ip))
-        if purpose is None:
-            raise FieldInvalid("purpose", "must be NO_VIETNAMESE_MOBILE or COMMERCIAL_LIVESTREAM")
-        if id_type is None:
-            raise FieldInvalid("personal_id_type", "must be CITIZEN or FOREIGNER")
-        name = clean_name(full_name) if isinstance(full_name, str) else ""
-        if not 1 <= len(name) <= MAX_NAME:
-            raise FieldInvalid("full_name", f"must be 1-{MAX_NAME} characters")
-        if _odd_character(name):
-            raise FieldInvalid(
-                "full_name", "must not contain control, format or private-use characters"
-            )
+        check_account_id(account_id)  # unaudited, as in every flow: no account to name
         now = self._clock.now()
-        subject = self._pseudonyms.personal_id(number.strip(), id_type.value)
-        attempt = IdAttempt(
-            platform=platform,
-            attempt_id="ia_" + secrets.token_urlsafe(12),
-            account_id=account_id,
-            subject=subject,
-            client=client,
-            purpose=purpose.value,
-            now=now,
-            id_type=id_type.value,
-        )
+        attempt_id = "ia_" + secrets.token_urlsafe(12)
         try:
+            client = self._pseudonyms.client_ip(check_client_ip(client_ip))
+            if purpose is None:
+                raise FieldInvalid(
+                    "purpose", "must be NO_VIETNAMESE_MOBILE or COMMERCIAL_LIVESTREAM"
+                )
+            if id_type is None:
+                raise FieldInvalid("personal_id_type", "must be CITIZEN or FOREIGNER")
+            name = _check_name(full_name)
             parsed = self._precheck(
                 number,
                 id_type,
@@ -152,20 +177,30 @@ class PersonalIdVerifier:
                 local_date(now),
             )
         except XacthucError as e:
-            await self._store.append_audit(
+            await self._refuse(
                 platform,
                 now,
-                account=account_id,
-                event="id_check_started",
-                outcome="refused",
-                reason=e.reason,
-                attempt=attempt.attempt_id,
-                personal_id=subject,
-                client=client,
-                purpose=purpose.value,
-                id_type=id_type.value,
+                account_id,
+                attempt_id,
+                e,
+                client_ip=client_ip,
+                purpose=purpose,
+                id_type=id_type,
+                number=number,
+                date_of_birth=date_of_birth,
+                sex=sex,
             )
             raise
+        attempt = IdAttempt(
+            platform=platform,
+            attempt_id=attempt_id,
+            account_id=account_id,
+            subject=self._pseudonyms.personal_id(parsed, id_type.value),
+            client=client,
+            purpose=purpose.value,
+            now=now,
+            id_type=id_type.value,
+        )
         with counting_refusals(self._metrics, platform):
             await self._store.begin_id_check(attempt, self._limits)
         assert date_of_birth is not None  # checked by _precheck
@@ -176,6 +211,48 @@ class PersonalIdVerifier:
         return await shielded(
             self._ask_and_record(attempt, query),
             what=f"registry check of attempt {attempt.attempt_id}",
+        )
+
+    async def _refuse(
+        self,
+        platform: str,
+        now: float,
+        account_id: str,
+        attempt_id: str,
+        error: XacthucError,
+        *,
+        client_ip: str,
+        purpose: Purpose | None,
+        id_type: IdType | None,
+        number: str,
+        date_of_birth: datetime.date | None,
+        sex: Sex | None,
+    ) -> None:
+        """Audit an attempt refused before the store step (`id_check_started`, `refused`),
+        as the store audits its own refusals: the account, the attempt id, the reason, and
+        what of the request was valid: the client's pseudonym, the purpose, the kind of
+        number, and the number's pseudonym only when the number passes its own structural
+        check (for a citizen, with the declared date of birth and sex). A number that does
+        not (a typo of someone's number is still personal data) or whose kind is unknown
+        leaves no pseudonym, so no refused input of any shape puts a subject in the log."""
+        extra: dict[str, str] = {"attempt": attempt_id}
+        with contextlib.suppress(XacthucError):
+            extra["client"] = self._pseudonyms.client_ip(check_client_ip(client_ip))
+        if purpose is not None:
+            extra["purpose"] = purpose.value
+        if id_type is not None:
+            extra["id_type"] = id_type.value
+            valid = _valid_number(number, id_type, date_of_birth, sex, local_date(now))
+            if valid is not None:
+                extra["personal_id"] = self._pseudonyms.personal_id(valid, id_type.value)
+        await self._store.append_audit(
+            platform,
+            now,
+            account=account_id,
+            event="id_check_started",
+            outcome="refused",
+            reason=error.reason,
+            **extra,
         )
 
     def _precheck(
