@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from xacthuc.adapters.keyring import MANIFEST, Keyring, KeyringError
+from xacthuc.domain.b64 import b64url_decode
 from xacthuc.domain.clock import FixedClock
-from xacthuc.domain.tokens import SigningKey
+from xacthuc.domain.records import AttestationRecord
+from xacthuc.domain.tokens import SigningKey, TokenSigner
+from xacthuc.server import signing
 from xacthuc.server.config import ConfigError, Settings
 from xacthuc.server.signing import RECHECK_SECONDS, RETRY_SECONDS, SigningKeys
 
@@ -58,8 +61,6 @@ def test_a_rotation_on_disk_is_picked_up_at_the_next_signature(tmp_path: Path) -
 
 def test_the_status_claim_callable_survives_a_reload(tmp_path: Path) -> None:
     """Tokens signed after a rotation still carry the `status` reference."""
-    from xacthuc.domain.records import AttestationRecord
-
     clocks = Clocks()
     Keyring.init(tmp_path, now=T0)
     keys = make(tmp_path, clocks)
@@ -226,3 +227,83 @@ def test_public_base_url_defaults() -> None:
     assert "https://issuer.example" == public_base_url(
         Settings.load(issuer="https://issuer.example/")
     )
+
+
+class CountingSigns:
+    """Counts the signatures `TokenSigner.sign` makes (of any signer instance)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = TokenSigner.sign
+
+        def sign(signer: TokenSigner, platform: str, record: AttestationRecord) -> str:
+            self.count += 1
+            return real(signer, platform, record)
+
+        monkeypatch.setattr(TokenSigner, "sign", sign)
+
+
+def record(token_id: str = "at_1", *, commercial_livestream: bool = False) -> AttestationRecord:
+    return AttestationRecord(
+        "acc-1",
+        "phone_otp",
+        token_id,
+        T0,
+        T0,
+        T0 + TTL,
+        commercial_livestream=commercial_livestream,
+    )
+
+
+def header(token: str) -> dict[str, str]:
+    found: dict[str, str] = json.loads(b64url_decode(token.split(".")[0]))
+    return found
+
+
+def test_a_record_signed_again_by_the_same_key_is_the_same_token_and_no_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GetAttestation's promise: the same bytes on every call until a rotation, kept so that a
+    repeat costs no signature; per platform and per record (any field)."""
+    signs = CountingSigns(monkeypatch)
+    clocks = Clocks()
+    Keyring.init(tmp_path, now=T0)
+    keys = make(tmp_path, clocks)
+    first = keys.sign("alpha", record())
+    assert [first] * 3 == [keys.sign("alpha", record()) for _ in range(3)]
+    assert 1 == signs.count
+    others = {
+        keys.sign("beta", record()),
+        keys.sign("alpha", record("at_2")),
+        keys.sign("alpha", record(commercial_livestream=True)),
+    }
+    assert (4, 3) == (signs.count, len(others - {first}))
+
+
+def test_a_rotation_signs_the_same_claims_with_the_new_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signs = CountingSigns(monkeypatch)
+    clocks = Clocks()
+    ring = Keyring.init(tmp_path, now=T0)
+    keys = make(tmp_path, clocks)
+    before = keys.sign("alpha", record())
+    Keyring.rotate_dir(tmp_path, now=T0 + 10, token_ttl=TTL)
+    after = keys.sign("alpha", record())
+    assert ring.next is not None
+    assert (ring.active.kid, ring.next.kid) == (header(before)["kid"], header(after)["kid"])
+    assert before.split(".")[1] == after.split(".")[1]  # the same claims
+    assert (2, after) == (signs.count, keys.sign("alpha", record()))
+
+
+def test_the_kept_tokens_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Least recently used out: the oldest record is signed again, a recent one is not."""
+    monkeypatch.setattr(signing, "SIGNED_TOKENS", 3)
+    signs = CountingSigns(monkeypatch)
+    keys = SigningKeys(issuer=ISSUER, clock=FixedClock(T0), key=SigningKey.generate())
+    for n in range(4):
+        keys.sign("alpha", record(f"at_{n}"))
+    keys.sign("alpha", record("at_3"))
+    assert 4 == signs.count
+    keys.sign("alpha", record("at_0"))  # evicted by at_3
+    assert 5 == signs.count

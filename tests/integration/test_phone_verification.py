@@ -12,7 +12,8 @@ import pytest
 from xacthuc.client import AsyncClient, AttestationVerifier, Challenge, Client, TokenInvalid
 from xacthuc.domain import errors
 from xacthuc.domain.errors import Code
-from xacthuc.domain.tokens import LEGAL_BASIS
+from xacthuc.domain.records import AttestationRecord
+from xacthuc.domain.tokens import LEGAL_BASIS, TokenSigner
 from xacthuc.server.auth import Role
 
 from .conftest import Harness
@@ -394,6 +395,30 @@ async def test_get_attestation_returns_the_current_one(harness: Harness) -> None
     )
     again = await client.get_attestation(account_id="acc-1")
     assert (att.token_id, att.token) == (again.token_id, again.token)
+
+
+async def test_get_attestation_repeated_signs_nothing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token the confirm signed is kept: GetAttestation hands out the same bytes without
+    signing again, however often it is called (a key rotation: tests/test_signing.py)."""
+    client = await harness.client()
+    challenge = await start(harness)
+    att = await client.confirm_phone_verification(
+        challenge_id=challenge.challenge_id,
+        account_id="acc-1",
+        code=harness.sms.code_for(challenge.challenge_id),
+    )
+    signed: list[str] = []
+    real = TokenSigner.sign
+
+    def counting(signer: TokenSigner, platform: str, record: AttestationRecord) -> str:
+        signed.append(record.token_id)
+        return real(signer, platform, record)
+
+    monkeypatch.setattr(TokenSigner, "sign", counting)
+    tokens = {(await client.get_attestation(account_id="acc-1")).token for _ in range(5)}
+    assert ({att.token}, []) == (tokens, signed)
 
 
 async def test_blocking_client_speaks_the_same_api(harness: Harness) -> None:

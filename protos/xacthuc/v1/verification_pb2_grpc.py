@@ -264,8 +264,10 @@ class VerificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAttestation(self, request, context):
-        """Returns the account's current attestation (its token, signed again with the
-        active key; the claims are those recorded when it was issued).
+        """Returns the account's current attestation: its token carries the claims
+        recorded when it was issued, signed by the active key, and is the same bytes
+        on every call (and as the confirm or verify that issued it) until a key
+        rotation; from then on the new active key signs the same claims.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

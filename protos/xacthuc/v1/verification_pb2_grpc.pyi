@@ -139,8 +139,10 @@ class VerificationServiceStub:
     replica that made it: at once). Safe to retry.
     """
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]
-    """Returns the account's current attestation (its token, signed again with the
-    active key; the claims are those recorded when it was issued).
+    """Returns the account's current attestation: its token carries the claims
+    recorded when it was issued, signed by the active key, and is the same bytes
+    on every call (and as the confirm or verify that issued it) until a key
+    rotation; from then on the new active key signs the same claims.
     """
     RevokeAttestation: _grpc.UnaryUnaryMultiCallable[_verification_pb2.RevokeAttestationRequest, _verification_pb2.RevokeAttestationResponse]
     """Revokes an account's attestation (account deleted, fraud). From then on
@@ -308,8 +310,10 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     replica that made it: at once). Safe to retry.
     """
     GetAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.GetAttestationRequest, _verification_pb2.GetAttestationResponse]  # type: ignore[assignment]
-    """Returns the account's current attestation (its token, signed again with the
-    active key; the claims are those recorded when it was issued).
+    """Returns the account's current attestation: its token carries the claims
+    recorded when it was issued, signed by the active key, and is the same bytes
+    on every call (and as the confirm or verify that issued it) until a key
+    rotation; from then on the new active key signs the same claims.
     """
     RevokeAttestation: _aio.UnaryUnaryMultiCallable[_verification_pb2.RevokeAttestationRequest, _verification_pb2.RevokeAttestationResponse]  # type: ignore[assignment]
     """Revokes an account's attestation (account deleted, fraud). From then on
@@ -528,8 +532,10 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.GetAttestationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.GetAttestationResponse, _abc.Awaitable[_verification_pb2.GetAttestationResponse]]:
-        """Returns the account's current attestation (its token, signed again with the
-        active key; the claims are those recorded when it was issued).
+        """Returns the account's current attestation: its token carries the claims
+        recorded when it was issued, signed by the active key, and is the same bytes
+        on every call (and as the confirm or verify that issued it) until a key
+        rotation; from then on the new active key signs the same claims.
         """
 
     @_abc_1.abstractmethod

@@ -18,6 +18,12 @@ server still signs with the key the rotation retired, nothing to start or stop, 
 is one system call per signature. Either way the keyring's rules make a late pick-up safe: the
 key that becomes active was published as `next` a whole period before.
 
+Signed tokens are kept (`sign`): the token of one (platform, attestation record, key id) is
+signed once and the same bytes are handed out again, so `GetAttestation` repeated, or after a
+confirm whose response was lost, costs no signature. At most `SIGNED_TOKENS` are kept (least
+recently used first out); they are dropped when the active key changes (a rotation), and a
+record that changed in any field (another token id, an upgrade) is another entry.
+
 A keyring that fails to load (a file missing, a manifest edited by hand) is logged and the
 keys held stay in use; the load is tried again when the file changes, or after
 `RETRY_SECONDS`. The JWKS is also rebuilt when a retired key's window ends (`retire_after`),
@@ -29,10 +35,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 from xacthuc.adapters.keyring import MANIFEST, Keyring, KeyringError
 from xacthuc.domain.clock import Clock, MonotonicClock
+from xacthuc.domain.records import AttestationRecord
 from xacthuc.domain.tokens import SigningKey, StatusListRef, TokenSigner
 from xacthuc.server.config import Settings
 
@@ -40,6 +48,7 @@ log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 10.0  # re-read the manifest's generation at least this often
 RETRY_SECONDS = 5.0  # after a failed load, try again no sooner (unless the file changes)
+SIGNED_TOKENS = 4096  # signed tokens kept for `sign` (about 1 KiB each with its record)
 
 _Stat = tuple[int, int, int, int] | None
 _NOTHING = object()
@@ -73,6 +82,9 @@ class SigningKeys:
         self._failed: object = _NOTHING  # the stat of the manifest that last failed to load
         self._changes_at: float | None = None
         self.reloads = 0  # keyrings installed after the first, for tests and metrics
+        self._signed: OrderedDict[tuple[str, AttestationRecord], str] = OrderedDict()
+        self._signed_kid = ""
+        self.signatures = 0  # tokens actually signed by `sign`, for tests
         if keys_dir is not None:
             self._seen = self._stat()
             self._checked_at = self._monotonic.now()
@@ -123,6 +135,27 @@ class SigningKeys:
         if self._dir is not None:
             self._check()
         return self._signer
+
+    def sign(self, platform: str, record: AttestationRecord) -> str:
+        """The token of `record` signed by the active key: the same bytes as the last time this
+        record was signed by this key while it is kept (Ed25519 is deterministic, so a token
+        signed again would be the same bytes too; this spares the signature). A rotation
+        empties the store: the new active key signs the same claims anew."""
+        signer = self.current()
+        if signer.kid != self._signed_kid:
+            self._signed.clear()
+            self._signed_kid = signer.kid
+        key = (platform, record)
+        token = self._signed.get(key)
+        if token is not None:
+            self._signed.move_to_end(key)
+            return token
+        token = signer.sign(platform, record)
+        self.signatures += 1
+        self._signed[key] = token
+        if len(self._signed) > SIGNED_TOKENS:
+            self._signed.popitem(last=False)
+        return token
 
     # ---- the keyring -------------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         self, platform: str, record: AttestationRecord
     ) -> verification_pb2.Attestation:
         return verification_pb2.Attestation(
-            token=self._signing.current().sign(platform, record),
+            token=self._signing.sign(platform, record),
             token_id=record.token_id,
             account_id=record.account_id,
             method=_METHODS.get(record.method, verification_pb2.VERIFICATION_METHOD_UNSPECIFIED),
