@@ -19,7 +19,7 @@ import structlog
 
 from xacthuc.server.config import Settings
 from xacthuc.server.logs import LogFormat, configure_logging, get_logger
-from xacthuc.server.redaction import scrub_text
+from xacthuc.server.redaction import scrub_text, scrub_value, sensitive_key
 
 from .logcapture import Captured, capture_logs
 
@@ -49,8 +49,17 @@ def captured() -> Iterator[Captured]:
 
 
 def assert_no_secret(text: str) -> None:
-    for secret in (*SECRETS, *DIGITS_OF_SECRETS):
-        assert secret not in text, f"{secret!r} leaked into the log: {text}"
+    """No secret in `text`, nor in its JSON lines decoded (the JSON renderer writes
+    non-ASCII letters as \\u escapes, so a name would not show in the raw text)."""
+    decoded = [text]
+    for line in text.splitlines():
+        try:
+            decoded.append(json.dumps(json.loads(line), ensure_ascii=False))
+        except ValueError:
+            continue
+    for haystack in decoded:
+        for secret in (*SECRETS, *DIGITS_OF_SECRETS):
+            assert secret not in haystack, f"{secret!r} leaked into the log: {haystack}"
 
 
 def test_stdlib_logger_secrets_in_message_args_and_extra_are_redacted(
@@ -254,3 +263,162 @@ def test_xacthuc_serve_writes_json_lines(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in err.read_text().splitlines()]
     assert "stopped" == lines[-1]["event"]
     assert {"event", "level", "logger", "timestamp"} <= set(lines[0])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("confirm for Nguyễn Văn An failed", "confirm for [NAME] failed"),
+        ("Trần Thị B signed up", "[NAME] signed up"),
+        ("holder NGUYỄN VĂN AN", "holder [NAME]"),
+        ("holder Nguyen Van An, ok", "holder [NAME], ok"),
+        ("Le Van Tam and Do Thi Hoa", "[NAME] and [NAME]"),
+        ("Phạm Thị Hồng Nhung đã xác thực", "[NAME] đã xác thực"),
+        ("Vũ An-Bình", "[NAME]"),
+        ("nguyen said Tran Van B", "nguyen said [NAME]"),
+        # Not names: one word, lower case, English words, a place.
+        ("Nguyễn alone", "Nguyễn alone"),
+        ("Do Not Disturb", "Do Not Disturb"),
+        ("Ho Chi Minh City", "Ho Chi Minh City"),
+        ("zone Asia/Ho_Chi_Minh", "zone Asia/Ho_Chi_Minh"),
+        ("HTTP GET To The Store", "HTTP GET To The Store"),
+    ],
+)
+def test_a_name_in_free_text_is_redacted_without_a_key(text: str, expected: str) -> None:
+    """Capitalised words led by a common Vietnamese family name are a name wherever they are;
+    the ASCII spellings that are English words only before Van or Thi."""
+    assert expected == scrub_text(text)
+
+
+def test_a_name_as_an_argument_is_not_written(captured: Captured) -> None:
+    logging.getLogger("xacthuc.test.name").info("verified %s today", NAME)
+    get_logger("xacthuc.test.name").info("verified", who=f"{NAME} (guardian)")
+    one, two = captured.lines()
+    assert_no_secret(captured.text)
+    assert ("verified [NAME] today", "[NAME] (guardian)") == (one["event"], two["who"])
+
+
+VIETNAM = datetime.timezone(datetime.timedelta(hours=7))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime.datetime(2010, 5, 17),
+        datetime.datetime(2010, 5, 17, tzinfo=VIETNAM),
+        datetime.datetime(2010, 5, 17, tzinfo=datetime.UTC),
+    ],
+)
+def test_a_datetime_holding_a_date_is_redacted(
+    captured: Captured, value: datetime.datetime
+) -> None:
+    """A date of birth kept in a datetime (midnight) is a date: as a field, nested, as a %s or
+    %r argument."""
+    logging.getLogger("xacthuc.test.dt").info(
+        "born %s / %r", value, value, extra={"when": value, "nested": {"at": [value]}}
+    )
+    (line,) = captured.lines()
+    assert ("born [DATE] / [DATE]", "[DATE]", {"at": ["[DATE]"]}) == (
+        line["event"],
+        line["when"],
+        line["nested"],
+    )
+    assert "2010" not in captured.text
+
+
+def test_an_aware_datetime_at_midnight_in_vietnam_is_a_date_as_a_field() -> None:
+    """As an object, a datetime is a date at midnight in Vietnam too, whatever its zone (in
+    text, once formatted, only midnight in its own zone is recognised)."""
+    born = datetime.datetime(2010, 5, 16, 17, 0, tzinfo=datetime.UTC)
+    assert {"at": "[DATE]"} == scrub_value({"at": born})
+
+
+def test_a_datetime_with_a_time_of_day_stays() -> None:
+    """A timestamp is no date of birth: it is written as ISO text."""
+    at = datetime.datetime(2026, 11, 29, 9, 30, 5, tzinfo=datetime.UTC)
+    assert "2026-11-29T09:30:05+00:00" == scrub_value(at)
+    assert "at 2026-11-29 09:30:05+00:00" == scrub_text(f"at {at}")
+    assert "datetime.datetime(2026, 11, 29, 9, 30)" == scrub_text(
+        repr(datetime.datetime(2026, 11, 29, 9, 30))
+    )
+    assert "dob [DATE], ok" == scrub_text("dob 2010-05-17 00:00:00, ok")
+    assert "dob [DATE]" == scrub_text("dob 2010-05-17T00:00:00+07:00")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "reason_code",
+        "status_code",
+        "error_code",
+        "grpc_code",
+        "place_code",
+        "event_name",
+        "method_name",
+        "logger_name",
+        "file_name",
+        "redirect_to",
+        "valid_to",
+    ],
+)
+def test_keys_that_name_a_kind_of_code_name_or_target_are_kept(key: str) -> None:
+    """`code`, `name` and `to` after a qualifier saying what they are of name no person."""
+    assert not sensitive_key(key)
+    assert f"{key}=OTP_INCORRECT ok" == scrub_text(f"{key}=OTP_INCORRECT ok")
+    assert {key: "check_ok"} == scrub_value({key: "check_ok"})
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "code",
+        "otp_code",
+        "sms_code",
+        "verification_code",
+        "name",
+        "guardian_name",
+        "first_name",
+        "user_name",
+        "to",
+        "send_to",
+        "reply_to",
+        "full_name",
+        "phone_country_code",
+    ],
+)
+def test_keys_that_may_hold_a_code_a_name_or_a_number_are_redacted(key: str) -> None:
+    assert sensitive_key(key)
+    assert f"{key}=[REDACTED], ok" == scrub_text(f"{key}=x, ok")
+
+
+def test_a_code_in_a_kept_key_is_still_caught_by_its_shape() -> None:
+    assert {"reason_code": "[OTP]"} == scrub_value({"reason_code": CODES[0]})
+    assert "status_code=[OTP]" == scrub_text(f"status_code={CODES[0]}")
+
+
+def test_quantities_held_as_ints_stay_ints(captured: Captured) -> None:
+    """A count, size or position held as an int is no code: it stays an int, at any depth. An
+    int under another key, or six digits in text (a count too), are still taken for a code."""
+    logging.getLogger("xacthuc.test.counts").info(
+        "rebuilt 250000 entries",
+        extra={
+            "count": 250000,
+            "size": 131072,
+            "tree_size": 482913,
+            "index": 750316,
+            "stats": {"total": 250000, "n": 250000},
+            "n": 482913,
+            "code": 482913,
+            "entries": "250000",
+        },
+    )
+    (line,) = captured.lines()
+    assert (250000, 131072, 482913, 750316) == (
+        line["count"],
+        line["size"],
+        line["tree_size"],
+        line["index"],
+    )
+    assert {"total": 250000, "n": "[OTP]"} == line["stats"]
+    assert ("[OTP]", "[REDACTED]", "[OTP]") == (line["n"], line["code"], line["entries"])
+    assert "rebuilt [OTP] entries" == line["event"]
