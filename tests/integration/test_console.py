@@ -583,6 +583,52 @@ async def test_the_api_needs_an_auditor_key_in_the_header_and_audits_every_call(
     }
 
 
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("2027-01-01", 400),
+        ("2027-01-01T00:00:00", 400),
+        ("2027-01-01T00:00:00+07:00", 200),
+        ("2026-12-31T17:00:00Z", 200),
+    ],
+)
+async def test_the_console_reads_times_as_the_cli_does(
+    text: str, status: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A time without an offset is refused by both, with the same message naming the form;
+    one with an offset is accepted by both (tests/test_instants.py: the CLI alone)."""
+    from xacthuc.adapters.store.memory import MemoryStore
+    from xacthuc.cli.main import main
+    from xacthuc.domain.clock import INSTANT_FORM
+
+    keys, raw = make_keys()
+    app = build_app(make_settings(), store=MemoryStore(), api_keys=keys)
+    server = await start_server(app, "127.0.0.1:0", console_listen="127.0.0.1:0")
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.console_port}/console/api",
+            headers={"Authorization": f"Bearer {raw[('alpha', Role.AUDITOR)]}"},
+        ) as http:
+            r = await http.get("/report", params={"from": text, "to": "2027-02-01T00:00:00Z"})
+    finally:
+        await server.stop(grace=0)
+    export = tmp_path / "log.jsonl"
+    export.write_text("")
+    code = main(["audit", "report", str(export), "--from", text])
+    err = capsys.readouterr().err
+    if status == 200:
+        assert (200, 0) == (r.status_code, code)
+        return
+    refusal = f"has no offset: must be {INSTANT_FORM}"
+    assert (400, "FIELD_INVALID", {"field": "from"}, refusal) == (
+        r.status_code,
+        r.json()["reason"],
+        r.json()["metadata"],
+        r.json()["message"].removeprefix("from: "),
+    )
+    assert (2, f"--from {text!r} {refusal}") == (code, err.strip().removeprefix("xacthuc audit: "))
+
+
 # ------------------------------------------------------- the page's verifier, against ours
 
 

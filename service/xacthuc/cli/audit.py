@@ -10,9 +10,10 @@
             [--allow-unverified-tail]
         offline: rebuild the tree, check the signature, report the first bad record; records
         past the checkpoint fail it unless allowed (then listed as UNVERIFIED)
-    xacthuc audit report EXPORT [--checkpoint FILE --key VKEY_FILE] [--from ISO] [--to ISO]
+    xacthuc audit report EXPORT [--checkpoint FILE --key VKEY_FILE] [--from TIME] [--to TIME]
         offline: the counts of GetReport, from an export; with --checkpoint, over the records
-        it covers, once they verify; without, marked UNVERIFIED
+        it covers, once they verify; without, marked UNVERIFIED. TIME is RFC 3339 with its
+        offset (2027-01-01T00:00:00+07:00); a time without one is refused, as the console does
 
 Exit status: 0 success, 1 verification failed (or a server refused), 2 usage error. The API
 key may also come from XACTHUC_API_KEY, which keeps it out of the process list.
@@ -25,14 +26,11 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from xacthuc.domain.clock import parse_instant
 from xacthuc.verifiers.auditlog import DEFAULT_ORIGIN, ReportCounter
-
-VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 def register(sub: Any) -> None:
@@ -70,10 +68,14 @@ def register(sub: Any) -> None:
     )
     report.add_argument("--key", type=Path, help="the log's verifier key file (with --checkpoint)")
     report.add_argument(
-        "--from", dest="since", help="ISO 8601 start (inclusive); no offset: Asia/Ho_Chi_Minh"
+        "--from",
+        dest="since",
+        help="start (inclusive): an RFC 3339 time with an offset, e.g. 2027-01-01T00:00:00+07:00",
     )
     report.add_argument(
-        "--to", dest="until", help="ISO 8601 end (exclusive); no offset: Asia/Ho_Chi_Minh"
+        "--to",
+        dest="until",
+        help="end (exclusive): an RFC 3339 time with an offset, e.g. 2027-02-01T00:00:00+07:00",
     )
     report.set_defaults(func=_report)
 
@@ -157,12 +159,9 @@ def _parse_time(text: str | None, flag: str) -> float | None:
     if text is None:
         return None
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise _Usage(f"{flag} {text!r} is not an ISO 8601 date or time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=VIETNAM)
-    return when.timestamp()
+        return parse_instant(text)
+    except ValueError as e:
+        raise _Usage(f"{flag} {text!r} {e}") from None
 
 
 UNVERIFIED_WARNING = (

@@ -50,7 +50,7 @@ from prometheus_client import Counter
 
 from xacthuc.domain.age import VIETNAM
 from xacthuc.domain.b64 import b64_encode
-from xacthuc.domain.clock import Clock, rfc3339
+from xacthuc.domain.clock import Clock, parse_instant, rfc3339
 from xacthuc.domain.errors import (
     Code,
     FieldInvalid,
@@ -374,12 +374,9 @@ def _time(q: Any, name: str) -> float | None:
     if not text:
         return None
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise FieldInvalid(name, "must be an RFC 3339 time") from None
-    if when.tzinfo is None:
-        raise FieldInvalid(name, "must be an RFC 3339 time with an offset")
-    return when.timestamp()
+        return parse_instant(text)
+    except ValueError as e:
+        raise FieldInvalid(name, str(e)) from None
 
 
 def _optional_period(q: Any) -> tuple[float | None, float | None]:

@@ -13,6 +13,22 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
+INSTANT_FORM = "an RFC 3339 time with an offset, such as 2027-01-01T00:00:00+07:00 (Z for UTC)"
+
+
+def parse_instant(text: str) -> float:
+    """Seconds since the epoch of an RFC 3339 (ISO 8601) time that states its offset. A time
+    without one (a bare date included) is refused, not read in some zone: an auditor's range
+    must mean one instant wherever it is typed (the CLI and the console agree). ValueError
+    names the expected form (`INSTANT_FORM`)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"must be {INSTANT_FORM}") from None
+    if when.tzinfo is None:
+        raise ValueError(f"has no offset: must be {INSTANT_FORM}")
+    return when.timestamp()
+
 
 class Clock(Protocol):
     def now(self) -> float:
