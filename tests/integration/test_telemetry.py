@@ -3,13 +3,14 @@ loopback, driven through the shipped client: the spans' shape, and no personal d
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ from xacthuc.adapters.registry.http import HttpRegistry
 from xacthuc.adapters.registry.sandbox import SandboxRegistry
 from xacthuc.adapters.sms.http import HttpSmsSender
 from xacthuc.adapters.store.redis import RedisStore
-from xacthuc.client import AsyncClient
+from xacthuc.client import AsyncClient, Client
 from xacthuc.domain import errors
 from xacthuc.domain.clock import FixedClock
 from xacthuc.server.app import build_app
@@ -85,6 +86,40 @@ class StreamTraceparent(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(with_traceparent(details), request)
 
 
+class _Details(
+    NamedTuple(
+        "_Details",
+        [
+            ("method", str),
+            ("timeout", float | None),
+            ("metadata", Any),
+            ("credentials", Any),
+            ("wait_for_ready", bool | None),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,
+):
+    """grpc.ClientCallDetails is abstract: the blocking interceptors build their own."""
+
+
+class SyncTraceparent(grpc.UnaryUnaryClientInterceptor):
+    """The blocking client's form of `Traceparent` (grpc.intercept_channel)."""
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        d = client_call_details
+        metadata = [
+            *(d.metadata or ()),
+            ("traceparent", f"00-{TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01"),
+        ]
+        details = _Details(
+            d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression
+        )
+        return continuation(details, request)
+
+
 @dataclass
 class Traced:
     server: Server
@@ -135,12 +170,17 @@ async def traced(
     )
     server = await start_server(app, "127.0.0.1:0")
     api_key = raw[("alpha", Role.PLATFORM)]
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", interceptors=[Traceparent()])
-    client = AsyncClient(channel, api_key=api_key, timeout=10)
-    auditor_channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{server.port}", interceptors=[Traceparent(), StreamTraceparent()]
+    # The SDK's `interceptors=` hook, as a platform passes OpenTelemetry's client interceptors.
+    target = f"127.0.0.1:{server.port}"
+    client = await AsyncClient.connect(
+        target, api_key=api_key, timeout=10, interceptors=[Traceparent()]
     )
-    auditor = AsyncClient(auditor_channel, api_key=raw[("alpha", Role.AUDITOR)], timeout=10)
+    auditor = await AsyncClient.connect(
+        target,
+        api_key=raw[("alpha", Role.AUDITOR)],
+        timeout=10,
+        interceptors=[Traceparent(), StreamTraceparent()],
+    )
     yield Traced(server, gateway, exporter, client, api_key, auditor)
     await client.close()
     await auditor.close()
@@ -237,6 +277,35 @@ async def test_each_rpc_is_a_server_span_under_the_callers_trace(traced: Traced)
     for span in (refused, accepted):
         assert span.context is not None
         assert TRACE_ID == span.context.trace_id
+
+
+async def test_the_blocking_clients_interceptors_reach_the_server(traced: Traced) -> None:
+    """`Client.connect(interceptors=...)`: the traceparent its interceptor adds is the parent
+    of the server's span (the server saw the metadata)."""
+
+    def call() -> str:
+        with Client.connect(
+            f"127.0.0.1:{traced.server.port}",
+            api_key=traced.api_key,
+            timeout=10,
+            interceptors=[SyncTraceparent()],
+        ) as client:
+            return client.get_jwks()
+
+    assert "keys" in json.loads(await asyncio.to_thread(call))
+    span = server_span(traced.spans.get_finished_spans(), "GetJwks")
+    assert span.context is not None
+    assert span.parent is not None
+    assert (TRACE_ID, CALLER_SPAN_ID) == (span.context.trace_id, span.parent.span_id)
+
+
+async def test_the_async_clients_interceptors_reach_the_server(traced: Traced) -> None:
+    """`AsyncClient.connect(interceptors=...)` (the fixture's clients): the same."""
+    await traced.client.get_jwks()
+    span = server_span(traced.spans.get_finished_spans(), "GetJwks")
+    assert span.context is not None
+    assert span.parent is not None
+    assert (TRACE_ID, CALLER_SPAN_ID) == (span.context.trace_id, span.parent.span_id)
 
 
 async def test_a_streaming_rpc_is_a_server_span_too(traced: Traced) -> None:

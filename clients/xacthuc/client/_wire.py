@@ -16,7 +16,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from xacthuc.domain.decisions import Action, Decision, parse_action
-from xacthuc.domain.errors import Code, FieldInvalid, XacthucError, error_for_reason
+from xacthuc.domain.errors import (
+    Code,
+    FieldInvalid,
+    StartInProgress,
+    XacthucError,
+    error_for_reason,
+)
 from xacthuc.v1 import audit_pb2, verification_pb2
 
 T = TypeVar("T")
@@ -247,6 +253,32 @@ def service_config(retries: int) -> str:
             }
         ]
     return json.dumps(config)
+
+
+# START_IN_PROGRESS: the first start with this idempotency key is still sending its code.
+# The SDK sends the start again, with the same key, after the server's retry-after, at most
+# this many times and only while the call's one deadline leaves room for the wait and an
+# attempt; a retry-after above `START_RETRY_AFTER_MAX` seconds is not waited for.
+START_IN_PROGRESS_RETRIES = 5
+START_RETRY_AFTER_MAX = 5.0
+_MIN_ATTEMPT_SECONDS = 0.05  # an attempt needs at least this much of the deadline
+
+
+def start_retry_delay(
+    error: XacthucError, idempotency_key: str, retried: int, remaining: float
+) -> float | None:
+    """Seconds to wait before sending a refused start again, or None to raise `error`: only a
+    START_IN_PROGRESS, only with the caller's idempotency key (without one a second start
+    would be another challenge and another SMS), at most `START_IN_PROGRESS_RETRIES` times,
+    and only when the wait and one more attempt fit in `remaining` (the call's deadline)."""
+    if not idempotency_key or not isinstance(error, StartInProgress):
+        return None
+    if retried >= START_IN_PROGRESS_RETRIES:
+        return None
+    delay = 1.0 if error.retry_after is None else max(0.0, float(error.retry_after))
+    if delay > START_RETRY_AFTER_MAX or delay + _MIN_ATTEMPT_SECONDS > remaining:
+        return None
+    return delay
 
 
 def channel_options(retries: int) -> list[tuple[str, Any]]:

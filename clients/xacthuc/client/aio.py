@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -24,9 +26,11 @@ from xacthuc.client._wire import (
     Unlock,
 )
 from xacthuc.domain.decisions import Action, Decision
+from xacthuc.domain.errors import StartInProgress
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
 
 T = TypeVar("T")
+_sleep = asyncio.sleep  # the wait before a START_IN_PROGRESS is sent again (tests replace it)
 
 
 class AsyncClient:
@@ -50,23 +54,27 @@ class AsyncClient:
         tls: bool | grpc.ChannelCredentials = False,
         timeout: float = 5.0,
         retries: int = 2,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     ) -> AsyncClient:
         """Open a channel. `tls=True` uses the system roots; pass ChannelCredentials for a custom CA
         or client certificate. `timeout` is the deadline of every call unless a call gives its
         own: one deadline for all of the call's attempts. `retries` (0-4) applies only to
         UNAVAILABLE on calls that are safe to repeat, done by gRPC itself (the channel's
-        service config, `_wire.service_config`), with back-off and retry throttling."""
+        service config, `_wire.service_config`), with back-off and retry throttling.
+        `interceptors` are grpc.aio client interceptors run on every call, in order (e.g.
+        OpenTelemetry's `aio_client_interceptors()`, which sends the W3C `traceparent`)."""
         w.call_metadata(api_key)
         w.check_timeout(timeout)
         options = w.channel_options(retries)
+        chain = list(interceptors or ())
         if tls is True:
             channel = grpc.aio.secure_channel(
-                target, grpc.ssl_channel_credentials(), options=options
+                target, grpc.ssl_channel_credentials(), options=options, interceptors=chain
             )
         elif isinstance(tls, grpc.ChannelCredentials):
-            channel = grpc.aio.secure_channel(target, tls, options=options)
+            channel = grpc.aio.secure_channel(target, tls, options=options, interceptors=chain)
         else:
-            channel = grpc.aio.insecure_channel(target, options=options)
+            channel = grpc.aio.insecure_channel(target, options=options, interceptors=chain)
         return cls(channel, api_key=api_key, timeout=timeout)
 
     async def close(self) -> None:
@@ -102,9 +110,23 @@ class AsyncClient:
         idempotency_key: str = "",
         timeout: float | None = None,
     ) -> Challenge:
-        """Send a code by SMS. Pass an idempotency key so a retry never sends a second SMS."""
+        """Send a code by SMS. Pass an idempotency key so a retry never sends a second SMS.
+        With a key, a START_IN_PROGRESS (the first start with it is still sending) is sent
+        again after its retry-after, within the call's one deadline
+        (`_wire.start_retry_delay`); without one it is never repeated."""
         request = w.start_request(account_id, phone_number, client_ip, idempotency_key)
-        return await self._call(w.START, request, timeout)
+        deadline = time.monotonic() + (timeout if timeout is not None else self._timeout)
+        retried = 0
+        while True:
+            try:
+                return await self._call(w.START, request, deadline - time.monotonic())
+            except StartInProgress as e:
+                remaining = deadline - time.monotonic()
+                delay = w.start_retry_delay(e, idempotency_key, retried, remaining)
+                if delay is None:
+                    raise
+            retried += 1
+            await _sleep(delay)
 
     async def confirm_phone_verification(
         self, *, challenge_id: str, account_id: str, code: str, timeout: float | None = None

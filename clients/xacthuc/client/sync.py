@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -24,9 +25,18 @@ from xacthuc.client._wire import (
     Unlock,
 )
 from xacthuc.domain.decisions import Action, Decision
+from xacthuc.domain.errors import StartInProgress
 from xacthuc.v1 import audit_pb2_grpc, verification_pb2_grpc
 
 T = TypeVar("T")
+_sleep = time.sleep  # the wait before a START_IN_PROGRESS is sent again (tests replace it)
+# What `grpc.intercept_channel` takes.
+ClientInterceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
 
 
 class Client:
@@ -50,8 +60,10 @@ class Client:
         tls: bool | grpc.ChannelCredentials = False,
         timeout: float = 5.0,
         retries: int = 2,
+        interceptors: Sequence[ClientInterceptor] | None = None,
     ) -> Client:
-        """See AsyncClient.connect."""
+        """See AsyncClient.connect. `interceptors` are blocking-gRPC client interceptors
+        (`grpc.intercept_channel`; e.g. OpenTelemetry's `client_interceptor()`)."""
         w.call_metadata(api_key)
         w.check_timeout(timeout)
         options = w.channel_options(retries)
@@ -61,6 +73,8 @@ class Client:
             channel = grpc.secure_channel(target, tls, options=options)
         else:
             channel = grpc.insecure_channel(target, options=options)
+        if interceptors:
+            channel = grpc.intercept_channel(channel, *interceptors)
         return cls(channel, api_key=api_key, timeout=timeout)
 
     def close(self) -> None:
@@ -96,8 +110,20 @@ class Client:
         idempotency_key: str = "",
         timeout: float | None = None,
     ) -> Challenge:
+        """See AsyncClient.start_phone_verification (START_IN_PROGRESS retried with a key)."""
         request = w.start_request(account_id, phone_number, client_ip, idempotency_key)
-        return self._call(w.START, request, timeout)
+        deadline = time.monotonic() + (timeout if timeout is not None else self._timeout)
+        retried = 0
+        while True:
+            try:
+                return self._call(w.START, request, deadline - time.monotonic())
+            except StartInProgress as e:
+                remaining = deadline - time.monotonic()
+                delay = w.start_retry_delay(e, idempotency_key, retried, remaining)
+                if delay is None:
+                    raise
+            retried += 1
+            _sleep(delay)
 
     def confirm_phone_verification(
         self, *, challenge_id: str, account_id: str, code: str, timeout: float | None = None
