@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis
 from cryptography import x509
@@ -210,6 +211,46 @@ async def test_health_follows_redis_down_and_back(running: Running, own_redis: O
     async with await AsyncClient.connect(running.target, api_key=running.api_key) as client:
         with pytest.raises(errors.AttestationNotFound):  # the store answers again
             await client.get_attestation(account_id="nobody")
+
+
+async def _healthz_until(url: str, status: int, within: float) -> None:
+    """Polls GET /healthz until it answers `status`; fails after `within` seconds."""
+    async with httpx.AsyncClient(timeout=1) as http:
+        async with asyncio.timeout(within):
+            while True:
+                r = await http.get(url)
+                if r.status_code == status:
+                    break
+                await asyncio.sleep(0.05)
+    assert (status, "no-store") == (r.status_code, r.headers["cache-control"])
+    assert ("ok" if status == 200 else "unavailable") == r.text
+
+
+async def test_healthz_follows_redis_down_and_back(own_redis: OwnRedis) -> None:
+    """The well-known listener's /healthz tells what the gRPC health service tells: 503
+    within 2 s of Redis stopping, 200 within 2 s of its return."""
+    r = await _serve(own_redis.url, wellknown_listen="127.0.0.1:0")
+    url = f"http://127.0.0.1:{r.server.wellknown_port}/healthz"
+    try:
+        await _healthz_until(url, 200, WITHIN)
+        await asyncio.to_thread(own_redis.stop)
+        await _healthz_until(url, 503, WITHIN)
+        async with grpc.aio.insecure_channel(r.target) as channel:
+            assert NOT_SERVING == await _check(channel, "")
+        await asyncio.to_thread(own_redis.start)
+        await _healthz_until(url, 200, WITHIN)
+    finally:
+        await r.server.stop(grace=0)
+
+
+async def test_a_stopping_server_is_not_serving_for_healthz_either() -> None:
+    """From `stop()` on (SIGTERM), the prober's verdict is NOT_SERVING for good."""
+    monitor = HealthMonitor(HealthServicer(), SERVICE_NAMES, {}, interval=0.05, timeout=1)
+    assert monitor.is_serving()  # before any probe: the server just pinged its store
+    await monitor.update()
+    assert monitor.is_serving()
+    await monitor.stop()
+    assert not monitor.is_serving()
 
 
 async def test_the_health_command_exits_1_while_redis_is_down(

@@ -181,6 +181,34 @@ async def test_healthz(served: tuple[str, Published]) -> None:
     assert (200, "ok", "no-store") == (r.status_code, r.text, r.headers["cache-control"])
 
 
+async def test_healthz_answers_503_while_not_serving(tmp_path: Path) -> None:
+    """/healthz follows the `serving` verdict it is given (the health prober's), never cached."""
+    published = Published(Keyring.init(tmp_path, now=NOW), "")
+    verdict = [True]
+    app = make_wellknown_app(
+        published.jwks,
+        published.status_list,
+        jwks_ttl=JWKS_TTL,
+        status_ttl=STATUS_TTL,
+        serving=lambda: verdict[0],
+    )
+    runner = await start_wellknown(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{bound_port(runner)}/healthz"
+    try:
+        async with httpx.AsyncClient() as http:
+            up = await http.get(url)
+            verdict[0] = False
+            down = await http.get(url)
+            verdict[0] = True
+            again = await http.get(url)
+    finally:
+        await stop_wellknown(runner)
+    assert [(200, "ok"), (503, "unavailable"), (200, "ok")] == [
+        (r.status_code, r.text) for r in (up, down, again)
+    ]
+    assert {"no-store"} == {r.headers["cache-control"] for r in (up, down, again)}
+
+
 async def test_head_is_answered(served: tuple[str, Published]) -> None:
     """HEAD works for the JWKS (some caches probe with it)."""
     base, _ = served

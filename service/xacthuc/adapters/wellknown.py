@@ -5,7 +5,8 @@ verifiers fetch each list at the `uri` its tokens name, so xacthuc serves:
 
     GET /.well-known/jwks.json        the JWKS (application/json)
     GET /statuslists/{platform}/{n}   status list token n of a platform (application/statuslist+jwt)
-    GET /healthz                      "ok", for load balancers
+    GET /healthz                      "ok" (200) while the server serves, "unavailable" (503)
+                                      while a dependency is down or the server stops
 
 Each public document says how long it may be cached (`Cache-Control: public, max-age=`),
 matching the `ttl` of the status list tokens and the JWKS refresh period, carries a strong
@@ -37,6 +38,8 @@ _LIST_NO = re.compile(r"0|[1-9][0-9]{0,8}")
 
 JwksProvider = Callable[[], str]
 StatusListProvider = Callable[[str, int], Awaitable[str | None]]
+# Whether the server serves now: the health prober's verdict (`xacthuc.server.health`).
+Serving = Callable[[], bool]
 
 
 def _etag(body: bytes) -> str:
@@ -68,10 +71,12 @@ def make_wellknown_app(
     *,
     jwks_ttl: int,
     status_ttl: int,
+    serving: Serving = lambda: True,
 ) -> web.Application:
     """The aiohttp application. `jwks_provider()` returns the JWKS as JSON text (the keyring's
     current one); `status_list_provider(platform, n)` returns the signed status list token, or
-    None when there is no such list."""
+    None when there is no such list; `serving()` says whether /healthz answers 200 or 503 (the
+    same truth as the gRPC health service)."""
 
     async def jwks(request: web.Request) -> web.Response:
         return _public(request, jwks_provider().encode(), "application/json", jwks_ttl)
@@ -89,7 +94,9 @@ def make_wellknown_app(
         return response
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+        if serving():
+            return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+        return web.Response(status=503, text="unavailable", headers={"Cache-Control": "no-store"})
 
     app = web.Application()
     app.router.add_get(JWKS_PATH, jwks)

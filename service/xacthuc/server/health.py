@@ -7,6 +7,9 @@ are NOT_SERVING, so a load balancer or orchestrator stops sending calls that cou
 answer UNAVAILABLE; when all probes pass again, they return to SERVING. A transition is
 seen within `interval + timeout` (0.5 s + 1 s by default).
 
+The same verdict answers `GET /healthz` on the well-known listener (`is_serving`): 200 while
+serving, 503 while a dependency is down and from the moment the server starts stopping.
+
 Only transitions are written to the health servicer (Watch streams see each one) and logged,
 with the failing dependency's name and error type: never its message, which may hold an
 address or credentials.
@@ -49,12 +52,18 @@ class HealthMonitor:
         self._interval = interval
         self._timeout = timeout
         self._serving: bool | None = None
+        self._stopped = False
         self._task: asyncio.Task[None] | None = None
 
     @property
     def serving(self) -> bool | None:
         """The status last written (None before the first probe)."""
         return self._serving
+
+    def is_serving(self) -> bool:
+        """Whether the server serves now: not stopping, and no probe failed at the last round
+        (before the first round the server has just pinged its store: serving)."""
+        return not self._stopped and self._serving is not False
 
     async def probe(self) -> dict[str, str]:
         """Run every probe once, concurrently; the failing ones by name, with why."""
@@ -98,6 +107,8 @@ class HealthMonitor:
             self._task = asyncio.create_task(self._run(), name="xacthuc-health-monitor")
 
     async def stop(self) -> None:
+        """End the prober for good: from now on the server is stopping (`is_serving` False)."""
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -8,7 +8,8 @@ When XACTHUC_CONSOLE_LISTEN is set, a second HTTP listener serves the compliance
 for auditors (`xacthuc.server.console`).
 
 Health tells the truth (`xacthuc.server.health`): while a dependency (the store) does not
-answer, the overall status and every xacthuc service are NOT_SERVING.
+answer, the overall status and every xacthuc service are NOT_SERVING, and the well-known
+listener's /healthz answers 503.
 
 On SIGTERM or SIGINT the health status turns NOT_SERVING, the server stops accepting new
 calls, in-flight calls get `shutdown_grace_seconds` to finish, then the well-known listener
@@ -31,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from xacthuc.adapters.metrics import SERVING
 from xacthuc.adapters.wellknown import (
+    Serving,
     bound_port,
     make_wellknown_app,
     start_wellknown,
@@ -166,7 +168,16 @@ async def start_server(
     await app.open()  # the database's schema is this build's, or no start
     await app.store.ping()
     await app.key_watcher.refresh()  # the key store's keys, before the first call
-    wellknown = await _start_wellknown(app, wellknown_listen, reuse_port=reuse_port)
+    monitor = HealthMonitor(
+        health,
+        SERVICE_NAMES,
+        app.probes,
+        interval=app.settings.health_probe_interval_seconds,
+        timeout=app.settings.health_probe_timeout_seconds,
+    )
+    wellknown = await _start_wellknown(
+        app, wellknown_listen, reuse_port=reuse_port, serving=monitor.is_serving
+    )
     console = None
     try:
         console = await _start_console(app, console_listen, reuse_port=reuse_port)
@@ -180,23 +191,17 @@ async def start_server(
     app.start(background_jobs=background)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    monitor = HealthMonitor(
-        health,
-        SERVICE_NAMES,
-        app.probes,
-        interval=app.settings.health_probe_interval_seconds,
-        timeout=app.settings.health_probe_timeout_seconds,
-    )
     monitor.start()
     SERVING.labels("1" if background else "0").set(1)
     return Server(app, server, health, port, wellknown, monitor, console)
 
 
 async def _start_wellknown(
-    app: App, listen: str | None, *, reuse_port: bool = False
+    app: App, listen: str | None, *, reuse_port: bool = False, serving: Serving
 ) -> web.AppRunner | None:
-    """The JWKS and status list listener; it also fixes the status list URIs' base when
-    XACTHUC_PUBLIC_BASE_URL is unset (the port bound may have been 0)."""
+    """The JWKS and status list listener, its /healthz answering `serving()`; it also fixes
+    the status list URIs' base when XACTHUC_PUBLIC_BASE_URL is unset (the port bound may have
+    been 0)."""
     s = app.settings
     address = s.wellknown_listen if listen is None else listen
     if not address:
@@ -207,6 +212,7 @@ async def _start_wellknown(
         app.status_lists.serve,
         jwks_ttl=s.jwks_ttl_seconds,
         status_ttl=s.status_list_ttl_seconds,
+        serving=serving,
     )
     runner = await start_wellknown(http, host.strip("[]"), int(port), reuse_port=reuse_port)
     if not s.public_base_url:
