@@ -189,3 +189,47 @@ def test_the_base_url_may_be_set_once_the_port_is_known(world: World) -> None:
     publisher.uri("alpha")
     publisher.names.base_url = "http://127.0.0.1:41234"
     assert "http://127.0.0.1:41234/statuslists/alpha/0" == publisher.uri("alpha")
+
+
+async def test_an_unchanged_list_is_the_same_bytes_within_its_window(world: World) -> None:
+    """Rebuilt after the short cache, or by another process, within one ttl window: the same
+    token bytes (so the same strong ETag); changed bits, or the next window: other bytes."""
+    publisher, store, clock = world
+    first = await publisher.token("alpha")
+    clock.advance(299)  # the in-process copy is long gone: a rebuild, same window
+    again = await publisher.token("alpha")
+    other_process = StatusListPublisher(
+        store,
+        names=StatusListNames(BASE + "/"),
+        clock=FixedClock(NOW + 150),
+        signing_key=lambda: KEY,
+        issuer=ISSUER,
+        ttl=300,
+        platforms=lambda: {"alpha"},
+    )
+    assert (2, first, first) == (publisher.builds, again, await other_process.token("alpha"))
+
+    store.bits["alpha"] = redis_order({3, 4}, 2)
+    publisher.invalidate("alpha")
+    changed = await publisher.token("alpha")
+    clock.advance(1)  # NOW + 300: the next window
+    publisher.invalidate("alpha")
+    next_window = await publisher.token("alpha")
+    assert len({first, changed, next_window}) == 3
+    read = read_status_list_token(
+        next_window, JWKS, expected_uri=publisher.uri("alpha"), now=clock.now()
+    )
+    assert (NOW + 300, NOW + 900) == (read.issued_at, read.expires_at)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5, 149.0, 299.0, 299.999])
+async def test_every_copy_served_has_more_than_a_ttl_left(world: World, offset: float) -> None:
+    """`iat` is the window's start, never after now; `exp` is more than one ttl away, so a
+    copy cached for max-age = ttl is still valid when its cache lifetime ends."""
+    publisher, _, clock = world
+    clock.advance(offset)
+    token = read_status_list_token(
+        await publisher.token("alpha"), JWKS, expected_uri=publisher.uri("alpha"), now=NOW
+    )
+    assert token.issued_at == NOW <= clock.now()
+    assert token.expires_at - clock.now() > 300

@@ -209,6 +209,34 @@ async def test_healthz_answers_503_while_not_serving(tmp_path: Path) -> None:
     assert {"no-store"} == {r.headers["cache-control"] for r in (up, down, again)}
 
 
+@pytest.mark.parametrize("path", ["/.well-known/jwks.json", "/statuslists/alpha/0"])
+async def test_a_browser_may_fetch_the_public_documents(
+    served: tuple[str, Published], path: str
+) -> None:
+    """CORS: the preflight a browser sends before a GET with If-None-Match is allowed for any
+    origin, and the GET lets scripts read the ETag."""
+    base, _ = served
+    async with httpx.AsyncClient() as http:
+        preflight = await http.options(
+            f"{base}{path}",
+            headers={
+                "Origin": "https://platform.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "if-none-match",
+            },
+        )
+        got = await http.get(f"{base}{path}", headers={"Origin": "https://platform.example"})
+    assert 204 == preflight.status_code
+    h = preflight.headers
+    assert ("*", "86400") == (h["access-control-allow-origin"], h["access-control-max-age"])
+    assert "GET" in h["access-control-allow-methods"]
+    assert "if-none-match" in h["access-control-allow-headers"].lower()
+    assert ("*", "ETag") == (
+        got.headers["access-control-allow-origin"],
+        got.headers["access-control-expose-headers"],
+    )
+
+
 async def test_head_is_answered(served: tuple[str, Published]) -> None:
     """HEAD works for the JWKS (some caches probe with it)."""
     base, _ = served

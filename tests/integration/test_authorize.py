@@ -335,6 +335,29 @@ async def test_a_withdrawn_guardian_link_is_revoked_everywhere(
 # --- revocation, online and offline -----------------------------------------------------------
 
 
+async def test_an_unchanged_status_list_is_a_304_after_a_rebuild(az: AzHarness) -> None:
+    """The list is rebuilt (the 5 s copy expired) with the same bits: the same bytes, so the
+    same ETag and a 304; a revocation changes it (200, another ETag)."""
+    client = await az.client()
+    await verify_phone(az, client, "acc-1")
+    uri = f"{az.base}/statuslists/alpha/0"
+    async with httpx.AsyncClient() as http:
+        first = await http.get(uri)
+        az.clock.advance(10)  # past the in-process copy, within the list's ttl window
+        builds = az.app.status_lists.builds
+        unchanged = await http.get(uri, headers={"If-None-Match": first.headers["etag"]})
+        assert builds + 1 == az.app.status_lists.builds  # it was signed again
+        await client.revoke_attestation(account_id="acc-1", reason="fraud")
+        changed = await http.get(uri, headers={"If-None-Match": first.headers["etag"]})
+    assert (200, 304, b"", 200) == (
+        first.status_code,
+        unchanged.status_code,
+        unchanged.content,
+        changed.status_code,
+    )
+    assert first.headers["etag"] == unchanged.headers["etag"] != changed.headers["etag"]
+
+
 async def test_revocation_is_seen_online_and_through_the_status_list(az: AzHarness) -> None:
     """Introspection and Authorize see a revocation at once; the status list served over HTTP
     has the token's bit set; a platform's cached list shows it once its ttl has passed."""

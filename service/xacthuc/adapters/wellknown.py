@@ -10,8 +10,11 @@ verifiers fetch each list at the `uri` its tokens name, so xacthuc serves:
 
 Each public document says how long it may be cached (`Cache-Control: public, max-age=`),
 matching the `ttl` of the status list tokens and the JWKS refresh period, carries a strong
-ETag (a conditional GET costs a 304 and no body) and may be read from a browser (CORS, as
-the draft's section 8.1 asks). Unknown platforms or lists are 404. Nothing here is secret:
+ETag (a conditional GET costs a 304 and no body; a status list is the same bytes while it is
+unchanged within its ttl window, see `xacthuc.verifiers.status_publisher`) and may be read
+from a browser (CORS, as the draft's section 8.1 asks): any origin, the ETag exposed to
+scripts, and a preflight (OPTIONS, which a browser sends before a GET carrying
+`If-None-Match` or `Cache-Control`) answered 204 for a day. Unknown platforms or lists are 404. Nothing here is secret:
 the listener needs no credential.
 """
 
@@ -46,12 +49,27 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
+# CORS for the public documents: no credentials are involved, so any origin may read them.
+_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag"}
+_PREFLIGHT = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "If-None-Match, Cache-Control",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    """A CORS preflight of the JWKS or a status list: allowed for any origin."""
+    return web.Response(status=204, headers=_PREFLIGHT)
+
+
 def _public(request: web.Request, body: bytes, content_type: str, max_age: int) -> web.Response:
     etag = _etag(body)
     headers = {
         "Cache-Control": f"public, max-age={max_age}",
         "ETag": etag,
-        "Access-Control-Allow-Origin": "*",
+        **_CORS,
         "X-Content-Type-Options": "nosniff",
     }
     # RFC 9110 13.1.2: weak comparison (W/ ignored), and "*" matches any representation.
@@ -101,6 +119,8 @@ def make_wellknown_app(
     app = web.Application()
     app.router.add_get(JWKS_PATH, jwks)
     app.router.add_get(STATUS_LIST_PATH, status_list)
+    app.router.add_route("OPTIONS", JWKS_PATH, _preflight)
+    app.router.add_route("OPTIONS", STATUS_LIST_PATH, _preflight)
     app.router.add_get(HEALTH_PATH, healthz)
     return app
 

@@ -33,8 +33,16 @@ between them; only decoy entries could blur that (not done). Zeros cost next to 
 compressed.
 
 Signing. The active attestation key signs the list (`typ` statuslist+jwt, EdDSA), `iss` the
-service's issuer, `sub` the list's URI, `ttl` XACTHUC_STATUS_LIST_TTL_SECONDS and `exp` two
-ttls later. A signed list is kept in process for `cache_seconds` (5 s by default, never more
+service's issuer, `sub` the list's URI, `ttl` XACTHUC_STATUS_LIST_TTL_SECONDS, `iat` the start
+of the current ttl-long window of the clock (`issued_at`: a multiple of the ttl since the
+epoch) and `exp` two ttls after it. So the same list signed by the same key within one
+window is the same bytes, whichever build or process signs it (Ed25519 is deterministic):
+its strong ETag (the hash of the bytes) stays the same and a conditional GET is a 304 until
+the list changes, the key rotates or the window turns. An ETag over the bits alone would not
+do: a 304 would keep a client on its older token, whose `exp` may pass while its HTTP cache
+still calls it fresh. Every copy served has more than one ttl of validity left (`exp` minus
+now is between one and two ttls), so a copy cached for `max-age` = ttl never outlives its
+`exp`. A signed list is kept in process for `cache_seconds` (5 s by default, never more
 than the ttl) so a burst of fetches costs two Redis reads and one signature; a revocation,
 lock or unlock made through this process drops the copy at once. Concurrent misses of a platform share one build.
 """
@@ -86,6 +94,12 @@ def build_list(redis_bits: bytes, locked: list[int], *, chunk: int = CHUNK_BYTES
         if 0 <= idx < len(sl) and sl.get(idx) == VALID:
             sl.set(idx, SUSPENDED)
     return sl
+
+
+def issued_at(now: float, ttl: int) -> int:
+    """The `iat` of a list signed at `now`: the start of its ttl-long window (see the module
+    doc), so that equal lists signed in one window are equal bytes."""
+    return int(now // ttl) * ttl
 
 
 class StatusListPublisher:
@@ -151,7 +165,7 @@ class StatusListPublisher:
                 self._signing_key(),
                 issuer=self._issuer,
                 uri=self.uri(platform),
-                now=now,
+                now=issued_at(now, self._ttl),
                 ttl=self._ttl,
             )
             if version == self._versions.get(platform, 0):  # else it may predate a revocation
