@@ -118,7 +118,13 @@ class Store(Protocol):
         revoke the token it replaces when that one is still active (reason `superseded`: a
         child has at most one live token). The same guardian linking the same child again
         renews the link (same id, consents recorded again). Audits `guardian_link_created` or
-        `guardian_link_renewed`, `consent_recorded` per party, `attestation_issued`."""
+        `guardian_link_renewed`, `consent_recorded` per party, `attestation_issued`.
+
+        Idempotent under `link.link_id` (a call retried after a lost reply): once a call with
+        that id took effect, the same call writes and audits nothing and returns the link it
+        created or renewed and the child's attestation as they are now, or raises
+        LinkAlreadyEnded when that link has ended (or the child's attestation is no longer
+        the link's). A refused call retried is decided again."""
         ...
 
     async def end_guardian_link(

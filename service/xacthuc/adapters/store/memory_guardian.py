@@ -34,8 +34,10 @@ class GuardianOps(MemoryBase):
         p = self._platforms[link.platform]
         now = link.now
         child = link.child_account_id
-        guardian = p.attestations.get(link.guardian_account_id)
         current = p.child_links.get(child)
+        if link.link_id in p.link_calls:
+            return self._link_replay(p, link, current)
+        guardian = p.attestations.get(link.guardian_account_id)
         renewing = current is not None and p.links[current].guardian == link.guardian_subject
         g, subject = guardian if guardian else (None, "")
         try:
@@ -88,6 +90,7 @@ class GuardianOps(MemoryBase):
             p.child_links[child] = link_id
             p.guardian_children[link.guardian_subject].add(child)
         p.aging[child] = link.aged_out_at
+        p.link_calls.add(link.link_id)
         event = "guardian_link_renewed" if renewing else "guardian_link_created"
         self._link_audit(p, link, event, "ok", "", link=link_id, method=a.method)
         for party, given in (("guardian", True), ("child", link.child_consent)):
@@ -134,6 +137,22 @@ class GuardianOps(MemoryBase):
             age_band="under_16",
         )
         return LinkResult(link_id, record, renewing)
+
+    @staticmethod
+    def _link_replay(p: _Platform, link: GuardianLink, current: str | None) -> LinkResult:
+        """A link call retried under its id: nothing written, nothing audited; the link it
+        created or renewed and the child's attestation under it, as they are now, or
+        LinkAlreadyEnded when that link has ended (or the attestation is no longer its)."""
+        row = p.links[current] if current is not None else None
+        found = p.attestations.get(link.child_account_id)
+        if (
+            row is None
+            or row.guardian != link.guardian_subject
+            or found is None
+            or found[0].link_id != row.link_id
+        ):
+            raise LinkAlreadyEnded()
+        return LinkResult(row.link_id, found[0], row.link_id != link.link_id)
 
     def _link_audit(
         self,
