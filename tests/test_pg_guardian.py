@@ -55,7 +55,7 @@ from xacthuc.ports.store import Store
 
 from . import test_store_contract_guardian as guardian_suite
 from . import test_store_contract_locks as locks_suite
-from .conftest import STATUS_BLOCK, STATUS_KEY, memory_store
+from .conftest import STATUS_BLOCK, STATUS_KEY, memory_store, nth_index
 from .test_store_contract import LIMITS, NOW, PHONE, PHONE_2, PLATFORM, phone_n
 from .test_store_contract_guardian import AGED, link, phone_guardian
 from .test_store_contract_locks import lock
@@ -521,16 +521,19 @@ async def _log_size(db: Database, platform: str = PLATFORM) -> int:
 
 async def test_a_link_retried_under_its_id_returns_what_it_did(database: Database) -> None:
     """The same call again (a lost reply): the same link and attestation, no second token,
-    no record; after a renewal by another call it answers the link as it is; once the link
-    ended, LINK_ALREADY_ENDED (not audited: the call itself was)."""
+    no record; after a renewal by another call it answers the link as it is now; once the
+    link ended, LINK_ALREADY_ENDED (not audited: the call itself was). A refused call
+    retried is decided (and audited) again. Memory and PostgreSQL alike (Mirrored)."""
     store = Mirrored(memory_store(), pg_links(database))
-    pg = store.pg
+    refused = link(token="tok-stale")
+    with pytest.raises(GuardianNotVerified):
+        await store.link_guardian(refused, LIMITS)
     await phone_guardian(store)
-    call = link()
+    call = link(link_id=refused.link_id)
     first = await store.link_guardian(call, LIMITS)
     size = await _log_size(database)
 
-    assert first == await pg.link_guardian(call, LIMITS)
+    assert first == await store.link_guardian(call, LIMITS)
     assert size == await _log_size(database)
     async with database.connection() as conn:
         assert 2 == await conn.fetchval(
@@ -538,20 +541,19 @@ async def test_a_link_retried_under_its_id_returns_what_it_did(database: Databas
         )
 
     renewal = await store.link_guardian(link(now=NOW + 20), LIMITS)
-    replay = await pg.link_guardian(call, LIMITS)
+    assert (first.link_id, True) == (renewal.link_id, renewal.renewed)
+    replay = await store.link_guardian(call, LIMITS)
     assert (first.link_id, renewal.attestation, False) == (
         replay.link_id,
         replay.attestation,
         replay.renewed,
     )
-    again = await pg.link_guardian(link(now=NOW + 20), LIMITS)
-    assert renewal == again
-    assert renewal.renewed
+    assert renewal == await store.link_guardian(link(now=NOW + 20), LIMITS)
 
     await store.end_guardian_link(PLATFORM, first.link_id, NOW + 30)
     size = await _log_size(database)
     with pytest.raises(LinkAlreadyEnded):
-        await pg.link_guardian(call, LIMITS)
+        await store.link_guardian(call, LIMITS)
     assert size == await _log_size(database)
 
 
@@ -596,9 +598,11 @@ async def _held_then(
     database: Database,
     first: Callable[[Conn], Awaitable[object]],
     second: Callable[[], Awaitable[T]],
+    then: Callable[[Conn], Awaitable[object]] | None = None,
 ) -> T:
     """Run `first` in a transaction left open, start `second` (its own connection), see it
-    wait for the first's locks, commit the first; return what `second` answers."""
+    wait for the first's locks, run `then` in the first's transaction, commit it; return what
+    `second` answers."""
     async with database.connection() as holder:
         tx = holder.transaction()
         await tx.start()
@@ -618,6 +622,8 @@ async def _held_then(
                     break
                 await asyncio.sleep(0.005)
             assert pid is not None, "the second call did not wait for the first"
+            if then is not None:
+                await then(holder)
         finally:
             await tx.commit()
         return await task
@@ -698,6 +704,30 @@ async def test_a_withdrawal_during_a_renewal_ends_the_renewed_link(database: Dat
     )
     assert revoked is not None
     assert ("revoked", f"tok-kid-1-{NOW + 20}") == (revoked.status, revoked.token_id)
+
+
+async def test_a_link_waits_for_an_issuing_step_without_deadlock(database: Database) -> None:
+    """An issuing step (check_code, finish_id_check) takes the status head, then its
+    account's row: a link of that account as guardian waits at the status head, holding no
+    row the issuing step needs, and goes on once it commits (no deadlock)."""
+    pg = await _guardians(database)
+
+    async def issuing(conn: Conn) -> object:
+        return await conn.fetchval(
+            "SELECT xacthuc_next_status_idx($1, $2, $3)", PLATFORM, STATUS_KEY, STATUS_BLOCK
+        )
+
+    async def its_row(conn: Conn) -> object:
+        return await conn.execute(
+            "UPDATE attestations SET verified_at = verified_at WHERE platform = $1"
+            " AND account = 'mum'",
+            PLATFORM,
+        )
+
+    result = await _held_then(
+        database, issuing, lambda: pg.link_guardian(link(), LIMITS), then=its_row
+    )
+    assert nth_index(3) == result.attestation.status_idx
 
 
 async def test_two_first_locks_of_an_account_at_once_count_both(database: Database) -> None:

@@ -10,9 +10,11 @@
 --
 -- Concurrency. Every link decision about a child holds the child's advisory lock
 -- (xacthuc_lock_link), taken first; link_guardian also holds the guardian pseudonym's (its
--- child cap), after the child's; sweeps are serialised per platform. Row locks (attestations,
--- links) are taken before the status-index head (status_heads) and that before the first
--- audit record (log_heads), so these functions wait for each other in one order only.
+-- child cap), after the child's; sweeps are serialised per platform. Then, in one order for
+-- every function that takes them (the issuing steps of 0002 too), so that none waits for
+-- another in a cycle: advisory locks, the platform's status-index head (status_heads), rows
+-- (attestations, links, locks), the platform's log head (log_heads: the first audit record,
+-- so every record is written after the rows are locked).
 
 -- Serialise the decisions about one child (`p_kind` 'child'), one guardian pseudonym's cap
 -- ('guardian'), one account's lock ('lock') or a platform's sweep ('sweep'): held until
@@ -110,6 +112,11 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The status head before any row (see the order above); the index is drawn only once
+    -- the checks pass.
+    INSERT INTO status_heads (platform, key, block)
+    VALUES (p_platform, p_status_key, p_status_block) ON CONFLICT (platform) DO NOTHING;
+    PERFORM 1 FROM status_heads WHERE platform = p_platform FOR UPDATE;
     -- Both attestation rows, in one order (two calls with the roles swapped never deadlock).
     PERFORM 1 FROM attestations
      WHERE platform = p_platform AND account IN (p_guardian_account, p_child)
