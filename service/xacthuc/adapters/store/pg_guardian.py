@@ -2,7 +2,7 @@
 of the pair store (Redis + PostgreSQL) with no Redis step at all.
 
 Each state-changing operation is one call of its plpgsql function (migration
-`0003_links_locks.sql`), one round trip, one transaction: the checks, the writes and the
+`0004_links_locks.sql`), one round trip, one transaction: the checks, the writes and the
 audit records commit together or not at all, exactly as the reference store
 (`memory_guardian.py`, `memory_locks.py`) behaves, record for record. A refusal is audited by
 that same call, so the function returns it as a value (its reason, after writing the
@@ -42,7 +42,7 @@ from xacthuc.domain.errors import (
 from xacthuc.domain.locks import AccountLock, LockRequest
 from xacthuc.domain.records import AgingOut, AttestationRecord, GuardianLink, Limits, LinkResult
 
-# The refusals the functions of migration 0003 return (`r_refusal`), by reason.
+# The refusals the functions of migration 0004 return (`r_refusal`), by reason.
 REFUSALS: dict[str, type[XacthucError]] = {
     cls.reason: cls
     for cls in (
@@ -88,6 +88,9 @@ _LOCKED_INDEXES = (
     " AND (l.lock_until IS NULL OR l.lock_until > $2)"
     " ORDER BY t.idx"
 )
+
+
+_INT_MAX = 2**31 - 1  # the sweep's batch is a PostgreSQL integer
 
 
 def _refused(reason: str) -> XacthucError:
@@ -146,7 +149,7 @@ class PgGuardianLocks(PgStateBase):
         if limit <= 0:
             return 0
         async with self._db.connection() as conn:
-            ended = await conn.fetchval(_SWEEP, platform, now, time_j(now), limit)
+            ended = await conn.fetchval(_SWEEP, platform, now, time_j(now), min(limit, _INT_MAX))
         return int(ended)
 
     async def list_aging_out(

@@ -1,4 +1,4 @@
--- 0003: guardian links (R1, P6) and account locks (R7) in PostgreSQL (issue 10;
+-- 0004: guardian links (R1, P6) and account locks (R7) in PostgreSQL (issue 10;
 -- docs/design/system-of-record.md). One function per state-changing operation of the Store
 -- port, called in one round trip (adapters/store/pg_guardian.py): its checks, its writes and
 -- its audit records commit together or not at all, exactly as memory_guardian.py and
