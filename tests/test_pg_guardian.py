@@ -437,11 +437,19 @@ class Mirrored:
     async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
         return await self._other(new.platform, self.memory.start_challenge(new, limits))
 
-    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
-        await self._other(platform, self.memory.confirm_sent(platform, challenge_id, now))
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self._other(
+            platform, self.memory.confirm_sent(platform, challenge_id, account_id, now)
+        )
 
-    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
-        await self._other(platform, self.memory.abort_challenge(platform, challenge_id, now))
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self._other(
+            platform, self.memory.abort_challenge(platform, challenge_id, account_id, now)
+        )
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
         return await self._other(check.platform, self.memory.check_code(check, limits))
