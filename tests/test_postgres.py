@@ -194,6 +194,28 @@ async def test_a_lost_connection_mid_call_is_store_unavailable_and_writes_nothin
     assert True is await cps.append("alpha", StoredCheckpoint(1, b"\1" * 32, 1.0, "n"), after=0)
 
 
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"])  # deadlock, serialization failure
+async def test_a_transaction_rolled_back_by_the_server_is_store_unavailable(
+    database: Database, sqlstate: str
+) -> None:
+    """A deadlock or serialization failure rolls the whole transaction back: the call may
+    be tried again (UNAVAILABLE, STORE_UNAVAILABLE), never INTERNAL, and nothing is written."""
+
+    async def write_then_roll_back() -> None:
+        async with database.transaction() as conn:
+            await conn.execute("INSERT INTO checkpoint_heads (platform, size) VALUES ('beta', 3)")
+            await conn.execute(
+                f"DO $$ BEGIN RAISE EXCEPTION 'rolled back' USING ERRCODE = '{sqlstate}'; END $$"
+            )
+
+    with pytest.raises(StoreUnavailable):
+        await write_then_roll_back()
+    async with database.connection() as conn:
+        assert None is await conn.fetchval(
+            "SELECT size FROM checkpoint_heads WHERE platform = 'beta'"
+        )
+
+
 def test_database_url_is_checked_and_secret() -> None:
     with pytest.raises(ConfigError, match="XACTHUC_DATABASE_URL: must start with postgresql://"):
         Settings.load(database_url="mysql://x")

@@ -42,6 +42,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cancelled
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, or a read-only primary
+    # Class 40: a deadlock or serialization failure rolled the transaction back whole;
+    # nothing was written, and the call succeeds when tried again.
+    asyncpg.exceptions.TransactionRollbackError,
 )
 
 # pg_advisory_xact_lock key of the migrator ('xacthuc' as an integer): one migrator at a time.
