@@ -18,6 +18,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from xacthuc.domain.fictional import TEST_NUMBERS_DESCRIPTION
 from xacthuc.server.logs import LEVELS, LogFormat
 
+# The shortest audit retention production accepts (R11: the replaced Decree 27/2018 and
+# Decree 53/2022 keep logs 24 months; P10 keeps verification records 24 months after the
+# account's life).
+MIN_PRODUCTION_RETENTION_DAYS = 730
+
 
 class Mode(StrEnum):
     DEV = "dev"
@@ -208,6 +213,9 @@ class Settings(BaseSettings):
     log_signing_key_file: Path | None = None  # PEM, PKCS#8 Ed25519 private key
     checkpoint_every_records: int = Field(1000, ge=1, le=10_000_000)
     checkpoint_every_seconds: int = Field(60, ge=1, le=86_400)
+    # P10 retention (with XACTHUC_DATABASE_URL): records older than this many days lose their
+    # contents (leaf hashes stay), by worker 0's hourly job; 0 keeps them.
+    audit_retention_days: int = Field(0, ge=0, le=36_500)
 
     _split_keys = field_validator("otp_hmac_keys", mode="before")(_secrets)
 
@@ -336,6 +344,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "XACTHUC_DATABASE_POOL_MIN_SIZE must not exceed XACTHUC_DATABASE_POOL_MAX_SIZE"
             )
+        if self.audit_retention_days and self.database_url is None:
+            raise ValueError(
+                "XACTHUC_AUDIT_RETENTION_DAYS needs XACTHUC_DATABASE_URL: only the audit log in "
+                "PostgreSQL can lose a record's contents and keep its leaf hash"
+            )
         if self.sends_per_phone_15m > self.sends_per_phone_day:
             raise ValueError(
                 "XACTHUC_SENDS_PER_PHONE_15M must not exceed XACTHUC_SENDS_PER_PHONE_DAY"
@@ -381,6 +394,12 @@ class Settings(BaseSettings):
         if self.registry_backend is RegistryBackend.SANDBOX:
             dev_parts.append(
                 "XACTHUC_REGISTRY_BACKEND=sandbox matches synthetic people only; use http"
+            )
+        if 0 < self.audit_retention_days < MIN_PRODUCTION_RETENTION_DAYS:
+            dev_parts.append(
+                f"XACTHUC_AUDIT_RETENTION_DAYS={self.audit_retention_days} is under "
+                f"{MIN_PRODUCTION_RETENTION_DAYS} days (R11, P10: records are kept at least "
+                "24 months)"
             )
         if self.issuer.rstrip("/").endswith(".invalid"):
             dev_parts.append("XACTHUC_ISSUER is the placeholder https://xacthuc.invalid")

@@ -53,15 +53,31 @@ class AuditRow:
     leaf_hash: bytes
 
 
+# Erasure (P10) sets `body` = NULL, `account` = '' (it names the account) and `erased_at`;
+# the leaf hash, index, time and event stay. A record names an account in its `account` field, and a
+# guardian link's also in `guardian_account`, an auditor query's in `query_account` (migration
+# 0004 indexes exactly these expressions, partial on exactly these events).
 _ERASE_ACCOUNT = (
-    "WITH e AS (UPDATE audit_records SET body = NULL, erased_at = now()"
-    " WHERE platform = $1 AND account = $2 AND body IS NOT NULL RETURNING 1)"
+    "WITH e AS (UPDATE audit_records SET body = NULL, account = '', erased_at = now()"
+    " WHERE platform = $1 AND body IS NOT NULL AND (account = $2"
+    " OR (event IN ('guardian_link_created', 'guardian_link_renewed')"
+    " AND (body::jsonb) ->> 'guardian_account' = $2)"
+    " OR (event = 'auditor_query_audit_records' AND (body::jsonb) ->> 'query_account' = $2))"
+    " RETURNING 1)"
     " SELECT count(*) FROM e"
 )
+# One batch of retention: the oldest `$4` records not yet erased in [$2, $3) (from the
+# platform's watermark to the cut-off), through the (platform, recorded_at) index; the
+# partitions after the cut-off are never read.
 _ERASE_BEFORE = (
-    "WITH e AS (UPDATE audit_records SET body = NULL, erased_at = now()"
-    " WHERE platform = $1 AND recorded_at < $2 AND body IS NOT NULL RETURNING 1)"
-    " SELECT count(*) FROM e"
+    "WITH b AS (SELECT idx, recorded_at FROM audit_records"
+    " WHERE platform = $1 AND recorded_at >= $2 AND recorded_at < $3 AND body IS NOT NULL"
+    " ORDER BY recorded_at LIMIT $4),"
+    " e AS (UPDATE audit_records a SET body = NULL, account = '', erased_at = now() FROM b"
+    " WHERE a.platform = $1 AND a.idx = b.idx AND a.recorded_at = b.recorded_at"
+    " AND a.recorded_at < $3 AND a.body IS NOT NULL RETURNING 1)"
+    " SELECT (SELECT count(*) FROM e) AS erased, (SELECT count(*) FROM b) AS seen,"
+    " (SELECT max(recorded_at) FROM b) AS last"
 )
 _ROW = "SELECT idx, body, leaf_hash FROM audit_records WHERE platform = $1"
 
@@ -134,38 +150,83 @@ class PostgresAuditLog:
         return await self.append(platform, [NewRecord(now, account, event, outcome, reason, extra)])
 
     async def erase_account(
-        self, platform: str, account: str, now: float, *, request: str = ""
+        self, platform: str, account: str, now: float, *, request: str, **extra: str
     ) -> int:
         """Erase the contents of every record of `platform` naming `account` (an erasure
-        request, Law 91/2025): the text goes, the leaf hash and index stay, so the tree and
-        every checkpoint still verify. In the same transaction, audit `records_erased`
-        (naming no account: the count, the platform's `request` reference). Returns how many
-        records were erased (0: none left, and nothing is audited)."""
-        return await self._erase(
-            platform,
-            _ERASE_ACCOUNT,
-            account,
-            NewRecord(now, "", "records_erased", "ok", extra={"request": request}),
-        )
-
-    async def erase_before(self, platform: str, before: float, now: float) -> int:
-        """Erase the contents of the records older than `before` (P10 retention), audited
-        `records_expired` with the count and the cut-off time. Returns how many."""
-        return await self._erase(
-            platform,
-            _ERASE_BEFORE,
-            _ts(before),
-            NewRecord(now, "", "records_expired", "ok", extra={"before": rfc3339(before)}),
-        )
-
-    async def _erase(self, platform: str, query: str, value: object, audit: NewRecord) -> int:
+        request, Law 91/2025): in its `account` field, or as a guardian link's guardian or an
+        auditor query's subject. The text and the account field go, the leaf hash and index
+        stay, so the tree and every checkpoint still verify. In the same transaction, audit
+        `records_erased` naming no account: the count, the `request` reference and `extra`
+        (who asked). Returns how many records were erased (0: none left, nothing audited)."""
+        if not account:
+            raise ValueError("an erasure names an account")
         async with self._db.transaction() as conn:
-            erased = await conn.fetchval(query, platform, value)
+            erased = int(await conn.fetchval(_ERASE_ACCOUNT, platform, account))
             if erased:
-                extra = {**audit.extra, "count": int(erased)}
-                record = NewRecord(audit.now, audit.account, audit.event, audit.outcome, "", extra)
+                fields: dict[str, str | int] = {"count": erased, "request": request, **extra}
+                record = NewRecord(now, "", "records_erased", "ok", extra=fields)
                 await self.append(platform, [record], conn=conn)
-        return int(erased)
+        return erased
+
+    async def erase_before(
+        self, platform: str, before: float, now: float, *, limit: int = 10_000
+    ) -> int:
+        """Erase the contents of at most `limit` records older than `before` (P10
+        retention), the oldest first, in one transaction audited `records_expired` with the
+        count and the cut-off time. Returns how many; fewer than `limit` means none is left.
+        The platform's watermark (log_heads.expired_before) moves up to what is done, so the
+        next pass does not walk the erased rows again."""
+        cut = _ts(before)
+        async with self._db.transaction() as conn:
+            mark = await conn.fetchval(
+                "SELECT expired_before FROM log_heads WHERE platform = $1", platform
+            )
+            if mark is None:  # no log, nothing to erase
+                return 0
+            row = await conn.fetchrow(_ERASE_BEFORE, platform, mark, cut, limit)
+            assert row is not None  # one row, always
+            erased, seen = int(row["erased"]), int(row["seen"])
+            if erased:
+                record = NewRecord(
+                    now,
+                    "",
+                    "records_expired",
+                    "ok",
+                    extra={"before": rfc3339(before), "count": erased},
+                )
+                await self.append(platform, [record], conn=conn)
+            done = cut if seen < limit else row["last"]
+            if done is not None:
+                await conn.execute(
+                    "UPDATE log_heads SET expired_before = greatest(expired_before, $2)"
+                    " WHERE platform = $1",
+                    platform,
+                    done,
+                )
+        return erased
+
+    async def platforms(self) -> list[str]:
+        """Every platform with a log."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch("SELECT platform FROM log_heads ORDER BY platform")
+        return [str(r["platform"]) for r in rows]
+
+    async def ensure_partitions(self, now: float, ahead: int, *, lock_timeout: float = 2.0) -> int:
+        """Create the monthly partitions of audit_records for the month of `now` and the
+        `ahead` months after it, and for any month with rows in the default partition;
+        return how many were made. Waits at most `lock_timeout` seconds for a lock (a long
+        export holding the default partition): StoreUnavailable then, for the next round."""
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "SELECT set_config('lock_timeout', $1, true)", f"{int(lock_timeout * 1000)}ms"
+            )
+            try:
+                made = await conn.fetchval(
+                    "SELECT xacthuc_ensure_audit_partitions($1, $2)", _ts(now), ahead
+                )
+            except asyncpg.exceptions.LockNotAvailableError as e:
+                raise StoreUnavailable() from e
+        return int(made)
 
     async def size(self, platform: str) -> int:
         async with self._db.connection() as conn:

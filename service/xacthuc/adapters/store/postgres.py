@@ -93,9 +93,17 @@ async def applied_versions(conn: Conn) -> list[int]:
     return [int(r["version"]) for r in rows]
 
 
-async def migrate(conn: Conn) -> list[Migration]:
-    """Apply the migrations the database lacks, in one transaction; return those applied.
-    Refuses (SchemaMismatch) a database that has migrations this build does not know."""
+# Months of audit_records partitions kept ahead of the current one (migration 0004):
+# `migrate` and the retention job (pg_audit.AuditRetention) create them.
+PARTITIONS_AHEAD = 3
+
+
+async def migrate(conn: Conn, target: int | None = None) -> list[Migration]:
+    """Apply the migrations the database lacks (up to version `target`, default this
+    build's), in one transaction; return those applied. Then make sure the audit log's
+    monthly partitions exist for this month and the next PARTITIONS_AHEAD (when the schema
+    has them), so running it again is also the partitions' maintenance. Refuses
+    (SchemaMismatch) a database that has migrations this build does not know."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute(
@@ -113,13 +121,20 @@ async def migrate(conn: Conn) -> list[Migration]:
             )
         applied = []
         for m in migrations():
-            if m.version in done:
+            if m.version in done or (target is not None and m.version > target):
                 continue
             await conn.execute(m.sql)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
             )
             applied.append(m)
+        if await conn.fetchval(
+            "SELECT to_regprocedure('xacthuc_ensure_audit_partitions(timestamptz, integer)')"
+            " IS NOT NULL"
+        ):
+            await conn.execute(
+                "SELECT xacthuc_ensure_audit_partitions(now(), $1)", PARTITIONS_AHEAD
+            )
         return applied
 
 
