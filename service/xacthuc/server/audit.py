@@ -129,6 +129,8 @@ async def find_records(
         if not records:
             break
         for offset, raw in enumerate(records):
+            if not raw:  # erased (P10): nothing left to match or show
+                continue
             rec = json.loads(raw)
             t = record_time(rec["time"])
             if (

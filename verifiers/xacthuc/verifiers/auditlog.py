@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -168,7 +168,12 @@ class AuditLog:
         platforms: Callable[[], Iterable[str]] = tuple,
         read_batch: int = 5000,
         metrics: LogMetrics | None = None,
+        leaf_hashes: Callable[[str, int, int], Awaitable[list[bytes]]] | None = None,
     ) -> None:
+        # The stored leaf hashes [start, stop) of a platform, for records whose contents
+        # were erased (P10: the store reads them as ""): PostgreSQL keeps each record's leaf
+        # hash (pg_audit.PostgresAuditLog.leaf_hashes). Stores that never erase need none.
+        self._leaf_hashes = leaf_hashes
         self._metrics: LogMetrics = metrics or NoLogMetrics()
         self._store = store
         self._checkpoints = checkpoints
@@ -218,14 +223,26 @@ class AuditLog:
         while True:
             start = tree.size
             batch = await self._store.audit_records(platform, start, start + self._read_batch)
-            for record in batch:
-                tree.append(leaf_hash(record.encode("utf-8")))
+            stored = await self._erased_leaves(platform, start, batch)
+            for offset, record in enumerate(batch):
+                tree.append(stored[offset] if offset in stored else leaf_hash(record.encode()))
             if len(batch) < self._read_batch:
                 break
         if tree.size and platform not in self._first_seen:
             self._first_seen[platform] = self._clock.now()
         self._metrics.tree_size(platform, tree.size)
         return tree
+
+    async def _erased_leaves(self, platform: str, start: int, batch: list[str]) -> dict[int, bytes]:
+        """The stored leaf hashes of the erased records of `batch` (records `start`...), by
+        offset: an erased record reads as "" and its leaf is the hash stored with it."""
+        erased = [offset for offset, record in enumerate(batch) if not record]
+        if not erased:
+            return {}
+        if self._leaf_hashes is None:
+            raise RuntimeError(f"audit log {platform}: record {start + erased[0]} is empty")
+        hashes = await self._leaf_hashes(platform, start, start + len(batch))
+        return {offset: hashes[offset] for offset in erased}
 
     # --------------------------------------------------------------------- checkpoints
 
@@ -375,14 +392,17 @@ class AuditLog:
                 raise RuntimeError(f"audit log {platform} ends before record {index}")
             for record in batch:
                 leaf = tree.leaf(index)
-                if leaf_hash(record.encode("utf-8")) != leaf:
-                    self._metrics.leaf_mismatch(platform)
-                    log.error(
-                        "audit log %s: stored record %d changed after it was first read",
-                        platform,
-                        index,
-                    )
-                chunk += export_line(index, record, leaf)
+                if not record:  # erased (P10): its leaf hash and the marker only
+                    chunk += erased_line(index, leaf)
+                else:
+                    if leaf_hash(record.encode("utf-8")) != leaf:
+                        self._metrics.leaf_mismatch(platform)
+                        log.error(
+                            "audit log %s: stored record %d changed after it was first read",
+                            platform,
+                            index,
+                        )
+                    chunk += export_line(index, record, leaf)
                 index += 1
                 if len(chunk) >= EXPORT_CHUNK_BYTES:
                     yield bytes(chunk)
@@ -436,13 +456,14 @@ class AuditLog:
         self, platform: str, stop: int | None = None
     ) -> AsyncIterator[tuple[int, str]]:
         """(index, stored record) of the log from 0 to `stop` (its end when None), read in
-        batches."""
+        batches; erased records (contents gone, P10) are left out."""
         index = 0
         while stop is None or index < stop:
             asked = self._read_batch if stop is None else min(self._read_batch, stop - index)
             batch = await self._store.audit_records(platform, index, index + asked)
             for offset, record in enumerate(batch):
-                yield index + offset, record
+                if record:
+                    yield index + offset, record
             index += len(batch)
             if len(batch) < asked:
                 return
