@@ -58,8 +58,8 @@ def test_every_rpc_has_a_wrapper(
 
 def test_retried_calls_are_exactly_the_idempotent_ones() -> None:
     """Only calls safe to repeat are retried on UNAVAILABLE: reads, Authorize, and the
-    revocation, a lock and an unlock (a repeat changes nothing); never a start, confirm,
-    verify or link."""
+    revocation, a lock, an unlock and an erasure (a repeat changes nothing); never a start,
+    confirm, verify or link."""
     rpcs = {value.name: value for value in vars(w).values() if isinstance(value, w.Rpc)}
     retried = {name for name, rpc in rpcs.items() if rpc.idempotent}
     assert {
@@ -78,6 +78,7 @@ def test_retried_calls_are_exactly_the_idempotent_ones() -> None:
         "GetReport",
         "LockAccount",
         "UnlockAccount",
+        "EraseAccountRecords",
     } == retried
     assert {
         "StartPhoneVerification",

@@ -691,3 +691,31 @@ UNLOCK = Rpc(
     lambda r: Unlock(r.was_locked, _dt(r.unlocked_at) if r.HasField("unlocked_at") else None),
     idempotent=True,
 )
+
+
+# --- erasure (P10, Law 91/2025) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """The outcome of EraseAccountRecords."""
+
+    erased_records: int  # records this call erased (0: none named the account any more)
+    erased_at: datetime
+
+
+def erase_request(
+    account_id: str, request_reference: str
+) -> verification_pb2.EraseAccountRecordsRequest:
+    return verification_pb2.EraseAccountRecordsRequest(
+        account_id=account_id, request_reference=request_reference
+    )
+
+
+# Safe to repeat: a second erasure finds nothing left and writes no record.
+ERASE = Rpc(
+    "verification",
+    "EraseAccountRecords",
+    lambda r: Erasure(r.erased_records, _dt(r.erased_at)),
+    idempotent=True,
+)

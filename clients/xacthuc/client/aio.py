@@ -17,6 +17,7 @@ from xacthuc.client._wire import (
     AuditPage,
     Challenge,
     Eligibility,
+    Erasure,
     GuardianLink,
     Introspection,
     LockResult,
@@ -227,6 +228,16 @@ class AsyncClient:
     ) -> Unlock:
         """Lift the account's lock now (R7); `was_locked` false when none held."""
         return await self._call(w.UNLOCK, w.unlock_request(account_id, reason), timeout)
+
+    async def erase_account_records(
+        self, *, account_id: str, request_reference: str, timeout: float | None = None
+    ) -> Erasure:
+        """Erase the contents of every audit record of this platform naming the account
+        (P10; Law 91/2025: deletion on request), at once; `request_reference` (1-128 of
+        A-Z a-z 0-9 . _ : / -) names the request, in the audited `records_erased`. Leaf
+        hashes stay, so checkpoints still verify. Safe to retry (a repeat erases 0)."""
+        request = w.erase_request(account_id, request_reference)
+        return await self._call(w.ERASE, request, timeout)
 
     async def get_status_list(self, *, timeout: float | None = None) -> SignedStatusList:
         """The platform's signed status list (`statuslist+jwt`) and its URI, for offline

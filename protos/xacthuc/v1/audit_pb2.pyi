@@ -187,7 +187,10 @@ class ExportAuditRecordsResponse(_message.Message):
     """JSON Lines: one object per line, `{"index": i, "leaf_hash": h, "record": r}`,
     where `r` is the stored record as a JSON string (so its exact bytes survive)
     and `h` the hex RFC 6962 leaf hash the service computed when it first read
-    the record.
+    the record. A record whose contents were erased (P10: retention, or
+    EraseAccountRecords) is `{"index": i, "leaf_hash": h, "erased": true}`: its
+    leaf hash still binds the tree, and `xacthuc audit verify` accepts it as
+    such and counts it.
     """
     def __init__(
         self,

@@ -228,6 +228,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: WithdrawGuardianLink: the link has already ended
     (withdrawn, or the child turned 16).
     """
+    ERROR_REASON_ERASURE_NEEDS_DATABASE: _ErrorReason.ValueType  # 100
+    """FAILED_PRECONDITION: EraseAccountRecords: this server keeps its audit log
+    without PostgreSQL (the in-memory store of dev mode, or Redis without
+    XACTHUC_DATABASE_URL), where a record cannot lose its contents and keep its
+    leaf hash; nothing was erased. An operator's setting, not the caller's.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every machine-readable reason xacthuc puts on the wire.
@@ -450,5 +456,11 @@ platform.
 ERROR_REASON_LINK_ALREADY_ENDED: ErrorReason.ValueType  # 98
 """FAILED_PRECONDITION: WithdrawGuardianLink: the link has already ended
 (withdrawn, or the child turned 16).
+"""
+ERROR_REASON_ERASURE_NEEDS_DATABASE: ErrorReason.ValueType  # 100
+"""FAILED_PRECONDITION: EraseAccountRecords: this server keeps its audit log
+without PostgreSQL (the in-memory store of dev mode, or Redis without
+XACTHUC_DATABASE_URL), where a record cannot lose its contents and keep its
+leaf hash; nothing was erased. An operator's setting, not the caller's.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1399,3 +1399,63 @@ class UnlockAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnlockAccountResponse: _TypeAlias = UnlockAccountResponse  # noqa: Y015
+
+@_typing.final
+class EraseAccountRecordsRequest(_message.Message):
+    """Asks to erase the records that name an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_REFERENCE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The platform's account id (1-128 characters of `A-Z a-z 0-9 . _ : @ -`)."""
+    request_reference: _builtins.str
+    """The reference of the erasure request being answered (for example the
+    platform's ticket number): 1-128 characters of `A-Z a-z 0-9 . _ : / -`, so
+    no personal data fits. Recorded in the `records_erased` audit record;
+    FIELD_INVALID otherwise.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        request_reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "request_reference", b"request_reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseAccountRecordsRequest: _TypeAlias = EraseAccountRecordsRequest  # noqa: Y015
+
+@_typing.final
+class EraseAccountRecordsResponse(_message.Message):
+    """The outcome of an erasure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASED_RECORDS_FIELD_NUMBER: _builtins.int
+    ERASED_AT_FIELD_NUMBER: _builtins.int
+    erased_records: _builtins.int
+    """How many records this call erased; 0 when none named the account any more
+    (never any, or erased before).
+    """
+    @_builtins.property
+    def erased_at(self) -> _timestamp_pb2.Timestamp:
+        """When this call erased them."""
+
+    def __init__(
+        self,
+        *,
+        erased_records: _builtins.int = ...,
+        erased_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at", "erased_records", b"erased_records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseAccountRecordsResponse: _TypeAlias = EraseAccountRecordsResponse  # noqa: Y015

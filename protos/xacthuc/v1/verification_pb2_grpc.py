@@ -121,6 +121,11 @@ class VerificationServiceStub:
                 request_serializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountRequest.SerializeToString,
                 response_deserializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountResponse.FromString,
                 _registered_method=True)
+        self.EraseAccountRecords = channel.unary_unary(
+                '/xacthuc.v1.VerificationService/EraseAccountRecords',
+                request_serializer=xacthuc_dot_v1_dot_verification__pb2.EraseAccountRecordsRequest.SerializeToString,
+                response_deserializer=xacthuc_dot_v1_dot_verification__pb2.EraseAccountRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class VerificationServiceServicer:
@@ -351,6 +356,29 @@ class VerificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseAccountRecords(self, request, context):
+        """Erases the contents of every audit record of the calling platform that
+        names the account: in its `account` field, as the guardian of a guardian
+        link (`guardian_account`), or as the subject of an auditor's query
+        (`query_account`) (P10; Law 91/2025: deletion on request within 72 hours).
+        Synchronous: when it answers, the records' contents are gone from the
+        database (backups are the operator's to expire). Each record keeps its
+        index and leaf hash, so the Merkle tree and every checkpoint still verify:
+        an export shows it as `{"index": i, "leaf_hash": h, "erased": true}`, and
+        queries and reports no longer see it. Audited `records_erased` (account
+        "", `count`, `request` = `request_reference`, the caller's `key_id`): the
+        erasure record never names the account. The account's attestation, lock
+        and guardian link are not touched (revoke first: RevokeAttestation).
+        Only the calling platform's records are erased. FIELD_INVALID for a
+        malformed account id or reference; ERASURE_NEEDS_DATABASE
+        (FAILED_PRECONDITION) when the server keeps its audit log without
+        PostgreSQL. Safe to retry: a repeat erases nothing (`erased_records` 0)
+        and writes no record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -428,6 +456,11 @@ def add_VerificationServiceServicer_to_server(servicer, server):
                     servicer.UnlockAccount,
                     request_deserializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountRequest.FromString,
                     response_serializer=xacthuc_dot_v1_dot_verification__pb2.UnlockAccountResponse.SerializeToString,
+            ),
+            'EraseAccountRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseAccountRecords,
+                    request_deserializer=xacthuc_dot_v1_dot_verification__pb2.EraseAccountRecordsRequest.FromString,
+                    response_serializer=xacthuc_dot_v1_dot_verification__pb2.EraseAccountRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -847,6 +880,33 @@ class VerificationService:
             '/xacthuc.v1.VerificationService/UnlockAccount',
             xacthuc_dot_v1_dot_verification__pb2.UnlockAccountRequest.SerializeToString,
             xacthuc_dot_v1_dot_verification__pb2.UnlockAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseAccountRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xacthuc.v1.VerificationService/EraseAccountRecords',
+            xacthuc_dot_v1_dot_verification__pb2.EraseAccountRecordsRequest.SerializeToString,
+            xacthuc_dot_v1_dot_verification__pb2.EraseAccountRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

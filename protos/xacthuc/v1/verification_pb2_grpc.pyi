@@ -198,6 +198,25 @@ class VerificationServiceStub:
     holds (never locked, lifted before, or a temporary lock that ran out),
     nothing changes and `was_locked` is false. Safe to retry.
     """
+    EraseAccountRecords: _grpc.UnaryUnaryMultiCallable[_verification_pb2.EraseAccountRecordsRequest, _verification_pb2.EraseAccountRecordsResponse]
+    """Erases the contents of every audit record of the calling platform that
+    names the account: in its `account` field, as the guardian of a guardian
+    link (`guardian_account`), or as the subject of an auditor's query
+    (`query_account`) (P10; Law 91/2025: deletion on request within 72 hours).
+    Synchronous: when it answers, the records' contents are gone from the
+    database (backups are the operator's to expire). Each record keeps its
+    index and leaf hash, so the Merkle tree and every checkpoint still verify:
+    an export shows it as `{"index": i, "leaf_hash": h, "erased": true}`, and
+    queries and reports no longer see it. Audited `records_erased` (account
+    "", `count`, `request` = `request_reference`, the caller's `key_id`): the
+    erasure record never names the account. The account's attestation, lock
+    and guardian link are not touched (revoke first: RevokeAttestation).
+    Only the calling platform's records are erased. FIELD_INVALID for a
+    malformed account id or reference; ERASURE_NEEDS_DATABASE
+    (FAILED_PRECONDITION) when the server keeps its audit log without
+    PostgreSQL. Safe to retry: a repeat erases nothing (`erased_records` 0)
+    and writes no record.
+    """
 
 @_typing.type_check_only
 class VerificationServiceAsyncStub(VerificationServiceStub):
@@ -368,6 +387,25 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     appeal upheld). Audited `account_unlocked` with the reason. When no lock
     holds (never locked, lifted before, or a temporary lock that ran out),
     nothing changes and `was_locked` is false. Safe to retry.
+    """
+    EraseAccountRecords: _aio.UnaryUnaryMultiCallable[_verification_pb2.EraseAccountRecordsRequest, _verification_pb2.EraseAccountRecordsResponse]  # type: ignore[assignment]
+    """Erases the contents of every audit record of the calling platform that
+    names the account: in its `account` field, as the guardian of a guardian
+    link (`guardian_account`), or as the subject of an auditor's query
+    (`query_account`) (P10; Law 91/2025: deletion on request within 72 hours).
+    Synchronous: when it answers, the records' contents are gone from the
+    database (backups are the operator's to expire). Each record keeps its
+    index and leaf hash, so the Merkle tree and every checkpoint still verify:
+    an export shows it as `{"index": i, "leaf_hash": h, "erased": true}`, and
+    queries and reports no longer see it. Audited `records_erased` (account
+    "", `count`, `request` = `request_reference`, the caller's `key_id`): the
+    erasure record never names the account. The account's attestation, lock
+    and guardian link are not touched (revoke first: RevokeAttestation).
+    Only the calling platform's records are erased. FIELD_INVALID for a
+    malformed account id or reference; ERASURE_NEEDS_DATABASE
+    (FAILED_PRECONDITION) when the server keeps its audit log without
+    PostgreSQL. Safe to retry: a repeat erases nothing (`erased_records` 0)
+    and writes no record.
     """
 
 class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -626,6 +664,31 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         appeal upheld). Audited `account_unlocked` with the reason. When no lock
         holds (never locked, lifted before, or a temporary lock that ran out),
         nothing changes and `was_locked` is false. Safe to retry.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseAccountRecords(
+        self,
+        request: _verification_pb2.EraseAccountRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verification_pb2.EraseAccountRecordsResponse, _abc.Awaitable[_verification_pb2.EraseAccountRecordsResponse]]:
+        """Erases the contents of every audit record of the calling platform that
+        names the account: in its `account` field, as the guardian of a guardian
+        link (`guardian_account`), or as the subject of an auditor's query
+        (`query_account`) (P10; Law 91/2025: deletion on request within 72 hours).
+        Synchronous: when it answers, the records' contents are gone from the
+        database (backups are the operator's to expire). Each record keeps its
+        index and leaf hash, so the Merkle tree and every checkpoint still verify:
+        an export shows it as `{"index": i, "leaf_hash": h, "erased": true}`, and
+        queries and reports no longer see it. Audited `records_erased` (account
+        "", `count`, `request` = `request_reference`, the caller's `key_id`): the
+        erasure record never names the account. The account's attestation, lock
+        and guardian link are not touched (revoke first: RevokeAttestation).
+        Only the calling platform's records are erased. FIELD_INVALID for a
+        malformed account id or reference; ERASURE_NEEDS_DATABASE
+        (FAILED_PRECONDITION) when the server keeps its audit log without
+        PostgreSQL. Safe to retry: a repeat erases nothing (`erased_records` 0)
+        and writes no record.
         """
 
 def add_VerificationServiceServicer_to_server(servicer: VerificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -137,12 +137,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
+    from xacthuc.cli import admin as cli_admin
     from xacthuc.cli import audit as cli_audit
     from xacthuc.cli import db as cli_db
     from xacthuc.cli import health as cli_health
 
     cli_health.register(sub)
     cli_db.register(sub)
+    cli_admin.register(sub)
 
     cli_audit.register(sub)
     keys = sub.add_parser("keys", help="manage API keys and signing keys")

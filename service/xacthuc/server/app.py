@@ -47,6 +47,8 @@ from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
 from xacthuc.verifiers.status_publisher import StatusListPublisher
 
 if TYPE_CHECKING:  # asyncpg is loaded only when a database is configured
+    from xacthuc.adapters.store.pg_audit import PostgresAuditLog
+    from xacthuc.adapters.store.pg_retention import AuditRetention
     from xacthuc.adapters.store.postgres import Database
 
 log = logging.getLogger("xacthuc")
@@ -92,6 +94,11 @@ class App:
     telemetry: Telemetry | None = None
     # The system of record (XACTHUC_DATABASE_URL), when configured (issue 10).
     database: Database | None = None
+    # With a database: the audit log there, which erases an account's records
+    # (EraseAccountRecords), and the retention job (P10: partitions ahead, records past
+    # XACTHUC_AUDIT_RETENTION_DAYS erased), a background job of worker 0.
+    pg_audit: PostgresAuditLog | None = None
+    retention: AuditRetention | None = None
 
     async def open(self) -> None:
         """Connect to the database and check its schema before serving: raises OSError
@@ -107,13 +114,15 @@ class App:
             raise OSError(f"cannot reach the database {self.database!r}") from e
 
     def start(self, *, background_jobs: bool = True) -> None:
-        """Start the background tasks: the audit log's checkpointer and the age-out sweep
-        (P6), the API key poll. The server calls it once it serves. `background_jobs`
+        """Start the background tasks: the audit log's checkpointer, the age-out sweep (P6)
+        and, with a database, the audit retention job (P10); the API key poll. The server calls it once it serves. `background_jobs`
         False (the workers of `xacthuc serve --workers N` but worker 0) starts only what
         every process needs for itself: the API key poll."""
         if background_jobs:
             self.audit_log.start()
             self.age_out.start()
+            if self.retention is not None:
+                self.retention.start()
         self.key_watcher.start()
 
     async def aclose(self) -> None:
@@ -121,6 +130,8 @@ class App:
         await self.key_watcher.stop()
         await self.age_out.stop()
         await self.audit_log.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.sms.aclose()
         await self.registry.aclose()
         await self.store.aclose()
@@ -198,6 +209,19 @@ def make_database(settings: Settings) -> Database | None:
     )
 
 
+def make_retention(
+    settings: Settings, clock: Clock, database: Database | None
+) -> tuple[PostgresAuditLog | None, AuditRetention | None]:
+    """With a database, the audit log kept there (erasure) and its retention job."""
+    if database is None:
+        return None, None
+    from xacthuc.adapters.store.pg_audit import PostgresAuditLog
+    from xacthuc.adapters.store.pg_retention import AuditRetention
+
+    pg_audit = PostgresAuditLog(database)
+    return pg_audit, AuditRetention(pg_audit, clock, days=settings.audit_retention_days)
+
+
 def make_sms(settings: Settings, clock: Clock, telemetry: Telemetry | None = None) -> SmsSender:
     if settings.sms_backend is SmsBackend.HTTP:
         auth = settings.sms_http_auth_header
@@ -252,6 +276,11 @@ def make_audit_log(
             "dev mode: generated a log signing key for this run (set XACTHUC_LOG_SIGNING_KEY_FILE)"
         )
         key = SigningKey.generate()
+    leaf_hashes = None
+    if database is not None:  # erased records read as "": their leaf hashes are stored there
+        from xacthuc.adapters.store.pg_audit import PostgresAuditLog
+
+        leaf_hashes = PostgresAuditLog(database).leaf_hashes
     return AuditLog(
         store,
         checkpoint_store_for(store, database),
@@ -262,6 +291,7 @@ def make_audit_log(
         every_seconds=settings.checkpoint_every_seconds,
         platforms=api_keys.platforms,
         metrics=PrometheusLogMetrics(),
+        leaf_hashes=leaf_hashes,
     )
 
 
@@ -377,6 +407,7 @@ def build_app(
     )
     registry = registry or make_registry(settings, telemetry)
     observe(store, registry, telemetry)
+    pg_audit, retention = make_retention(settings, clock, database)
     personal_id = PersonalIdVerifier(
         store=store,
         registry=registry,
@@ -420,4 +451,6 @@ def build_app(
         demo_keys=demo_keys,
         telemetry=telemetry,
         database=database,
+        pg_audit=pg_audit,
+        retention=retention,
     )

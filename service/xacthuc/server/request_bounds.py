@@ -60,6 +60,8 @@ MAX_LENGTHS: Final[dict[str, int]] = {
         # R7 account locks
         "LockAccountRequest": {"account_id": ACCOUNT_ID, "reason": 64, "request_reference": 128},
         "UnlockAccountRequest": {"account_id": ACCOUNT_ID, "reason": 64},
+        # P10 erasure
+        "EraseAccountRecordsRequest": {"account_id": ACCOUNT_ID, "request_reference": 128},
     }.items()
     for field, limit in fields.items()
     for name in (f"{message}.{field}",)

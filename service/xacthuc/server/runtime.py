@@ -134,6 +134,7 @@ async def start_server(
             clock=app.clock,
             guardian=app.guardian,
             status_lists=app.status_lists,
+            eraser=app.pg_audit,
         ),
         VERIFICATION_SERVICE,
         access_log=app.settings.access_log,

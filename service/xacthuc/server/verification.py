@@ -8,13 +8,18 @@ out-of-bounds requests (`request_bounds`) and maps errors.
 from __future__ import annotations
 
 import datetime
+from typing import Protocol
 
 from xacthuc.domain.clock import Clock
 from xacthuc.domain.decisions import Action, AttestationState, Decision, decide
-from xacthuc.domain.errors import AttestationNotFound, FieldInvalid
+from xacthuc.domain.errors import AttestationNotFound, ErasureNeedsDatabase, FieldInvalid
 from xacthuc.domain.locks import AccountLock, LockKind, check_lock
 from xacthuc.domain.personal_id import IdType, Sex
-from xacthuc.domain.records import AttestationRecord, check_reason_code
+from xacthuc.domain.records import (
+    AttestationRecord,
+    check_reason_code,
+    check_request_reference,
+)
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.request_bounds import timestamp_seconds
@@ -66,6 +71,14 @@ _LOCK_KINDS_OUT = {kind: value for value, kind in _LOCK_KINDS.items()}
 _DECISIONS: dict[Decision, verification_pb2.AuthorizeResponse] = {}
 
 
+class AccountEraser(Protocol):
+    """Erases the audit records naming an account (pg_audit.PostgresAuditLog)."""
+
+    async def erase_account(
+        self, platform: str, account: str, now: float, *, request: str, **extra: str
+    ) -> int: ...
+
+
 class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, EdgeServicer):
     def __init__(
         self,
@@ -78,8 +91,12 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         clock: Clock,
         guardian: GuardianLinker,
         status_lists: StatusListPublisher,
+        eraser: AccountEraser | None = None,
     ) -> None:
         self.api_keys = api_keys
+        # The audit log in PostgreSQL, which erases records and keeps their leaf hashes;
+        # None when the log is kept elsewhere (EraseAccountRecords: ERASURE_NEEDS_DATABASE).
+        self._eraser = eraser
         self._phone = phone
         self._personal_id = personal_id
         self._guardian = guardian
@@ -347,6 +364,29 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
         self._revoked(caller.platform)
         return verification_pb2.UnlockAccountResponse(
             was_locked=True, unlocked_at=timestamp(ended.ended_at)
+        )
+
+    # ---- erasure (P10, Law 91/2025) ----------------------------------------------------------
+
+    @rpc(Role.PLATFORM)
+    async def EraseAccountRecords(
+        self, caller: Caller, request: verification_pb2.EraseAccountRecordsRequest
+    ) -> verification_pb2.EraseAccountRecordsResponse:
+        check_account_id(request.account_id)
+        check_request_reference(request.request_reference)
+        if self._eraser is None:
+            raise ErasureNeedsDatabase()
+        now = self._clock.now()
+        erased = await self._eraser.erase_account(
+            caller.platform,
+            request.account_id,
+            now,
+            request=request.request_reference,
+            by="platform",
+            key_id=caller.key_id,
+        )
+        return verification_pb2.EraseAccountRecordsResponse(
+            erased_records=erased, erased_at=timestamp(now)
         )
 
     @rpc(Role.PLATFORM)

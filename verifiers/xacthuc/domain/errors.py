@@ -419,6 +419,15 @@ class LinkAlreadyEnded(FailedPrecondition):
     default_message = "the guardian link has already ended"
 
 
+# Erasure of an account's audit records (P10, Law 91/2025).
+class ErasureNeedsDatabase(FailedPrecondition):
+    reason = "ERASURE_NEEDS_DATABASE"
+    default_message = (
+        "records can be erased only from an audit log kept in PostgreSQL "
+        "(XACTHUC_DATABASE_URL), which keeps each erased record's leaf hash"
+    )
+
+
 def _reason_classes() -> dict[str, type[XacthucError]]:
     found: dict[str, type[XacthucError]] = {}
     pending: list[type[XacthucError]] = [XacthucError]

@@ -14,12 +14,11 @@ personal data: both are codes of a restricted alphabet.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
 from xacthuc.domain.errors import FieldInvalid
-from xacthuc.domain.records import check_reason_code
+from xacthuc.domain.records import check_reason_code, check_request_reference
 
 DAY = 86_400
 MIN_TEMPORARY_DAYS = 7  # R7: a temporary lock lasts 7 to 30 days
@@ -27,8 +26,6 @@ MAX_TEMPORARY_DAYS = 30
 # `until` is measured from the service's clock when the call arrives: a platform that computed
 # "now + 7 days" a moment earlier must not be refused, so the lower bound allows this much.
 CLOCK_ALLOWANCE_SECONDS = 600
-
-REQUEST_REFERENCE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 
 class LockKind(StrEnum):
@@ -100,6 +97,5 @@ def check_lock(
     elif until is not None:
         raise FieldInvalid("until", "a permanent lock has no end: leave it unset")
     check_reason_code(reason)
-    if not isinstance(request_reference, str) or not REQUEST_REFERENCE.fullmatch(request_reference):
-        raise FieldInvalid("request_reference", "must be 1-128 characters of A-Z a-z 0-9 . _ : / -")
+    check_request_reference(request_reference)
     return LockRequest(platform, account_id, kind, until, reason, request_reference, now)

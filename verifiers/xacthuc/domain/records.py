@@ -217,6 +217,18 @@ def check_reason_code(reason: str, field: str = "reason") -> str:
     return reason
 
 
+# The reference of a request a platform answers (an authority's document number for a lock,
+# a ticket for an erasure): 1-128 of A-Z a-z 0-9 . _ : / -, so no personal data fits.
+REQUEST_REFERENCE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+
+def check_request_reference(reference: str, field: str = "request_reference") -> str:
+    """A request reference (REQUEST_REFERENCE); FIELD_INVALID naming `field` otherwise."""
+    if not isinstance(reference, str) or not REQUEST_REFERENCE.fullmatch(reference):
+        raise FieldInvalid(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : / -")
+    return reference
+
+
 def split_audit_record(record: str) -> tuple[str, str]:
     """The record text before and after its `"seq":N` member, for stores that number records
     atomically where they append them (the keys are sorted, so the split is stable)."""
