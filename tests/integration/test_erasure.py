@@ -139,6 +139,14 @@ async def test_an_erasure_by_rpc_keeps_the_log_verifiable_and_names_no_account(
         "by": "platform",
         "key_id": h.keys[("alpha", Role.PLATFORM)].split("_")[1],  # xk_<key id>_<secret>
     }.items() <= done.items()
+    # `report` counts what is left, with and without the checkpoint (the erased lines skipped).
+    newer, vkey = tmp_path / "newer", tmp_path / "vkey"
+    counted = []
+    for extra in ((), ("--checkpoint", str(newer), "--key", str(vkey))):
+        code, out, err = await cli("report", str(tmp_path / "log.jsonl"), *extra)
+        assert 0 == code, err
+        counted.append(json.loads(out)["counts"]["records"])
+    assert [len(records), len(records)] == counted
     beta = await h.client("beta", Role.AUDITOR)
     kept = (await beta.query_audit_records(account_id="acc-1")).records
     assert 4 == len(kept)  # the same account id on another platform: untouched
