@@ -1,3 +1,3 @@
--- Reserved: the 'state' branch brings migrations 0002 and 0003 (issue 10); this file only
--- keeps the numbers without gaps until it merges, and is then replaced by them.
+-- Reserved: the 'state' branch brings migration 0003 (issue 10); this file only keeps the
+-- numbers without gaps until it merges, and is then replaced by it.
 SELECT 1;
