@@ -1,7 +1,9 @@
 """`xacthuc db`: the system of record's schema (PostgreSQL, XACTHUC_DATABASE_URL).
 
     xacthuc db migrate   apply the migrations the database lacks (one transaction, under an
-                         advisory lock: several replicas may run it at once); exit 0
+                         advisory lock: several replicas may run it at once), then make the
+                         audit log's monthly partitions for this month and the next three
+                         (worker 0's retention job does too); exit 0
     xacthuc db version   print the database's schema version and this build's; exit 0 when
                          they agree (the server starts), 1 when not
 

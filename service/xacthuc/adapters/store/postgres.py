@@ -7,7 +7,8 @@ done in transactions (`Database.transaction()`): a failure commits nothing.
 
 Migrations are the files `migrations/NNNN_<name>.sql` beside this module, applied in order
 by `migrate()` (`xacthuc db migrate`) in one transaction under an advisory lock, each
-recorded in `schema_migrations`. `Database.open()` refuses a database whose applied
+recorded in `schema_migrations`; then `migrate()` makes the audit log's monthly partitions
+ahead (migration 0004), so running it again is also their maintenance. `Database.open()` refuses a database whose applied
 migrations are not exactly those of this build (`SchemaMismatch`): older means "run
 xacthuc db migrate", newer means this build is too old for it.
 
