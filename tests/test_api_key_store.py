@@ -286,7 +286,7 @@ async def test_a_poll_is_one_query_served_by_the_version_index(database: Databas
 
 async def _break_the_audit_log(database: Database, platform: str) -> None:
     """Put records where the platform's next one goes, at each time the next appends below
-    take (the key is (platform, idx, recorded_at) since migration 0004): they fail (unique
+    take (the key is (platform, idx, recorded_at) since migration 0005): they fail (unique
     index)."""
     async with database.connection() as conn:
         head = await conn.fetchrow(

@@ -1,5 +1,5 @@
 """Retention and erasure of the audit log in PostgreSQL (issue 10; P10, Law 91/2025): the
-monthly partitions of migration 0004 (from an empty database and from one with records on
+monthly partitions of migration 0005 (from an empty database and from one with records on
 0001), an account's erasure (every record naming it, nothing else), retention in bounded
 batches with its watermark, and the job that runs both. Against a real PostgreSQL."""
 
@@ -238,7 +238,7 @@ async def test_erasing_an_account_erases_every_record_naming_it_and_nothing_else
 
 async def test_an_erasure_reads_only_through_indexes(database: Database) -> None:
     """The account's records and the two kinds of records naming it elsewhere are found by
-    migration 0004's indexes (a bitmap OR of the three), never by a scan of the log; only
+    migration 0005's indexes (a bitmap OR of the three), never by a scan of the log; only
     empty partitions may be scanned."""
     log = PostgresAuditLog(database)
     for _ in range(4):

@@ -150,7 +150,7 @@ async def test_queries_by_account_event_and_time_page_in_index_order(database: D
 
 
 async def index_family(conn: Conn, index: str) -> set[str]:
-    """A partitioned table's index and its copies on every partition (migration 0004)."""
+    """A partitioned table's index and its copies on every partition (migration 0005)."""
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = $1::regclass",
@@ -250,7 +250,7 @@ async def test_a_proof_reads_a_logarithmic_number_of_hashes_by_index(
             r[0]
             for r in await conn.fetch("EXPLAIN " + NODES_QUERY, P, [516, 517], [1, 2, 3], [1, 2, 3])
         )
-        # Partitioned by month (migration 0004): the month that holds the records is read
+        # Partitioned by month (migration 0005): the month that holds the records is read
         # through its primary key; the planner may scan an empty month's partition instead.
         for scanned in re.findall(r"Seq Scan on (\S+)", plan):
             assert 0 == await conn.fetchval(f'SELECT count(*) FROM "{scanned}"'), plan  # noqa: S608 (a name from the plan)

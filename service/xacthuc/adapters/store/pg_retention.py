@@ -1,7 +1,7 @@
 """The audit log's retention job (P10; issue 10): one per machine, in worker 0 only.
 
 Every `interval` seconds it makes sure the monthly partitions of `audit_records` exist for
-this month and the next few (migration 0004; `xacthuc db migrate` does the same), then, when a
+this month and the next few (migration 0005; `xacthuc db migrate` does the same), then, when a
 retention is set (XACTHUC_AUDIT_RETENTION_DAYS > 0), erases the contents of every record older
 than that, platform by platform, oldest first, at most `batch` records per transaction, each
 transaction audited `records_expired` with the count and the cut-off. Erasure keeps each

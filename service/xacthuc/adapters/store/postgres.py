@@ -8,7 +8,7 @@ done in transactions (`Database.transaction()`): a failure commits nothing.
 Migrations are the files `migrations/NNNN_<name>.sql` beside this module, applied in order
 by `migrate()` (`xacthuc db migrate`) in one transaction under an advisory lock, each
 recorded in `schema_migrations`; then `migrate()` makes the audit log's monthly partitions
-ahead (migration 0004), so running it again is also their maintenance. `Database.open()` refuses a database whose applied
+ahead (migration 0005), so running it again is also their maintenance. `Database.open()` refuses a database whose applied
 migrations are not exactly those of this build (`SchemaMismatch`): older means "run
 xacthuc db migrate", newer means this build is too old for it.
 
@@ -94,7 +94,7 @@ async def applied_versions(conn: Conn) -> list[int]:
     return [int(r["version"]) for r in rows]
 
 
-# Months of audit_records partitions kept ahead of the current one (migration 0004):
+# Months of audit_records partitions kept ahead of the current one (migration 0005):
 # `migrate` and the retention job (pg_audit.AuditRetention) create them.
 PARTITIONS_AHEAD = 3
 

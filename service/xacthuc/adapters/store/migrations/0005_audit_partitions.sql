@@ -1,4 +1,4 @@
--- 0004: audit_records partitioned by month of recorded_at (retention, P10), erasure by account
+-- 0005: audit_records partitioned by month of recorded_at (retention, P10), erasure by account
 -- (Law 91/2025), the retention watermark. docs/design/system-of-record.md, README "Where data
 -- lives".
 --
