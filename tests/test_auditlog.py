@@ -24,7 +24,7 @@ from xacthuc.adapters.store.checkpoints import (
     checkpoint_store_for,
 )
 from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.pg_audit import GroupAppender
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain import merkle
@@ -33,6 +33,7 @@ from xacthuc.domain.checkpoint import Checkpoint, format_vkey, open_note, parse_
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.merkle import MerkleCache
 from xacthuc.domain.tokens import SigningKey
+from xacthuc.ports.audit_log import LogReader
 from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
 from xacthuc.ports.store import Store
 from xacthuc.verifiers.auditlog import (
@@ -41,6 +42,7 @@ from xacthuc.verifiers.auditlog import (
     ReportCounter,
     export_line,
 )
+from xacthuc.verifiers.log_reader import StoreLogReader
 
 from .conftest import emptied_database
 
@@ -63,7 +65,7 @@ def make_log(
     read_batch: int = 5000,
 ) -> AuditLog:
     return AuditLog(
-        store,
+        log_reader(store, read_batch),
         checkpoints if checkpoints is not None else checkpoint_store_for(store),
         key or Ed25519PrivateKey.generate(),
         clock or FixedClock(T0),
@@ -71,9 +73,17 @@ def make_log(
         every_records=every_records,
         every_seconds=every_seconds,
         platforms=lambda: [P],
-        read_batch=read_batch,
         metrics=PrometheusLogMetrics(),
     )
+
+
+def log_reader(store: Store, read_batch: int = 5000) -> LogReader:
+    """A fresh process's reader of the store's log, as the service composes it: from
+    PostgreSQL for the redis+postgres pair, else a tree in process over the records."""
+    db = audit_database(store)
+    if db is not None:
+        return PostgresLogReader(db)
+    return StoreLogReader(store, read_batch=read_batch)
 
 
 async def append(store: Store, n: int, platform: str = P, event: str = "code_sent") -> None:
@@ -105,6 +115,26 @@ async def rewrite(store: Store, index: int, record: str, platform: str = P) -> N
     else:
         assert isinstance(store, MemoryStore)
         store._platforms[platform].audit[index] = record
+
+
+async def rewrite_history(store: Store, index: int, record: str, platform: str = P) -> None:
+    """Rewrite a stored record so that the log's hashes say so too: in Redis or memory the
+    record (the process hashes what it reads), in PostgreSQL the record with its leaf hash
+    and the stored subtrees rebuilt over it (a database restored from another history)."""
+    db = audit_database(store)
+    if db is None:
+        await rewrite(store, index, record, platform)
+        return
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE audit_records SET body = $3, leaf_hash = $4 WHERE platform = $1 AND idx = $2",
+            platform,
+            index,
+            record,
+            merkle.leaf_hash(record.encode()),
+        )
+        await conn.execute("DELETE FROM merkle_nodes WHERE platform = $1", platform)
+        await conn.execute("UPDATE merkle_heads SET size = 0 WHERE platform = $1", platform)
 
 
 async def drop_last(store: Store, platform: str = P) -> None:
@@ -162,15 +192,22 @@ def test_proof_ranges_are_subtrees() -> None:
 # ---------------------------------------------------------------------- AuditLog, store
 
 
-async def test_sync_reads_from_the_cached_size_to_the_current_end(store: Store) -> None:
-    """Records appended by anyone after a sync (another replica) are picked up by the next one."""
+async def test_the_tree_extends_from_its_size_to_the_current_end(store: Store) -> None:
+    """Records appended by anyone after an extension (another replica) are hashed by the
+    next one; roots and proofs cover them."""
     log = make_log(store, read_batch=3)
     await append(store, 4)
-    assert 4 == (await log.sync(P)).size
+    assert 4 == await log.tree_size(P)
     await append(store, 6)
-    tree = await log.sync(P)
+    assert 4 == await log.tree_size(P, at_least=4)  # hashed already: nothing read
+    assert 10 == await log.tree_size(P, at_least=5)
     records = await store.audit_records(P)
-    assert [merkle.leaf_hash(r.encode()) for r in records] == [tree.leaf(i) for i in range(10)]
+    hashes = [merkle.leaf_hash(r.encode()) for r in records]
+    root = merkle.root_from_leaf_hashes(hashes)
+    assert root == await log.root(P, 10)
+    for i in (0, 4, 9):
+        merkle.verify_inclusion(hashes[i], i, 10, await log.inclusion_proof(P, i, 10), root)
+    assert merkle.root_from_leaf_hashes(hashes[:4]) == await log.root(P, 4)
 
 
 async def test_checkpoint_proofs_verify_against_the_signed_note(store: Store) -> None:
@@ -186,17 +223,15 @@ async def test_checkpoint_proofs_verify_against_the_signed_note(store: Store) ->
         body.tree_size,
         body.root_hash,
     )
-    tree = await log.sync(P)
     for i, record in enumerate(await store.audit_records(P)):
-        merkle.verify_inclusion(
-            merkle.leaf_hash(record.encode()), i, 5, tree.inclusion_proof(i, 5), first.root_hash
-        )
+        proof = await log.inclusion_proof(P, i, 5)
+        merkle.verify_inclusion(merkle.leaf_hash(record.encode()), i, 5, proof, first.root_hash)
     await append(store, 4)
     clock.advance(60)
     second = await log.current_checkpoint(P)
     assert 9 == second.tree_size
     merkle.verify_consistency(
-        5, 9, (await log.sync(P)).consistency_proof(5, 9), first.root_hash, second.root_hash
+        5, 9, await log.consistency_proof(P, 5, 9), first.root_hash, second.root_hash
     )
 
 
@@ -250,7 +285,9 @@ async def test_empty_log_gets_an_unstored_checkpoint_of_the_empty_tree(store: St
 async def test_rewritten_record_is_never_covered_by_a_new_checkpoint(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A rewritten record makes a replica refuse to sign: error logged, counted, explained."""
+    """A rewritten record makes a replica refuse to sign: error logged, counted, explained.
+    (In PostgreSQL, a record whose hash and stored subtrees were rewritten with it; its text
+    alone rewritten is the next test.)"""
     clock = FixedClock(T0)
     cps = checkpoint_store_for(store)
     signer = Ed25519PrivateKey.generate()
@@ -258,7 +295,7 @@ async def test_rewritten_record_is_never_covered_by_a_new_checkpoint(
     await append(store, 6)
     signed = await first.current_checkpoint(P)
     records = await store.audit_records(P)
-    await rewrite(store, 2, records[2].replace("acc-2", "acc-X"))
+    await rewrite_history(store, 2, records[2].replace("acc-2", "acc-X"))
     await append(store, 3)
     clock.advance(120)
     replica = make_log(store, cps, key=signer, clock=clock)

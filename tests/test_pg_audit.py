@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import REGISTRY
 
+from xacthuc.adapters.metrics import PrometheusLogMetrics
 from xacthuc.adapters.store import pg_audit
+from xacthuc.adapters.store.checkpoints import PostgresCheckpointStore
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.pg_audit import (
     NODES_QUERY,
@@ -22,15 +25,24 @@ from xacthuc.adapters.store.pg_audit import (
     GroupAppender,
     NewRecord,
     PostgresAuditLog,
+    PostgresLogReader,
     PostgresMerkle,
 )
 from xacthuc.adapters.store.postgres import Conn, Database
 from xacthuc.domain import merkle
 from xacthuc.domain.audit_verify import verify_export
-from xacthuc.domain.checkpoint import Checkpoint, format_vkey, sign_note
-from xacthuc.domain.clock import rfc3339
-from xacthuc.domain.errors import StoreUnavailable
-from xacthuc.verifiers.auditlog import erased_line, export_line
+from xacthuc.domain.b64 import b64url_decode, b64url_encode
+from xacthuc.domain.checkpoint import (
+    Checkpoint,
+    format_vkey,
+    open_note,
+    parse_vkey,
+    sign_note,
+)
+from xacthuc.domain.clock import FixedClock, rfc3339
+from xacthuc.domain.errors import FieldInvalid, StoreUnavailable
+from xacthuc.ports.audit_log import LogFilter
+from xacthuc.verifiers.auditlog import AuditLog, erased_line, export_line, record_time
 
 T0 = 1_800_000_000.0
 P = "alpha"
@@ -375,3 +387,242 @@ async def test_retention_erases_records_older_than_the_cut_off(database: Databas
         expired["before"],
     )
     assert 0 == await log.erase_before(P, T0 + 2 * 86_400, T0 + 11 * 86_400)
+
+
+# ------------------------------------------------------ the reader side (AuditLog on PG)
+
+
+def pg_audit_log(
+    database: Database, key: Ed25519PrivateKey, *, at: float = 3600, every_records: int = 1000
+) -> tuple[AuditLog, PostgresLogReader]:
+    """A fresh process's AuditLog over PostgreSQL (nothing cached), `at` seconds after T0."""
+    reader = PostgresLogReader(database)
+    log = AuditLog(
+        reader,
+        PostgresCheckpointStore(database),
+        key,
+        FixedClock(T0 + at),
+        origin="xacthuc.test/log",
+        every_records=every_records,
+        platforms=lambda: [P],
+        metrics=PrometheusLogMetrics(),
+    )
+    return log, reader
+
+
+async def test_a_fresh_process_answers_proofs_from_stored_hashes_without_reading_the_log(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process signs a checkpoint from the stored subtrees; a fresh one answers
+    inclusion and consistency proofs reading O(log n) stored hashes and no record, and they
+    verify against the signed checkpoints."""
+    log = PostgresAuditLog(database)
+    key = Ed25519PrivateKey.generate()
+    n = 1500
+    await log.append(P, [NewRecord(T0 + i, f"a{i}", "e", "ok") for i in range(1000)])
+    bound = 2 * n.bit_length()  # hashes a root or a proof may read
+    signer, signer_reader = pg_audit_log(database, key)
+    older = await signer.current_checkpoint(P)
+    # Each leaf hash read once (by extend), then the root's few subtrees.
+    assert 1000 <= signer_reader.tree.hashes_read <= 1000 + bound
+    await log.append(P, [NewRecord(T0 + i, f"a{i}", "e", "ok") for i in range(1000, n)])
+    signer, signer_reader = pg_audit_log(database, key, at=7200)
+    newer = await signer.current_checkpoint(P)
+    assert (1000, n) == (older.tree_size, newer.tree_size)
+    # Only the new leaves, then the roots and the consistency proof: not the log.
+    assert 500 <= signer_reader.tree.hashes_read <= 500 + 3 * bound
+    for cp in (older, newer):
+        name, vkey = parse_vkey(signer.verifier_key(P))
+        assert cp.tree_size == Checkpoint.parse(open_note(cp.note, name, vkey)).tree_size
+
+    fresh, reader = pg_audit_log(database, key)
+    extend = reader.tree.extend
+
+    async def no_extension(platform: str) -> int:
+        raise AssertionError("a signed tree size needs no extension")
+
+    monkeypatch.setattr(reader.tree, "extend", no_extension)
+    leaves = await log.leaf_hashes(P, 0, n)  # the reference, read by the test
+    for index, size, cp in ((517, n, newer), (999, 1000, older), (0, 1000, older)):
+        assert n == await fresh.tree_size(P, size)  # what is hashed: enough
+        before = reader.tree.hashes_read
+        proof = await fresh.inclusion_proof(P, index, size)
+        assert reader.tree.hashes_read - before <= bound
+        merkle.verify_inclusion(leaves[index], index, size, proof, cp.root_hash)
+    before = reader.tree.hashes_read
+    proof = await fresh.consistency_proof(P, 1000, n)
+    assert reader.tree.hashes_read - before <= bound
+    merkle.verify_consistency(1000, n, proof, older.root_hash, newer.root_hash)
+    assert 0 == reader.log.rows_read  # no record read
+    assert reader.tree.hashes_read <= 4 * bound
+    monkeypatch.setattr(reader.tree, "extend", extend)
+    await log.append(P, [NewRecord(T0 + n, "late", "e", "ok")])
+    assert n + 1 == await fresh.tree_size(P, n + 1)  # beyond: the new leaf hashed, only it
+
+
+async def test_a_log_found_shorter_than_its_checkpoint_is_refused(database: Database) -> None:
+    """PostgreSQL restored from a backup older than the latest checkpoint: the checkpointer
+    refuses (no fork), and goes on refusing once the log is written again over other
+    records (they do not extend the signed tree)."""
+    log = PostgresAuditLog(database)
+    key = Ed25519PrivateKey.generate()
+    await log.append(P, [NewRecord(T0 + i, f"a{i}", "e", "ok") for i in range(39)])
+    signed = await pg_audit_log(database, key)[0].current_checkpoint(P)
+    async with database.transaction() as conn:  # the backup of size 17
+        await conn.execute("DELETE FROM audit_records WHERE idx >= 17")
+        await conn.execute("DELETE FROM merkle_nodes WHERE (idx + 1) << level > 17")
+        await conn.execute("UPDATE log_heads SET size = 17")
+        await conn.execute("UPDATE merkle_heads SET size = 17")
+    replica = pg_audit_log(database, key, at=7200)[0]
+    assert signed == await replica.current_checkpoint(P)
+    assert "the log has 17 records but checkpoint 39 was signed" in (replica.problem(P) or "")
+    await log.append(P, [NewRecord(T0 + 100 + i, f"b{i}", "e", "ok") for i in range(30)])
+    replica = pg_audit_log(database, key, at=7200)[0]
+    assert signed == await replica.current_checkpoint(P)
+    assert "no longer hash to the root of the signed checkpoint of tree size 39" in (
+        replica.problem(P) or ""
+    )
+    assert [39] == [c.tree_size for c in await PostgresCheckpointStore(database).history(P)]
+
+
+async def test_a_text_rewritten_in_postgres_keeps_its_hash_and_the_export_names_it(
+    database: Database,
+) -> None:
+    """PostgreSQL stores each leaf hash with its record: a text rewritten behind the
+    service's back changes no hash, so checkpoints go on extending the signed tree (never
+    covering the new text), and the export ships the stored hash beside the new text:
+    counted, and `audit verify` names the record."""
+    log = PostgresAuditLog(database)
+    key = Ed25519PrivateKey.generate()
+    await log.append(P, [NewRecord(T0 + i, f"acc-{i}", "e", "ok") for i in range(6)])
+    first = await pg_audit_log(database, key)[0].current_checkpoint(P)
+    async with database.connection() as conn:
+        await conn.execute(
+            "UPDATE audit_records SET body = replace(body, 'acc-2', 'acc-X') WHERE idx = 2"
+        )
+    await log.append(P, [NewRecord(T0 + 10, "acc-9", "e", "ok")])
+    replica = pg_audit_log(database, key, at=7200)[0]
+    second = await replica.current_checkpoint(P)
+    assert (7, None) == (second.tree_size, replica.problem(P))
+    merkle.verify_consistency(
+        6, 7, await replica.consistency_proof(P, 6, 7), first.root_hash, second.root_hash
+    )
+    before = REGISTRY.get_sample_value("xacthuc_audit_leaf_mismatches_total", {"platform": P})
+    lines = b"".join([c async for c in replica.export(P, 0, 7)]).splitlines(keepends=True)
+    verdict = verify_export(lines, second.note, replica.verifier_key(P))
+    assert (False, 2) == (verdict.ok, verdict.first_bad_index)
+    after = REGISTRY.get_sample_value("xacthuc_audit_leaf_mismatches_total", {"platform": P})
+    assert 1 == (after or 0) - (before or 0)
+
+
+async def test_queries_by_account_event_and_time_return_exactly_the_matching_records(
+    database: Database,
+) -> None:
+    """Every combination of filters, paged in small pages through opaque tokens, returns
+    exactly the records a scan would, in index order; erased records never match; a page
+    token continues only its own query."""
+    log = PostgresAuditLog(database)
+    key = Ed25519PrivateKey.generate()
+    events = ("code_sent", "check_ok", "rare")
+    records = [
+        NewRecord(
+            T0 + i * 7, f"acc-{i % 5}", events[0 if i % 9 else 2] if i % 2 else events[1], "ok"
+        )
+        for i in range(120)
+    ]
+    await log.append(P, records)
+    await log.append("beta", records[:10])
+    await log.erase_account(P, "acc-3", T0 + 10_000, request="T-1")
+    audit = pg_audit_log(database, key)[0]
+    stored = [(r.index, json.loads(r.body)) for r in await log.rows(P, 0, 200) if r.body]
+
+    def expected(where: LogFilter) -> list[int]:
+        return [
+            i
+            for i, rec in stored
+            if (not where.account or rec["account"] == where.account)
+            and (not where.event or rec["event"] == where.event)
+            and (where.since is None or record_time(rec["time"]) >= where.since)
+            and (where.until is None or record_time(rec["time"]) < where.until)
+        ]
+
+    filters = [
+        LogFilter(account=a, event=e, since=s, until=u)
+        for a in ("", "acc-1", "acc-3")
+        for e in ("", "rare", "check_ok")
+        for s, u in ((None, None), (T0 + 100, None), (None, T0 + 500.5), (T0 + 70, T0 + 400))
+    ]
+    for where in filters:
+        got: list[int] = []
+        token = ""
+        for _ in range(200):
+            page, token = await audit.query(P, where, page_size=4, page_token=token)
+            assert len(page) <= 4
+            got += [e.index for e in page]
+            if not token:
+                break
+        assert expected(where) == got, where
+    first, token = await audit.query(P, LogFilter(event="check_ok"), page_size=2)
+    assert token
+    for other_platform, other in (("beta", LogFilter(event="check_ok")), (P, LogFilter())):
+        with pytest.raises(FieldInvalid) as e:
+            await audit.query(other_platform, other, page_size=2, page_token=token)
+        assert "page_token" == e.value.metadata["field"]
+    forged = b64url_encode(b64url_decode(token)[:15] + b"\x09" + b64url_decode(token)[16:])
+    with pytest.raises(FieldInvalid):
+        await audit.query(P, LogFilter(event="check_ok"), page_size=2, page_token=forged)
+    # Another replica (the same log key) continues the query.
+    replica = pg_audit_log(database, key)[0]
+    rest, _ = await replica.query(P, LogFilter(event="check_ok"), page_size=2, page_token=token)
+    assert [first[-1].index + 2] == [rest[0].index]
+
+
+async def test_a_report_reads_only_the_records_of_its_window(database: Database) -> None:
+    """GetReport over a day reads that day's records (the time index), each once; the
+    per-day report adds up."""
+    log = PostgresAuditLog(database)
+    day = 86_400.0
+    await log.append(
+        P,
+        [
+            NewRecord(
+                T0 + i * 3600, f"acc-{i}", "attestation_issued", "ok", extra={"method": "phone_otp"}
+            )
+            for i in range(24 * 5)
+        ],
+    )
+    audit, reader = pg_audit_log(database, Ed25519PrivateKey.generate())
+    counts = await audit.report(P, T0 + 2 * day, T0 + 3 * day)
+    assert (24, 24, 24) == (counts["records"], counts["attestations"], reader.log.rows_read)
+    reader.log.rows_read = 0
+    total, days = await audit.daily_report(P, T0 + day, T0 + 3 * day)
+    assert 48 == total["records"] == sum(c["records"] for _, c in days)
+    assert 48 == reader.log.rows_read
+    reader.log.rows_read = 0
+    assert 0 == (await audit.report(P, T0 + 10 * day, T0 + 11 * day))["records"]
+    assert 0 == reader.log.rows_read
+    assert (48, 72) == await audit.index_range(P, T0 + 2 * day, T0 + 3 * day, 120)
+    assert (120, 120) == await audit.index_range(P, T0 + 10 * day, None, 120)
+
+
+async def test_an_export_with_erased_records_verifies_and_marks_them(database: Database) -> None:
+    """Erasure keeps the leaf hashes: the export (streamed through the cursor) shows each
+    erased record as its hash and the marker, verifies against checkpoints signed before and
+    after the erasure, and a report leaves the erased records out."""
+    log = PostgresAuditLog(database)
+    key = Ed25519PrivateKey.generate()
+    await log.append(P, [NewRecord(T0 + i, f"acc-{i % 4}", "code_sent", "ok") for i in range(20)])
+    audit = pg_audit_log(database, key)[0]
+    before = await audit.current_checkpoint(P)
+    assert 5 == await log.erase_account(P, "acc-2", T0 + 100, request="t-1")
+    audit = pg_audit_log(database, key, at=7200)[0]
+    after = await audit.current_checkpoint(P)
+    assert 21 == after.tree_size
+    lines = b"".join([c async for c in audit.export(P, 0, 21)]).splitlines(keepends=True)
+    erased = [json.loads(line) for line in lines if b'"erased":true' in line]
+    assert [2, 6, 10, 14, 18] == [e["index"] for e in erased]
+    assert all("record" not in e for e in erased)
+    for note, size in ((before.note, 20), (after.note, 21)):
+        verdict = verify_export(lines[:size], note, audit.verifier_key(P))
+        assert (True, 5) == (verdict.ok, verdict.erased), verdict.summary
+    assert 15 == (await audit.report(P, None, None))["event:code_sent"]  # 20 - 5 erased

@@ -22,15 +22,17 @@ from xacthuc.adapters.store.checkpoints import (
     RedisCheckpointStore,
     checkpoint_store_for,
 )
-from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog, PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.locks import LockKind, LockRequest
+from xacthuc.ports.audit_log import LogReader
 from xacthuc.ports.checkpoints import CheckpointStore
 from xacthuc.server.app import build_app
 from xacthuc.server.config import Settings
 from xacthuc.verifiers.auditlog import AuditLog
+from xacthuc.verifiers.log_reader import StoreLogReader
 
 from .test_health import OwnRedis
 
@@ -47,11 +49,15 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 def audit_log(
-    store: RedisStore, checkpoints: CheckpointStore, key: Ed25519PrivateKey, at: float = 3600
+    store: RedisStore | LogReader,
+    checkpoints: CheckpointStore,
+    key: Ed25519PrivateKey,
+    at: float = 3600,
 ) -> AuditLog:
-    """A fresh process's view of the log (nothing cached), `at` seconds after T0."""
+    """A fresh process's view of the log (nothing cached), `at` seconds after T0: read from
+    the store's records, or from `reader`."""
     return AuditLog(
-        store,
+        StoreLogReader(store) if isinstance(store, RedisStore) else store,
         checkpoints,
         key,
         FixedClock(T0 + at),
@@ -130,6 +136,7 @@ async def test_with_a_database_the_service_keeps_its_audit_log_in_postgres(
     try:
         await app.open()
         assert isinstance(app.audit_log._checkpoints, PostgresCheckpointStore)
+        assert isinstance(app.audit_log._reader, PostgresLogReader)  # the tree, proofs
         redis_store = app.store.backend if isinstance(app.store, CachedStore) else app.store
         assert isinstance(redis_store, RedisStore)
         assert isinstance(redis_store._audit, GroupAppender)
@@ -139,6 +146,7 @@ async def test_with_a_database_the_service_keeps_its_audit_log_in_postgres(
         await app.aclose()
     dev = build_app(Settings.load())
     assert None is dev.database
+    assert isinstance(dev.audit_log._reader, StoreLogReader)
     assert {"store"} == set(dev.probes)
     await dev.aclose()
 
@@ -163,7 +171,7 @@ async def test_with_the_audit_log_in_postgres_a_redis_restarted_empty_loses_no_r
         lock = LockRequest(P, "acc-x", LockKind.PERMANENT, None, "court_order", "ref-1", T0 + 50)
         await store.lock_account(lock)
         assert [] == [k async for k in store._redis.scan_iter(match="sor:*audit*")]
-        first = await audit_log(store, checkpoints, key).current_checkpoint(P)
+        first = await audit_log(PostgresLogReader(database), checkpoints, key).current_checkpoint(P)
         assert 39 == first.tree_size
         before = await store.audit_records(P)
         assert "account_locked" == json.loads(before[38])["event"]
@@ -180,7 +188,7 @@ async def test_with_the_audit_log_in_postgres_a_redis_restarted_empty_loses_no_r
         records = await store.audit_records(P)
         assert 56 == len(records)
         assert list(range(56)) == [json.loads(r)["seq"] for r in records]  # no restart at 0
-        log = audit_log(store, checkpoints, key, at=7200)  # a checkpoint is due
+        log = audit_log(PostgresLogReader(database), checkpoints, key, at=7200)  # one is due
         latest = await log.current_checkpoint(P)
         assert None is log.problem(P)
         assert [39, 56] == [c.tree_size for c in await checkpoints.history(P)]

@@ -16,7 +16,7 @@ import pytest
 
 from xacthuc.adapters.metrics import PrometheusLogMetrics
 from xacthuc.adapters.store.checkpoints import PostgresCheckpointStore
-from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog, PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import AsyncClient
@@ -155,16 +155,15 @@ async def test_an_erasure_by_rpc_keeps_the_log_verifiable_and_names_no_account(
     # is the signed one, and it would sign on top of it.
     assert h.app.database is not None
     fresh = AuditLog(
-        h.app.store,
+        PostgresLogReader(h.app.database),
         PostgresCheckpointStore(h.app.database),
         h.app.audit_log._key,
         h.clock,
-        leaf_hashes=PostgresAuditLog(h.app.database).leaf_hashes,
         metrics=PrometheusLogMetrics(),
     )
     latest = await fresh.checkpoint("alpha")
     assert latest is not None
-    assert (await fresh.sync("alpha")).root(latest.tree_size) == latest.root_hash
+    assert await fresh.root("alpha", latest.tree_size) == latest.root_hash
     assert fresh.problem("alpha") is None
 
 

@@ -31,6 +31,7 @@ from xacthuc.domain.records import Limits
 from xacthuc.domain.statuslist import StatusListNames
 from xacthuc.domain.tokens import SigningKey
 from xacthuc.ports.api_keys import ApiKeyStore
+from xacthuc.ports.audit_log import LogReader
 from xacthuc.ports.registry import IdentityRegistry
 from xacthuc.ports.sms import SmsSender
 from xacthuc.ports.store import Store
@@ -42,6 +43,7 @@ from xacthuc.server.telemetry import Telemetry, telemetry_from, untraced
 from xacthuc.verifiers.age_out import AgeOutSweeper
 from xacthuc.verifiers.auditlog import AuditLog
 from xacthuc.verifiers.guardian_flow import GuardianLinker
+from xacthuc.verifiers.log_reader import StoreLogReader
 from xacthuc.verifiers.personal_id_flow import PersonalIdVerifier
 from xacthuc.verifiers.phone_otp import PhoneOtpVerifier
 from xacthuc.verifiers.status_publisher import StatusListPublisher
@@ -262,6 +264,17 @@ def make_registry(settings: Settings, telemetry: Telemetry | None = None) -> Ide
     return SandboxRegistry.from_file()
 
 
+def log_reader_for(store: Store, database: Database | None = None) -> LogReader:
+    """Where the audit log's reader side comes from: with a database, PostgreSQL (the
+    records, their leaf hashes and the stored subtrees: no process reads the whole log);
+    otherwise a tree kept in this process over the store's records."""
+    if database is not None:
+        from xacthuc.adapters.store.pg_audit import PostgresLogReader
+
+        return PostgresLogReader(database)
+    return StoreLogReader(store)
+
+
 def make_audit_log(
     settings: Settings,
     store: Store,
@@ -276,13 +289,8 @@ def make_audit_log(
             "dev mode: generated a log signing key for this run (set XACTHUC_LOG_SIGNING_KEY_FILE)"
         )
         key = SigningKey.generate()
-    leaf_hashes = None
-    if database is not None:  # erased records read as "": their leaf hashes are stored there
-        from xacthuc.adapters.store.pg_audit import PostgresAuditLog
-
-        leaf_hashes = PostgresAuditLog(database).leaf_hashes
     return AuditLog(
-        store,
+        log_reader_for(store, database),
         checkpoint_store_for(store, database),
         key.private_key,
         clock,
@@ -291,7 +299,6 @@ def make_audit_log(
         every_seconds=settings.checkpoint_every_seconds,
         platforms=api_keys.platforms,
         metrics=PrometheusLogMetrics(),
-        leaf_hashes=leaf_hashes,
     )
 
 

@@ -20,15 +20,15 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from xacthuc.domain.b64 import b64url_decode, b64url_encode
 from xacthuc.domain.clock import Clock, rfc3339
 from xacthuc.domain.errors import FieldInvalid, StoreUnavailable, XacthucError
+from xacthuc.ports.audit_log import LogFilter
 from xacthuc.ports.store import Store
 from xacthuc.server.auth import ApiKeys, Caller, Role
 from xacthuc.server.request_bounds import timestamp_seconds
 from xacthuc.server.rpc import EdgeServicer, rpc, rpc_stream
 from xacthuc.v1 import audit_pb2, audit_pb2_grpc
-from xacthuc.verifiers.auditlog import AuditLog, record_time
+from xacthuc.verifiers.auditlog import AuditLog
 from xacthuc.verifiers.phone_otp import check_account_id
 
 # An event name, as the log writes them (`check_ok`, `auditor_get_report`).
@@ -92,7 +92,6 @@ class FoundRecord:
 
 
 async def find_records(
-    store: Store,
     audit_log: AuditLog,
     platform: str,
     *,
@@ -102,12 +101,12 @@ async def find_records(
     until: float | None = None,
     page_size: int = 0,
     page_token: str = "",
-    batch: int = 1000,
 ) -> tuple[list[FoundRecord], str]:
     """A page of the records matching the filter, oldest first, and the next page's token
-    ("" at the end): QueryAuditRecords and the console's account history. The filters are
-    an account id and an event name (FIELD_INVALID `account_id`, `event` otherwise): they
-    go into the call's own audit record."""
+    ("" at the end): QueryAuditRecords and the console's account history (`AuditLog.query`:
+    through the indexes with a database; erased records never match). The filters are an
+    account id and an event name (FIELD_INVALID `account_id`, `event` otherwise): they go
+    into the call's own audit record."""
     if account:
         check_account_id(account)
     if event and not _EVENT.fullmatch(event):
@@ -117,42 +116,21 @@ async def find_records(
     page_size = page_size or 100
     if not 1 <= page_size <= 1000:
         raise FieldInvalid("page_size", "must be 1-1000")
-    start, end = _decode_page_token(page_token)
-    if end is None:
-        # Pages walk the log as it was at the first page: the records appended since,
-        # such as this very query's own audit record, wait for the next query.
-        end = (await audit_log.sync(platform)).size
-    found: list[FoundRecord] = []
-    index = start
-    while len(found) < page_size:
-        records = await store.audit_records(platform, index, min(index + batch, end))
-        if not records:
-            break
-        for offset, raw in enumerate(records):
-            if not raw:  # erased (P10): nothing left to match or show
-                continue
-            rec = json.loads(raw)
-            t = record_time(rec["time"])
-            if (
-                (not account or rec["account"] == account)
-                and (not event or rec["event"] == event)
-                and (since is None or t >= since)
-                and (until is None or t < until)
-            ):
-                found.append(FoundRecord(index + offset, raw, rec))
-                if len(found) == page_size:
-                    index += offset + 1
-                    break
-        else:
-            index += len(records)
-            continue
-        break
-    return found, _encode_page_token(index, end) if index < end else ""
+    entries, token = await audit_log.query(
+        platform,
+        LogFilter(account, event, since, until),
+        page_size=page_size,
+        page_token=page_token,
+    )
+    found = [
+        FoundRecord(e.index, e.record, json.loads(e.record))
+        for e in entries
+        if e.record is not None
+    ]
+    return found, token
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
-    _BATCH = 1000
-
     def __init__(
         self,
         *,
@@ -192,7 +170,6 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
         self, caller: Caller, request: audit_pb2.QueryAuditRecordsRequest
     ) -> audit_pb2.QueryAuditRecordsResponse:
         found, token = await find_records(
-            self._store,
             self._log,
             caller.platform,
             account=request.account_id,
@@ -201,7 +178,6 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
             until=timestamp_seconds(request, "to_time"),
             page_size=request.page_size,
             page_token=request.page_token,
-            batch=self._BATCH,
         )
         records = []
         for r in found:
@@ -238,11 +214,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
     ) -> audit_pb2.GetInclusionProofResponse:
         params = {"index": request.index, "tree_size": request.tree_size}
         async with self._audited(caller, "get_inclusion_proof", params):
-            tree = await self._log.sync(caller.platform)
-            _check_tree_size("tree_size", request.tree_size, tree.size)
+            # A signed tree size is hashed already: the proof reads O(log n) stored hashes.
+            size = await self._log.tree_size(caller.platform, request.tree_size)
+            _check_tree_size("tree_size", request.tree_size, size)
             if request.index >= request.tree_size:
                 raise FieldInvalid("index", f"must be below tree_size ({request.tree_size})")
-            hashes = tree.inclusion_proof(request.index, request.tree_size)
+            hashes = await self._log.inclusion_proof(
+                caller.platform, request.index, request.tree_size
+            )
         return audit_pb2.GetInclusionProofResponse(hashes=hashes)
 
     @rpc(Role.AUDITOR)
@@ -251,15 +230,17 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
     ) -> audit_pb2.GetConsistencyProofResponse:
         params = {"from_size": request.from_size, "to_size": request.to_size}
         async with self._audited(caller, "get_consistency_proof", params):
-            tree = await self._log.sync(caller.platform)
             if request.from_size == 0:
                 raise FieldInvalid(
                     "from_size", "must be at least 1 (the empty tree proves nothing)"
                 )
             if request.to_size < request.from_size:
                 raise FieldInvalid("to_size", f"must not be below from_size ({request.from_size})")
-            _check_tree_size("to_size", request.to_size, tree.size)
-            hashes = tree.consistency_proof(request.from_size, request.to_size)
+            size = await self._log.tree_size(caller.platform, request.to_size)
+            _check_tree_size("to_size", request.to_size, size)
+            hashes = await self._log.consistency_proof(
+                caller.platform, request.from_size, request.to_size
+            )
         return audit_pb2.GetConsistencyProofResponse(hashes=hashes)
 
     @rpc_stream(Role.AUDITOR)
@@ -268,7 +249,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer, EdgeServicer):
     ) -> AsyncIterator[audit_pb2.ExportAuditRecordsResponse]:
         params = {"from_index": request.from_index, "to_index": request.to_index}
         async with self._audited(caller, "export_audit_records", params):
-            size = (await self._log.sync(caller.platform)).size
+            size = await self._log.size(caller.platform)
             stop = request.to_index or size
             if stop > size:
                 raise FieldInvalid("to_index", f"is beyond the end of the log ({size} records)")
@@ -310,26 +291,3 @@ def _time_text(request: Any, name: str) -> str:
 def _snake_case(method: str) -> str:
     """`QueryAuditRecords` -> `query_audit_records`, as the audited event names it."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", method).lower()
-
-
-def _encode_page_token(index: int, end: int) -> str:
-    return b64url_encode(f"i:{index}:{end}".encode())
-
-
-# No log reaches 2**53 records; a token beyond is forged (and Redis takes 64-bit integers only).
-_MAX_INDEX = 2**53
-
-
-def _decode_page_token(token: str) -> tuple[int, int | None]:
-    """(next index, end of the log at the first page); the end is None on a first page."""
-    if not token:
-        return 0, None
-    try:
-        # Unpadded base64url; tokens of earlier versions were padded, and still read.
-        kind, *values = b64url_decode(token.rstrip("=")).decode().split(":")
-        numbers = [int(v) for v in values]
-        if kind != "i" or len(numbers) != 2 or not 0 <= numbers[0] <= numbers[1] <= _MAX_INDEX:
-            raise ValueError
-    except ValueError:
-        raise FieldInvalid("page_token", "is not a token from a previous response") from None
-    return numbers[0], numbers[1]

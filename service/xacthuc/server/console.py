@@ -221,11 +221,10 @@ class ConsoleApi:
                 check_account_id(account, "account")
             since, until = _optional_period(q)
             tree_size = _int(q, "tree_size", 0, 2**63)
-            tree = await self._log.sync(caller.platform)
-            if tree_size > tree.size:
-                raise FieldInvalid("tree_size", f"is beyond the end of the log ({tree.size})")
+            size = await self._log.tree_size(caller.platform, tree_size)
+            if tree_size > size:
+                raise FieldInvalid("tree_size", f"is beyond the end of the log ({size})")
             found, token = await find_records(
-                self._store,
                 self._log,
                 caller.platform,
                 account=account,
@@ -236,17 +235,21 @@ class ConsoleApi:
                 page_token=_text(q, "page_token", 128),
             )
             params["returned"] = len(found)
+            proofs = [
+                await self._log.inclusion_proof(caller.platform, r.index, tree_size)
+                if r.index < tree_size
+                else None
+                for r in found
+            ]
         return _json(
             {
                 "records": [
                     {
                         "index": r.index,
                         "record": r.raw,
-                        "proof": [b64_encode(h) for h in tree.inclusion_proof(r.index, tree_size)]
-                        if r.index < tree_size
-                        else None,
+                        "proof": None if proof is None else [b64_encode(h) for h in proof],
                     }
-                    for r in found
+                    for r, proof in zip(found, proofs, strict=True)
                 ],
                 "next_page_token": token,
                 "tree_size": tree_size,
@@ -281,16 +284,16 @@ class ConsoleApi:
         async with self._calls.audited(caller, "get_consistency_proof", params):
             from_size = _int(q, "from_size", 0, 2**63)
             to_size = _int(q, "to_size", 0, 2**63)
-            tree = await self._log.sync(caller.platform)
             if from_size == 0:
                 raise FieldInvalid(
                     "from_size", "must be at least 1 (the empty tree proves nothing)"
                 )
             if to_size < from_size:
                 raise FieldInvalid("to_size", f"must not be below from_size ({from_size})")
-            if to_size > tree.size:
-                raise FieldInvalid("to_size", f"is beyond the end of the log ({tree.size} records)")
-            proof = tree.consistency_proof(from_size, to_size)
+            size = await self._log.tree_size(caller.platform, to_size)
+            if to_size > size:
+                raise FieldInvalid("to_size", f"is beyond the end of the log ({size} records)")
+            proof = await self._log.consistency_proof(caller.platform, from_size, to_size)
         return _json({"proof": [b64_encode(h) for h in proof]})
 
     async def log_history(self, request: web.Request) -> web.StreamResponse:
@@ -300,7 +303,7 @@ class ConsoleApi:
         async with self._calls.audited(caller, "get_log_history", params):
             since, until = _period(q)
             history = await self._log.checkpoint_history(caller.platform)
-            size = (await self._log.sync(caller.platform)).size
+            size = await self._log.size(caller.platform)
         per_day: dict[str, dict[str, Any]] = {}
         for c in history:
             if since <= c.signed_at < until:
@@ -325,7 +328,7 @@ class ConsoleApi:
         params: dict[str, Any] = {"from_time": q.get("from", ""), "to_time": q.get("to", "")}
         async with self._calls.audited(caller, "export_audit_records", params):
             since, until = _optional_period(q)
-            size = (await self._log.sync(caller.platform)).size
+            size = await self._log.size(caller.platform)
             start, stop = await self._log.index_range(caller.platform, since, until, size)
             params.update(from_index=start, to_index=stop)
         response = web.StreamResponse(

@@ -1,34 +1,49 @@
 """The audit log as a verifiable log: one RFC 6962 Merkle tree per platform, signed checkpoints,
-proofs, exports and reports (issue 6; P9, P10).
+proofs, queries, exports and reports (issue 6; P9, P10).
 
 **Records and leaves.** The store appends every audit record in the same atomic step as the
-state change it records (one Lua script in Redis, one synchronous block in memory), so there
-is never an attestation without its record or a record without its attestation. This module
-never writes records (the auditor-call records are appended by the servicer through
-`Store.append_audit`). It reads them in index order and hashes the stored bytes: leaf `i` is
-`merkle.leaf_hash(<record i as UTF-8>)`. Redis Lua cannot compute SHA-256, and hashing here,
-off the request path, means the verification RPCs make exactly the round trips they made
-before this module existed.
+state change it records (one Lua script in Redis, one synchronous block in memory, one
+PostgreSQL transaction), so there is never an attestation without its record or a record
+without its attestation. This module never writes records (the auditor-call records are
+appended by the servicer through `Store.append_audit`). Leaf `i` is `merkle.leaf_hash(<record
+i as UTF-8>)`. Everything it reads comes through the `LogReader` port
+(`xacthuc.ports.audit_log`): the tree (its size, roots and proofs), the records by index
+range (streamed), by filter, and the index range of a time window. Two adapters:
 
-**Tree cache.** `merkle.MerkleCache` keeps, per platform and in process, the leaf hashes and the
-hash of every complete power-of-two subtree (about 64 bytes per record), so a proof costs
-O(log^2 n) hash operations instead of a pass over the log. `AuditLog.sync` extends it from the
-cached size to the current end of the stored list, in batches: another replica may have
-appended in between. Records are append-only, so a cached prefix never needs re-reading; a
-record rewritten in storage after this process read it is noticed by any process that reads
-it afresh (another replica, a restart) and by the export, which ships the cached leaf hash
-next to the stored record.
+* with a database (XACTHUC_DATABASE_URL), `pg_audit.PostgresLogReader`: PostgreSQL computes
+  each leaf hash when it stores the record and keeps the hash of every complete subtree
+  (`PostgresMerkle`), so checkpoints are signed from what PostgreSQL holds, a root or a proof
+  is O(log n) stored hashes read by primary key, queries go through the indexes and exports
+  through a server-side cursor: no process reads the whole log, not even a fresh one;
+* otherwise `log_reader.StoreLogReader`: an in-process tree cache over
+  `Store.audit_records` (the memory store, Redis alone). Hashing there, off the request
+  path, means the verification RPCs make exactly the round trips they made before this
+  module existed.
 
 **Checkpoints.** A C2SP checkpoint (origin `<XACTHUC_LOG_ORIGIN>/<platform>`, tree size, root)
 in a signed note, Ed25519, key name = the origin. A checkpoint is due when at least
 `every_records` records were appended since the latest one, or when records were appended
 and the latest one is `every_seconds` old (a first checkpoint: `every_seconds` after this
 process first saw records; at once when an auditor asks for it). Before signing size n2 the
-latest stored checkpoint (n1, root1) is checked against the current leaves with an RFC 9162
+latest stored checkpoint (n1, root1) is checked against the tree with an RFC 9162
 consistency proof n1 -> n2; if it fails, or the log is shorter than n1, nothing is signed,
 the error is logged, `xacthuc_audit_checkpoint_refusals_total` counts it and `problem()`
-says why. So a rewritten, removed or reordered record can never be covered by a new
-checkpoint.
+says why. So a removed or reordered record, or a record rewritten before a process hashed
+it afresh, is never covered by a new checkpoint; nor is a database restored from an older
+backup and written since (its new records do not extend the signed tree). A record's text
+rewritten in PostgreSQL behind the service's back does not change its stored leaf hash, so
+checkpoints go on extending the signed tree; the export ships the stored hash next to the
+text, the export counts the mismatch (`xacthuc_audit_leaf_mismatches_total`) and `xacthuc
+audit verify` names the record.
+
+**Queries, exports, reports.** `query` pages through the records matching an account, an
+event and a time window, oldest first; a page token is opaque (HMAC-SHA-256 under a key
+derived from the log signing key, so every replica accepts every replica's tokens) and
+continues only the query, on the platform, that made it. `export` streams records as JSON
+Lines, an erased record (retention, an erasure request: text gone, leaf hash kept) as its
+leaf hash and the marker `"erased": true`. Reports read only the records of their time
+window (`LogReader.index_range`: a time index or a binary search), parsing each once;
+erased records are not counted (nothing of them is left to count).
 
 **Several replicas.** Checkpoints are stored through a `CheckpointStore` whose `append` is a
 compare-and-set on the latest stored tree size (a Lua script in Redis, next to the audit
@@ -47,21 +62,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import struct
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xacthuc.domain.age import local_date
+from xacthuc.domain.b64 import b64url_decode, b64url_encode
 from xacthuc.domain.checkpoint import Checkpoint, format_vkey, sign_note
 from xacthuc.domain.clock import Clock
-from xacthuc.domain.merkle import EMPTY_ROOT, MerkleCache, ProofError, leaf_hash, verify_consistency
+from xacthuc.domain.errors import FieldInvalid
+from xacthuc.domain.merkle import EMPTY_ROOT, ProofError, leaf_hash, verify_consistency
+from xacthuc.ports.audit_log import LogEntry, LogFilter, LogReader
 from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
 from xacthuc.ports.metrics import LogMetrics, NoLogMetrics
-from xacthuc.ports.store import Store
 
 log = logging.getLogger("xacthuc.audit")
 
@@ -72,7 +92,8 @@ LOCKOUT_EVENTS = frozenset({"phone_locked", "id_locked"})
 
 def export_line(index: int, record: str, leaf: bytes) -> bytes:
     """One line of an export: the record exactly as stored (a JSON string, so every byte
-    survives), its index and the leaf hash the server computed when it first read it."""
+    survives), its index and the leaf hash the tree holds (stored by PostgreSQL with the
+    record, or computed by the process when it first read it)."""
     return (
         f'{{"index":{index},"leaf_hash":"{leaf.hex()}","record":{json.dumps(record)}}}\n'.encode()
     )
@@ -119,8 +140,12 @@ class ReportCounter:
         self._counts[key] = self._counts.get(key, 0) + 1
 
     def add(self, record: str) -> None:
+        """Count one record as stored (its text), if its time is in the window."""
         rec = json.loads(record)
-        t = record_time(rec["time"])
+        self.add_parsed(rec, record_time(rec["time"]))
+
+    def add_parsed(self, rec: dict[str, Any], t: float) -> None:
+        """Count one record already parsed, `t` its time (`record_time(rec["time"])`)."""
         if (self._since is not None and t < self._since) or (
             self._until is not None and t >= self._until
         ):
@@ -157,7 +182,7 @@ class AuditLog:
 
     def __init__(
         self,
-        store: Store,
+        reader: LogReader,
         checkpoints: CheckpointStore,
         signing_key: Ed25519PrivateKey,
         clock: Clock,
@@ -166,25 +191,21 @@ class AuditLog:
         every_records: int = 1000,
         every_seconds: float = 60.0,
         platforms: Callable[[], Iterable[str]] = tuple,
-        read_batch: int = 5000,
         metrics: LogMetrics | None = None,
-        leaf_hashes: Callable[[str, int, int], Awaitable[list[bytes]]] | None = None,
     ) -> None:
-        # The stored leaf hashes [start, stop) of a platform, for records whose contents
-        # were erased (P10: the store reads them as ""): PostgreSQL keeps each record's leaf
-        # hash (pg_audit.PostgresAuditLog.leaf_hashes). Stores that never erase need none.
-        self._leaf_hashes = leaf_hashes
         self._metrics: LogMetrics = metrics or NoLogMetrics()
-        self._store = store
+        self._reader = reader
         self._checkpoints = checkpoints
         self._key = signing_key
+        # Page tokens are MACed under a key every replica derives from the shared log key.
+        self._token_key = hashlib.sha256(
+            b"xacthuc audit page tokens\x00" + signing_key.private_bytes_raw()
+        ).digest()
         self._clock = clock
         self._origin = origin.rstrip("/")
         self._every_records = every_records
         self._every_seconds = every_seconds
         self._configured_platforms = platforms
-        self._read_batch = read_batch
-        self._trees: dict[str, MerkleCache] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._first_seen: dict[str, float] = {}
         self._seen: set[str] = set()
@@ -207,42 +228,49 @@ class AuditLog:
     def platforms(self) -> set[str]:
         return {*self._configured_platforms(), *self._seen}
 
-    # -------------------------------------------------------------------------- leaves
+    # ---------------------------------------------------------------- the tree, proofs
 
     def _lock(self, platform: str) -> asyncio.Lock:
         return self._locks.setdefault(platform, asyncio.Lock())
 
-    async def sync(self, platform: str) -> MerkleCache:
-        """The platform's tree, extended to the current end of the stored log."""
-        self._seen.add(platform)
-        async with self._lock(platform):
-            return await self._sync_locked(platform)
-
-    async def _sync_locked(self, platform: str) -> MerkleCache:
-        tree = self._trees.setdefault(platform, MerkleCache())
-        while True:
-            start = tree.size
-            batch = await self._store.audit_records(platform, start, start + self._read_batch)
-            stored = await self._erased_leaves(platform, start, batch)
-            for offset, record in enumerate(batch):
-                tree.append(stored[offset] if offset in stored else leaf_hash(record.encode()))
-            if len(batch) < self._read_batch:
-                break
-        if tree.size and platform not in self._first_seen:
+    async def _extend(self, platform: str) -> int:
+        size = await self._reader.extend(platform)
+        if size and platform not in self._first_seen:
             self._first_seen[platform] = self._clock.now()
-        self._metrics.tree_size(platform, tree.size)
-        return tree
+        self._metrics.tree_size(platform, size)
+        return size
 
-    async def _erased_leaves(self, platform: str, start: int, batch: list[str]) -> dict[int, bytes]:
-        """The stored leaf hashes of the erased records of `batch` (records `start`...), by
-        offset: an erased record reads as "" and its leaf is the hash stored with it."""
-        erased = [offset for offset, record in enumerate(batch) if not record]
-        if not erased:
-            return {}
-        if self._leaf_hashes is None:
-            raise RuntimeError(f"audit log {platform}: record {start + erased[0]} is empty")
-        hashes = await self._leaf_hashes(platform, start, start + len(batch))
-        return {offset: hashes[offset] for offset in erased}
+    async def size(self, platform: str) -> int:
+        """How many records the platform's log holds now: what an export or a query may
+        reach."""
+        self._seen.add(platform)
+        return await self._reader.size(platform)
+
+    async def tree_size(self, platform: str, at_least: int = 0) -> int:
+        """The size of the platform's tree that roots and proofs may use: the part already
+        hashed when it covers `at_least` records (a signed tree size always is; then no
+        record is read), else the whole log, hashed first."""
+        self._seen.add(platform)
+        if at_least > 0:
+            hashed = await self._reader.hashed(platform)
+            if hashed >= at_least:
+                return hashed
+        return await self._extend(platform)
+
+    async def root(self, platform: str, tree_size: int) -> bytes:
+        """The root hash of the tree of `tree_size` records (<= `tree_size(platform,
+        tree_size)`)."""
+        return await self._reader.root(platform, tree_size)
+
+    async def inclusion_proof(self, platform: str, index: int, tree_size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of record `index` in the tree of `tree_size` records
+        (0 <= index < tree_size <= `tree_size(platform, tree_size)`)."""
+        return await self._reader.inclusion_proof(platform, index, tree_size)
+
+    async def consistency_proof(self, platform: str, size1: int, size2: int) -> list[bytes]:
+        """RFC 9162 consistency proof from the tree of `size1` records to that of `size2`
+        (0 < size1 <= size2 <= `tree_size(platform, size2)`)."""
+        return await self._reader.consistency_proof(platform, size1, size2)
 
     # --------------------------------------------------------------------- checkpoints
 
@@ -275,16 +303,16 @@ class AuditLog:
     ) -> StoredCheckpoint | None:
         # Latest first, then the leaves: a log that only grows is then at least as long.
         latest = await self._checkpoints.latest(platform)
-        tree = await self._sync_locked(platform)
+        size = await self._extend(platform)
         if latest is not None:
-            problem = self._inconsistency(tree, latest)
+            problem = await self._inconsistency(platform, size, latest)
             if problem is not None:
                 self._refuse(platform, problem)
                 return latest
         now = self._clock.now()
-        if not self._due(platform, tree.size, latest, on_demand, now):
+        if not self._due(platform, size, latest, on_demand, now):
             return latest
-        new = self.sign(platform, tree.size, tree.root())
+        new = self.sign(platform, size, await self._reader.root(platform, size))
         after = latest.tree_size if latest is not None else 0
         if await self._checkpoints.append(platform, new, after=after):
             self._metrics.checkpoint_signed(platform)
@@ -314,19 +342,22 @@ class AuditLog:
             return on_demand or now - self._first_seen.get(platform, now) >= self._every_seconds
         return now - latest.signed_at >= self._every_seconds
 
-    @staticmethod
-    def _inconsistency(tree: MerkleCache, signed: StoredCheckpoint) -> str | None:
-        """Why the current leaves do not extend the signed checkpoint, or None if they do."""
-        if signed.tree_size > tree.size:
+    async def _inconsistency(
+        self, platform: str, size: int, signed: StoredCheckpoint
+    ) -> str | None:
+        """Why the tree of `size` records does not extend the signed checkpoint, or None if
+        it does."""
+        if signed.tree_size > size:
             return (
-                f"the log has {tree.size} records but checkpoint {signed.tree_size} was signed: "
+                f"the log has {size} records but checkpoint {signed.tree_size} was signed: "
                 "records were removed"
             )
         if signed.tree_size == 0:
             return None
-        proof = tree.consistency_proof(signed.tree_size, tree.size)
+        proof = await self._reader.consistency_proof(platform, signed.tree_size, size)
+        root = await self._reader.root(platform, size)
         try:
-            verify_consistency(signed.tree_size, tree.size, proof, signed.root_hash, tree.root())
+            verify_consistency(signed.tree_size, size, proof, signed.root_hash, root)
         except ProofError:
             return (
                 f"records 0..{signed.tree_size - 1} no longer hash to the root of the signed "
@@ -374,48 +405,91 @@ class AuditLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    # ------------------------------------------------------------------ export, report
+    # ------------------------------------------------------------------------- queries
+
+    async def query(
+        self, platform: str, where: LogFilter, *, page_size: int, page_token: str = ""
+    ) -> tuple[list[LogEntry], str]:
+        """A page of at most `page_size` records matching `where`, oldest first, and the
+        next page's token ("" after the last page). Pages walk the log as it was at the
+        first page: records appended since (this very query's own audit record, say) wait
+        for the next query. A token continues only the query, on the platform, that gave it:
+        any other is FIELD_INVALID `page_token`."""
+        self._seen.add(platform)
+        if page_token:
+            start, end = self._open_token(platform, where, page_token)
+        else:
+            start, end = 0, await self._reader.size(platform)
+        found = await self._reader.query(
+            platform, where, after=start - 1, before=end, limit=page_size + 1
+        )
+        if len(found) <= page_size:
+            return found, ""
+        page = found[:page_size]
+        return page, self._token(platform, where, page[-1].index + 1, end)
+
+    def _mac(self, platform: str, where: LogFilter, body: bytes) -> bytes:
+        bound = json.dumps([platform, where.account, where.event, where.since, where.until])
+        return hmac.digest(self._token_key, bound.encode() + b"\x00" + body, "sha256")[:16]
+
+    def _token(self, platform: str, where: LogFilter, start: int, end: int) -> str:
+        body = struct.pack(">QQ", start, end)
+        return b64url_encode(body + self._mac(platform, where, body))
+
+    def _open_token(self, platform: str, where: LogFilter, token: str) -> tuple[int, int]:
+        """(first index the page may return, end of the log at the first page)."""
+        try:
+            raw = b64url_decode(token)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32 or not hmac.compare_digest(
+            raw[16:], self._mac(platform, where, raw[:16])
+        ):
+            raise FieldInvalid(
+                "page_token", "is not a token from a previous response to this query"
+            )
+        start, end = struct.unpack(">QQ", raw[:16])
+        return int(start), int(end)
+
+    # ---------------------------------------------------------- export, reports, ranges
 
     async def export(self, platform: str, start: int, stop: int) -> AsyncIterator[bytes]:
-        """Records [start, stop) as JSON Lines (`export_line`), in chunks of about 64 KiB.
-        `stop` must not exceed the log's size."""
-        tree = await self.sync(platform)
-        if stop > tree.size:
-            raise ValueError(f"stop {stop} is beyond the log ({tree.size} records)")
+        """Records [start, stop) as JSON Lines (`export_line`; an erased record as
+        `erased_line`), in chunks of about 64 KiB, streamed (memory stays flat however long
+        the log). `stop` must not exceed the log's `size`."""
         chunk = bytearray()
         index = start
-        while index < stop:
-            batch = await self._store.audit_records(
-                platform, index, min(index + self._read_batch, stop)
-            )
-            if not batch:
-                raise RuntimeError(f"audit log {platform} ends before record {index}")
-            for record in batch:
-                leaf = tree.leaf(index)
-                if not record:  # erased (P10): its leaf hash and the marker only
-                    chunk += erased_line(index, leaf)
-                else:
-                    if leaf_hash(record.encode("utf-8")) != leaf:
-                        self._metrics.leaf_mismatch(platform)
-                        log.error(
-                            "audit log %s: stored record %d changed after it was first read",
-                            platform,
-                            index,
-                        )
-                    chunk += export_line(index, record, leaf)
-                index += 1
-                if len(chunk) >= EXPORT_CHUNK_BYTES:
-                    yield bytes(chunk)
-                    chunk.clear()
+        async for entry in self._reader.entries(platform, start, stop):
+            if entry.index != index:
+                raise RuntimeError(f"audit log {platform}: record {index} is missing")
+            if entry.record is None:
+                chunk += erased_line(index, entry.leaf_hash)
+            else:
+                if leaf_hash(entry.record.encode("utf-8")) != entry.leaf_hash:
+                    self._metrics.leaf_mismatch(platform)
+                    log.error(
+                        "audit log %s: stored record %d does not hash to its leaf: changed "
+                        "after it was hashed",
+                        platform,
+                        index,
+                    )
+                chunk += export_line(index, entry.record, entry.leaf_hash)
+            index += 1
+            if len(chunk) >= EXPORT_CHUNK_BYTES:
+                yield bytes(chunk)
+                chunk.clear()
+        if index != stop:
+            raise RuntimeError(f"audit log {platform} ends before record {index}")
         if chunk:
             yield bytes(chunk)
 
     async def report(
         self, platform: str, since: float | None, until: float | None
     ) -> dict[str, int]:
+        """The `ReportCounter` counts of the records of [since, until)."""
         counter = ReportCounter(since, until)
-        async for _, record in self._records(platform):
-            counter.add(record)
+        async for rec, t in self._window(platform, since, until):
+            counter.add_parsed(rec, t)
         return counter.counts()
 
     async def daily_report(
@@ -426,44 +500,27 @@ class AuditLog:
         counts add up to the total."""
         total = ReportCounter(since, until)
         days: dict[str, ReportCounter] = {}
-        async for _, record in self._records(platform):
-            t = record_time(json.loads(record)["time"])
-            if since <= t < until:
-                total.add(record)
-                day = local_date(t).isoformat()
-                days.setdefault(day, ReportCounter(since, until)).add(record)
+        async for rec, t in self._window(platform, since, until):
+            total.add_parsed(rec, t)
+            day = local_date(t).isoformat()
+            days.setdefault(day, ReportCounter(since, until)).add_parsed(rec, t)
         return total.counts(), [(day, days[day].counts()) for day in sorted(days)]
+
+    async def _window(
+        self, platform: str, since: float | None, until: float | None
+    ) -> AsyncIterator[tuple[dict[str, Any], float]]:
+        """Each record of [since, until), parsed, with its time: only the window's records
+        are read (`index_range`); erased ones are left out (nothing of them is left)."""
+        first, end = await self.index_range(platform, since, until, await self.size(platform))
+        async for entry in self._reader.entries(platform, first, end):
+            if entry.record is not None:
+                rec = json.loads(entry.record)
+                yield rec, record_time(rec["time"])
 
     async def index_range(
         self, platform: str, since: float | None, until: float | None, stop: int
     ) -> tuple[int, int]:
         """[first, end) of the records of [0, stop) whose `time` is in [since, until).
         Records are appended in time order (`xacthuc audit verify` checks it), so they are
-        consecutive; an empty range is (n, n)."""
-        first: int | None = None
-        end = 0
-        async for index, record in self._records(platform, stop):
-            t = record_time(json.loads(record)["time"])
-            if until is not None and t >= until:
-                break
-            if since is None or t >= since:
-                if first is None:
-                    first = index
-                end = index + 1
-        return (end, end) if first is None else (first, end)
-
-    async def _records(
-        self, platform: str, stop: int | None = None
-    ) -> AsyncIterator[tuple[int, str]]:
-        """(index, stored record) of the log from 0 to `stop` (its end when None), read in
-        batches; erased records (contents gone, P10) are left out."""
-        index = 0
-        while stop is None or index < stop:
-            asked = self._read_batch if stop is None else min(self._read_batch, stop - index)
-            batch = await self._store.audit_records(platform, index, index + asked)
-            for offset, record in enumerate(batch):
-                if record:
-                    yield index + offset, record
-            index += len(batch)
-            if len(batch) < asked:
-                return
+        consecutive and found without a scan; an empty range is (n, n)."""
+        return await self._reader.index_range(platform, since, until, stop)

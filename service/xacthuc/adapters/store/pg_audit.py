@@ -30,6 +30,7 @@ from xacthuc.domain.clock import Clock, MonotonicClock, rfc3339
 from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.domain.merkle import EMPTY_ROOT, consistency_ranges, inclusion_ranges, node_hash
 from xacthuc.domain.records import audit_record, split_audit_record
+from xacthuc.ports.audit_log import LogEntry, LogFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class PostgresAuditLog:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self.rows_read = 0  # records read by rows, export and query (tests, measurements)
 
     async def append(
         self,
@@ -239,6 +241,7 @@ class PostgresAuditLog:
             found = await conn.fetch(
                 _ROW + " AND idx >= $2 AND idx < $3 ORDER BY idx", platform, start, stop
             )
+        self.rows_read += len(found)
         return [_row(r) for r in found]
 
     async def audit_records(
@@ -274,14 +277,22 @@ class PostgresAuditLog:
         since: float | None = None,
         until: float | None = None,
         after: int = -1,
+        before: int | None = None,
         limit: int = 100,
     ) -> list[AuditRow]:
         """Records naming `account` (a pseudonym), of `event`, with time in [since, until),
-        index after `after`, in index order, at most `limit` (each filter optional; each
-        served by an index)."""
-        sql = [_ROW, "AND idx > $2"]
+        index in (after, before), in index order, at most `limit` (each filter optional);
+        erased records never match (nothing of them is left to match).
+
+        Each shape is served by an index, never by reading the records in between: by
+        account, the account index in index order; by event or time, the event or time
+        index in time order, which is index order (times never go backwards: the append
+        moves a record's time up to the previous one's), from the time of record `after`;
+        with no filter, the primary key."""
+        sql = [_ROW, "AND idx > $2 AND body IS NOT NULL"]
         args: list[object] = [platform, after]
         for column, op, value in (
+            ("idx", "<", before),
             ("account", "=", account),
             ("event", "=", event),
             ("recorded_at", ">=", _ts(since)),
@@ -290,11 +301,34 @@ class PostgresAuditLog:
             if value is not None:
                 args.append(value)
                 sql.append(f"AND {column} {op} ${len(args)}")
+        if account is None and (event is not None or since is not None or until is not None):
+            if after >= 0:  # the records after it are no older: the index scan starts there
+                sql.append(
+                    "AND recorded_at >= (SELECT recorded_at FROM audit_records"
+                    " WHERE platform = $1 AND idx = $2)"
+                )
+            order = "recorded_at, idx"
+        else:
+            order = "idx"
         args.append(limit)
-        sql.append(f"ORDER BY idx LIMIT ${len(args)}")
+        sql.append(f"ORDER BY {order} LIMIT ${len(args)}")
         async with self._db.connection() as conn:
             found = await conn.fetch(" ".join(sql), *args)
+        self.rows_read += len(found)
         return [_row(r) for r in found]
+
+    async def first_at(self, platform: str, t: float, stop: int) -> int:
+        """The index of the first record whose time is `t` or later, `stop` when there is
+        none below `stop` (the time index: one lookup; the records of a time window are
+        consecutive, times never going backwards)."""
+        async with self._db.connection() as conn:
+            found = await conn.fetchval(
+                "SELECT idx FROM audit_records WHERE platform = $1 AND recorded_at >= $2"
+                " ORDER BY recorded_at, idx LIMIT 1",
+                platform,
+                _ts(t),
+            )
+        return stop if found is None else min(int(found), stop)
 
     async def export(
         self, platform: str, start: int, stop: int, *, prefetch: int = 1000
@@ -310,6 +344,7 @@ class PostgresAuditLog:
                 prefetch=prefetch,
             )
             async for r in cursor:
+                self.rows_read += 1
                 yield _row(r)
 
 
@@ -339,19 +374,23 @@ class PostgresMerkle:
     def __init__(self, database: Database, *, batch: int = 4096) -> None:
         self._db = database
         self._batch = batch
+        self.hashes_read = 0  # stored hashes read, leaves and nodes (tests, measurements)
 
     async def size(self, platform: str) -> int:
-        """How many leaves the stored subtrees cover (proofs up to this tree size)."""
+        """How many leaves the stored subtrees cover (proofs up to this tree size), never
+        more than the log holds."""
         async with self._db.connection() as conn:
             size = await conn.fetchval(
-                "SELECT size FROM merkle_heads WHERE platform = $1", platform
+                "SELECT least(m.size, coalesce(l.size, 0)) FROM merkle_heads m"
+                " LEFT JOIN log_heads l USING (platform) WHERE m.platform = $1",
+                platform,
             )
         return 0 if size is None else int(size)
 
     async def extend(self, platform: str) -> int:
-        """Store the complete subtrees over the leaves appended since the last call (one
-        extender at a time: the platform's `merkle_heads` row is locked); return the size
-        now covered."""
+        """Store the complete subtrees over the leaves appended since the last call, by any
+        process (one extender at a time: the platform's `merkle_heads` row is locked); only
+        the new leaves' hashes are read. Returns the log's size, all of it covered."""
         async with self._db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO merkle_heads (platform) VALUES ($1) ON CONFLICT DO NOTHING", platform
@@ -364,7 +403,9 @@ class PostgresMerkle:
             target = await conn.fetchval("SELECT size FROM log_heads WHERE platform = $1", platform)
             target = 0 if target is None else int(target)
             if target <= have:
-                return have
+                # Shorter than the hashed part only if records were removed: the checkpointer
+                # then sees a log smaller than its latest checkpoint and refuses.
+                return target
             waiting = [(lv, (have >> lv) - 1) for lv in range(have.bit_length()) if have >> lv & 1]
             found = await _fetch_nodes(conn, platform, waiting)
             pending = {lv: found[(lv, i)] for lv, i in waiting}
@@ -378,6 +419,7 @@ class PostgresMerkle:
                     index,
                     stop,
                 )
+                self.hashes_read += len(leaves)
                 if len(leaves) != stop - index:
                     raise RuntimeError(f"audit log {platform}: records {index}..{stop} missing")
                 new: list[tuple[str, int, int, bytes]] = []
@@ -403,6 +445,7 @@ class PostgresMerkle:
         needed = [_pieces(a, b) for a, b in ranges]
         async with self._db.connection() as conn:
             found = await _fetch_nodes(conn, platform, [p for ps in needed for p in ps])
+        self.hashes_read += len(found)
         roots = []
         for (a, b), ps in zip(ranges, needed, strict=True):
             if a == b:
@@ -430,6 +473,73 @@ class PostgresMerkle:
     async def consistency_proof(self, platform: str, size1: int, size2: int) -> list[bytes]:
         await self._covered(platform, size2)
         return await self._ranges(platform, consistency_ranges(size1, size2))
+
+
+class PostgresLogReader:
+    """The audit log's reader side (`xacthuc.ports.audit_log.LogReader`) from PostgreSQL:
+    the tree from `PostgresMerkle` (checkpoints signed from the stored subtrees, a root or a
+    proof O(log n) hashes by primary key, in one query), records by index through a
+    server-side cursor, queries and time windows through the indexes. No process reads the
+    whole log, not even a fresh one: `extend` reads only the leaf hashes appended since the
+    last extension by any process (`tree.hashes_read` and `log.rows_read` count what was
+    read, for tests and measurements)."""
+
+    def __init__(self, database: Database, *, prefetch: int = 1000) -> None:
+        self.log = PostgresAuditLog(database)
+        self.tree = PostgresMerkle(database)
+        self._prefetch = prefetch
+
+    async def extend(self, platform: str) -> int:
+        return await self.tree.extend(platform)
+
+    async def hashed(self, platform: str) -> int:
+        return await self.tree.size(platform)
+
+    async def size(self, platform: str) -> int:
+        return await self.log.size(platform)
+
+    # The callers (AuditLog) checked the sizes against `hashed`: one query each.
+
+    async def root(self, platform: str, tree_size: int) -> bytes:
+        return (await self.tree._ranges(platform, [(0, tree_size)]))[0]
+
+    async def inclusion_proof(self, platform: str, index: int, tree_size: int) -> list[bytes]:
+        return await self.tree._ranges(platform, inclusion_ranges(index, tree_size))
+
+    async def consistency_proof(self, platform: str, size1: int, size2: int) -> list[bytes]:
+        return await self.tree._ranges(platform, consistency_ranges(size1, size2))
+
+    async def entries(self, platform: str, start: int, stop: int) -> AsyncIterator[LogEntry]:
+        async for row in self.log.export(platform, start, stop, prefetch=self._prefetch):
+            yield LogEntry(row.index, row.body, row.leaf_hash)
+
+    async def query(
+        self,
+        platform: str,
+        where: LogFilter,
+        *,
+        after: int,
+        before: int,
+        limit: int,
+    ) -> list[LogEntry]:
+        rows = await self.log.query(
+            platform,
+            account=where.account or None,
+            event=where.event or None,
+            since=where.since,
+            until=where.until,
+            after=after,
+            before=before,
+            limit=limit,
+        )
+        return [LogEntry(r.index, r.body, r.leaf_hash) for r in rows]
+
+    async def index_range(
+        self, platform: str, since: float | None, until: float | None, stop: int
+    ) -> tuple[int, int]:
+        first = 0 if since is None else await self.log.first_at(platform, since, stop)
+        end = stop if until is None else await self.log.first_at(platform, until, stop)
+        return first, max(first, end)
 
 
 # Stored hashes of given nodes: leaves ($2) from the records, the others ($3 levels, $4
