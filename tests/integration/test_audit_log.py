@@ -1,26 +1,87 @@
 """The compliance audit log end to end: real server, real Redis, the shipped client and CLI
-(issue 6; P9, P10): checkpoints, proofs, export, offline verification, tampering, reports."""
+(issue 6; P9, P10): checkpoints, proofs, export, offline verification, tampering, reports.
+Each test runs twice: on Redis alone (the tree in process) and with the audit log in
+PostgreSQL (issue 10: the reader side from PostgreSQL's stored hashes and indexes)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog, PostgresLogReader
+from xacthuc.adapters.store.postgres import Database
+from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import AsyncClient, Client
 from xacthuc.domain import errors, merkle
 from xacthuc.domain.checkpoint import Checkpoint, open_note, parse_vkey
-from xacthuc.server.auth import Role
+from xacthuc.domain.clock import FixedClock
+from xacthuc.server.app import build_app
+from xacthuc.server.auth import ApiKeys, Role
+from xacthuc.server.runtime import start_server
 
-from .conftest import START, Harness
+from ..conftest import emptied_database
+from .conftest import START, CapturingSms, Harness, make_keys, make_settings
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    redis_url: str,
+    namespace: str,
+    database: Database | None,
+    keys: tuple[ApiKeys, dict[tuple[str, Role], str]] | None = None,
+) -> AsyncIterator[Harness]:
+    """A server over Redis, with its audit log in `database` when given (closed after)."""
+    api_keys, raw = keys or make_keys()
+    audit = None if database is None else GroupAppender(PostgresAuditLog(database))
+    clock = FixedClock(START)
+    sms = CapturingSms()
+    app = build_app(
+        make_settings(),
+        store=RedisStore(redis_url, namespace=namespace, audit=audit),
+        sms=sms,
+        clock=clock,
+        api_keys=api_keys,
+        database=database,
+    )
+    server = await start_server(app, "127.0.0.1:0")
+    h = Harness(app, server, sms, clock, raw)
+    try:
+        yield h
+    finally:
+        for c in h.clients:
+            await c.close()
+        await server.stop(grace=0)
+
+
+@pytest.fixture(params=["redis", "redis+postgres"])
+async def harness(
+    request: pytest.FixtureRequest, redis_url: str, redis_namespace: str
+) -> AsyncIterator[Harness]:
+    database = None
+    if request.param == "redis+postgres":
+        database = await emptied_database(request.getfixturevalue("database_url"))
+    async with serving(redis_url, redis_namespace, database) as h:
+        yield h
+
+
+@pytest.fixture
+async def pg_harness(
+    redis_url: str, redis_namespace: str, database_url: str
+) -> AsyncIterator[Harness]:
+    """The server with its audit log in PostgreSQL."""
+    async with serving(redis_url, redis_namespace, await emptied_database(database_url)) as h:
+        yield h
+
 
 PHONE = "0912345678"
 IP = "203.0.113.7"
@@ -611,3 +672,99 @@ async def test_blocking_client_speaks_the_audit_api(harness: Harness) -> None:
             return cp.tree_size, len(consistency), len(lines), c.get_report()["attestations"]
 
     assert (4, 2, 4, 1) == await asyncio.to_thread(flow)
+
+
+# ------------------------------------------------------------ the audit log in PostgreSQL
+
+
+async def test_with_a_database_an_export_with_erased_records_verifies_with_the_cli(
+    pg_harness: Harness, tmp_path: Path
+) -> None:
+    """Law 91/2025 end to end: one account's records erased in PostgreSQL, the CLI fetches a
+    checkpoint and the export: each erased record is its leaf hash and the marker, `audit
+    verify` passes against that checkpoint and one signed before the erasure and counts
+    them, and `audit report` leaves them out."""
+    h = pg_harness
+    await verify_phone(h, "acc-1")  # records 0..3
+    await verify_phone(h, "acc-2", phone="0987654321")  # 4..7
+    auditor = await h.client("alpha", Role.AUDITOR)
+    older, _ = await checkpoint_files(auditor, tmp_path, "older")  # size 8, then its record
+    assert h.app.database is not None
+    assert 4 == await PostgresAuditLog(h.app.database).erase_account("alpha", "acc-1", START)
+    env = _env() | {"XACTHUC_API_KEY": h.keys[("alpha", Role.AUDITOR)]}
+    target = ("--target", h.target)
+    h.clock.advance(61)
+    fetched = await cli("checkpoint", *target, "--out", str(tmp_path / "cp"), env=env)
+    cut = ("--checkpoint", str(tmp_path / "cp"))
+    exported = await cli("export", *target, *cut, "--out", str(tmp_path / "log.jsonl"), env=env)
+    assert (0, 0) == (fetched[0], exported[0]), (fetched, exported)
+    vkey = re.search(r"verifier key as (\S+)", fetched[2])
+    assert vkey is not None
+    (tmp_path / "vkey").write_text(vkey.group(1))
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_bytes().splitlines()]
+    assert 10 == len(lines)  # ... 8: auditor_get_checkpoint, 9: records_erased
+    assert [0, 1, 2, 3] == [e["index"] for e in lines if e.get("erased") is True]
+    assert [] == [e for e in lines[:4] if "record" in e]
+    assert "acc-1" not in (tmp_path / "log.jsonl").read_text()
+    assert "records_erased" == json.loads(lines[9]["record"])["event"]
+    code, out, err = await cli(
+        "verify",
+        str(tmp_path / "log.jsonl"),
+        *cut,
+        "--key",
+        str(tmp_path / "vkey"),
+        "--older-checkpoint",
+        str(older),
+    )
+    assert 0 == code, out + err
+    assert out.startswith("OK: xacthuc.invalid/log/alpha: records 0..9 match the checkpoint")
+    assert "4 erased record(s)" in out
+    assert "older checkpoint of tree size 8: consistent with tree size 10" in out
+    code, out, _ = await cli("report", str(tmp_path / "log.jsonl"))
+    counts = json.loads(out)["counts"]
+    assert (0, 6, 1, 1) == (
+        code,
+        counts["records"],
+        counts["attestations"],
+        counts["event:records_erased"],
+    )
+
+
+async def test_with_a_database_a_fresh_server_answers_proofs_reading_no_record(
+    pg_harness: Harness, redis_url: str, redis_namespace: str, database_url: str
+) -> None:
+    """A second server started on the same PostgreSQL (a fresh process: nothing cached)
+    answers inclusion and consistency proofs for the checkpoints the first one signed from
+    O(log n) stored hashes: it reads no record, from PostgreSQL or through the store, and
+    the proofs verify."""
+    h = pg_harness
+    for i in range(5):
+        await verify_phone(h, f"acc-{i}", phone=f"09{i}1234567")
+    auditor = await h.client("alpha", Role.AUDITOR)
+    older = await auditor.get_checkpoint()  # 20 records
+    await verify_phone(h, "acc-9", phone="0999999999")
+    h.clock.advance(61)
+    newer = await auditor.get_checkpoint()  # 25
+    stored = await records(auditor)
+    database = Database(database_url, min_size=0, max_size=2)
+    keys = (h.app.api_keys, h.keys)
+    async with serving(redis_url, redis_namespace, database, keys) as fresh:
+        await fresh.app.audit_log.stop()  # no background checkpointing: proofs only
+        store = fresh.app.store
+
+        async def no_reading(*args: object, **kwargs: object) -> list[str]:
+            raise AssertionError("a proof reads no record")
+
+        store.audit_records = no_reading  # type: ignore[method-assign]
+        reader = fresh.app.audit_log._reader
+        assert isinstance(reader, PostgresLogReader)
+        client = await fresh.client("alpha", Role.AUDITOR)
+        for index, cp in ((0, older), (13, older), (19, older), (24, newer), (7, newer)):
+            proof = await client.get_inclusion_proof(index=index, tree_size=cp.tree_size)
+            leaf = merkle.leaf_hash(stored[index].encode())
+            merkle.verify_inclusion(leaf, index, cp.tree_size, proof, cp.root_hash)
+        proof = await client.get_consistency_proof(from_size=20, to_size=25)
+        merkle.verify_consistency(20, 25, proof, older.root_hash, newer.root_hash)
+        assert (20, 25) == (older.tree_size, newer.tree_size)
+        assert 0 == reader.log.rows_read
+        assert reader.tree.hashes_read <= 6 * 2 * (25).bit_length()  # six proofs, O(log n) each

@@ -12,9 +12,10 @@
         past the checkpoint fail it unless allowed (then listed as UNVERIFIED)
     xacthuc audit report EXPORT [--checkpoint FILE --key VKEY_FILE] [--from TIME] [--to TIME]
         offline: the counts of GetReport, from an export; with --checkpoint, over the records
-        it covers, once they verify; without, marked UNVERIFIED. Erased records (P10: their
-        leaf hash only) are not counted. TIME is RFC 3339 with its offset
-        (2027-01-01T00:00:00+07:00); a time without one is refused, as the console does
+        it covers, once they verify; without, marked UNVERIFIED. TIME is RFC 3339 with its
+        offset (2027-01-01T00:00:00+07:00); a time without one is refused, as the console does.
+        Erased records (exported as their leaf hash and `"erased": true`) are not counted,
+        as GetReport does not
 
 Exit status: 0 success, 1 verification failed (or a server refused), 2 usage error. The API
 key may also come from XACTHUC_API_KEY, which keeps it out of the process list.
@@ -257,10 +258,10 @@ def _unverified_counts(args: argparse.Namespace, counter: ReportCounter) -> dict
     n = 0
     for n, line in enumerate(_lines(args.export), 1):
         try:
-            exported = json.loads(line)
-            if exported.get("erased") is True and "record" not in exported:
-                continue  # erased (P10): nothing left to count, as with --checkpoint
-            counter.add(exported["record"])
+            entry = json.loads(line)
+            if entry.get("erased") is True and "record" not in entry:
+                continue  # its contents are gone: nothing to count (as GetReport)
+            counter.add(entry["record"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise _Failed(f"line {n} of {args.export} is not an export line") from None
     return {
