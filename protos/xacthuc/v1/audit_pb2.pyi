@@ -91,7 +91,10 @@ class QueryAuditRecordsRequest(_message.Message):
     page_size: _builtins.int
     """Page size, 1-1000; 100 when 0."""
     page_token: _builtins.str
-    """Token from a previous response, at most 128 characters."""
+    """Token from a previous response to the same query (the same filters), at
+    most 128 characters; opaque and signed by the service: any other token is
+    FIELD_INVALID `page_token`.
+    """
     @_builtins.property
     def from_time(self) -> _timestamp_pb2.Timestamp:
         """Only records at or after this time, when set."""
@@ -186,11 +189,12 @@ class ExportAuditRecordsResponse(_message.Message):
     jsonl: _builtins.bytes
     """JSON Lines: one object per line, `{"index": i, "leaf_hash": h, "record": r}`,
     where `r` is the stored record as a JSON string (so its exact bytes survive)
-    and `h` the hex RFC 6962 leaf hash the service computed when it first read
-    the record. A record whose contents were erased (P10: retention, or
-    EraseAccountRecords) is `{"index": i, "leaf_hash": h, "erased": true}`: its
-    leaf hash still binds the tree, and `xacthuc audit verify` accepts it as
-    such and counts it.
+    and `h` the hex RFC 6962 leaf hash the log's tree holds for it (stored with
+    the record when the log is kept in PostgreSQL, else computed by the service
+    when it first read the record). A record whose contents were erased
+    (retention, an erasure request) is `{"index": i, "leaf_hash": h, "erased":
+    true}`: its leaf hash still binds the tree, and `xacthuc audit verify`
+    accepts it.
     """
     def __init__(
         self,
@@ -432,7 +436,7 @@ class GetReportResponse(_message.Message):
         R7), `lock_kind:<kind>` (them by `temporary` or `permanent`) and
         `account_unlocks` (`account_unlocked` events). `records`, `attestations`,
         `guardian_managed`, `commercial_livestream` and `lockouts` are always
-        present; the others only when not 0.
+        present; the others only when not 0. Erased records are not counted.
         """
 
     def __init__(

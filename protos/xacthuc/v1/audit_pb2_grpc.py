@@ -97,7 +97,8 @@ class AuditServiceServicer:
 
     def QueryAuditRecords(self, request, context):
         """Returns audit records matching a filter, oldest first, paginated. The pages
-        of one query walk the log as it was at its first page.
+        of one query walk the log as it was at its first page. Records whose contents
+        were erased (retention, an erasure request) match no filter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

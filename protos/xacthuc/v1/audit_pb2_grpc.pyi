@@ -48,7 +48,8 @@ class AuditServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     QueryAuditRecords: _grpc.UnaryUnaryMultiCallable[_audit_pb2.QueryAuditRecordsRequest, _audit_pb2.QueryAuditRecordsResponse]
     """Returns audit records matching a filter, oldest first, paginated. The pages
-    of one query walk the log as it was at its first page.
+    of one query walk the log as it was at its first page. Records whose contents
+    were erased (retention, an erasure request) match no filter.
     """
     ExportAuditRecords: _grpc.UnaryStreamMultiCallable[_audit_pb2.ExportAuditRecordsRequest, _audit_pb2.ExportAuditRecordsResponse]
     """Streams audit records as JSON Lines chunks, for offline verification with
@@ -90,7 +91,8 @@ class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryAuditRecords: _aio.UnaryUnaryMultiCallable[_audit_pb2.QueryAuditRecordsRequest, _audit_pb2.QueryAuditRecordsResponse]  # type: ignore[assignment]
     """Returns audit records matching a filter, oldest first, paginated. The pages
-    of one query walk the log as it was at its first page.
+    of one query walk the log as it was at its first page. Records whose contents
+    were erased (retention, an erasure request) match no filter.
     """
     ExportAuditRecords: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportAuditRecordsRequest, _audit_pb2.ExportAuditRecordsResponse]  # type: ignore[assignment]
     """Streams audit records as JSON Lines chunks, for offline verification with
@@ -135,7 +137,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.QueryAuditRecordsResponse, _abc.Awaitable[_audit_pb2.QueryAuditRecordsResponse]]:
         """Returns audit records matching a filter, oldest first, paginated. The pages
-        of one query walk the log as it was at its first page.
+        of one query walk the log as it was at its first page. Records whose contents
+        were erased (retention, an erasure request) match no filter.
         """
 
     @_abc_1.abstractmethod

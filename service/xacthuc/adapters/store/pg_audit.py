@@ -12,6 +12,9 @@ a rolled-back append gives its indices back.
 and its records commit together or not at all. Reads never load the whole log: ranges,
 leaf hashes and queries by account pseudonym, event and time go through the primary key and
 the indexes of migration 0001; `export` streams through a server-side cursor.
+`PostgresLogReader` is the reader side of the verifiable log (`xacthuc.ports.audit_log`)
+over these: the tree from `PostgresMerkle`'s stored subtrees, records, queries and time
+windows from `PostgresAuditLog`.
 """
 
 from __future__ import annotations
