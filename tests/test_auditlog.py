@@ -31,9 +31,10 @@ from xacthuc.domain import merkle
 from xacthuc.domain.audit_verify import UsageError, verify_export
 from xacthuc.domain.checkpoint import Checkpoint, format_vkey, open_note, parse_vkey
 from xacthuc.domain.clock import FixedClock
+from xacthuc.domain.errors import FieldInvalid
 from xacthuc.domain.merkle import MerkleCache
 from xacthuc.domain.tokens import SigningKey
-from xacthuc.ports.audit_log import LogReader
+from xacthuc.ports.audit_log import LogFilter, LogReader
 from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
 from xacthuc.ports.store import Store
 from xacthuc.verifiers.auditlog import (
@@ -417,6 +418,79 @@ async def test_concurrent_appends_store_exactly_one(checkpoints: CheckpointStore
     results = await asyncio.gather(*(checkpoints.append(P, _cp(4 + i), after=0) for i in range(8)))
     assert 1 == sum(results)
     assert 1 == len(await checkpoints.history(P))
+
+
+# ------------------------------------------------------------------ queries, reports
+
+
+async def test_queries_page_through_exactly_the_matching_records(store: Store) -> None:
+    """By account, event and time window, in pages of 3 through opaque tokens: exactly the
+    records a scan finds, oldest first; a token continues only its own query."""
+    for i in range(40):
+        await store.append_audit(
+            P, T0 + i, account=f"acc-{i % 4}", event=("a", "b")[i % 3 == 0], outcome="ok"
+        )
+    log = make_log(store, read_batch=7)
+    stored = [json.loads(r) for r in await store.audit_records(P)]
+    for where in (
+        LogFilter(),
+        LogFilter(account="acc-1"),
+        LogFilter(event="b"),
+        LogFilter(account="acc-2", event="a", since=T0 + 5, until=T0 + 31),
+        LogFilter(since=T0 + 38.5),
+        LogFilter(until=T0 + 0.5),
+        LogFilter(account="nobody"),
+    ):
+        want = [
+            r["seq"]
+            for r in stored
+            if where.account in ("", r["account"])
+            and where.event in ("", r["event"])
+            and (where.since is None or T0 + r["seq"] >= where.since)
+            and (where.until is None or T0 + r["seq"] < where.until)
+        ]
+        got: list[int] = []
+        page, token = await log.query(P, where, page_size=3)
+        got += [e.index for e in page]
+        while token:
+            page, token = await log.query(P, where, page_size=3, page_token=token)
+            assert page
+            got += [e.index for e in page]
+        assert want == got, where
+    _, token = await log.query(P, LogFilter(event="b"), page_size=3)
+    with pytest.raises(FieldInvalid) as e:
+        await log.query(P, LogFilter(event="a"), page_size=3, page_token=token)
+    assert "page_token" == e.value.metadata["field"]
+
+
+async def test_a_report_reads_the_records_of_its_window_once_the_tree_is_built(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records of a time window are consecutive (times never go backwards): a report
+    finds them without a scan (the time index, or a binary search) and parses each once;
+    the per-day report adds up to the total."""
+    await append(store, 64)
+    log = make_log(store, read_batch=8)
+    assert 64 == await log.tree_size(P)  # the in-process tree reads the log once
+    read: list[int] = []
+    inner = store.audit_records
+
+    async def counting(platform: str, start: int = 0, stop: int | None = None) -> list[str]:
+        got = await inner(platform, start, stop)
+        read.append(len(got))
+        return got
+
+    monkeypatch.setattr(store, "audit_records", counting)
+    assert (10, 20) == await log.index_range(P, T0 + 10, T0 + 20, 64)
+    assert (0, 5) == await log.index_range(P, None, T0 + 4.5, 64)
+    assert (64, 64) == await log.index_range(P, T0 + 100, None, 64)
+    read.clear()
+    assert 10 == (await log.report(P, T0 + 10, T0 + 20))["records"]
+    if audit_database(store) is None:  # through the store: the window and 2 log2(n) probes
+        assert sum(read) <= 10 + 2 * 7, read
+    total, days = await log.daily_report(P, T0, T0 + 64)
+    assert 64 == total["records"] == sum(c["records"] for _, c in days)
+    assert 64 == (await log.report(P, None, None))["event:code_sent"]
 
 
 # ---------------------------------------------------------------------------- export
