@@ -690,7 +690,9 @@ async def test_with_a_database_an_export_with_erased_records_verifies_with_the_c
     auditor = await h.client("alpha", Role.AUDITOR)
     older, _ = await checkpoint_files(auditor, tmp_path, "older")  # size 8, then its record
     assert h.app.database is not None
-    assert 4 == await PostgresAuditLog(h.app.database).erase_account("alpha", "acc-1", START)
+    assert 4 == await PostgresAuditLog(h.app.database).erase_account(
+        "alpha", "acc-1", START, request="T-1"
+    )
     env = _env() | {"XACTHUC_API_KEY": h.keys[("alpha", Role.AUDITOR)]}
     target = ("--target", h.target)
     h.clock.advance(61)
