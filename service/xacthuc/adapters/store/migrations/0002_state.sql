@@ -11,7 +11,8 @@ CREATE EXTENSION IF NOT EXISTS pgcrypto;
 -- ---- JSON and audit records ---------------------------------------------------------------
 
 -- A string as JSON text exactly as Python's json.dumps() writes it (ensure_ascii: every
--- non-ASCII character as \uXXXX, lowercase hex, surrogate pairs above U+FFFF).
+-- character outside ' '..'~' as \uXXXX, DEL included, lowercase hex, surrogate pairs above
+-- U+FFFF; to_json already escapes the control characters below ' ').
 CREATE FUNCTION xacthuc_json(p text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
@@ -20,12 +21,12 @@ DECLARE
     c   text;
     n   integer;
 BEGIN
-    IF v !~ '[^\x01-\x7f]' THEN
+    IF v !~ '[^\x01-\x7e]' THEN
         RETURN v;
     END IF;
     FOREACH c IN ARRAY regexp_split_to_array(v, '') LOOP
         n := ascii(c);
-        IF n < 128 THEN
+        IF n < 127 THEN
             out := out || c;
         ELSIF n < 65536 THEN
             out := out || '\u' || lpad(to_hex(n), 4, '0');
