@@ -24,6 +24,7 @@ from xacthuc.adapters.store.checkpoints import (
     checkpoint_store_for,
 )
 from xacthuc.adapters.store.memory import MemoryStore
+from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis import RedisStore
@@ -96,6 +97,8 @@ def audit_database(store: Store) -> Database | None:
     """The database holding the store's audit log (the redis+postgres pair), if any."""
     if isinstance(store, RedisStore) and isinstance(store._audit, GroupAppender):
         return store._audit._log._db
+    if isinstance(store, PairStore):
+        return store.database
     return None
 
 

@@ -49,7 +49,7 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.store import Store
 
-from .conftest import memory_store, nth_index, redis_store
+from .conftest import emptied_database, memory_store, nth_index, pair_store, redis_store
 
 NOW = 1_800_000_000.0
 TTL = 300.0
@@ -672,25 +672,30 @@ async def test_another_account_is_refused(store: Store) -> None:
     assert [expected] == await store.audit_records(PLATFORM, 2)
 
 
-async def test_consumed_challenge_refuses_even_the_right_code(store: Store) -> None:
-    """Single use: after a success the same right code raises ChallengeAlreadyUsed."""
+async def test_the_right_code_again_returns_the_same_attestation(store: Store) -> None:
+    """Single use, idempotent: the right code again (a retry after a lost reply) gets the
+    attestation the challenge issued, counts no attempt, issues nothing and records nothing;
+    once that attestation is revoked the challenge is CHALLENGE_ALREADY_USED."""
     await sent(store, new())
-    await store.check_code(check(now=NOW + 30), LIMITS)
+    first = await store.check_code(check(now=NOW + 30), LIMITS)
 
+    again = await store.check_code(check(now=NOW + 40, token_id="tok-2"), LIMITS)
+
+    assert attestation(now=NOW + 30) == first == again
+    assert 4 == len(await store.audit_records(PLATFORM))
+    await store.revoke_attestation(PLATFORM, "acc-1", NOW + 50, "user_request")
     with pytest.raises(ChallengeAlreadyUsed):
-        await store.check_code(check(now=NOW + 40, token_id="tok-2"), LIMITS)
-
+        await store.check_code(check(now=NOW + 60, token_id="tok-3"), LIMITS)
     expected = rec(
-        4,
-        NOW + 40,
+        5,
+        NOW + 60,
         "check_failed",
         "refused",
         "CHALLENGE_ALREADY_USED",
         challenge="ch-1",
         phone=PHONE,
     )
-    assert [expected] == await store.audit_records(PLATFORM, 4)
-    assert attestation(now=NOW + 30) == await store.get_attestation(PLATFORM, "acc-1")
+    assert [expected] == await store.audit_records(PLATFORM, 5)
 
 
 async def test_consumed_challenge_with_another_code_is_already_used(store: Store) -> None:
@@ -716,7 +721,8 @@ async def test_code_under_a_rotated_key_still_matches(store: Store) -> None:
 
 
 async def test_concurrent_correct_checks_issue_one_attestation(store: Store) -> None:
-    """20 concurrent right codes: exactly one succeeds, the others are ALREADY_USED."""
+    """20 concurrent right codes (one call and its retries): one attestation is issued,
+    with one status index, and every call gets it."""
     await sent(store, new())
 
     results = await asyncio.gather(
@@ -724,12 +730,12 @@ async def test_concurrent_correct_checks_issue_one_attestation(store: Store) -> 
         return_exceptions=True,
     )
 
-    winners = [r for r in results if isinstance(r, AttestationRecord)]
-    assert 1 == len(winners)
-    assert [ChallengeAlreadyUsed] * 19 == [type(r) for r in results if r not in winners]
-    assert winners == [await store.get_attestation(PLATFORM, "acc-1")]
+    issued = await store.get_attestation(PLATFORM, "acc-1")
+    assert issued is not None
+    assert [issued] * 20 == results
+    assert nth_index(0) == issued.status_idx
     events = [json.loads(r)["event"] for r in await store.audit_records(PLATFORM)]
-    assert (1, 1, 19) == (
+    assert (1, 1, 0) == (
         events.count("check_ok"),
         events.count("attestation_issued"),
         events.count("check_failed"),
@@ -1120,9 +1126,10 @@ async def outcome(operation: Awaitable[object]) -> object:
 
 @pytest.mark.parametrize("seed", range(25))
 async def test_random_histories_agree_with_memory(
-    redis_url: str, redis_namespace: str, seed: int
+    redis_url: str, redis_namespace: str, database_url: str, seed: int
 ) -> None:
-    """Random operation sequences give Redis the results and audit bytes of MemoryStore."""
+    """Random operation sequences give the pair (Redis + PostgreSQL) the results and audit
+    bytes of MemoryStore."""
     rnd = random.Random(seed)
     limits = Limits(
         otp_max_attempts=rnd.randint(2, 4),
@@ -1138,7 +1145,8 @@ async def test_random_histories_agree_with_memory(
         challenge_retention_seconds=rnd.choice([10, 100]),
         send_lease_seconds=rnd.choice([1, 60]),
     )
-    memory, redis_backend = memory_store(), redis_store(redis_url, redis_namespace)
+    db = await emptied_database(database_url)
+    memory, redis_backend = memory_store(), pair_store(redis_url, redis_namespace, db)
     backends = (memory, redis_backend)
     now = NOW + rnd.random()
     challenges: list[NewChallenge] = []
@@ -1197,6 +1205,7 @@ async def test_random_histories_agree_with_memory(
                 )
     finally:
         await redis_backend.aclose()
+        await db.aclose()
 
 
 async def test_memory_store_forgets_challenges_after_retention() -> None:

@@ -61,13 +61,22 @@ class Store(Protocol):
         ...
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
-        """Count the attempt, compare in constant time, consume atomically (single use: a
-        consumed challenge refuses even the right code), record the attestation and audit it
-        all. The attestation gets the platform's next status-list index (a keyed permutation
-        of the platform's token counter, never reused: `xacthuc.domain.status_index`). Raises
-        ChallengeNotFound, ChallengeAccountMismatch, ChallengeAlreadyUsed, OtpExpired,
-        OtpAttemptsExceeded, PhoneLocked, GuardianRequired (a linked child, before any attempt
-        is counted), PhoneAccountLimit or OtpIncorrect."""
+        """Count the attempt, compare in constant time; the right code consumes the
+        challenge (single use) and resets the number's failures, then the account is checked
+        (GuardianRequired: a linked child; PhoneAccountLimit: P8) and the attestation
+        recorded and audited. It gets the platform's next status-list index (a keyed
+        permutation of the platform's token counter, never reused:
+        `xacthuc.domain.status_index`).
+
+        Idempotent on the challenge (a retry after a lost reply): the right code again, by
+        the same account, counts no attempt and returns the attestation the challenge
+        issued while it is still the account's active one (also once the challenge itself
+        is forgotten), with nothing issued or recorded again; a challenge whose
+        attestation was replaced or revoked, or a consumed challenge with another code, is
+        ChallengeAlreadyUsed. A right code refused by the account checks may be retried.
+        Raises ChallengeNotFound, ChallengeAccountMismatch, ChallengeAlreadyUsed,
+        OtpExpired, OtpAttemptsExceeded, PhoneLocked, OtpIncorrect, GuardianRequired or
+        PhoneAccountLimit."""
         ...
 
     async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
@@ -87,8 +96,8 @@ class Store(Protocol):
         with what the attempt costs.
 
         A match gives the number's window its place back (it stays charged to the account),
-        checks P8 for the number (PersonalIdAccountLimit, no retry-after), resets both failure
-        counts, writes the personal-ID attestation (commercial livestream allowed,
+        resets both failure counts, checks P8 for the number (PersonalIdAccountLimit, no
+        retry-after), writes the personal-ID attestation (commercial livestream allowed,
         `pending.age_band`, the next status-list index) and audits it; a non-match keeps
         both places, counts a failure for the account and the number (locking both after
         `id_max_failures`) and raises PersonalIdNotMatched or IdAttemptsExceeded;

@@ -5,12 +5,14 @@ from __future__ import annotations
 from xacthuc.adapters.store.memory_state import (
     MemoryBase,
     _Guard,
+    _issued,
     _linked_child,
     _Platform,
     _recent,
 )
 from xacthuc.domain.errors import (
     AccountNotAuthenticated,
+    ChallengeAlreadyUsed,
     GuardianManagedNoCommercialLivestream,
     GuardianRequired,
     IdAttemptsExceeded,
@@ -141,6 +143,14 @@ class IdentityOps(MemoryBase):
         # A match gives the number's place back: its window holds only attempts that did not
         # match (or still wait), the same for a real number as for an unknown one (no oracle).
         _refund(p.number_guards[attempt.subject], attempt.attempt_id)
+        for _, guard in guards:  # a match: the failure counters start afresh (before P8)
+            guard.fails = 0
+            guard.lock_level = 0
+        if attempt.attempt_id in p.issued:  # the issuing step retried
+            replay = _issued(p, attempt.attempt_id, attempt.account_id)
+            if replay is None:
+                raise ChallengeAlreadyUsed()
+            return replay
         accounts = p.subject_accounts[attempt.subject]
         if (
             attempt.account_id not in accounts
@@ -155,9 +165,6 @@ class IdentityOps(MemoryBase):
                 refunded=REFUNDED_MATCH,
             )
             raise PersonalIdAccountLimit()
-        for _, guard in guards:
-            guard.fails = 0
-            guard.lock_level = 0
         record = AttestationRecord(
             account_id=attempt.account_id,
             method=pending.method,
@@ -170,7 +177,7 @@ class IdentityOps(MemoryBase):
             status_idx=self._next_status_idx(p),
             id_type=pending.id_type,
         )
-        self._attest(p, record, attempt.subject)
+        self._attest(p, record, attempt.subject, attempt.attempt_id)
         self._id_audit(p, attempt, "id_check", "ok", "", refunded=REFUNDED_MATCH)
         self._audit(
             p,

@@ -8,6 +8,7 @@ from xacthuc.adapters.store.memory_state import (
     _WINDOWS,
     MemoryBase,
     _Challenge,
+    _issued,
     _linked_child,
     _Phone,
     _Platform,
@@ -216,10 +217,20 @@ class PhoneOps(MemoryBase):
         if ch is not None and now >= ch.expires_at + limits.challenge_retention_seconds:
             ch = None
         if ch is None:
+            # What the challenge issued may outlive it (a retry after a lost reply).
+            replay = _issued(p, check.challenge_id, check.account_id)
+            if replay is not None:
+                return replay
+            if p.issued.get(check.challenge_id) == check.account_id:
+                return self._fail(p, check, ChallengeAlreadyUsed())
             return self._fail(p, check, ChallengeNotFound())
         if ch.account_id != check.account_id:
             return self._fail(p, check, ChallengeAccountMismatch(), ch)
-        if ch.state == "consumed":  # single use: a second correct code is refused too
+        if ch.state == "consumed":
+            # Single use: the right code again is the same call retried (no attempt counted):
+            # it gets what the challenge issued; any other code is refused.
+            if self._matches(ch.mac, check.candidates):
+                return self._issue(p, check, ch, limits)
             return self._fail(p, check, ChallengeAlreadyUsed(), ch)
         if now >= ch.expires_at:
             return self._fail(p, check, OtpExpired(), ch)
@@ -228,15 +239,33 @@ class PhoneOps(MemoryBase):
         phone = p.phones[ch.phone]
         if phone.locked_until > now:
             return self._fail(p, check, PhoneLocked(retry_after=phone.locked_until - now), ch)
-        if _linked_child(p, check.account_id, now):  # R1: a linked child verifies via the guardian
-            return self._fail(p, check, GuardianRequired(), ch)
         ch.attempts += 1  # counted before comparing
         if not self._matches(ch.mac, check.candidates):
             return self._wrong_code(p, check, ch, phone, limits)
+        # The right code uses the challenge up and starts P2 afresh; then the durable step
+        # (PostgreSQL's in the pair): R1, P8, the attestation.
+        ch.state = "consumed"
+        phone.fails = 0
+        phone.lock_level = 0
+        return self._issue(p, check, ch, limits)
+
+    def _issue(
+        self, p: _Platform, check: CodeCheck, ch: _Challenge, limits: Limits
+    ) -> AttestationRecord:
+        """The issuing step of a right code, idempotent on the challenge id: once it issued,
+        the attestation while it is still the account's active one, else
+        CHALLENGE_ALREADY_USED; R1 (GUARDIAN_REQUIRED), P8 (PHONE_ACCOUNT_LIMIT)."""
+        if check.challenge_id in p.issued:
+            replay = _issued(p, check.challenge_id, check.account_id)
+            if replay is None:
+                return self._fail(p, check, ChallengeAlreadyUsed(), ch)
+            return replay
+        if _linked_child(p, check.account_id, check.now):  # R1: a child verifies via the guardian
+            return self._fail(p, check, GuardianRequired(), ch)
         accounts = p.subject_accounts[ch.phone]
         if check.account_id not in accounts and len(accounts) >= limits.max_accounts_per_phone:
             return self._fail(p, check, PhoneAccountLimit(), ch)
-        return self._succeed(p, check, ch, phone)
+        return self._succeed(p, check, ch)
 
     @staticmethod
     def _matches(stored: str, candidates: tuple[str, ...]) -> bool:
@@ -283,9 +312,7 @@ class PhoneOps(MemoryBase):
             raise PhoneLocked(retry_after=seconds)
         raise OtpIncorrect(metadata={"attempts_remaining": str(remaining)})
 
-    def _succeed(
-        self, p: _Platform, check: CodeCheck, ch: _Challenge, phone: _Phone
-    ) -> AttestationRecord:
+    def _succeed(self, p: _Platform, check: CodeCheck, ch: _Challenge) -> AttestationRecord:
         now = check.now
         a = check.attestation
         record = AttestationRecord(
@@ -298,10 +325,7 @@ class PhoneOps(MemoryBase):
             age_band=a.age_band,
             status_idx=self._next_status_idx(p),
         )
-        ch.state = "consumed"
-        phone.fails = 0
-        phone.lock_level = 0
-        self._attest(p, record, ch.phone)
+        self._attest(p, record, ch.phone, check.challenge_id)
         self._audit(
             p,
             check.platform,

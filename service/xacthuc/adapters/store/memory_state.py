@@ -114,6 +114,11 @@ class _Platform:
     # account (a lock marks all of them in the published list).
     locks: dict[str, AccountLock] = field(default_factory=dict)
     account_idxs: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    # What issued each token (a challenge id, an ID attempt id) -> its account, and what
+    # issued each account's current attestation: an issuing step retried returns what it
+    # issued (PostgreSQL's status_tokens.issued_by and attestations.issued_by).
+    issued: dict[str, str] = field(default_factory=dict)
+    issued_by: dict[str, str] = field(default_factory=dict)
 
 
 _OVER_16 = frozenset({"adult", "16_17"})  # age bands the registry proved
@@ -127,6 +132,15 @@ def _linked_child(p: _Platform, account_id: str, now: float) -> bool:
     """The account has an active guardian link and the child has not turned 16 (R1)."""
     aged_out_at = p.aging.get(account_id)
     return aged_out_at is not None and aged_out_at > now
+
+
+def _issued(p: _Platform, issued_by: str, account_id: str) -> AttestationRecord | None:
+    """The account's attestation when `issued_by` issued it and it is still active (an
+    issuing step retried returns it)."""
+    current = p.attestations.get(account_id)
+    if current is None or p.issued_by.get(account_id) != issued_by:
+        return None
+    return current[0] if current[0].status == "active" else None
 
 
 def _recent(entries: list[tuple[float, str]], now: float, window: float) -> list[tuple[float, str]]:
@@ -178,9 +192,15 @@ class MemoryBase:
             record = record.replace(f'"time":"{time}"', f'"time":"{last}"', 1)
         p.audit.append(record)
 
-    def _attest(self, p: _Platform, record: AttestationRecord, subject: str) -> None:
+    def _attest(
+        self, p: _Platform, record: AttestationRecord, subject: str, issued_by: str = ""
+    ) -> None:
         """Make `record` the account's attestation, moving its P8 slot to `subject` (none
-        when `subject` is "": a guardian-managed child takes no slot of the guardian's)."""
+        when `subject` is "": a guardian-managed child takes no slot of the guardian's),
+        issued by the operation `issued_by` (a challenge id, an ID attempt id)."""
+        p.issued_by[record.account_id] = issued_by
+        if issued_by:
+            p.issued[issued_by] = record.account_id
         previous = p.attestations.get(record.account_id)
         if previous is not None and previous[1] != subject:
             p.subject_accounts[previous[1]].discard(record.account_id)

@@ -41,16 +41,25 @@ for _, s in ipairs(scopes) do
     return refuse("ID_ATTEMPTS_EXCEEDED", fmt(tonumber(oldest[2]) + HOUR - NOW), s[1])
   end
 end
+-- In the pair the durable facts come from PostgreSQL (P.facts: active, managed, linked).
+local F = P.facts
 if P.purpose == "commercial_livestream" then
-  local a = redis.call("HMGET", KEYS[5], "status", "expires_at", "guardian_managed")
-  if a[1] ~= "active" or (tonumber(a[2]) or 0) <= NOW then
+  local active, managed
+  if F then
+    active, managed = F.active == "1", F.managed == "1"
+  else
+    local a = redis.call("HMGET", KEYS[5], "status", "expires_at", "guardian_managed")
+    active = a[1] == "active" and (tonumber(a[2]) or 0) > NOW
+    managed = a[3] == "1"
+  end
+  if not active then
     return refuse("ACCOUNT_NOT_AUTHENTICATED")
   end
-  if a[3] == "1" then
+  if managed then
     return refuse("GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM")
   end
-elseif linked_child(P.account) then -- R1: a linked child verifies through the guardian
-  return refuse("GUARDIAN_REQUIRED")
+elseif (F and F.linked == "1") or (not F and linked_child(P.account)) then
+  return refuse("GUARDIAN_REQUIRED") -- R1: a linked child verifies through the guardian
 end
 
 for _, s in ipairs(scopes) do

@@ -25,12 +25,20 @@ end
 
 local expires_at = c.expires_at
 if not expires_at or NOW >= expires_at + L.challenge_retention_seconds then
+  if P.pair then -- PostgreSQL may hold what the challenge issued (a retry after a lost reply)
+    return { "gone" }
+  end
   return refuse("CHALLENGE_NOT_FOUND")
 end
 if not for_account(c) then
   return refuse("CHALLENGE_ACCOUNT_MISMATCH", c.phone_j)
 end
 if c.state == "consumed" then
+  -- In the pair, the right code again (no attempt counted) is the same call retried:
+  -- PostgreSQL answers with what the challenge issued, or refuses.
+  if P.pair and mac_matches(c.mac, P.candidates) then
+    return { "ok", c.phone }
+  end
   return refuse("CHALLENGE_ALREADY_USED", c.phone_j)
 end
 if NOW >= expires_at then
@@ -46,7 +54,8 @@ local fails, level, locked_until = ph.fails, ph.level, ph.locked_until
 if locked_until > NOW then
   return refuse("PHONE_LOCKED", c.phone_j, fmt(locked_until - NOW))
 end
-if linked_child(P.account) then -- R1: a linked child verifies through the guardian
+-- R1: a linked child verifies through the guardian (in the pair: decided by PostgreSQL)
+if not P.pair and linked_child(P.account) then
   return refuse("GUARDIAN_REQUIRED", c.phone_j)
 end
 
@@ -80,6 +89,15 @@ if not mac_matches(c.mac, P.candidates) then
   put_phone(ph_key, ph)
   audit(audit_key, failed)
   return refusal("OTP_INCORRECT", "", remaining)
+end
+
+if P.pair then
+  -- The right code: the challenge is used up and P2 starts afresh; the attestation, R1, P8
+  -- and the records are PostgreSQL's step (xacthuc_issue_phone), idempotent on the id.
+  set_challenge_state(ch_key, "consumed")
+  ph.fails, ph.level = 0, 0
+  put_phone(ph_key, ph)
+  return { "ok", c.phone }
 end
 
 local accounts_key = PREFIX .. "phacct:" .. c.phone

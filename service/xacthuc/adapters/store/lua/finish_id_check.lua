@@ -69,6 +69,14 @@ if P.answer ~= "match" then
 end
 
 redis.call("ZREM", id_window, P.attempt_id)
+if P.pair then
+  -- A match: the failure counters start afresh; P8, the attestation and the records are
+  -- PostgreSQL's step (xacthuc_issue_id), idempotent on the attempt id.
+  for _, g in ipairs(guards) do
+    redis.call("HSET", g[2], "fails", "0", "lock_level", "0")
+  end
+  return { "match" }
+end
 if redis.call("SISMEMBER", KEYS[3], P.account) == 0
     and redis.call("SCARD", KEYS[3]) >= L.max_accounts_per_personal_id then
   record("id_check", "refused", "PERSONAL_ID_ACCOUNT_LIMIT", { refunded = q("personal_id") })

@@ -44,15 +44,30 @@ if P.keyed == "1" then
   end
 end
 
-if linked_child(P.account) then -- R1: a linked child verifies through the guardian
+-- In the pair (Redis + PostgreSQL, pair.py) the durable facts were read from PostgreSQL
+-- before this step and come in P.facts: linked (R1), full (P8: no room on the number).
+local F = P.facts
+local linked
+if F then
+  linked = F.linked == "1"
+else
+  linked = linked_child(P.account)
+end
+if linked then -- R1: a linked child verifies through the guardian
   return refuse("GUARDIAN_REQUIRED")
 end
 local phone = phone_of(ph_key)
 if phone.locked_until > NOW then
   return refuse("PHONE_LOCKED", fmt(phone.locked_until - NOW))
 end
-if redis.call("SISMEMBER", accounts_key, P.account) == 0
-    and redis.call("SCARD", accounts_key) >= L.max_accounts_per_phone then
+local full
+if F then
+  full = F.full == "1"
+else
+  full = redis.call("SISMEMBER", accounts_key, P.account) == 0
+    and redis.call("SCARD", accounts_key) >= L.max_accounts_per_phone
+end
+if full then
   return refuse("PHONE_ACCOUNT_LIMIT")
 end
 if phone.last_send + L.resend_cooldown_seconds > NOW then

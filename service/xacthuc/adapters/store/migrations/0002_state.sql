@@ -379,3 +379,205 @@ CREATE TABLE account_locks (
     PRIMARY KEY (platform, account)
 );
 CREATE INDEX account_locks_holding ON account_locks (platform, lock_until) WHERE ended_at IS NULL;
+
+-- ---- the durable steps of the store's operations (adapters/store/pair.py) ------------------
+-- Each is one call, one round trip, one transaction: its checks, writes and audit records
+-- commit together or not at all. Each is idempotent under the operation's key (`issued_by`):
+-- run again after a crash or a lost reply, it returns what the first run committed.
+
+-- What a start (phone) or an ID attempt needs to know of the durable state before its Redis
+-- step: the account is a linked child under 16 (R1); `p_subject` has room for the account
+-- (P8, read without the lock: the issuing step decides again under it); the account's
+-- attestation is active and not expired, and guardian-managed (R4's livestream upgrade).
+CREATE FUNCTION xacthuc_facts(
+    p_platform text, p_account text, p_subject text, p_now double precision, p_max integer,
+    OUT linked boolean, OUT has_room boolean, OUT active boolean, OUT guardian_managed boolean
+) LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_a attestations;
+BEGIN
+    linked := xacthuc_linked_child(p_platform, p_account, p_now);
+    has_room := p_subject = '' OR xacthuc_subject_has_room(p_platform, p_subject, p_account, p_max);
+    SELECT * INTO v_a FROM attestations WHERE platform = p_platform AND account = p_account;
+    active := v_a.account IS NOT NULL AND v_a.status = 'active' AND v_a.expires_at > p_now;
+    guardian_managed := coalesce(v_a.guardian_managed, false);
+END
+$$;
+
+-- The issuing step of an operation keyed `p_issued_by` (a challenge id, an ID attempt id),
+-- serialised with any other run of the same key: held until commit.
+CREATE FUNCTION xacthuc_lock_issue(p_platform text, p_issued_by text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended(p_platform || chr(30) || p_issued_by, 0))
+$$;
+
+-- Issue the attestation of a phone challenge whose right code Redis accepted (check_code):
+-- R1 (a linked child: GUARDIAN_REQUIRED), P8 for the number (PHONE_ACCOUNT_LIMIT), then the
+-- attestation with a new status index, `check_ok` and `attestation_issued`. Idempotent on
+-- the challenge id: once it issued, the same call returns that attestation while it is
+-- still the account's active one, else CHALLENGE_ALREADY_USED. A refusal is audited
+-- `check_failed`. `p_pending`: method, token_id, issued_at, expires_at, age_band.
+-- o_reason "" and o_a the attestation, or o_reason the refusal.
+CREATE FUNCTION xacthuc_issue_phone(
+    p_platform text, p_challenge text, p_account text, p_phone text,
+    p_now double precision, p_time_j text, p_pending jsonb, p_max integer,
+    p_sl_key text, p_sl_block integer,
+    OUT o_reason text, OUT o_a attestations
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_cur attestations;
+    v_ctx jsonb := jsonb_build_object('challenge', p_challenge, 'phone', p_phone);
+BEGIN
+    PERFORM xacthuc_lock_issue(p_platform, p_challenge);
+    SELECT * INTO v_cur FROM attestations WHERE platform = p_platform AND account = p_account;
+    IF EXISTS (SELECT 1 FROM status_tokens WHERE platform = p_platform
+                                            AND issued_by = p_challenge) THEN
+        IF v_cur.issued_by = p_challenge AND v_cur.status = 'active' THEN
+            o_reason := '';
+            o_a := v_cur;
+        ELSE
+            o_reason := 'CHALLENGE_ALREADY_USED';
+        END IF;
+    ELSIF xacthuc_linked_child(p_platform, p_account, p_now) THEN
+        o_reason := 'GUARDIAN_REQUIRED';
+    ELSE
+        PERFORM xacthuc_lock_subject(p_platform, p_phone);
+        IF NOT xacthuc_subject_has_room(p_platform, p_phone, p_account, p_max) THEN
+            o_reason := 'PHONE_ACCOUNT_LIMIT';
+        ELSE
+            o_reason := '';
+            o_a := ROW(p_platform, p_account, p_pending ->> 'method', p_pending ->> 'token_id',
+                       p_now, (p_pending ->> 'issued_at')::double precision,
+                       (p_pending ->> 'expires_at')::double precision, 'active', false, false,
+                       p_pending ->> 'age_band', '', NULL, '',
+                       xacthuc_next_status_idx(p_platform, p_sl_key, p_sl_block), NULL, '',
+                       p_phone, p_challenge)::attestations;
+            PERFORM xacthuc_attest(o_a);
+            PERFORM xacthuc_audit(p_platform, p_time_j, p_account, 'check_ok', 'ok', '', v_ctx);
+            PERFORM xacthuc_audit(
+                p_platform, p_time_j, p_account, 'attestation_issued', 'ok', '',
+                jsonb_build_object('token_id', o_a.token_id, 'method', o_a.method,
+                                   'expires', floor(o_a.expires_at)::bigint));
+            RETURN;
+        END IF;
+    END IF;
+    IF o_reason <> '' THEN
+        PERFORM xacthuc_audit(p_platform, p_time_j, p_account, 'check_failed', 'refused',
+                              o_reason, v_ctx);
+    END IF;
+END
+$$;
+
+-- A confirm whose challenge Redis no longer has (flushed, or past its retention): the
+-- attestation the challenge issued when it is still the account's active one (a retry after
+-- a lost reply); otherwise CHALLENGE_NOT_FOUND (or CHALLENGE_ALREADY_USED when it issued one
+-- to this account that was replaced or revoked since), audited `check_failed`.
+CREATE FUNCTION xacthuc_phone_gone(
+    p_platform text, p_challenge text, p_account text, p_time_j text,
+    OUT o_reason text, OUT o_a attestations
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_cur attestations;
+BEGIN
+    SELECT * INTO v_cur FROM attestations WHERE platform = p_platform AND account = p_account;
+    IF v_cur.issued_by = p_challenge AND v_cur.status = 'active' THEN
+        o_reason := '';
+        o_a := v_cur;
+        RETURN;
+    END IF;
+    o_reason := CASE WHEN EXISTS (SELECT 1 FROM status_tokens
+                                   WHERE platform = p_platform AND issued_by = p_challenge
+                                     AND account = p_account)
+                     THEN 'CHALLENGE_ALREADY_USED' ELSE 'CHALLENGE_NOT_FOUND' END;
+    PERFORM xacthuc_audit(p_platform, p_time_j, p_account, 'check_failed', 'refused', o_reason,
+                          jsonb_build_object('challenge', p_challenge));
+END
+$$;
+
+-- Issue the attestation of an ID attempt the registry matched (finish_id_check): P8 for the
+-- number (PERSONAL_ID_ACCOUNT_LIMIT, audited `id_check` refused), then the attestation
+-- (commercial livestream, the number's kind `id_type`), `id_check` ok and
+-- `attestation_issued`. `p_ctx`: the attempt's record fields (attempt, personal_id, client,
+-- purpose, id_type). Idempotent on the attempt id as xacthuc_issue_phone is on the challenge.
+CREATE FUNCTION xacthuc_issue_id(
+    p_platform text, p_attempt text, p_account text, p_subject text,
+    p_now double precision, p_time_j text, p_pending jsonb, p_ctx jsonb, p_max integer,
+    p_sl_key text, p_sl_block integer,
+    OUT o_reason text, OUT o_a attestations
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_cur attestations;
+    v_ctx jsonb := p_ctx || jsonb_build_object('refunded', 'personal_id');
+BEGIN
+    PERFORM xacthuc_lock_issue(p_platform, p_attempt);
+    SELECT * INTO v_cur FROM attestations WHERE platform = p_platform AND account = p_account;
+    IF EXISTS (SELECT 1 FROM status_tokens WHERE platform = p_platform
+                                            AND issued_by = p_attempt) THEN
+        IF v_cur.issued_by = p_attempt AND v_cur.status = 'active' THEN
+            o_reason := '';
+            o_a := v_cur;
+        ELSE
+            o_reason := 'CHALLENGE_ALREADY_USED';
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM xacthuc_lock_subject(p_platform, p_subject);
+    IF NOT xacthuc_subject_has_room(p_platform, p_subject, p_account, p_max) THEN
+        o_reason := 'PERSONAL_ID_ACCOUNT_LIMIT';
+        PERFORM xacthuc_audit(p_platform, p_time_j, p_account, 'id_check', 'refused', o_reason,
+                              v_ctx);
+        RETURN;
+    END IF;
+    o_reason := '';
+    o_a := ROW(p_platform, p_account, p_pending ->> 'method', p_pending ->> 'token_id',
+               p_now, (p_pending ->> 'issued_at')::double precision,
+               (p_pending ->> 'expires_at')::double precision, 'active', false, true,
+               p_pending ->> 'age_band', '', NULL, '',
+               xacthuc_next_status_idx(p_platform, p_sl_key, p_sl_block), NULL,
+               p_pending ->> 'id_type', p_subject, p_attempt)::attestations;
+    PERFORM xacthuc_attest(o_a);
+    PERFORM xacthuc_audit(p_platform, p_time_j, p_account, 'id_check', 'ok', '', v_ctx);
+    PERFORM xacthuc_audit(
+        p_platform, p_time_j, p_account, 'attestation_issued', 'ok', '',
+        jsonb_build_object('token_id', o_a.token_id, 'method', o_a.method,
+                           'expires', floor(o_a.expires_at)::bigint,
+                           'commercial_livestream', 1, 'age_band', o_a.age_band,
+                           'id_type', o_a.id_type));
+END
+$$;
+
+-- Revoke the account's attestation (revoke_attestation): idempotent, a revoked one is
+-- returned as it is; NULL when the account has none.
+CREATE FUNCTION xacthuc_revoke_account(
+    p_platform text, p_account text, p_now double precision, p_time_j text, p_reason text
+) RETURNS attestations LANGUAGE plpgsql AS $$
+DECLARE
+    v_a attestations;
+BEGIN
+    SELECT * INTO v_a FROM attestations WHERE platform = p_platform AND account = p_account
+    FOR UPDATE;
+    IF v_a.account IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_a.status <> 'revoked' THEN
+        v_a := xacthuc_revoke(v_a, p_now, p_time_j, p_reason);
+    END IF;
+    RETURN v_a;
+END
+$$;
+
+-- The platform's status bitmap (Store.status_bits): whole blocks of every block opened,
+-- bit i set (index 0: the most significant bit of byte 0) when token i is revoked.
+CREATE FUNCTION xacthuc_status_bitmap(p_platform text) RETURNS bytea
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_bits bytea := decode(repeat('00', xacthuc_status_bytes(p_platform)::integer), 'hex');
+    v_idx  bigint;
+BEGIN
+    FOR v_idx IN SELECT idx FROM status_tokens WHERE platform = p_platform AND revoked LOOP
+        v_bits := set_byte(v_bits, (v_idx / 8)::integer,
+                           get_byte(v_bits, (v_idx / 8)::integer) | (128 >> (v_idx % 8)::integer));
+    END LOOP;
+    RETURN v_bits;
+END
+$$;

@@ -1,0 +1,369 @@
+"""The store as Redis + PostgreSQL ("the pair", issue 10; docs/design/system-of-record.md).
+
+PostgreSQL is the system of record: attestations, revocations and status bits, status
+index allocation, the accounts per number (P8), guardian links, account locks and the audit
+log (migrations 0001-0003). Redis keeps only what may be lost at the price of a user asking
+for a new code: challenges in flight, idempotency keys of starts, send budgets and
+cool-downs (P3), failure counters and lock-outs (P2, P5).
+
+An operation with a Redis step runs it first (a Lua script of `lua/`, called with
+`P.pair`: it leaves the durable parts out), then its PostgreSQL step: one plpgsql function,
+one round trip, one transaction holding its checks, writes and audit records, idempotent
+under the operation's key (`issued_by`: the challenge id, the ID attempt id). The reply
+comes only after the commit. So:
+
+* Redis flushed at any moment loses nothing durable; a confirm whose challenge is gone
+  asks PostgreSQL what the challenge issued before answering CHALLENGE_NOT_FOUND;
+* a process killed between the two steps leaves the challenge `consumed` in Redis and
+  nothing in PostgreSQL: the same call retried (the right code again, no attempt counted)
+  runs the PostgreSQL step, which issues once and returns the same attestation to every
+  retry (never a second one, never a second status index).
+
+The Lua steps' own records (refusals, wrong codes, starts) are stored through
+`GroupAppender` before the call returns or raises, as with `RedisStore(audit=...)`.
+Operations with no Redis step (revocation, reads, guardian links and locks from
+`PgGuardianLocks`) are PostgreSQL only.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
+from xacthuc.adapters.store.pg_guardian import PgGuardianLocks
+from xacthuc.adapters.store.pg_state import attestation_record, lock_record, time_j
+from xacthuc.adapters.store.postgres import Database
+from xacthuc.adapters.store.redis import RedisStore, _j, _limits_json, _refusal, _split_id
+from xacthuc.domain.errors import AttestationNotFound
+from xacthuc.domain.locks import AccountLock
+from xacthuc.domain.records import (
+    AttestationRecord,
+    ChallengeView,
+    CodeCheck,
+    IdAttempt,
+    Limits,
+    NewChallenge,
+    PendingAttestation,
+    check_reason_code,
+)
+from xacthuc.domain.status_index import INDEX_BLOCK, KEY_HEX_CHARS
+
+_ISSUE_PHONE = (
+    "SELECT o_reason, o_a FROM xacthuc_issue_phone($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
+_PHONE_GONE = "SELECT o_reason, o_a FROM xacthuc_phone_gone($1, $2, $3, $4)"
+_ISSUE_ID = (
+    "SELECT o_reason, o_a FROM xacthuc_issue_id($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+_FACTS = "SELECT * FROM xacthuc_facts($1, $2, $3, $4, $5)"
+_STATE = (
+    "SELECT (SELECT a FROM attestations a WHERE platform = $1 AND account = $2) AS a,"
+    " (SELECT l FROM account_locks l WHERE platform = $1 AND account = $2) AS l"
+)
+_ATTESTATION = "SELECT a, a.subject FROM attestations a WHERE platform = $1 AND account = $2"
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else ""
+
+
+def _pending(a: PendingAttestation) -> str:
+    return json.dumps(
+        {
+            "method": a.method,
+            "token_id": a.token_id,
+            "issued_at": a.issued_at,
+            "expires_at": a.expires_at,
+            "age_band": a.age_band,
+            "id_type": a.id_type,
+        }
+    )
+
+
+def _issued(row: Any) -> AttestationRecord:
+    """The reply of an issuing function: the attestation, or its refusal raised."""
+    if row["o_reason"]:
+        raise _refusal(row["o_reason"], "", "")
+    return attestation_record(row["o_a"])
+
+
+class PairStore(PgGuardianLocks):
+    """The `Store` contract on Redis (ephemeral state) + PostgreSQL (durable state).
+
+    `database` is opened and closed by its owner (the App); the Redis client is the store's
+    own unless `client` is given. The audit log is `database`'s (`audit`: the group-commit
+    appender of the Lua steps' records; one is made when not given)."""
+
+    def __init__(
+        self,
+        url: str,
+        database: Database,
+        *,
+        namespace: str = "xacthuc",
+        client: aioredis.Redis | None = None,
+        status_block: int = INDEX_BLOCK,
+        status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
+        audit: GroupAppender | None = None,
+    ) -> None:
+        super().__init__(database, status_block=status_block, status_keys=status_keys)
+        self._log = PostgresAuditLog(database)
+        self.audit = audit or GroupAppender(self._log, probe=database.ping)
+        # The ephemeral half: its Lua scripts, keys and encoding (called with `pair`).
+        self._eph = RedisStore(url, namespace=namespace, client=client, audit=self.audit)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The redis-py client in use (for instrumentation at composition)."""
+        return self._eph.client
+
+    @property
+    def once_client(self) -> aioredis.Redis:
+        """The client of the state-changing scripts (each command sent once)."""
+        return self._eph.once_client
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    async def _facts(self, platform: str, account: str, subject: str, now: float, room: int) -> Any:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(_FACTS, platform, account, subject, now, room)
+        assert row is not None
+        return row
+
+    # ---- phone challenges ---------------------------------------------------------------
+
+    async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
+        f = await self._facts(
+            new.platform, new.account_id, new.phone, new.now, limits.max_accounts_per_phone
+        )
+        pre = self._eph._prefix(new.platform)
+        head, tail = _split_id(new.challenge_id)
+        keys = [
+            f"{pre}c:{head}",
+            f"{pre}p:{new.phone}",
+            f"{pre}pl",
+            f"{pre}i:{new.client}",
+            f"{pre}phacct:{new.phone}",
+            f"{pre}audit",
+        ]
+        params = self._eph._common(new.platform, new.now) | {
+            "head": head,
+            "tail": tail,
+            "keyed": "1" if new.idempotency_key else "",
+            "limits": _limits_json(limits),
+            "challenge_id": new.challenge_id,
+            "challenge_j": _j(new.challenge_id),
+            "account": new.account_id,
+            "account_j": _j(new.account_id),
+            "phone": new.phone,
+            "phone_j": _j(new.phone),
+            "client": new.client,
+            "client_j": _j(new.client),
+            "code_mac": new.code_mac,
+            "expires_at": repr(float(new.expires_at)),
+            "facts": {"linked": _flag(f["linked"]), "full": _flag(not f["has_room"])},
+        }
+        status, challenge_id, expires_at, resend_not_before = await self._eph._run(
+            "start_challenge", keys, params
+        )
+        return ChallengeView(
+            challenge_id, float(expires_at), float(resend_not_before), status == "replay"
+        )
+
+    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
+        await self._eph.confirm_sent(platform, challenge_id, now)
+
+    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
+        await self._eph.abort_challenge(platform, challenge_id, now)
+
+    async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
+        pre = self._eph._prefix(check.platform)
+        head, tail = _split_id(check.challenge_id)
+        keys = [f"{pre}c:{head}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
+        params = self._eph._common(check.platform, check.now) | {
+            "pair": True,
+            "tail": tail,
+            "limits": _limits_json(limits),
+            "challenge_j": _j(check.challenge_id),
+            "account": check.account_id,
+            "account_j": _j(check.account_id),
+            "candidates": list(check.candidates),
+        }
+        reply = await self._eph._run("check_code", keys, params)
+        # The durable step: issue (or return what this challenge issued), or refuse.
+        async with self._db.connection() as conn:
+            if reply[0] == "gone":
+                row = await conn.fetchrow(
+                    _PHONE_GONE,
+                    check.platform,
+                    check.challenge_id,
+                    check.account_id,
+                    time_j(check.now),
+                )
+            else:
+                row = await conn.fetchrow(
+                    _ISSUE_PHONE,
+                    check.platform,
+                    check.challenge_id,
+                    check.account_id,
+                    reply[1],
+                    check.now,
+                    time_j(check.now),
+                    _pending(check.attestation),
+                    limits.max_accounts_per_phone,
+                    self._status_keys(),
+                    self._status_block,
+                )
+        assert row is not None
+        return _issued(row)
+
+    # ---- personal-ID attempts -----------------------------------------------------------
+
+    async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
+        f = await self._facts(attempt.platform, attempt.account_id, "", attempt.now, 0)
+        pre = self._eph._prefix(attempt.platform)
+        keys = [
+            f"{pre}idg:acct:{attempt.account_id}",
+            f"{pre}idatt:acct:{attempt.account_id}",
+            f"{pre}idg:id:{attempt.subject}",
+            f"{pre}idatt:id:{attempt.subject}",
+            f"{pre}acct:{attempt.account_id}",
+            f"{pre}audit",
+        ]
+        params = self._eph._id_params(attempt, limits) | {
+            "facts": {
+                "linked": _flag(f["linked"]),
+                "active": _flag(f["active"]),
+                "managed": _flag(f["guardian_managed"]),
+            }
+        }
+        await self._eph._run("begin_id_check", keys, params)
+
+    async def finish_id_check(
+        self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
+    ) -> AttestationRecord:
+        pre = self._eph._prefix(attempt.platform)
+        keys = [
+            f"{pre}idg:acct:{attempt.account_id}",
+            f"{pre}idg:id:{attempt.subject}",
+            f"{pre}idacct:{attempt.subject}",
+            f"{pre}acct:{attempt.account_id}",
+            f"{pre}audit",
+            f"{pre}idatt:acct:{attempt.account_id}",
+            f"{pre}idatt:id:{attempt.subject}",
+        ]
+        params = self._eph._id_params(attempt, limits) | {"answer": answer, "pair": True}
+        await self._eph._run("finish_id_check", keys, params)  # a refusal raises here
+        ctx = {
+            "attempt": attempt.attempt_id,
+            "personal_id": attempt.subject,
+            "client": attempt.client,
+            "purpose": attempt.purpose,
+            "id_type": attempt.id_type,
+        }
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                _ISSUE_ID,
+                attempt.platform,
+                attempt.attempt_id,
+                attempt.account_id,
+                attempt.subject,
+                attempt.now,
+                time_j(attempt.now),
+                _pending(pending),
+                json.dumps(ctx),
+                limits.max_accounts_per_personal_id,
+                self._status_keys(),
+                self._status_block,
+            )
+        assert row is not None
+        return _issued(row)
+
+    # ---- revocation and reads (PostgreSQL only) -----------------------------------------
+
+    async def revoke_attestation(
+        self, platform: str, account_id: str, now: float, reason: str
+    ) -> AttestationRecord:
+        check_reason_code(reason)
+        async with self._db.connection() as conn:
+            row = await conn.fetchval(
+                "SELECT xacthuc_revoke_account($1, $2, $3, $4, $5)",
+                platform,
+                account_id,
+                now,
+                time_j(now),
+                reason,
+            )
+        if row is None:
+            raise AttestationNotFound()
+        return attestation_record(row)
+
+    async def status_bits(self, platform: str) -> bytes:
+        async with self._db.connection() as conn:
+            bits = await conn.fetchval("SELECT xacthuc_status_bitmap($1)", platform)
+        return bytes(bits)
+
+    async def account_state(
+        self, platform: str, account_id: str
+    ) -> tuple[AttestationRecord | None, AccountLock | None]:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(_STATE, platform, account_id)
+        assert row is not None
+        a, lk = row["a"], row["l"]
+        return (
+            attestation_record(a) if a is not None else None,
+            lock_record(lk) if lk is not None else None,
+        )
+
+    async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None:
+        async with self._db.connection() as conn:
+            a = await conn.fetchval(
+                "SELECT a FROM attestations a WHERE platform = $1 AND account = $2",
+                platform,
+                account_id,
+            )
+        return attestation_record(a) if a is not None else None
+
+    async def attestation_subject(
+        self, platform: str, account_id: str
+    ) -> tuple[AttestationRecord, str] | None:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(_ATTESTATION, platform, account_id)
+        if row is None:
+            return None
+        return attestation_record(row["a"]), row["subject"]
+
+    # ---- the audit log ------------------------------------------------------------------
+
+    async def append_audit(
+        self,
+        platform: str,
+        now: float,
+        *,
+        account: str,
+        event: str,
+        outcome: str,
+        reason: str = "",
+        **extra: str | int,
+    ) -> int:
+        return await self.audit.append_audit(
+            platform, now, account=account, event=event, outcome=outcome, reason=reason, **extra
+        )
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        return await self._log.audit_records(platform, start, stop)
+
+    async def ping(self) -> None:
+        await self._eph.ping()
+        await self._db.ping()
+
+    async def aclose(self) -> None:
+        await self._eph.aclose()
