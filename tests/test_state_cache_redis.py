@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.cached import CachedStore, State
+from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.adapters.store.redis_invalidations import RedisInvalidationFeed
 from xacthuc.client import AsyncClient
@@ -343,22 +344,22 @@ async def test_a_replica_that_cannot_subscribe_never_serves_from_its_cache(
         await store.aclose()
 
 
-async def test_the_redis_store_is_composed_with_the_cache_unless_turned_off(
-    redis_url: str, redis_namespace: str
+async def test_a_redis_url_gives_the_pair_without_the_redis_fed_cache(
+    redis_url: str, redis_namespace: str, database_url: str
 ) -> None:
-    """make_store: a Redis URL gets the cache in front (0 entries: none); memory gets none."""
-    on = make_store(make_settings(store_url=redis_url, store_namespace=redis_namespace))
-    off = make_store(
-        make_settings(store_url=redis_url, store_namespace=redis_namespace, state_cache_entries=0)
+    """make_store: a Redis URL gives the pair (Redis + PostgreSQL). The state changes in
+    PostgreSQL, so the cache fed by Redis announcements is not put in front of it (its
+    PostgreSQL feed is the next step); memory gets none."""
+    pair = make_store(
+        make_settings(
+            store_url=redis_url, store_namespace=redis_namespace, database_url=database_url
+        )
     )
     try:
-        assert isinstance(on, CachedStore)
-        assert isinstance(on.backend, RedisStore)
-        assert type(off) is RedisStore
+        assert type(pair) is PairStore
         assert not isinstance(make_store(make_settings()), CachedStore)
     finally:
-        await on.aclose()
-        await off.aclose()
+        await pair.aclose()
 
 
 async def test_repeated_authorize_calls_read_redis_once(

@@ -22,6 +22,7 @@ from xacthuc.adapters.store.checkpoints import (
     RedisCheckpointStore,
     checkpoint_store_for,
 )
+from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog, PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis import RedisStore
@@ -30,7 +31,7 @@ from xacthuc.domain.locks import LockKind, LockRequest
 from xacthuc.ports.audit_log import LogReader
 from xacthuc.ports.checkpoints import CheckpointStore
 from xacthuc.server.app import build_app
-from xacthuc.server.config import Settings
+from xacthuc.server.config import ConfigError, Settings
 from xacthuc.verifiers.auditlog import AuditLog
 from xacthuc.verifiers.log_reader import StoreLogReader
 
@@ -125,7 +126,7 @@ async def test_checkpoints_kept_in_redis_would_fork(own_redis: OwnRedis) -> None
         await store.aclose()
 
 
-async def test_with_a_database_the_service_keeps_its_audit_log_in_postgres(
+async def test_with_a_database_the_service_keeps_its_state_in_postgres(
     database_url: str, redis_url: str, redis_namespace: str
 ) -> None:
     app = build_app(
@@ -137,9 +138,9 @@ async def test_with_a_database_the_service_keeps_its_audit_log_in_postgres(
         await app.open()
         assert isinstance(app.audit_log._checkpoints, PostgresCheckpointStore)
         assert isinstance(app.audit_log._reader, PostgresLogReader)  # the tree, proofs
-        redis_store = app.store.backend if isinstance(app.store, CachedStore) else app.store
-        assert isinstance(redis_store, RedisStore)
-        assert isinstance(redis_store._audit, GroupAppender)
+        pair = app.store.backend if isinstance(app.store, CachedStore) else app.store
+        assert isinstance(pair, PairStore)
+        assert isinstance(pair.audit, GroupAppender)
         assert {"store", "database"} == set(app.probes)
         await app.probes["database"]()
     finally:
@@ -149,6 +150,13 @@ async def test_with_a_database_the_service_keeps_its_audit_log_in_postgres(
     assert isinstance(dev.audit_log._reader, StoreLogReader)
     assert {"store"} == set(dev.probes)
     await dev.aclose()
+
+
+def test_a_redis_store_without_a_database_is_refused_at_start(redis_url: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"XACTHUC_STORE_URL=redis://\.\.\. needs XACTHUC_DATABASE_URL"
+    ):
+        Settings.load(store_url=redis_url)
 
 
 async def test_with_the_audit_log_in_postgres_a_redis_restarted_empty_loses_no_record(

@@ -43,7 +43,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _shared_config(tmp_path: Path, redis_url: str, namespace: str) -> tuple[dict[str, str], str]:
+def _shared_config(
+    tmp_path: Path, redis_url: str, namespace: str, database_url: str
+) -> tuple[dict[str, str], str]:
     """Everything several workers must share: the store, the keys. Returns (env, API key)."""
     keys = tmp_path / "keys.json"
     api_key, entry = new_key("p1", Role.PLATFORM)
@@ -53,6 +55,7 @@ def _shared_config(tmp_path: Path, redis_url: str, namespace: str) -> tuple[dict
     env = {
         "XACTHUC_STORE_URL": redis_url,
         "XACTHUC_STORE_NAMESPACE": namespace,
+        "XACTHUC_DATABASE_URL": database_url,
         "XACTHUC_API_KEYS_FILE": str(keys),
         "XACTHUC_SIGNING_KEY_FILE": str(tmp_path / "signing.pem"),
         "XACTHUC_LOG_SIGNING_KEY_FILE": str(tmp_path / "log.pem"),
@@ -135,9 +138,9 @@ async def _clients(target: str, api_key: str, n: int) -> AsyncIterator[AsyncClie
 
 
 async def test_two_workers_serve_one_port_and_a_killed_one_is_replaced(
-    tmp_path: Path, redis_url: str, redis_namespace: str
+    tmp_path: Path, redis_url: str, redis_namespace: str, database_url: str
 ) -> None:
-    env, api_key = _shared_config(tmp_path, redis_url, redis_namespace)
+    env, api_key = _shared_config(tmp_path, redis_url, redis_namespace, database_url)
     port, metrics_port, wellknown_port = _free_port(), _free_port(), _free_port()
     console_port = _free_port()
     proc = await asyncio.create_subprocess_exec(
@@ -214,11 +217,11 @@ async def test_two_workers_serve_one_port_and_a_killed_one_is_replaced(
 
 
 def test_a_worker_that_cannot_start_makes_the_parent_give_up(
-    tmp_path: Path, redis_url: str, redis_namespace: str
+    tmp_path: Path, redis_url: str, redis_namespace: str, database_url: str
 ) -> None:
     """The port is held by a process that does not share it: every start fails; the parent
     backs off, gives up after a few tries and exits 1 saying why."""
-    env, _ = _shared_config(tmp_path, redis_url, redis_namespace)
+    env, _ = _shared_config(tmp_path, redis_url, redis_namespace, database_url)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

@@ -167,34 +167,25 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def make_store(settings: Settings, database: Database | None = None) -> Store:
-    """The store the settings name: in memory, or Redis with each process's cache of account
-    state in front (issue 11: Authorize without a round trip) unless it is turned off; with
-    a database (settings keep it to a Redis store), Redis keeps its audit log in PostgreSQL,
-    concurrent calls' records committed together (issue 10)."""
+    """The store the settings name: in memory (the embedded default), or the pair (issue
+    10): Redis for what may be lost at the price of a user asking for a new code,
+    PostgreSQL (`database`, required: Settings refuse a Redis store without one) for the
+    system of record."""
     if settings.store_url.startswith("memory://"):
         return MemoryStore()  # in the process already: nothing to cache
     # Only production needs redis-py loaded.
-    from xacthuc.adapters.store.redis import RedisStore
-    from xacthuc.adapters.store.redis_invalidations import RedisInvalidationFeed
+    from xacthuc.adapters.store.pair import PairStore
 
-    audit = None
-    if database is not None:
-        from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
+    owns = database is None  # a caller without one (the CLI): the store makes and closes it
+    database = database or make_database(settings)
+    if database is None:
+        raise ValueError("a Redis store needs XACTHUC_DATABASE_URL (the system of record)")
 
-        audit = GroupAppender(PostgresAuditLog(database), probe=database.ping)
-    store = RedisStore(settings.store_url, namespace=settings.store_namespace, audit=audit)
-    if settings.state_cache_entries == 0:
-        return store
-    feed = RedisInvalidationFeed(
-        settings.store_url,
-        namespace=settings.store_namespace,
-        max_staleness=settings.state_cache_max_staleness_seconds,
-    )
-    return CachedStore(
-        store,
-        feed,
-        max_entries=settings.state_cache_entries,
-        ttl=settings.state_cache_ttl_seconds,
+    # The cache of account state (cached.py) needs invalidations from PostgreSQL, where the
+    # state now changes: PgInvalidationFeed (not built yet); until then Authorize reads
+    # PostgreSQL each time.
+    return PairStore(
+        settings.store_url, database, namespace=settings.store_namespace, owns_database=owns
     )
 
 
@@ -310,10 +301,11 @@ def observe(store: Store, registry: IdentityRegistry, telemetry: Telemetry | Non
     if isinstance(registry, HttpRegistry):
         watch_circuit(registry.name, lambda: registry.circuit_state.value)
     if telemetry is not None:
-        from xacthuc.adapters.store.redis import RedisStore  # loaded already when in use
+        from xacthuc.adapters.store.pair import PairStore  # loaded already when in use
+        from xacthuc.adapters.store.redis import RedisStore
 
         backend = store.backend if isinstance(store, CachedStore) else store
-        if isinstance(backend, RedisStore):
+        if isinstance(backend, RedisStore | PairStore):
             telemetry.redis(backend.client)
             telemetry.redis(backend.once_client)  # the state-changing scripts (sent once)
 

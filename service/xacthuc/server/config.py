@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     state_cache_max_staleness_seconds: float = Field(0.1, ge=0.01, le=1.0)
     # The system of record (issue 10): PostgreSQL, `postgresql://user@host:port/db`, TLS by
     # libpq's query options (`?sslmode=verify-full&sslrootcert=/path/ca.pem`). Empty: none
-    # (dev mode; what it would hold stays in the store above). Its schema must be this
+    # (dev mode, with the memory store only: a Redis store needs it). Its schema must be this
     # build's (`xacthuc db migrate`), or the server refuses to start.
     database_url: SecretStr | None = None
     database_pool_min_size: int = Field(1, ge=0, le=100)
@@ -339,6 +339,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "XACTHUC_DATABASE_URL needs a Redis store (XACTHUC_STORE_URL=redis://...): "
                 "the in-memory store keeps its audit log in the process"
+            )
+        if self.database_url is None and not self.store_url.startswith("memory://"):
+            raise ValueError(
+                "XACTHUC_STORE_URL=redis://... needs XACTHUC_DATABASE_URL (postgresql://...): "
+                "Redis keeps only challenges in flight, budgets and counters; attestations, "
+                "revocations, the status list and the audit log are kept in PostgreSQL"
             )
         if self.database_pool_min_size > self.database_pool_max_size:
             raise ValueError(

@@ -95,7 +95,8 @@ def _issued(row: Any) -> AttestationRecord:
 class PairStore(PgGuardianLocks):
     """The `Store` contract on Redis (ephemeral state) + PostgreSQL (durable state).
 
-    `database` is opened and closed by its owner (the App); the Redis client is the store's
+    `database` is opened and closed by its owner (the App; `owns_database`: this store
+    closes it in `aclose`); the Redis client is the store's
     own unless `client` is given. The audit log is `database`'s (`audit`: the group-commit
     appender of the Lua steps' records; one is made when not given)."""
 
@@ -109,8 +110,10 @@ class PairStore(PgGuardianLocks):
         status_block: int = INDEX_BLOCK,
         status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
         audit: GroupAppender | None = None,
+        owns_database: bool = False,
     ) -> None:
         super().__init__(database, status_block=status_block, status_keys=status_keys)
+        self._owns_database = owns_database
         self._log = PostgresAuditLog(database)
         self.audit = audit or GroupAppender(self._log, probe=database.ping)
         # The ephemeral half: its Lua scripts, keys and encoding (called with `pair`).
@@ -129,6 +132,11 @@ class PairStore(PgGuardianLocks):
     @property
     def database(self) -> Database:
         return self._db
+
+    @property
+    def redis_half(self) -> RedisStore:
+        """The Redis half (its client, namespace and audit sink: the API key store's)."""
+        return self._eph
 
     async def _facts(self, platform: str, account: str, subject: str, now: float, room: int) -> Any:
         async with self._db.connection() as conn:
@@ -367,3 +375,5 @@ class PairStore(PgGuardianLocks):
 
     async def aclose(self) -> None:
         await self._eph.aclose()
+        if self._owns_database:
+            await self._db.aclose()
