@@ -1074,7 +1074,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--database-url",
         default="",
         help="a PostgreSQL server (postgresql://postgres@127.0.0.1:5432/postgres) where a "
-        "scratch database is made: the server then keeps its audit log there (durability on)",
+        "scratch database is made: the server keeps its durable state and audit log there "
+        "(required with --store redis)",
     )
     p.add_argument(
         "--raw-stub",
@@ -1095,8 +1096,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.workers > 1 and args.store == "memory":
         p.error("--workers > 1 needs --store redis (workers share the store)")
-    if args.database_url and args.store != "redis":
-        p.error("--database-url needs --store redis")
+    if bool(args.database_url) != (args.store == "redis"):
+        p.error("--store redis needs --database-url (the pair: Redis + PostgreSQL), memory none")
     return args
 
 
