@@ -38,7 +38,7 @@ from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
 from xacthuc.adapters.store.pg_guardian import PgGuardianLocks
 from xacthuc.adapters.store.pg_state import attestation_record, lock_record, time_j
 from xacthuc.adapters.store.postgres import Database
-from xacthuc.adapters.store.redis import RedisStore, _j, _limits_json, _refusal, _split_id
+from xacthuc.adapters.store.redis import RedisStore, _refusal
 from xacthuc.domain.errors import AttestationNotFound
 from xacthuc.domain.locks import AccountLock
 from xacthuc.domain.records import (
@@ -150,33 +150,8 @@ class PairStore(PgGuardianLocks):
         f = await self._facts(
             new.platform, new.account_id, new.phone, new.now, limits.max_accounts_per_phone
         )
-        pre = self._eph._prefix(new.platform)
-        head, tail = _split_id(new.challenge_id)
-        keys = [
-            f"{pre}c:{head}",
-            f"{pre}p:{new.phone}",
-            f"{pre}pl",
-            f"{pre}i:{new.client}",
-            f"{pre}phacct:{new.phone}",
-            f"{pre}audit",
-        ]
-        params = self._eph._common(new.platform, new.now) | {
-            "head": head,
-            "tail": tail,
-            "keyed": "1" if new.idempotency_key else "",
-            "limits": _limits_json(limits),
-            "challenge_id": new.challenge_id,
-            "challenge_j": _j(new.challenge_id),
-            "account": new.account_id,
-            "account_j": _j(new.account_id),
-            "phone": new.phone,
-            "phone_j": _j(new.phone),
-            "client": new.client,
-            "client_j": _j(new.client),
-            "code_mac": new.code_mac,
-            "expires_at": repr(float(new.expires_at)),
-            "facts": {"linked": _flag(f["linked"]), "full": _flag(not f["has_room"])},
-        }
+        keys, params = self._eph._start_args(new, limits)
+        params["facts"] = {"linked": _flag(f["linked"]), "full": _flag(not f["has_room"])}
         status, challenge_id, expires_at, resend_not_before = await self._eph._run(
             "start_challenge", keys, params
         )
@@ -184,25 +159,19 @@ class PairStore(PgGuardianLocks):
             challenge_id, float(expires_at), float(resend_not_before), status == "replay"
         )
 
-    async def confirm_sent(self, platform: str, challenge_id: str, now: float) -> None:
-        await self._eph.confirm_sent(platform, challenge_id, now)
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self._eph.confirm_sent(platform, challenge_id, account_id, now)
 
-    async def abort_challenge(self, platform: str, challenge_id: str, now: float) -> None:
-        await self._eph.abort_challenge(platform, challenge_id, now)
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self._eph.abort_challenge(platform, challenge_id, account_id, now)
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
-        pre = self._eph._prefix(check.platform)
-        head, tail = _split_id(check.challenge_id)
-        keys = [f"{pre}c:{head}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
-        params = self._eph._common(check.platform, check.now) | {
-            "pair": True,
-            "tail": tail,
-            "limits": _limits_json(limits),
-            "challenge_j": _j(check.challenge_id),
-            "account": check.account_id,
-            "account_j": _j(check.account_id),
-            "candidates": list(check.candidates),
-        }
+        keys, params = self._eph._check_args(check, limits)
+        params["pair"] = True
         reply = await self._eph._run("check_code", keys, params)
         # The durable step: issue (or return what this challenge issued), or refuse.
         async with self._db.connection() as conn:

@@ -544,6 +544,16 @@ class RedisStore:
         return reply
 
     async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
+        keys, params = self._start_args(new, limits)
+        status, challenge_id, expires_at, resend_not_before = await self._run(
+            "start_challenge", keys, params
+        )
+        return ChallengeView(
+            challenge_id, float(expires_at), float(resend_not_before), status == "replay"
+        )
+
+    def _start_args(self, new: NewChallenge, limits: Limits) -> tuple[list[str], dict[str, Any]]:
+        """The keys and parameters of start_challenge.lua (the pair adds its facts)."""
         pre = self._prefix(new.platform)
         head, tail = _split_id(new.challenge_id)
         keys = [
@@ -571,12 +581,7 @@ class RedisStore:
             "code_mac": new.code_mac,
             "expires_at": _time(new.expires_at),
         }
-        status, challenge_id, expires_at, resend_not_before = await self._run(
-            "start_challenge", keys, params
-        )
-        return ChallengeView(
-            challenge_id, float(expires_at), float(resend_not_before), status == "replay"
-        )
+        return keys, params
 
     def _challenge_params(
         self, platform: str, challenge_id: str, account_id: str, now: float
@@ -621,7 +626,9 @@ class RedisStore:
             "id_type_j": _j(a.id_type),
         }
 
-    async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
+    def _check_args(self, check: CodeCheck, limits: Limits) -> tuple[list[str], dict[str, Any]]:
+        """The keys and parameters of check_code.lua without the attestation's (the pair's
+        Lua step issues none)."""
         pre = self._prefix(check.platform)
         head, tail = _split_id(check.challenge_id)
         keys = [f"{pre}c:{head}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
@@ -633,9 +640,12 @@ class RedisStore:
             "account_j": _j(check.account_id),
             "account_digest": _account_digest(head, check.account_id),
             "candidates": list(check.candidates),
-            "attestation": self._pending(check.attestation),
-            **self._status_params(),
         }
+        return keys, params
+
+    async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
+        keys, params = self._check_args(check, limits)
+        params |= {"attestation": self._pending(check.attestation), **self._status_params()}
         _, method, token_id, verified_at, issued_at, expires_at, idx = await self._run(
             "check_code", keys, params
         )
