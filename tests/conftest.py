@@ -18,7 +18,6 @@ import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.pair import PairStore
-from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
 from xacthuc.adapters.store.postgres import Database, migrate
 from xacthuc.adapters.store.redis import AuditSink, RedisStore
 from xacthuc.domain.status_index import permuted_index
@@ -215,41 +214,17 @@ def pair_store(
     )
 
 
-async def _backend(request: pytest.FixtureRequest, kind: str) -> AsyncIterator[Store]:
-    if kind == "memory":
-        yield memory_store()
-        return
-    db = None
-    audit = None
-    backend: Store
-    if kind in ("redis+postgres", "pair"):
-        db = await emptied_database(request.getfixturevalue("database_url"))
-        audit = GroupAppender(PostgresAuditLog(db), probe=db.ping)
-    redis_url = request.getfixturevalue("redis_url")
-    namespace = request.getfixturevalue("redis_namespace")
-    if kind == "pair":
-        assert db is not None
-        backend = pair_store(redis_url, namespace, db)
-    else:
-        backend = redis_store(redis_url, namespace, audit=audit)
-    yield backend
-    await backend.aclose()
-    if db is not None:
-        await db.aclose()
-
-
 @pytest.fixture(params=["memory", "pair"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """Each storage backend in turn, empty; the contract suite runs once per backend.
+    """Each storage backend in turn, empty; the contract suites run once per backend.
     "pair": Redis for the ephemeral state + PostgreSQL, the system of record (issue 10)."""
-    async for backend in _backend(request, request.param):
-        yield backend
-
-
-@pytest.fixture(params=["memory", "redis", "redis+postgres"])
-async def legacy_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """The backends of the suites that need guardian links and locks, which the pair gets
-    from `PgGuardianLocks` (helper `links`; a placeholder until it lands): memory, Redis
-    alone, and Redis with the audit log in PostgreSQL. Replaced by `store` then."""
-    async for backend in _backend(request, request.param):
-        yield backend
+    if request.param == "memory":
+        yield memory_store()
+        return
+    db = await emptied_database(request.getfixturevalue("database_url"))
+    backend = pair_store(
+        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_namespace"), db
+    )
+    yield backend
+    await backend.aclose()
+    await db.aclose()

@@ -18,12 +18,6 @@ from .test_store_contract import LIMITS, NOW, PLATFORM, check, sent
 from .test_store_contract import new as new_challenge
 
 
-@pytest.fixture
-def store(legacy_store: Store) -> Store:
-    """Guardian links and locks are not in the pair yet (PgGuardianLocks: helper `links`)."""
-    return legacy_store
-
-
 class FakeFeed:
     """A feed that is current until told otherwise and delivers nothing by itself."""
 

@@ -39,13 +39,6 @@ from xacthuc.ports.store import Store
 from .conftest import STATUS_BLOCK, memory_store, nth_index, redis_store
 from .test_store_contract import LIMITS, NOW, PHONE, PHONE_2, PLATFORM, check, new, phone_n, sent
 
-
-@pytest.fixture
-def store(legacy_store: Store) -> Store:
-    """Guardian links and locks are not in the pair yet (PgGuardianLocks: helper `links`)."""
-    return legacy_store
-
-
 OTHER = "beta"
 DAY = 86_400.0
 TTL = DAY

@@ -11,13 +11,6 @@ from .conftest import nth_index
 from .test_store_contract import LIMITS, NOW, PLATFORM, check, rec, sent
 from .test_store_contract import new as new_challenge
 
-
-@pytest.fixture
-def store(legacy_store: Store) -> Store:
-    """Guardian links and locks are not in the pair yet (PgGuardianLocks: helper `links`)."""
-    return legacy_store
-
-
 DAY = 86_400.0
 REF = "CV-123/A05"
 
