@@ -16,6 +16,7 @@ code that owns them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -95,6 +96,15 @@ class _Check:
     # carries any int32; one the contract does not define means nothing to any handler).
     numbers: frozenset[int] = frozenset()
     rule: str = ""
+    # The descriptor's name and cardinality, read once here, not on every request.
+    name: str = dataclasses.field(init=False)
+    repeated: bool = dataclasses.field(init=False)
+    scalar: bool = dataclasses.field(init=False)  # a string or enum: always present
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.field.name)
+        object.__setattr__(self, "repeated", bool(self.field.is_repeated))
+        object.__setattr__(self, "scalar", self.kind in ("string", "enum"))
 
 
 _plans: dict[str, tuple[_Check, ...]] = {}
@@ -149,10 +159,10 @@ def check_request(request: Message) -> None:
 
 def _check(message: Message, checks: tuple[_Check, ...]) -> None:
     for c in checks:
-        if c.field.is_repeated:
-            values = list(getattr(message, c.field.name))
-        elif c.kind in ("string", "enum") or message.HasField(c.field.name):
-            values = [getattr(message, c.field.name)]
+        if c.repeated:
+            values = list(getattr(message, c.name))
+        elif c.scalar or message.HasField(c.name):
+            values = [getattr(message, c.name)]
         else:
             continue
         for value in values:

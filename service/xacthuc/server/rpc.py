@@ -229,17 +229,22 @@ _SERVER_FAULTS = frozenset(
 )
 
 
-def _trace_caller(caller: Caller) -> None:
-    """Names the platform on the RPC's span (`xacthuc.server.telemetry`), if one records."""
+def _recording_span() -> trace.Span | None:
+    """The RPC's span (`xacthuc.server.telemetry`) if one records, looked up once per call:
+    None when tracing is off."""
     span = trace.get_current_span()
-    if span.is_recording():
+    return span if span.is_recording() else None
+
+
+def _trace_caller(span: trace.Span | None, caller: Caller) -> None:
+    """Names the platform on the RPC's span, if one records."""
+    if span is not None:
         span.set_attribute("xacthuc.platform", caller.platform)
 
 
-def _trace_outcome(reason: str, code: grpc.StatusCode) -> None:
+def _trace_outcome(span: trace.Span | None, reason: str, code: grpc.StatusCode) -> None:
     """The outcome on the RPC's span: the stable reason and the gRPC status, nothing else."""
-    span = trace.get_current_span()
-    if span.is_recording():
+    if span is not None:
         span.set_attribute("xacthuc.reason", reason)
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code in _SERVER_FAULTS:
@@ -269,11 +274,13 @@ class _Outcomes:
         if servicer.access_log:
             _log_access(self.method, code, reason, elapsed, request_id)
 
-    def succeeded(self, servicer: EdgeServicer, started: float, request_id: str) -> None:
+    def succeeded(
+        self, servicer: EdgeServicer, span: trace.Span | None, started: float, request_id: str
+    ) -> None:
         elapsed = time.perf_counter() - started
         self.ok.inc()
         self.seconds.observe(elapsed)
-        _trace_outcome("OK", grpc.StatusCode.OK)
+        _trace_outcome(span, "OK", grpc.StatusCode.OK)
         self._log(servicer, grpc.StatusCode.OK, "OK", elapsed, request_id)
 
     def cancelled(self, servicer: EdgeServicer, started: float, request_id: str) -> None:
@@ -289,6 +296,7 @@ class _Outcomes:
         self,
         servicer: EdgeServicer,
         context: grpc.aio.ServicerContext[Any, Any],
+        span: trace.Span | None,
         status: grpc.Status,
         reason: str,
         started: float,
@@ -297,7 +305,7 @@ class _Outcomes:
         elapsed = time.perf_counter() - started
         RPC_TOTAL.labels(self.method, reason).inc()
         self.seconds.observe(elapsed)
-        _trace_outcome(reason, status.code)
+        _trace_outcome(span, reason, status.code)
         self._log(servicer, status.code, reason, elapsed, request_id)
         await context.abort(
             status.code, status.details, trailer(request_id, status.trailing_metadata)
@@ -318,9 +326,10 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
         ) -> Resp:
             started = time.perf_counter()
             request_id = begin_call(context, method)
+            span = _recording_span()
             try:
                 caller, admitted = await _admit(self, role, method, request, context)
-                _trace_caller(caller)
+                _trace_caller(span, caller)
                 response = await fn(self, caller, admitted)
             except asyncio.CancelledError:
                 outcomes.cancelled(self, started, request_id)
@@ -328,9 +337,9 @@ def rpc(role: Role) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Re
             except Exception as e:
                 status, reason = outcomes.status_of(e, request_id)
             else:
-                outcomes.succeeded(self, started, request_id)
+                outcomes.succeeded(self, span, started, request_id)
                 return response
-            await outcomes.refuse(self, context, status, reason, started, request_id)
+            await outcomes.refuse(self, context, span, status, reason, started, request_id)
 
         setattr(handler, _KIND, "unary")
         return handler
@@ -353,9 +362,10 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
         ) -> AsyncIterator[Resp]:
             started = time.perf_counter()
             request_id = begin_call(context, method)
+            span = _recording_span()
             try:
                 caller, admitted = await _admit(self, role, method, request, context)
-                _trace_caller(caller)
+                _trace_caller(span, caller)
                 async for response in fn(self, caller, admitted):
                     yield response
             except asyncio.CancelledError:
@@ -364,9 +374,9 @@ def rpc_stream(role: Role) -> Callable[[Callable[..., AsyncIterator[Resp]]], Cal
             except Exception as e:
                 status, reason = outcomes.status_of(e, request_id)
             else:
-                outcomes.succeeded(self, started, request_id)
+                outcomes.succeeded(self, span, started, request_id)
                 return
-            await outcomes.refuse(self, context, status, reason, started, request_id)
+            await outcomes.refuse(self, context, span, status, reason, started, request_id)
 
         setattr(handler, _KIND, "stream")
         return handler

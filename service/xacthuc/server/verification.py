@@ -108,13 +108,11 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
     def _attestation(
         self, platform: str, record: AttestationRecord
     ) -> verification_pb2.Attestation:
-        return verification_pb2.Attestation(
+        message = verification_pb2.Attestation(
             token=self._signing.sign(platform, record),
             token_id=record.token_id,
             account_id=record.account_id,
             method=_METHODS.get(record.method, verification_pb2.VERIFICATION_METHOD_UNSPECIFIED),
-            verified_at=timestamp(record.verified_at),
-            expires_at=timestamp(record.expires_at),
             guardian_managed=record.guardian_managed,
             commercial_livestream=record.commercial_livestream,
             age_band=record.age_band,
@@ -123,6 +121,10 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
                 record.id_type, verification_pb2.PERSONAL_ID_TYPE_UNSPECIFIED
             ),
         )
+        # Set in place, as `timestamp` would make them (no Timestamp built and copied in).
+        message.verified_at.FromNanoseconds(int(record.verified_at * 1_000_000_000))
+        message.expires_at.FromNanoseconds(int(record.expires_at * 1_000_000_000))
+        return message
 
     async def _decide(self, platform: str, account_id: str, action: Action) -> Decision:
         """The decision table over the account's stored attestation and lock, now (at most one
