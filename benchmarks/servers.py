@@ -131,7 +131,7 @@ async def serve_xacthuc(config: dict[str, Any]) -> None:
     from xacthuc.server.app import build_app
     from xacthuc.server.auth import ApiKeys, KeyEntry, Role
     from xacthuc.server.config import Settings
-    from xacthuc.server.runtime import start_server
+    from xacthuc.server.runtime import start_server, tune_gc
 
     stop = _stop_event()
     settings = Settings.load(**config["settings"])
@@ -147,6 +147,7 @@ async def serve_xacthuc(config: dict[str, Any]) -> None:
             reuse_port=True,
             background=worker["index"] == 0,
         )
+    tune_gc()  # as `xacthuc serve` does once it serves
     _ready(server.port)
     await stop.wait()
     await server.stop(grace=1.0)

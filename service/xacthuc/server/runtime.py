@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -53,6 +54,22 @@ VERIFICATION_SERVICE = verification_pb2.DESCRIPTOR.services_by_name["Verificatio
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
 SERVICE_NAMES = (VERIFICATION_SERVICE.full_name, AUDIT_SERVICE.full_name)
 MAX_MESSAGE_BYTES = 1 << 20
+# The cyclic garbage collector of a serving process (`tune_gc`): a young generation of
+# 10,000 objects rather than 700, so the objects of the calls in flight are walked (and
+# promoted) about 14 times less often; the older generations as CPython's defaults.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Once the server serves: collect, then freeze what exists (modules, descriptors, the
+    app and its tables: they live as long as the process, and a full collection no longer
+    walks them), and raise the young generation's threshold (`GC_THRESHOLDS`). Measured
+    under benchmarks/run.py: the collector's share of the server's CPU fell from 2.4% to
+    0.8% (benchmarks/README.md). Memory is still freed by reference counting as before;
+    only unreachable cycles wait a little longer for a collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Server:
@@ -275,6 +292,7 @@ async def serve(app: App, worker: Worker | None = None) -> None:
         if worker is None
         else start_server(app, reuse_port=True, background=worker.runs_background_jobs)
     )
+    tune_gc()
     log.info(
         "xacthuc listening on %s (mode %s, store %s)",
         app.settings.listen,
