@@ -33,6 +33,7 @@ Three kinds of rule:
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -143,8 +144,11 @@ _NAME = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def sensitive_key(key: str) -> bool:
-    """Whether a field of this name holds personal data (its value is dropped whole)."""
+    """Whether a field of this name holds personal data (its value is dropped whole).
+    Remembered per name (field names are the code's few, not data): every log line asks
+    it of each of its fields, the access line of every call six times."""
     if _SENSITIVE_KEY.search(key):
         return True
     found = _QUALIFIED_KEY.search(key)
