@@ -36,6 +36,7 @@ TIMING = re.compile(r"^\s+timing (.+) \(([\d ]+)\)$")
 # read `function (grpc/_cython/...pyx...)`. Each sample goes to the first bucket matching its
 # innermost matching frame.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("garbage collector (--native only)", ("gc_collect", "collect_main", "collect_with_callback")),
     (
         "edge (auth, request id, bounds, metrics, access line, errors)",
         (
