@@ -194,6 +194,21 @@ async def test_a_lost_connection_mid_call_is_store_unavailable_and_writes_nothin
     assert True is await cps.append("alpha", StoredCheckpoint(1, b"\1" * 32, 1.0, "n"), after=0)
 
 
+async def test_a_released_connection_costs_no_reset_round_trip(database: Database) -> None:
+    """The pool hands a connection back without asyncpg's reset query (one round trip per
+    call saved): a session setting survives the release (so code must only use
+    transaction-local settings), while a transaction left open is still rolled back."""
+    async with database.connection() as conn:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        await conn.execute("SET application_name = 'kept'")
+        await conn.execute("BEGIN")
+        await conn.execute("CREATE TEMP TABLE left_open (x int)")
+    async with database.connection() as conn:
+        assert pid == await conn.fetchval("SELECT pg_backend_pid()")
+        assert "kept" == await conn.fetchval("SHOW application_name")
+        assert None is await conn.fetchval("SELECT to_regclass('pg_temp.left_open')")
+
+
 @pytest.mark.parametrize("sqlstate", ["40P01", "40001"])  # deadlock, serialization failure
 async def test_a_transaction_rolled_back_by_the_server_is_store_unavailable(
     database: Database, sqlstate: str

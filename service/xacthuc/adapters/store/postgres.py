@@ -54,6 +54,15 @@ MIGRATION_LOCK = 0x7861637468756301
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+async def _keep_session(conn: object) -> None:
+    """The pool's reset of a released connection: nothing beyond asyncpg's own rollback of
+    a transaction left open. asyncpg's default sends a reset query (UNLISTEN, RESET ALL,
+    advisory unlock) on every release: a second round trip per call, ~6% of a confirm's
+    event-loop time. Nothing here keeps session state: settings are transaction-local
+    (`set_config(..., true)`), advisory locks transaction-scoped, LISTEN on its own
+    connection outside the pool."""
+
+
 class SchemaMismatch(ValueError):
     """The database's schema is not the one this build was made for."""
 
@@ -204,6 +213,7 @@ class Database:
                         max_size=self._max,
                         timeout=self._timeout,
                         command_timeout=self._timeout,
+                        reset=_keep_session,
                     )
                 except UNAVAILABLE as e:
                     raise StoreUnavailable() from e
