@@ -27,7 +27,6 @@ Operations with no Redis step (revocation, reads, guardian links and locks from
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
+from xacthuc.adapters.store.pg_batch import DurableBatcher
 from xacthuc.adapters.store.pg_guardian import PgGuardianLocks
 from xacthuc.adapters.store.pg_state import attestation_record, lock_record, time_j
 from xacthuc.adapters.store.postgres import Database
@@ -53,14 +53,10 @@ from xacthuc.domain.records import (
 )
 from xacthuc.domain.status_index import INDEX_BLOCK, KEY_HEX_CHARS
 
-_ISSUE_PHONE = (
-    "SELECT o_reason, o_a FROM xacthuc_issue_phone($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_FACTS = (
+    "SELECT linked AS o_linked, has_room AS o_has_room, active AS o_active,"
+    " guardian_managed AS o_managed FROM xacthuc_facts($1, $2, $3, $4, $5)"
 )
-_PHONE_GONE = "SELECT o_reason, o_a FROM xacthuc_phone_gone($1, $2, $3, $4)"
-_ISSUE_ID = (
-    "SELECT o_reason, o_a FROM xacthuc_issue_id($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-)
-_FACTS = "SELECT * FROM xacthuc_facts($1, $2, $3, $4, $5)"
 _STATE = (
     "SELECT (SELECT a FROM attestations a WHERE platform = $1 AND account = $2) AS a,"
     " (SELECT l FROM account_locks l WHERE platform = $1 AND account = $2) AS l"
@@ -72,17 +68,15 @@ def _flag(value: bool) -> str:
     return "1" if value else ""
 
 
-def _pending(a: PendingAttestation) -> str:
-    return json.dumps(
-        {
-            "method": a.method,
-            "token_id": a.token_id,
-            "issued_at": a.issued_at,
-            "expires_at": a.expires_at,
-            "age_band": a.age_band,
-            "id_type": a.id_type,
-        }
-    )
+def _pending(a: PendingAttestation) -> dict[str, Any]:
+    return {
+        "method": a.method,
+        "token_id": a.token_id,
+        "issued_at": a.issued_at,
+        "expires_at": a.expires_at,
+        "age_band": a.age_band,
+        "id_type": a.id_type,
+    }
 
 
 def _issued(row: Any) -> AttestationRecord:
@@ -111,11 +105,18 @@ class PairStore(PgGuardianLocks):
         status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
         audit: GroupAppender | None = None,
         owns_database: bool = False,
+        batch_facts: bool = True,
     ) -> None:
         super().__init__(database, status_block=status_block, status_keys=status_keys)
         self._owns_database = owns_database
         self._log = PostgresAuditLog(database)
-        self.audit = audit or GroupAppender(self._log, probe=database.ping)
+        # Group commit of the PostgreSQL steps (pg_batch.py); the audit sink of the Redis
+        # steps too, so their records ride in the same batches.
+        self._batch = DurableBatcher(self._log, lambda: self._db, probe=self._ping_database)
+        self.audit = audit or self._batch
+        # The facts a start or an ID attempt reads go in the batches too (one round trip
+        # fewer per call), or each in a read of its own.
+        self.batch_facts = batch_facts
         # The ephemeral half: its Lua scripts, keys and encoding (called with `pair`).
         self._eph = RedisStore(url, namespace=namespace, client=client, audit=self.audit)
 
@@ -138,7 +139,15 @@ class PairStore(PgGuardianLocks):
         """The Redis half (its client, namespace and audit sink: the API key store's)."""
         return self._eph
 
+    async def _ping_database(self) -> None:
+        await self._db.ping()
+
     async def _facts(self, platform: str, account: str, subject: str, now: float, room: int) -> Any:
+        if self.batch_facts:
+            return await self._batch.run(
+                platform,
+                {"op": "facts", "account": account, "subject": subject, "now": now, "max": room},
+            )
         async with self._db.connection() as conn:
             row = await conn.fetchrow(_FACTS, platform, account, subject, now, room)
         assert row is not None
@@ -151,7 +160,7 @@ class PairStore(PgGuardianLocks):
             new.platform, new.account_id, new.phone, new.now, limits.max_accounts_per_phone
         )
         keys, params = self._eph._start_args(new, limits)
-        params["facts"] = {"linked": _flag(f["linked"]), "full": _flag(not f["has_room"])}
+        params["facts"] = {"linked": _flag(f["o_linked"]), "full": _flag(not f["o_has_room"])}
         status, challenge_id, expires_at, resend_not_before = await self._eph._run(
             "start_challenge", keys, params
         )
@@ -174,30 +183,27 @@ class PairStore(PgGuardianLocks):
         params["pair"] = True
         reply = await self._eph._run("check_code", keys, params)
         # The durable step: issue (or return what this challenge issued), or refuse.
-        async with self._db.connection() as conn:
-            if reply[0] == "gone":
-                row = await conn.fetchrow(
-                    _PHONE_GONE,
-                    check.platform,
-                    check.challenge_id,
-                    check.account_id,
-                    time_j(check.now),
-                )
-            else:
-                row = await conn.fetchrow(
-                    _ISSUE_PHONE,
-                    check.platform,
-                    check.challenge_id,
-                    check.account_id,
-                    reply[1],
-                    check.now,
-                    time_j(check.now),
-                    _pending(check.attestation),
-                    limits.max_accounts_per_phone,
-                    self._status_keys(),
-                    self._status_block,
-                )
-        assert row is not None
+        common: dict[str, Any] = {
+            "by": check.challenge_id,
+            "account": check.account_id,
+            "tj": time_j(check.now),
+        }
+        if reply[0] == "gone":
+            op = {"op": "gone"} | common
+        else:
+            op = (
+                {"op": "phone"}
+                | common
+                | {
+                    "subject": reply[1],
+                    "now": check.now,
+                    "pending": _pending(check.attestation),
+                    "max": limits.max_accounts_per_phone,
+                    "key": self._status_keys(),
+                    "block": self._status_block,
+                }
+            )
+        row = await self._batch.run(check.platform, op)
         return _issued(row)
 
     # ---- personal-ID attempts -----------------------------------------------------------
@@ -215,9 +221,9 @@ class PairStore(PgGuardianLocks):
         ]
         params = self._eph._id_params(attempt, limits) | {
             "facts": {
-                "linked": _flag(f["linked"]),
-                "active": _flag(f["active"]),
-                "managed": _flag(f["guardian_managed"]),
+                "linked": _flag(f["o_linked"]),
+                "active": _flag(f["o_active"]),
+                "managed": _flag(f["o_managed"]),
             }
         }
         await self._eph._run("begin_id_check", keys, params)
@@ -244,22 +250,20 @@ class PairStore(PgGuardianLocks):
             "purpose": attempt.purpose,
             "id_type": attempt.id_type,
         }
-        async with self._db.connection() as conn:
-            row = await conn.fetchrow(
-                _ISSUE_ID,
-                attempt.platform,
-                attempt.attempt_id,
-                attempt.account_id,
-                attempt.subject,
-                attempt.now,
-                time_j(attempt.now),
-                _pending(pending),
-                json.dumps(ctx),
-                limits.max_accounts_per_personal_id,
-                self._status_keys(),
-                self._status_block,
-            )
-        assert row is not None
+        op = {
+            "op": "id",
+            "by": attempt.attempt_id,
+            "account": attempt.account_id,
+            "subject": attempt.subject,
+            "now": attempt.now,
+            "tj": time_j(attempt.now),
+            "pending": _pending(pending),
+            "ctx": ctx,
+            "max": limits.max_accounts_per_personal_id,
+            "key": self._status_keys(),
+            "block": self._status_block,
+        }
+        row = await self._batch.run(attempt.platform, op)
         return _issued(row)
 
     # ---- revocation and reads (PostgreSQL only) -----------------------------------------
@@ -268,18 +272,17 @@ class PairStore(PgGuardianLocks):
         self, platform: str, account_id: str, now: float, reason: str
     ) -> AttestationRecord:
         check_reason_code(reason)
-        async with self._db.connection() as conn:
-            row = await conn.fetchval(
-                "SELECT xacthuc_revoke_account($1, $2, $3, $4, $5)",
-                platform,
-                account_id,
-                now,
-                time_j(now),
-                reason,
-            )
-        if row is None:
+        op = {
+            "op": "revoke",
+            "account": account_id,
+            "now": now,
+            "tj": time_j(now),
+            "reason": reason,
+        }
+        a = (await self._batch.run(platform, op))["o_a"]
+        if a is None:
             raise AttestationNotFound()
-        return attestation_record(row)
+        return attestation_record(a)
 
     async def status_bits(self, platform: str) -> bytes:
         async with self._db.connection() as conn:

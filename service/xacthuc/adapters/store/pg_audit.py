@@ -99,6 +99,24 @@ def _render(platform: str, r: NewRecord) -> str:
     )
 
 
+def append_args(
+    platform: str, records: Sequence[NewRecord | str]
+) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """The arguments of `xacthuc_append_audit` after the platform: each record's text before
+    and after its index, its time (JSON text), event and account."""
+    heads, tails, times, events, accounts = [], [], [], [], []
+    for r in records:
+        text = _render(platform, r) if isinstance(r, NewRecord) else r
+        fields = json.loads(text)
+        head, tail = split_audit_record(text)
+        heads.append(head)
+        tails.append(tail)
+        times.append(json.dumps(fields["time"]))
+        events.append(str(fields["event"]))
+        accounts.append(str(fields["account"]))
+    return heads, tails, times, events, accounts
+
+
 def _row(r: asyncpg.Record) -> AuditRow:
     return AuditRow(int(r["idx"]), r["body"], bytes(r["leaf_hash"]))
 
@@ -121,18 +139,8 @@ class PostgresAuditLog:
         NewRecord, or a record already rendered (`audit_record` format, any `seq`: the Redis
         scripts' outbox). With `conn`, inside the caller's transaction; otherwise in a
         transaction of its own (one round trip)."""
-        heads, tails, times, events, accounts = [], [], [], [], []
-        for r in records:
-            text = _render(platform, r) if isinstance(r, NewRecord) else r
-            fields = json.loads(text)
-            head, tail = split_audit_record(text)
-            heads.append(head)
-            tails.append(tail)
-            times.append(json.dumps(fields["time"]))
-            events.append(str(fields["event"]))
-            accounts.append(str(fields["account"]))
         query = "SELECT xacthuc_append_audit($1, $2, $3, $4, $5, $6)"
-        args = (platform, heads, tails, times, events, accounts)
+        args = (platform, *append_args(platform, records))
         if conn is not None:
             first = await conn.fetchval(query, *args)
         else:
