@@ -172,15 +172,6 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
-    """The pool's reset of a connection given back: nothing more than asyncpg's own (it
-    rolls back a transaction left open and drops listeners). asyncpg's default also sends
-    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` (a round trip and a
-    transaction of its own per use, as many as the work itself for a one-statement call),
-    for session state this code never leaves behind: its advisory locks, settings and
-    cursors are all transaction-scoped, and nothing LISTENs on a pooled connection."""
-
-
 class Database:
     """A bounded pool of connections to the system of record, opened by `open()`."""
 
