@@ -170,22 +170,31 @@ def make_store(settings: Settings, database: Database | None = None) -> Store:
     """The store the settings name: in memory (the embedded default), or the pair (issue
     10): Redis for what may be lost at the price of a user asking for a new code,
     PostgreSQL (`database`, required: Settings refuse a Redis store without one) for the
-    system of record."""
+    system of record, with each process's cache of account state in front (issue 11:
+    Authorize without a round trip), fed by PostgreSQL's notifications, unless it is
+    turned off."""
     if settings.store_url.startswith("memory://"):
         return MemoryStore()  # in the process already: nothing to cache
     # Only production needs redis-py loaded.
     from xacthuc.adapters.store.pair import PairStore
+    from xacthuc.adapters.store.pg_invalidations import PgInvalidationFeed
 
     owns = database is None  # a caller without one (the CLI): the store makes and closes it
     database = database or make_database(settings)
     if database is None:
         raise ValueError("a Redis store needs XACTHUC_DATABASE_URL (the system of record)")
 
-    # The cache of account state (cached.py) needs invalidations from PostgreSQL, where the
-    # state now changes: PgInvalidationFeed (not built yet); until then Authorize reads
-    # PostgreSQL each time.
-    return PairStore(
+    store = PairStore(
         settings.store_url, database, namespace=settings.store_namespace, owns_database=owns
+    )
+    if settings.state_cache_entries == 0:
+        return store
+    feed = PgInvalidationFeed(database, max_staleness=settings.state_cache_max_staleness_seconds)
+    return CachedStore(
+        store,
+        feed,
+        max_entries=settings.state_cache_entries,
+        ttl=settings.state_cache_ttl_seconds,
     )
 
 

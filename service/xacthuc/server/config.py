@@ -98,8 +98,8 @@ class Settings(BaseSettings):
     store_url: str = "memory://"
     store_namespace: str = Field("xacthuc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     # Account state (attestation + lock) cached in each process for Authorize, dropped on
-    # every change announced by the Redis store (adapters/store/cached.py). 0 entries: off.
-    # The cache serves only while its feed has heard from Redis within max_staleness.
+    # every change PostgreSQL announces (NOTIFY; adapters/store/cached.py). 0 entries: off.
+    # The cache serves only while its LISTEN connection answered within max_staleness.
     state_cache_entries: int = Field(100_000, ge=0, le=10_000_000)
     state_cache_ttl_seconds: float = Field(30.0, gt=0, le=3600)
     state_cache_max_staleness_seconds: float = Field(0.1, ge=0.01, le=1.0)

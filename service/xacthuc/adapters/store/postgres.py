@@ -244,6 +244,12 @@ class Database:
         async with self.connection() as conn, conn.transaction(**options):
             yield conn
 
+    async def connect(self) -> asyncpg.Connection[asyncpg.Record]:
+        """A connection of its own, outside the pool, for a session that must not be shared
+        or reset (the state cache's LISTEN: pg_invalidations.py); the caller closes it.
+        Raises what asyncpg raises (the caller decides what a failure means)."""
+        return await asyncpg.connect(self._url, timeout=self._timeout)
+
     async def ping(self) -> None:
         async with self.connection() as conn:
             await conn.fetchval("SELECT 1")
