@@ -41,9 +41,9 @@ SCRIPT_CALL_NAMES = frozenset(name.upper() for name in SCRIPT_CALLS)
 HANDSHAKE = frozenset({"HELLO", "CLIENT", "SELECT", "AUTH"})
 # Keys the server's background checkpointer works on (see the module docstring).
 BACKGROUND_KEYS = (":audit", ":checkpoints")
-# Commands sent by the server's state-cache invalidation feed on its own connection
-# (a PING every max_staleness / 4, whatever the load): background work, not per call.
-BACKGROUND_COMMANDS = frozenset({"PING", "SUBSCRIBE"})
+# Commands sent by the server's health probe (a PING every probe interval, whatever the
+# load): background work, not per call. (The state cache's feed listens on PostgreSQL now.)
+BACKGROUND_COMMANDS = frozenset({"PING"})
 
 
 class RedisUnreachable(Exception):

@@ -895,7 +895,9 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         "commandstats (server-wide: other clients count too).",
         "srv_ms:   CPU time of the server process(es) per call, in ms: the portable figure.",
         "pg_tx:    PostgreSQL transactions per call during the timed phase (pg_stat_database of "
-        "the scratch database, --database-url; group commit makes it below 1; '-': no database).",
+        "the scratch database, --database-url; group commit makes it below 1; '-': no database; "
+        "background work counts too: the state cache's LISTEN connection answers a SELECT 1 "
+        "every 25 ms per server process, the health probe one every 0.5 s).",
         "cpu%:     share of one core used in the timed phase (100 = one core busy) by the server "
         "measured, the driver, redis-server and everything else.",
     ]

@@ -5,8 +5,9 @@ that Authorize, GetCommercialLivestreamEligibility and IntrospectAttestation dec
 from a bounded LRU of recent answers. Everything else goes straight to the wrapped store.
 
 Correctness rests on an `InvalidationFeed`: every change of an account's attestation or
-lock, made by any process, is announced on it (for Redis: PUBLISH from the very script that
-makes the change, `redis_invalidations.py`), and the feed drops the entry here. The cache
+lock, made by any process, is announced on it (for the pair: a NOTIFY from the very
+PostgreSQL function that makes the change, delivered at its commit, `pg_invalidations.py`),
+and the feed drops the entry here. The cache
 serves only while the feed is *current*: every change committed more than the feed's
 staleness bound ago (100 ms by default) has been delivered, and nothing was lost since the
 cache was last emptied. A feed that loses its connection empties the cache and is not
@@ -229,7 +230,7 @@ class CachedStore:
         self, platform: str, link_id: str, now: float, reason: str = "withdrawn"
     ) -> AttestationRecord | None:
         # The child is named only by the stored link: known here from the revoked record;
-        # when the call fails, the feed's announcement (sent by the script) drops it.
+        # when the call fails, the feed's announcement (sent by the function) drops it.
         revoked = await self.backend.end_guardian_link(platform, link_id, now, reason)
         if revoked is not None:
             self.cache.invalidate(platform, revoked.account_id)
@@ -257,7 +258,7 @@ class CachedStore:
         finally:
             self.cache.invalidate(platform, account_id)
 
-    # sweep_aged_out runs in the background and names no account: its script's
+    # sweep_aged_out runs in the background and names no account: its function's
     # announcements drop the entries (and a child's decision turns AGED_OUT at the
     # birthday from the cached record already).
 
