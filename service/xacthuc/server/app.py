@@ -316,7 +316,8 @@ def observe(store: Store, registry: IdentityRegistry, telemetry: Telemetry | Non
         backend = store.backend if isinstance(store, CachedStore) else store
         if isinstance(backend, RedisStore | PairStore):
             telemetry.redis(backend.client)
-            telemetry.redis(backend.once_client)  # the state-changing scripts (sent once)
+            if not backend.clustered:
+                telemetry.redis(backend.once_client)  # the state-changing scripts (sent once)
 
 
 def public_base_url(settings: Settings, wellknown_port: int | None = None) -> str:

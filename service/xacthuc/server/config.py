@@ -261,8 +261,17 @@ class Settings(BaseSettings):
     @field_validator("store_url")
     @classmethod
     def _store(cls, v: str) -> str:
+        if v.startswith(("redis+cluster://", "rediss+cluster://")):
+            # Only a cluster needs its URL read here (redis-py is loaded for it anyway).
+            from xacthuc.adapters.store.redis_cluster import parse_cluster_url
+
+            parse_cluster_url(v)
+            return v
         if not v.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ValueError("must start with memory://, redis://, rediss:// or unix://")
+            raise ValueError(
+                "must start with memory://, redis://, rediss://, unix://, redis+cluster:// "
+                "or rediss+cluster://"
+            )
         return v
 
     @field_validator("database_url")

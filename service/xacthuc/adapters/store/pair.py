@@ -31,14 +31,12 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
 from xacthuc.adapters.store.pg_batch import DurableBatcher
 from xacthuc.adapters.store.pg_guardian import PgGuardianLocks
 from xacthuc.adapters.store.pg_state import attestation_record, lock_record, time_j
 from xacthuc.adapters.store.postgres import Database
-from xacthuc.adapters.store.redis import RedisStore, _refusal
+from xacthuc.adapters.store.redis import RedisClient, RedisStore, _refusal
 from xacthuc.domain.errors import AttestationNotFound
 from xacthuc.domain.locks import AccountLock
 from xacthuc.domain.records import (
@@ -100,7 +98,7 @@ class PairStore(PgGuardianLocks):
         database: Database,
         *,
         namespace: str = "xacthuc",
-        client: aioredis.Redis | None = None,
+        client: RedisClient | None = None,
         status_block: int = INDEX_BLOCK,
         status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
         audit: GroupAppender | None = None,
@@ -121,14 +119,20 @@ class PairStore(PgGuardianLocks):
         self._eph = RedisStore(url, namespace=namespace, client=client, audit=self.audit)
 
     @property
-    def client(self) -> aioredis.Redis:
-        """The redis-py client in use (for instrumentation at composition)."""
+    def client(self) -> RedisClient:
+        """The redis-py client in use (for instrumentation at composition): one server's,
+        or a Redis Cluster's (`redis+cluster://`)."""
         return self._eph.client
 
     @property
-    def once_client(self) -> aioredis.Redis:
+    def once_client(self) -> Any:
         """The client of the state-changing scripts (each command sent once)."""
         return self._eph.once_client
+
+    @property
+    def clustered(self) -> bool:
+        """Whether Redis is a cluster (see `RedisStore.clustered`)."""
+        return self._eph.clustered
 
     @property
     def database(self) -> Database:

@@ -71,13 +71,23 @@ from importlib import resources
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
-from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterError,
+    NoScriptError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from xacthuc.adapters.store.redis_cluster import ClusterOnce, cluster_client, is_cluster_url
 from xacthuc.domain.clock import rfc3339
 from xacthuc.domain.errors import (
     AccountNotAuthenticated,
@@ -305,10 +315,25 @@ class _NoRetryPool:
         await self._pool.release(conn)
 
 
-def without_retries(client: aioredis.Redis) -> aioredis.Redis:
+# A Redis server's client, or a Redis Cluster's (redis_cluster.py).
+RedisClient = aioredis.Redis | RedisCluster
+
+
+def redis_client(url: str) -> RedisClient:
+    """The client a store URL names: a cluster's for `redis+cluster://` (and
+    `rediss+cluster://`), else one server's (`redis://`, `rediss://`, `unix://`)."""
+    if is_cluster_url(url):
+        return cluster_client(url)
+    return aioredis.Redis.from_url(url, decode_responses=True)
+
+
+def without_retries(client: RedisClient) -> Any:
     """A client that sends every command once, over `client`'s connections (its pool: its
     address, credentials and TLS), whatever `Retry` `client` was built with. Closing it
-    leaves the shared pool open."""
+    leaves the shared pool open. On a cluster: `ClusterOnce` (each script sent once to its
+    slot's primary)."""
+    if isinstance(client, RedisCluster):
+        return ClusterOnce(client)
     pool: Any = _NoRetryPool(client.connection_pool)
     return aioredis.Redis(connection_pool=pool)
 
@@ -318,18 +343,31 @@ class LuaScript:
     failed-over Redis forgets scripts). redis-py's Script object does the same with more
     bookkeeping per call; this path was measurably cheaper on the hot RPCs. A script that
     changes state is run on a `without_retries` client: a NOSCRIPT reply means it did not
-    run, so loading it and sending it again is no second run."""
+    run, so loading it and sending it again is no second run.
+
+    On a cluster, EVALSHA goes to the primary of the first key's slot and each node knows
+    only the scripts loaded on it: the script is loaded on the node that answered NOSCRIPT
+    (the client tells which, after any MOVED or ASK it followed). A slot moving to yet
+    another node meanwhile may answer NOSCRIPT again, so this repeats, a few times."""
+
+    LOADS = 3  # NOSCRIPT answers handled per run, at most
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324  (Redis names scripts by SHA-1)
 
-    async def run(self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[str]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+    async def run(self, client: Any, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """EVALSHA on `client` (a Redis, a RedisCluster, or their `without_retries`)."""
+        for _ in range(self.LOADS):
+            try:
+                return await client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError as e:
+                node = getattr(e, "connection", None)
+                if isinstance(node, ClusterNode):  # the cluster node that lacks it
+                    await client.execute_command("SCRIPT LOAD", self.source, target_nodes=node)
+                else:
+                    await client.script_load(self.source)
+        return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _time(value: float) -> str:
@@ -397,8 +435,20 @@ def _refusal(reason: str, retry_after: str, extra: str) -> XacthucError:
 
 
 # Faults after which a retry later can succeed: no connection, a slow server, a replica
-# that took over read-only after a failover, a server still loading its data.
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, BusyLoadingError)
+# that took over read-only after a failover, a server still loading its data; on a cluster
+# (redis_cluster.py) also CLUSTERDOWN and MASTERDOWN (ClusterDownError, MasterDownError),
+# redirections or TRYAGAIN past the client's 16 (ClusterError), a slot no node serves, and
+# MOVED/ASK reaching a client that does not follow them (a plain client sent to a node).
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    BusyLoadingError,
+    ClusterError,
+    TryAgainError,
+    AskError,
+    SlotNotCoveredError,
+)
 
 
 class AuditSink(Protocol):
@@ -431,7 +481,7 @@ class AuditSink(Protocol):
 
 async def run_script(
     script: LuaScript,
-    client: aioredis.Redis,
+    client: Any,
     keys: Sequence[str],
     params: dict[str, Any],
     audit: AuditSink | None,
@@ -463,7 +513,7 @@ class RedisStore:
     from where it was.
 
     A given `client` is used as is and left open by `aclose`; without one, the store opens
-    its own from `url`. Whatever `Retry` the client has (redis-py retries three times by
+    its own from `url` (`redis_client`: `redis+cluster://` names a Redis Cluster). Whatever `Retry` the client has (redis-py retries three times by
     default), a script that changes state is sent once (`without_retries`): one whose reply was
     lost may have run, so it must not run twice; the caller gets StoreUnavailable and
     retries with its idempotency key. Reads (plain commands, read-only scripts) keep the
@@ -475,7 +525,7 @@ class RedisStore:
         url: str,
         *,
         namespace: str = "xacthuc",
-        client: aioredis.Redis | None = None,
+        client: RedisClient | None = None,
         status_block: int = INDEX_BLOCK,
         status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
         audit: AuditSink | None = None,
@@ -484,9 +534,7 @@ class RedisStore:
         platform's status index keeps them in Redis, so later values change nothing."""
         self._audit = audit
         self._owns_client = client is None
-        self._redis: aioredis.Redis = (
-            client if client is not None else aioredis.Redis.from_url(url, decode_responses=True)
-        )
+        self._redis: RedisClient = client if client is not None else redis_client(url)
         self._namespace = namespace
         # State-changing scripts go out once (see `without_retries`), reads keep the retries.
         self._once = without_retries(self._redis)
@@ -507,15 +555,21 @@ class RedisStore:
         return cls(url, namespace=namespace)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         """The redis-py client in use (for instrumentation at composition)."""
         return self._redis
 
     @property
-    def once_client(self) -> aioredis.Redis:
+    def once_client(self) -> Any:
         """The client of the state-changing scripts: `client`'s connections, each command
-        sent once (`without_retries`). Instrument it too."""
+        sent once (`without_retries`). Instrument it too, unless `clustered`."""
         return self._once
+
+    @property
+    def clustered(self) -> bool:
+        """Whether Redis is a cluster: then `once_client` sends its commands through
+        `client` (a `ClusterOnce`), and instrumenting `client` traces them too."""
+        return isinstance(self._redis, RedisCluster)
 
     def _prefix(self, platform: str) -> str:
         return f"{self._namespace}:{{{platform}}}:"
@@ -944,8 +998,18 @@ class RedisStore:
         return [_text(r) for r in raw]
 
     async def ping(self) -> None:
+        """Redis answers; on a cluster, every primary answers and each one sees the
+        cluster ok (`cluster_state:ok`: every slot served), so the health probe fails
+        while any slot, whichever platform or account it holds, cannot be reached."""
         try:
-            await self._redis.ping()
+            if isinstance(self._redis, RedisCluster):
+                states = await self._redis.execute_command(
+                    "CLUSTER INFO", target_nodes=RedisCluster.PRIMARIES
+                )
+                if any(info.get("cluster_state") != "ok" for info in states.values()):
+                    raise StoreUnavailable()
+            else:
+                await self._redis.ping()
         except _UNAVAILABLE as e:
             raise StoreUnavailable() from e
 
