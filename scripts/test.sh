@@ -48,6 +48,25 @@ if ! redis_up "$XACTHUC_TEST_REDIS_URL"; then
   }
 fi
 
+# Redis Cluster (issue 11): the one at XACTHUC_TEST_REDIS_CLUSTER_URL (redis+cluster://host:port,...),
+# or 3 masters started here on free ports (cluster-enabled redis-server in a temp dir,
+# `redis-cli --cluster create`, ready at cluster_state:ok), stopped on exit: tests/local_cluster.py.
+if [ -z "${XACTHUC_TEST_REDIS_CLUSTER_URL:-}" ]; then
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    echo "test.sh: FAILED: a Redis Cluster is required (set XACTHUC_TEST_REDIS_CLUSTER_URL, or install redis-server and redis-cli to start one here)" >&2
+    exit 1
+  fi
+  cluster_dir=$(mktemp -d)
+  cleanups+=(".venv/bin/python -m tests.local_cluster stop '$cluster_dir'")
+  echo "test.sh: starting a 3-master Redis Cluster"
+  if ! XACTHUC_TEST_REDIS_CLUSTER_URL=$(.venv/bin/python -m tests.local_cluster start "$cluster_dir"); then
+    echo "test.sh: FAILED: the Redis Cluster did not start (logs were in $cluster_dir/*/redis.log)" >&2
+    exit 1
+  fi
+  export XACTHUC_TEST_REDIS_CLUSTER_URL
+  echo "test.sh: Redis Cluster at $XACTHUC_TEST_REDIS_CLUSTER_URL"
+fi
+
 # PostgreSQL: the tests create (and drop) their own database on the server at
 # XACTHUC_TEST_DATABASE_URL (default: trust auth on 127.0.0.1:5432), or on one started here.
 export XACTHUC_TEST_DATABASE_URL=${XACTHUC_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}

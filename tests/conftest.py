@@ -1,5 +1,5 @@
-"""Shared fixtures: a real Redis and a real PostgreSQL (both required, never skipped) and a
-store per backend."""
+"""Shared fixtures: a real Redis, a real Redis Cluster and a real PostgreSQL (all required,
+never skipped) and a store per backend."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis
-import redis.asyncio as aioredis
+from redis.cluster import RedisCluster
 
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.postgres import Database, migrate
-from xacthuc.adapters.store.redis import AuditSink, RedisStore
+from xacthuc.adapters.store.redis import AuditSink, RedisClient, RedisStore
+from xacthuc.adapters.store.redis_cluster import parse_cluster_url
 from xacthuc.domain.status_index import permuted_index
 from xacthuc.ports.store import Store
 
@@ -47,6 +48,60 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
     yield namespace
     with redis.Redis.from_url(redis_url) as client:
         for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            client.delete(key)
+
+
+def sync_cluster(url: str) -> RedisCluster:
+    """A synchronous client of the cluster at a `redis+cluster://` URL (for fixtures; by
+    its first startup node, the URL's options left out: the test clusters need none)."""
+    (host, port), *_ = parse_cluster_url(url)[0]
+    return RedisCluster(
+        host=host,
+        port=port,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """The test Redis Cluster (XACTHUC_TEST_REDIS_CLUSTER_URL, `redis+cluster://host:port,...`,
+    which scripts/test.sh starts: 3 masters); the run fails when it is unset or not ok."""
+    url = os.environ.get("XACTHUC_TEST_REDIS_CLUSTER_URL", "")
+    how = (
+        "scripts/test.sh starts one (3 masters on free ports); by hand: "
+        "`.venv/bin/python -m tests.local_cluster start DIR` prints the URL to export, "
+        "`... stop DIR` ends it"
+    )
+    if not url:
+        pytest.fail(
+            f"a Redis Cluster is required for these tests: set XACTHUC_TEST_REDIS_CLUSTER_URL ({how})",
+            pytrace=False,
+        )
+    try:
+        with sync_cluster(url) as client:
+            states = client.cluster_info(target_nodes=RedisCluster.PRIMARIES)
+    except (redis.RedisError, redis.exceptions.RedisClusterException, ValueError) as e:
+        pytest.fail(
+            f"the Redis Cluster at {url} does not answer ({type(e).__name__}: {e}); {how}",
+            pytrace=False,
+        )
+    bad = {node: info.get("cluster_state") for node, info in states.items()}
+    if any(state != "ok" for state in bad.values()):
+        pytest.fail(f"the Redis Cluster at {url} is not ok: {bad}", pytrace=False)
+    return url
+
+
+@pytest.fixture
+def redis_cluster_namespace(redis_cluster_url: str) -> Iterator[str]:
+    """A fresh key namespace on the test cluster; its keys, on every node, deleted after."""
+    namespace = "t" + secrets.token_hex(6)
+    yield namespace
+    with sync_cluster(redis_cluster_url) as client:
+        for key in client.scan_iter(
+            match=f"{namespace}:*", count=1000, target_nodes=RedisCluster.PRIMARIES
+        ):
             client.delete(key)
 
 
@@ -184,7 +239,7 @@ def memory_store() -> MemoryStore:
 def redis_store(
     url: str,
     namespace: str,
-    client: aioredis.Redis | None = None,
+    client: RedisClient | None = None,
     *,
     audit: AuditSink | None = None,
 ) -> RedisStore:
@@ -202,7 +257,7 @@ def pair_store(
     url: str,
     namespace: str,
     database: Database,
-    client: aioredis.Redis | None = None,
+    client: RedisClient | None = None,
 ) -> PairStore:
     return PairStore(
         url,
@@ -214,17 +269,22 @@ def pair_store(
     )
 
 
-@pytest.fixture(params=["memory", "pair"])
+@pytest.fixture(params=["memory", "pair", "pair-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """Each storage backend in turn, empty; the contract suites run once per backend.
-    "pair": Redis for the ephemeral state + PostgreSQL, the system of record (issue 10)."""
+    "pair": Redis for the ephemeral state + PostgreSQL, the system of record (issue 10);
+    "pair-cluster": the same with its Redis half on the test Redis Cluster (3 masters)."""
     if request.param == "memory":
         yield memory_store()
         return
     db = await emptied_database(request.getfixturevalue("database_url"))
-    backend = pair_store(
-        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_namespace"), db
-    )
+    if request.param == "pair-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        namespace = request.getfixturevalue("redis_cluster_namespace")
+    else:
+        url = request.getfixturevalue("redis_url")
+        namespace = request.getfixturevalue("redis_namespace")
+    backend = pair_store(url, namespace, db)
     yield backend
     await backend.aclose()
     await db.aclose()
