@@ -1,4 +1,7 @@
-"""A real xacthuc gRPC server on a loopback port, over real Redis, driven through the shipped client."""
+"""A real xacthuc gRPC server on a loopback port, over real Redis, driven through the shipped client.
+
+The flows of ON_CLUSTER's modules run twice: over the test Redis server and over the test
+Redis Cluster (issue 11: platforms alpha and beta live on different masters)."""
 
 from __future__ import annotations
 
@@ -96,8 +99,29 @@ def make_keys() -> tuple[ApiKeys, dict[tuple[str, Role], str]]:
     return keys, raw
 
 
+ON_CLUSTER = frozenset(
+    {
+        "tests.integration.test_phone_verification",
+        "tests.integration.test_guardian",
+        "tests.integration.test_locks",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "harness" in metafunc.fixturenames and metafunc.module.__name__ in ON_CLUSTER:
+        metafunc.parametrize("harness", ["redis", "redis-cluster"], indirect=True)
+
+
 @pytest.fixture
-async def harness(redis_url: str, redis_namespace: str) -> AsyncIterator[Harness]:
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """The server over the test Redis, or (param "redis-cluster") the test Redis Cluster."""
+    if getattr(request, "param", "redis") == "redis-cluster":
+        redis_url = request.getfixturevalue("redis_cluster_url")
+        redis_namespace = request.getfixturevalue("redis_cluster_namespace")
+    else:
+        redis_url = request.getfixturevalue("redis_url")
+        redis_namespace = request.getfixturevalue("redis_namespace")
     keys, raw = make_keys()
     clock = FixedClock(START)
     sms = CapturingSms()
