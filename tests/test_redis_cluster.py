@@ -134,7 +134,7 @@ async def phone_flow(store: RedisStore, platform: str, n: int = 1) -> None:
     before = len(await store.audit_records(platform))
     nc = new(challenge, platform=platform, account=account, phone=phone_n(n), client=client_n(n))
     await store.start_challenge(nc, LIMITS)
-    await store.confirm_sent(platform, challenge, NOW)
+    await store.confirm_sent(platform, challenge, account, NOW)
     record = await store.check_code(
         check(challenge, now=NOW + 10, platform=platform, account=account), LIMITS
     )
@@ -238,7 +238,7 @@ async def test_a_read_only_script_keeps_the_cluster_clients_retries(
 def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """3 masters for one test. node-timeout 60 s: a stopped master is not declared failed
     (by the others, turning the whole cluster down) while the test runs."""
-    cluster = LocalCluster(tmp_path / "cluster", node_timeout_ms=60_000).start()
+    cluster = LocalCluster.started(tmp_path / "cluster", node_timeout_ms=60_000)
     yield cluster
     cluster.stop()
 
