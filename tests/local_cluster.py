@@ -70,7 +70,6 @@ class LocalCluster:
     folder: Path
     masters: int = 3
     node_timeout_ms: int = 15000
-    full_coverage: bool = True
     ports: list[int] = field(default_factory=list)
 
     @property
@@ -104,7 +103,6 @@ class LocalCluster:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms),
-                "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(node_dir),
@@ -115,9 +113,9 @@ class LocalCluster:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
 
-        def answers() -> bool:
+        def answers() -> bool:  # this node (its folder), not another server on the port
             with self.client(port) as c:
-                return bool(c.ping())
+                return bool(c.config_get("dir").get("dir") == str(node_dir.resolve()))
 
         _wait(answers, f"node {port} answering")
 
@@ -128,6 +126,23 @@ class LocalCluster:
             pid = int(pidfile.read_text().strip())
             subprocess.run(["kill", "-9", str(pid)], check=False, stderr=subprocess.DEVNULL)
             pidfile.unlink()
+
+    @classmethod
+    def started(
+        cls, folder: Path, *, node_timeout_ms: int = 15000, attempts: int = 3
+    ) -> LocalCluster:
+        """A cluster started in a subfolder of `folder`: tried again on fresh ports when a
+        start fails (a port found free may be taken before its node binds it)."""
+        for attempt in range(attempts):
+            cluster = cls(folder / str(attempt), node_timeout_ms=node_timeout_ms)
+            try:
+                return cluster.start()
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+                for log in sorted(cluster.folder.glob("*/redis.log")):
+                    print(f"{log}:\n{log.read_text()[-2000:]}", file=sys.stderr)
+                print(f"Redis Cluster did not start: {e}", file=sys.stderr)
+                cluster.stop()
+        raise RuntimeError(f"Redis Cluster: no start in {attempts} attempts (logs above)")
 
     def start(self) -> LocalCluster:
         taken: set[int] = set()
@@ -189,19 +204,13 @@ def main(argv: list[str]) -> int:
                 subprocess.run(["kill", pidfile.read_text().strip()], check=False)
         shutil.rmtree(folder, ignore_errors=True)
         return 0
-    for attempt in range(3):  # a port found free may be taken before its node binds it
-        cluster = LocalCluster(folder / str(attempt))
-        try:
-            cluster.start()
-        except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
-            for log in sorted(cluster.folder.glob("*/redis.log")):
-                print(f"{log}:\n{log.read_text()[-2000:]}", file=sys.stderr)
-            print(f"Redis Cluster did not start: {e}", file=sys.stderr)
-            cluster.stop()
-            continue
-        print(cluster.url)
-        return 0
-    return 1
+    try:
+        cluster = LocalCluster.started(folder)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(cluster.url)
+    return 0
 
 
 if __name__ == "__main__":
