@@ -127,6 +127,13 @@ class ClusterClient(RedisCluster):
         await self.initialize()
         return await super().execute_command(*args, **kwargs)
 
+    async def aclose(self) -> None:
+        # redis-py 8.1 closes nothing when the last command left the layout to be learned
+        # again (a lost connection, CLUSTERDOWN): its nodes' connections would stay open.
+        await super().aclose()
+        await self.nodes_manager.aclose()
+        await self.nodes_manager.aclose("startup_nodes")
+
 
 def cluster_client(url: str, **overrides: Any) -> ClusterClient:
     """The client of the cluster at `url` (`parse_cluster_url`); replies decoded."""
