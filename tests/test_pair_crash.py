@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.postgres import Database
@@ -297,7 +296,7 @@ async def test_a_process_killed_between_the_two_steps_leaves_a_retryable_confirm
         child.kill()  # SIGKILL: no cleanup of any kind
         await asyncio.wait_for(child.wait(), 10)
     # Redis says consumed; PostgreSQL has nothing. The same call retried completes, once.
-    client: aioredis.Redis = pair.client
+    client = pair.client
     assert await client.exists(f"{redis_namespace}:{{{PLATFORM}}}:c:ch-1")
     assert None is await pair.get_attestation(PLATFORM, "acc-1")
     retried: AttestationRecord = await pair.check_code(check(now=NOW + 40), LIMITS)

@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.adapters.store.redis_cluster import (
     ClusterClient,
@@ -90,12 +91,11 @@ def test_settings_take_a_cluster_url_with_a_database_only() -> None:
         Settings.load(store_url="redis+cluster://127.0.0.1", database_url=DATABASE)
 
 
-async def test_a_cluster_store_has_a_cluster_client_and_no_state_cache() -> None:
-    """make_store: the cluster's RedisStore itself (the Redis invalidation feed's bound holds
-    on one server only, so Authorize reads the store); no connection is made yet."""
+async def test_a_cluster_store_is_the_pair_on_a_cluster_client() -> None:
+    """make_store: the pair, its Redis half a cluster client; no connection is made yet."""
     url = "redis+cluster://127.0.0.1:7000"
-    store = make_store(Settings.load(store_url=url, database_url=DATABASE, state_cache_entries=10))
-    assert isinstance(store, RedisStore)
+    store = make_store(Settings.load(store_url=url, database_url=DATABASE))
+    assert isinstance(store, PairStore)
     assert store.clustered
     assert isinstance(store.client, ClusterClient)
     assert isinstance(store.once_client, ClusterOnce)

@@ -1,7 +1,8 @@
-"""A real xacthuc gRPC server on a loopback port, over real Redis, driven through the shipped client.
+"""A real xacthuc gRPC server on a loopback port, over the pair store (real Redis + real
+PostgreSQL), driven through the shipped client.
 
-The flows of ON_CLUSTER's modules run twice: over the test Redis server and over the test
-Redis Cluster (issue 11: platforms alpha and beta live on different masters)."""
+The flows of ON_CLUSTER's modules run twice: the pair's Redis half on the test Redis server
+and on the test Redis Cluster (issue 11)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from typing import TypedDict
 
 import pytest
 
-from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import AsyncClient
 from xacthuc.domain.clock import FixedClock
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
@@ -22,6 +22,8 @@ from xacthuc.server.app import App, build_app
 from xacthuc.server.auth import ApiKeys, Role, new_key
 from xacthuc.server.config import Settings
 from xacthuc.server.runtime import Server, start_server
+
+from ..conftest import emptied_database, pair_store
 
 START = 1_800_000_000.0  # 2027-01-15, a fixed instant: tests move the clock themselves
 
@@ -115,26 +117,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    """The server over the test Redis, or (param "redis-cluster") the test Redis Cluster."""
+    """The server over the pair: its Redis half on the test Redis, or (param
+    "redis-cluster") on the test Redis Cluster; PostgreSQL emptied."""
     if getattr(request, "param", "redis") == "redis-cluster":
         redis_url = request.getfixturevalue("redis_cluster_url")
         redis_namespace = request.getfixturevalue("redis_cluster_namespace")
     else:
         redis_url = request.getfixturevalue("redis_url")
         redis_namespace = request.getfixturevalue("redis_namespace")
+    database = await emptied_database(request.getfixturevalue("database_url"))
     keys, raw = make_keys()
     clock = FixedClock(START)
     sms = CapturingSms()
     app = build_app(
         make_settings(),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
         sms=sms,
         clock=clock,
         api_keys=keys,
+        database=database,
     )
     server = await start_server(app, "127.0.0.1:0")
     h = Harness(app, server, sms, clock, raw)
     yield h
     for c in h.clients:
         await c.close()
-    await server.stop(grace=0)
+    await server.stop(grace=0)  # the app closes the database
