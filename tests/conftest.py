@@ -18,8 +18,9 @@ from redis.cluster import RedisCluster
 
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.pair import PairStore
+from xacthuc.adapters.store.pg_audit import GroupAppender
 from xacthuc.adapters.store.postgres import Database, migrate
-from xacthuc.adapters.store.redis import AuditSink, RedisClient, RedisStore
+from xacthuc.adapters.store.redis import RedisClient
 from xacthuc.adapters.store.redis_cluster import parse_cluster_url
 from xacthuc.domain.status_index import permuted_index
 from xacthuc.ports.store import Store
@@ -236,34 +237,20 @@ def memory_store() -> MemoryStore:
     return MemoryStore(status_block=STATUS_BLOCK, status_keys=lambda: STATUS_KEY)
 
 
-def redis_store(
-    url: str,
-    namespace: str,
-    client: RedisClient | None = None,
-    *,
-    audit: AuditSink | None = None,
-) -> RedisStore:
-    return RedisStore(
-        url,
-        namespace=namespace,
-        client=client,
-        status_block=STATUS_BLOCK,
-        status_keys=lambda: STATUS_KEY,
-        audit=audit,
-    )
-
-
 def pair_store(
     url: str,
     namespace: str,
     database: Database,
     client: RedisClient | None = None,
+    *,
+    audit: GroupAppender | None = None,
 ) -> PairStore:
     return PairStore(
         url,
         database,
         namespace=namespace,
         client=client,
+        audit=audit,
         status_block=STATUS_BLOCK,
         status_keys=lambda: STATUS_KEY,
     )

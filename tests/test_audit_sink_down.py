@@ -1,5 +1,5 @@
-"""The Redis store with its audit log in PostgreSQL (issue 10): while PostgreSQL is known to be
-out of reach, a state-changing call is refused BEFORE its Redis step, so no Redis state
+"""The pair store's Redis half, its audit log in PostgreSQL (issue 10): while PostgreSQL is
+known to be out of reach, a state-changing call is refused BEFORE its Redis step, so no Redis state
 changes without its audit records; the first call after the database answers again goes
 through. Real Redis; PostgreSQL stood in for by a log that fails on command."""
 
@@ -15,8 +15,9 @@ from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.errors import StoreUnavailable
 
-from .conftest import redis_store
 from .test_store_contract import LIMITS, new, pseudonym
+
+NO_FACTS = {"linked": False, "full": False}  # PostgreSQL's facts of a start (pair.py)
 
 
 class FlakyLog(PostgresAuditLog):
@@ -50,9 +51,9 @@ async def world(
 ) -> AsyncIterator[tuple[RedisStore, FlakyLog, Probe, FixedClock]]:
     log, clock = FlakyLog(), FixedClock(0.0)
     probe = Probe(log)
-    store = redis_store(
+    store = RedisStore(
         redis_url,
-        redis_namespace,
+        namespace=redis_namespace,
         audit=GroupAppender(log, probe=probe, probe_interval=1.0, clock=clock),
     )
     yield store, log, probe, clock
@@ -71,39 +72,23 @@ async def test_no_redis_change_while_the_database_is_known_down(
     log.down = True
     # The first failure is only learnt after the Redis step (it cannot be foreseen) ...
     with pytest.raises(StoreUnavailable):
-        await store.start_challenge(new("ch-1"), LIMITS)
+        await store.start_challenge(new("ch-1"), LIMITS, **NO_FACTS)
     before = await keys_of(redis_url, redis_namespace)
     # ... from then on, calls are refused before touching Redis, with one probe per second.
     other = pseudonym("0987654321")
     for i in range(5):
         with pytest.raises(StoreUnavailable):
-            await store.start_challenge(new(f"ch-{i + 2}", phone=other), LIMITS)
+            await store.start_challenge(new(f"ch-{i + 2}", phone=other), LIMITS, **NO_FACTS)
     assert before == await keys_of(redis_url, redis_namespace)
     assert 0 == probe.calls
     clock.advance(1.5)
     with pytest.raises(StoreUnavailable):
-        await store.start_challenge(new("ch-9", phone=other), LIMITS)
+        await store.start_challenge(new("ch-9", phone=other), LIMITS, **NO_FACTS)
     assert (1, before) == (probe.calls, await keys_of(redis_url, redis_namespace))
     # The database answers again: the next probe lets the call through, records stored.
     log.down = False
     clock.advance(1.5)
-    view = await store.start_challenge(new("ch-10", phone=other), LIMITS)
+    view = await store.start_challenge(new("ch-10", phone=other), LIMITS, **NO_FACTS)
     assert view.challenge_id
     assert 2 == probe.calls
     assert log.appended > 0
-
-
-async def test_reads_still_answer_while_the_database_is_known_down(
-    world: tuple[RedisStore, FlakyLog, Probe, FixedClock],
-) -> None:
-    """Only a state change needs its audit records stored: the read-only scripts (accounts
-    aging out, the status indexes of locked accounts, which the status publisher needs to keep
-    revoking) answer from Redis while PostgreSQL is known down, as plain reads do."""
-    store, log, probe, _ = world
-    log.down = True
-    with pytest.raises(StoreUnavailable):
-        await store.start_challenge(new("ch-1"), LIMITS)
-    assert [] == await store.list_aging_out("alpha", 0.0, 1e10, 10)
-    assert [] == await store.locked_status_indexes("alpha", 0.0)
-    assert None is await store.get_attestation("alpha", "acct-1")
-    assert 0 == probe.calls

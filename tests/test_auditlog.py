@@ -20,14 +20,12 @@ from xacthuc.adapters.metrics import PrometheusLogMetrics
 from xacthuc.adapters.store.checkpoints import (
     MemoryCheckpointStore,
     PostgresCheckpointStore,
-    RedisCheckpointStore,
     checkpoint_store_for,
 )
 from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.pair import PairStore
-from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresLogReader
+from xacthuc.adapters.store.pg_audit import PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
-from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain import merkle
 from xacthuc.domain.audit_verify import UsageError, verify_export
 from xacthuc.domain.checkpoint import Checkpoint, format_vkey, open_note, parse_vkey
@@ -81,7 +79,7 @@ def make_log(
 
 def log_reader(store: Store, read_batch: int = 5000) -> LogReader:
     """A fresh process's reader of the store's log, as the service composes it: from
-    PostgreSQL for the redis+postgres pair, else a tree in process over the records."""
+    PostgreSQL for the pair store, else a tree in process over the records."""
     db = audit_database(store)
     if db is not None:
         return PostgresLogReader(db)
@@ -94,9 +92,7 @@ async def append(store: Store, n: int, platform: str = P, event: str = "code_sen
 
 
 def audit_database(store: Store) -> Database | None:
-    """The database holding the store's audit log (the redis+postgres pair), if any."""
-    if isinstance(store, RedisStore) and isinstance(store._audit, GroupAppender):
-        return store._audit._log._db
+    """The database holding the store's audit log (the pair store), if any."""
     if isinstance(store, PairStore):
         return store.database
     return None
@@ -114,8 +110,6 @@ async def rewrite(store: Store, index: int, record: str, platform: str = P) -> N
                 index,
                 record,
             )
-    elif isinstance(store, RedisStore):
-        await store._redis.lset(f"{store._namespace}:{{{platform}}}:audit", index, record)
     else:
         assert isinstance(store, MemoryStore)
         store._platforms[platform].audit[index] = record
@@ -151,8 +145,6 @@ async def drop_last(store: Store, platform: str = P) -> None:
             await conn.execute(
                 "DELETE FROM audit_records WHERE platform = $1 AND idx = $2", platform, size
             )
-    elif isinstance(store, RedisStore):
-        await store._redis.rpop(f"{store._namespace}:{{{platform}}}:audit")
     else:
         assert isinstance(store, MemoryStore)
         store._platforms[platform].audit.pop()
@@ -364,7 +356,7 @@ async def test_replica_that_loses_the_race_adopts_the_winners_checkpoint(store: 
 # ------------------------------------------------------------------- checkpoint stores
 
 
-@pytest.fixture(params=["memory", "redis", "postgres"])
+@pytest.fixture(params=["memory", "postgres"])
 async def checkpoints(request: pytest.FixtureRequest) -> AsyncIterator[CheckpointStore]:
     """Each checkpoint store backend in turn, empty."""
     if request.param == "memory":
@@ -374,12 +366,6 @@ async def checkpoints(request: pytest.FixtureRequest) -> AsyncIterator[Checkpoin
         db = await emptied_database(request.getfixturevalue("database_url"))
         yield PostgresCheckpointStore(db)
         await db.aclose()
-        return
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
-    yield RedisCheckpointStore(client, namespace=request.getfixturevalue("redis_namespace"))
-    await client.aclose()
 
 
 def _cp(size: int) -> StoredCheckpoint:
@@ -399,21 +385,6 @@ async def test_checkpoint_store_appends_only_on_top_of_the_expected_latest(
     assert _cp(7) == await checkpoints.latest(P)
     assert [_cp(3), _cp(7)] == await checkpoints.history(P)
     assert [] == await checkpoints.history("beta")
-
-
-async def test_redis_checkpoints_live_under_the_platform_hash_tag(
-    redis_url: str, redis_namespace: str
-) -> None:
-    """Redis checkpoints share the audit list's slot: `<ns>:{<platform>}:checkpoints`."""
-    store = RedisStore(redis_url, namespace=redis_namespace)
-    try:
-        cps = checkpoint_store_for(store)
-        assert RedisCheckpointStore is type(cps)
-        await cps.append(P, _cp(1), after=0)
-        keys = [k async for k in store._redis.scan_iter(match=f"{redis_namespace}:*")]
-        assert [f"{redis_namespace}:{{alpha}}:checkpoints"] == keys
-    finally:
-        await store.aclose()
 
 
 async def test_concurrent_appends_store_exactly_one(checkpoints: CheckpointStore) -> None:

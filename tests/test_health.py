@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.cli.main import main
 from xacthuc.client import AsyncClient
 from xacthuc.domain import errors
@@ -35,6 +35,8 @@ from xacthuc.server.auth import ApiKeys, Role, new_key
 from xacthuc.server.config import Settings
 from xacthuc.server.health import HealthMonitor
 from xacthuc.server.runtime import SERVICE_NAMES, Server, start_server
+
+from .conftest import pair_store
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -127,20 +129,24 @@ def _settings(**overrides: object) -> Settings:
     return Settings.load(otp_hmac_keys="k" * 32, pseudonym_key="p" * 32, **overrides)
 
 
-async def _serve(store_url: str, **overrides: object) -> Running:
+async def _serve(store_url: str, database: Database, **overrides: object) -> Running:
     keys = ApiKeys()
     api_key, entry = new_key("alpha", Role.PLATFORM)
     keys.add(entry)
     app = build_app(
-        _settings(**overrides), store=RedisStore(store_url, namespace="health"), api_keys=keys
+        _settings(**overrides),
+        store=pair_store(store_url, "health", database),
+        api_keys=keys,
+        database=database,
     )
     return Running(await start_server(app, "127.0.0.1:0"), api_key)
 
 
 @pytest.fixture
-async def running(own_redis: OwnRedis) -> AsyncIterator[Running]:
-    """A real server over the test's own Redis, with the default probe settings."""
-    r = await _serve(own_redis.url)
+async def running(own_redis: OwnRedis, database: Database) -> AsyncIterator[Running]:
+    """A real server over the test's own Redis (the pair's Redis half), with the default
+    probe settings."""
+    r = await _serve(own_redis.url, database)
     yield r
     await r.server.stop(grace=0)
 
@@ -226,10 +232,10 @@ async def _healthz_until(url: str, status: int, within: float) -> None:
     assert ("ok" if status == 200 else "unavailable") == r.text
 
 
-async def test_healthz_follows_redis_down_and_back(own_redis: OwnRedis) -> None:
+async def test_healthz_follows_redis_down_and_back(own_redis: OwnRedis, database: Database) -> None:
     """The well-known listener's /healthz tells what the gRPC health service tells: 503
     within 2 s of Redis stopping, 200 within 2 s of its return."""
-    r = await _serve(own_redis.url, wellknown_listen="127.0.0.1:0")
+    r = await _serve(own_redis.url, database, wellknown_listen="127.0.0.1:0")
     url = f"http://127.0.0.1:{r.server.wellknown_port}/healthz"
     try:
         await _healthz_until(url, 200, WITHIN)
@@ -309,9 +315,9 @@ async def test_a_probe_that_hangs_counts_as_down_after_its_timeout() -> None:
         assert NOT_SERVING == health.statuses[service]
 
 
-async def test_the_prober_ends_with_the_server(own_redis: OwnRedis) -> None:
+async def test_the_prober_ends_with_the_server(own_redis: OwnRedis, database: Database) -> None:
     """Stopping the server ends the background prober: no task is left probing."""
-    r = await _serve(own_redis.url, health_probe_interval_seconds=0.05)
+    r = await _serve(own_redis.url, database, health_probe_interval_seconds=0.05)
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert "xacthuc-health-monitor" in names
     await r.server.stop(grace=0)
@@ -355,11 +361,13 @@ async def test_each_change_is_one_log_line_naming_the_dependency(
     assert "hunter2" not in "".join(lines)
 
 
-async def test_stopping_turns_every_status_not_serving_for_good(own_redis: OwnRedis) -> None:
+async def test_stopping_turns_every_status_not_serving_for_good(
+    own_redis: OwnRedis, database: Database
+) -> None:
     """README, Health: "On SIGTERM every status turns NOT_SERVING for good" (SIGTERM calls
     Server.stop): Watch streams see it during the grace period, before they are closed, and no
     prober is left to turn it back."""
-    r = await _serve(own_redis.url, health_probe_interval_seconds=0.05)
+    r = await _serve(own_redis.url, database, health_probe_interval_seconds=0.05)
     services = ("", *SERVICE_NAMES)
     async with grpc.aio.insecure_channel(r.target) as channel:
         watchers = [Watcher(channel, s) for s in services]
@@ -441,7 +449,9 @@ def pki(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def mtls_server(redis_url: str, redis_namespace: str, pki: Path) -> AsyncIterator[str]:
+async def mtls_server(
+    redis_url: str, redis_namespace: str, database: Database, pki: Path
+) -> AsyncIterator[str]:
     """A server that requires a client certificate issued by the CA; yields its target."""
     app = build_app(
         _settings(
@@ -449,7 +459,8 @@ async def mtls_server(redis_url: str, redis_namespace: str, pki: Path) -> AsyncI
             tls_key_file=pki / "server.key",
             tls_client_ca_file=pki / "ca.crt",
         ),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
     )
     server = await start_server(app, "127.0.0.1:0")
     yield f"127.0.0.1:{server.port}"

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from xacthuc.adapters.store.pair import PairStore
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis_cluster import (
     ClusterClient,
     ClusterOnce,
@@ -36,7 +36,7 @@ from xacthuc.server.app import make_store
 from xacthuc.server.config import ConfigError, Settings
 from xacthuc.server.health import HealthMonitor
 
-from .conftest import redis_store, sync_cluster
+from .conftest import pair_store, sync_cluster
 from .local_cluster import HOST, LocalCluster
 from .test_redis_retries import LossyProxy
 from .test_store_contract import LIMITS, NOW, check, client_n, new, phone_n
@@ -126,7 +126,7 @@ def spread(redis_cluster_url: str) -> dict[str, str]:
         return platforms_by_node(client)
 
 
-async def phone_flow(store: RedisStore, platform: str, n: int = 1) -> None:
+async def phone_flow(store: PairStore, platform: str, n: int = 1) -> None:
     """Start, send and confirm a challenge on `platform`: the attestation is there, and 4
     records more in the platform's log."""
     challenge = f"ch-{platform}-{n}"
@@ -143,10 +143,10 @@ async def phone_flow(store: RedisStore, platform: str, n: int = 1) -> None:
 
 
 async def test_the_flows_run_on_every_node(
-    redis_cluster_url: str, redis_cluster_namespace: str, spread: dict[str, str]
+    redis_cluster_url: str, redis_cluster_namespace: str, spread: dict[str, str], database: Database
 ) -> None:
     assert 3 == len(spread)
-    store = redis_store(redis_cluster_url, redis_cluster_namespace)
+    store = pair_store(redis_cluster_url, redis_cluster_namespace, database)
     for platform in spread.values():
         await phone_flow(store, platform)
     await store.ping()
@@ -154,18 +154,18 @@ async def test_the_flows_run_on_every_node(
 
 
 async def test_every_node_that_forgot_the_scripts_is_taught_them_again(
-    redis_cluster_url: str, redis_cluster_namespace: str, spread: dict[str, str]
+    redis_cluster_url: str, redis_cluster_namespace: str, spread: dict[str, str], database: Database
 ) -> None:
     """SCRIPT FLUSH on every primary: each node answers NOSCRIPT once per script, loads it,
     and the call (a state-changing one too) runs, once."""
-    store = redis_store(redis_cluster_url, redis_cluster_namespace)
+    store = pair_store(redis_cluster_url, redis_cluster_namespace, database)
     for platform in spread.values():
         await phone_flow(store, platform, 1)
     with sync_cluster(redis_cluster_url) as admin:
         admin.script_flush()  # on every primary
         for platform in spread.values():
             await phone_flow(store, platform, 2)
-        start_sha = store._scripts["start_challenge"].sha
+        start_sha = store.redis_half._scripts["start_challenge"].sha
         for node in admin.get_primaries():
             with redis.Redis(host=node.host, port=node.port) as direct:
                 assert [True] == direct.script_exists(start_sha)
@@ -204,33 +204,20 @@ async def lossy_cluster(
     assert not [c for n in client.get_nodes() for c in n._connections if c.is_connected]
 
 
-async def test_a_state_changing_script_is_sent_once_on_a_retrying_cluster_client(
-    redis_cluster_url: str, redis_cluster_namespace: str, spread: dict[str, str]
+async def test_a_script_is_sent_once_on_a_retrying_cluster_client(
+    redis_cluster_url: str, redis_cluster_namespace: str, spread: dict[str, str], database: Database
 ) -> None:
-    """The reply to append_audit is cut off on every node in turn: StoreUnavailable, and
-    the record was appended once (the cluster client retries 3 times otherwise)."""
+    """The reply to start_challenge is cut off on every node in turn: StoreUnavailable, and
+    the script ran once (one send counted; the cluster client retries 3 times otherwise)."""
     async with lossy_cluster(redis_cluster_url, drops=10) as (client, proxies):
-        store = redis_store(redis_cluster_url, redis_cluster_namespace, client=client)
+        store = pair_store(redis_cluster_url, redis_cluster_namespace, database, client=client)
         for n, platform in enumerate(spread.values(), start=1):
             with pytest.raises(StoreUnavailable):
-                await store.append_audit(platform, NOW, account="a1", event="e", outcome="ok")
+                await store.start_challenge(new(f"ch-{n}", platform=platform), LIMITS)
             assert n == sum(p.dropped for p in proxies)
-    direct = redis_store(redis_cluster_url, redis_cluster_namespace)
-    for platform in spread.values():
-        assert 1 == len(await direct.audit_records(platform))
-    await direct.aclose()
-
-
-async def test_a_read_only_script_keeps_the_cluster_clients_retries(
-    redis_cluster_url: str, redis_cluster_namespace: str, spread: dict[str, str]
-) -> None:
-    async with lossy_cluster(redis_cluster_url, drops=1) as (client, proxies):
-        store = redis_store(redis_cluster_url, redis_cluster_namespace, client=client)
+    with sync_cluster(redis_cluster_url) as direct:
         for platform in spread.values():
-            assert (None, None) == await store.account_state(platform, "a1")
-            print(platform, [p.dropped for p in proxies])
-            await store.append_audit(platform, NOW, account="a1", event="e", outcome="ok")
-        assert [1, 1, 1] == [p.dropped for p in proxies]
+            assert 1 == direct.llen(f"{redis_cluster_namespace}:{{{platform}}}:pl")
 
 
 # ------------------------------------------------------- on a cluster of the test's own
@@ -256,13 +243,13 @@ def own_platforms(cluster: LocalCluster) -> dict[int, str]:
 
 
 async def test_a_stopped_master_takes_its_slots_only_and_health_follows(
-    own_cluster: LocalCluster,
+    own_cluster: LocalCluster, database: Database
 ) -> None:
-    """Master 2 killed: its platform's calls (reads and writes) are StoreUnavailable, the
+    """Master 2 killed: its platform's calls with a Redis step are StoreUnavailable, the
     other masters' platforms are served, health says NOT_SERVING. Restarted (empty, its
     scripts forgotten), everything is served again and health is SERVING."""
     platforms = own_platforms(own_cluster)
-    store = RedisStore(own_cluster.url, namespace="t")
+    store = pair_store(own_cluster.url, "t", database)
     monitor = HealthMonitor(
         HealthServicer(), ["xacthuc.v1.VerificationService"], {"store": store.ping},
         interval=1, timeout=5,
@@ -274,9 +261,9 @@ async def test_a_stopped_master_takes_its_slots_only_and_health_follows(
     down = own_cluster.ports[1]
     own_cluster.stop_node(down)
     with pytest.raises(StoreUnavailable):
-        await store.append_audit(platforms[down], NOW, account="a", event="e", outcome="ok")
+        await store.start_challenge(new("ch-9", platform=platforms[down]), LIMITS)
     with pytest.raises(StoreUnavailable):
-        await store.account_state(platforms[down], "acc-1")
+        await store.check_code(check("ch-9", now=NOW + 1, platform=platforms[down]), LIMITS)
     for port, platform in platforms.items():
         if port != down:
             await phone_flow(store, platform, 2)
@@ -291,25 +278,22 @@ async def test_a_stopped_master_takes_its_slots_only_and_health_follows(
 
 
 async def test_clusterdown_and_an_unserved_slot_are_unavailable(
-    own_cluster: LocalCluster,
+    own_cluster: LocalCluster, database: Database
 ) -> None:
     """A slot its master stops serving (CLUSTER DELSLOTS): that master says CLUSTERDOWN,
-    reported as StoreUnavailable to a write (sent once) and to a read (after its retries),
-    and health is NOT_SERVING; served again, all is well. The slot taken from every node's
+    reported as StoreUnavailable to a script (sent once), and health is NOT_SERVING; served again, all is well. The slot taken from every node's
     table: the client cannot learn a full layout, and every call is StoreUnavailable."""
     platforms = own_platforms(own_cluster)
     platform = platforms[own_cluster.ports[0]]
     slot = key_slot(platform.encode())
-    store = RedisStore(own_cluster.url, namespace="t")
+    store = pair_store(own_cluster.url, "t", database)
     await phone_flow(store, platform)
 
     owner = own_cluster.client(own_cluster.ports[0])
     owner.cluster("DELSLOTS", slot)
     with pytest.raises(StoreUnavailable) as write:
-        await store.append_audit(platform, NOW, account="a", event="e", outcome="ok")
+        await store.start_challenge(new("ch-9", platform=platform, phone=phone_n(9)), LIMITS)
     assert isinstance(write.value.__cause__, redis.exceptions.ClusterDownError)
-    with pytest.raises(StoreUnavailable):
-        await store.account_state(platform, "acc-1")
     with pytest.raises(StoreUnavailable):
         await store.ping()
 
@@ -321,9 +305,9 @@ async def test_clusterdown_and_an_unserved_slot_are_unavailable(
     for port in own_cluster.ports:
         with own_cluster.client(port) as node:
             node.cluster("DELSLOTS", slot)
-    for other in platforms.values():
+    for n, other in enumerate(platforms.values()):
         with pytest.raises(StoreUnavailable):
-            await store.account_state(other, "acc-1")
+            await store.confirm_sent(other, f"ch-x{n}", "acc-1", NOW)
     owner.cluster("ADDSLOTS", slot)
     own_cluster.wait_ok()
     await phone_flow(store, platform, 3)
@@ -338,11 +322,11 @@ def twin_of(platform: str) -> str:
 
 
 async def test_ask_and_moved_are_followed_and_tryagain_is_unavailable(
-    own_cluster: LocalCluster,
+    own_cluster: LocalCluster, database: Database
 ) -> None:
     """A platform's slot migrates from master A to master B (whose scripts are flushed).
     While it migrates, a one-key call on a platform of the same slot that has no keys yet
-    is asked to B (ASK followed, NOSCRIPT answered there; a write sent once). A call of
+    is asked to B (ASK followed, NOSCRIPT answered there; sent once). A call of
     several keys not all on A gets TRYAGAIN (from A when some are there, from B when none
     is) until the client gives up: StoreUnavailable, nothing run. Once moved, a client
     whose slot table still says A is redirected (MOVED) and finds the state on B."""
@@ -350,9 +334,9 @@ async def test_ask_and_moved_are_followed_and_tryagain_is_unavailable(
     platform = own_platforms(own_cluster)[a]
     twin = twin_of(platform)
     slot = key_slot(platform.encode())
-    store = RedisStore(own_cluster.url, namespace="t")
+    store = pair_store(own_cluster.url, "t", database)
     await phone_flow(store, platform)
-    stale = RedisStore(own_cluster.url, namespace="t")
+    stale = pair_store(own_cluster.url, "t", database)
     await stale.ping()  # its slot table: the slot is A's
     node_a, node_b = own_cluster.client(a), own_cluster.client(b)
     id_a, id_b = node_a.cluster("MYID"), node_b.cluster("MYID")
@@ -363,17 +347,17 @@ async def test_ask_and_moved_are_followed_and_tryagain_is_unavailable(
     # A new client: one connection per node (redis-py 8.1 sends ASKING on any idle pooled
     # connection of the node, so with several the command may miss it: then MOVED back to
     # A, and after 16 bounces StoreUnavailable; docs/design/redis-cluster.md).
-    asker = RedisStore(own_cluster.url, namespace="t")
-    assert [] == await asker.audit_records(twin)  # ASK, a read
-    assert 0 == await asker.append_audit(twin, NOW, account="a", event="e", outcome="ok")
-    assert 1 == len(await asker.audit_records(twin))  # ASK: missing on A, found on B
+    asker = pair_store(own_cluster.url, "t", database)
+    await asker.confirm_sent(twin, "ch-t", "acc-1", NOW)  # one key, missing on A: ASK to B
     with pytest.raises(redis.exceptions.AskError):  # A has no such key: it asks B
-        node_a.llen(f"t:{{{twin}}}:audit")
-    with pytest.raises(StoreUnavailable) as tryagain:  # the audit list is on A
-        await store.start_challenge(new("ch-2", platform=platform, account="acc-2"), LIMITS)
+        node_a.get(f"t:{{{twin}}}:c:ch-t")
+    with pytest.raises(StoreUnavailable) as tryagain:  # the send list is on A, the rest not
+        await store.start_challenge(
+            new("ch-2", platform=platform, account="acc-2", phone=phone_n(8)), LIMITS
+        )
     assert isinstance(tryagain.value.__cause__, redis.exceptions.ClusterError)  # TTL spent
     with pytest.raises(StoreUnavailable) as tryagain:  # no key on A: B says TRYAGAIN
-        await asker.account_state(twin, "acc-1")
+        await asker.start_challenge(new("ch-3", platform=twin), LIMITS)
     assert isinstance(tryagain.value.__cause__, redis.exceptions.ClusterError)
 
     keys = node_a.cluster("GETKEYSINSLOT", slot, 1000)
@@ -388,7 +372,6 @@ async def test_ask_and_moved_are_followed_and_tryagain_is_unavailable(
     node_b.script_flush()
     await phone_flow(stale, platform, 2)  # MOVED, then NOSCRIPT on B; the log goes on
     assert 8 == len(await stale.audit_records(platform))  # the refused start wrote nothing
-    assert 1 == len(await stale.audit_records(twin))
     node_a.close()
     node_b.close()
     for s in (store, stale, asker):

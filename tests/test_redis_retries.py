@@ -2,8 +2,8 @@
 
 redis-py 6+ retries a failed command three times by default (`Retry` on every `Redis`), and
 a command whose reply was lost may have run: a code consumed twice, a budget charged twice,
-an audit record appended twice. The store sends its state-changing scripts on a pooled
-connection without the client's `Retry`; read-only ones keep the client's retries.
+a record handed back twice. The store sends its scripts (every one changes state) on a
+pooled connection without the client's `Retry`.
 
 The fault: a TCP proxy in front of Redis that forwards a script's call, lets Redis run it,
 then drops the connection instead of forwarding a successful reply.
@@ -21,11 +21,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from xacthuc.adapters.store.checkpoints import RedisCheckpointStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.errors import StoreUnavailable
-from xacthuc.ports.checkpoints import StoredCheckpoint
 
-from .conftest import redis_store
+from .conftest import pair_store
+from .test_store_contract import LIMITS, PLATFORM, new, phone_n
 
 
 @dataclass
@@ -91,49 +91,19 @@ def retrying_client(port: int) -> aioredis.Redis:
     )
 
 
-async def test_a_state_changing_script_runs_once_on_a_retrying_client(
-    redis_url: str, redis_namespace: str
+async def test_a_script_runs_once_on_a_retrying_client(
+    redis_url: str, redis_namespace: str, database: Database
 ) -> None:
-    """The reply to append_audit is lost: the caller sees StoreUnavailable, and the record
-    was appended once (a retrying client would have appended it four times)."""
-    async with lossy_proxy(redis_url, drops=10) as proxy:
-        client = retrying_client(proxy.port)
-        store = redis_store(redis_url, redis_namespace, client=client)
-        with pytest.raises(StoreUnavailable):
-            await store.append_audit("p1", 1000.0, account="a1", event="e", outcome="ok")
-        assert 1 == proxy.dropped
-        await client.aclose()
-    direct = redis_store(redis_url, redis_namespace)
-    assert 1 == len(await direct.audit_records("p1"))
-    await direct.aclose()
-
-
-async def test_the_checkpoint_compare_and_set_runs_once_on_a_retrying_client(
-    redis_url: str, redis_namespace: str
-) -> None:
-    async with lossy_proxy(redis_url, drops=10) as proxy:
-        client = retrying_client(proxy.port)
-        checkpoints = RedisCheckpointStore(client, namespace=redis_namespace)
-        cp = StoredCheckpoint(1, b"\x00" * 32, 1000.0, "note\n")
-        with pytest.raises(StoreUnavailable):
-            await checkpoints.append("p1", cp, after=0)
-        assert 1 == proxy.dropped
-        await client.aclose()
-    direct = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    assert 1 == await direct.llen(f"{redis_namespace}:{{p1}}:checkpoints")
-    await direct.aclose()
-
-
-async def test_a_read_only_script_keeps_the_clients_retries(
-    redis_url: str, redis_namespace: str
-) -> None:
-    """account_state's first reply is lost; the client's retry answers the call."""
+    """The reply to start_challenge is lost: the caller sees StoreUnavailable, and the
+    script ran once (one send counted; a retrying client would have sent it four times).
+    The connection that lost its reply is not put back in use: the next call works."""
     async with lossy_proxy(redis_url, drops=1) as proxy:
         client = retrying_client(proxy.port)
-        store = redis_store(redis_url, redis_namespace, client=client)
-        assert (None, None) == await store.account_state("p1", "a1")
+        store = pair_store(redis_url, redis_namespace, database, client=client)
+        with pytest.raises(StoreUnavailable):
+            await store.start_challenge(new("ch-1"), LIMITS)
         assert 1 == proxy.dropped
-        # The connection that lost its reply was not put back in use: the next call works.
-        await store.append_audit("p1", 1000.0, account="a1", event="e", outcome="ok")
-        assert 1 == len(await store.audit_records("p1"))
+        await store.start_challenge(new("ch-2", phone=phone_n(2)), LIMITS)
         await client.aclose()
+    async with aioredis.Redis.from_url(redis_url) as direct:
+        assert 2 == await direct.llen(f"{redis_namespace}:{{{PLATFORM}}}:pl")

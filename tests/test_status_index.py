@@ -12,12 +12,12 @@ import itertools
 import random
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.pair import PairStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.records import Limits
 from xacthuc.domain.status_index import INDEX_BLOCK, check_block, permuted_index
 from xacthuc.ports.store import Store
@@ -96,19 +96,23 @@ def bits_set(bits: bytes) -> set[int]:
     return {i for i in range(len(bits) * 8) if bits[i // 8] & (0x80 >> (i % 8))}
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "pair"])
 async def test_stores_hand_out_the_permutation_never_reusing_an_index(
-    backend: str, redis_url: str, redis_namespace: str
+    backend: str, redis_url: str, redis_namespace: str, database: Database
 ) -> None:
-    """Three blocks and a bit of 128 (cycle walking in Lua too): every index is the
+    """Three blocks and a bit of 128 (cycle walking in plpgsql too): every index is the
     permutation's, none repeats, they are not in issue order, the bitmap is four whole blocks,
     and revoking a token sets exactly its bit."""
     block, count = 128, 3 * 128 + 5
     store: Store = (
         MemoryStore(status_block=block, status_keys=lambda: KEY)
         if backend == "memory"
-        else RedisStore(
-            redis_url, namespace=redis_namespace, status_block=block, status_keys=lambda: KEY
+        else PairStore(
+            redis_url,
+            database,
+            namespace=redis_namespace,
+            status_block=block,
+            status_keys=lambda: KEY,
         )
     )
     indices = [await issue(store, n) for n in range(count)]
@@ -123,27 +127,3 @@ async def test_stores_hand_out_the_permutation_never_reusing_an_index(
     assert indices != sorted(indices)
     assert 4 * block // 8 == len(bits)
     assert {indices[n] for n in revoked} == bits_set(bits)
-
-
-async def test_redis_goes_on_after_sequential_indices_and_keeps_its_first_settings(
-    redis_url: str, redis_namespace: str
-) -> None:
-    """A Redis store that handed out sequential indices 0..4 before this change starts the
-    permutation at the next whole block; a store restarted with another key source and block
-    size goes on with the key and block fixed at the first allocation: nothing is reused."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    await client.set(f"{redis_namespace}:{{{PLATFORM}}}:sl:next", 5)
-    first = RedisStore(
-        redis_url, namespace=redis_namespace, status_block=64, status_keys=lambda: KEY
-    )
-    a = [await issue(first, n) for n in range(3)]
-    await first.aclose()
-    again = RedisStore(
-        redis_url, namespace=redis_namespace, status_block=1024, status_keys=lambda: OTHER_KEY
-    )
-    b = [await issue(again, n) for n in range(3, 6)]
-    await again.aclose()
-    await client.aclose()
-
-    assert [permuted_index(KEY, 64 + c, 64) for c in range(6)] == a + b
-    assert all(64 <= i < 128 for i in a + b)

@@ -1,6 +1,6 @@
 """The storage contract (P1-P3, P8 and the audit trail), run against every backend.
 
-MemoryStore is the reference; RedisStore must behave identically, down to the bytes of the
+MemoryStore is the reference; the pair store must behave identically, down to the bytes of the
 audit records. Times are fixed; every value a store sees is already a pseudonym or a MAC.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.errors import (
     ChallengeAccountMismatch,
     ChallengeAlreadyUsed,
@@ -49,7 +49,7 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.store import Store
 
-from .conftest import emptied_database, memory_store, nth_index, pair_store, redis_store
+from .conftest import emptied_database, memory_store, nth_index, pair_store
 
 NOW = 1_800_000_000.0
 TTL = 300.0
@@ -1001,17 +1001,18 @@ async def test_audit_records_slice_like_a_list(store: Store, start: int, stop: i
     assert everything[start:stop] == await store.audit_records(PLATFORM, start, stop)
 
 
-# --- Redis only -------------------------------------------------------------------------------
+# --- the pair's Redis half --------------------------------------------------------------------
 
 
-async def test_each_redis_operation_is_one_round_trip(
-    redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+async def test_each_redis_step_is_one_round_trip(
+    redis_url: str, redis_namespace: str, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every store operation sends exactly one command; the scripted ones send EVALSHA.
-    Counted where every command goes out, on the connection (state-changing scripts go
-    through a second client over the same connections: see `without_retries`)."""
+    """Every operation with a Redis step sends exactly one command to Redis, EVALSHA; the
+    reads are PostgreSQL's (no Redis command). Counted where every command goes out, on the
+    connection (the scripts go through a second client over the same connections: see
+    `without_retries`)."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    store = redis_store(redis_url, redis_namespace, client=client)
+    store = pair_store(redis_url, redis_namespace, database, client=client)
     commands: list[str] = []
     connection_class = client.connection_pool.connection_class
     send: Callable[..., Awaitable[None]] = connection_class.send_command
@@ -1049,15 +1050,15 @@ async def test_each_redis_operation_is_one_round_trip(
     finally:
         await client.aclose()
 
-    expected = [["EVALSHA"]] * 6 + [["HGETALL"], ["LRANGE"], ["PING"]]
+    expected = [["EVALSHA"]] * 6 + [[], [], ["PING"]]
     assert expected == seen
 
 
-async def test_redis_keys_share_the_platform_slot_and_expire(
-    redis_url: str, redis_namespace: str
+async def test_redis_keys_share_the_platform_slot_and_all_expire(
+    redis_url: str, redis_namespace: str, database: Database
 ) -> None:
-    """All keys carry the {platform} hash tag; all but the durable ones expire."""
-    store = redis_store(redis_url, redis_namespace)
+    """All keys carry the {platform} hash tag and all expire: nothing durable is in Redis."""
+    store = pair_store(redis_url, redis_namespace, database)
     await sent(store, new(key="k-1"))
     await store.check_code(check(cid("ch-1", "k-1"), now=NOW + 1), LIMITS)
     await store.aclose()
@@ -1077,41 +1078,24 @@ async def test_redis_keys_share_the_platform_slot_and_expire(
             f"p:{PHONE}",
             "pl",
             f"i:{CLIENT}",
-            f"phacct:{PHONE}",
-            "acct:acc-1",
-            "audit",
-            "sl:next",
-            "sl:key",
-            "sl:bits",
-            "acctsl:acc-1",
         )
     } == set(ttl)
     assert retention_ms - 60_000 < ttl[f"{pre}c:{slot}"] <= retention_ms
     assert 0 < ttl[f"{pre}p:{PHONE}"] <= 86_400_000
     assert 0 < ttl[f"{pre}pl"] <= 3_600_000
     assert 0 < ttl[f"{pre}i:{CLIENT}"] <= 3_600_000
-    durable = (
-        f"phacct:{PHONE}",
-        "acct:acc-1",
-        "audit",
-        "sl:next",
-        "sl:key",
-        "sl:bits",
-        "acctsl:acc-1",
-    )
-    assert [-1] * len(durable) == [ttl[f"{pre}{k}"] for k in durable]
 
 
-async def test_unreachable_redis_is_store_unavailable() -> None:
-    """A refused connection raises StoreUnavailable from every operation."""
-    store = RedisStore("redis://127.0.0.1:1/0", namespace="unreachable")
+async def test_unreachable_redis_is_store_unavailable(database: Database) -> None:
+    """A refused connection raises StoreUnavailable from every operation with a Redis step."""
+    store = pair_store("redis://127.0.0.1:1/0", "unreachable", database)
     try:
         with pytest.raises(StoreUnavailable):
             await store.ping()
         with pytest.raises(StoreUnavailable):
             await store.start_challenge(new(), LIMITS)
         with pytest.raises(StoreUnavailable):
-            await store.audit_records(PLATFORM)
+            await store.check_code(check(now=NOW + 1), LIMITS)
     finally:
         await store.aclose()
 

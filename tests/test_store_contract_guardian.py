@@ -9,8 +9,8 @@ import random
 from collections.abc import Awaitable
 
 import pytest
-import redis.asyncio as aioredis
 
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.errors import (
     AttestationNotFound,
     ChildAlreadyLinked,
@@ -36,7 +36,7 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.store import Store
 
-from .conftest import STATUS_BLOCK, memory_store, nth_index, redis_store
+from .conftest import STATUS_BLOCK, memory_store, nth_index, pair_store
 from .test_store_contract import LIMITS, NOW, PHONE, PHONE_2, PLATFORM, check, new, phone_n, sent
 
 OTHER = "beta"
@@ -709,37 +709,12 @@ async def test_revoking_nothing_or_with_a_bad_reason_is_refused(store: Store) ->
     assert "active" == got.status
 
 
-async def test_redis_guardian_keys_share_the_platform_slot_and_are_durable(
-    redis_url: str, redis_namespace: str
+async def test_both_stores_write_the_same_bytes(
+    redis_url: str, redis_namespace: str, database: Database
 ) -> None:
-    """Links, pointers, the children set, the aging-out index and the status list live under
-    {platform} and never expire."""
-    store = redis_store(redis_url, redis_namespace)
-    await phone_guardian(store)
-    result = await store.link_guardian(link(), LIMITS)
-    await store.revoke_attestation(PLATFORM, "mum", NOW + 20, "fraud")
-    await store.aclose()
-    pre = f"{redis_namespace}:{{{PLATFORM}}}:"
-    async with aioredis.Redis.from_url(redis_url, decode_responses=True) as client:
-        names = (
-            f"link:{result.link_id}",
-            "childlink:kid-1",
-            f"gkids:{PHONE}",
-            "agingout",
-            "sl:next",
-            "sl:bits",
-            "acct:kid-1",
-        )
-        assert [-1] * len(names) == [await client.pttl(pre + n) for n in names]
-
-
-# --- both stores, same history, same bytes ----------------------------------------------------
-
-
-async def test_both_stores_write_the_same_bytes(redis_url: str, redis_namespace: str) -> None:
     """A history of links, refusals, renewals, withdrawals, sweeps and revocations gives the
-    same audit log, the same records and the same status bits in memory and in Redis."""
-    stores: list[Store] = [memory_store(), redis_store(redis_url, redis_namespace)]
+    same audit log, the same records and the same status bits in memory and in the pair."""
+    stores: list[Store] = [memory_store(), pair_store(redis_url, redis_namespace, database)]
     results = []
     limits = Limits(max_children_per_guardian=2)
     for s in stores:
@@ -782,12 +757,12 @@ async def test_both_stores_write_the_same_bytes(redis_url: str, redis_namespace:
     assert results[0] == results[1]
 
 
-async def test_random_histories_agree_between_memory_and_redis(
-    redis_url: str, redis_namespace: str
+async def test_random_histories_agree_between_memory_and_the_pair(
+    redis_url: str, redis_namespace: str, database: Database
 ) -> None:
     """Random interleavings of every guardian and revocation operation: same outcomes, same
     audit bytes, same attestations and status bits."""
-    memory, redis_backend = memory_store(), redis_store(redis_url, redis_namespace)
+    memory, redis_backend = memory_store(), pair_store(redis_url, redis_namespace, database)
     rnd = random.Random(147)
     limits = Limits(max_children_per_guardian=2)
     guardians = {"g-1": PHONE, "g-2": PHONE_2}

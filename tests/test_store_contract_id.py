@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.errors import (
     AccountNotAuthenticated,
     IdAttemptsExceeded,
@@ -20,7 +21,7 @@ from xacthuc.domain.records import (
 )
 from xacthuc.ports.store import Store
 
-from .conftest import memory_store, redis_store
+from .conftest import memory_store, pair_store
 from .test_store_contract import LIMITS, NOW, PLATFORM, check, sent
 from .test_store_contract import new as new_challenge
 
@@ -235,9 +236,11 @@ async def test_moving_from_phone_to_personal_id_frees_the_phone_slot(store: Stor
     )
 
 
-async def test_both_stores_write_the_same_bytes(redis_url: str, redis_namespace: str) -> None:
-    """The same history gives byte-identical audit logs in memory and in Redis."""
-    stores: list[Store] = [memory_store(), redis_store(redis_url, redis_namespace)]
+async def test_both_stores_write_the_same_bytes(
+    redis_url: str, redis_namespace: str, database: Database
+) -> None:
+    """The same history gives byte-identical audit logs in memory and in the pair."""
+    stores: list[Store] = [memory_store(), pair_store(redis_url, redis_namespace, database)]
     logs = []
     for s in stores:
         await sent(s, new_challenge(now=NOW))

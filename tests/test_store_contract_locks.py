@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from xacthuc.domain.locks import AccountLock, LockKind, LockRequest
 from xacthuc.ports.store import Store
 
@@ -151,23 +149,3 @@ async def test_locks_are_per_platform(store: Store) -> None:
     await store.lock_account(lock(LockKind.PERMANENT))
     assert (None, None) == await store.account_state("beta", "acc-1")
     assert [] == await store.locked_status_indexes("beta", NOW)
-
-
-async def test_unreachable_redis_is_store_unavailable_for_locks() -> None:
-    """A refused connection raises StoreUnavailable from every lock operation (no INTERNAL)."""
-    from xacthuc.adapters.store.redis import RedisStore
-    from xacthuc.domain.errors import StoreUnavailable
-
-    store = RedisStore("redis://127.0.0.1:1/0", namespace="unreachable")
-    calls = (
-        lambda: store.lock_account(lock()),
-        lambda: store.unlock_account(PLATFORM, "acc-1", NOW, "appeal_upheld"),
-        lambda: store.account_state(PLATFORM, "acc-1"),
-        lambda: store.locked_status_indexes(PLATFORM, NOW),
-    )
-    try:
-        for call in calls:
-            with pytest.raises(StoreUnavailable):
-                await call()
-    finally:
-        await store.aclose()

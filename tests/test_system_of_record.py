@@ -1,10 +1,9 @@
 """What must outlive a Redis failure does (issue 10), against a real PostgreSQL and a
 redis-server this test owns and restarts empty (never the shared one).
 
-So far: the audit log and its checkpoints. With checkpoints in PostgreSQL, a log that lost
-records with Redis is never checkpointed smaller again: the checkpointer refuses instead of
-forking (the failure seen: a checkpoint of size 17 signed after one of size 39). With the
-records in PostgreSQL too (the redis+postgres pair), none is lost at all."""
+Here: the audit log and its checkpoints, in PostgreSQL with the pair store, lose no record
+when Redis restarts empty (tests/test_pair_crash.py: attestations, revocations, the status
+list and P8 counts)."""
 
 from __future__ import annotations
 
@@ -19,13 +18,10 @@ from xacthuc.adapters.metrics import PrometheusLogMetrics
 from xacthuc.adapters.store.cached import CachedStore
 from xacthuc.adapters.store.checkpoints import (
     PostgresCheckpointStore,
-    RedisCheckpointStore,
-    checkpoint_store_for,
 )
 from xacthuc.adapters.store.pair import PairStore
-from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog, PostgresLogReader
+from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
-from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.locks import LockKind, LockRequest
 from xacthuc.ports.audit_log import LogReader
@@ -35,6 +31,7 @@ from xacthuc.server.config import ConfigError, Settings
 from xacthuc.verifiers.auditlog import AuditLog
 from xacthuc.verifiers.log_reader import StoreLogReader
 
+from .conftest import pair_store
 from .test_health import OwnRedis
 
 T0 = 1_800_000_000.0
@@ -50,15 +47,14 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 def audit_log(
-    store: RedisStore | LogReader,
+    reader: LogReader,
     checkpoints: CheckpointStore,
     key: Ed25519PrivateKey,
     at: float = 3600,
 ) -> AuditLog:
-    """A fresh process's view of the log (nothing cached), `at` seconds after T0: read from
-    the store's records, or from `reader`."""
+    """A fresh process's view of the log (nothing cached), `at` seconds after T0."""
     return AuditLog(
-        StoreLogReader(store) if isinstance(store, RedisStore) else store,
+        reader,
         checkpoints,
         key,
         FixedClock(T0 + at),
@@ -68,62 +64,9 @@ def audit_log(
     )
 
 
-async def append(store: RedisStore, n: int) -> None:
+async def append(store: PairStore, n: int) -> None:
     for i in range(n):
         await store.append_audit(P, T0 + i, account=f"acc-{i}", event="code_sent", outcome="ok")
-
-
-async def test_a_redis_restarted_empty_never_forks_the_log(
-    own_redis: OwnRedis, database: Database
-) -> None:
-    key = Ed25519PrivateKey.generate()
-    checkpoints = PostgresCheckpointStore(database)
-    store = RedisStore(own_redis.url, namespace="sor")
-    try:
-        await append(store, 39)
-        signed = await audit_log(store, checkpoints, key).current_checkpoint(P)
-        assert 39 == signed.tree_size
-    finally:
-        await store.aclose()
-
-    own_redis.stop()  # killed; it keeps nothing on disk
-    own_redis.start()
-
-    store = RedisStore(own_redis.url, namespace="sor")
-    try:
-        await append(store, 17)
-        log = audit_log(store, checkpoints, key)
-        latest = await log.current_checkpoint(P)
-        await log.run_once()
-        assert 39 == latest.tree_size  # the old checkpoint stands, nothing smaller is signed
-        assert [39] == [c.tree_size for c in await checkpoints.history(P)]
-        problem = log.problem(P)
-        assert problem is not None
-        assert "records were removed" in problem
-    finally:
-        await store.aclose()
-
-
-async def test_checkpoints_kept_in_redis_would_fork(own_redis: OwnRedis) -> None:
-    """The failure the test above guards against, shown with checkpoints kept in Redis."""
-    key = Ed25519PrivateKey.generate()
-    store = RedisStore(own_redis.url, namespace="sor")
-    try:
-        await append(store, 39)
-        cps = checkpoint_store_for(store)
-        assert isinstance(cps, RedisCheckpointStore)
-        assert 39 == (await audit_log(store, cps, key).current_checkpoint(P)).tree_size
-    finally:
-        await store.aclose()
-    own_redis.stop()
-    own_redis.start()
-    store = RedisStore(own_redis.url, namespace="sor")
-    try:
-        await append(store, 17)
-        cps = checkpoint_store_for(store)
-        assert 17 == (await audit_log(store, cps, key).current_checkpoint(P)).tree_size
-    finally:
-        await store.aclose()
 
 
 async def test_with_a_database_the_service_keeps_its_state_in_postgres(
@@ -162,23 +105,21 @@ def test_a_redis_store_without_a_database_is_refused_at_start(redis_url: str) ->
 async def test_with_the_audit_log_in_postgres_a_redis_restarted_empty_loses_no_record(
     own_redis: OwnRedis, database: Database
 ) -> None:
-    """The redis+postgres pair: records written by the scripts (a lock) and by the service
+    """The pair: records written by PostgreSQL's steps (a lock) and by the service
     (append_audit) are in PostgreSQL, none in Redis; Redis restarted empty, the log goes on
     at the next index, nothing is lost, and the next checkpoint extends the old one."""
     key = Ed25519PrivateKey.generate()
     checkpoints = PostgresCheckpointStore(database)
 
-    def pair() -> RedisStore:
-        return RedisStore(
-            own_redis.url, namespace="sor", audit=GroupAppender(PostgresAuditLog(database))
-        )
+    def pair() -> PairStore:
+        return pair_store(own_redis.url, "sor", database)
 
     store = pair()
     try:
         await append(store, 38)
         lock = LockRequest(P, "acc-x", LockKind.PERMANENT, None, "court_order", "ref-1", T0 + 50)
         await store.lock_account(lock)
-        assert [] == [k async for k in store._redis.scan_iter(match="sor:*audit*")]
+        assert [] == [k async for k in store.client.scan_iter(match="sor:*audit*")]
         first = await audit_log(PostgresLogReader(database), checkpoints, key).current_checkpoint(P)
         assert 39 == first.tree_size
         before = await store.audit_records(P)

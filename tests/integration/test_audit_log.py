@@ -1,7 +1,7 @@
 """The compliance audit log end to end: real server, real Redis, the shipped client and CLI
 (issue 6; P9, P10): checkpoints, proofs, export, offline verification, tampering, reports.
-Each test runs twice: on Redis alone (the tree in process) and with the audit log in
-PostgreSQL (issue 10: the reader side from PostgreSQL's stored hashes and indexes)."""
+Over the pair store: the audit log in PostgreSQL (issue 10: the reader side from
+PostgreSQL's stored hashes and indexes)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog, PostgresLogReader
+from xacthuc.adapters.store.pg_audit import PostgresAuditLog, PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
-from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import AsyncClient, Client
 from xacthuc.domain import errors, merkle
 from xacthuc.domain.checkpoint import Checkpoint, open_note, parse_vkey
@@ -29,7 +28,7 @@ from xacthuc.server.app import build_app
 from xacthuc.server.auth import ApiKeys, Role
 from xacthuc.server.runtime import start_server
 
-from ..conftest import emptied_database
+from ..conftest import emptied_database, pair_store
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
 
 
@@ -37,17 +36,16 @@ from .conftest import START, CapturingSms, Harness, make_keys, make_settings
 async def serving(
     redis_url: str,
     namespace: str,
-    database: Database | None,
+    database: Database,
     keys: tuple[ApiKeys, dict[tuple[str, Role], str]] | None = None,
 ) -> AsyncIterator[Harness]:
-    """A server over Redis, with its audit log in `database` when given (closed after)."""
+    """A server over the pair store (Redis + `database`, closed after)."""
     api_keys, raw = keys or make_keys()
-    audit = None if database is None else GroupAppender(PostgresAuditLog(database))
     clock = FixedClock(START)
     sms = CapturingSms()
     app = build_app(
         make_settings(),
-        store=RedisStore(redis_url, namespace=namespace, audit=audit),
+        store=pair_store(redis_url, namespace, database),
         sms=sms,
         clock=clock,
         api_keys=api_keys,
@@ -63,14 +61,11 @@ async def serving(
         await server.stop(grace=0)
 
 
-@pytest.fixture(params=["redis", "redis+postgres"])
+@pytest.fixture
 async def harness(
-    request: pytest.FixtureRequest, redis_url: str, redis_namespace: str
+    redis_url: str, redis_namespace: str, database_url: str
 ) -> AsyncIterator[Harness]:
-    database = None
-    if request.param == "redis+postgres":
-        database = await emptied_database(request.getfixturevalue("database_url"))
-    async with serving(redis_url, redis_namespace, database) as h:
+    async with serving(redis_url, redis_namespace, await emptied_database(database_url)) as h:
         yield h
 
 

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from xacthuc.adapters.keyring import Keyring
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.client import (
     ACTIONS,
     AsyncClient,
@@ -48,6 +48,7 @@ from xacthuc.server.auth import Role
 from xacthuc.server.runtime import start_server
 from xacthuc.v1 import verification_pb2, verification_pb2_grpc
 
+from ..conftest import pair_store
 from .conftest import START, CapturingSms, Citizen, Harness, make_keys, make_settings
 
 ISSUER = "https://xacthuc.test"
@@ -86,7 +87,9 @@ class AzHarness(Harness):
 
 
 @pytest.fixture
-async def az(redis_url: str, redis_namespace: str, tmp_path: Path) -> AsyncIterator[AzHarness]:
+async def az(
+    redis_url: str, redis_namespace: str, database: Database, tmp_path: Path
+) -> AsyncIterator[AzHarness]:
     keys, raw = make_keys()
     clock = FixedClock(START)
     ring = tmp_path / "keyring"
@@ -101,7 +104,8 @@ async def az(redis_url: str, redis_namespace: str, tmp_path: Path) -> AsyncItera
             status_list_ttl_seconds=LIST_TTL,
             token_ttl_seconds=TOKEN_TTL,
         ),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
         sms=sms,
         clock=clock,
         api_keys=keys,

@@ -20,12 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Browser, Page, Request, async_playwright
 from prometheus_client import REGISTRY
 
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain import errors
 from xacthuc.domain.age import start_of_day
 from xacthuc.domain.audit_verify import verify_export
@@ -36,6 +35,7 @@ from xacthuc.server.auth import Role
 from xacthuc.server.console import CSP, STATIC_DIR, STATIC_FILES
 from xacthuc.server.runtime import start_server
 
+from ..conftest import pair_store
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,13 +139,16 @@ async def seed(h: Harness) -> None:
 
 
 @pytest.fixture
-async def console(redis_url: str, redis_namespace: str) -> AsyncIterator[Console]:
+async def console(
+    redis_url: str, redis_namespace: str, database: Database
+) -> AsyncIterator[Console]:
     keys, raw = make_keys()
     clock = FixedClock(START)
     sms = CapturingSms()
     app = build_app(
         make_settings(phone_max_failures=3, checkpoint_every_records=1),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
         sms=sms,
         clock=clock,
         api_keys=keys,
@@ -319,13 +322,17 @@ async def test_a_tampered_record_is_not_verified(console: Console, browser: Brow
     target = (await auditor.query_audit_records(account_id="acc-1")).records[-1]
     tampered = target.raw.replace('"outcome":"ok"', '"outcome":"failed"')
     assert tampered != target.raw
-    client = aioredis.Redis.from_url(c.redis_url)
-    try:
-        key = f"{c.namespace}:{{alpha}}:audit"
-        assert target.raw.encode() == await client.lindex(key, target.index)
-        await client.lset(key, target.index, tampered)
-    finally:
-        await client.aclose()
+    database = c.h.app.database  # the audit log is PostgreSQL's (the pair store)
+    assert database is not None
+    async with database.connection() as conn:
+        changed = await conn.execute(
+            "UPDATE audit_records SET body = $3 WHERE platform = $1 AND idx = $2 AND body = $4",
+            "alpha",
+            target.index,
+            tampered,
+            target.raw,
+        )
+    assert "UPDATE 1" == changed
 
     page = await open_page(c, browser)
     await sign_in(page, c.key(), c.vkey)

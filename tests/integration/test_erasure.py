@@ -16,9 +16,8 @@ import pytest
 
 from xacthuc.adapters.metrics import PrometheusLogMetrics
 from xacthuc.adapters.store.checkpoints import PostgresCheckpointStore
-from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog, PostgresLogReader
+from xacthuc.adapters.store.pg_audit import PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
-from xacthuc.adapters.store.redis import RedisStore
 from xacthuc.client import AsyncClient
 from xacthuc.domain import errors
 from xacthuc.domain.clock import FixedClock
@@ -27,6 +26,7 @@ from xacthuc.server.auth import Role
 from xacthuc.server.runtime import start_server
 from xacthuc.verifiers.auditlog import AuditLog
 
+from ..conftest import pair_store
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
 from .test_audit_log import _env, checkpoint_files, cli, export_to, verify_phone
 
@@ -39,10 +39,9 @@ async def pg_harness(
     keys, raw = make_keys()
     clock = FixedClock(START)
     sms = CapturingSms()
-    audit = GroupAppender(PostgresAuditLog(database), probe=database.ping)
     app = build_app(
         make_settings(),
-        store=RedisStore(redis_url, namespace=redis_namespace, audit=audit),
+        store=pair_store(redis_url, redis_namespace, database),
         sms=sms,
         clock=clock,
         api_keys=keys,
@@ -232,7 +231,7 @@ async def test_the_retention_job_runs_in_worker_0_only(
     for background in (False, True):
         app = build_app(
             make_settings(listen="127.0.0.1:0"),
-            store=RedisStore(redis_url, namespace=redis_namespace),
+            store=pair_store(redis_url, redis_namespace, database),
             clock=FixedClock(START),
             api_keys=keys,
             database=database,

@@ -16,13 +16,14 @@ from prometheus_client import REGISTRY
 from xacthuc.adapters.metrics import STORE_OPERATIONS, time_store_operations
 from xacthuc.adapters.registry.http import HttpRegistry
 from xacthuc.adapters.store.memory import MemoryStore
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain import errors
 from xacthuc.domain.clock import FixedClock
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage
 from xacthuc.server.app import build_app, make_sms
 from xacthuc.server.runtime import start_server
 
+from ..conftest import pair_store
 from .conftest import START, CapturingSms, Harness, make_keys, make_settings
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana" / "xacthuc.json"
@@ -56,7 +57,9 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-async def metered(redis_url: str, redis_namespace: str) -> AsyncIterator[Harness]:
+async def metered(
+    redis_url: str, redis_namespace: str, database: Database
+) -> AsyncIterator[Harness]:
     """A server whose e-ID registry refuses connections (its circuit opens after 1 failure)."""
     keys, raw = make_keys()
     clock = FixedClock(START)
@@ -71,7 +74,8 @@ async def metered(redis_url: str, redis_namespace: str) -> AsyncIterator[Harness
     )
     app = build_app(
         make_settings(),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
         sms=sms,
         clock=clock,
         api_keys=keys,

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from xacthuc.adapters.registry.http import HttpRegistry
 from xacthuc.adapters.registry.sandbox import SandboxRegistry
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.client import AsyncClient, Attestation, AttestationVerifier
 from xacthuc.domain import errors
 from xacthuc.domain.clock import FixedClock
@@ -27,6 +27,7 @@ from xacthuc.server.app import build_app
 from xacthuc.server.auth import Role
 from xacthuc.server.runtime import start_server
 
+from ..conftest import pair_store
 from ..test_http_registry import Pki, pki  # noqa: F401  (the self-made CA fixture)
 from .conftest import START, CapturingSms, Citizen, Harness, make_keys, make_settings
 
@@ -111,7 +112,12 @@ class IdHarness(Harness):
 
 
 @pytest.fixture
-async def idh(redis_url: str, redis_namespace: str, pki: Pki) -> AsyncIterator[IdHarness]:  # noqa: F811
+async def idh(
+    redis_url: str,
+    redis_namespace: str,
+    database: Database,
+    pki: Pki,  # noqa: F811
+) -> AsyncIterator[IdHarness]:
     provider = Provider(SandboxRegistry.from_file())
     registry_clock = ShiftedClock()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
@@ -137,7 +143,8 @@ async def idh(redis_url: str, redis_namespace: str, pki: Pki) -> AsyncIterator[I
     sms = CapturingSms()
     app = build_app(
         make_settings(),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
         sms=sms,
         clock=clock,
         api_keys=keys,
@@ -490,6 +497,7 @@ async def test_no_personal_data_in_logs_or_audit(
 async def test_a_hanging_registry_opens_the_circuit_with_many_retries(
     redis_url: str,
     redis_namespace: str,
+    database: Database,
     pki: Pki,  # noqa: F811
 ) -> None:
     """Built from settings as `xacthuc serve` is: 5 retries of 0.2 s, a 0.8 s deadline, a
@@ -518,7 +526,8 @@ async def test_a_hanging_registry_opens_the_circuit_with_many_retries(
     keys, raw = make_keys()
     app = build_app(
         settings,
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
         sms=CapturingSms(),
         clock=FixedClock(START),
         api_keys=keys,

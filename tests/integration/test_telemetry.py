@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from xacthuc.adapters.registry.http import HttpRegistry
 from xacthuc.adapters.registry.sandbox import SandboxRegistry
 from xacthuc.adapters.sms.http import HttpSmsSender
-from xacthuc.adapters.store.redis import RedisStore
+from xacthuc.adapters.store.postgres import Database
 from xacthuc.client import AsyncClient, Client
 from xacthuc.domain import errors
 from xacthuc.domain.clock import FixedClock
@@ -33,6 +33,7 @@ from xacthuc.server.config import Settings
 from xacthuc.server.runtime import Server, start_server
 from xacthuc.server.telemetry import Telemetry, telemetry_from
 
+from ..conftest import pair_store
 from ..test_http_registry import Pki, pki  # noqa: F401  (the self-made CA fixture)
 from ..test_sms_http import Gateway, gateway  # noqa: F401  (the loopback SMS gateway)
 from .conftest import START, make_keys, make_settings
@@ -134,6 +135,7 @@ class Traced:
 async def traced(
     redis_url: str,
     redis_namespace: str,
+    database: Database,
     gateway: Gateway,  # noqa: F811
     pki: Pki,  # noqa: F811
 ) -> AsyncIterator[Traced]:
@@ -152,7 +154,8 @@ async def traced(
     keys, raw = make_keys()
     app = build_app(
         make_settings(),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
         sms=HttpSmsSender(
             url=f"{gateway.url}?key={GATEWAY_QUERY_SECRET}",
             auth_header=None,
@@ -422,7 +425,7 @@ def test_tracing_is_off_unless_an_endpoint_is_configured(monkeypatch: pytest.Mon
 
 
 async def test_without_tracing_the_server_has_no_interceptor(
-    redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis_namespace: str, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Off by default: the app has no telemetry, so the server gets no interceptor."""
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
@@ -430,7 +433,8 @@ async def test_without_tracing_the_server_has_no_interceptor(
     keys, _ = make_keys()
     app = build_app(
         make_settings(),
-        store=RedisStore(redis_url, namespace=redis_namespace),
+        store=pair_store(redis_url, redis_namespace, database),
+        database=database,
         clock=FixedClock(START),
         api_keys=keys,
     )

@@ -311,10 +311,9 @@ def observe(store: Store, registry: IdentityRegistry, telemetry: Telemetry | Non
         watch_circuit(registry.name, lambda: registry.circuit_state.value)
     if telemetry is not None:
         from xacthuc.adapters.store.pair import PairStore  # loaded already when in use
-        from xacthuc.adapters.store.redis import RedisStore
 
         backend = store.backend if isinstance(store, CachedStore) else store
-        if isinstance(backend, RedisStore | PairStore):
+        if isinstance(backend, PairStore):
             telemetry.redis(backend.client)
             if not backend.clustered:
                 telemetry.redis(backend.once_client)  # the state-changing scripts (sent once)

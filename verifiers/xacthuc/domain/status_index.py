@@ -17,9 +17,10 @@ is ever reused; without the key, the indices within a block are in no recognisab
 
 The key is 64 hex characters drawn at random by the store the first time the platform
 allocates an index and kept with the counter (with the block size, which can then never
-change for that platform); it never leaves the store. HMAC-SHA1 because Redis scripts have
-SHA-1 and nothing newer, and the same arithmetic must run there (`lua/common.lua`,
-`next_status_idx`) with identical results: HMAC-SHA1 is a sound PRF.
+change for that platform); it never leaves the store. HMAC-SHA1 because the Redis scripts
+that first allocated indices had SHA-1 and nothing newer; PostgreSQL now runs the same
+arithmetic (migration 0002, `xacthuc_permuted_index`) with identical results: HMAC-SHA1 is a
+sound PRF.
 
 What stays visible. Block `b + 1` opens only when block `b` is full, so an index tells in
 which block of 131,072 tokens it was issued (all of block 0 came before all of block 1), and

@@ -1,4 +1,4 @@
-"""Checkpoint stores (the `xacthuc.ports.checkpoints` port): in memory, Redis and PostgreSQL.
+"""Checkpoint stores (the `xacthuc.ports.checkpoints` port): in memory and PostgreSQL.
 
 The latest stored checkpoint decides what may be signed next: `append` is a compare-and-set
 that stores a new checkpoint only if the latest stored one still has the tree size the
@@ -9,10 +9,6 @@ the first: the loser re-reads the winner's checkpoint instead.
 Backends:
 
 * `MemoryCheckpointStore`: a list per platform, each operation one synchronous block.
-* `RedisCheckpointStore`: a list per platform at `<ns>:{<platform>}:checkpoints`, under the
-  platform's hash tag (the same slot as its audit list), appended by the Lua script
-  `lua/append_checkpoint.lua` (one round trip, atomic).
-
 * `PostgresCheckpointStore`: the tables `checkpoints` and `checkpoint_heads` (migration
   0001); the compare-and-set is an `UPDATE` of the platform's head row in the same
   transaction as the insert. Checkpoints kept there outlive a Redis loss, so a log that lost
@@ -27,11 +23,9 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from xacthuc.adapters.store.cached import CachedStore
-from xacthuc.domain.errors import StoreUnavailable
 from xacthuc.ports.checkpoints import CheckpointStore, StoredCheckpoint
 from xacthuc.ports.store import Store
 
@@ -57,61 +51,6 @@ class MemoryCheckpointStore:
 
     async def history(self, platform: str) -> list[StoredCheckpoint]:
         return list(self._lists[platform])
-
-
-class RedisCheckpointStore:
-    """Checkpoints in Redis, next to the audit list they commit to (same hash tag)."""
-
-    def __init__(self, client: Any, *, namespace: str, once_client: Any = None) -> None:
-        """`once_client` sends each command once (`without_retries(client)` when not given):
-        the compare-and-set runs on it, never twice however `client` retries."""
-        from redis.exceptions import BusyLoadingError, ReadOnlyError
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        self._unavailable = (
-            RedisConnectionError,
-            RedisTimeoutError,
-            ReadOnlyError,
-            BusyLoadingError,
-        )
-        self._redis = client
-        self._namespace = namespace
-        source = (
-            resources.files("xacthuc.adapters.store") / "lua" / "append_checkpoint.lua"
-        ).read_text("utf-8")
-        from xacthuc.adapters.store.redis import LuaScript, without_retries
-
-        self._once = once_client if once_client is not None else without_retries(client)
-        self._append = LuaScript(source)
-
-    def _key(self, platform: str) -> str:
-        return f"{self._namespace}:{{{platform}}}:checkpoints"
-
-    async def latest(self, platform: str) -> StoredCheckpoint | None:
-        try:
-            raw = await self._redis.lindex(self._key(platform), -1)
-        except self._unavailable as e:
-            raise StoreUnavailable() from e
-        return None if raw is None else StoredCheckpoint.from_json(_text(raw))
-
-    async def append(self, platform: str, checkpoint: StoredCheckpoint, *, after: int) -> bool:
-        try:
-            stored, _ = await self._append.run(
-                self._once,
-                [self._key(platform)],
-                [str(after), str(checkpoint.tree_size), checkpoint.to_json()],
-            )
-        except self._unavailable as e:
-            raise StoreUnavailable() from e
-        return int(stored) == 1
-
-    async def history(self, platform: str) -> list[StoredCheckpoint]:
-        try:
-            raw = await self._redis.lrange(self._key(platform), 0, -1)
-        except self._unavailable as e:
-            raise StoreUnavailable() from e
-        return [StoredCheckpoint.from_json(_text(r)) for r in raw]
 
 
 class PostgresCheckpointStore:
@@ -177,15 +116,13 @@ def _text(value: Any) -> str:
 
 def checkpoint_store_for(store: Store, database: Database | None = None) -> CheckpointStore:
     """The checkpoint store that lives where the audit log is kept: PostgreSQL when there is
-    a database (the system of record), else the same Redis connection and namespace for a
-    RedisStore (cached or not), in process otherwise."""
-    if database is not None:
-        return PostgresCheckpointStore(database)
+    a database (the system of record; a pair store's own when not given), in process
+    otherwise."""
     if isinstance(store, CachedStore):
         store = store.backend
-    redis_module = sys.modules.get("xacthuc.adapters.store.redis")  # not loaded: not a RedisStore
-    if redis_module is not None and isinstance(store, redis_module.RedisStore):
-        return RedisCheckpointStore(
-            store.client, namespace=store._namespace, once_client=store.once_client
-        )
+    pair_module = sys.modules.get("xacthuc.adapters.store.pair")  # not loaded: not a PairStore
+    if database is None and pair_module is not None and isinstance(store, pair_module.PairStore):
+        database = store.database
+    if database is not None:
+        return PostgresCheckpointStore(database)
     return MemoryCheckpointStore()

@@ -1,5 +1,4 @@
-"""Account locks (R7) in the embedded store; `lua/lock_account.lua` and
-`lua/unlock_account.lua` mirror it."""
+"""Account locks (R7) in the embedded store; `pg_guardian.py` (PostgreSQL) mirrors it."""
 
 from __future__ import annotations
 

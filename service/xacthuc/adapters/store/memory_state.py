@@ -185,7 +185,7 @@ class MemoryBase:
         )
         # Never before the previous record's time, so times in a log never go backwards (a
         # step that read the clock before another was appended, another replica's clock);
-        # RFC 3339 UTC with milliseconds compares as text. common.lua's audit_time() mirrors it.
+        # RFC 3339 UTC with milliseconds compares as text. PostgreSQL's append mirrors it.
         time = rfc3339(now)
         last = json.loads(p.audit[-1])["time"] if p.audit else time
         if last > time:

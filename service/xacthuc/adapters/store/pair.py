@@ -20,7 +20,7 @@ comes only after the commit. So:
   retry (never a second one, never a second status index).
 
 The Lua steps' own records (refusals, wrong codes, starts) are stored through
-`GroupAppender` before the call returns or raises, as with `RedisStore(audit=...)`.
+`GroupAppender` before the call returns or raises (`RedisStore(audit=...)`).
 Operations with no Redis step (revocation, reads, guardian links and locks from
 `PgGuardianLocks`) are PostgreSQL only.
 """
@@ -60,10 +60,6 @@ _STATE = (
     " (SELECT l FROM account_locks l WHERE platform = $1 AND account = $2) AS l"
 )
 _ATTESTATION = "SELECT a, a.subject FROM attestations a WHERE platform = $1 AND account = $2"
-
-
-def _flag(value: bool) -> str:
-    return "1" if value else ""
 
 
 def _pending(a: PendingAttestation) -> dict[str, Any]:
@@ -140,7 +136,7 @@ class PairStore(PgGuardianLocks):
 
     @property
     def redis_half(self) -> RedisStore:
-        """The Redis half (its client, namespace and audit sink: the API key store's)."""
+        """The Redis half: the ephemeral steps (`redis.RedisStore`)."""
         return self._eph
 
     async def _ping_database(self) -> None:
@@ -163,13 +159,8 @@ class PairStore(PgGuardianLocks):
         f = await self._facts(
             new.platform, new.account_id, new.phone, new.now, limits.max_accounts_per_phone
         )
-        keys, params = self._eph._start_args(new, limits)
-        params["facts"] = {"linked": _flag(f["o_linked"]), "full": _flag(not f["o_has_room"])}
-        status, challenge_id, expires_at, resend_not_before = await self._eph._run(
-            "start_challenge", keys, params
-        )
-        return ChallengeView(
-            challenge_id, float(expires_at), float(resend_not_before), status == "replay"
+        return await self._eph.start_challenge(
+            new, limits, linked=f["o_linked"], full=not f["o_has_room"]
         )
 
     async def confirm_sent(
@@ -183,23 +174,21 @@ class PairStore(PgGuardianLocks):
         await self._eph.abort_challenge(platform, challenge_id, account_id, now)
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
-        keys, params = self._eph._check_args(check, limits)
-        params["pair"] = True
-        reply = await self._eph._run("check_code", keys, params)
+        phone = await self._eph.check_code(check, limits)
         # The durable step: issue (or return what this challenge issued), or refuse.
         common: dict[str, Any] = {
             "by": check.challenge_id,
             "account": check.account_id,
             "tj": time_j(check.now),
         }
-        if reply[0] == "gone":
+        if phone is None:
             op = {"op": "gone"} | common
         else:
             op = (
                 {"op": "phone"}
                 | common
                 | {
-                    "subject": reply[1],
+                    "subject": phone,
                     "now": check.now,
                     "pending": _pending(check.attestation),
                     "max": limits.max_accounts_per_phone,
@@ -214,39 +203,14 @@ class PairStore(PgGuardianLocks):
 
     async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
         f = await self._facts(attempt.platform, attempt.account_id, "", attempt.now, 0)
-        pre = self._eph._prefix(attempt.platform)
-        keys = [
-            f"{pre}idg:acct:{attempt.account_id}",
-            f"{pre}idatt:acct:{attempt.account_id}",
-            f"{pre}idg:id:{attempt.subject}",
-            f"{pre}idatt:id:{attempt.subject}",
-            f"{pre}acct:{attempt.account_id}",
-            f"{pre}audit",
-        ]
-        params = self._eph._id_params(attempt, limits) | {
-            "facts": {
-                "linked": _flag(f["o_linked"]),
-                "active": _flag(f["o_active"]),
-                "managed": _flag(f["o_managed"]),
-            }
-        }
-        await self._eph._run("begin_id_check", keys, params)
+        await self._eph.begin_id_check(
+            attempt, limits, linked=f["o_linked"], active=f["o_active"], managed=f["o_managed"]
+        )
 
     async def finish_id_check(
         self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
     ) -> AttestationRecord:
-        pre = self._eph._prefix(attempt.platform)
-        keys = [
-            f"{pre}idg:acct:{attempt.account_id}",
-            f"{pre}idg:id:{attempt.subject}",
-            f"{pre}idacct:{attempt.subject}",
-            f"{pre}acct:{attempt.account_id}",
-            f"{pre}audit",
-            f"{pre}idatt:acct:{attempt.account_id}",
-            f"{pre}idatt:id:{attempt.subject}",
-        ]
-        params = self._eph._id_params(attempt, limits) | {"answer": answer, "pair": True}
-        await self._eph._run("finish_id_check", keys, params)  # a refusal raises here
+        await self._eph.finish_id_check(attempt, answer, limits)  # a refusal raises here
         ctx = {
             "attempt": attempt.attempt_id,
             "personal_id": attempt.subject,

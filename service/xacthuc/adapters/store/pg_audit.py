@@ -674,7 +674,7 @@ class GroupAppender:
         finally:
             self._flushing.pop(platform, None)
 
-    # The audit sink of a RedisStore whose audit log is kept here (RedisStore(audit=...)).
+    # The audit sink of the pair store's Redis half (RedisStore(audit=...)).
 
     async def append_audit(
         self,

@@ -1,7 +1,13 @@
-"""The Redis store: each operation is one Lua script, one round trip, one atomic step.
+"""The Redis half of the pair store (issue 10, `pair.py`): the ephemeral state only.
 
-The scripts in `xacthuc/lua/` mirror `memory.py` line for line; this module only names the
-keys, encodes the parameters and turns the scripts' replies into results or exceptions.
+Each operation is one Lua script, one round trip, one atomic step. The scripts in `lua/` keep
+what may be lost at the price of a user asking for a new code: challenges in flight (which
+also hold their idempotency keys), send budgets and cool-downs (P3), failure counters and
+lock-outs (P2, P5). Everything durable (attestations, revocations, the status list, P8
+counts, guardian links, locks, the audit log) is PostgreSQL's (`pair.py`): the scripts take
+its facts as parameters (`P.facts`) and hand their audit records back (`P.outbox`), which
+the `audit` sink stores before the call answers. This module names the keys, encodes the
+parameters and turns the scripts' replies into results or exceptions.
 
 Key layout, all under one hash tag per platform so a platform lives in one cluster slot:
 
@@ -20,27 +26,12 @@ Key layout, all under one hash tag per platform so a platform lives in one clust
                                             last hour, packed
     <ns>:{<platform>}:pl                    list: the platform's send times of the last hour,
                                             oldest first, one packed double each
-    <ns>:{<platform>}:phacct:<phone>        set: accounts attested with the number (P8)
-    <ns>:{<platform>}:acct:<account>        hash: the account's current attestation
-    <ns>:{<platform>}:audit                 list: the platform's audit records
-    <ns>:{<platform>}:link:<link id>        hash: a guardian link (P6), kept once ended
-    <ns>:{<platform>}:childlink:<account>   string: the child's active link id
-    <ns>:{<platform>}:gkids:<pseudonym>     set: children with an active link, per guardian
-    <ns>:{<platform>}:agingout              zset: children with an active link, scored by
-                                            their 16th birthday
-    <ns>:{<platform>}:sl:next               string: the token counter (INCR)
-    <ns>:{<platform>}:sl:key                hash: key, block: the status-index permutation's
-                                            key and block size (status_index.py), fixed at
-                                            the first allocation
-    <ns>:{<platform>}:sl:bits               string: the status bitmap (SETBIT; 1 = revoked),
-                                            whole blocks long
-    <ns>:{<platform>}:acctsl:<account>      set: every status index issued to the account
-    <ns>:{<platform>}:lock:<account>        hash: the account's latest lock (R7), kept once lifted
-    <ns>:{<platform>}:locks                 zset: accounts with a lock, scored by its end
-                                            (+inf when permanent); lifted ones are removed
+    <ns>:{<platform>}:idg:acct:<account>    hash: the account's ID-check failures and
+    <ns>:{<platform>}:idg:id:<number>       lock-out, and the number's (P5)
+    <ns>:{<platform>}:idatt:acct:<account>  zset: the account's ID-check attempts of the
+    <ns>:{<platform>}:idatt:id:<number>     hour, and the number's
 
-Guardian links, the status list and attestations do not expire (P10 retention is the
-operator's). Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
+Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
 does, send windows after their window, phone state a day after its last activity or lock.
 
 Memory (issue 11): a pending challenge costs three small keys and one list entry, about 650
@@ -63,8 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
@@ -74,7 +64,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.client import NEVER_DECODE
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
@@ -120,50 +109,25 @@ from xacthuc.domain.errors import (
     StoreUnavailable,
     XacthucError,
 )
-from xacthuc.domain.locks import AccountLock, LockRequest
 from xacthuc.domain.records import (
     AUDIT_FORMAT_VERSION,
     CHALLENGE_PREFIX,
     SLOT_CHARS,
-    AgingOut,
-    AttestationRecord,
     ChallengeView,
     CodeCheck,
-    GuardianLink,
     IdAttempt,
     Limits,
-    LinkResult,
     NewChallenge,
-    PendingAttestation,
-    audit_record,
-    check_reason_code,
-    split_audit_record,
 )
-from xacthuc.domain.status_index import INDEX_BLOCK, KEY_HEX_CHARS, check_block
 
 _SCRIPTS = (
     "start_challenge",
     "confirm_sent",
     "abort_challenge",
     "check_code",
-    "append_audit",
     "begin_id_check",
     "finish_id_check",
-    "link_guardian",
-    "end_guardian_link",
-    "sweep_aged_out",
-    "list_aging_out",
-    "revoke_attestation",
-    "lock_account",
-    "unlock_account",
-    "locked_status_indexes",
 )
-# Read-only scripts that need nothing of the prelude (no parameters, no audit): run bare, as
-# cheap as a single command (the prelude's JSON decoding and definitions cost per call).
-_BARE_SCRIPTS = ("account_state",)
-# Scripts that only read: safe to run again, so they keep the client's retries. Every other
-# script changes state and is sent at most once (`without_retries`).
-_READ_ONLY = frozenset({"account_state", "list_aging_out", "locked_status_indexes"})
 
 # Reasons a script may refuse with; SEND_LIMIT_EXCEEDED and OTP_INCORRECT carry extra metadata.
 _REFUSALS: dict[str, type[XacthucError]] = {
@@ -200,26 +164,18 @@ _REFUSALS: dict[str, type[XacthucError]] = {
 
 
 @cache
-def _lua(name: str, *, prelude: bool = True) -> str:
-    """The prelude shared by all scripts (unless `prelude` is False), then the operation's
-    own body. With the prelude, the body runs as a function, so that with `P.outbox` (the
-    audit log in PostgreSQL) the script answers {records, reply} whichever `return` of
-    the body answered."""
+def _lua(name: str) -> str:
+    """The prelude shared by all scripts, then the operation's own body, run as a function
+    so that the script answers {records, reply} (its outbox, then its reply) whichever
+    `return` of the body answered."""
     folder = resources.files("xacthuc.adapters.store") / "lua"
-    body = (folder / f"{name}.lua").read_text("utf-8")
-    if not prelude:
-        return body
     return "\n".join(
         (
             (folder / "common.lua").read_text("utf-8"),
             "local function body()",
-            body,
+            (folder / f"{name}.lua").read_text("utf-8"),
             "end",
-            "local reply = body()",
-            "if OUTBOX then",
-            "  return { OUTBOX, reply }",
-            "end",
-            "return reply",
+            "return { OUTBOX, body() }",
         )
     )
 
@@ -370,54 +326,13 @@ class LuaScript:
         return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
+def _flag(value: bool) -> str:
+    return "1" if value else ""
+
+
 def _time(value: float) -> str:
     """A time for Lua: repr() is the shortest text that reads back as the same double."""
     return repr(float(value))
-
-
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    """A flat HGETALL-style reply as a dict."""
-    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-
-
-def _record(h: dict[str, str]) -> AttestationRecord:
-    """An attestation hash as the record (hashes written before issue 4 lack the new fields)."""
-    aged_out_at = h.get("aged_out_at", "")
-    revoked_at = h.get("revoked_at", "")
-    return AttestationRecord(
-        account_id=h["account_id"],
-        method=h["method"],
-        token_id=h["token_id"],
-        verified_at=float(h["verified_at"]),
-        issued_at=float(h["issued_at"]),
-        expires_at=float(h["expires_at"]),
-        status=h["status"],
-        guardian_managed=h["guardian_managed"] == "1",
-        commercial_livestream=h["commercial_livestream"] == "1",
-        age_band=h.get("age_band", ""),
-        guardian_ref=h.get("guardian_ref", ""),
-        aged_out_at=float(aged_out_at) if aged_out_at else None,
-        link_id=h.get("link_id", ""),
-        status_idx=int(h.get("status_idx") or -1),
-        revoked_at=float(revoked_at) if revoked_at and h["status"] == "revoked" else None,
-        id_type=h.get("id_type", ""),
-    )
-
-
-def _lock(h: dict[str, str]) -> AccountLock:
-    """A lock hash as the record."""
-    until, ended_at = h.get("lock_until", ""), h.get("ended_at", "")
-    return AccountLock(
-        account_id=h["account_id"],
-        kind=h["kind"],
-        locked_at=float(h["locked_at"]),
-        until=float(until) if until else None,
-        reason=h["reason"],
-        request_reference=h["request_reference"],
-        temporary_locks=int(h.get("temporary_locks") or 0),
-        ended_at=float(ended_at) if ended_at else None,
-        unlock_reason=h.get("unlock_reason", ""),
-    )
 
 
 def _refusal(reason: str, retry_after: str, extra: str) -> XacthucError:
@@ -452,9 +367,8 @@ _UNAVAILABLE = (
 
 
 class AuditSink(Protocol):
-    """Where a RedisStore's audit log is kept when it is not kept in Redis: PostgreSQL
-    (`pg_audit.GroupAppender`). Records come rendered by the scripts, their `seq` to be
-    assigned by the sink."""
+    """Where the scripts' audit records are stored: PostgreSQL (`pg_audit.GroupAppender`).
+    Records come rendered by the scripts, their `seq` to be assigned by the sink."""
 
     async def append(self, platform: str, records: Sequence[str]) -> int: ...
 
@@ -462,97 +376,59 @@ class AuditSink(Protocol):
         """Raise StoreUnavailable when the sink is known to be out of reach."""
         ...
 
-    async def append_audit(
-        self,
-        platform: str,
-        now: float,
-        *,
-        account: str,
-        event: str,
-        outcome: str,
-        reason: str = "",
-        **extra: str | int,
-    ) -> int: ...
-
-    async def audit_records(
-        self, platform: str, start: int = 0, stop: int | None = None
-    ) -> list[str]: ...
-
 
 async def run_script(
     script: LuaScript,
     client: Any,
     keys: Sequence[str],
     params: dict[str, Any],
-    audit: AuditSink | None,
+    audit: AuditSink,
 ) -> list[str]:
-    """One EVALSHA of a prelude script; a lost connection is StoreUnavailable. With `audit`
-    and `params["outbox"]`, the records the script wrote are stored there before this
-    returns (a refusal too is audited), and while `audit` is known to be down the script is
-    not sent: a state change whose records could not be stored must not happen."""
-    sink = audit if "outbox" in params else None
-    if sink is not None:
-        await sink.ready()
+    """One EVALSHA of a prelude script; a lost connection is StoreUnavailable. The records
+    the script wrote (its outbox) are stored in `audit` before this returns (a refusal too
+    is audited), and while `audit` is known to be down the script is not sent: a state
+    change whose records could not be stored must not happen."""
+    await audit.ready()
     try:
         reply = await script.run(client, keys, [_encode_params(params)])
     except _UNAVAILABLE as e:
         raise StoreUnavailable() from e
-    if sink is not None:
-        records, reply = reply[0], (reply[1] if len(reply) > 1 else [])
-        if records:
-            await sink.append(params["platform"], [_text(r) for r in records])
+    records, reply = reply[0], (reply[1] if len(reply) > 1 else [])
+    if records:
+        await audit.append(params["platform"], [_text(r) for r in records])
     return [_text(part) for part in reply]
 
 
 class RedisStore:
-    """The `Store` contract on Redis 7 (or a cluster: one platform, one slot).
+    """The Redis half of the pair store (`pair.PairStore`): the ephemeral steps of the
+    operations that have one, on Redis 7 or a Redis Cluster. Not a `Store` on its own.
 
-    With `audit` (issue 10), the audit log is not kept in Redis: each script hands back the
-    records it wrote (its outbox) and the call returns, or raises its refusal, only once
-    `audit` has stored them (PostgreSQL). A Redis lost then loses no record: the log goes on
-    from where it was.
+    Each script hands back the records it wrote (its outbox) and the call returns, or raises
+    its refusal, only once `audit` (PostgreSQL's `pg_audit.GroupAppender`) has stored them; while
+    `audit` is known to be down no script is sent.
 
     A given `client` is used as is and left open by `aclose`; without one, the store opens
-    its own from `url` (`redis_client`: `redis+cluster://` names a Redis Cluster). Whatever `Retry` the client has (redis-py retries three times by
-    default), a script that changes state is sent once (`without_retries`): one whose reply was
-    lost may have run, so it must not run twice; the caller gets StoreUnavailable and
-    retries with its idempotency key. Reads (plain commands, read-only scripts) keep the
-    client's retries.
+    its own from `url` (`redis_client`: `redis+cluster://` names a Redis Cluster). Whatever
+    `Retry` the client has (redis-py retries three times by default), every script changes
+    state and is sent once (`without_retries`): one whose reply was lost may have run, so it
+    must not run twice; the caller gets StoreUnavailable and retries (with its idempotency
+    key, or the same code: the pair's confirm is idempotent).
     """
 
     def __init__(
         self,
         url: str,
         *,
+        audit: AuditSink,
         namespace: str = "xacthuc",
         client: RedisClient | None = None,
-        status_block: int = INDEX_BLOCK,
-        status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
-        audit: AuditSink | None = None,
     ) -> None:
-        """`status_block` and `status_keys` as for MemoryStore: the first allocation of a
-        platform's status index keeps them in Redis, so later values change nothing."""
         self._audit = audit
         self._owns_client = client is None
         self._redis: RedisClient = client if client is not None else redis_client(url)
         self._namespace = namespace
-        # State-changing scripts go out once (see `without_retries`), reads keep the retries.
         self._once = without_retries(self._redis)
         self._scripts = {name: LuaScript(_lua(name)) for name in _SCRIPTS}
-        self._scripts |= {name: LuaScript(_lua(name, prelude=False)) for name in _BARE_SCRIPTS}
-        self._script_client = {
-            name: self._redis if name in _READ_ONLY else self._once for name in self._scripts
-        }
-        self._status_block = check_block(status_block)
-        self._status_keys = status_keys
-
-    def _status_params(self) -> dict[str, str]:
-        """What a platform's first status-index allocation fixes (a fresh random key)."""
-        return {"sl_key": self._status_keys(), "sl_block": str(self._status_block)}
-
-    @classmethod
-    def from_url(cls, url: str, *, namespace: str = "xacthuc") -> RedisStore:
-        return cls(url, namespace=namespace)
 
     @property
     def client(self) -> RedisClient:
@@ -561,8 +437,8 @@ class RedisStore:
 
     @property
     def once_client(self) -> Any:
-        """The client of the state-changing scripts: `client`'s connections, each command
-        sent once (`without_retries`). Instrument it too, unless `clustered`."""
+        """The client of the scripts: `client`'s connections, each command sent once
+        (`without_retries`). Instrument it too, unless `clustered`."""
         return self._once
 
     @property
@@ -574,50 +450,33 @@ class RedisStore:
     def _prefix(self, platform: str) -> str:
         return f"{self._namespace}:{{{platform}}}:"
 
-    def _common(self, platform: str, now: float, *, audited: bool = True) -> dict[str, Any]:
-        """The parameters every prelude script reads. `audited=False` for a read-only script:
-        it writes no record, so it neither waits for nor is refused by the audit sink."""
-        common = {
+    def _common(self, platform: str, now: float) -> dict[str, Any]:
+        """The parameters every script reads."""
+        return {
             "prefix": self._prefix(platform),
             "now": _time(now),
             "time_j": _j(rfc3339(now)),
             "platform_j": _j(platform),
+            "platform": platform,
             "audit_version": str(AUDIT_FORMAT_VERSION),
         }
-        if self._audit is not None and audited:
-            common["outbox"] = RawJson("true")
-            common["platform"] = platform
-        return common
 
     async def _run(self, name: str, keys: Sequence[str], params: dict[str, Any]) -> list[str]:
         """One EVALSHA (`run_script`); a refusal becomes its exception."""
-        script, client = self._scripts[name], self._script_client[name]
-        reply = await run_script(script, client, keys, params, self._audit)
+        reply = await run_script(self._scripts[name], self._once, keys, params, self._audit)
         if reply[0] == "err":
             raise _refusal(reply[1], reply[2], reply[3])
         return reply
 
-    async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
-        keys, params = self._start_args(new, limits)
-        status, challenge_id, expires_at, resend_not_before = await self._run(
-            "start_challenge", keys, params
-        )
-        return ChallengeView(
-            challenge_id, float(expires_at), float(resend_not_before), status == "replay"
-        )
-
-    def _start_args(self, new: NewChallenge, limits: Limits) -> tuple[list[str], dict[str, Any]]:
-        """The keys and parameters of start_challenge.lua (the pair adds its facts)."""
+    async def start_challenge(
+        self, new: NewChallenge, limits: Limits, *, linked: bool, full: bool
+    ) -> ChallengeView:
+        """Idempotency, R1 and P8 (PostgreSQL's facts: `linked`, a linked child; `full`,
+        no room for the account on the number), P2 lock, P3 cool-down and budgets, then
+        the challenge is created ("sending")."""
         pre = self._prefix(new.platform)
         head, tail = _split_id(new.challenge_id)
-        keys = [
-            f"{pre}c:{head}",
-            f"{pre}p:{new.phone}",
-            f"{pre}pl",
-            f"{pre}i:{new.client}",
-            f"{pre}phacct:{new.phone}",
-            f"{pre}audit",
-        ]
+        keys = [f"{pre}c:{head}", f"{pre}p:{new.phone}", f"{pre}pl", f"{pre}i:{new.client}"]
         params = self._common(new.platform, new.now) | {
             "head": head,
             "tail": tail,
@@ -625,7 +484,6 @@ class RedisStore:
             "limits": _limits_json(limits),
             "challenge_id": new.challenge_id,
             "challenge_j": _j(new.challenge_id),
-            "account": new.account_id,
             "account_j": _j(new.account_id),
             "account_digest": _account_digest(head, new.account_id),
             "phone": new.phone,
@@ -634,14 +492,20 @@ class RedisStore:
             "client_j": _j(new.client),
             "code_mac": new.code_mac,
             "expires_at": _time(new.expires_at),
+            "facts": {"linked": _flag(linked), "full": _flag(full)},
         }
-        return keys, params
+        status, challenge_id, expires_at, resend_not_before = await self._run(
+            "start_challenge", keys, params
+        )
+        return ChallengeView(
+            challenge_id, float(expires_at), float(resend_not_before), status == "replay"
+        )
 
     def _challenge_params(
         self, platform: str, challenge_id: str, account_id: str, now: float
     ) -> tuple[str, dict[str, Any]]:
         """The name of the challenge's record (its id's head) and the parameters naming the
-        challenge and its account (confirm_sent, abort_challenge)."""
+        challenge and its account (confirm_sent, abort_challenge, check_code)."""
         head, tail = _split_id(challenge_id)
         return head, self._common(platform, now) | {
             "challenge_j": _j(challenge_id),
@@ -655,73 +519,44 @@ class RedisStore:
     ) -> None:
         pre = self._prefix(platform)
         head, params = self._challenge_params(platform, challenge_id, account_id, now)
-        await self._run("confirm_sent", [f"{pre}c:{head}", f"{pre}audit"], params)
+        await self._run("confirm_sent", [f"{pre}c:{head}"], params)
 
     async def abort_challenge(
         self, platform: str, challenge_id: str, account_id: str, now: float
     ) -> None:
         pre = self._prefix(platform)
         head, params = self._challenge_params(platform, challenge_id, account_id, now)
-        await self._run("abort_challenge", [f"{pre}c:{head}", f"{pre}pl", f"{pre}audit"], params)
+        await self._run("abort_challenge", [f"{pre}c:{head}", f"{pre}pl"], params)
 
-    @staticmethod
-    def _pending(a: PendingAttestation) -> dict[str, str]:
-        return {
-            "token_id": a.token_id,
-            "token_id_j": _j(a.token_id),
-            "method": a.method,
-            "method_j": _j(a.method),
-            "issued_at": _time(a.issued_at),
-            "expires_at": _time(a.expires_at),
-            "expires": str(int(a.expires_at)),
-            "age_band": a.age_band,
-            "age_band_j": _j(a.age_band),
-            "id_type": a.id_type,
-            "id_type_j": _j(a.id_type),
-        }
-
-    def _check_args(self, check: CodeCheck, limits: Limits) -> tuple[list[str], dict[str, Any]]:
-        """The keys and parameters of check_code.lua without the attestation's (the pair's
-        Lua step issues none)."""
+    async def check_code(self, check: CodeCheck, limits: Limits) -> str | None:
+        """Count the attempt, compare in constant time, P2; the right code consumes the
+        challenge (and again on a consumed one: the same call retried, no attempt counted).
+        Returns the number's pseudonym on the right code, None when the challenge is gone
+        (PostgreSQL may know what it issued); raises the refusal otherwise."""
         pre = self._prefix(check.platform)
-        head, tail = _split_id(check.challenge_id)
-        keys = [f"{pre}c:{head}", f"{pre}acct:{check.account_id}", f"{pre}audit"]
-        params = self._common(check.platform, check.now) | {
-            "tail": tail,
-            "limits": _limits_json(limits),
-            "challenge_j": _j(check.challenge_id),
-            "account": check.account_id,
-            "account_j": _j(check.account_id),
-            "account_digest": _account_digest(head, check.account_id),
-            "candidates": list(check.candidates),
-        }
-        return keys, params
+        head, params = self._challenge_params(
+            check.platform, check.challenge_id, check.account_id, check.now
+        )
+        params |= {"limits": _limits_json(limits), "candidates": list(check.candidates)}
+        reply = await self._run("check_code", [f"{pre}c:{head}"], params)
+        return reply[1] if reply[0] == "ok" else None
 
-    async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
-        keys, params = self._check_args(check, limits)
-        params |= {"attestation": self._pending(check.attestation), **self._status_params()}
-        _, method, token_id, verified_at, issued_at, expires_at, idx = await self._run(
-            "check_code", keys, params
-        )
-        return AttestationRecord(
-            account_id=check.account_id,
-            method=method,
-            token_id=token_id,
-            verified_at=float(verified_at),
-            issued_at=float(issued_at),
-            expires_at=float(expires_at),
-            age_band=check.attestation.age_band,
-            status_idx=int(idx),
-        )
+    def _id_keys(self, attempt: IdAttempt) -> list[str]:
+        """The account's and the number's failure state and hourly windows."""
+        pre = self._prefix(attempt.platform)
+        return [
+            f"{pre}idg:acct:{attempt.account_id}",
+            f"{pre}idatt:acct:{attempt.account_id}",
+            f"{pre}idg:id:{attempt.subject}",
+            f"{pre}idatt:id:{attempt.subject}",
+        ]
 
     def _id_params(self, attempt: IdAttempt, limits: Limits) -> dict[str, Any]:
         return self._common(attempt.platform, attempt.now) | {
             "limits": _limits_json(limits),
-            "account": attempt.account_id,
             "account_j": _j(attempt.account_id),
             "attempt_id": attempt.attempt_id,
             "attempt_j": _j(attempt.attempt_id),
-            "subject": attempt.subject,
             "subject_j": _j(attempt.subject),
             "client_j": _j(attempt.client),
             "purpose": attempt.purpose,
@@ -729,273 +564,21 @@ class RedisStore:
             "id_type_j": _j(attempt.id_type),
         }
 
-    async def begin_id_check(self, attempt: IdAttempt, limits: Limits) -> None:
-        pre = self._prefix(attempt.platform)
-        keys = [
-            f"{pre}idg:acct:{attempt.account_id}",
-            f"{pre}idatt:acct:{attempt.account_id}",
-            f"{pre}idg:id:{attempt.subject}",
-            f"{pre}idatt:id:{attempt.subject}",
-            f"{pre}acct:{attempt.account_id}",
-            f"{pre}audit",
-        ]
-        await self._run("begin_id_check", keys, self._id_params(attempt, limits))
-
-    async def finish_id_check(
-        self, attempt: IdAttempt, answer: str, pending: PendingAttestation, limits: Limits
-    ) -> AttestationRecord:
-        pre = self._prefix(attempt.platform)
-        keys = [
-            f"{pre}idg:acct:{attempt.account_id}",
-            f"{pre}idg:id:{attempt.subject}",
-            f"{pre}idacct:{attempt.subject}",
-            f"{pre}acct:{attempt.account_id}",
-            f"{pre}audit",
-            f"{pre}idatt:acct:{attempt.account_id}",
-            f"{pre}idatt:id:{attempt.subject}",
-        ]
+    async def begin_id_check(
+        self, attempt: IdAttempt, limits: Limits, *, linked: bool, active: bool, managed: bool
+    ) -> None:
+        """Lock-outs and hourly windows of the account and the number, then R1/R3/R4 from
+        PostgreSQL's facts; the attempt counted in both windows."""
         params = self._id_params(attempt, limits) | {
-            "answer": answer,
-            "attestation": self._pending(pending),
-            **self._status_params(),
+            "facts": {"linked": _flag(linked), "active": _flag(active), "managed": _flag(managed)}
         }
-        _, method, token_id, verified_at, issued_at, expires_at, idx = await self._run(
-            "finish_id_check", keys, params
-        )
-        return AttestationRecord(
-            account_id=attempt.account_id,
-            method=method,
-            token_id=token_id,
-            verified_at=float(verified_at),
-            issued_at=float(issued_at),
-            expires_at=float(expires_at),
-            commercial_livestream=True,
-            age_band=pending.age_band,
-            status_idx=int(idx),
-            id_type=pending.id_type,
-        )
+        await self._run("begin_id_check", self._id_keys(attempt), params)
 
-    async def attestation_subject(
-        self, platform: str, account_id: str
-    ) -> tuple[AttestationRecord, str] | None:
-        h = await self._hash(f"{self._prefix(platform)}acct:{account_id}")
-        if not h:
-            return None
-        return _record(h), h.get("phone") or h.get("personal_id") or ""
-
-    async def link_guardian(self, link: GuardianLink, limits: Limits) -> LinkResult:
-        pre = self._prefix(link.platform)
-        keys = [
-            f"{pre}acct:{link.guardian_account_id}",
-            f"{pre}acct:{link.child_account_id}",
-            f"{pre}childlink:{link.child_account_id}",
-            f"{pre}gkids:{link.guardian_subject}",
-            f"{pre}agingout",
-            f"{pre}audit",
-            f"{pre}link:{link.link_id}",
-        ]
-        params = self._common(link.platform, link.now) | {
-            "limits": _limits_json(limits),
-            "link_id": link.link_id,
-            "link_j": _j(link.link_id),
-            "account": link.child_account_id,
-            "account_j": _j(link.child_account_id),
-            "guardian_account": link.guardian_account_id,
-            "guardian_account_j": _j(link.guardian_account_id),
-            "guardian_subject": link.guardian_subject,
-            "guardian_j": _j(link.guardian_subject),
-            "guardian_token_id": link.guardian_token_id,
-            "guardian_ref": link.guardian_ref,
-            "relationship": link.relationship,
-            "relationship_j": _j(link.relationship),
-            "child_consent": "1" if link.child_consent else "0",
-            "aged_out_at": _time(link.aged_out_at),
-            "attestation": self._pending(link.attestation),
-            **self._status_params(),
-        }
-        reply = await self._run("link_guardian", keys, params)
-        return LinkResult(reply[1], _record(_pairs(reply[3:])), reply[2] == "1")
-
-    async def end_guardian_link(
-        self, platform: str, link_id: str, now: float, reason: str = "withdrawn"
-    ) -> AttestationRecord | None:
-        pre = self._prefix(platform)
-        params = self._common(platform, now) | {
-            "link_j": _j(link_id),
-            "reason": reason,
-            "reason_j": _j(reason),
-            "revoke_reason_j": _j(f"guardian_link_{reason}"),
-        }
-        reply = await self._run(
-            "end_guardian_link", [f"{pre}link:{link_id}", f"{pre}audit"], params
-        )
-        return _record(_pairs(reply[1:])) if len(reply) > 1 else None
-
-    async def sweep_aged_out(self, platform: str, now: float, limit: int) -> int:
-        pre = self._prefix(platform)
-        params = self._common(platform, now) | {"limit": max(0, int(limit))}
-        if params["limit"] == 0:
-            return 0
-        _, count = await self._run("sweep_aged_out", [f"{pre}agingout", f"{pre}audit"], params)
-        return int(count)
-
-    async def list_aging_out(
-        self,
-        platform: str,
-        from_time: float,
-        to_time: float,
-        limit: int,
-        after: AgingOut | None = None,
-    ) -> list[AgingOut]:
-        if limit <= 0 or to_time <= from_time:
-            return []
-        low = from_time if after is None else max(from_time, after.aged_out_at)
-        params = {
-            "min": _time(low),
-            "to": _time(to_time),
-            "limit": int(limit),
-            "after": "0" if after is None else "1",
-            "after_score": _time(after.aged_out_at if after else 0.0),
-            "after_member": after.account_id if after else "",
-        }
-        params |= self._common(platform, from_time, audited=False)
-        reply = await self._run("list_aging_out", [f"{self._prefix(platform)}agingout"], params)
-        return [AgingOut(reply[i], float(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
-
-    async def revoke_attestation(
-        self, platform: str, account_id: str, now: float, reason: str
-    ) -> AttestationRecord:
-        check_reason_code(reason)
-        pre = self._prefix(platform)
-        params = self._common(platform, now) | {
-            "account_j": _j(account_id),
-            "reason_j": _j(reason),
-        }
-        reply = await self._run(
-            "revoke_attestation", [f"{pre}acct:{account_id}", f"{pre}audit"], params
-        )
-        return _record(_pairs(reply[1:]))
-
-    # ---- account locks (R7) -------------------------------------------------------------
-
-    async def lock_account(self, request: LockRequest) -> tuple[AccountLock, bool]:
-        pre = self._prefix(request.platform)
-        params = self._common(request.platform, request.now) | {
-            "account": request.account_id,
-            "account_j": _j(request.account_id),
-            "kind": request.kind.value,
-            "lock_until": "" if request.until is None else _time(request.until),
-            "reason": request.reason,
-            "reason_j": _j(request.reason),
-            "request_reference": request.request_reference,
-            "request_j": _j(request.request_reference),
-        }
-        keys = [f"{pre}lock:{request.account_id}", f"{pre}locks", f"{pre}audit"]
-        reply = await self._run("lock_account", keys, params)
-        return _lock(_pairs(reply[2:])), reply[1] == "1"
-
-    async def unlock_account(
-        self, platform: str, account_id: str, now: float, reason: str
-    ) -> AccountLock | None:
-        pre = self._prefix(platform)
-        params = self._common(platform, now) | {
-            "account": account_id,
-            "account_j": _j(account_id),
-            "reason": reason,
-            "reason_j": _j(reason),
-        }
-        keys = [f"{pre}lock:{account_id}", f"{pre}locks", f"{pre}audit"]
-        reply = await self._run("unlock_account", keys, params)
-        return _lock(_pairs(reply[1:])) if len(reply) > 1 else None
-
-    async def account_state(
-        self, platform: str, account_id: str
-    ) -> tuple[AttestationRecord | None, AccountLock | None]:
-        # One bare script (no prelude), not a pipeline: measured on loopback, about as cheap
-        # as the single HGETALL it replaces; a two-command pipeline cost ~1.5x in redis-py.
-        pre = self._prefix(platform)
-        keys = [f"{pre}acct:{account_id}", f"{pre}lock:{account_id}"]
-        try:
-            raw = await self._scripts["account_state"].run(self._redis, keys, [])
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable() from e
-        reply = [_text(part) for part in raw]
-        n = int(reply[1])
-        a, lk = _pairs(reply[2 : 2 + n]), _pairs(reply[2 + n :])
-        return (_record(a) if a else None), (_lock(lk) if lk else None)
-
-    async def locked_status_indexes(self, platform: str, now: float) -> list[int]:
-        pre = self._prefix(platform)
-        params = self._common(platform, now, audited=False)
-        reply = await self._run("locked_status_indexes", [f"{pre}locks"], params)
-        return sorted(int(i) for i in reply[1:])
-
-    async def status_bits(self, platform: str) -> bytes:
-        key = f"{self._prefix(platform)}sl:bits"
-        try:
-            raw = await self._redis.execute_command("GET", key, **{NEVER_DECODE: True})
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable() from e
-        return bytes(raw or b"")
-
-    async def _hash(self, key: str) -> dict[str, str]:
-        try:
-            raw = await self._redis.hgetall(key)
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable() from e
-        return {_text(k): _text(v) for k, v in raw.items()}
-
-    async def append_audit(
-        self,
-        platform: str,
-        now: float,
-        *,
-        account: str,
-        event: str,
-        outcome: str,
-        reason: str = "",
-        **extra: str | int,
-    ) -> int:
-        if self._audit is not None:
-            return await self._audit.append_audit(
-                platform, now, account=account, event=event, outcome=outcome, reason=reason, **extra
-            )
-        # Python renders the record; the script only inserts the sequence number it assigns.
-        record = audit_record(
-            seq=0,
-            now=now,
-            platform=platform,
-            account=account,
-            event=event,
-            outcome=outcome,
-            reason=reason,
-            **extra,
-        )
-        head, tail = split_audit_record(record)
-        params = self._common(platform, now) | {"head": head, "tail": tail}
-        _, index = await self._run("append_audit", [f"{self._prefix(platform)}audit"], params)
-        return int(index)
-
-    async def get_attestation(self, platform: str, account_id: str) -> AttestationRecord | None:
-        h = await self._hash(f"{self._prefix(platform)}acct:{account_id}")
-        return _record(h) if h else None
-
-    async def audit_records(
-        self, platform: str, start: int = 0, stop: int | None = None
-    ) -> list[str]:
-        if self._audit is not None:
-            return await self._audit.audit_records(platform, start, stop)
-        key = f"{self._prefix(platform)}audit"
-        try:
-            if start >= 0 and (stop is None or stop >= 0):
-                if stop is not None and stop <= start:
-                    return []
-                raw = await self._redis.lrange(key, start, -1 if stop is None else stop - 1)
-            else:  # negative bounds need the length; Python's slice rules apply
-                raw = (await self._redis.lrange(key, 0, -1))[start:stop]
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable() from e
-        return [_text(r) for r in raw]
+    async def finish_id_check(self, attempt: IdAttempt, answer: str, limits: Limits) -> None:
+        """The registry's answer: failures counted (lock-outs) or reset, the windows
+        refunded as the contract says; returns on a match, raises the refusal otherwise."""
+        params = self._id_params(attempt, limits) | {"answer": answer}
+        await self._run("finish_id_check", self._id_keys(attempt), params)
 
     async def ping(self) -> None:
         """Redis answers; on a cluster, every primary answers and each one sees the

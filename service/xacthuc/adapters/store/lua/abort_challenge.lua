@@ -1,6 +1,6 @@
 -- abort_challenge: the gateway refused the SMS; undo the start as if it never happened.
 --
--- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)   KEYS[2] pl (the platform's send list)   KEYS[3] audit
+-- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)   KEYS[2] pl (the platform's send list)
 -- Reply: {"ok"} (also when there is nothing to abort: no such challenge, one no longer
 -- "sending", or one of another account).
 --
@@ -8,10 +8,10 @@
 -- (its phone, its client bucket) are built by unsend() from PREFIX and the stored pseudonyms.
 -- They carry the same {platform} hash tag as KEYS, so they live in the same slot.
 
-local ch_key, audit_key = KEYS[1], KEYS[3]
+local ch_key = KEYS[1]
 local c = challenge_of(ch_key, P.tail)
 if not c or c.state ~= "sending" or not for_account(c) then
   return { "ok" }
 end
-unsend(ch_key, P.challenge_j, c, P.account_j, "code_send_failed", audit_key)
+unsend(ch_key, P.challenge_j, c, P.account_j, "code_send_failed")
 return { "ok" }

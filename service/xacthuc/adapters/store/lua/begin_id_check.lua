@@ -3,15 +3,15 @@
 --
 -- KEYS[1] idg:acct:<account>  KEYS[2] idatt:acct:<account>
 -- KEYS[3] idg:id:<number>     KEYS[4] idatt:id:<number>
--- KEYS[5] acct:<account>      KEYS[6] audit
--- Reply: {"ok"} or a refusal. Every check comes before the first write.
+-- Reply: {"ok"} or a refusal. Every check comes before the first write. The account's
+-- attestation and links are PostgreSQL's facts, read before this step (pair.py): P.facts
+-- active, managed (its attestation), linked (R1: a linked child).
 
 local L = P.limits
-local audit_key = KEYS[6]
 local HOUR = 3600
 
 local function record(outcome, reason)
-  audit(audit_key, {
+  audit({
     account = P.account_j, event = q("id_check_started"), outcome = q(outcome),
     reason = q(reason), attempt = P.attempt_j, personal_id = P.subject_j, client = P.client_j,
     purpose = P.purpose_j, id_type = P.id_type_j,
@@ -41,24 +41,15 @@ for _, s in ipairs(scopes) do
     return refuse("ID_ATTEMPTS_EXCEEDED", fmt(tonumber(oldest[2]) + HOUR - NOW), s[1])
   end
 end
--- In the pair the durable facts come from PostgreSQL (P.facts: active, managed, linked).
 local F = P.facts
 if P.purpose == "commercial_livestream" then
-  local active, managed
-  if F then
-    active, managed = F.active == "1", F.managed == "1"
-  else
-    local a = redis.call("HMGET", KEYS[5], "status", "expires_at", "guardian_managed")
-    active = a[1] == "active" and (tonumber(a[2]) or 0) > NOW
-    managed = a[3] == "1"
-  end
-  if not active then
+  if F.active ~= "1" then
     return refuse("ACCOUNT_NOT_AUTHENTICATED")
   end
-  if managed then
+  if F.managed == "1" then
     return refuse("GUARDIAN_MANAGED_NO_COMMERCIAL_LIVESTREAM")
   end
-elseif (F and F.linked == "1") or (not F and linked_child(P.account)) then
+elseif F.linked == "1" then
   return refuse("GUARDIAN_REQUIRED") -- R1: a linked child verifies through the guardian
 end
 

@@ -1,4 +1,6 @@
--- Prelude of every store script (redis.py puts it in front of each operation's body).
+-- Prelude of every store script (redis.py puts it in front of each operation's body). The
+-- scripts keep only ephemeral state (the Redis half of the pair store, pair.py): durable
+-- facts come from PostgreSQL as parameters, and records go back to it (OUTBOX).
 --
 -- ARGV[1] is one JSON object of named parameters. Times travel as decimal strings written by
 -- Python's repr() and are read with tonumber(), so Lua computes with the very same doubles as
@@ -54,48 +56,21 @@ for _, name in ipairs(AUDIT_FIELDS) do
   AUDIT_KNOWN[name] = true
 end
 
--- The `time` (JSON text) of the next record of the audit list `key`: never before the last
--- record's, so times in a log never go backwards (a request that read the clock before another
--- step was appended, another replica's clock). RFC 3339 UTC with milliseconds compares as
--- text. Python's audit_record(not_before=...) does the same for the in-memory store.
-local function audit_time(key)
-  local last = redis.call("LINDEX", key, -1)
-  if last then
-    local t = string.match(last, '"time":("[^"]*")')
-    if t and t > P.time_j then
-      return t
-    end
-  end
-  return P.time_j
-end
+-- The audit log is PostgreSQL's (issue 10): records are not appended here. They collect in
+-- OUTBOX, which the script returns with its reply ({OUTBOX, reply}, see redis.py `_lua`), and
+-- PostgreSQL numbers them (seq 0 here), keeps their times from going backwards and stores
+-- them before the call answers.
+local OUTBOX = {}
 
--- With `P.outbox` (an audit log kept in PostgreSQL, issue 10), records are not appended
--- here: they collect in OUTBOX, which the script returns with its reply ({OUTBOX, reply},
--- see redis.py `_lua`), and PostgreSQL numbers them (seq 0 here), keeps their times from
--- going backwards and stores them before the call answers.
-local OUTBOX = nil
-if P.outbox then
-  OUTBOX = {}
-end
-
--- Append one record to the platform's audit list; `fields` maps names to JSON texts.
-local function audit(key, fields)
-  local f = { v = P.audit_version, platform = P.platform_j, reason = '""' }
-  if OUTBOX then
-    f.time = P.time_j
-  else
-    f.time = audit_time(key)
-  end
+-- Render one record into OUTBOX; `fields` maps names to JSON texts.
+local function audit(fields)
+  local f = { v = P.audit_version, platform = P.platform_j, reason = '""', time = P.time_j,
+    seq = "0" }
   for name, value in pairs(fields) do
     if not AUDIT_KNOWN[name] then
       error("unknown audit field " .. name)
     end
     f[name] = value
-  end
-  if OUTBOX then
-    f.seq = "0"
-  else
-    f.seq = int(redis.call("LLEN", key))
   end
   local parts = {}
   for _, name in ipairs(AUDIT_FIELDS) do
@@ -104,32 +79,7 @@ local function audit(key, fields)
       parts[#parts + 1] = '"' .. name .. '":' .. value
     end
   end
-  local record = "{" .. table.concat(parts, ",") .. "}"
-  if OUTBOX then
-    OUTBOX[#OUTBOX + 1] = record
-  else
-    redis.call("RPUSH", key, record)
-  end
-end
-
--- Append a record Python rendered around its sequence number (P.head .. seq .. P.tail, byte
--- for byte what the in-memory store writes) to the audit list `key`: with OUTBOX, seq 0 and
--- PostgreSQL numbers it; here, the next index, and the record's time moved up to the last
--- record's when it is earlier (audit_time). Returns the index (0 with OUTBOX).
-local function audit_rendered(key)
-  if OUTBOX then
-    OUTBOX[#OUTBOX + 1] = P.head .. "0" .. P.tail
-    return 0
-  end
-  local n = redis.call("LLEN", key)
-  local tail = P.tail
-  local time = audit_time(key)
-  if time ~= P.time_j then -- the record's time, in the tail after seq
-    local i, j = string.find(tail, '"time":' .. P.time_j, 1, true)
-    tail = string.sub(tail, 1, i - 1) .. '"time":' .. time .. string.sub(tail, j + 1)
-  end
-  redis.call("RPUSH", key, P.head .. int(n) .. tail)
-  return n
+  OUTBOX[#OUTBOX + 1] = "{" .. table.concat(parts, ",") .. "}"
 end
 
 -- A refusal as Python raises it: {"err", reason, retry_after seconds or "", extra or ""}.
@@ -150,155 +100,6 @@ local function mac_matches(stored, candidates)
     found = bit.bor(found, (diff == 0) and 1 or 0)
   end
   return found == 1
-end
-
--- The set of accounts a subject (phone or personal-ID pseudonym) verifies (P8).
-local function subject_accounts_key(subject)
-  if string.sub(subject, 1, 3) == "id_" then
-    return PREFIX .. "idacct:" .. subject
-  end
-  return PREFIX .. "phacct:" .. subject
-end
-
--- Tell every process that caches account state (adapters/store/cached.py) that `key`, an
--- acct:<account> or lock:<account> key, changed: published on "<namespace>:inv" in the same
--- atomic step as the change (redis_invalidations.py listens).
-local function invalidate(key)
-  redis.call("PUBLISH", PREFIX:sub(1, PREFIX:find("{", 1, true) - 2) .. ":inv", key)
-end
-
--- Make the account's attestation hash `fields`, moving its P8 slot to `subject` (none when
--- `subject` is "": a guardian-managed child takes no slot of the guardian's).
-local function attest(acct_key, account, subject, fields)
-  local prev = redis.call("HMGET", acct_key, "phone", "personal_id")
-  for _, old in ipairs(prev) do
-    if old and old ~= "" and old ~= subject then
-      redis.call("SREM", subject_accounts_key(old), account)
-    end
-  end
-  if subject ~= "" then
-    redis.call("SADD", subject_accounts_key(subject), account)
-  end
-  redis.call("DEL", acct_key)
-  redis.call("HSET", acct_key, unpack(fields))
-  invalidate(acct_key)
-  -- Every index issued to the account, for its locks (R7: a lock marks all of them).
-  local idx = tonumber(redis.call("HGET", acct_key, "status_idx")) or -1
-  if idx >= 0 then
-    redis.call("SADD", PREFIX .. "acctsl:" .. account, int(idx))
-  end
-end
-
--- A hash as a table (empty when the key does not exist).
-local function hash_of(key)
-  local t = {}
-  local raw = redis.call("HGETALL", key)
-  for i = 1, #raw, 2 do
-    t[raw[i]] = raw[i + 1]
-  end
-  return t
-end
-
--- An attestation hash as a table (empty when the account has none).
-local attestation_of = hash_of
-
--- HMAC-SHA1 (hex) of `msg` under the 64-byte `key` (SHA-1's block size: used as is).
-local function hmac_sha1_hex(ipad, opad, msg)
-  local inner = redis.sha1hex(ipad .. msg)
-  local raw = string.gsub(inner, "..", function(h)
-    return string.char(tonumber(h, 16))
-  end)
-  return redis.sha1hex(opad .. raw)
-end
-
--- The status list (issues 5 and 13): the platform's next token's index, pseudorandom within
--- its block and never one handed out before; status_index.py, line for line. The first
--- allocation fixes the platform's key and block size from P.sl_key and P.sl_block (a store
--- that handed out sequential indices before goes on at the next whole block); opening a
--- block grows the bitmap to cover all of it with zero bits (only when it is shorter, so no
--- revoked bit is ever cleared).
-local function next_status_idx()
-  local conf_key, next_key = PREFIX .. "sl:key", PREFIX .. "sl:next"
-  local conf = redis.call("HMGET", conf_key, "key", "block")
-  local key, block = conf[1], tonumber(conf[2])
-  if not key then
-    key, block = P.sl_key, tonumber(P.sl_block)
-    redis.call("HSET", conf_key, "key", key, "block", int(block))
-    local legacy = tonumber(redis.call("GET", next_key)) or 0
-    redis.call("SET", next_key, int(math.ceil(legacy / block) * block))
-  end
-  local counter = redis.call("INCR", next_key) - 1
-  local block_no = math.floor(counter / block)
-  local bits_key = PREFIX .. "sl:bits"
-  local need = (block_no + 1) * block / 8
-  if redis.call("STRLEN", bits_key) < need then
-    redis.call("SETBIT", bits_key, need * 8 - 1, 0)
-  end
-  local ipad, opad = {}, {}
-  for i = 1, #key do
-    local k = string.byte(key, i)
-    ipad[i] = string.char(bit.bxor(k, 0x36))
-    opad[i] = string.char(bit.bxor(k, 0x5c))
-  end
-  ipad, opad = table.concat(ipad), table.concat(opad)
-  local h = 0 -- ceil(log2(block) / 2)
-  while 2 ^ (2 * h) < block do
-    h = h + 1
-  end
-  local modulus = 2 ^ h
-  local x = counter % block
-  repeat -- cycle walking: ends, since x's cycle under the permutation returns to x
-    local left, right = math.floor(x / modulus), x % modulus
-    for r = 0, 7 do -- ROUNDS
-      local hex = hmac_sha1_hex(ipad, opad, int(block_no) .. ":" .. int(r) .. ":" .. int(right))
-      local f = tonumber(string.sub(hex, 1, 8), 16) % modulus
-      left, right = right, bit.bxor(left, f)
-    end
-    x = left * modulus + right
-  until x < block
-  return block_no * block + x
-end
-
--- Revoke the attestation in `acct_key` (its current fields `a`, from attestation_of): status
--- "revoked", bit `status_idx` set in the platform's bitmap (SETBIT: index 0 is the most
--- significant bit of byte 0), audited `attestation_revoked` with `reason_j`.
-local function revoke(acct_key, audit_key, account_j, a, reason_j)
-  redis.call("HSET", acct_key, "status", "revoked", "revoked_at", P.now)
-  invalidate(acct_key)
-  local idx = tonumber(a.status_idx) or -1
-  if idx >= 0 then
-    redis.call("SETBIT", PREFIX .. "sl:bits", idx, 1)
-  end
-  audit(audit_key, {
-    account = account_j, event = q("attestation_revoked"), outcome = q("ok"), reason = reason_j,
-    -- token_id_j is stored with every attestation written since the status list exists;
-    -- older token ids were URL-safe ASCII, which q() quotes exactly as JSON does.
-    token_id = a.token_id_j or q(a.token_id), status_idx = (idx >= 0) and int(idx) or '""',
-  })
-end
-
--- The attestation `a` (a table from attestation_of) is active and not expired.
-local function active(a)
-  return a.status == "active" and (tonumber(a.expires_at) or 0) > NOW
-end
-
--- The account has an active guardian link and the child has not turned 16 (R1).
-local function linked_child(account)
-  local aged_out_at = tonumber(redis.call("ZSCORE", PREFIX .. "agingout", account))
-  return aged_out_at ~= nil and aged_out_at > NOW
-end
-
--- End the active guardian link `l` (its hash as a table): mark it, drop it from the child
--- pointer, the guardian's children and the aging-out index, audit `guardian_link_ended`.
-local function end_link(l, reason, reason_j, audit_key)
-  redis.call("HSET", PREFIX .. "link:" .. l.link_id, "ended", P.now, "end_reason", reason)
-  redis.call("DEL", PREFIX .. "childlink:" .. l.child)
-  redis.call("SREM", PREFIX .. "gkids:" .. l.guardian, l.child)
-  redis.call("ZREM", PREFIX .. "agingout", l.child)
-  audit(audit_key, {
-    account = l.child_j, event = q("guardian_link_ended"), outcome = q("ok"), reason = reason_j,
-    link = l.link_j, guardian = l.guardian_j,
-  })
 end
 
 -- ---- compact challenge state (issue 11: bytes per pending challenge) ------------------
@@ -549,7 +350,7 @@ end
 -- the gateway refused it; "code_send_abandoned": its start died before confirming the send).
 -- The keys named by the challenge are built from PREFIX and the stored pseudonyms; they carry
 -- the platform's hash tag, so they live in the caller's slot.
-local function unsend(ch_key, id_j, c, account_j, event, audit_key)
+local function unsend(ch_key, id_j, c, account_j, event)
   redis.call("DEL", ch_key)
   redis.call("LREM", PREFIX .. "pl", -1, struct.pack(">d", c.created))
   local ip_key = PREFIX .. "i:" .. c.client
@@ -571,7 +372,7 @@ local function unsend(ch_key, id_j, c, account_j, event, audit_key)
     ph.last_send = math.max(ph.last_send, t)
   end
   put_phone(ph_key, ph, #ph.sends == 0)
-  audit(audit_key, {
+  audit({
     account = account_j, event = q(event), outcome = q("failed"),
     reason = (event == "code_send_failed") and q("SMS_DELIVERY_FAILED") or '""',
     challenge = id_j, phone = c.phone_j,

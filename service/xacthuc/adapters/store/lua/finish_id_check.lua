@@ -1,11 +1,9 @@
 -- finish_id_check: record the registry's answer for an attempt begun by begin_id_check.
 --
--- KEYS[1] idg:acct:<account>  KEYS[2] idg:id:<number>  KEYS[3] idacct:<number>
--- KEYS[4] acct:<account>      KEYS[5] audit
--- KEYS[6] idatt:acct:<account> KEYS[7] idatt:id:<number>  (the hourly windows)
--- Reply: {"ok", method, token_id, verified_at, issued_at, expires_at, status_idx} or a refusal.
--- The attestation carries the holder's age band (P6), the kind of number matched (`id_type`,
--- R9) and a new status-list index (issue 5).
+-- KEYS[1] idg:acct:<account>   KEYS[2] idatt:acct:<account>
+-- KEYS[3] idg:id:<number>      KEYS[4] idatt:id:<number>   (as begin_id_check's)
+-- Reply: {"match"} or a refusal. On a match, P8, the attestation and their records are
+-- PostgreSQL's step (pair.py, xacthuc_issue_id), idempotent on the attempt id.
 --
 -- What an attempt costs (audit field `refunded`): no registry answer costs nothing (both
 -- windows give the place begin_id_check reserved back); a match costs the account, not the
@@ -13,8 +11,6 @@
 -- for a real number and an unknown one (no oracle); a non-match costs both.
 
 local L = P.limits
-local a = P.attestation
-local audit_key = KEYS[5]
 
 local function record(event, outcome, reason, extra)
   local f = {
@@ -25,10 +21,10 @@ local function record(event, outcome, reason, extra)
   for k, v in pairs(extra or {}) do
     f[k] = v
   end
-  audit(audit_key, f)
+  audit(f)
 end
 
-local acct_window, id_window = KEYS[6], KEYS[7]
+local acct_window, id_window = KEYS[2], KEYS[4]
 
 if P.answer == "unavailable" then
   redis.call("ZREM", acct_window, P.attempt_id)
@@ -37,7 +33,7 @@ if P.answer == "unavailable" then
   return refusal("REGISTRY_UNAVAILABLE")
 end
 
-local guards = { { "account", KEYS[1] }, { "personal_id", KEYS[2] } }
+local guards = { { "account", KEYS[1] }, { "personal_id", KEYS[3] } }
 
 if P.answer ~= "match" then
   local locked = {}
@@ -69,34 +65,8 @@ if P.answer ~= "match" then
 end
 
 redis.call("ZREM", id_window, P.attempt_id)
-if P.pair then
-  -- A match: the failure counters start afresh; P8, the attestation and the records are
-  -- PostgreSQL's step (xacthuc_issue_id), idempotent on the attempt id.
-  for _, g in ipairs(guards) do
-    redis.call("HSET", g[2], "fails", "0", "lock_level", "0")
-  end
-  return { "match" }
-end
-if redis.call("SISMEMBER", KEYS[3], P.account) == 0
-    and redis.call("SCARD", KEYS[3]) >= L.max_accounts_per_personal_id then
-  record("id_check", "refused", "PERSONAL_ID_ACCOUNT_LIMIT", { refunded = q("personal_id") })
-  return refusal("PERSONAL_ID_ACCOUNT_LIMIT")
-end
+-- A match: the failure counters start afresh.
 for _, g in ipairs(guards) do
   redis.call("HSET", g[2], "fails", "0", "lock_level", "0")
 end
-local idx = int(next_status_idx())
-attest(KEYS[4], P.account, P.subject, {
-  "account_id", P.account, "method", a.method, "token_id", a.token_id, "verified_at", P.now,
-  "issued_at", a.issued_at, "expires_at", a.expires_at, "status", "active",
-  "guardian_managed", "0", "commercial_livestream", "1", "personal_id", P.subject,
-  "age_band", a.age_band, "status_idx", idx, "token_id_j", a.token_id_j,
-  "id_type", a.id_type,
-})
-record("id_check", "ok", "", { refunded = q("personal_id") })
-audit(audit_key, {
-  account = P.account_j, event = q("attestation_issued"), outcome = q("ok"),
-  token_id = a.token_id_j, method = a.method_j, expires = a.expires,
-  commercial_livestream = "1", age_band = a.age_band_j, id_type = a.id_type_j,
-})
-return { "ok", a.method, a.token_id, P.now, a.issued_at, a.expires_at, idx }
+return { "match" }

@@ -1,22 +1,22 @@
 -- start_challenge: idempotency, R1 (no linked child), P2 lock, P8 accounts, P3 cooldown and
--- budgets, then create. A key naming a challenge whose code was sent replays it; one still
+-- budgets, then create. R1 and P8 are PostgreSQL's facts, read before this step (pair.py):
+-- P.facts.linked (a linked child), P.facts.full (no room for the account on the number). A key naming a challenge whose code was sent replays it; one still
 -- "sending" is START_IN_PROGRESS within the send lease, and abandoned (undone, audited
 -- `code_send_abandoned`) after it, so the retry starts afresh.
 --
 -- KEYS[1] c:<slot>        KEYS[2] p:<phone>      KEYS[3] pl (the platform's send list)
--- KEYS[4] i:<client>      KEYS[5] phacct:<phone> KEYS[6] audit
+-- KEYS[4] i:<client>
 -- Reply: {"ok"|"replay", challenge id, expires_at, resend_not_before} or a refusal.
 --
 -- KEYS[1] is named by the new id's first 14 characters (P.head; the rest is P.tail): with an
 -- idempotency key, the key's slot (records.py), so it holds the key's earlier challenge, if
 -- any, which the new one replaces.
 
-local ch_key, ph_key, sends_platform, ip_key, accounts_key, audit_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ch_key, ph_key, sends_platform, ip_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local L = P.limits
 
 local function refuse(reason, retry_after, extra)
-  audit(audit_key, {
+  audit({
     account = P.account_j, event = q("verification_started"), outcome = q("refused"),
     reason = q(reason), phone = P.phone_j, client = P.client_j, method = q("phone_otp"),
   })
@@ -39,35 +39,19 @@ if P.keyed == "1" then
         return refuse("START_IN_PROGRESS", "1")
       end
       -- Its start died before confirming the send: forget it, start afresh.
-      unsend(ch_key, q(existing), e, P.account_j, "code_send_abandoned", audit_key)
+      unsend(ch_key, q(existing), e, P.account_j, "code_send_abandoned")
     end
   end
 end
 
--- In the pair (Redis + PostgreSQL, pair.py) the durable facts were read from PostgreSQL
--- before this step and come in P.facts: linked (R1), full (P8: no room on the number).
-local F = P.facts
-local linked
-if F then
-  linked = F.linked == "1"
-else
-  linked = linked_child(P.account)
-end
-if linked then -- R1: a linked child verifies through the guardian
+if P.facts.linked == "1" then -- R1: a linked child verifies through the guardian
   return refuse("GUARDIAN_REQUIRED")
 end
 local phone = phone_of(ph_key)
 if phone.locked_until > NOW then
   return refuse("PHONE_LOCKED", fmt(phone.locked_until - NOW))
 end
-local full
-if F then
-  full = F.full == "1"
-else
-  full = redis.call("SISMEMBER", accounts_key, P.account) == 0
-    and redis.call("SCARD", accounts_key) >= L.max_accounts_per_phone
-end
-if full then
+if P.facts.full == "1" then
   return refuse("PHONE_ACCOUNT_LIMIT")
 end
 if phone.last_send + L.resend_cooldown_seconds > NOW then
@@ -117,7 +101,7 @@ redis.call("SET", ip_key, times_bytes(ip_sends), "PX", 3600 * 1000)
 list_trim(sends_platform, NOW - 3600)
 list_insert(sends_platform, NOW)
 redis.call("PEXPIRE", sends_platform, 3600 * 1000)
-audit(audit_key, {
+audit({
   account = P.account_j, event = q("verification_started"), outcome = q("ok"),
   challenge = P.challenge_j, phone = P.phone_j, client = P.client_j, method = q("phone_otp"),
 })
