@@ -16,6 +16,7 @@ import pytest
 
 from xacthuc.adapters.metrics import PrometheusLogMetrics
 from xacthuc.adapters.store.checkpoints import PostgresCheckpointStore
+from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.adapters.store.pg_audit import PostgresLogReader
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.client import AsyncClient
@@ -207,9 +208,27 @@ async def test_the_operator_erases_with_the_cli_and_the_log_still_verifies(
     assert 4 == sum(r["account"] == "acc-2" for r in records)
 
 
-async def test_without_a_database_an_erasure_is_refused_precisely(harness: Harness) -> None:
-    """The audit log in Redis (or memory) cannot keep an erased record's hash: the call says
-    so (FAILED_PRECONDITION, ERASURE_NEEDS_DATABASE) after checking its fields."""
+@pytest.fixture
+async def memory_harness() -> AsyncIterator[Harness]:
+    """The integration harness over the embedded store (no database)."""
+    keys, raw = make_keys()
+    clock = FixedClock(START)
+    sms = CapturingSms()
+    app = build_app(make_settings(), store=MemoryStore(), sms=sms, clock=clock, api_keys=keys)
+    server = await start_server(app, "127.0.0.1:0")
+    h = Harness(app, server, sms, clock, raw)
+    yield h
+    for c in h.clients:
+        await c.close()
+    await server.stop(grace=0)
+
+
+async def test_without_a_database_an_erasure_is_refused_precisely(
+    memory_harness: Harness,
+) -> None:
+    """The audit log in memory cannot keep an erased record's hash: the call says so
+    (FAILED_PRECONDITION, ERASURE_NEEDS_DATABASE) after checking its fields."""
+    harness = memory_harness
     await verify_phone(harness, "acc-1")
     platform = await harness.client("alpha")
     with pytest.raises(errors.ErasureNeedsDatabase) as refused:
