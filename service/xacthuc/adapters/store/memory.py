@@ -2,7 +2,8 @@
 
 Assembled from one mixin per domain over the shared state in `memory_state.py`. Each
 method runs to completion without awaiting, so on one event loop it is atomic. This is
-the reference implementation of the contract; `redis.py` mirrors it in Lua.
+the reference implementation of the contract; the pair store (`pair.py`: Lua in Redis,
+plpgsql in PostgreSQL) mirrors it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `MemoryStore` (memory.py) is assembled from one part per domain (phone, identity,
 guardian), each a mixin over `MemoryBase`; each method runs to completion without
 awaiting, so on one event loop it is atomic. This is the reference implementation of the
-store contract; `redis.py` mirrors it in Lua.
+store contract; the pair store (`pair.py`) mirrors it.
 """
 
 from __future__ import annotations
