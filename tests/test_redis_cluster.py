@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from xacthuc.adapters.store.cached import CachedStore
 from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.adapters.store.redis_cluster import (
@@ -92,15 +93,18 @@ def test_settings_take_a_cluster_url_with_a_database_only() -> None:
 
 
 async def test_a_cluster_store_is_the_pair_on_a_cluster_client() -> None:
-    """make_store: the pair, its Redis half a cluster client; no connection is made yet."""
+    """make_store: the pair, its Redis half a cluster client, behind the state cache (fed by
+    PostgreSQL, so its bound holds on a cluster too); no connection is made yet."""
     url = "redis+cluster://127.0.0.1:7000"
-    store = make_store(Settings.load(store_url=url, database_url=DATABASE))
+    cached = make_store(Settings.load(store_url=url, database_url=DATABASE))
+    assert isinstance(cached, CachedStore)
+    store = cached.backend
     assert isinstance(store, PairStore)
     assert store.clustered
     assert isinstance(store.client, ClusterClient)
     assert isinstance(store.once_client, ClusterOnce)
     assert store.client.load_balancing_strategy is None  # primaries only
-    await store.aclose()
+    await cached.aclose()
 
 
 # ------------------------------------------------------------- on the shared test cluster
