@@ -992,10 +992,9 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         )
         lines.insert(
             -1,
-            f"memory:   {per:,.0f} B of Redis per pending challenge, "
-            f"{bench.memory.with_audit:,.0f} B with its two audit records while the audit log "
-            f"is in Redis ({bench.memory.starts:,} starts, distinct numbers and IPs, private "
-            "redis-server, INFO used_memory)",
+            f"memory:   {per:,.0f} B of Redis per pending challenge (its audit records go to "
+            f"PostgreSQL; {bench.memory.starts:,} starts, distinct numbers and IPs, "
+            "128-character account ids, private redis-server, INFO used_memory)",
         )
     lines.append(goal)
     if bench.offline is not None:
