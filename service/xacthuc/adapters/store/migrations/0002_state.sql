@@ -43,23 +43,22 @@ $$;
 CREATE FUNCTION xacthuc_audit_version() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1 $$;
 
--- Append one audit record, rendered as audit_record() renders it: sorted keys, compact,
--- ASCII; `p_extra` holds the extra fields (strings, or integers written bare), an extra
--- equal to "" left out. `p_time_j` is the record's time as JSON text, rendered by the caller
--- (rfc3339 of its `now`). Numbered and stored by xacthuc_append_audit (0001): gap-free index,
--- time never before the previous record's, leaf hash. Returns the record's index.
-CREATE FUNCTION xacthuc_audit(
+-- A record's text around its index, as audit_record() renders it: sorted keys, compact,
+-- ASCII; `p_extra` holds the extra fields (strings, or integers written bare), an extra equal
+-- to "" left out. `o_head` ends with '"seq":', `o_tail` is the rest (xacthuc_append_audit).
+CREATE FUNCTION xacthuc_audit_parts(
     p_platform text,
     p_time_j   text,
     p_account  text,
     p_event    text,
     p_outcome  text,
-    p_reason   text DEFAULT '',
-    p_extra    jsonb DEFAULT '{}'
-) RETURNS bigint LANGUAGE plpgsql AS $$
+    p_reason   text,
+    p_extra    jsonb,
+    OUT o_head text,
+    OUT o_tail text
+) LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_parts text[] := '{}';
-    v_head  text;
     v_key   text;
     v_value text;
 BEGIN
@@ -85,22 +84,38 @@ BEGIN
         ORDER BY k COLLATE "C"
     LOOP
         IF v_key = 'seq' THEN
-            v_head := '{' || array_to_string(v_parts, ',')
+            o_head := '{' || array_to_string(v_parts, ',')
                 || CASE WHEN cardinality(v_parts) > 0 THEN ',' ELSE '' END || '"seq":';
             v_parts := '{}';
         ELSE
             v_parts := v_parts || (xacthuc_json(v_key) || ':' || v_value);
         END IF;
     END LOOP;
-    RETURN xacthuc_append_audit(
-        p_platform,
-        ARRAY[v_head],
-        ARRAY[CASE WHEN cardinality(v_parts) > 0 THEN ',' ELSE '' END
-              || array_to_string(v_parts, ',') || '}'],
-        ARRAY[p_time_j],
-        ARRAY[p_event],
-        ARRAY[p_account]
-    );
+    o_tail := CASE WHEN cardinality(v_parts) > 0 THEN ',' ELSE '' END
+        || array_to_string(v_parts, ',') || '}';
+END
+$$;
+
+-- Append one audit record (xacthuc_audit_parts renders it); `p_time_j` is the record's time
+-- as JSON text, rendered by the caller (rfc3339 of its `now`). Numbered and stored by
+-- xacthuc_append_audit (0001): gap-free index, time never before the previous record's, leaf
+-- hash. Returns the record's index. (0006 lets a batch defer the append.)
+CREATE FUNCTION xacthuc_audit(
+    p_platform text,
+    p_time_j   text,
+    p_account  text,
+    p_event    text,
+    p_outcome  text,
+    p_reason   text DEFAULT '',
+    p_extra    jsonb DEFAULT '{}'
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_r record;
+BEGIN
+    v_r := xacthuc_audit_parts(p_platform, p_time_j, p_account, p_event, p_outcome, p_reason,
+                               p_extra);
+    RETURN xacthuc_append_audit(p_platform, ARRAY[v_r.o_head], ARRAY[v_r.o_tail],
+                                ARRAY[p_time_j], ARRAY[p_event], ARRAY[p_account]);
 END
 $$;
 
