@@ -51,10 +51,6 @@ from xacthuc.domain.records import (
 )
 from xacthuc.domain.status_index import INDEX_BLOCK, KEY_HEX_CHARS
 
-_FACTS = (
-    "SELECT linked AS o_linked, has_room AS o_has_room, active AS o_active,"
-    " guardian_managed AS o_managed FROM xacthuc_facts($1, $2, $3, $4, $5)"
-)
 _STATE = (
     "SELECT (SELECT a FROM attestations a WHERE platform = $1 AND account = $2) AS a,"
     " (SELECT l FROM account_locks l WHERE platform = $1 AND account = $2) AS l"
@@ -99,7 +95,6 @@ class PairStore(PgGuardianLocks):
         status_keys: Callable[[], str] = lambda: secrets.token_hex(KEY_HEX_CHARS // 2),
         audit: GroupAppender | None = None,
         owns_database: bool = False,
-        batch_facts: bool = True,
     ) -> None:
         super().__init__(database, status_block=status_block, status_keys=status_keys)
         self._owns_database = owns_database
@@ -108,9 +103,6 @@ class PairStore(PgGuardianLocks):
         # steps too, so their records ride in the same batches.
         self._batch = DurableBatcher(self._log, lambda: self._db, probe=self._ping_database)
         self.audit = audit or self._batch
-        # The facts a start or an ID attempt reads go in the batches too (one round trip
-        # fewer per call), or each in a read of its own.
-        self.batch_facts = batch_facts
         # The ephemeral half: its Lua scripts, keys and encoding (called with `pair`).
         self._eph = RedisStore(url, namespace=namespace, client=client, audit=self.audit)
 
@@ -143,15 +135,13 @@ class PairStore(PgGuardianLocks):
         await self._db.ping()
 
     async def _facts(self, platform: str, account: str, subject: str, now: float, room: int) -> Any:
-        if self.batch_facts:
-            return await self._batch.run(
-                platform,
-                {"op": "facts", "account": account, "subject": subject, "now": now, "max": room},
-            )
-        async with self._db.connection() as conn:
-            row = await conn.fetchrow(_FACTS, platform, account, subject, now, room)
-        assert row is not None
-        return row
+        """What a start or an ID attempt needs from PostgreSQL (linked child, P8 room, the
+        attestation's state), read in the batches (measured: fewer round trips than a read
+        of its own per call)."""
+        return await self._batch.run(
+            platform,
+            {"op": "facts", "account": account, "subject": subject, "now": now, "max": room},
+        )
 
     # ---- phone challenges ---------------------------------------------------------------
 
