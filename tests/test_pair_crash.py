@@ -61,7 +61,8 @@ async def pair(
 async def flush(store: PairStore) -> None:
     """Everything Redis held is gone (only this test's namespace: the Redis is shared)."""
     client = store.client
-    keys = [k async for k in client.scan_iter(f"{store.redis_half._namespace}:*")]
+    pattern = f"{store.redis_half._namespace}:*"
+    keys = [k async for k in client.scan_iter(pattern, count=1000)]  # a shared, full Redis
     if keys:
         await client.delete(*keys)
 
