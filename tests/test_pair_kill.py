@@ -38,7 +38,7 @@ from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.locks import AccountLock
 from xacthuc.domain.records import LinkResult
 
-from .conftest import pair_store
+from .conftest import nth_index, pair_store
 from .crash_worker import (
     Worker,
     killed_while_waiting,
@@ -300,4 +300,38 @@ async def test_a_revocation_killed_twice_then_retried_sets_its_status_bit_once(
         )
     assert [(issued.status_idx, True)] == [(t["idx"], t["revoked"]) for t in tokens]
     assert 1 == (await _events(pair, 0)).count("attestation_revoked")
+    await log_verifies(database, PLATFORM, NOW + 200)
+
+
+async def test_a_confirm_killed_and_rolled_back_then_redis_lost_asks_for_a_new_code(
+    worker: Worker,
+    pair: PairStore,
+    database: Database,
+    database_url: str,
+    redis_url: str,
+    redis_namespace: str,
+) -> None:
+    """Killed with its PostgreSQL step open, rolled back, then Redis lost: nothing was
+    issued, so the retry is CHALLENGE_NOT_FOUND (the user asks for a new code), and the
+    new code's attestation takes the status index the killed call had drawn (it was never
+    handed out)."""
+    await _before("confirm", pair)
+    case = CASES["confirm"]
+    call = {
+        "db": database_url,
+        "redis": redis_url,
+        "ns": redis_namespace,
+        "store": case.method,
+        "args": pack(case.args),
+    }
+    killed = await killed_while_waiting(worker, database, LOG_HEAD, call, notice=True)
+    assert killed.wrote
+    await flush(pair)
+
+    assert "CHALLENGE_NOT_FOUND" == await worker.result(**call, tag="retry")
+    assert None is await pair.get_attestation(PLATFORM, "acc-1")
+    await sent(pair, new("ch-2", now=NOW + 60))
+    issued = await pair.check_code(check("ch-2", now=NOW + 61), LIMITS)
+    assert nth_index(0) == issued.status_idx
+    assert 1 == (await _events(pair, 0)).count("attestation_issued")
     await log_verifies(database, PLATFORM, NOW + 200)
