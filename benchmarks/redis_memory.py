@@ -14,10 +14,9 @@ before the first reading, so the scripts and the platform's send list already ex
 
 The store is the pair's Redis half alone (`RedisStore`), its records discarded and
 PostgreSQL's facts fixed (no linked child, room on every number): the audit log is
-PostgreSQL's, so Redis holds the challenge state only. The two figures per challenge
-(`with_audit`, `without_audit`: the same minus what a Redis audit list grew by) are equal
-since no audit list is kept in Redis; both are kept for the reports that compare runs.
-`benchmarks/run.py` runs it as its last phase; tests/test_redis_memory.py holds the bound.
+PostgreSQL's, so Redis holds the challenge state only, and that is the figure
+(`per_challenge`). `benchmarks/run.py` runs it as its last phase; tests/test_redis_memory.py
+holds the bound.
 """
 
 from __future__ import annotations
@@ -55,14 +54,12 @@ GOAL_BYTES = 700
 @dataclass(frozen=True, slots=True)
 class Footprint:
     starts: int
-    with_audit: float  # bytes per pending challenge, audit records in Redis included
-    without_audit: float  # the same without the audit list's growth: the challenge state
+    per_challenge: float  # bytes of Redis per pending challenge: its state (no audit record)
 
     def as_json(self) -> dict[str, float | int]:
         return {
             "starts": self.starts,
-            "redis_bytes_per_pending_challenge": round(self.without_audit, 1),
-            "redis_bytes_per_pending_challenge_with_audit": round(self.with_audit, 1),
+            "redis_bytes_per_pending_challenge": round(self.per_challenge, 1),
         }
 
 
@@ -165,7 +162,6 @@ async def measure(url: str, starts: int, account_chars: int = ACCOUNT_ID) -> Foo
         token_ttl_seconds=86_400,
         sms_template="{code}",
     )
-    audit_key = f"{NAMESPACE}:{{{PLATFORM}}}:audit"
 
     async def start(n: int) -> None:
         await verifier.start(
@@ -178,17 +174,14 @@ async def measure(url: str, starts: int, account_chars: int = ACCOUNT_ID) -> Foo
 
     async with aioredis.Redis.from_url(url) as admin:
         try:
-            await start(starts)  # scripts loaded, the platform's list and audit list exist
+            await start(starts)  # scripts loaded, the platform's send list exists
             used_before = (await admin.info("memory"))["used_memory"]
-            audit_before = await admin.memory_usage(audit_key, samples=0) or 0
             for n in range(starts):
                 await start(n)
             used_after = (await admin.info("memory"))["used_memory"]
-            audit_after = await admin.memory_usage(audit_key, samples=0) or 0
         finally:
             await store.aclose()
-    grown = used_after - used_before
-    return Footprint(starts, grown / starts, (grown - (audit_after - audit_before)) / starts)
+    return Footprint(starts, (used_after - used_before) / starts)
 
 
 def main() -> None:
@@ -198,8 +191,7 @@ def main() -> None:
     with private_redis() as url:
         figure = asyncio.run(measure(url, args.starts))
     print(
-        f"{figure.without_audit:.0f} bytes of Redis per pending challenge "
-        f"({figure.with_audit:.0f} with its audit records in Redis), {figure.starts} starts"
+        f"{figure.per_challenge:.0f} bytes of Redis per pending challenge, {figure.starts} starts"
     )
     print(json.dumps(figure.as_json()))
 

@@ -21,32 +21,25 @@ from xacthuc.server.request_bounds import ACCOUNT_ID
 # its account, so the id's length does not count). Measured 651-654 bytes at 2,000-20,000
 # starts, short or longest ids (Redis 7.0, jemalloc; the figure moves with the hash tables'
 # growth steps); 1,555-1,625 before issue 11, 777-782 with 128-character ids kept in full.
-BOUND_WITHOUT_AUDIT = 700
-# With the two audit records each start writes while the audit log lives in Redis: they carry
-# the account id in full (~550 bytes more with ~10-character ids, ~815 with 128 characters;
-# the audit records themselves are not made smaller).
-BOUND_WITH_AUDIT = 1_250
-BOUND_WITH_AUDIT_LONGEST_IDS = 1_550
+# It is all a pending challenge keeps in Redis: its audit records go to PostgreSQL.
+BOUND = 700
 STARTS = 2_000
 
 
 async def test_a_pending_challenge_costs_less_than_the_bound_with_the_longest_account_ids() -> None:
     """2,000 starts with nothing shared and 128-character account ids, the worst case: the
-    bytes per pending challenge stay under the bound, with and without the audit records."""
+    bytes per pending challenge stay under the bound."""
     with private_redis() as url:
         figure = await measure(url, STARTS, account_chars=ACCOUNT_ID)
-    assert figure.without_audit <= BOUND_WITHOUT_AUDIT, figure
-    assert figure.with_audit <= BOUND_WITH_AUDIT_LONGEST_IDS, figure
+    assert figure.per_challenge <= BOUND, figure
 
 
 async def test_the_challenge_state_does_not_grow_with_the_account_id() -> None:
     """Short account ids ("acct-<n>-") cost the challenge state what the longest ones cost (a
-    digest is kept, not the id), within a few bytes of the hash tables' noise; their audit
-    records stay under the bound set for them."""
+    digest is kept, not the id), within a few bytes of the hash tables' noise."""
     with private_redis() as url:
         short = await measure(url, STARTS, account_chars=0)
     with private_redis() as url:
         longest = await measure(url, STARTS, account_chars=ACCOUNT_ID)
-    assert short.without_audit <= BOUND_WITHOUT_AUDIT, short
-    assert short.with_audit <= BOUND_WITH_AUDIT, short
-    assert abs(longest.without_audit - short.without_audit) <= 8, (short, longest)
+    assert short.per_challenge <= BOUND, short
+    assert abs(longest.per_challenge - short.per_challenge) <= 8, (short, longest)
