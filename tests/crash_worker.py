@@ -93,7 +93,10 @@ def audit_log(db: Database, at: float | None, *, every_records: int = 1) -> Audi
 
 
 async def _run(cmd: dict[str, Any]) -> Any:
-    db = Database(tagged(cmd["db"], cmd["tag"], cmd.get("check_ms", 0)), min_size=0, max_size=2)
+    # A long command timeout: a call may wait for the test's locks while a loaded machine
+    # runs the test's next steps.
+    url = tagged(cmd["db"], cmd["tag"], cmd.get("check_ms", 0))
+    db = Database(url, min_size=0, max_size=2, timeout=60)
     try:
         if "store" in cmd:
             store = pair_store(cmd["redis"], cmd["ns"], db)
