@@ -1,6 +1,6 @@
-"""Processes SIGKILLed in the middle of the pair store's calls (issue 10): a confirmation (its
-PostgreSQL step, after its Redis step), guardian links (link, withdrawal), account locks
-(lock, unlock) and revocations.
+"""Processes SIGKILLed in the middle of the pair store's calls (issue 10): confirmations by
+phone code and by personal ID (their PostgreSQL step, after their Redis step), guardian
+links (link, withdrawal), account locks (lock, unlock) and revocations.
 
 Each call runs in a real process of its own (tests/crash_worker.py), against the real
 PostgreSQL and Redis; the test holds a lock the call's transaction needs, waits until the
@@ -17,7 +17,7 @@ lock is released and the backend runs the call to its end with no one to answer 
 PostgreSQL does by default): ALL of it is there, its audit records with it;
 `retried_meanwhile`: the same, with the retry already waiting behind the orphaned backend.
 Redis is flushed after the kill (after the retry, for a confirmation: its retry needs the
-challenge, or the user asks for a new code). The same call, retried from a fresh process,
+challenge or attempt, or the user starts again). The same call, retried from a fresh process,
 completes: the effect once, one status bit, no record twice. Before and after, the audit
 log verifies: indices without gaps, every pair of signed checkpoints consistent, the export
 accepted offline against them.
@@ -52,8 +52,10 @@ from .crash_worker import (
 from .test_pair_crash import bit, flush
 from .test_store_contract import LIMITS, NOW, PLATFORM, attestation, check, new, sent
 from .test_store_contract_guardian import link, phone_guardian
+from .test_store_contract_id import attempt, pending
 from .test_store_contract_locks import lock
 
+ATTEMPT = attempt()
 LINK = link()
 LOCK = lock()
 LOG_HEAD = ("SELECT 1 FROM log_heads WHERE platform = $1 FOR UPDATE", (PLATFORM,))
@@ -79,6 +81,14 @@ CASES = {
         (check(now=NOW + 30), LIMITS),
         ("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(30) || 'ch-1', 0))", (PLATFORM,)),
         ["check_ok", "attestation_issued"],
+        [],
+        redis_step=True,
+    ),
+    "confirm_id": Case(
+        "finish_id_check",
+        (ATTEMPT, "match", pending(), LIMITS),
+        ("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(30) || 'at-1', 0))", (PLATFORM,)),
+        ["id_check", "attestation_issued"],
         [],
         redis_step=True,
     ),
@@ -137,6 +147,9 @@ async def _before(name: str, pair: PairStore) -> None:
     if name == "confirm":
         await sent(pair, new())
         return
+    if name == "confirm_id":
+        await pair.begin_id_check(ATTEMPT, LIMITS)
+        return
     if name in ("link", "withdraw"):
         await phone_guardian(pair)
         if name == "withdraw":
@@ -154,9 +167,20 @@ async def _events(pair: PairStore, start: int) -> list[str]:
 
 async def _outcome(name: str, pair: PairStore, reply: Any, committed: bool) -> None:
     """The call took effect, and its retry answered what it answers then."""
-    if name == "confirm":
-        assert attestation(now=NOW + 30) == reply == await pair.get_attestation(PLATFORM, "acc-1")
-        assert not bit(await pair.status_bits(PLATFORM), reply.status_idx)
+    if name in ("confirm", "confirm_id"):
+        issued = await pair.get_attestation(PLATFORM, "acc-1")
+        assert issued is not None
+        assert reply == issued
+        if name == "confirm":
+            assert attestation(now=NOW + 30) == issued
+        else:
+            assert ("personal_id", "tok-id", "active") == (
+                issued.method,
+                issued.token_id,
+                issued.status,
+            )
+        assert nth_index(0) == issued.status_idx
+        assert not bit(await pair.status_bits(PLATFORM), issued.status_idx)
         return
     if name in ("link", "withdraw"):
         kid = await pair.get_attestation(PLATFORM, LINK.child_account_id)
