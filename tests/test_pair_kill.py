@@ -1,6 +1,6 @@
 """Processes SIGKILLed in the middle of the pair store's calls (issue 10): confirmations by
 phone code and by personal ID (their PostgreSQL step, after their Redis step), guardian
-links (link, withdrawal), account locks (lock, unlock) and revocations.
+links (link, withdrawal, the age-out sweep), account locks (lock, unlock) and revocations.
 
 Each call runs in a real process of its own (tests/crash_worker.py), against the real
 PostgreSQL and Redis; the test holds a lock the call's transaction needs, waits until the
@@ -106,6 +106,13 @@ CASES = {
         ["guardian_link_ended", "attestation_revoked"],
         ["guardian_link_ended"],  # refused LINK_ALREADY_ENDED: a retry is audited
     ),
+    "age_out": Case(
+        "sweep_aged_out",
+        (PLATFORM, LINK.aged_out_at + 1, 10),
+        _advisory("sweep", ""),
+        ["guardian_link_ended"],
+        [],
+    ),
     "lock": Case("lock_account", (LOCK,), _advisory("lock", "acc-1"), ["account_locked"], []),
     "unlock": Case(
         "unlock_account",
@@ -150,9 +157,9 @@ async def _before(name: str, pair: PairStore) -> None:
     if name == "confirm_id":
         await pair.begin_id_check(ATTEMPT, LIMITS)
         return
-    if name in ("link", "withdraw"):
+    if name in ("link", "withdraw", "age_out"):
         await phone_guardian(pair)
-        if name == "withdraw":
+        if name != "link":
             await pair.link_guardian(LINK, LIMITS)
         return
     await sent(pair, new())
@@ -182,16 +189,19 @@ async def _outcome(name: str, pair: PairStore, reply: Any, committed: bool) -> N
         assert nth_index(0) == issued.status_idx
         assert not bit(await pair.status_bits(PLATFORM), issued.status_idx)
         return
-    if name in ("link", "withdraw"):
+    if name in ("link", "withdraw", "age_out"):
         kid = await pair.get_attestation(PLATFORM, LINK.child_account_id)
         assert kid is not None
         if name == "link":
             assert LinkResult(LINK.link_id, kid, False) == reply
             assert ("active", True) == (kid.status, kid.guardian_managed)
-        else:
+        elif name == "withdraw":
             assert "revoked" == kid.status
             assert ("LINK_ALREADY_ENDED" if committed else kid) == reply
             assert bit(await pair.status_bits(PLATFORM), kid.status_idx)
+        else:
+            assert ("aged_out", 0 if committed else 1) == (kid.status, reply)
+            assert not bit(await pair.status_bits(PLATFORM), kid.status_idx)
         aging = await pair.list_aging_out(PLATFORM, 0, LINK.aged_out_at + 1, 9)
         assert ([LINK.child_account_id] if name == "link" else []) == [a.account_id for a in aging]
         return
