@@ -185,9 +185,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_ms_per_call(row: Row) -> float | None:
-    """Server CPU per call (ms): the figure that carries over between machines."""
-    cpu, rps = row.cpu.get("server"), row.result.rps
+def server_ms_per_call(row: Row, part: str = "server") -> float | None:
+    """Server CPU per call (ms): the figure that carries over between machines (`part`
+    "postgres": the scratch database's backends)."""
+    cpu, rps = row.cpu.get(part), row.result.rps
     return None if cpu is None or not rps else cpu / 100 / rps * 1000
 
 
@@ -402,6 +403,23 @@ class Benchmark:
             await conn.close()
         log(f"scratch database {name} migrated (the audit log and checkpoints go there)")
 
+    async def _pg_backends(self) -> list[int]:
+        """The scratch database's backends (the servers' pooled connections, opened in the
+        warm-up): their CPU, read from /proc, is PostgreSQL's work for the phase (PostgreSQL
+        must run on this machine; [] without a database)."""
+        if not self.database_url:
+            return []
+        import asyncpg
+
+        conn = await asyncpg.connect(self.args.database_url, timeout=10)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.namespace
+            )
+        finally:
+            await conn.close()
+        return [int(r["pid"]) for r in rows]
+
     async def _pg_transactions(self) -> int | None:
         """Committed transactions of the scratch database so far (each statement outside a
         transaction block is one: a round trip at least)."""
@@ -560,9 +578,11 @@ class Benchmark:
         servers = server if isinstance(server, list) else [server]
         for child in (self.echo, *servers):
             child.check_alive()
+        backends = await self._pg_backends()
         meter = CpuMeter(
             {f"server#{i}": child.pid for i, child in enumerate(servers)}
             | {"driver": os.getpid(), "redis": self.probe.pid if self.probe else None}
+            | {f"pg#{i}": pid for i, pid in enumerate(backends)}
         )
         before = await self.probe.command_calls() if self.probe else None
         foreign = await self.probe.foreign_clients() if self.probe else 0
@@ -574,6 +594,8 @@ class Benchmark:
         cpu = meter.stop()
         parts = [cpu.pop(f"server#{i}") for i in range(len(servers))]
         cpu["server"] = None if None in parts else sum(p for p in parts if p is not None)
+        pg = [cpu.pop(f"pg#{i}") for i in range(len(backends))]
+        cpu["postgres"] = sum(p for p in pg if p is not None) if backends else None
         row = Row(name, result, cpu, foreign_redis_clients=foreign)
         if pg_before is not None:
             await asyncio.sleep(PG_STATS_DELAY)  # backends report their counts at most 1/s
@@ -864,7 +886,8 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
     ]
     header = (
         f"{'rpc':<36}{'calls':>7}{'err':>5}{'rps':>8}{'p50_ms':>8}{'p99_ms':>8}{'vs_echo':>8}"
-        f"{'redis_rt':>9}{'evalsha':>8}{'srv_ms':>8}{'pg_tx':>7}  cpu% srv/drv/redis/other"
+        f"{'redis_rt':>9}{'evalsha':>8}{'srv_ms':>8}{'pg_tx':>7}{'pg_ms':>7}"
+        "  cpu% srv/drv/redis/pg/other"
     )
     lines += [header, "-" * len(header)]
 
@@ -880,8 +903,12 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             f"{fmt(row.round_trips.per_call() if row.round_trips else None, '.2f'):>9}"
             f"{'' if row.name.startswith(ECHO) else fmt(row.script_calls_per_call, '.2f'):>8}"
             f"{fmt(server_ms_per_call(row), '.3f'):>8}"
-            f"{'' if row.name.startswith(ECHO) else fmt(row.pg_transactions_per_call, '.2f'):>7}  "
-            + "/".join(fmt(row.cpu[k], ".0f") for k in ("server", "driver", "redis", "other"))
+            f"{'' if row.name.startswith(ECHO) else fmt(row.pg_transactions_per_call, '.2f'):>7}"
+            f"{'' if row.name.startswith(ECHO) else fmt(server_ms_per_call(row, 'postgres'), '.3f'):>7}  "
+            + "/".join(
+                fmt(row.cpu.get(k), ".0f")
+                for k in ("server", "driver", "redis", "postgres", "other")
+            )
         )
     lines += [
         "",
@@ -895,8 +922,11 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         "the scratch database, --database-url; group commit makes it below 1; '-': no database; "
         "background work counts too: the state cache's LISTEN connection answers a SELECT 1 "
         "every 25 ms per server process, the health probe one every 0.5 s).",
+        "pg_ms:    CPU time of the scratch database's PostgreSQL backends per call, in ms (/proc: "
+        "PostgreSQL on this machine; its WAL writer and checkpointer not counted).",
         "cpu%:     share of one core used in the timed phase (100 = one core busy) by the server "
-        "measured, the driver, redis-server and everything else.",
+        "measured, the driver, redis-server, the scratch database's PostgreSQL backends and "
+        "everything else.",
     ]
     if bench.scaled:
         count = args.workers
@@ -1026,6 +1056,7 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             else None,
             "redis_script_calls_per_call_timed": _round(row.script_calls_per_call, 2),
             "server_cpu_ms_per_call": _round(server_ms_per_call(row), 4),
+            "postgres_cpu_ms_per_call": _round(server_ms_per_call(row, "postgres"), 4),
             "postgres_transactions_per_call_timed": _round(row.pg_transactions_per_call, 3),
         }
     if bench.scaled:
