@@ -27,8 +27,9 @@ Operations with no Redis step (revocation, reads, guardian links and locks from
 
 from __future__ import annotations
 
+import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xacthuc.adapters.store.pg_audit import GroupAppender, PostgresAuditLog
@@ -47,7 +48,9 @@ from xacthuc.domain.records import (
     Limits,
     NewChallenge,
     PendingAttestation,
+    audit_record,
     check_reason_code,
+    split_audit_record,
 )
 from xacthuc.domain.status_index import INDEX_BLOCK, KEY_HEX_CHARS
 
@@ -67,6 +70,34 @@ def _pending(a: PendingAttestation) -> dict[str, Any]:
         "age_band": a.age_band,
         "id_type": a.id_type,
     }
+
+
+def _issued_fields(a: PendingAttestation) -> dict[str, str | int]:
+    return {"token_id": a.token_id, "method": a.method, "expires": math.floor(a.expires_at)}
+
+
+def _issue_records(
+    platform: str, now: float, account: str, *records: tuple[str, Mapping[str, str | int]]
+) -> dict[str, list[str]]:
+    """The records (event, extra fields) an issuing step writes when it issues (the
+    check's, then `attestation_issued`), rendered around their index: `xacthuc_batch`'s "h"
+    and "t" (migration 0007), which it appends only when the step issued."""
+    heads, tails = [], []
+    for event, extra in records:
+        text = audit_record(
+            seq=0,
+            now=now,
+            platform=platform,
+            account=account,
+            event=event,
+            outcome="ok",
+            reason="",
+            **extra,
+        )
+        head, tail = split_audit_record(text)
+        heads.append(head)
+        tails.append(tail)
+    return {"h": heads, "t": tails}
 
 
 def _issued(row: Any) -> AttestationRecord:
@@ -185,6 +216,13 @@ class PairStore(PgGuardianLocks):
                     "key": self._status_keys(),
                     "block": self._status_block,
                 }
+                | _issue_records(
+                    check.platform,
+                    check.now,
+                    check.account_id,
+                    ("check_ok", {"challenge": check.challenge_id, "phone": phone}),
+                    ("attestation_issued", _issued_fields(check.attestation)),
+                )
             )
         row = await self._batch.run(check.platform, op)
         return _issued(row)
@@ -220,7 +258,21 @@ class PairStore(PgGuardianLocks):
             "max": limits.max_accounts_per_personal_id,
             "key": self._status_keys(),
             "block": self._status_block,
-        }
+        } | _issue_records(
+            attempt.platform,
+            attempt.now,
+            attempt.account_id,
+            ("id_check", {**ctx, "refunded": "personal_id"}),
+            (
+                "attestation_issued",
+                _issued_fields(pending)
+                | {
+                    "commercial_livestream": 1,
+                    "age_band": pending.age_band,
+                    "id_type": pending.id_type,
+                },
+            ),
+        )
         row = await self._batch.run(attempt.platform, op)
         return _issued(row)
 
