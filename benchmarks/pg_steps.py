@@ -159,6 +159,9 @@ async def main() -> None:
     p.add_argument(
         "--track-functions", action="store_true", help="print pg_stat_user_functions at the end"
     )
+    p.add_argument(
+        "--set", action="append", default=[], help="a setting of the scratch database (k=v)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = p.parse_args()
     name = f"pg_steps_{secrets.token_hex(4)}"

@@ -13,9 +13,15 @@
 --   its end, instead of one UPDATE of the same row per token (each a new row version that
 --   the next one had to walk to);
 -- * xacthuc_append_audit stores its records in one INSERT ... SELECT instead of one INSERT per
---   record;
+--   record (each INSERT into the partitioned table sets up its routing and the partition's
+--   six indexes again);
 -- * the status-index permutation takes its round function's bytes with get_byte instead of
---   through hex text (same results: test_pg_state_sql.py compares it with status_index.py).
+--   through hex text (same results: test_pg_state_sql.py compares it with status_index.py);
+-- * 0002's small helpers the steps call (R1's linked child, P8's room, the advisory locks, the
+--   NOTIFY) are plpgsql instead of SQL functions, same bodies: called from plpgsql, a SQL
+--   function that is not inlined is planned again in every transaction (its plan lives in the
+--   transaction's expression state), a plpgsql one keeps its plans for the session. A batch of
+--   one op spent more on those plans than on its work.
 
 -- ---- the append, set-based ------------------------------------------------------------------
 
@@ -60,6 +66,50 @@ BEGIN
     SELECT max(t) INTO v_last FROM r;
     UPDATE log_heads SET size = v_first + v_n, last_time = v_last WHERE platform = p_platform;
     RETURN v_first;
+END
+$$;
+
+-- ---- 0002's helpers, as plpgsql (their plans kept for the session) --------------------------
+
+CREATE OR REPLACE FUNCTION xacthuc_lock_subject(p_platform text, p_subject text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_platform || chr(31) || p_subject, 0));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION xacthuc_lock_issue(p_platform text, p_issued_by text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_platform || chr(30) || p_issued_by, 0));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION xacthuc_subject_has_room(
+    p_platform text, p_subject text, p_account text, p_max integer
+) RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM subject_accounts
+                    WHERE platform = p_platform AND subject = p_subject AND account = p_account)
+        OR (SELECT count(*) FROM subject_accounts
+             WHERE platform = p_platform AND subject = p_subject) < p_max;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION xacthuc_linked_child(
+    p_platform text, p_account text, p_now double precision
+) RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM guardian_links
+                    WHERE platform = p_platform AND child = p_account AND ended IS NULL
+                      AND aged_out_at > p_now);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION xacthuc_invalidate(p_platform text, p_account text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('xacthuc_inv', json_build_array(p_platform, p_account)::text);
 END
 $$;
 
