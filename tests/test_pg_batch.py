@@ -132,7 +132,7 @@ async def test_a_refused_call_does_not_fail_the_others_of_its_batch(
         calls = [asyncio.ensure_future(confirm(pair, i, NOW + 20)) for i in (1, 5, 2, 3)]
         bogus = asyncio.ensure_future(pair._batch.run(PLATFORM, {"op": "nonsense"}))
         await until(lambda: _now(queued(pair) == 5), "the others queue up")
-    await first
+    zero = await first
     results = await asyncio.gather(*calls, bogus, return_exceptions=True)
 
     assert isinstance(results[1], ChallengeAlreadyUsed)  # refused, audited
@@ -144,6 +144,18 @@ async def test_a_refused_call_does_not_fail_the_others_of_its_batch(
     gap_free(records)
     refused = [r for r in records if r["account"] == "acc-5" and r["event"] == "check_failed"]
     assert ["CHALLENGE_ALREADY_USED"] == [r["reason"] for r in refused]
+    # The batch's counters (kept in memory, the head written once: migration 0007) went on
+    # from the head, one per token issued, none for the refusal or the failed op.
+    issued = [zero, *(r for r in results if isinstance(r, AttestationRecord))]
+    assert sorted(nth_index(k) for k in range(1, 5)) == sorted(a.status_idx for a in issued)
+    async with pair.database.connection() as conn:
+        assert 5 == await conn.fetchval(
+            "SELECT next FROM status_heads WHERE platform = $1", PLATFORM
+        )
+    # Each issue's records, rendered by the store (0007), are the check's then the token's.
+    for i in (0, 1, 2, 3):
+        mine = [r["event"] for r in records if r["account"] == f"acc-{i}"][-2:]
+        assert ["check_ok", "attestation_issued"] == mine
 
 
 async def test_a_failed_commit_fails_its_whole_batch_and_the_retries_issue_once(
