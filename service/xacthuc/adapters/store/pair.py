@@ -9,8 +9,11 @@ cool-downs (P3), failure counters and lock-outs (P2, P5).
 An operation with a Redis step runs it first (a Lua script of `lua/`, called with
 `P.pair`: it leaves the durable parts out), then its PostgreSQL step: one plpgsql function,
 one round trip, one transaction holding its checks, writes and audit records, idempotent
-under the operation's key (`issued_by`: the challenge id, the ID attempt id). The reply
-comes only after the commit. So:
+under the operation's key (`issued_by`: the challenge id, the ID attempt id). The records
+an issue writes are rendered here (`audit_record()`, as every store renders them) and sent
+with the op; the step appends them only when it issued (migration 0007: SQL rendering them
+field by field was a quarter of a confirm's PostgreSQL time). The reply comes only after
+the commit. So:
 
 * Redis flushed at any moment loses nothing durable; a confirm whose challenge is gone
   asks PostgreSQL what the challenge issued before answering CHALLENGE_NOT_FOUND;
