@@ -17,18 +17,26 @@ import pytest
 
 from xacthuc.domain.clock import FixedClock
 from xacthuc.domain.errors import (
+    ChallengeNotFound,
     SendLimitExceeded,
     SmsDeliveryFailed,
     StartInProgress,
     XacthucError,
 )
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
+from xacthuc.domain.phone import normalize_vn_mobile
 from xacthuc.domain.records import (
+    CHALLENGE_ID,
+    CHALLENGE_PREFIX,
     AttestationRecord,
     ChallengeView,
     CodeCheck,
     Limits,
     NewChallenge,
+    challenge_head,
+    challenge_tag,
+    idempotency_slot,
+    number_tag,
 )
 from xacthuc.ports.sms import SmsMessage
 from xacthuc.ports.store import Store
@@ -277,3 +285,48 @@ async def test_a_start_refused_on_its_input_is_audited_alike_on_both_stores(
     assert ("client" in records[0]) == (ip == IP)
     assert [] == sorted(set(records[0]) - kept - {"client", "platform", "seq", "v"})
     assert PLATFORM == records[0]["platform"]
+
+
+@pytest.mark.parametrize("key", ["", "k-1"])
+async def test_a_challenge_id_carries_its_numbers_tag_in_the_form_the_proto_promises(
+    store: Store, key: str
+) -> None:
+    """`ch_` + 22 base64url characters (25 in all), the first two after `ch_` its number's
+    tag (a store sharded by number finds the shard from the id), then the idempotency key's
+    slot when there is a key; the rest is random, so two starts never share an id."""
+    pseudonyms, gateway = Pseudonymizer(b"p" * 32), Gateway()
+    flow = verifier(Interleaved(store), gateway, FixedClock(NOW), Limits(resend_cooldown_seconds=0))
+    first = (await start(flow, key)).view.challenge_id
+    tag = number_tag(pseudonyms.phone(normalize_vn_mobile(PHONE)))
+    assert CHALLENGE_ID.fullmatch(first)
+    assert len(first) == 25
+    assert (tag, tag) == (first[3:5], challenge_tag(first))
+    assert first.startswith(challenge_head(pseudonyms.phone(normalize_vn_mobile(PHONE)), key))
+    if key:
+        assert first[5:16] == idempotency_slot(key)
+    else:
+        flow_2 = verifier(
+            Interleaved(store), gateway, FixedClock(NOW + 1), Limits(resend_cooldown_seconds=0)
+        )
+        second = (await start(flow_2, key)).view.challenge_id
+        assert second != first
+        assert second[:5] == first[:5]
+
+
+async def test_an_id_of_the_form_before_the_tag_is_challenge_not_found(store: Store) -> None:
+    """An id issued before challenge ids carried their number's tag (`ch_` + the key's slot
+    + 11 random characters: the same form and length) names no challenge: the confirmation
+    answers CHALLENGE_NOT_FOUND (the user asks for a new code), never INTERNAL."""
+    gateway = Gateway()
+    flow = verifier(Interleaved(store), gateway, FixedClock(NOW), Limits())
+    started = await start(flow, "k-1")
+    old = CHALLENGE_PREFIX + idempotency_slot("k-1") + started.view.challenge_id[-11:]
+    assert CHALLENGE_ID.fullmatch(old)
+    assert old != started.view.challenge_id
+    code = gateway.messages[-1].text
+
+    with pytest.raises(ChallengeNotFound):
+        await flow.confirm(platform=PLATFORM, challenge_id=old, account_id="acc-1", code=code)
+    assert await flow.confirm(
+        platform=PLATFORM, challenge_id=started.view.challenge_id, account_id="acc-1", code=code
+    )

@@ -36,8 +36,10 @@ from xacthuc.domain.errors import (
     XacthucError,
 )
 from xacthuc.domain.records import (
+    CHALLENGE_CHARS,
     CHALLENGE_PREFIX,
     SLOT_CHARS,
+    TAG_CHARS,
     AttestationRecord,
     ChallengeView,
     CodeCheck,
@@ -45,6 +47,8 @@ from xacthuc.domain.records import (
     NewChallenge,
     PendingAttestation,
     audit_record,
+    challenge_head,
+    challenge_record,
     idempotency_slot,
 )
 from xacthuc.ports.store import Store
@@ -89,10 +93,10 @@ def client_n(n: int) -> str:
     return pseudonym(f"198.51.100.{n}")
 
 
-def cid(name: str, key: str) -> str:
-    """The id of the challenge `name` started with idempotency key `key`: the service's form,
-    beginning with the key's slot (records.py)."""
-    return CHALLENGE_PREFIX + idempotency_slot(key) + name.ljust(SLOT_CHARS, "_")
+def cid(name: str, key: str, phone: str = PHONE) -> str:
+    """The id of the challenge `name` started for `phone` with idempotency key `key`: the
+    service's form, beginning with the number's tag and the key's slot (records.py)."""
+    return challenge_head(phone, key) + name.ljust(CHALLENGE_CHARS - TAG_CHARS - SLOT_CHARS, "_")
 
 
 def new(
@@ -108,7 +112,7 @@ def new(
 ) -> NewChallenge:
     return NewChallenge(
         platform=platform,
-        challenge_id=cid(challenge_id, key) if key else challenge_id,
+        challenge_id=cid(challenge_id, key, phone) if key else challenge_id,
         account_id=account,
         phone=phone,
         client=client,
@@ -1065,7 +1069,8 @@ async def test_redis_keys_share_the_platform_slot_and_all_expire(
     pre = f"{redis_namespace}:{{{PLATFORM}}}:"
     retention_ms = (TTL + LIMITS.challenge_retention_seconds) * 1000
     # One record for the challenge and its idempotency key, named by the key's slot.
-    slot = CHALLENGE_PREFIX + idempotency_slot("k-1")
+    slot = challenge_record(cid("ch-1", "k-1"))[0]
+    assert CHALLENGE_PREFIX + idempotency_slot("k-1") == slot
 
     async with aioredis.Redis.from_url(redis_url, decode_responses=True) as client:
         keys = [key async for key in client.scan_iter(f"{redis_namespace}:*")]
@@ -1144,11 +1149,12 @@ async def test_random_histories_agree_with_memory(
             kind = rnd.random()
             if kind < 0.3 or not challenges:
                 key = rnd.choice(["", "", "k1"])
+                phone = rnd.choice([PHONE, PHONE_2])
                 nc = NewChallenge(
                     platform=rnd.choice([PLATFORM, PLATFORM, OTHER_PLATFORM]),
-                    challenge_id=cid(f"ch-{step}", key) if key else f"ch-{step}",
+                    challenge_id=cid(f"ch-{step}", key, phone) if key else f"ch-{step}",
                     account_id=rnd.choice("abcd"),
-                    phone=rnd.choice([PHONE, PHONE_2]),
+                    phone=phone,
                     client=rnd.choice([CLIENT, client_n(1)]),
                     code_mac=rnd.choice(["m1", "m2"]),
                     idempotency_key=key,

@@ -64,20 +64,67 @@ class Limits:
         )
 
 
-# A challenge id is "ch_" and 22 base64url characters. One started with an idempotency key
-# begins with the key's slot (11 characters, 66 bits of SHA-256 of the key), then 11 random
-# ones; one without a key is random throughout. A store keeps a challenge under its id's first
-# 14 characters, so the challenge and its idempotency key are one record (issue 11: Redis
-# memory), found from the challenge id and from the key alike. A new challenge under a key
-# replaces the key's earlier one: a check of the earlier id then finds no challenge.
+# A challenge id is "ch_" and 22 base64url characters (the proto promises that form, at most 25
+# characters in all). The first two after "ch_" are its number's tag (`number_tag`: 12 bits of
+# a hash of the number's pseudonym), so a store that shards by number (Redis Cluster,
+# docs/design/redis-cluster.md) finds a challenge's shard from its id alone. Then, for one
+# started with an idempotency key, the key's slot (11 characters, 66 bits of SHA-256 of the
+# key) and 9 random characters (54 bits); for one without a key, 20 random ones (120 bits).
+# A store keeps a challenge under "ch_" + its key's slot (`challenge_record`), so the challenge
+# and its idempotency key are one record (issue 11: Redis memory), found from the challenge id
+# and from the key alike. A new challenge under a key replaces the key's earlier one: a check
+# of the earlier id then finds no challenge. Ids of the form before the tag ("ch_" + slot + 11
+# random) name no record and answer CHALLENGE_NOT_FOUND.
 CHALLENGE_PREFIX = "ch_"
+TAG_CHARS = 2
 SLOT_CHARS = 11
+CHALLENGE_CHARS = 22  # after the prefix
+CHALLENGE_ID = re.compile(r"ch_[A-Za-z0-9_-]{22}")
 
 
 def idempotency_slot(idempotency_key: str) -> str:
-    """The first characters of every challenge id started with `idempotency_key`."""
+    """The characters every challenge id started with `idempotency_key` has after its
+    number's tag."""
     digest = hashlib.sha256(b"xacthuc idempotency\x1f" + idempotency_key.encode()).digest()
     return b64url_encode(digest)[:SLOT_CHARS]
+
+
+def number_tag(phone: str) -> str:
+    """The tag of a number, from its pseudonym: 12 bits of SHA-256 of it, 2 base64url
+    characters (4096 tags). Hashed rather than cut from the pseudonym so that any text a
+    store is given (tests pass bare hex) gets a well-spread tag. It reveals 12 bits of a keyed
+    hash of the number to whoever sees the challenge id: the platform knows the number."""
+    digest = hashlib.sha256(b"xacthuc number tag\x1f" + phone.encode()).digest()
+    return b64url_encode(digest[:2])[:TAG_CHARS]
+
+
+def challenge_head(phone: str, idempotency_key: str) -> str:
+    """What a new challenge id for `phone` begins with: the prefix, the number's tag, and the
+    idempotency key's slot when there is a key; random characters make up the rest
+    (`CHALLENGE_CHARS` after the prefix)."""
+    slot = idempotency_slot(idempotency_key) if idempotency_key else ""
+    return CHALLENGE_PREFIX + number_tag(phone) + slot
+
+
+def challenge_tag(challenge_id: str) -> str | None:
+    """The number's tag an id of the service's form carries (None for any other text)."""
+    if CHALLENGE_ID.fullmatch(challenge_id):
+        return challenge_id[len(CHALLENGE_PREFIX) : len(CHALLENGE_PREFIX) + TAG_CHARS]
+    return None
+
+
+def challenge_record(challenge_id: str) -> tuple[str, str]:
+    """The name a store keeps a challenge under, and the rest of its id (kept in the
+    record): an id of the service's form is named "ch_" + its characters after the tag up to
+    a slot's length (with a key, the key's slot: the challenge and its key are one record),
+    its tag and last characters are the rest; any other id is a name of its own."""
+    if not CHALLENGE_ID.fullmatch(challenge_id):
+        return challenge_id, ""
+    start = len(CHALLENGE_PREFIX) + TAG_CHARS
+    return (
+        CHALLENGE_PREFIX + challenge_id[start : start + SLOT_CHARS],
+        challenge_id[len(CHALLENGE_PREFIX) : start] + challenge_id[start + SLOT_CHARS :],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +140,16 @@ class NewChallenge:
     expires_at: float
 
     def __post_init__(self) -> None:
-        slot = CHALLENGE_PREFIX + idempotency_slot(self.idempotency_key)
-        if self.idempotency_key and not self.challenge_id.startswith(slot):
-            raise ValueError("a challenge started with an idempotency key begins with its slot")
+        if self.idempotency_key and not self.challenge_id.startswith(
+            challenge_head(self.phone, self.idempotency_key)
+        ):
+            raise ValueError(
+                "a challenge started with an idempotency key begins with its number's tag"
+                " and the key's slot"
+            )
+        tag = challenge_tag(self.challenge_id)
+        if tag is not None and tag != number_tag(self.phone):
+            raise ValueError("a challenge id of the service's form carries its number's tag")
 
 
 @dataclass(frozen=True, slots=True)

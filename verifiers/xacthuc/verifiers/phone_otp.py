@@ -39,6 +39,8 @@ from xacthuc.domain.fictional import TestNumbers
 from xacthuc.domain.keyed import OtpMac, Pseudonymizer
 from xacthuc.domain.phone import mask, normalize_vn_mobile
 from xacthuc.domain.records import (
+    CHALLENGE_CHARS,
+    CHALLENGE_ID,
     CHALLENGE_PREFIX,
     AttestationRecord,
     ChallengeView,
@@ -46,7 +48,7 @@ from xacthuc.domain.records import (
     Limits,
     NewChallenge,
     PendingAttestation,
-    idempotency_slot,
+    challenge_head,
 )
 from xacthuc.ports.metrics import FlowMetrics, NoFlowMetrics
 from xacthuc.ports.sms import SmsDeliveryError, SmsMessage, SmsSender
@@ -55,7 +57,6 @@ from xacthuc.verifiers.shielded import shielded
 
 METHOD = "phone_otp"
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-CHALLENGE_ID = re.compile(r"ch_[A-Za-z0-9_-]{22}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 CODE = re.compile(r"[0-9]{6}")  # ASCII only: str.isdigit() would accept other scripts' digits
 # The longest IPv6 literal: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".
@@ -154,13 +155,13 @@ class PhoneOtpVerifier:
             await self._refuse_start(platform, account_id, client_ip, e)
             raise
         now = self._clock.now()
-        # With a key, the id begins with the key's slot (records.py): the store keeps the
-        # challenge and its key as one record.
-        challenge_id = CHALLENGE_PREFIX + (
-            idempotency_slot(idempotency_key) + secrets.token_urlsafe(8)
-            if idempotency_key
-            else secrets.token_urlsafe(16)
-        )
+        # The id begins with the number's tag and, with a key, the key's slot (records.py):
+        # the store finds the number's shard from the id, and keeps the challenge and its key
+        # as one record. Random characters make up the rest (54 bits with a key, else 120).
+        phone = self._pseudonyms.phone(e164)
+        head = challenge_head(phone, idempotency_key)
+        rest = len(CHALLENGE_PREFIX) + CHALLENGE_CHARS - len(head)
+        challenge_id = head + secrets.token_urlsafe(16)[:rest]
         fixed = self._test_numbers
         test_code = fixed.code if fixed is not None and e164 in fixed else None
         code = test_code or _new_code()
@@ -168,7 +169,7 @@ class PhoneOtpVerifier:
             platform=platform,
             challenge_id=challenge_id,
             account_id=account_id,
-            phone=self._pseudonyms.phone(e164),
+            phone=phone,
             client=client,
             code_mac=self._mac.mac(challenge_id, code),
             idempotency_key=idempotency_key,

@@ -15,8 +15,9 @@ Key layout, all under one hash tag per platform so a platform lives in one clust
                                             challenge_of: state sending -> pending ->
                                             consumed, attempts, times, the rest of its id,
                                             a 16-byte digest of its account, pseudonyms,
-                                            MAC), named by its id's first 14 characters: with
-                                            an idempotency key, the key's slot (records.py),
+                                            MAC), named by its id's record name (records.py
+                                            challenge_record: with an idempotency key, the
+                                            key's slot),
                                             so the record is also the key's: one key per
                                             challenge, not two
     <ns>:{<platform>}:p:<phone>             string: the number's P2 state (fails, lock_level,
@@ -111,13 +112,12 @@ from xacthuc.domain.errors import (
 )
 from xacthuc.domain.records import (
     AUDIT_FORMAT_VERSION,
-    CHALLENGE_PREFIX,
-    SLOT_CHARS,
     ChallengeView,
     CodeCheck,
     IdAttempt,
     Limits,
     NewChallenge,
+    challenge_record,
 )
 
 _SCRIPTS = (
@@ -178,18 +178,6 @@ def _lua(name: str) -> str:
             "return { OUTBOX, body() }",
         )
     )
-
-
-_HEAD = len(CHALLENGE_PREFIX) + SLOT_CHARS
-
-
-def _split_id(challenge_id: str) -> tuple[str, str]:
-    """The part of a challenge id its record is named by, and the rest, kept in the record:
-    an id of the service's form ("ch_" + 22) splits after its slot (records.py), so a
-    challenge and its idempotency key are one record; any other id is a name of its own."""
-    if challenge_id.startswith(CHALLENGE_PREFIX) and len(challenge_id) > _HEAD:
-        return challenge_id[:_HEAD], challenge_id[_HEAD:]
-    return challenge_id, ""
 
 
 def _account_digest(head: str, account_id: str) -> str:
@@ -475,7 +463,7 @@ class RedisStore:
         no room for the account on the number), P2 lock, P3 cool-down and budgets, then
         the challenge is created ("sending")."""
         pre = self._prefix(new.platform)
-        head, tail = _split_id(new.challenge_id)
+        head, tail = challenge_record(new.challenge_id)
         keys = [f"{pre}c:{head}", f"{pre}p:{new.phone}", f"{pre}pl", f"{pre}i:{new.client}"]
         params = self._common(new.platform, new.now) | {
             "head": head,
@@ -506,7 +494,7 @@ class RedisStore:
     ) -> tuple[str, dict[str, Any]]:
         """The name of the challenge's record (its id's head) and the parameters naming the
         challenge and its account (confirm_sent, abort_challenge, check_code)."""
-        head, tail = _split_id(challenge_id)
+        head, tail = challenge_record(challenge_id)
         return head, self._common(platform, now) | {
             "challenge_j": _j(challenge_id),
             "tail": tail,

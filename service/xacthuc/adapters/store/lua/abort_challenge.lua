@@ -1,6 +1,6 @@
 -- abort_challenge: the gateway refused the SMS; undo the start as if it never happened.
 --
--- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)   KEYS[2] pl (the platform's send list)
+-- KEYS[1] c:<record name> (records.py challenge_record; P.tail: the rest of the id)   KEYS[2] pl (the platform's send list)
 -- Reply: {"ok"} (also when there is nothing to abort: no such challenge, one no longer
 -- "sending", or one of another account).
 --

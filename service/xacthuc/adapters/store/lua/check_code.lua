@@ -2,7 +2,7 @@
 -- R1 and P8 and their records are PostgreSQL's step (pair.py, xacthuc_issue_phone),
 -- idempotent on the challenge id.
 --
--- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)
+-- KEYS[1] c:<record name> (records.py challenge_record; P.tail: the rest of the id)
 -- Reply: {"ok", phone} on the right code (also on a consumed challenge: the same call
 -- retried, no attempt counted), {"gone"} when there is no such challenge (PostgreSQL may
 -- hold what it issued: a retry after a lost reply), or a refusal.

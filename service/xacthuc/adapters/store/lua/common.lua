@@ -165,8 +165,9 @@ local function unhex(h)
 end
 
 -- The challenge in `key` as a table (nil when there is none, or when `tail` is given and the
--- record holds another challenge of the same slot). A record is named by its id's first 14
--- characters (records.py: the idempotency key's slot), so it keeps the rest, `tail`. Layout:
+-- record holds another challenge of the same slot). A record is named by "ch_" and the id's
+-- characters after its number's tag up to a slot's length (records.py challenge_record: the
+-- idempotency key's slot), so it keeps the rest, `tail` (the tag, then the last 9). Layout:
 -- state (1 byte s/p/c), attempts (1 byte), created, expires_at, resend_not_before (doubles),
 -- tail (a length byte first), the account's digest (ACCOUNT_DIGEST_BYTES), then phone,
 -- phone_j, client (a length byte each; phone_j empty when q() gives it), and the packed MAC to
@@ -198,6 +199,16 @@ local function challenge_of(key, tail)
     phone = phone, phone_j = json_of(phone, f[2]), client = unpack_text(f[3]),
     mac = unpack_text(string.sub(raw, pos)),
   }
+end
+
+-- The id of the challenge kept under the record name `head` with `tail` (records.py
+-- challenge_record, reversed): "ch_", the tag (the tail's first 2), the name's part after
+-- "ch_", the tail's rest; a name with no tail is the whole id.
+local function id_of(head, tail)
+  if tail == "" then
+    return head
+  end
+  return "ch_" .. string.sub(tail, 1, 2) .. string.sub(head, 4) .. string.sub(tail, 3)
 end
 
 -- The challenge `c` (from challenge_of) was started for the caller's account (P.account_digest).

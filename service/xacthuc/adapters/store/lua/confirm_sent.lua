@@ -1,6 +1,6 @@
 -- confirm_sent: the gateway accepted the SMS; a "sending" challenge becomes "pending".
 --
--- KEYS[1] c:<id's first 14 characters> (P.tail: the rest)
+-- KEYS[1] c:<record name> (records.py challenge_record; P.tail: the rest of the id)
 -- Reply: {"ok"} (also when there is nothing to confirm: no such challenge, one no longer
 -- "sending", or one of another account).
 

@@ -8,9 +8,9 @@
 -- KEYS[4] i:<client>
 -- Reply: {"ok"|"replay", challenge id, expires_at, resend_not_before} or a refusal.
 --
--- KEYS[1] is named by the new id's first 14 characters (P.head; the rest is P.tail): with an
--- idempotency key, the key's slot (records.py), so it holds the key's earlier challenge, if
--- any, which the new one replaces.
+-- KEYS[1] is named by the new id's record name (P.head, records.py challenge_record; the rest
+-- of the id is P.tail): with an idempotency key, the key's slot, so it holds the key's earlier
+-- challenge, if any, which the new one replaces.
 
 local ch_key, ph_key, sends_platform, ip_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local L = P.limits
@@ -26,7 +26,7 @@ end
 if P.keyed == "1" then
   local e = challenge_of(ch_key)
   if e then
-    local existing = P.head .. e.tail
+    local existing = id_of(P.head, e.tail)
     if e.expires_at > NOW then
       -- The same request repeats the account and the number.
       if not for_account(e) or e.phone ~= P.phone then
