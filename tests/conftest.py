@@ -4,6 +4,9 @@ never skipped) and a store per backend."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -22,6 +25,18 @@ from xacthuc.adapters.store.pg_audit import GroupAppender
 from xacthuc.adapters.store.postgres import Database, migrate
 from xacthuc.adapters.store.redis import RedisClient
 from xacthuc.adapters.store.redis_cluster import parse_cluster_url
+from xacthuc.domain.b64 import b64url_encode
+from xacthuc.domain.records import (
+    CHALLENGE_CHARS,
+    CHALLENGE_PREFIX,
+    AttestationRecord,
+    ChallengeView,
+    CodeCheck,
+    Limits,
+    NewChallenge,
+    challenge_head,
+    challenge_tag,
+)
 from xacthuc.domain.status_index import permuted_index
 from xacthuc.ports.store import Store
 
@@ -272,6 +287,65 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         url = request.getfixturevalue("redis_url")
         namespace = request.getfixturevalue("redis_namespace")
     backend = pair_store(url, namespace, db)
-    yield backend
+    yield ServiceIds(backend) if request.param == "pair-cluster" else backend
     await backend.aclose()
     await db.aclose()
+
+
+class ServiceIds:
+    """A store whose challenge ids the contract suites name freely ("ch-1"), seen through
+    ids of the service's form carrying their number's tag (records.py): a store sharded by
+    number (the pair on a Redis Cluster) finds a challenge's shard from its id, so it is
+    given only ids the service makes. Each name maps to one id, and back in what the store
+    answers (views, audit records); ids of the service's form pass unchanged."""
+
+    def __init__(self, inner: PairStore) -> None:
+        self.inner = inner
+        self._ids: dict[str, str] = {}
+        self._names: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _id(self, name: str, phone: str = "") -> str:
+        if challenge_tag(name) is not None:
+            return name
+        if name not in self._ids:
+            digest = b64url_encode(hashlib.sha256(name.encode()).digest())
+            head = challenge_head(phone, "")
+            self._ids[name] = head + digest[: len(CHALLENGE_PREFIX) + CHALLENGE_CHARS - len(head)]
+            self._names[self._ids[name]] = name
+        return self._ids[name]
+
+    def _view(self, view: ChallengeView) -> ChallengeView:
+        name = self._names.get(view.challenge_id, view.challenge_id)
+        return dataclasses.replace(view, challenge_id=name)
+
+    async def start_challenge(self, new: NewChallenge, limits: Limits) -> ChallengeView:
+        new = dataclasses.replace(new, challenge_id=self._id(new.challenge_id, new.phone))
+        return self._view(await self.inner.start_challenge(new, limits))
+
+    async def confirm_sent(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self.inner.confirm_sent(platform, self._id(challenge_id), account_id, now)
+
+    async def abort_challenge(
+        self, platform: str, challenge_id: str, account_id: str, now: float
+    ) -> None:
+        await self.inner.abort_challenge(platform, self._id(challenge_id), account_id, now)
+
+    async def check_code(self, check: CodeCheck, limits: Limits) -> AttestationRecord:
+        check = dataclasses.replace(check, challenge_id=self._id(check.challenge_id))
+        return await self.inner.check_code(check, limits)
+
+    async def audit_records(
+        self, platform: str, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        records = await self.inner.audit_records(platform, start, stop)
+        for made, name in self._names.items():
+            records = [
+                r.replace(f'"challenge":"{made}"', f'"challenge":{json.dumps(name)}')
+                for r in records
+            ]
+        return records

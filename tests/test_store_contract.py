@@ -50,11 +50,13 @@ from xacthuc.domain.records import (
     challenge_head,
     challenge_record,
     idempotency_slot,
+    number_tag,
 )
 from xacthuc.ports.store import Store
 
 from .conftest import emptied_database, memory_store, nth_index, pair_store
 
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 NOW = 1_800_000_000.0
 TTL = 300.0
 YEAR = 365 * 86_400.0
@@ -1058,37 +1060,51 @@ async def test_each_redis_step_is_one_round_trip(
     assert expected == seen
 
 
-async def test_redis_keys_share_the_platform_slot_and_all_expire(
+async def test_redis_keys_are_tagged_by_subject_and_all_expire(
     redis_url: str, redis_namespace: str, database: Database
 ) -> None:
-    """All keys carry the {platform} hash tag and all expire: nothing durable is in Redis."""
+    """Every key is `<ns>:<platform>:{<tag>}:<kind>`, tagged by the subject it protects (the
+    number; the key's claim and the address's sends in buckets of 256, by 8 bits of the slot
+    and of SHA-1 of the pseudonym; the platform's budget), and all expire: nothing durable
+    is in Redis (docs/design/redis-cluster.md)."""
     store = pair_store(redis_url, redis_namespace, database)
+    first = cid("ch-1", "k-1")
     await sent(store, new(key="k-1"))
-    await store.check_code(check(cid("ch-1", "k-1"), now=NOW + 1), LIMITS)
+    await store.check_code(check(first, now=NOW + 1), LIMITS)
     await store.aclose()
-    pre = f"{redis_namespace}:{{{PLATFORM}}}:"
+    pre = f"{redis_namespace}:{PLATFORM}:"
     retention_ms = (TTL + LIMITS.challenge_retention_seconds) * 1000
-    # One record for the challenge and its idempotency key, named by the key's slot.
-    slot = challenge_record(cid("ch-1", "k-1"))[0]
-    assert CHALLENGE_PREFIX + idempotency_slot("k-1") == slot
+    # One record for the challenge and its idempotency key, named by the key's slot, under
+    # the number's tag; the key's claim under the slot's.
+    record, _ = challenge_record(first)
+    assert CHALLENGE_PREFIX + idempotency_slot("k-1") == record
+    number = f"{pre}{{n:{number_tag(PHONE)}}}:"
+    slot = idempotency_slot("k-1")
+    claim = f"{pre}{{k:{slot[0]}{B64URL.index(slot[1]) >> 4}}}:k"
+    sends = f"{pre}{{i:{hashlib.sha1(CLIENT.encode()).hexdigest()[:2]}}}:i"  # noqa: S324
 
     async with aioredis.Redis.from_url(redis_url, decode_responses=True) as client:
         keys = [key async for key in client.scan_iter(f"{redis_namespace}:*")]
         ttl = {key: await client.pttl(key) for key in keys}
+        fields = (
+            await client.hlen(claim),
+            await client.hlen(sends),
+            await client.hexists(claim, slot),
+        )
 
     assert {
-        f"{pre}{kind}"
-        for kind in (
-            f"c:{slot}",
-            f"p:{PHONE}",
-            "pl",
-            f"i:{CLIENT}",
-        )
+        f"{number}c:{record}",
+        f"{number}p:{PHONE}",
+        f"{pre}{{pl:{PLATFORM}}}:pl",
+        sends,
+        claim,
     } == set(ttl)
-    assert retention_ms - 60_000 < ttl[f"{pre}c:{slot}"] <= retention_ms
-    assert 0 < ttl[f"{pre}p:{PHONE}"] <= 86_400_000
-    assert 0 < ttl[f"{pre}pl"] <= 3_600_000
-    assert 0 < ttl[f"{pre}i:{CLIENT}"] <= 3_600_000
+    assert (1, 1, True) == fields
+    assert retention_ms - 60_000 < ttl[f"{number}c:{record}"] <= retention_ms
+    assert retention_ms - 60_000 < ttl[claim] <= retention_ms
+    assert 0 < ttl[f"{number}p:{PHONE}"] <= 86_400_000
+    assert 0 < ttl[f"{pre}{{pl:{PLATFORM}}}:pl"] <= 3_600_000
+    assert 0 < ttl[sends] <= 3_600_000
 
 
 async def test_unreachable_redis_is_store_unavailable(database: Database) -> None:

@@ -52,6 +52,7 @@ The namespace and platform must not contain `{` or `}`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -59,7 +60,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -112,12 +113,18 @@ from xacthuc.domain.errors import (
 )
 from xacthuc.domain.records import (
     AUDIT_FORMAT_VERSION,
+    CHALLENGE_PREFIX,
+    SLOT_CHARS,
+    TAG_CHARS,
     ChallengeView,
     CodeCheck,
     IdAttempt,
     Limits,
     NewChallenge,
+    audit_record,
     challenge_record,
+    challenge_tag,
+    number_tag,
 )
 
 _SCRIPTS = (
@@ -165,15 +172,29 @@ _REFUSALS: dict[str, type[XacthucError]] = {
 
 @cache
 def _lua(name: str) -> str:
-    """The prelude shared by all scripts, then the operation's own body, run as a function
-    so that the script answers {records, reply} (its outbox, then its reply) whichever
-    `return` of the body answered."""
+    """The prelude shared by all scripts and the steps (steps.lua), then the operation's own
+    body (`lua/<name>.lua`), run as a function so that the script answers {records, reply}
+    (its outbox, then its reply) whichever `return` of the body answered."""
+    folder = resources.files("xacthuc.adapters.store") / "lua"
+    return _with_prelude((folder / f"{name}.lua").read_text("utf-8"))
+
+
+@cache
+def _step_lua(step: str, keys: int) -> str:
+    """A script of one step of steps.lua over its `keys` keys (one subject: one slot): what a
+    Redis Cluster runs where one server runs an operation's whole script."""
+    args = ", ".join(f"KEYS[{i}]" for i in range(1, keys + 1))
+    return _with_prelude(f"return {step}({args})")
+
+
+def _with_prelude(body: str) -> str:
     folder = resources.files("xacthuc.adapters.store") / "lua"
     return "\n".join(
         (
             (folder / "common.lua").read_text("utf-8"),
+            (folder / "steps.lua").read_text("utf-8"),
             "local function body()",
-            (folder / f"{name}.lua").read_text("utf-8"),
+            body,
             "end",
             "return { OUTBOX, body() }",
         )
@@ -230,6 +251,13 @@ def _j(value: str) -> str:
 
 
 _NO_RETRY = Retry(NoBackoff(), 0)
+
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+# A challenge keeps the first 128 bits of its code's MAC (HMAC-SHA256, hex), and a check
+# compares as many (issue 11: one size class less per challenge in Redis): forging one still
+# takes the MAC key.
+_MAC_CHARS = 32
 
 
 class _NoRetryPool:
@@ -365,6 +393,21 @@ class AuditSink(Protocol):
         ...
 
 
+async def eval_script(
+    script: LuaScript, client: Any, keys: Sequence[str], params: dict[str, Any], audit: AuditSink
+) -> tuple[list[str], list[str]]:
+    """One EVALSHA of a prelude script: its records (its outbox) and its reply. A lost
+    connection is StoreUnavailable; while `audit` is known to be down the script is not
+    sent: a state change whose records could not be stored must not happen."""
+    await audit.ready()
+    try:
+        reply = await script.run(client, keys, [_encode_params(params)])
+    except _UNAVAILABLE as e:
+        raise StoreUnavailable() from e
+    records, reply = reply[0], (reply[1] if len(reply) > 1 else [])
+    return [_text(r) for r in records], [_text(part) for part in reply]
+
+
 async def run_script(
     script: LuaScript,
     client: Any,
@@ -372,19 +415,12 @@ async def run_script(
     params: dict[str, Any],
     audit: AuditSink,
 ) -> list[str]:
-    """One EVALSHA of a prelude script; a lost connection is StoreUnavailable. The records
-    the script wrote (its outbox) are stored in `audit` before this returns (a refusal too
-    is audited), and while `audit` is known to be down the script is not sent: a state
-    change whose records could not be stored must not happen."""
-    await audit.ready()
-    try:
-        reply = await script.run(client, keys, [_encode_params(params)])
-    except _UNAVAILABLE as e:
-        raise StoreUnavailable() from e
-    records, reply = reply[0], (reply[1] if len(reply) > 1 else [])
+    """`eval_script`, the records stored in `audit` before this returns (a refusal too is
+    audited)."""
+    records, reply = await eval_script(script, client, keys, params, audit)
     if records:
-        await audit.append(params["platform"], [_text(r) for r in records])
-    return [_text(part) for part in reply]
+        await audit.append(params["platform"], records)
+    return reply
 
 
 class RedisStore:
@@ -417,6 +453,7 @@ class RedisStore:
         self._namespace = namespace
         self._once = without_retries(self._redis)
         self._scripts = {name: LuaScript(_lua(name)) for name in _SCRIPTS}
+        self._steps: dict[str, LuaScript] = {}  # a cluster's: a script per step
 
     @property
     def client(self) -> RedisClient:
@@ -436,7 +473,37 @@ class RedisStore:
         return isinstance(self._redis, RedisCluster)
 
     def _prefix(self, platform: str) -> str:
-        return f"{self._namespace}:{{{platform}}}:"
+        return f"{self._namespace}:{platform}:"
+
+    def _number(self, platform: str, phone: str) -> str:
+        """The prefix of a number's keys: its tag (records.py number_tag)."""
+        return f"{self._prefix(platform)}{{n:{number_tag(phone)}}}:"
+
+    def _challenge_key(self, platform: str, challenge_id: str) -> tuple[str, str, str]:
+        """The key of a challenge's record, the record's name and the rest of the id (common.lua
+        challenge_key): under the tag the id carries; an id not of the service's form under
+        the tag its own text hashes to (one server only: such an id names no number)."""
+        head, tail = challenge_record(challenge_id)
+        tag = challenge_tag(challenge_id) or number_tag(challenge_id)
+        return f"{self._prefix(platform)}{{n:{tag}}}:c:{head}", head, tail
+
+    def _claim_key(self, platform: str, challenge_id: str) -> tuple[str, str]:
+        """The bucket of the idempotency claims an id of the service's form would be in, and
+        its field, the key's slot (steps.lua: 256 buckets by the slot's first 8 bits);
+        ("", "") for other ids."""
+        if challenge_tag(challenge_id) is None:
+            return "", ""
+        slot = challenge_id[len(CHALLENGE_PREFIX) + TAG_CHARS :][:SLOT_CHARS]
+        bucket = f"{slot[0]}{_B64URL.index(slot[1]) >> 4}"
+        return f"{self._prefix(platform)}{{k:{bucket}}}:k", slot
+
+    def _platform_key(self, platform: str) -> str:
+        return f"{self._prefix(platform)}{{pl:{platform}}}:pl"
+
+    def _ip_key(self, platform: str, client: str) -> str:
+        """The bucket of an address's sends (steps.lua reserve_ip, common.lua ip_key)."""
+        bucket = hashlib.sha1(client.encode()).hexdigest()[:2]  # noqa: S324  (a bucket, not a MAC)
+        return f"{self._prefix(platform)}{{i:{bucket}}}:i"
 
     def _common(self, platform: str, now: float) -> dict[str, Any]:
         """The parameters every script reads."""
@@ -447,6 +514,10 @@ class RedisStore:
             "platform_j": _j(platform),
             "platform": platform,
             "audit_version": str(AUDIT_FORMAT_VERSION),
+            # What a step releases (steps.lua): a send time, its address, a claim's challenge.
+            "release": "",
+            "release_client": "",
+            "release_id": "",
         }
 
     async def _run(self, name: str, keys: Sequence[str], params: dict[str, Any]) -> list[str]:
@@ -456,18 +527,52 @@ class RedisStore:
             raise _refusal(reply[1], reply[2], reply[3])
         return reply
 
+    async def _step(
+        self, step: str, keys: Sequence[str], params: dict[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """One step of steps.lua as a script of its own (a cluster: its keys are one
+        subject's, one slot): its records, not yet stored, and its reply."""
+        script = self._steps.get(step)
+        if script is None:
+            script = self._steps[step] = LuaScript(_step_lua(step, len(keys)))
+        return await eval_script(script, self._once, keys, params, self._audit)
+
+    async def _steps_together(
+        self, *calls: tuple[str, Sequence[str], dict[str, Any]]
+    ) -> list[tuple[list[str], list[str]]]:
+        """Steps of different subjects sent at once (one round trip of latency); their
+        records in the order of `calls`. The first failure is raised once all have ended."""
+        done = await asyncio.gather(*(self._step(*c) for c in calls), return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return cast(list[tuple[list[str], list[str]]], done)
+
+    async def _store(self, platform: str, records: list[str]) -> None:
+        if records:
+            await self._audit.append(platform, records)
+
     async def start_challenge(
         self, new: NewChallenge, limits: Limits, *, linked: bool, full: bool
     ) -> ChallengeView:
         """Idempotency, R1 and P8 (PostgreSQL's facts: `linked`, a linked child; `full`,
         no room for the account on the number), P2 lock, P3 cool-down and budgets, then
         the challenge is created ("sending")."""
-        pre = self._prefix(new.platform)
-        head, tail = challenge_record(new.challenge_id)
-        keys = [f"{pre}c:{head}", f"{pre}p:{new.phone}", f"{pre}pl", f"{pre}i:{new.client}"]
+        ch_key, head, tail = self._challenge_key(new.platform, new.challenge_id)
+        keys = [
+            ch_key,
+            f"{self._number(new.platform, new.phone)}p:{new.phone}",
+            self._platform_key(new.platform),
+            self._ip_key(new.platform, new.client),
+        ]
+        claim, slot = self._claim_key(new.platform, new.challenge_id)
+        if new.idempotency_key:
+            keys.append(claim)
         params = self._common(new.platform, new.now) | {
             "head": head,
             "tail": tail,
+            "tag": challenge_tag(new.challenge_id) or "",
+            "slot": slot,
             "keyed": "1" if new.idempotency_key else "",
             "limits": _limits_json(limits),
             "challenge_id": new.challenge_id,
@@ -478,24 +583,118 @@ class RedisStore:
             "phone_j": _j(new.phone),
             "client": new.client,
             "client_j": _j(new.client),
-            "code_mac": new.code_mac,
+            "code_mac": new.code_mac[:_MAC_CHARS],
             "expires_at": _time(new.expires_at),
             "facts": {"linked": _flag(linked), "full": _flag(full)},
         }
-        status, challenge_id, expires_at, resend_not_before = await self._run(
-            "start_challenge", keys, params
-        )
+        if self.clustered:
+            reply = await self._start_by_steps(new, keys, params)
+        else:
+            reply = await self._run("start_challenge", keys, params)
+        status, challenge_id, expires_at, resend_not_before = reply[:4]
         return ChallengeView(
             challenge_id, float(expires_at), float(resend_not_before), status == "replay"
+        )
+
+    async def _start_by_steps(
+        self, new: NewChallenge, keys: list[str], params: dict[str, Any]
+    ) -> list[str]:
+        """start_challenge.lua's sequence on a cluster, a script per subject: the key's claim,
+        the number's step, then the platform's and the address's budgets together (undone
+        together when one refuses). Records are stored in the order of the steps, before
+        this returns or raises."""
+        ch_key, ph_key, pl_key, ip_key = keys[:4]
+        claim = keys[4] if new.idempotency_key else ""
+        records: list[str] = []
+        try:
+            own, earlier = False, ""
+            if claim:
+                recs, r = await self._step("claim_start", [claim], params)
+                records += recs
+                if r[0] == "err":
+                    raise _refusal(r[1], r[2], r[3])
+                own, earlier = r[0] == "free", (r[1] if r[0] == "free" else "")
+            recs, n = await self._step("start_number", [ch_key, ph_key], params)
+            records += recs
+            if n[0] == "replay":
+                return n
+            abandoned_at, abandoned_client, abandoned_id = n[4], n[5], n[6]
+            if abandoned_at:  # a challenge abandoned by its start, undone: its entries go
+                release = params | {"release": abandoned_at, "release_client": abandoned_client}
+                await self._steps_together(
+                    ("release_platform", [pl_key], release),
+                    ("release_ip", [self._ip_key(new.platform, abandoned_client)], release),
+                )
+            # Whichever challenge the claim names, if the start is refused, goes with it.
+            unclaim = params | {"release_id": new.challenge_id if own else abandoned_id}
+            if n[0] == "err":
+                if claim and unclaim["release_id"]:
+                    await self._step("claim_release", [claim], unclaim)
+                raise _refusal(n[1], n[2], n[3])
+            budgets = await asyncio.gather(
+                self._step("reserve_platform", [pl_key], params),
+                self._step("reserve_ip", [ip_key], params),
+                return_exceptions=True,
+            )
+            refused = next(
+                (b[1] for b in budgets if not isinstance(b, BaseException) and b[1][0] == "err"),
+                None,
+            )
+            failed = next((b for b in budgets if isinstance(b, BaseException)), None)
+            if refused is not None or failed is not None:
+                records.pop()  # the start's record: it is refused (or unknown) after all
+                release = params | {"release": params["now"], "release_client": new.client}
+                undo: list[tuple[str, Sequence[str], dict[str, Any]]] = [
+                    ("unstart_number", [ch_key], params)
+                ]
+                for key, kind, b in zip((pl_key, ip_key), ("platform", "ip"), budgets, strict=True):
+                    if not isinstance(b, BaseException) and b[1][0] == "ok":
+                        undo.append((f"release_{kind}", [key], release))
+                if claim and unclaim["release_id"]:
+                    undo.append(("claim_release", [claim], unclaim))
+                await self._steps_together(*undo)
+                if failed is not None:
+                    raise failed
+                assert refused is not None
+                records.append(self._start_refused(new, refused[1]))
+                raise _refusal(refused[1], refused[2], refused[3])
+            after: list[tuple[str, Sequence[str], dict[str, Any]]] = []
+            if claim and not own:
+                after.append(("claim_set", [claim], params))  # the claimed one was replaced
+            if earlier:  # the key's expired challenge, of another number: replaced
+                earlier_key = self._challenge_key(new.platform, earlier)[0]
+                if earlier_key != ch_key:
+                    after.append(("drop_record", [earlier_key], params))
+            if after:
+                await self._steps_together(*after)
+            return n
+        finally:
+            await self._store(new.platform, records)
+
+    def _start_refused(self, new: NewChallenge, reason: str) -> str:
+        """The record of a start refused by a budget step (steps.lua start_refused's)."""
+        return audit_record(
+            seq=0,
+            now=new.now,
+            platform=new.platform,
+            account=new.account_id,
+            event="verification_started",
+            outcome="refused",
+            reason=reason,
+            phone=new.phone,
+            client=new.client,
+            method="phone_otp",
         )
 
     def _challenge_params(
         self, platform: str, challenge_id: str, account_id: str, now: float
     ) -> tuple[str, dict[str, Any]]:
-        """The name of the challenge's record (its id's head) and the parameters naming the
-        challenge and its account (confirm_sent, abort_challenge, check_code)."""
-        head, tail = challenge_record(challenge_id)
-        return head, self._common(platform, now) | {
+        """The key of the challenge's record and the parameters naming the challenge and its
+        account (confirm_sent, abort_challenge, check_code)."""
+        ch_key, head, tail = self._challenge_key(platform, challenge_id)
+        return ch_key, self._common(platform, now) | {
+            "challenge_id": challenge_id,
+            "slot": self._claim_key(platform, challenge_id)[1],
             "challenge_j": _j(challenge_id),
             "tail": tail,
             "account_j": _j(account_id),
@@ -505,39 +704,58 @@ class RedisStore:
     async def confirm_sent(
         self, platform: str, challenge_id: str, account_id: str, now: float
     ) -> None:
-        pre = self._prefix(platform)
-        head, params = self._challenge_params(platform, challenge_id, account_id, now)
-        await self._run("confirm_sent", [f"{pre}c:{head}"], params)
+        ch_key, params = self._challenge_params(platform, challenge_id, account_id, now)
+        await self._run("confirm_sent", [ch_key], params)
 
     async def abort_challenge(
         self, platform: str, challenge_id: str, account_id: str, now: float
     ) -> None:
-        pre = self._prefix(platform)
-        head, params = self._challenge_params(platform, challenge_id, account_id, now)
-        await self._run("abort_challenge", [f"{pre}c:{head}", f"{pre}pl"], params)
+        ch_key, params = self._challenge_params(platform, challenge_id, account_id, now)
+        claim = self._claim_key(platform, challenge_id)[0]
+        if not self.clustered:
+            await self._run(
+                "abort_challenge", [ch_key, self._platform_key(platform), claim], params
+            )
+            return
+        # abort_challenge.lua's sequence: the number's step, then the releases together.
+        records, r = await self._step("abort_number", [ch_key], params)
+        try:
+            if len(r) > 1:
+                release = params | {
+                    "release": r[1],
+                    "release_client": r[2],
+                    "release_id": challenge_id,
+                }
+                calls: list[tuple[str, Sequence[str], dict[str, Any]]] = [
+                    ("release_platform", [self._platform_key(platform)], release),
+                    ("release_ip", [self._ip_key(platform, r[2])], release),
+                ]
+                if claim:
+                    calls.append(("claim_release", [claim], release))
+                await self._steps_together(*calls)
+        finally:
+            await self._store(platform, records)
 
     async def check_code(self, check: CodeCheck, limits: Limits) -> str | None:
         """Count the attempt, compare in constant time, P2; the right code consumes the
         challenge (and again on a consumed one: the same call retried, no attempt counted).
         Returns the number's pseudonym on the right code, None when the challenge is gone
         (PostgreSQL may know what it issued); raises the refusal otherwise."""
-        pre = self._prefix(check.platform)
-        head, params = self._challenge_params(
+        ch_key, params = self._challenge_params(
             check.platform, check.challenge_id, check.account_id, check.now
         )
-        params |= {"limits": _limits_json(limits), "candidates": list(check.candidates)}
-        reply = await self._run("check_code", [f"{pre}c:{head}"], params)
+        params |= {
+            "limits": _limits_json(limits),
+            "candidates": [c[:_MAC_CHARS] for c in check.candidates],
+        }
+        reply = await self._run("check_code", [ch_key], params)
         return reply[1] if reply[0] == "ok" else None
 
     def _id_keys(self, attempt: IdAttempt) -> list[str]:
         """The account's and the number's failure state and hourly windows."""
         pre = self._prefix(attempt.platform)
-        return [
-            f"{pre}idg:acct:{attempt.account_id}",
-            f"{pre}idatt:acct:{attempt.account_id}",
-            f"{pre}idg:id:{attempt.subject}",
-            f"{pre}idatt:id:{attempt.subject}",
-        ]
+        account, number = f"{pre}{{a:{attempt.account_id}}}:", f"{pre}{{id:{attempt.subject}}}:"
+        return [f"{account}idg", f"{account}idatt", f"{number}idg", f"{number}idatt"]
 
     def _id_params(self, attempt: IdAttempt, limits: Limits) -> dict[str, Any]:
         return self._common(attempt.platform, attempt.now) | {
@@ -550,6 +768,8 @@ class RedisStore:
             "purpose": attempt.purpose,
             "purpose_j": _j(attempt.purpose),
             "id_type_j": _j(attempt.id_type),
+            "account_full": "",
+            "scope": "",
         }
 
     async def begin_id_check(
@@ -560,13 +780,46 @@ class RedisStore:
         params = self._id_params(attempt, limits) | {
             "facts": {"linked": _flag(linked), "active": _flag(active), "managed": _flag(managed)}
         }
-        await self._run("begin_id_check", self._id_keys(attempt), params)
+        keys = self._id_keys(attempt)
+        if not self.clustered:
+            await self._run("begin_id_check", keys, params)
+            return
+        # begin_id_check.lua's sequence: the account's step, then the number's.
+        records, a = await self._step("id_begin_account", keys[:2], params)
+        try:
+            if a[0] == "err":
+                raise _refusal(a[1], a[2], a[3])
+            recs, b = await self._step("id_begin_number", keys[2:], params | {"account_full": a[2]})
+            records += recs
+            if b[0] == "err":
+                if a[1] == "1":
+                    await self._step("id_release", keys[1:2], params)
+                raise _refusal(b[1], b[2], b[3])
+        finally:
+            await self._store(attempt.platform, records)
 
     async def finish_id_check(self, attempt: IdAttempt, answer: str, limits: Limits) -> None:
         """The registry's answer: failures counted (lock-outs) or reset, the windows
         refunded as the contract says; returns on a match, raises the refusal otherwise."""
         params = self._id_params(attempt, limits) | {"answer": answer}
-        await self._run("finish_id_check", self._id_keys(attempt), params)
+        keys = self._id_keys(attempt)
+        if not self.clustered:
+            await self._run("finish_id_check", keys, params)
+            return
+        # finish_id_check.lua's two steps, together; the account's records first.
+        (ra, a), (rb, b) = await self._steps_together(
+            ("id_finish", keys[:2], params | {"scope": "account"}),
+            ("id_finish", keys[2:], params | {"scope": "personal_id"}),
+        )
+        await self._store(attempt.platform, ra + rb)
+        if answer == "unavailable":
+            raise _refusal(RegistryUnavailable.reason, "", "")
+        if answer == "match":
+            return
+        for scope, r in (("account", a), ("personal_id", b)):
+            if r[0] == "locked":
+                raise _refusal(IdAttemptsExceeded.reason, r[1], scope)
+        raise _refusal(PersonalIdNotMatched.reason, "", "")
 
     async def ping(self) -> None:
         """Redis answers; on a cluster, every primary answers and each one sees the

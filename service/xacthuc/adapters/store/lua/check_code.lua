@@ -7,9 +7,9 @@
 -- retried, no attempt counted), {"gone"} when there is no such challenge (PostgreSQL may
 -- hold what it issued: a retry after a lost reply), or a refusal.
 --
--- The phone's key (p:<phone>) is named by stored state the caller cannot know, so it is built
--- here from PREFIX; it carries the same {platform} hash tag as KEYS, so it lives in the same
--- slot.
+-- The number's state is named by stored state the caller cannot know, so it is built here
+-- (number_prefix); it carries the number's tag, as the challenge's record does (the id
+-- carries it), so the two live in one slot.
 
 local ch_key = KEYS[1]
 local L = P.limits
@@ -46,7 +46,7 @@ local attempts = c.attempts
 if attempts >= L.otp_max_attempts then
   return refuse("OTP_ATTEMPTS_EXCEEDED", c.phone_j)
 end
-local ph_key = PREFIX .. "p:" .. c.phone
+local ph_key = number_prefix(c.phone) .. "p:" .. c.phone
 local ph = phone_of(ph_key)
 local fails, level, locked_until = ph.fails, ph.level, ph.locked_until
 if locked_until > NOW then

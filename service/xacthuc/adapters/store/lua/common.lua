@@ -13,7 +13,7 @@
 
 local P = cjson.decode(ARGV[1])
 local NOW = tonumber(P.now)
-local PREFIX = P.prefix -- "<namespace>:{<platform>}:", the hash tag shared by every key
+local PREFIX = P.prefix -- "<namespace>:<platform>:"; each key's hash tag follows (redis.py)
 local DAY = 86400
 
 local function fmt(x)
@@ -354,38 +354,64 @@ local function list_trim(key, through)
   end
 end
 
--- Undo the start of the "sending" challenge in `ch_key` (JSON text of its id `id_j`, its table
--- `c` from challenge_of, JSON text of its account `account_j`) as if it never happened: the
--- challenge (and so its idempotency key, the same record), its budget entries and the
--- cooldown; audit `event` ("code_send_failed":
--- the gateway refused it; "code_send_abandoned": its start died before confirming the send).
--- The keys named by the challenge are built from PREFIX and the stored pseudonyms; they carry
--- the platform's hash tag, so they live in the caller's slot.
+-- ---- keys by subject (redis.py names the same keys; docs/design/redis-cluster.md) --------
+-- Every key is PREFIX .. "{<tag>}:<kind>...", tagged by the subject it protects: a number's
+-- challenges and state share its tag, so each step below touches one cluster slot.
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+-- records.py number_tag: 12 bits of SHA-1 of the pseudonym, 2 base64url characters.
+local function number_tag(phone)
+  local h = tonumber(string.sub(redis.sha1hex("xacthuc number tag\31" .. phone), 1, 3), 16)
+  local a, b = math.floor(h / 64) + 1, h % 64 + 1
+  return string.sub(B64, a, a) .. string.sub(B64, b, b)
+end
+
+local function number_prefix(phone)
+  return PREFIX .. "{n:" .. number_tag(phone) .. "}:"
+end
+
+-- The bucket of an address's sends (steps.lua reserve_ip): 8 bits of SHA-1 of its pseudonym.
+local function ip_key(client)
+  return PREFIX .. "{i:" .. string.sub(redis.sha1hex(client), 1, 2) .. "}:i"
+end
+
+-- records.py challenge_record and redis.py _challenge_key: an id of the service's form lives
+-- under its tag, named "ch_" + the 11 characters after the tag; any other id under the tag
+-- its own text hashes to, named by itself.
+local function challenge_key(id)
+  if #id == 25 and string.sub(id, 1, 3) == "ch_" and not string.find(id, "[^A-Za-z0-9_-]", 4) then
+    return PREFIX .. "{n:" .. string.sub(id, 4, 5) .. "}:c:ch_" .. string.sub(id, 6, 16)
+  end
+  return PREFIX .. "{n:" .. number_tag(id) .. "}:c:" .. id
+end
+
+-- Take the "sending" challenge in `ch_key` (its table `c` from challenge_of) back from its
+-- number, as if it never started: the challenge (and so its record's idempotency key) goes,
+-- its send leaves the number's log and the cooldown runs from the latest send left (none: no
+-- cooldown). Its platform and address entries are other subjects' (release_platform,
+-- release_ip: the caller's next step). With `event`, audited ("code_send_failed": the gateway
+-- refused it; "code_send_abandoned": its start died before confirming the send); without, a
+-- start refused by a later budget step is undone silently (its refusal is the record).
 local function unsend(ch_key, id_j, c, account_j, event)
   redis.call("DEL", ch_key)
-  redis.call("LREM", PREFIX .. "pl", -1, struct.pack(">d", c.created))
-  local ip_key = PREFIX .. "i:" .. c.client
-  local ip = redis.call("GET", ip_key)
-  if ip then
-    local rest = without(times_of(ip), c.created)
-    if #rest > 0 then
-      redis.call("SET", ip_key, times_bytes(rest), "KEEPTTL")
-    else
-      redis.call("DEL", ip_key)
-    end
-  end
-  -- The cooldown runs from the latest send that is left (none: no cooldown).
-  local ph_key = PREFIX .. "p:" .. c.phone
+  local ph_key = number_prefix(c.phone) .. "p:" .. c.phone
   local ph = phone_of(ph_key)
   ph.sends = without(ph.sends, c.created)
   ph.last_send = -math.huge
   for _, t in ipairs(ph.sends) do
     ph.last_send = math.max(ph.last_send, t)
   end
-  put_phone(ph_key, ph, #ph.sends == 0)
-  audit({
-    account = account_j, event = q(event), outcome = q("failed"),
-    reason = (event == "code_send_failed") and q("SMS_DELIVERY_FAILED") or '""',
-    challenge = id_j, phone = c.phone_j,
-  })
+  if #ph.sends == 0 and ph.locked_until == 0 and ph.fails == 0 and ph.level == 0 then
+    redis.call("DEL", ph_key)
+  else
+    put_phone(ph_key, ph, #ph.sends == 0)
+  end
+  if event then
+    audit({
+      account = account_j, event = q(event), outcome = q("failed"),
+      reason = (event == "code_send_failed") and q("SMS_DELIVERY_FAILED") or '""',
+      challenge = id_j, phone = c.phone_j,
+    })
+  end
 end
