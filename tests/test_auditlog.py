@@ -93,6 +93,7 @@ async def append(store: Store, n: int, platform: str = P, event: str = "code_sen
 
 def audit_database(store: Store) -> Database | None:
     """The database holding the store's audit log (the pair store), if any."""
+    store = getattr(store, "inner", store)  # conftest.ServiceIds: the pair on a cluster
     if isinstance(store, PairStore):
         return store.database
     return None

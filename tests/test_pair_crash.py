@@ -298,7 +298,7 @@ async def test_a_process_killed_between_the_two_steps_leaves_a_retryable_confirm
         await asyncio.wait_for(child.wait(), 10)
     # Redis says consumed; PostgreSQL has nothing. The same call retried completes, once.
     client = pair.client
-    assert await client.exists(f"{redis_namespace}:{{{PLATFORM}}}:c:ch-1")
+    assert await client.exists(pair.redis_half._challenge_key(PLATFORM, "ch-1")[0])
     assert None is await pair.get_attestation(PLATFORM, "acc-1")
     retried: AttestationRecord = await pair.check_code(check(now=NOW + 40), LIMITS)
     assert attestation(now=NOW + 40) == retried

@@ -106,4 +106,4 @@ async def test_a_script_runs_once_on_a_retrying_client(
         await store.start_challenge(new("ch-2", phone=phone_n(2)), LIMITS)
         await client.aclose()
     async with aioredis.Redis.from_url(redis_url) as direct:
-        assert 2 == await direct.llen(f"{redis_namespace}:{{{PLATFORM}}}:pl")
+        assert 2 == await direct.llen(f"{redis_namespace}:{PLATFORM}:{{pl:{PLATFORM}}}:pl")
