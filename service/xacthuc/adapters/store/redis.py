@@ -1,51 +1,56 @@
 """The Redis half of the pair store (issue 10, `pair.py`): the ephemeral state only.
 
-Each operation is one Lua script, one round trip, one atomic step. The scripts in `lua/` keep
-what may be lost at the price of a user asking for a new code: challenges in flight (which
-also hold their idempotency keys), send budgets and cool-downs (P3), failure counters and
-lock-outs (P2, P5). Everything durable (attestations, revocations, the status list, P8
-counts, guardian links, locks, the audit log) is PostgreSQL's (`pair.py`): the scripts take
-its facts as parameters (`P.facts`) and hand their audit records back (`P.outbox`), which
-the `audit` sink stores before the call answers. This module names the keys, encodes the
-parameters and turns the scripts' replies into results or exceptions.
+On one Redis server each operation is one Lua script, one round trip, one atomic step; on a
+Redis Cluster its steps (`lua/steps.lua`, each over one subject's keys, so one slot) are
+scripts of their own, sent in the operation's order (docs/design/redis-cluster.md). The
+scripts keep what may be lost at the price of a user asking for a new code: challenges in
+flight (which also hold their idempotency keys), send budgets and cool-downs (P3), failure
+counters and lock-outs (P2, P5). Everything durable (attestations, revocations, the status
+list, P8 counts, guardian links, locks, the audit log) is PostgreSQL's (`pair.py`): the
+scripts take its facts as parameters (`P.facts`) and hand their audit records back
+(`P.outbox`), which the `audit` sink stores before the call answers. This module names the
+keys, encodes the parameters, runs the steps on a cluster and turns the replies into
+results or exceptions.
 
-Key layout, all under one hash tag per platform so a platform lives in one cluster slot:
+Key layout: tagged by the subject each key protects, so one platform spreads over every
+master of a cluster and every step's keys share a slot:
 
-    <ns>:{<platform>}:c:<id head>           string: the challenge, packed (common.lua,
-                                            challenge_of: state sending -> pending ->
-                                            consumed, attempts, times, the rest of its id,
-                                            a 16-byte digest of its account, pseudonyms,
-                                            MAC), named by its id's record name (records.py
-                                            challenge_record: with an idempotency key, the
-                                            key's slot),
-                                            so the record is also the key's: one key per
-                                            challenge, not two
-    <ns>:{<platform>}:p:<phone>             string: the number's P2 state (fails, lock_level,
-                                            locked_until), last_send and its send times of
-                                            the last day (P3), packed (phone_of)
-    <ns>:{<platform>}:i:<client>            string: the send times of the client-IP bucket's
-                                            last hour, packed
-    <ns>:{<platform>}:pl                    list: the platform's send times of the last hour,
-                                            oldest first, one packed double each
-    <ns>:{<platform>}:idg:acct:<account>    hash: the account's ID-check failures and
-    <ns>:{<platform>}:idg:id:<number>       lock-out, and the number's (P5)
-    <ns>:{<platform>}:idatt:acct:<account>  zset: the account's ID-check attempts of the
-    <ns>:{<platform>}:idatt:id:<number>     hour, and the number's
+    <ns>:<pl>:{n:<tag>}:c:<record name>  string: the challenge, packed (common.lua,
+                                         challenge_of: state sending -> pending -> consumed,
+                                         attempts, times, the rest of its id, a 16-byte
+                                         digest of its account, pseudonyms, 128 bits of its
+                                         code's MAC), under its number's tag (the id's
+                                         characters 4-5), named by records.py
+                                         challenge_record (with an idempotency key, the
+                                         key's slot: the record is also the key's)
+    <ns>:<pl>:{n:<tag>}:p:<phone>        string: the number's P2 state (fails, lock_level,
+                                         locked_until), last_send and its send times of the
+                                         last day (P3), packed (phone_of)
+    <ns>:<pl>:{k:<bucket>}:k             hash, one of 256: field an idempotency key's slot,
+                                         value the challenge it claims (expiry, id)
+    <ns>:<pl>:{i:<bucket>}:i             hash, one of 256: field an address's pseudonym
+                                         (packed), value its send times of the hour
+    <ns>:<pl>:{pl:<pl>}:pl               list: the platform's send times of the last hour,
+                                         oldest first, one packed double each
+    <ns>:<pl>:{a:<account>}:idg|idatt    hash: the account's ID-check failures and lock-out
+                                         (P5); zset: its ID-check attempts of the hour
+    <ns>:<pl>:{id:<number>}:idg|idatt    the same for a personal ID number
 
-Challenges and idempotency keys expire `challenge_retention_seconds` after the challenge
-does, send windows after their window, phone state a day after its last activity or lock.
+Challenges and claims expire `challenge_retention_seconds` after the challenge does, send
+windows after their window, phone state a day after its last activity or lock.
 
-Memory (issue 11): a pending challenge costs three small keys and one list entry, about 650
-bytes whatever the account id's length (up to 128 characters); Redis spends ~150 bytes on a key
-whatever its value, so values are packed (times as 8-byte doubles, hex pseudonyms and MACs as
-bytes) and nothing is stored twice. The challenge keeps its account as a digest
-(`_account_digest`), not in full: every call naming a challenge (check_code, confirm_sent,
-abort_challenge) passes the account id, which the audit records take from the call. The
-challenge value is 124 bytes, which with its string header fills jemalloc's 128-byte class:
-one byte more costs 32. `benchmarks/run.py` prints the bytes per pending challenge (worst case:
-128-character account ids); tests/test_redis_memory.py holds the bound. The send logs keep
-times only, not challenge ids: undoing a send removes one entry of its time, which leaves the
-same counts.
+Memory (issue 11): a pending challenge costs two small keys (c:, p:), a field in a claim
+bucket, a field in an address bucket and one list entry: 602 bytes at 2,000 starts, 553 at
+20,000, whatever the account id's length (up to 128 characters); Redis spends ~200 bytes on
+a key whatever its value and ~40 on a field of a small hash, so claims and address logs are
+fields, values are packed (times as 8-byte doubles, hex pseudonyms and MACs as bytes) and
+nothing is stored twice. The challenge keeps its account as a digest (`_account_digest`),
+not in full: every call naming a challenge (check_code, confirm_sent, abort_challenge) passes
+the account id, which the audit records take from the call. The challenge value is 108 bytes,
+which with its string header fills jemalloc's 112-byte class. `benchmarks/run.py` prints the
+bytes per pending challenge (worst case: 128-character account ids);
+tests/test_redis_memory.py holds the bound. The send logs keep times only, not challenge
+ids: undoing a send removes one entry of its time, which leaves the same counts.
 Expiry only reclaims memory: every rule is decided from the caller's `now`, as in memory.
 The namespace and platform must not contain `{` or `}`.
 """

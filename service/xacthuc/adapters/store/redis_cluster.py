@@ -30,7 +30,8 @@ The client (`cluster_client`) is redis-py's `RedisCluster`:
 Scripts on a cluster: `LuaScript.run` sends EVALSHA to the primary of the first key's slot;
 a node that does not know the script (a fresh, restarted or promoted node) answers
 NOSCRIPT, and the script is loaded on that node and sent again. Every script's keys must
-hash to one slot (the hash tag; docs/design/redis-cluster.md).
+hash to one slot: keys are tagged by subject and an operation runs as a script per step
+(redis.py, lua/steps.lua; docs/design/redis-cluster.md).
 """
 
 from __future__ import annotations

@@ -103,10 +103,11 @@ local function mac_matches(stored, candidates)
 end
 
 -- ---- compact challenge state (issue 11: bytes per pending challenge) ------------------
--- A pending challenge costs three small keys (c:, p:, i:) and one entry of the platform's
--- send list; each value is packed: times as 8-byte doubles (struct ">d", the caller's exact
--- doubles), hex pseudonyms and MACs as raw bytes. Redis spends ~150 bytes on a key whatever
--- its value, so every field is as short as it can be and nothing is stored twice.
+-- A pending challenge costs two small keys (c:, p:), a field of a claim bucket and of an
+-- address bucket (steps.lua) and one entry of the platform's send list; each value is
+-- packed: times as 8-byte doubles (struct ">d", the caller's exact doubles), hex pseudonyms
+-- and MACs as raw bytes. Redis spends ~200 bytes on a key whatever its value, so every field
+-- is as short as it can be and nothing is stored twice.
 
 -- Hex text (optionally after "ph_" or "ip_") packs to its bytes behind a tag byte; any other
 -- text is kept behind tag 0, so every string round-trips exactly.
