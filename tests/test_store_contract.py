@@ -43,6 +43,7 @@ from xacthuc.domain.records import (
     AttestationRecord,
     ChallengeView,
     CodeCheck,
+    IdAttempt,
     Limits,
     NewChallenge,
     PendingAttestation,
@@ -1058,6 +1059,49 @@ async def test_each_redis_step_is_one_round_trip(
 
     expected = [["EVALSHA"]] * 6 + [[], [], ["PING"]]
     assert expected == seen
+
+
+async def test_each_id_check_step_is_one_round_trip_on_one_server(
+    redis_url: str, redis_namespace: str, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one Redis server the personal-ID steps, each of several subjects (the account's and
+    the number's windows), are one script each: one EVALSHA (on a cluster, a script per
+    subject: test_redis_cluster.py)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = pair_store(redis_url, redis_namespace, database, client=client)
+    commands: list[str] = []
+    connection_class = client.connection_pool.connection_class
+    send: Callable[..., Awaitable[None]] = connection_class.send_command
+
+    async def counted(self: object, *args: object, **options: object) -> None:
+        if str(args[0]).upper() not in ("HELLO", "CLIENT", "SELECT"):
+            commands.append(str(args[0]))
+        await send(self, *args, **options)
+
+    monkeypatch.setattr(connection_class, "send_command", counted)
+    pending = PendingAttestation(
+        token_id="tok-id", issued_at=NOW, expires_at=NOW + YEAR, method="personal_id"
+    )
+    seen: list[list[str]] = []
+    try:
+        for n in range(2):  # the first pass may have to load the scripts
+            attempt = IdAttempt(
+                platform=PLATFORM, attempt_id=f"at-{n}", account_id="acc-1",
+                subject="id_" + "d" * 32, client=CLIENT, purpose="no_vietnamese_mobile",
+                now=NOW + n,
+            )  # fmt: skip
+            seen.clear()
+            for operation in (
+                lambda a=attempt: store.begin_id_check(a, LIMITS),
+                lambda a=attempt: store.finish_id_check(a, "no_match", pending, LIMITS),
+            ):
+                commands.clear()
+                with contextlib.suppress(XacthucError):
+                    await operation()
+                seen.append(list(commands))
+    finally:
+        await client.aclose()
+    assert [["EVALSHA"], ["EVALSHA"]] == seen
 
 
 async def test_redis_keys_are_tagged_by_subject_and_all_expire(

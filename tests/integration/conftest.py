@@ -106,6 +106,7 @@ ON_CLUSTER = frozenset(
         "tests.integration.test_phone_verification",
         "tests.integration.test_guardian",
         "tests.integration.test_locks",
+        "tests.integration.test_personal_id",
     }
 )
 
