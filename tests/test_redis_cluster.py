@@ -38,7 +38,12 @@ from xacthuc.adapters.store.redis_cluster import (
     parse_cluster_url,
 )
 from xacthuc.domain.b64 import b64url_encode
-from xacthuc.domain.errors import SendLimitExceeded, StoreUnavailable, XacthucError
+from xacthuc.domain.errors import (
+    SendLimitExceeded,
+    StartInProgress,
+    StoreUnavailable,
+    XacthucError,
+)
 from xacthuc.domain.records import (
     CHALLENGE_CHARS,
     CHALLENGE_PREFIX,
@@ -633,3 +638,30 @@ async def test_concurrent_starts_never_exceed_a_small_platform_budget(
         assert direct.exists(
             f"{redis_cluster_namespace}:{PLATFORM}:{{n:{tag}}}:p:{phone_n(100)}"
         ) in (0, 1)
+
+
+async def test_concurrent_starts_with_one_key_create_one_challenge(
+    redis_cluster_url: str, redis_cluster_namespace: str, database: Database
+) -> None:
+    """Five starts at once with one idempotency key (the same request retried): the key's
+    claim is atomic, so one challenge is created and the others are START_IN_PROGRESS, also
+    those whose number's step runs before the first's (the claim is younger than the send
+    lease); once its code is sent, a retry replays it."""
+    store = pair_store(redis_cluster_url, redis_cluster_namespace, database)
+    phone = phone_n(7)
+    limits = Limits(resend_cooldown_seconds=0)
+
+    async def start(i: int) -> str:
+        try:
+            view = await store.start_challenge(new(f"r{i}", phone=phone, key="k-race"), limits)
+        except StartInProgress:
+            return "in progress"
+        return view.challenge_id
+
+    outcomes = await asyncio.gather(*(start(i) for i in range(5)))
+    created = [o for o in outcomes if o != "in progress"]
+    assert (1, 4) == (len(created), outcomes.count("in progress"))
+    await store.confirm_sent(PLATFORM, created[0], "acc-1", NOW)
+    replay = await store.start_challenge(new("r9", now=NOW + 1, phone=phone, key="k-race"), limits)
+    assert (created[0], True) == (replay.challenge_id, replay.replayed)
+    await store.aclose()

@@ -519,10 +519,6 @@ class RedisStore:
             "platform_j": _j(platform),
             "platform": platform,
             "audit_version": str(AUDIT_FORMAT_VERSION),
-            # What a step releases (steps.lua): a send time, its address, a claim's challenge.
-            "release": "",
-            "release_client": "",
-            "release_id": "",
         }
 
     async def _run(self, name: str, keys: Sequence[str], params: dict[str, Any]) -> list[str]:
@@ -591,6 +587,7 @@ class RedisStore:
             "code_mac": new.code_mac[:_MAC_CHARS],
             "expires_at": _time(new.expires_at),
             "facts": {"linked": _flag(linked), "full": _flag(full)},
+            "claimed_at": "",
         }
         if self.clustered:
             reply = await self._start_by_steps(new, keys, params)
@@ -619,6 +616,8 @@ class RedisStore:
                 if r[0] == "err":
                     raise _refusal(r[1], r[2], r[3])
                 own, earlier = r[0] == "free", (r[1] if r[0] == "free" else "")
+                if r[0] == "claimed":
+                    params = params | {"claimed_at": r[2]}
             recs, n = await self._step("start_number", [ch_key, ph_key], params)
             records += recs
             if n[0] == "replay":
@@ -773,8 +772,6 @@ class RedisStore:
             "purpose": attempt.purpose,
             "purpose_j": _j(attempt.purpose),
             "id_type_j": _j(attempt.id_type),
-            "account_full": "",
-            "scope": "",
         }
 
     async def begin_id_check(

@@ -17,6 +17,7 @@ if P.keyed == "1" then
     return c
   end
   own_claim, earlier = c[1] == "free", (c[1] == "free") and c[2] or ""
+  P.claimed_at = (c[1] == "claimed") and c[3] or ""
 end
 
 local n = start_number(ch_key, ph_key)

@@ -20,21 +20,22 @@ end
 -- ---- the idempotency key's claim: which challenge the key started -----------------------
 -- Claims are fields of 256 buckets ({k:<b>}:k, hashes named by the slot's first 8 bits,
 -- redis.py _claim_key), not keys: a key costs Redis ~200 bytes, a field of a small hash ~40
--- (issue 11's bound per pending challenge). Field: the key's slot (P.slot). Value: the
--- challenge's expires_at (a double), then its id's characters after "ch_" and the slot's
--- (its number's tag, then the random ones). While the challenge has not expired, the key
--- answers for it. A bucket lives as long as its latest claim; an expired claim is dropped
+-- (issue 11's bound per pending challenge). Field: the key's slot (P.slot). Value: when the
+-- claim was made and the challenge's expires_at (doubles), then its id's characters after
+-- "ch_" and the slot's (its number's tag, then the random ones). While the challenge has not
+-- expired, the key answers for it. A bucket lives as long as its latest claim; an expired claim is dropped
 -- when its key claims again, or when its bucket is swept (every 16th new field).
 
 local function claim_id(raw)
-  local rest = string.sub(raw, 9)
+  local rest = string.sub(raw, 17)
   return "ch_" .. string.sub(rest, 1, 2) .. P.slot .. string.sub(rest, 3)
 end
 
 local function put_claim(k_key)
   local expires_at = tonumber(P.expires_at)
   local id = P.challenge_id
-  local value = struct.pack(">d", expires_at) .. string.sub(id, 4, 5) .. string.sub(id, 6 + #P.slot)
+  local value = struct.pack(">dd", NOW, expires_at) .. string.sub(id, 4, 5)
+    .. string.sub(id, 6 + #P.slot)
   local added = redis.call("HSET", k_key, P.slot, value)
   local keep = ms_until(expires_at + L.challenge_retention_seconds)
   if redis.call("PTTL", k_key) < keep then
@@ -43,7 +44,7 @@ local function put_claim(k_key)
   if added == 1 and redis.call("HLEN", k_key) % 16 == 0 then
     local all = redis.call("HGETALL", k_key)
     for i = 1, #all, 2 do
-      if struct.unpack(">d", all[i + 1]) + L.challenge_retention_seconds <= NOW then
+      if select(2, struct.unpack(">dd", all[i + 1])) + L.challenge_retention_seconds <= NOW then
         redis.call("HDEL", k_key, all[i])
       end
     end
@@ -51,19 +52,21 @@ local function put_claim(k_key)
 end
 
 -- The key's claim, for P.challenge_id unless the key already names an unexpired challenge:
--- {"free", the earlier (expired) challenge's id or ""}, {"claimed", its id} when that
--- challenge is of the same number's tag (the number's step decides: replay, in progress,
--- abandoned, or another account), or IDEMPOTENCY_KEY_REUSED when it is of another number.
+-- {"free", the earlier (expired) challenge's id or ""}, {"claimed", its id, when it was
+-- claimed} when that challenge is of the same number's tag (the number's step decides:
+-- replay, in progress, abandoned, or another account), or IDEMPOTENCY_KEY_REUSED when it is
+-- of another number.
 local function claim_start(k_key)
   local raw = redis.call("HGET", k_key, P.slot)
   local earlier = ""
   if raw then
     earlier = claim_id(raw)
-    if struct.unpack(">d", raw) > NOW then
+    local claimed_at, expires_at = struct.unpack(">dd", raw)
+    if expires_at > NOW then
       if string.sub(earlier, 4, 5) ~= P.tag then
         return start_refused("IDEMPOTENCY_KEY_REUSED")
       end
-      return { "claimed", earlier }
+      return { "claimed", earlier, fmt(claimed_at) }
     end
   end
   put_claim(k_key)
@@ -90,7 +93,8 @@ end
 -- A start's step on its number (KEYS: the challenge's record, the number's state). With a key
 -- (P.keyed), the record holds the key's earlier challenge if any: a sent one is replayed, one
 -- still "sending" is START_IN_PROGRESS within the send lease, and abandoned after it (undone,
--- audited). Then R1, P2 lock, P8 room (PostgreSQL's facts), P3 cooldown and the number's
+-- audited); none while the key's claim is younger than the send lease (P.claimed_at: a
+-- concurrent start with the key claimed it and is on its way) is START_IN_PROGRESS too. Then R1, P2 lock, P8 room (PostgreSQL's facts), P3 cooldown and the number's
 -- budgets; the challenge is created ("sending") and the send counted. Reply: {"replay", id,
 -- expires_at, resend_not_before}, {"ok", id, expires_at, resend_not_before, abandoned} or a
 -- refusal followed by abandoned; abandoned is {created, client, id} of a challenge undone
@@ -119,6 +123,10 @@ local function start_number(ch_key, ph_key)
       -- Its start died before confirming the send: forget it, start afresh.
       unsend(ch_key, q(existing), e, P.account_j, "code_send_abandoned")
       gone = { fmt(e.created), e.client, existing }
+    elseif P.claimed_at ~= "" and NOW < tonumber(P.claimed_at) + L.send_lease_seconds then
+      -- Claimed by a start whose step on the number has not run yet (a cluster runs the two
+      -- apart): it is in progress.
+      return refuse("START_IN_PROGRESS", "1")
     end
   end
   if P.facts.linked == "1" then -- R1: a linked child verifies through the guardian
