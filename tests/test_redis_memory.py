@@ -16,12 +16,14 @@ from redis_memory import measure, private_redis  # benchmarks/ is no package: on
 
 from xacthuc.server.request_bounds import ACCOUNT_ID
 
-# Issue 11's bound for the challenge state of one pending challenge (three small keys and a
-# list entry), worst case: 128-character account ids (the challenge keeps a 16-byte digest of
-# its account, so the id's length does not count). Measured 651-654 bytes at 2,000-20,000
-# starts, short or longest ids (Redis 7.0, jemalloc; the figure moves with the hash tables'
-# growth steps); 1,555-1,625 before issue 11, 777-782 with 128-character ids kept in full.
-# It is all a pending challenge keeps in Redis: its audit records go to PostgreSQL.
+# Issue 11's bound for the challenge state of one pending challenge (two small keys, a field
+# of a claim bucket and of an address bucket, a list entry: redis.py), worst case:
+# 128-character account ids (the challenge keeps a 16-byte digest of its account, so the id's
+# length does not count). Measured 612 bytes at 2,000 starts, 560 at 20,000, with the layout by
+# subject (Redis 7.0, jemalloc; the figure moves with the hash tables' growth steps); 651-654
+# with the platform's hash tag, 830 with a key per idempotency claim, 1,555-1,625 before issue
+# 11, 777-782 with 128-character ids kept in full. It is all a pending challenge keeps in
+# Redis: its audit records go to PostgreSQL.
 BOUND = 700
 STARTS = 2_000
 

@@ -40,7 +40,7 @@ Challenges and claims expire `challenge_retention_seconds` after the challenge d
 windows after their window, phone state a day after its last activity or lock.
 
 Memory (issue 11): a pending challenge costs two small keys (c:, p:), a field in a claim
-bucket, a field in an address bucket and one list entry: 602 bytes at 2,000 starts, 553 at
+bucket, a field in an address bucket and one list entry: 612 bytes at 2,000 starts, 560 at
 20,000, whatever the account id's length (up to 128 characters); Redis spends ~200 bytes on
 a key whatever its value and ~40 on a field of a small hash, so claims and address logs are
 fields, values are packed (times as 8-byte doubles, hex pseudonyms and MACs as bytes) and
