@@ -12,11 +12,8 @@ Two ways of counting commands, because `INFO commandstats` alone cannot tell rou
   run inside a script as `lua`, each listed right after the call that ran it. Filtered to
   the xacthuc server's own connections it gives exact round trips, and the work each does
   inside Redis, whatever else is going on. MONITOR slows Redis down, so it is only used
-  in an untimed check. The server also works in the background: the checkpointer of
-  `auditlog.py` reads new audit records to hash them and stores signed checkpoints, off the
-  request path. Commands whose (first) key is a `...:audit` list or `...:checkpoints` are
-  counted apart as that background work: the request paths of the RPCs measured here
-  touch those keys only from inside their scripts, whose first key is the challenge.
+  in an untimed check. The server's only background command to Redis is its health probe's
+  PING, counted apart (the audit log and its checkpoints are PostgreSQL's).
 
 The server's connections are recognised by name: the store URL carries `client_name=`.
 """
@@ -39,8 +36,6 @@ SCRIPT_CALLS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "
 SCRIPT_CALL_NAMES = frozenset(name.upper() for name in SCRIPT_CALLS)
 # Sent once per connection, not per RPC.
 HANDSHAKE = frozenset({"HELLO", "CLIENT", "SELECT", "AUTH"})
-# Keys the server's background checkpointer works on (see the module docstring).
-BACKGROUND_KEYS = (":audit", ":checkpoints")
 # Commands sent by the server's health probe (a PING every probe interval, whatever the
 # load): background work, not per call. (The state cache's feed listens on PostgreSQL now.)
 BACKGROUND_COMMANDS = frozenset({"PING"})
@@ -78,7 +73,7 @@ class RoundTrips:
 
     calls: int = 0
     sent: Counter[str] = field(default_factory=Counter)  # command name -> count (round trips)
-    background: Counter[str] = field(default_factory=Counter)  # the checkpointer's, off the RPCs
+    background: Counter[str] = field(default_factory=Counter)  # the health probe's, off the RPCs
     in_scripts: Counter[str] = field(default_factory=Counter)  # command name -> count, inside Lua
 
     def per_call(self) -> float:
@@ -101,7 +96,7 @@ class RoundTrips:
             reads = ", ".join(
                 f"{k} {v / self.calls:.3f}" for k, v in sorted(self.background.items())
             )
-            text += f"; not counted, background work (audit log, cache feed) per call: {reads}"
+            text += f"; not counted, background work (health probe) per call: {reads}"
         return text
 
 
@@ -174,7 +169,7 @@ class RedisProbe:
         server = await self._server_addresses()
         result = RoundTrips(calls)
         current = ""  # the connection whose script call the following `lua` lines belong to
-        for client, name, key in seen:
+        for client, name, _key in seen:
             if client == "lua":
                 if current in server:
                     result.in_scripts[name] += 1
@@ -182,7 +177,7 @@ class RedisProbe:
             current = client
             if client not in server or name in HANDSHAKE:
                 continue
-            if key.endswith(BACKGROUND_KEYS) or name in BACKGROUND_COMMANDS:
+            if name in BACKGROUND_COMMANDS:
                 result.background[name] += 1
             else:
                 result.sent[name] += 1

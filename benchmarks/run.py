@@ -76,8 +76,8 @@ calls (EVALSHA, EVAL, ...) per RPC: the round trips, as the store makes one scri
 operation. Those counters are server-wide, so any other client of the same Redis inflates
 them (the report warns when one is connected). After the timed phases, an untimed check
 runs a thousand of each RPC under MONITOR and counts, exactly, the commands sent by the
-xacthuc server's own connections, and those its scripts ran (see `redis_probe.py`); the
-server's background work on its audit log (the checkpointer) is shown apart.
+xacthuc server's own connections, and those its scripts ran (see `redis_probe.py`; the
+health probe's PINGs are shown apart: the audit log and its checkpointer are PostgreSQL's).
 
 Redis memory (issue 11), last: `redis_memory.py` on a private redis-server of its own (free
 port, nothing else connected, so `INFO memory` is exact): `--memory-starts` starts through
@@ -914,7 +914,7 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         "",
         f"vs_echo:  rps / echo rps, echo being the better of its two runs ({bench.yardstick().name}).",
         "redis_rt: Redis commands per call sent by the xacthuc server's own connections, counted "
-        "exactly under MONITOR (untimed check; the background checkpointer's commands not counted).",
+        "exactly under MONITOR (untimed check).",
         "evalsha:  script calls (EVALSHA/EVAL) per call during the timed phase, from INFO "
         "commandstats (server-wide: other clients count too).",
         "srv_ms:   CPU time of the server process(es) per call, in ms: the portable figure.",
