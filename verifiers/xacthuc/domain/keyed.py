@@ -41,7 +41,10 @@ class Pseudonymizer:
 
     def client_ip(self, ip: str) -> str:
         """Pseudonym of the send-budget bucket of an address: the address for IPv4, its /64 for IPv6."""
-        addr = ipaddress.ip_address(ip)
+        return self.client_address(ipaddress.ip_address(ip))
+
+    def client_address(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        """`client_ip` of an address already parsed (the flows parse it once, to check it)."""
         if isinstance(addr, ipaddress.IPv6Address):
             if addr.ipv4_mapped is not None:
                 addr = addr.ipv4_mapped

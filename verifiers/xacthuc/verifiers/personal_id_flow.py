@@ -67,7 +67,7 @@ from xacthuc.ports.registry import (
     clean_name,
 )
 from xacthuc.ports.store import Store
-from xacthuc.verifiers.phone_otp import check_account_id, check_client_ip, counting_refusals
+from xacthuc.verifiers.phone_otp import check_account_id, counting_refusals, parse_client_ip
 from xacthuc.verifiers.shielded import shielded
 
 METHOD = "personal_id"
@@ -159,7 +159,7 @@ class PersonalIdVerifier:
         now = self._clock.now()
         attempt_id = "ia_" + secrets.token_urlsafe(12)
         try:
-            client = self._pseudonyms.client_ip(check_client_ip(client_ip))
+            client = self._pseudonyms.client_address(parse_client_ip(client_ip))
             if purpose is None:
                 raise FieldInvalid(
                     "purpose", "must be NO_VIETNAMESE_MOBILE or COMMERCIAL_LIVESTREAM"
@@ -237,7 +237,7 @@ class PersonalIdVerifier:
         leaves no pseudonym, so no refused input of any shape puts a subject in the log."""
         extra: dict[str, str] = {"attempt": attempt_id}
         with contextlib.suppress(XacthucError):
-            extra["client"] = self._pseudonyms.client_ip(check_client_ip(client_ip))
+            extra["client"] = self._pseudonyms.client_address(parse_client_ip(client_ip))
         if purpose is not None:
             extra["purpose"] = purpose.value
         if id_type is not None:

@@ -70,7 +70,13 @@ def check_account_id(value: str, field: str = "account_id") -> str:
 
 
 def check_client_ip(value: str) -> str:
-    """The canonical text of one IPv4 or IPv6 address, surrounding whitespace trimmed.
+    """The canonical text of one IPv4 or IPv6 address, surrounding whitespace trimmed
+    (`parse_client_ip`'s address as text)."""
+    return str(parse_client_ip(value))
+
+
+def parse_client_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """One IPv4 or IPv6 address, surrounding whitespace trimmed.
 
     Refused (FIELD_INVALID, the value never echoed): anything longer than the longest IPv6
     literal, checked before parsing so no size of input costs more than that; a zone id
@@ -83,7 +89,7 @@ def check_client_ip(value: str) -> str:
             " without a zone id",
         )
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        return ipaddress.ip_address(value.strip())
     except ValueError:
         raise FieldInvalid("client_ip", "must be an IPv4 or IPv6 address") from None
 
@@ -148,7 +154,7 @@ class PhoneOtpVerifier:
         check_account_id(account_id)  # unaudited, as in every flow: no account to name
         try:
             e164 = normalize_vn_mobile(phone_number)
-            client = self._pseudonyms.client_ip(check_client_ip(client_ip))
+            client = self._pseudonyms.client_address(parse_client_ip(client_ip))
             if idempotency_key and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
                 raise FieldInvalid("idempotency_key", "must be 1-128 printable ASCII characters")
         except XacthucError as e:
@@ -194,7 +200,7 @@ class PhoneOtpVerifier:
         someone's number is still personal data. The client's pseudonym when its IP is valid."""
         extra: dict[str, str] = {"method": "phone_otp"}
         with contextlib.suppress(XacthucError):
-            extra["client"] = self._pseudonyms.client_ip(check_client_ip(client_ip))
+            extra["client"] = self._pseudonyms.client_address(parse_client_ip(client_ip))
         await self._store.append_audit(
             platform,
             self._clock.now(),
