@@ -112,13 +112,32 @@ _CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
 class PrometheusFlowMetrics:
+    """The label children of each (platform, outcome) are looked up once and kept (`labels()`
+    takes a lock and hashes its arguments on every call): a start or an ID check reports one
+    outcome per call. Both label sets are bounded (see above)."""
+
+    def __init__(self) -> None:
+        self._sms: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._registry: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
     def sms_send(self, platform: str, outcome: str, seconds: float) -> None:
-        SMS_SENDS.labels(platform, outcome).inc()
-        SMS_SECONDS.labels(platform, outcome).observe(seconds)
+        key = (platform, outcome)
+        series = self._sms.get(key)
+        if series is None:
+            series = self._sms[key] = (SMS_SENDS.labels(*key), SMS_SECONDS.labels(*key))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def registry_call(self, platform: str, outcome: str, seconds: float) -> None:
-        REGISTRY_CALLS.labels(platform, outcome).inc()
-        REGISTRY_SECONDS.labels(platform, outcome).observe(seconds)
+        key = (platform, outcome)
+        series = self._registry.get(key)
+        if series is None:
+            series = self._registry[key] = (
+                REGISTRY_CALLS.labels(*key),
+                REGISTRY_SECONDS.labels(*key),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def refused(self, platform: str, reason: str) -> None:
         REFUSALS.labels(platform, reason).inc()
