@@ -7,12 +7,13 @@ import hmac
 from xacthuc.adapters.store.memory_state import (
     _WINDOWS,
     MemoryBase,
+    _add_in_window,
     _Challenge,
+    _in_window,
     _issued,
     _linked_child,
     _Phone,
     _Platform,
-    _recent,
 )
 from xacthuc.domain.errors import (
     ChallengeAccountMismatch,
@@ -94,9 +95,9 @@ class PhoneOps(MemoryBase):
             p.idempotency[new.idempotency_key] = new.challenge_id
         phone.last_send = now
         entry = (now, new.challenge_id)
-        phone.sends = [*_recent(phone.sends, now, _WINDOWS["phone_day"]), entry]
-        p.platform_sends = [*_recent(p.platform_sends, now, _WINDOWS["platform_hour"]), entry]
-        p.client_sends[new.client] = [*_recent(p.client_sends[new.client], now, 3600), entry]
+        _add_in_window(phone.sends, entry, now, _WINDOWS["phone_day"])
+        _add_in_window(p.platform_sends, entry, now, _WINDOWS["platform_hour"])
+        _add_in_window(p.client_sends[new.client], entry, now, _WINDOWS["client_ip_hour"])
         self._audit(
             p,
             new.platform,
@@ -131,11 +132,10 @@ class PhoneOps(MemoryBase):
         )
         for scope, entries, limit in budgets:
             window = _WINDOWS[scope]
-            recent = _recent(entries, now, window)
-            if len(recent) >= limit:
-                # The budget frees up when the limit-th latest send leaves the window. Sorted by
-                # time: the wall clock can step back, so append order is not time order.
-                oldest = sorted(t for t, _ in recent)[-limit]
+            if _in_window(entries, now, window) >= limit:
+                # The budget frees up when the limit-th latest send leaves the window (the
+                # lists are kept in time order: `_add_in_window`).
+                oldest = entries[-limit][0]
                 raise SendLimitExceeded(
                     f"send limit reached ({scope})",
                     metadata={"scope": scope},

@@ -8,6 +8,7 @@ store contract; the pair store (`pair.py`) mirrors it.
 
 from __future__ import annotations
 
+import bisect
 import json
 import secrets
 from collections import defaultdict
@@ -145,6 +146,25 @@ def _issued(p: _Platform, issued_by: str, account_id: str) -> AttestationRecord 
 
 def _recent(entries: list[tuple[float, str]], now: float, window: float) -> list[tuple[float, str]]:
     return [e for e in entries if e[0] > now - window]
+
+
+def _time(entry: tuple[float, str]) -> float:
+    return entry[0]
+
+
+def _in_window(entries: list[tuple[float, str]], now: float, window: float) -> int:
+    """How many entries of a time-sorted list lie in the window (time > now - window); they
+    are its last ones. A search, not a pass: a platform's hourly list holds up to its limit."""
+    return len(entries) - bisect.bisect_right(entries, now - window, key=_time)
+
+
+def _add_in_window(
+    entries: list[tuple[float, str]], entry: tuple[float, str], now: float, window: float
+) -> None:
+    """Drop a time-sorted list's entries that left the window and put `entry` in its place
+    by time (the wall clock can step back: append order is not time order)."""
+    del entries[: bisect.bisect_right(entries, now - window, key=_time)]
+    bisect.insort_right(entries, entry, key=_time)
 
 
 class MemoryBase:
