@@ -148,13 +148,16 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             client_ip=request.client_ip,
             idempotency_key=request.idempotency_key,
         )
-        return verification_pb2.StartPhoneVerificationResponse(
-            challenge_id=started.view.challenge_id,
-            expires_at=timestamp(started.view.expires_at),
-            resend_not_before=timestamp(started.view.resend_not_before),
+        view = started.view
+        response = verification_pb2.StartPhoneVerificationResponse(
+            challenge_id=view.challenge_id,
             masked_phone_number=started.masked_phone,
-            replayed=started.view.replayed,
+            replayed=view.replayed,
         )
+        # Set in place, as `timestamp` would make them (no Timestamp built and copied in).
+        response.expires_at.FromNanoseconds(int(view.expires_at * 1_000_000_000))
+        response.resend_not_before.FromNanoseconds(int(view.resend_not_before * 1_000_000_000))
+        return response
 
     @rpc(Role.PLATFORM)
     async def ConfirmPhoneVerification(
