@@ -62,6 +62,8 @@ MAX_RETRY_AFTER_SECONDS = 5.0
 # A reply body is read (and dropped) up to this size so its connection can be reused; a longer
 # one is left unread and its connection closed instead.
 MAX_DRAINED_BODY_BYTES = 64 * 1024
+# aiohttp's per-request timeout when the attempt is bounded by `asyncio.timeout` (`_post`).
+_UNBOUNDED = aiohttp.ClientTimeout()
 
 
 class HttpSmsSender:
@@ -168,14 +170,18 @@ class HttpSmsSender:
         body: dict[str, str],
         headers: dict[str, str],
     ) -> tuple[int, str | None]:
-        """One attempt, bounded by `timeout` as a whole: (status, Retry-After header)."""
+        """One attempt, bounded by `timeout` as a whole: (status, Retry-After header).
+
+        The one bound is `asyncio.timeout`'s; aiohttp's own per-request timer is switched
+        off (`_UNBOUNDED`: it would be a second timer armed and cancelled per send, bounding
+        the same span)."""
         async with (
             asyncio.timeout(self._timeout),
             session.post(
                 self._url,
                 json=body,
                 headers=headers,
-                timeout=self._client_timeout,
+                timeout=_UNBOUNDED,
                 allow_redirects=False,
                 raise_for_status=False,  # even when an injected session says otherwise
             ) as response,
