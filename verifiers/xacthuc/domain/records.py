@@ -295,6 +295,10 @@ def split_audit_record(record: str) -> tuple[str, str]:
     return head + ',"seq":', rest[digits:]
 
 
+# json.dumps(..., sort_keys=True, separators=(",", ":")) without an encoder built per record.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def audit_record(
     *,
     seq: int,
@@ -318,4 +322,4 @@ def audit_record(
         "reason": reason,
     }
     record.update({k: v for k, v in extra.items() if v != ""})
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(record)

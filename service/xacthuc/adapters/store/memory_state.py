@@ -96,6 +96,8 @@ class _Platform:
         default_factory=dict
     )  # -> (record, phone)
     audit: list[str] = field(default_factory=list)
+    # (len(audit), the "time" of its last record): not parsed back out of the record.
+    audit_time: tuple[int, str] = (0, "")
     # Guardian links (P6): every link, the active one of each child, the children of each
     # guardian pseudonym with an active link, and the aging-out index (child -> 16th birthday).
     links: dict[str, _Link] = field(default_factory=dict)
@@ -207,10 +209,16 @@ class MemoryBase:
         # step that read the clock before another was appended, another replica's clock);
         # RFC 3339 UTC with milliseconds compares as text. PostgreSQL's append mirrors it.
         time = rfc3339(now)
-        last = json.loads(p.audit[-1])["time"] if p.audit else time
+        if not p.audit:
+            last = time
+        elif p.audit_time[0] == len(p.audit):
+            last = p.audit_time[1]
+        else:  # the list was changed behind `_audit`'s back (tests tamper with it)
+            last = json.loads(p.audit[-1])["time"]
         if last > time:
             record = record.replace(f'"time":"{time}"', f'"time":"{last}"', 1)
         p.audit.append(record)
+        p.audit_time = (len(p.audit), max(last, time))
 
     def _attest(
         self, p: _Platform, record: AttestationRecord, subject: str, issued_by: str = ""
