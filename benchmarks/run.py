@@ -148,6 +148,7 @@ VERIFY_ID = "VerifyPersonalId"
 ECHO_AGAIN = "Echo (again, at the end)"
 RAW_CONFIRM = "ConfirmPhoneVerification (raw stub)"
 CEILING = "Ceiling: EVALSHA + Ed25519 sign"
+CEILING_DURABLE = "Ceiling, durable: EVALSHA + group-committed INSERT + sign"
 # Goals as ratios to echo rps in the same run, one worker (issue 11; meant with the durability
 # of issue 10 on, --database-url), and issue 10's own floor with durability on.
 GOALS = {
@@ -301,6 +302,9 @@ class Benchmark:
         # The bare handler doing what a confirm must (servers.py `ceiling`): Redis store only.
         self.ceiling: Child | None = None
         self.ceiling_calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = []
+        # The same with a group-committed PostgreSQL row per call (with --database-url).
+        self.ceiling_durable: Child | None = None
+        self.ceiling_durable_calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = []
         self.server = Child("xacthuc server", [])  # argv set once the gateway URL is known
         self.channels: list[grpc.aio.Channel] = []
         self.echo_calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = []
@@ -353,10 +357,16 @@ class Benchmark:
         if self.args.store == "redis":
             self.ceiling = Child("ceiling server", ["ceiling", self.args.redis_url])
             stack.push_async_callback(self.ceiling.stop)
+            if self.database_url:
+                self.ceiling_durable = Child(
+                    "durable ceiling server", ["ceiling", self.args.redis_url, self.database_url]
+                )
+                stack.push_async_callback(self.ceiling_durable.stop)
         await asyncio.gather(
             self.echo.start(),
             self.server.start(),
             *([self.ceiling.start()] if self.ceiling else []),
+            *([self.ceiling_durable.start()] if self.ceiling_durable else []),
         )
 
         for _ in range(self.channel_count):
@@ -368,6 +378,11 @@ class Benchmark:
                 stack.push_async_callback(ceiling_channel.close)
                 self.ceiling_calls.append(ceiling_channel.unary_unary(ECHO_METHOD))
                 self.channels.append(ceiling_channel)
+            if self.ceiling_durable is not None:
+                durable_channel = self._channel(self.ceiling_durable.port)
+                stack.push_async_callback(durable_channel.close)
+                self.ceiling_durable_calls.append(durable_channel.unary_unary(ECHO_METHOD))
+                self.channels.append(durable_channel)
             # The SDK's own retry policy (gRPC's, from the channel's service config), as
             # AsyncClient.connect sets it up.
             channel = self._channel(self.server.port, channel_options(retries=2))
@@ -499,6 +514,11 @@ class Benchmark:
 
     async def op_ceiling(self, worker: int) -> None:
         await self.ceiling_calls[worker // WORKERS_PER_CHANNEL](ECHO_PAYLOAD, timeout=CALL_TIMEOUT)
+
+    async def op_ceiling_durable(self, worker: int) -> None:
+        await self.ceiling_durable_calls[worker // WORKERS_PER_CHANNEL](
+            ECHO_PAYLOAD, timeout=CALL_TIMEOUT
+        )
 
     async def op_jwks(self, worker: int) -> None:
         await self._client(worker).get_jwks()
@@ -695,6 +715,11 @@ class Benchmark:
         for name, op, server in (
             (ECHO, self.op_echo, self.echo),
             *([(CEILING, self.op_ceiling, self.ceiling)] if self.ceiling else []),
+            *(
+                [(CEILING_DURABLE, self.op_ceiling_durable, self.ceiling_durable)]
+                if self.ceiling_durable
+                else []
+            ),
             (JWKS, self.op_jwks, self.server),
             (START, self.op_start, self.server),
         ):
@@ -998,6 +1023,12 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
             if ratio_of(CEILING)
             else ""
         )
+    if CEILING_DURABLE in bench.rows and ratio_of(CEILING_DURABLE):
+        goal += (
+            "; durable ceiling (EVALSHA + group-committed INSERT + sign)"
+            f" {ratio_of(CEILING_DURABLE):.1%} of echo, confirm at"
+            f" {ratio_of(CONFIRM) / ratio_of(CEILING_DURABLE):.0%} of it"
+        )
     confirm = bench.rows[CONFIRM]
     if confirm.round_trips is not None:
         rt = confirm.round_trips.per_call()
@@ -1040,7 +1071,7 @@ def render(bench: Benchmark) -> tuple[str, dict[str, Any]]:
         },
         "rpcs": {},
     }
-    for name in (START, CONFIRM, JWKS, AUTHORIZE, VERIFY_ID, CEILING):
+    for name in (START, CONFIRM, JWKS, AUTHORIZE, VERIFY_ID, CEILING, CEILING_DURABLE):
         if name not in bench.rows:
             continue
         row = bench.rows[name]

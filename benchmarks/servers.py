@@ -2,7 +2,7 @@
 
     python benchmarks/servers.py echo
     python benchmarks/servers.py xacthuc CONFIG_JSON
-    python benchmarks/servers.py ceiling REDIS_URL
+    python benchmarks/servers.py ceiling REDIS_URL [DATABASE_URL]
 
 `echo` is a bare grpc.aio server with one generic unary method, `/bench.Echo/Echo`, that
 returns the request bytes unchanged: no protobuf, no auth, no store. It is the ceiling a
@@ -12,8 +12,11 @@ Python grpc.aio service can reach on this machine, the yardstick for the xacthuc
 one EVALSHA through redis-py (a small script writing one key with an expiry) and one Ed25519
 signature of a token-sized payload (issue 11's definition): what a handler with nothing of
 ours around it reaches on this stack, so the gap between it and ConfirmPhoneVerification is
-what the service itself costs. (Its PostgreSQL step is left out: the service commits many
-calls' steps in one transaction, so one commit per call would be no ceiling.)
+what the service itself costs. With DATABASE_URL it is the durable ceiling: between the two,
+the call also waits for its row to be committed in PostgreSQL, group-committed as the
+service commits its steps (the rows of the calls that arrive while a commit is in flight go
+in the next one: one INSERT of a batch, one round trip, one commit). One commit per call
+would be no ceiling: the service commits many calls' steps in one transaction.
 
 `xacthuc` builds the real service exactly as production does (`build_app` + `start_server`)
 from the Settings overrides, API key entry and SMS gateway URL given in CONFIG_JSON. With
@@ -100,7 +103,44 @@ CEILING_PAD = b"x" * 300
 CEILING_SCRIPT = "redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000) return 1"
 
 
-async def serve_ceiling(redis_url: str) -> None:
+class _GroupCommit:
+    """The least a durable step costs: each caller's row waits for one INSERT of the batch it
+    joined; one batch in flight, the next gathering meanwhile (as `DurableBatcher` does)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._rows: list[tuple[int, bytes, asyncio.Future[None]]] = []
+        self._flushing = False
+
+    async def commit(self, serial: int, body: bytes) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.append((serial, body, done))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        try:
+            while self._rows:
+                rows, self._rows = self._rows, []
+                try:
+                    await self._conn.execute(
+                        "INSERT INTO bench_ceiling SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                        [r[0] for r in rows],
+                        [r[1] for r in rows],
+                    )
+                except Exception as e:  # every caller of the batch gets the failure
+                    for _, _, done in rows:
+                        done.set_exception(e)
+                else:
+                    for _, _, done in rows:
+                        done.set_result(None)
+        finally:
+            self._flushing = False
+
+
+async def serve_ceiling(redis_url: str, database_url: str | None = None) -> None:
     import redis.asyncio as aioredis
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -109,9 +149,19 @@ async def serve_ceiling(redis_url: str) -> None:
     sha = await client.script_load(CEILING_SCRIPT)
     key = Ed25519PrivateKey.generate()
     serial = itertools.count()
+    group: _GroupCommit | None = None
+    if database_url is not None:
+        import asyncpg
+
+        conn = await asyncpg.connect(database_url)
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_ceiling (id bigint, body bytea)")
+        group = _GroupCommit(conn)
 
     async def work(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        await client.evalsha(sha, 1, f"bench_ceiling:{{{next(serial)}}}", request)
+        n = next(serial)
+        await client.evalsha(sha, 1, f"bench_ceiling:{{{n}}}", request)
+        if group is not None:
+            await group.commit(n, request)
         return key.sign(request + CEILING_PAD)
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -161,8 +211,8 @@ def main(argv: list[str]) -> int:
     )
     if argv[:1] == ["echo"]:
         asyncio.run(serve_echo())
-    elif argv[:1] == ["ceiling"] and len(argv) == 2:
-        asyncio.run(serve_ceiling(argv[1]))
+    elif argv[:1] == ["ceiling"] and len(argv) in (2, 3):
+        asyncio.run(serve_ceiling(*argv[1:]))
     elif argv[:1] == ["xacthuc"] and len(argv) == 2:
         asyncio.run(serve_xacthuc(json.loads(argv[1])))
     else:
