@@ -152,6 +152,7 @@ async def test_guardian_flow_reports_the_children_cap() -> None:
     guardian = GuardianLinker(
         store=store,
         clock=FixedClock(NOW),
+        pseudonyms=Pseudonymizer(b"p" * 32),
         limits=Limits(max_children_per_guardian=1),
         token_ttl_seconds=86_400,
         metrics=metrics,

@@ -13,7 +13,8 @@ from xacthuc.adapters.store.memory import MemoryStore
 from xacthuc.domain.age import start_of_day, turns_at
 from xacthuc.domain.b64 import b64url_encode
 from xacthuc.domain.clock import FixedClock
-from xacthuc.domain.errors import FieldInvalid
+from xacthuc.domain.errors import FieldInvalid, IdempotencyKeyReused
+from xacthuc.domain.keyed import Pseudonymizer
 from xacthuc.domain.records import (
     AttestationRecord,
     CodeCheck,
@@ -54,7 +55,13 @@ async def verified_guardian(
 
 
 def linker(store: MemoryStore, clock: FixedClock, ttl: int = 86_400) -> GuardianLinker:
-    return GuardianLinker(store=store, clock=clock, limits=LIMITS, token_ttl_seconds=ttl)
+    return GuardianLinker(
+        store=store,
+        clock=clock,
+        pseudonyms=Pseudonymizer(b"p" * 32),
+        limits=LIMITS,
+        token_ttl_seconds=ttl,
+    )
 
 
 async def link(g: GuardianLinker, child: str, born: dt.date, platform: str = "alpha") -> LinkResult:
@@ -77,6 +84,56 @@ def test_the_guardian_reference_is_platform_scoped() -> None:
     assert a != b
     assert a == guardian_ref("alpha", "ph_abc")
     assert "abc" not in a
+
+
+def test_a_keyed_call_has_a_link_id_derived_from_platform_and_key() -> None:
+    """gl_ + 22 base64url, the same in every process with the pseudonym key, per platform and
+    key; the request digest is keyed and shows none of its fields."""
+    p, other = Pseudonymizer(b"p" * 32), Pseudonymizer(b"q" * 32)
+    a = p.link_call("alpha", "k-1")
+    assert re.fullmatch(r"gl_[A-Za-z0-9_-]{22}", a)
+    assert a == Pseudonymizer(b"p" * 32).link_call("alpha", "k-1")
+    assert len({a, p.link_call("beta", "k-1"), p.link_call("alpha", "k-2")}) == 3
+    assert a != other.link_call("alpha", "k-1")
+    digest = p.link_request("kid", "2015-03-10", "mum", "1980-01-01", "parent", "True", "True")
+    assert re.fullmatch(r"lr_[0-9a-f]{32}", digest)
+    assert digest != p.link_request(
+        "kid", "2015-03-11", "mum", "1980-01-01", "parent", "True", "True"
+    )
+
+
+async def test_a_retry_with_the_key_answers_as_the_first_call() -> None:
+    """Same key and fields: the first result, no second token; another date of birth with the
+    key: IDEMPOTENCY_KEY_REUSED; without a key: a renewal."""
+    clock = FixedClock(NOW)
+    store = MemoryStore()
+    await verified_guardian(store)
+    g = linker(store, clock)
+
+    async def keyed(born: dt.date, key: str = "k-1") -> LinkResult:
+        return await g.link(
+            platform="alpha",
+            child_account_id="kid",
+            child_date_of_birth=born,
+            guardian_account_id="mum",
+            guardian_date_of_birth=dt.date(1980, 1, 1),
+            relationship=Relationship.PARENT,
+            guardian_consent=True,
+            child_consent=True,
+            idempotency_key=key,
+        )
+
+    first = await keyed(dt.date(2015, 3, 10))
+    clock.advance(60)
+    assert first == await keyed(dt.date(2015, 3, 10))
+    assert Pseudonymizer(b"p" * 32).link_call("alpha", "k-1") == first.link_id
+    with pytest.raises(IdempotencyKeyReused):
+        await keyed(dt.date(2015, 3, 11))
+    with pytest.raises(FieldInvalid):
+        await keyed(dt.date(2015, 3, 10), key="k 1")
+    renewed = await link(g, "kid", dt.date(2015, 3, 10))
+    assert (first.link_id, True) == (renewed.link_id, renewed.renewed)
+    assert renewed.attestation.token_id != first.attestation.token_id
 
 
 def _record(

@@ -21,6 +21,7 @@ from xacthuc.domain.errors import (
     GuardianNotVerified,
     GuardianRequired,
     GuardianUnder18,
+    IdempotencyKeyReused,
     LinkAlreadyEnded,
     LinkNotFound,
     XacthucError,
@@ -95,6 +96,7 @@ def link(
     relationship: str = "parent",
     method: str = "phone_otp",
     platform: str = PLATFORM,
+    digest: str = "",
 ) -> GuardianLink:
     return GuardianLink(
         platform=platform,
@@ -115,6 +117,7 @@ def link(
             method=method,
             age_band="under_16",
         ),
+        request_digest=digest,
     )
 
 
@@ -372,6 +375,73 @@ async def test_the_same_guardian_linking_again_renews_and_revokes_the_old_token(
     ] == (await events(store))[-5:]
     renewed = json.loads((await store.audit_records(PLATFORM))[-5])
     assert ("legal_guardian", first.link_id) == (renewed["relationship"], renewed["link"])
+
+
+async def test_a_keyed_call_retried_returns_what_it_did_and_writes_nothing(store: Store) -> None:
+    """A call retried under its id with the same request digest (LinkGuardian's idempotency
+    key): the first call's link id, attestation and renewed flag; no token, no revocation, no
+    record; the cap is not charged again."""
+    limits = Limits(max_children_per_guardian=1)
+    await phone_guardian(store, limits=limits)
+    first = await store.link_guardian(link(link_id="gl_key1", digest="lr_1"), limits)
+    log, bits = await store.audit_records(PLATFORM), await store.status_bits(PLATFORM)
+
+    again = await store.link_guardian(
+        link(now=NOW + 20, link_id="gl_key1", digest="lr_1", relationship="parent"), limits
+    )
+
+    assert first == again
+    assert not again.renewed
+    assert first.attestation == await store.get_attestation(PLATFORM, "kid-1")
+    assert (log, bits) == (await store.audit_records(PLATFORM), await store.status_bits(PLATFORM))
+
+
+async def test_a_keyed_renewal_retried_is_still_the_renewal(store: Store) -> None:
+    """A renewal's retry: the renewed link's id (not the call's) and renewed true, the token
+    the renewal issued; nothing revoked the second time."""
+    await phone_guardian(store)
+    created = await store.link_guardian(link(), LIMITS)
+    renewal = await store.link_guardian(
+        link(now=NOW + 20, link_id="gl_key2", digest="lr_2"), LIMITS
+    )
+    log, bits = await store.audit_records(PLATFORM), await store.status_bits(PLATFORM)
+
+    again = await store.link_guardian(link(now=NOW + 30, link_id="gl_key2", digest="lr_2"), LIMITS)
+
+    assert (created.link_id, True) == (again.link_id, again.renewed)
+    assert renewal == again
+    assert (log, bits) == (await store.audit_records(PLATFORM), await store.status_bits(PLATFORM))
+
+
+async def test_a_call_id_with_another_request_digest_is_refused_and_audited(store: Store) -> None:
+    """The same call id (an idempotency key) with other fields: IDEMPOTENCY_KEY_REUSED,
+    audited as a refused link with pseudonyms only; the link and its token are untouched,
+    also for another child."""
+    await phone_guardian(store)
+    first = await store.link_guardian(link(link_id="gl_key3", digest="lr_3"), LIMITS)
+    bits = await store.status_bits(PLATFORM)
+
+    for other in (
+        link(now=NOW + 20, link_id="gl_key3", digest="lr_4"),
+        link("kid-2", now=NOW + 21, link_id="gl_key3", digest="lr_5"),
+        link(now=NOW + 22, link_id="gl_key3"),  # the same id without a digest
+    ):
+        with pytest.raises(IdempotencyKeyReused):
+            await store.link_guardian(other, LIMITS)
+
+    assert [("guardian_link_created", "refused", "IDEMPOTENCY_KEY_REUSED")] * 3 == (
+        await events(store)
+    )[-3:]
+    refused = json.loads((await store.audit_records(PLATFORM))[-2])
+    assert ("kid-2", PHONE, "mum") == (
+        refused["account"],
+        refused["guardian"],
+        refused["guardian_account"],
+    )
+    assert first.attestation == await store.get_attestation(PLATFORM, "kid-1")
+    assert None is await store.get_attestation(PLATFORM, "kid-2")
+    assert bits == await store.status_bits(PLATFORM)
+    assert [AgingOut("kid-1", AGED)] == await store.list_aging_out(PLATFORM, 0, AGED + 1, 10)
 
 
 async def test_linking_replaces_and_revokes_a_childs_own_phone_attestation(store: Store) -> None:
@@ -729,6 +799,10 @@ async def test_both_stores_write_the_same_bytes(
             link("kid-3", now=NOW + 13),
             link("kid-4", guardian="teen", subject=NUMBER, token="tok-teen", now=NOW + 14),
             link("kid-5", guardian="nobody", now=NOW + 15),
+            # kid-2's call retried under its id: its answer again, nothing written; then that
+            # id (an idempotency key's) with other fields: refused and audited.
+            link("kid-2", now=NOW + 16, aged_out_at=NOW + 30, link_id=f"gl-kid-2-{NOW + 12}"),
+            link("kid-2", now=NOW + 17, link_id=f"gl-kid-2-{NOW + 12}", digest="lr_other"),
         ]
         for step in steps:
             try:

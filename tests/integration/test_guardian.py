@@ -77,6 +77,7 @@ class LinkArgs(TypedDict, total=False):
     relationship: str
     guardian_consent: bool
     child_consent: bool
+    idempotency_key: str
 
 
 async def link(client: AsyncClient, child: str = "kid-1", **kw: Unpack[LinkArgs]) -> GuardianLink:
@@ -95,6 +96,11 @@ async def link(client: AsyncClient, child: str = "kid-1", **kw: Unpack[LinkArgs]
 async def audit(h: Harness, platform: str = "alpha") -> list[dict[str, Any]]:
     auditor = await h.client(platform, Role.AUDITOR)
     return [r.record for r in (await auditor.query_audit_records(page_size=1000)).records]
+
+
+async def link_events(h: Harness) -> list[dict[str, Any]]:
+    """The audit records but the auditor's own queries (each query is audited)."""
+    return [r for r in await audit(h) if r["event"] != "auditor_query_audit_records"]
 
 
 def claims_of(h: Harness, jwks: str, token: str, now: float) -> dict[str, Any]:
@@ -364,6 +370,8 @@ async def test_consent_of_a_child_of_7_or_over_is_required(
         ({"relationship": "aunt"}, errors.FieldInvalid, "relationship"),
         ({"guardian_account_id": "kid-1"}, errors.FieldInvalid, "guardian_account_id"),
         ({"guardian_account_id": "bad id"}, errors.FieldInvalid, "guardian_account_id"),
+        ({"idempotency_key": "a key"}, errors.FieldInvalid, "idempotency_key"),
+        ({"idempotency_key": "k" * 129}, errors.FieldInvalid, "idempotency_key"),
         ({"child_date_of_birth": D(2030, 1, 1)}, errors.DateOfBirthInvalid, "child_date_of_birth"),
         (
             {"guardian_date_of_birth": D(2030, 1, 1)},
@@ -442,6 +450,85 @@ async def test_a_child_has_one_guardian_and_the_same_guardian_renews(harness: Ha
     assert ["superseded"] == [
         r["reason"] for r in await audit(harness) if r["event"] == "attestation_revoked"
     ]
+
+
+async def test_a_keyed_link_retried_answers_as_the_first_call(harness: Harness) -> None:
+    """A retry with the same idempotency key and fields (the reply was lost): the first call's
+    link id, token and flags; nothing issued, revoked or audited. Without a key the same call
+    renews the link."""
+    client = await harness.client()
+    await verify_phone(harness, client, "mum")
+    first = await link(client, idempotency_key="link-kid-1")
+    records = await link_events(harness)
+
+    harness.clock.advance(HOUR)
+    again = await link(client, idempotency_key="link-kid-1")
+
+    assert re.fullmatch(r"gl_[A-Za-z0-9_-]{22}", first.link_id)
+    assert first == again
+    assert again.attestation == await client.get_attestation(account_id="kid-1")
+    assert records == await link_events(harness)
+
+    renewed = await link(client)  # no key: a second call, which renews
+    assert (first.link_id, True) == (renewed.link_id, renewed.renewed)
+    assert renewed.attestation.token_id != first.attestation.token_id
+    # The renewal with a key, retried: still the renewal, with its own token.
+    harness.clock.advance(HOUR)
+    keyed = await link(client, idempotency_key="renew-kid-1")
+    assert keyed == await link(client, idempotency_key="renew-kid-1")
+    assert (first.link_id, True) == (keyed.link_id, keyed.renewed)
+    assert ["superseded", "superseded"] == [
+        r["reason"] for r in await audit(harness) if r["event"] == "attestation_revoked"
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"child_date_of_birth": D(2016, 3, 10)},
+        {"guardian_date_of_birth": D(1988, 8, 9)},
+        {"relationship": "legal_guardian"},
+        {"child_consent": False, "child_date_of_birth": D(2021, 1, 1)},
+    ],
+)
+async def test_a_key_reused_with_other_fields_is_refused(
+    harness: Harness, change: LinkArgs
+) -> None:
+    """The same key with any field changed, or for another child: IDEMPOTENCY_KEY_REUSED
+    (audited, no date of birth in it); the first link and its token stand."""
+    client = await harness.client()
+    await verify_phone(harness, client, "mum")
+    first = await link(client, idempotency_key="k-1")
+    reused: LinkArgs = {**change, "idempotency_key": "k-1"}
+
+    for child in ("kid-1", "kid-2"):
+        with pytest.raises(errors.IdempotencyKeyReused) as e:
+            await link(client, child, **reused)
+        assert Code.INVALID_ARGUMENT == e.value.code
+
+    assert first.attestation == await client.get_attestation(account_id="kid-1")
+    with pytest.raises(errors.AttestationNotFound):
+        await client.get_attestation(account_id="kid-2")
+    refused = [r for r in await audit(harness) if r.get("reason") == "IDEMPOTENCY_KEY_REUSED"]
+    assert [
+        ("guardian_link_created", "refused", "kid-1"),
+        ("guardian_link_created", "refused", "kid-2"),
+    ] == [(r["event"], r["outcome"], r["account"]) for r in refused]
+    born = [f"{d:%Y-%m-%d}" for d in (KID_BORN, MUM_BORN, *change.values()) if isinstance(d, D)]
+    assert [] == [b for r in refused for b in born if b in json.dumps(r)]
+    assert first == await link(client, idempotency_key="k-1")  # the same fields still replay
+
+
+async def test_a_key_is_scoped_to_the_platform(harness: Harness) -> None:
+    """One key on two platforms: two links, neither a retry of the other."""
+    alpha, beta = await harness.client("alpha"), await harness.client("beta")
+    await verify_phone(harness, alpha, "mum")
+    harness.clock.advance(61)
+    await verify_phone(harness, beta, "mum")
+    a = await link(alpha, idempotency_key="k-1")
+    b = await link(beta, idempotency_key="k-1")
+    assert a.link_id != b.link_id
+    assert (False, False) == (a.renewed, b.renewed)
 
 
 # --- withdrawal ------------------------------------------------------------------------------

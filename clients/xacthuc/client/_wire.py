@@ -477,6 +477,7 @@ def link_guardian_request(
     relationship: str,
     guardian_consent: bool,
     child_consent: bool,
+    idempotency_key: str = "",
 ) -> verification_pb2.LinkGuardianRequest:
     """`relationship` is "parent" or "legal_guardian"."""
     return verification_pb2.LinkGuardianRequest(
@@ -489,6 +490,7 @@ def link_guardian_request(
         ),
         guardian_consent=guardian_consent,
         child_consent=child_consent,
+        idempotency_key=idempotency_key,
     )
 
 

@@ -254,13 +254,17 @@ class AsyncClient:
         relationship: str,
         guardian_consent: bool,
         child_consent: bool = False,
+        idempotency_key: str = "",
         timeout: float | None = None,
     ) -> GuardianLink:
         """Register a child under 16 through a guardian whose own account on this platform is
         already verified (phone or personal ID). `relationship` is "parent" or
         "legal_guardian"; the child's consent is required from 7 years old (Law 91/2025).
-        Not retried: it records consents (the same guardian may simply call again: that
-        renews the link)."""
+        Not retried by the SDK: it records consents. Pass `idempotency_key` (1-128 printable
+        ASCII characters) to make your own retry safe: the same key and fields answer as the
+        call that took effect (same link id and token, nothing renewed or revoked), other
+        fields IDEMPOTENCY_KEY_REUSED. Without a key a second call renews the link (a fresh
+        token, the first revoked)."""
         request = w.link_guardian_request(
             child_account_id,
             child_date_of_birth,
@@ -269,6 +273,7 @@ class AsyncClient:
             relationship,
             guardian_consent,
             child_consent,
+            idempotency_key,
         )
         return await self._call(w.LINK_GUARDIAN, request, timeout)
 

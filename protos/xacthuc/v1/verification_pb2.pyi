@@ -601,6 +601,7 @@ class LinkGuardianRequest(_message.Message):
     RELATIONSHIP_FIELD_NUMBER: _builtins.int
     GUARDIAN_CONSENT_FIELD_NUMBER: _builtins.int
     CHILD_CONSENT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     child_account_id: _builtins.str
     """The child's account id on this platform (1-128 characters of
     `A-Z a-z 0-9 . _ : @ -`). Its attestation becomes the guardian-managed one.
@@ -620,6 +621,20 @@ class LinkGuardianRequest(_message.Message):
     child_consent: _builtins.bool
     """The child consents too; required when the child is 7 or over
     (CHILD_CONSENT_REQUIRED), recorded whenever given.
+    """
+    idempotency_key: _builtins.str
+    """Optional, recommended: 1-128 printable ASCII characters chosen by the
+    platform, as StartPhoneVerification's (FIELD_INVALID otherwise). A retry
+    with the same key and the same fields (both account ids, both dates of
+    birth, the relationship, both consents) answers as the call that took
+    effect did (its link id, `ages_out_at` and `renewed`) with the child's
+    current attestation under that link: no second token, nothing revoked,
+    no second audit record; LINK_ALREADY_ENDED once that link has ended. With
+    other fields it fails with IDEMPOTENCY_KEY_REUSED (audited, without the
+    dates of birth). Keys are remembered as long as the link's records are kept
+    (they are durable). Without a key every call takes effect: a retry of a
+    call whose reply was lost renews the link (a fresh token, the first one
+    revoked as superseded).
     """
     @_builtins.property
     def child_date_of_birth(self) -> Global___Date:
@@ -644,10 +659,11 @@ class LinkGuardianRequest(_message.Message):
         relationship: Global___GuardianRelationship.ValueType = ...,
         guardian_consent: _builtins.bool = ...,
         child_consent: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["child_date_of_birth", b"child_date_of_birth", "guardian_date_of_birth", b"guardian_date_of_birth"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_account_id", b"child_account_id", "child_consent", b"child_consent", "child_date_of_birth", b"child_date_of_birth", "guardian_account_id", b"guardian_account_id", "guardian_consent", b"guardian_consent", "guardian_date_of_birth", b"guardian_date_of_birth", "relationship", b"relationship"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_account_id", b"child_account_id", "child_consent", b"child_consent", "child_date_of_birth", b"child_date_of_birth", "guardian_account_id", b"guardian_account_id", "guardian_consent", b"guardian_consent", "guardian_date_of_birth", b"guardian_date_of_birth", "idempotency_key", b"idempotency_key", "relationship", b"relationship"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -205,7 +205,9 @@ class VerificationServiceServicer:
         guardian's, age band `under_16`, a guardian reference, expiry at most the
         16th birthday, never commercial livestream (P7). The same guardian linking
         the same child again renews the link (same link id, a fresh token; the token
-        it replaces is revoked). Every refusal is audited.
+        it replaces is revoked); so does a retry without `idempotency_key`, while a
+        retry with the same key and fields answers as the first call did. Every
+        refusal is audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,7 +218,8 @@ class VerificationServiceServicer:
         revoked at once (its status-list bit is set; GetAttestation then answers
         ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
         an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
-        withdrawn or aged out before.
+        withdrawn or aged out before, so a withdrawal retried after it took effect
+        (its reply lost) answers LINK_ALREADY_ENDED: treat that as done.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -95,14 +95,17 @@ class VerificationServiceStub:
     guardian's, age band `under_16`, a guardian reference, expiry at most the
     16th birthday, never commercial livestream (P7). The same guardian linking
     the same child again renews the link (same link id, a fresh token; the token
-    it replaces is revoked). Every refusal is audited.
+    it replaces is revoked); so does a retry without `idempotency_key`, while a
+    retry with the same key and fields answers as the first call did. Every
+    refusal is audited.
     """
     WithdrawGuardianLink: _grpc.UnaryUnaryMultiCallable[_verification_pb2.WithdrawGuardianLinkRequest, _verification_pb2.WithdrawGuardianLinkResponse]
     """Ends a guardian link (the guardian withdraws): the child's attestation is
     revoked at once (its status-list bit is set; GetAttestation then answers
     ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
     an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
-    withdrawn or aged out before.
+    withdrawn or aged out before, so a withdrawal retried after it took effect
+    (its reply lost) answers LINK_ALREADY_ENDED: treat that as done.
     """
     ListAccountsAgingOut: _grpc.UnaryUnaryMultiCallable[_verification_pb2.ListAccountsAgingOutRequest, _verification_pb2.ListAccountsAgingOutResponse]
     """Lists the platform's children with an active guardian link whose 16th
@@ -285,14 +288,17 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     guardian's, age band `under_16`, a guardian reference, expiry at most the
     16th birthday, never commercial livestream (P7). The same guardian linking
     the same child again renews the link (same link id, a fresh token; the token
-    it replaces is revoked). Every refusal is audited.
+    it replaces is revoked); so does a retry without `idempotency_key`, while a
+    retry with the same key and fields answers as the first call did. Every
+    refusal is audited.
     """
     WithdrawGuardianLink: _aio.UnaryUnaryMultiCallable[_verification_pb2.WithdrawGuardianLinkRequest, _verification_pb2.WithdrawGuardianLinkResponse]  # type: ignore[assignment]
     """Ends a guardian link (the guardian withdraws): the child's attestation is
     revoked at once (its status-list bit is set; GetAttestation then answers
     ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
     an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
-    withdrawn or aged out before.
+    withdrawn or aged out before, so a withdrawal retried after it took effect
+    (its reply lost) answers LINK_ALREADY_ENDED: treat that as done.
     """
     ListAccountsAgingOut: _aio.UnaryUnaryMultiCallable[_verification_pb2.ListAccountsAgingOutRequest, _verification_pb2.ListAccountsAgingOutResponse]  # type: ignore[assignment]
     """Lists the platform's children with an active guardian link whose 16th
@@ -496,7 +502,9 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         guardian's, age band `under_16`, a guardian reference, expiry at most the
         16th birthday, never commercial livestream (P7). The same guardian linking
         the same child again renews the link (same link id, a fresh token; the token
-        it replaces is revoked). Every refusal is audited.
+        it replaces is revoked); so does a retry without `idempotency_key`, while a
+        retry with the same key and fields answers as the first call did. Every
+        refusal is audited.
         """
 
     @_abc_1.abstractmethod
@@ -509,7 +517,8 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         revoked at once (its status-list bit is set; GetAttestation then answers
         ATTESTATION_NOT_FOUND, eligibility ATTESTATION_REVOKED). LINK_NOT_FOUND for
         an unknown id or another platform's link; LINK_ALREADY_ENDED when it was
-        withdrawn or aged out before.
+        withdrawn or aged out before, so a withdrawal retried after it took effect
+        (its reply lost) answers LINK_ALREADY_ENDED: treat that as done.
         """
 
     @_abc_1.abstractmethod

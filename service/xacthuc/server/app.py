@@ -447,6 +447,7 @@ def build_app(
         guardian=GuardianLinker(
             store=store,
             clock=clock,
+            pseudonyms=pseudonyms,
             limits=limits,
             token_ttl_seconds=settings.token_ttl_seconds,
             metrics=flow_metrics,

@@ -49,7 +49,11 @@ MAX_LENGTHS: Final[dict[str, int]] = {
             "full_name": 1024,  # as sent (NFD takes up to 3 code points a letter); 200 in NFC
             "client_ip": 45,
         },
-        "LinkGuardianRequest": {"child_account_id": ACCOUNT_ID, "guardian_account_id": ACCOUNT_ID},
+        "LinkGuardianRequest": {
+            "child_account_id": ACCOUNT_ID,
+            "guardian_account_id": ACCOUNT_ID,
+            "idempotency_key": 128,
+        },
         "WithdrawGuardianLinkRequest": {"link_id": 25},  # "gl_" + 22
         "ListAccountsAgingOutRequest": {"page_token": 512},
         "GetCommercialLivestreamEligibilityRequest": {"account_id": ACCOUNT_ID},

@@ -242,6 +242,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer, Ed
             relationship=_RELATIONSHIPS.get(request.relationship),
             guardian_consent=request.guardian_consent,
             child_consent=request.child_consent,
+            idempotency_key=request.idempotency_key,
         )
         record = result.attestation
         self._revoked(caller.platform)  # a live token the child had was revoked (superseded)

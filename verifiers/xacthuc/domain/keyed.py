@@ -2,6 +2,9 @@
 
 A pseudonym is HMAC-SHA256 under the pseudonym key, domain-separated by kind and cut to
 128 bits: stable, so counters and links can be keyed on it, and useless without the key.
+The same key (every process has it) derives the link id of a LinkGuardian call made with an
+idempotency key, and the digest of that call's fields its retries are compared with: keyed,
+so the digest of a request holding two dates of birth cannot be searched for them.
 OTP codes are kept only as HMAC-SHA256(key, challenge id || code) so a leaked store gives
 neither codes nor a table to look them up in; every configured key is tried on check so
 keys rotate without dropping live challenges.
@@ -13,6 +16,8 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Sequence
+
+from xacthuc.domain.b64 import b64url_encode
 
 
 def _hmac(key: bytes, *parts: str) -> bytes:
@@ -52,6 +57,16 @@ class Pseudonymizer:
                 return self._make("ip", str(ipaddress.ip_network(f"{addr}/64", strict=False)))
         bucket = str(addr)
         return self._make("ip", bucket)
+
+    def link_call(self, platform: str, idempotency_key: str) -> str:
+        """The link id of a LinkGuardian call with `idempotency_key` on `platform`: `gl_` and
+        22 base64url characters (128 bits), as a random one, the same in every process."""
+        return "gl_" + b64url_encode(_hmac(self._key, "gl", platform, idempotency_key)[:16])
+
+    def link_request(self, *fields: str) -> str:
+        """The digest of a LinkGuardian call's fields (dates of birth among them): what a retry
+        under the same idempotency key must match. Keyed, so it reveals none of them."""
+        return "lr_" + _hmac(self._key, "lr", *fields)[:16].hex()
 
 
 class OtpMac:

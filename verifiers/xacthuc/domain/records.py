@@ -245,6 +245,11 @@ class GuardianLink:
     aged_out_at: float  # the child's 16th birthday, local midnight in Vietnam
     now: float
     attestation: PendingAttestation
+    # With an idempotency key: `link_id` is derived from the key (the call's id, under which
+    # the store recognises a retry) and this is the keyed digest of the call's fields (no
+    # date of birth in clear), which a retry must match (IDEMPOTENCY_KEY_REUSED otherwise).
+    # "" without a key (the id is random then: no call repeats it).
+    request_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,9 @@ class Store(Protocol):
         `guardian_link_renewed`, `consent_recorded` per party, `attestation_issued`.
 
         Idempotent under `link.link_id` (a call retried after a lost reply): once a call with
-        that id took effect, the same call writes and audits nothing and returns the link it
+        that id took effect, a call with that id and another `request_digest` is refused
+        IdempotencyKeyReused (audited like the refusals above), and the same call writes and
+        audits nothing and returns the link it
         created or renewed and the child's attestation as they are now, or raises
         LinkAlreadyEnded when that link has ended (or the child's attestation is no longer
         the link's). A refused call retried is decided again."""

@@ -24,6 +24,14 @@ token, revoking the one it replaces). Dates of birth are used here and never sto
 or audited: the store keeps the 16th birthday instant of the child only, the token an age
 band and a guardian reference `g_` + 16 hex of SHA-256(platform, guardian pseudonym), which
 differs between platforms for the same guardian.
+
+Retries. Without an idempotency key the link id of a call is random, so a retry (the reply
+was lost) is a second call: it renews the link. With a key, the call's link id is derived
+from (platform, key) under the pseudonym key every process shares (`Pseudonymizer.link_call`)
+and the call carries the keyed digest of its fields (`link_request`, the dates of birth
+among them, never in clear): the store, idempotent under the call's link id, answers a retry
+with the same fields as the first call took effect (no second token, nothing revoked, no
+record) and one with other fields IDEMPOTENCY_KEY_REUSED.
 """
 
 from __future__ import annotations
@@ -56,10 +64,11 @@ from xacthuc.domain.errors import (
     GuardianUnder18,
     XacthucError,
 )
+from xacthuc.domain.keyed import Pseudonymizer
 from xacthuc.domain.records import AgingOut, GuardianLink, Limits, LinkResult, PendingAttestation
 from xacthuc.ports.metrics import FlowMetrics, NoFlowMetrics
 from xacthuc.ports.store import Store
-from xacthuc.verifiers.phone_otp import check_account_id, counting_refusals
+from xacthuc.verifiers.phone_otp import IDEMPOTENCY_KEY, check_account_id, counting_refusals
 
 LINK_ID = re.compile(r"gl_[A-Za-z0-9_-]{22}")
 MAX_PAGE = 1000
@@ -90,11 +99,13 @@ class GuardianLinker:
         *,
         store: Store,
         clock: Clock,
+        pseudonyms: Pseudonymizer,
         limits: Limits,
         token_ttl_seconds: int,
         metrics: FlowMetrics | None = None,
     ) -> None:
         self._store = store
+        self._pseudonyms = pseudonyms
         self._clock = clock
         self._limits = limits
         self._token_ttl = token_ttl_seconds
@@ -111,6 +122,7 @@ class GuardianLinker:
         relationship: Relationship | None,
         guardian_consent: bool,
         child_consent: bool,
+        idempotency_key: str = "",
     ) -> LinkResult:
         check_account_id(child_account_id, "child_account_id")
         check_account_id(guardian_account_id, "guardian_account_id")
@@ -118,6 +130,8 @@ class GuardianLinker:
             raise FieldInvalid("guardian_account_id", "must differ from child_account_id")
         if relationship is None:
             raise FieldInvalid("relationship", "must be PARENT or LEGAL_GUARDIAN")
+        if idempotency_key and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise FieldInvalid("idempotency_key", "must be 1-128 printable ASCII characters")
         now = self._clock.now()
         today = local_date(now)
         try:
@@ -147,9 +161,23 @@ class GuardianLinker:
         found = await self._store.attestation_subject(platform, guardian_account_id)
         guardian, subject = found if found else (None, "")
         aged_out_at = turns_at(child_date_of_birth, CHILD_UNDER)
+        if idempotency_key:
+            assert guardian_date_of_birth is not None  # checked by _age
+            link_id = self._pseudonyms.link_call(platform, idempotency_key)
+            digest = self._pseudonyms.link_request(
+                child_account_id,
+                child_date_of_birth.isoformat(),
+                guardian_account_id,
+                guardian_date_of_birth.isoformat(),
+                relationship.value,
+                str(guardian_consent),
+                str(child_consent),
+            )
+        else:
+            link_id, digest = "gl_" + secrets.token_urlsafe(16), ""
         link = GuardianLink(
             platform=platform,
-            link_id="gl_" + secrets.token_urlsafe(16),
+            link_id=link_id,
             child_account_id=child_account_id,
             guardian_account_id=guardian_account_id,
             guardian_subject=subject,
@@ -166,6 +194,7 @@ class GuardianLinker:
                 method=guardian.method if guardian else "",
                 age_band="under_16",
             ),
+            request_digest=digest,
         )
         with counting_refusals(self._metrics, platform):  # GUARDIAN_CHILD_LIMIT
             return await self._store.link_guardian(link, self._limits)

@@ -17,6 +17,7 @@ from xacthuc.domain.errors import (
     GuardianChildLimit,
     GuardianNotVerified,
     GuardianUnder18,
+    IdempotencyKeyReused,
     LinkAlreadyEnded,
     LinkNotFound,
     XacthucError,
@@ -36,6 +37,10 @@ class GuardianOps(MemoryBase):
         child = link.child_account_id
         current = p.child_links.get(child)
         if link.link_id in p.link_calls:
+            if p.link_calls[link.link_id] != link.request_digest:
+                error = IdempotencyKeyReused()
+                self._link_audit(p, link, "guardian_link_created", "refused", error.reason)
+                raise error
             return self._link_replay(p, link, current)
         guardian = p.attestations.get(link.guardian_account_id)
         renewing = current is not None and p.links[current].guardian == link.guardian_subject
@@ -90,7 +95,7 @@ class GuardianOps(MemoryBase):
             p.child_links[child] = link_id
             p.guardian_children[link.guardian_subject].add(child)
         p.aging[child] = link.aged_out_at
-        p.link_calls.add(link.link_id)
+        p.link_calls[link.link_id] = link.request_digest
         event = "guardian_link_renewed" if renewing else "guardian_link_created"
         self._link_audit(p, link, event, "ok", "", link=link_id, method=a.method)
         for party, given in (("guardian", True), ("child", link.child_consent)):
@@ -140,7 +145,9 @@ class GuardianOps(MemoryBase):
 
     @staticmethod
     def _link_replay(p: _Platform, link: GuardianLink, current: str | None) -> LinkResult:
-        """A link call retried under its id: nothing written, nothing audited; the link it
+        """A link call retried under its id with the same request digest (an idempotency key's
+        retry; another digest is IDEMPOTENCY_KEY_REUSED, audited as a refused link, before
+        this): nothing written, nothing audited; the link it
         created or renewed and the child's attestation under it, as they are now, or
         LinkAlreadyEnded when that link has ended (or the attestation is no longer its)."""
         row = p.links[current] if current is not None else None

@@ -104,9 +104,10 @@ class _Platform:
     child_links: dict[str, str] = field(default_factory=dict)
     guardian_children: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     aging: dict[str, float] = field(default_factory=dict)
-    # The ids of the link calls that took effect (a call retried under its id returns what it
-    # did: PostgreSQL's status_tokens.issued_by 'link:<id>').
-    link_calls: set[str] = field(default_factory=set)
+    # The ids of the link calls that took effect, each with its request digest (a call retried
+    # under its id with that digest returns what it did: PostgreSQL's status_tokens.issued_by
+    # 'link:<id>' and request_digest, migration 0008).
+    link_calls: dict[str, str] = field(default_factory=dict)
     # The status list (issue 5): the token counter, the index key and block size (set at the
     # first allocation, issue 13), and the bitmap in Redis SETBIT bit order.
     status_next: int = 0

@@ -10,9 +10,10 @@ record) and it is raised here as the domain error. The reads (`list_aging_out`,
 `locked_status_indexes`) are one indexed query each. PostgreSQL out of reach is
 StoreUnavailable (`Database`).
 
-`link_guardian` is idempotent under the call's link id (`GuardianLink.link_id`): run again,
-it returns the link and the child's attestation as they are, with no second token and no
-second record. Concurrent calls about one child, one guardian's child cap or one account's
+`link_guardian` is idempotent under the call's link id (`GuardianLink.link_id`): run again
+with the same request digest, it returns the link and the child's attestation as they are,
+with no second token and no second record; with another digest (an idempotency key reused
+for other fields) it is IDEMPOTENCY_KEY_REUSED (migration 0008). Concurrent calls about one child, one guardian's child cap or one account's
 lock are serialised in PostgreSQL (advisory locks, then row locks), so two links cannot both
 pass a check that only one of them may pass.
 """
@@ -35,6 +36,7 @@ from xacthuc.domain.errors import (
     GuardianChildLimit,
     GuardianNotVerified,
     GuardianUnder18,
+    IdempotencyKeyReused,
     LinkAlreadyEnded,
     LinkNotFound,
     XacthucError,
@@ -42,7 +44,7 @@ from xacthuc.domain.errors import (
 from xacthuc.domain.locks import AccountLock, LockRequest
 from xacthuc.domain.records import AgingOut, AttestationRecord, GuardianLink, Limits, LinkResult
 
-# The refusals the functions of migration 0004 return (`r_refusal`), by reason.
+# The refusals the functions of migrations 0004 and 0008 return (`r_refusal`), by reason.
 REFUSALS: dict[str, type[XacthucError]] = {
     cls.reason: cls
     for cls in (
@@ -51,6 +53,7 @@ REFUSALS: dict[str, type[XacthucError]] = {
         ChildNotUnder16,
         ChildAlreadyLinked,
         GuardianChildLimit,
+        IdempotencyKeyReused,
         LinkNotFound,
         LinkAlreadyEnded,
     )
@@ -59,7 +62,7 @@ REFUSALS: dict[str, type[XacthucError]] = {
 _LINK = (
     "SELECT r.r_refusal, r.r_link_id, r.r_renewed, (r.r_a).*"
     " FROM xacthuc_link_guardian($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-    " $14, $15, $16, $17, $18, $19) AS r"
+    " $14, $15, $16, $17, $18, $19, $20) AS r"
 )
 _END = "SELECT r.r_refusal, (r.r_a).* FROM xacthuc_end_guardian_link($1, $2, $3, $4, $5) AS r"
 _SWEEP = "SELECT xacthuc_sweep_aged_out($1, $2, $3, $4)"
@@ -129,6 +132,7 @@ class PgGuardianLocks(PgStateBase):
                 limits.max_children_per_guardian,
                 self._status_keys(),
                 self._status_block,
+                link.request_digest,
             )
         assert row is not None
         if row["r_refusal"]:
