@@ -267,7 +267,9 @@ class Client:
         return self._call(w.LINK_GUARDIAN, request, timeout)
 
     def withdraw_guardian_link(self, *, link_id: str, timeout: float | None = None) -> datetime:
-        """End a guardian link; the child's attestation is revoked at once. Returns when."""
+        """End a guardian link; the child's attestation is revoked at once. Returns when.
+        A link that already ended raises LinkAlreadyEnded: a withdrawal you retry after it
+        took effect (its reply lost) gets that, and may treat it as done."""
         return self._call(
             w.WITHDRAW_GUARDIAN_LINK, w.withdraw_guardian_link_request(link_id), timeout
         )
