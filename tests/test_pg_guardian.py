@@ -34,6 +34,7 @@ from xacthuc.domain.errors import (
     ChildAlreadyLinked,
     GuardianChildLimit,
     GuardianNotVerified,
+    IdempotencyKeyReused,
     LinkAlreadyEnded,
     StoreUnavailable,
     XacthucError,
@@ -637,12 +638,22 @@ async def _held_then(
         return await task
 
 
+_LINK_19 = (
+    "SELECT * FROM xacthuc_link_guardian($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+    " $12, $13, $14, $15, $16, $17, $18, $19)"
+)
+_LINK_20 = _LINK_19[:-1] + ", $20)"
+
+
 def _link_sql(pg: PgLinks, lk: GuardianLink, limits: Limits) -> Callable[[Conn], Awaitable[object]]:
+    """The link function called as the store calls it; without a request digest with the 19
+    arguments of the release before migration 0008 (its 20th parameter defaults to '')."""
+    digest = (lk.request_digest,) if lk.request_digest else ()
+
     async def run(conn: Conn) -> object:
         a = lk.attestation
         return await conn.fetchrow(
-            "SELECT * FROM xacthuc_link_guardian($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-            " $12, $13, $14, $15, $16, $17, $18, $19)",
+            _LINK_20 if digest else _LINK_19,
             lk.platform,
             lk.link_id,
             lk.child_account_id,
@@ -662,6 +673,7 @@ def _link_sql(pg: PgLinks, lk: GuardianLink, limits: Limits) -> Callable[[Conn],
             limits.max_children_per_guardian,
             STATUS_KEY,
             STATUS_BLOCK,
+            *digest,
         )
 
     return run
@@ -685,6 +697,27 @@ async def test_two_guardians_linking_one_child_at_once_cannot_both_pass(
             database, _link_sql(pg, link(), LIMITS), lambda: pg.link_guardian(by_dad, LIMITS)
         )
     assert ["kid-1"] == [e.account_id for e in await pg.list_aging_out(PLATFORM, 0, AGED + 1, 9)]
+
+
+async def test_a_keyed_call_and_its_retry_at_once_issue_one_token(database: Database) -> None:
+    """The retry (same call id and request digest) waits for the first call's locks, then
+    answers what it did; the digest is kept with the token, and another one is refused."""
+    pg = await _guardians(database)
+    call = link(link_id="gl_key", digest="lr_" + "1" * 32)
+    again = await _held_then(
+        database, _link_sql(pg, call, LIMITS), lambda: pg.link_guardian(call, LIMITS)
+    )
+    assert ("gl_key", False) == (again.link_id, again.renewed)
+    assert again.attestation == await pg.get_attestation(PLATFORM, "kid-1")
+    async with database.connection() as conn:
+        assert [("link:gl_key", call.request_digest)] == [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT issued_by, request_digest FROM status_tokens WHERE account = 'kid-1'"
+            )
+        ]
+    with pytest.raises(IdempotencyKeyReused):
+        await pg.link_guardian(dataclasses.replace(call, request_digest="lr_2"), LIMITS)
 
 
 async def test_one_guardian_linking_two_children_at_once_keeps_the_cap(
