@@ -589,7 +589,9 @@ Global___VerifyPersonalIdResponse: _TypeAlias = VerifyPersonalIdResponse  # noqa
 @_typing.final
 class LinkGuardianRequest(_message.Message):
     """Registers a child's account under a guardian (R1, P6). The dates of birth are
-    used for the age checks only: never stored, logged, audited or put in a token.
+    used for the age checks only: never stored, logged, audited or put in a token
+    (with `idempotency_key`, they enter a keyed digest of the request, kept to
+    compare retries with, which reveals none of its fields).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

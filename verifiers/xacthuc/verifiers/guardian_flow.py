@@ -21,7 +21,8 @@ checks, in this order:
 The same guardian linking the same child again renews the link (the child's tokens expire
 with the token TTL like everyone's; renewing records the consents again and issues a fresh
 token, revoking the one it replaces). Dates of birth are used here and never stored, logged
-or audited: the store keeps the 16th birthday instant of the child only, the token an age
+or audited (with an idempotency key they enter the keyed request digest below, which shows
+none of them without the pseudonym key): the store keeps the 16th birthday instant of the child only, the token an age
 band and a guardian reference `g_` + 16 hex of SHA-256(platform, guardian pseudonym), which
 differs between platforms for the same guardian.
 
