@@ -271,6 +271,16 @@ def pair_store(
     )
 
 
+@pytest.fixture
+async def pair(
+    redis_url: str, redis_namespace: str, database: Database
+) -> AsyncIterator[PairStore]:
+    """The pair store (Redis + PostgreSQL) over this test's namespace and database."""
+    store = pair_store(redis_url, redis_namespace, database)
+    yield store
+    await store.aclose()
+
+
 @pytest.fixture(params=["memory", "pair", "pair-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """Each storage backend in turn, empty; the contract suites run once per backend.

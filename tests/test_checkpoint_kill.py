@@ -15,7 +15,7 @@ sizes only go up, and the export verifies offline against them (`log_verifies`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,7 +23,6 @@ from xacthuc.adapters.store.pair import PairStore
 from xacthuc.adapters.store.postgres import Database
 from xacthuc.ports.checkpoints import StoredCheckpoint
 
-from .conftest import pair_store
 from .crash_worker import (
     Worker,
     killed_while_waiting,
@@ -40,15 +39,6 @@ from .test_store_contract import LIMITS, NOW, PLATFORM, check, new, phone_n, sen
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
     yield from started()
-
-
-@pytest.fixture
-async def pair(
-    redis_url: str, redis_namespace: str, database: Database
-) -> AsyncIterator[PairStore]:
-    store = pair_store(redis_url, redis_namespace, database)
-    yield store
-    await store.aclose()
 
 
 async def grow(pair: PairStore, n: int, records: int) -> None:

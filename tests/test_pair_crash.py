@@ -49,15 +49,6 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.kill()
 
 
-@pytest.fixture
-async def pair(
-    redis_url: str, redis_namespace: str, database: Database
-) -> AsyncIterator[PairStore]:
-    store = pair_store(redis_url, redis_namespace, database)
-    yield store
-    await store.aclose()
-
-
 async def flush(store: PairStore) -> None:
     """Everything Redis held is gone (only this test's namespace: the Redis is shared)."""
     client = store.client

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from xacthuc.adapters.store.postgres import Database
 from xacthuc.domain.locks import AccountLock
 from xacthuc.domain.records import LinkResult
 
-from .conftest import nth_index, pair_store
+from .conftest import nth_index
 from .crash_worker import (
     Worker,
     killed_while_waiting,
@@ -137,15 +137,6 @@ CASES = {
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
     yield from started()
-
-
-@pytest.fixture
-async def pair(
-    redis_url: str, redis_namespace: str, database: Database
-) -> AsyncIterator[PairStore]:
-    store = pair_store(redis_url, redis_namespace, database)
-    yield store
-    await store.aclose()
 
 
 async def _before(name: str, pair: PairStore) -> None:

@@ -25,15 +25,6 @@ from .conftest import nth_index, pair_store
 from .test_store_contract import LIMITS, NOW, PLATFORM, check, client_n, new, phone_n, sent
 
 
-@pytest.fixture
-async def pair(
-    redis_url: str, redis_namespace: str, database: Database
-) -> AsyncIterator[PairStore]:
-    store = pair_store(redis_url, redis_namespace, database)
-    yield store
-    await store.aclose()
-
-
 async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
     """Wait for `condition` (a state the test set up, never a duration), 30 s at most."""
     for _ in range(3000):
